@@ -1,0 +1,139 @@
+"""`medo1` command line: a thin layer over the library functions of each stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from medo1.checkpoint import ResumeError
+from medo1.config import ConfigError, load_config
+from medo1.data import PRESETS, DataError
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"{flag} {item!r}: expected name=column")
+        key, value = item.split("=", 1)
+        pairs[key] = value
+    return pairs
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from medo1.data import load_examples
+    from medo1.models import load_tokenizer
+    from medo1.validate import validation_report
+
+    loaded = load_examples(args.path, args.format, args.preset, _key_values(args.field, "--field"), args.system_prompt)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    report = validation_report(loaded, tokenizer, args.max_length)
+    if args.rejects and loaded.problems:
+        from medo1.data import write_rejects
+
+        write_rejects(args.rejects, loaded.problems, loaded.raw)
+        report["rejects_file"] = args.rejects
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        print(f"{report['path']} ({report['format']}): {report['rows']} rows, {report['valid']} valid, {report['invalid']} invalid")
+        for problem in loaded.problems[:20]:
+            print(f"  {problem}")
+        if len(loaded.problems) > 20:
+            print(f"  ... and {len(loaded.problems) - 20} more (use --json or --rejects for all)")
+        if "tokens" in report and report["tokens"].get("count"):
+            t = report["tokens"]
+            over = f", {t['over_max_length']} over max length {t['max_length']}" if "max_length" in t else ""
+            print(f"  tokens: mean {t['mean']}, p50 {t['p50']}, p95 {t['p95']}, max {t['max']}{over}")
+    return 1 if loaded.problems else 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from medo1.sft import SFTConfig, run_sft
+
+    overrides = list(args.set)
+    if args.output_dir:
+        overrides.append(f"output.dir={args.output_dir}")
+    config = load_config(SFTConfig, args.config, overrides)
+    result = run_sft(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step,
+                          "export_dir": str(result.export_dir) if result.export_dir else None}))
+    return 0
+
+
+def cmd_model_init_tiny(args: argparse.Namespace) -> int:
+    from medo1.models import init_tiny_model
+
+    path = init_tiny_model(args.out, layers=args.layers, hidden_size=args.hidden_size, seed=args.seed)
+    print(path)
+    return 0
+
+
+def cmd_model_check(args: argparse.Namespace) -> int:
+    from medo1.models import check_generates
+
+    text = check_generates(args.path, args.prompt, args.max_new_tokens)
+    print(json.dumps({"path": args.path, "prompt": args.prompt, "generated": text}, ensure_ascii=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medo1", description="Medical reasoning LLM training stack.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    stages = parser.add_subparsers(dest="command", required=True)
+
+    data = stages.add_parser("data", help="inspect and validate datasets").add_subparsers(dest="data_cmd", required=True)
+    validate = data.add_parser("validate", help="count valid and invalid rows; token-length statistics")
+    validate.add_argument("path")
+    validate.add_argument("--format", required=True, choices=sorted(PRESETS))
+    validate.add_argument("--preset", help="field-name preset (medical_o1: en, es)")
+    validate.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN", help="override one field's column")
+    validate.add_argument("--system-prompt")
+    validate.add_argument("--tokenizer", help="tokenizer directory for token-length statistics")
+    validate.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
+    validate.add_argument("--rejects", help="write invalid rows, with their problem, to this JSONL file")
+    validate.add_argument("--json", action="store_true", help="print one JSON object")
+    validate.set_defaults(func=cmd_data_validate)
+
+    sft = stages.add_parser("sft", help="supervised fine-tuning on chain-of-thought data")
+    sft.add_argument("--config", required=True, help="YAML recipe")
+    sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    sft.add_argument("--output-dir")
+    sft.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    sft.set_defaults(func=cmd_sft)
+
+    model = stages.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
+    tiny = model.add_parser("init-tiny", help="a tiny random Qwen2 model with the real Qwen tokenizer (offline)")
+    tiny.add_argument("out")
+    tiny.add_argument("--layers", type=int, default=2)
+    tiny.add_argument("--hidden-size", type=int, default=64)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_model_init_tiny)
+    check = model.add_parser("check", help="load a model directory with from_pretrained and generate")
+    check.add_argument("path")
+    check.add_argument("--prompt", default="A 30-year-old presents with fever and a rash. What is the next step?")
+    check.add_argument("--max-new-tokens", type=int, default=16)
+    check.set_defaults(func=cmd_model_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(
+        level=logging.INFO if rank0 or args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (DataError, ConfigError, ResumeError) as exc:
+        print(f"medo1: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

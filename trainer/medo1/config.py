@@ -1,0 +1,80 @@
+"""Typed configs shared by every stage: YAML recipes plus dotted command-line overrides.
+
+A recipe is a YAML file whose keys mirror a stage's config model; `--set a.b=value` overrides
+one field (the value is parsed as YAML, so `--set train.epochs=1` gives an int).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {item!r} has an empty key")
+    return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(
+    model: type[ConfigT], recipe: str | Path | None = None, overrides: list[str] | None = None
+) -> ConfigT:
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if recipe is not None:
+        source = str(recipe)
+        try:
+            loaded = yaml.safe_load(Path(recipe).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"recipe {recipe} not found") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {recipe} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"recipe {recipe} must be a mapping at the top level")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid config from {source}: {problems}") from None
+
+
+def dump_config(config: BaseModel, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

