@@ -20,11 +20,13 @@ $(VENV)/.installed: pyproject.toml
 $(TINY_MODEL)/config.json: | install
 	$(BIN)/medo1 model init-tiny $(TINY_MODEL)
 
-# Main job, small default: validate the demo data, tiny CPU SFT with export, load the export and generate.
+# Main job, small default: validate the demo data, tiny CPU SFT with export, load the export and
+# generate, then a tiny PPO run from that export.
 demo: install $(TINY_MODEL)/config.json
 	$(BIN)/medo1 data validate $(DEMO_DATA) --format medical_o1 --tokenizer $(TINY_MODEL) --max-length 1024
 	$(BIN)/medo1 sft --config recipes/sft-tiny-cpu.yaml --resume auto
 	$(BIN)/medo1 model check runs/sft-tiny/export
+	$(BIN)/medo1 rl --config recipes/rl-ppo-tiny-cpu.yaml --resume auto
 
 test: install
 	$(BIN)/python -m pytest -q

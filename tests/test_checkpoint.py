@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from medo1.checkpoint import (
     COMPLETE_MARKER,
     ResumeError,

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import DEMO_DATA, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows
+from tests.conftest import (
+    DEMO_DATA,
+    TINY_RECIPE,
+    run_medo1,
+    sft_overrides,
+    write_short_rows,
+)
 
 
 def set_args(overrides: list[str]) -> list[str]:

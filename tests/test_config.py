@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from medo1.config import ConfigError, Section, apply_overrides, dump_config, load_config, parse_override
+from medo1.config import (
+    ConfigError,
+    Section,
+    apply_overrides,
+    dump_config,
+    load_config,
+    parse_override,
+)
 
 RECIPES = Path(__file__).parent.parent / "recipes"
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
 from medo1 import checkpoint
 from medo1.config import load_config
 from medo1.metrics import read_metrics
 from medo1.sft import SFTConfig, run_sft
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
 from tests.conftest import TINY_RECIPE, sft_overrides, write_short_rows
 
 
@@ -108,14 +108,21 @@ def test_padding_free_and_padded_batches_give_the_same_loss(tiny_model, demo_row
     assert losses["padding_free"] == pytest.approx(losses["padded"], rel=1e-4)
 
 
-def test_packed_run_trains_on_full_rows(tiny_model, demo_rows, tmp_path):
+def test_packed_run_trains_on_full_rows_and_reports_to_tensorboard(tiny_model, demo_rows, tmp_path):
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 12)
     result = sft(
         tiny_model,
         data,
         tmp_path / "packed",
-        **{"train.max_steps": 2, "train.batching": "packed", "output.export": False, "output.batch_trace": True},
+        **{
+            "train.max_steps": 2,
+            "train.batching": "packed",
+            "output.export": False,
+            "output.batch_trace": True,
+            "output.report_to": "[tensorboard]",
+        },
     )
+    assert list(result.output_dir.glob("runs/**/events.out.tfevents.*")), "TensorBoard was asked for"
     trace = [json.loads(line) for line in (result.output_dir / "batch-trace-rank0.jsonl").read_text().splitlines()]
     assert [t["step"] for t in trace] == [1, 2]
     # 12 rows of ~100 tokens packed into rows of at most 256 tokens, two rows per batch.

@@ -11,10 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from medo1 import checkpoint
 from safetensors.torch import load_file
 
-from medo1 import checkpoint
-from tests.conftest import REPO, TINY_RECIPE, free_port, run_medo1, sft_overrides, write_short_rows
+from tests.conftest import (
+    REPO,
+    TINY_RECIPE,
+    free_port,
+    run_medo1,
+    sft_overrides,
+    write_short_rows,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-
 from medo1.data import ChatExample, load_examples
 from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
-from medo1.tokenize import IGNORE_INDEX, encode_sft, end_of_turn_ids, length_stats, render_prompt
+from medo1.tokenize import (
+    IGNORE_INDEX,
+    encode_sft,
+    end_of_turn_ids,
+    length_stats,
+    render_prompt,
+)
 from medo1.validate import validation_report
 
 DEMO = Path(__file__).parent.parent / "examples/data/medical_o1_demo.json"

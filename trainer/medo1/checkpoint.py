@@ -14,6 +14,8 @@ import shutil
 import time
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 COMPLETE_MARKER = "medo1-complete.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -107,3 +109,29 @@ def resolve_resume(output_dir: str | Path, resume: str) -> Path | None:
     if not is_complete(path):
         raise ResumeError(f"{path} is not a complete checkpoint (no {COMPLETE_MARKER})")
     return path
+
+
+class SaveAtEnd(TrainerCallback):
+    """Checkpoint at the last step too, not only every `save_steps`."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = True
+
+
+class MarkedCheckpoints:
+    """Mixin for a transformers Trainer: mark each checkpoint complete once every rank has written it,
+    then keep the newest `keep_checkpoints` complete ones (the Trainer's own rotation is off)."""
+
+    def __init__(self, *args, keep_checkpoints: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keep_checkpoints = keep_checkpoints
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.is_world_process_zero():
+            path = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            mark_complete(path, step=self.state.global_step, world_size=self.accelerator.num_processes)
+            rotate(self.args.output_dir, self.keep_checkpoints)
+        self.accelerator.wait_for_everyone()

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 
 from medo1.checkpoint import ResumeError
 from medo1.config import ConfigError, load_config
 from medo1.data import PRESETS, DataError
+from medo1.rl.rewards import RewardLoadError
+from medo1.runtime import is_main_process
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, str]:
@@ -51,6 +52,14 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if loaded.problems else 0
 
 
+def _print_result(result) -> int:
+    """One JSON line saying where the run's outputs landed (rank 0 only)."""
+    if is_main_process():
+        export = str(result.export_dir) if result.export_dir else None
+        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export}))
+    return 0
+
+
 def cmd_sft(args: argparse.Namespace) -> int:
     from medo1.sft import SFTConfig, run_sft
 
@@ -59,10 +68,21 @@ def cmd_sft(args: argparse.Namespace) -> int:
         overrides.append(f"output.dir={args.output_dir}")
     config = load_config(SFTConfig, args.config, overrides)
     result = run_sft(config, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step,
-                          "export_dir": str(result.export_dir) if result.export_dir else None}))
-    return 0
+    return _print_result(result)
+
+
+def cmd_rl(args: argparse.Namespace) -> int:
+    from medo1.rl import run_rl
+    from medo1.rl.config import RLConfig
+
+    overrides = list(args.set)
+    if args.algo:
+        overrides.append(f"algo={args.algo}")
+    if args.output_dir:
+        overrides.append(f"output.dir={args.output_dir}")
+    config = load_config(RLConfig, args.config, overrides)
+    result = run_rl(config, resume=args.resume)
+    return _print_result(result)
 
 
 def cmd_model_init_tiny(args: argparse.Namespace) -> int:
@@ -106,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
     sft.set_defaults(func=cmd_sft)
 
+    rl = stages.add_parser("rl", help="reinforcement learning against a verifier: PPO or GRPO")
+    rl.add_argument("--config", required=True, help="YAML recipe")
+    rl.add_argument("--algo", choices=["ppo", "grpo"], help="override the recipe's algorithm")
+    rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    rl.add_argument("--output-dir")
+    rl.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    rl.set_defaults(func=cmd_rl)
+
     model = stages.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
     tiny = model.add_parser("init-tiny", help="a tiny random Qwen2 model with the real Qwen tokenizer (offline)")
     tiny.add_argument("out")
@@ -123,14 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank0 = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
-        level=logging.INFO if rank0 or args.verbose else logging.WARNING,
+        level=logging.INFO if is_main_process() or args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         return args.func(args)
-    except (DataError, ConfigError, ResumeError) as exc:
+    except (DataError, ConfigError, ResumeError, RewardLoadError) as exc:
         print(f"medo1: error: {exc}", file=sys.stderr)
         return 2
 

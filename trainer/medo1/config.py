@@ -7,7 +7,7 @@ one field (the value is parsed as YAML, so `--set train.epochs=1` gives an int).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -78,3 +78,13 @@ def load_config(
 
 def dump_config(config: BaseModel, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+class OutputConfig(Section):
+    dir: str = "runs/medo1"
+    save_steps: int = 100
+    keep: int = 2
+    export: bool = True
+    logging_steps: int = 10
+    report_to: list[Literal["wandb", "tensorboard"]] = []
+    batch_trace: bool = False

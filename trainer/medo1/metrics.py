@@ -31,9 +31,14 @@ class JsonlMetrics(TrainerCallback):
             if tokens >= last_tokens and now > last_time:
                 record["tokens_per_second"] = round((tokens - last_tokens) / (now - last_time), 1)
             self._last = (now, tokens)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, record)
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict]:

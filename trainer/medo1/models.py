@@ -5,11 +5,26 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, Qwen2Config
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    Qwen2Config,
+)
 
+from medo1.config import Section
 from medo1.tokenize import end_of_turn_ids
+
+
+class ModelConfig(Section):
+    name_or_path: str
+    tokenizer: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
 
 
 def bundled_qwen_tokenizer_dir() -> Path:
@@ -99,6 +114,32 @@ def clear_dir(path: str | Path) -> None:
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
+
+
+def export_from_trainer(trainer, tokenizer, output_dir: Path, lora_base: str | None = None) -> Path:
+    """Consolidated safetensors + tokenizer + chat template + generation config, renamed into place.
+
+    `trainer.save_model` gathers ZeRO-3 / FSDP shards; every rank must call it. With `lora_base`,
+    the adapter is saved and merged into the base weights so the export needs no peft to load.
+    """
+    final, staging = output_dir / "export", output_dir / "export.partial"
+    if trainer.is_world_process_zero():
+        clear_dir(staging)
+    trainer.accelerator.wait_for_everyone()
+    if lora_base is not None:
+        adapter_dir = output_dir / "adapter"
+        trainer.save_model(str(adapter_dir))
+        if trainer.is_world_process_zero():
+            merge_lora_export(lora_base, adapter_dir, staging, tokenizer)
+    else:
+        trainer.save_model(str(staging))
+        if trainer.is_world_process_zero():
+            write_export_extras(staging, tokenizer)
+    if trainer.is_world_process_zero():
+        clear_dir(final)
+        staging.rename(final)
+    trainer.accelerator.wait_for_everyone()
+    return final
 
 
 def check_generates(path: str | Path, prompt: str, max_new_tokens: int = 16) -> str:

@@ -8,7 +8,7 @@ Where we diverge, and why:
   inference prompt and every dropped or cut row is reported;
 - checkpoints get a completion marker and our own rotation (`medo1.checkpoint`): transformers
   writes checkpoints in place and picks the highest-numbered directory on resume, complete or not;
-- the export is written aside and renamed into place, then loaded back with `from_pretrained`.
+- the export is written aside and renamed into place (`medo1.models.export_from_trainer`).
 """
 
 from __future__ import annotations
@@ -16,33 +16,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, TrainerCallback
+from transformers import AutoModelForCausalLM
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from medo1 import checkpoint
-from medo1.config import Section, dump_config
+from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
+from medo1.config import OutputConfig, Section, dump_config
 from medo1.data import DataConfig, enforce_policy, load_from_config, write_rejects
 from medo1.metrics import JsonlMetrics
-from medo1.models import clear_dir, load_tokenizer, merge_lora_export, resolve_dtype, write_export_extras
+from medo1.models import ModelConfig, export_from_trainer, load_tokenizer, resolve_dtype
+from medo1.runtime import is_main_process, rank
 from medo1.tokenize import encode_sft, length_stats
 
 log = logging.getLogger("medo1.sft")
-
-
-class ModelConfig(Section):
-    name_or_path: str
-    tokenizer: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    attn_implementation: str | None = None
-    gradient_checkpointing: bool = False
 
 
 class LoraConfig(Section):
@@ -71,16 +64,6 @@ class TrainConfig(Section):
     distributed: Literal["ddp", "deepspeed_zero3", "fsdp"] = "ddp"
     deepspeed_config: str | None = None
     dataloader_workers: int = 0
-
-
-class OutputConfig(Section):
-    dir: str = "runs/sft"
-    save_steps: int = 100
-    keep: int = 2
-    export: bool = True
-    logging_steps: int = 10
-    report_to: list[Literal["wandb", "tensorboard"]] = []
-    batch_trace: bool = False
 
 
 class SFTConfig(Section):
@@ -115,10 +98,6 @@ class SFTResult:
     final_step: int
     export_dir: Path | None
     data_report: dict
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dataset, dict]:
@@ -201,18 +180,11 @@ def training_arguments(config: SFTConfig, output_dir: Path) -> TRLSFTConfig:
     )
 
 
-class SaveAtEnd(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= state.max_steps:
-            control.should_save = True
-
-
-class Medo1SFTTrainer(SFTTrainer):
+class Medo1SFTTrainer(MarkedCheckpoints, SFTTrainer):
     """SFTTrainer with marked-complete checkpoints, our rotation, and an optional batch trace."""
 
-    def __init__(self, *args, keep_checkpoints: int, batch_trace: Path | None = None, **kwargs):
+    def __init__(self, *args, batch_trace: Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.keep_checkpoints = keep_checkpoints
         self.batch_trace = batch_trace
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -227,14 +199,6 @@ class Medo1SFTTrainer(SFTTrainer):
                 handle.write(json.dumps(entry) + "\n")
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        self.accelerator.wait_for_everyone()
-        if self.is_world_process_zero():
-            path = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            checkpoint.mark_complete(path, step=self.state.global_step, world_size=self.accelerator.num_processes)
-            checkpoint.rotate(self.args.output_dir, self.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
 
 
 def load_model(config: SFTConfig):
@@ -260,29 +224,6 @@ def peft_config(config: SFTConfig):
     )
 
 
-def export(trainer: Medo1SFTTrainer, config: SFTConfig, tokenizer, output_dir: Path) -> Path:
-    """Consolidated safetensors + tokenizer + chat template + generation config, renamed into place."""
-    final = output_dir / "export"
-    staging = output_dir / "export.partial"
-    if trainer.is_world_process_zero():
-        clear_dir(staging)
-    trainer.accelerator.wait_for_everyone()
-    if config.lora.enabled:
-        adapter_dir = output_dir / "adapter"
-        trainer.save_model(str(adapter_dir))
-        if trainer.is_world_process_zero():
-            merge_lora_export(config.model.name_or_path, adapter_dir, staging, tokenizer)
-    else:
-        trainer.save_model(str(staging))
-        if trainer.is_world_process_zero():
-            write_export_extras(staging, tokenizer)
-    if trainer.is_world_process_zero():
-        clear_dir(final)
-        staging.rename(final)
-    trainer.accelerator.wait_for_everyone()
-    return final
-
-
 def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
     output_dir = Path(config.output.dir)
     resume_from = checkpoint.resolve_resume(output_dir, resume)
@@ -297,7 +238,7 @@ def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
     model = load_model(config)
     trace = None
     if config.output.batch_trace:
-        trace = output_dir / f"batch-trace-rank{int(os.environ.get('RANK', '0'))}.jsonl"
+        trace = output_dir / f"batch-trace-rank{rank()}.jsonl"
     trainer = Medo1SFTTrainer(
         model=model,
         args=args,
@@ -311,5 +252,8 @@ def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    export_dir = export(trainer, config, tokenizer, output_dir) if config.output.export else None
+    export_dir = None
+    if config.output.export:
+        lora_base = config.model.name_or_path if config.lora.enabled else None
+        export_dir = export_from_trainer(trainer, tokenizer, output_dir, lora_base=lora_base)
     return SFTResult(output_dir, trainer.state.global_step, export_dir, report)

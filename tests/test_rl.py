@@ -1,0 +1,217 @@
+"""RL stage end to end on CPU: PPO and GRPO on a toy verifiable task, resume, torchrun, export.
+
+The toy task: every problem's reference answer is "yes". The policy is the tiny Qwen2 model after a
+short SFT on the same questions answered "yes" or "no" half of the time, so it writes the
+`## Thinking` / `## Final Response` format and answers right about half the time. With the
+answer-match reward (1.0 right, 0.1 wrong, 0.0 bad format) the mean reward starts near 0.55; RL
+must raise it. Seen when written (seed 42, lr 1e-3, 8 episodes per update): PPO 0.44, 0.18 in the
+first two updates, 1.0 in each of the last four of 16; GRPO (G=8) 0.33, 0.21 first, 0.82 mean over
+the last four of 16 steps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from medo1 import checkpoint
+from medo1.config import load_config
+from medo1.metrics import read_metrics
+from medo1.rl import run_rl
+from medo1.rl.config import RLConfig
+from medo1.sft import SFTConfig, run_sft
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.conftest import REPO, TINY_RECIPE, free_port, run_medo1
+
+pytestmark = pytest.mark.slow
+
+QUESTION = "Case {i}: is the finding benign? Reply yes or no."
+
+
+@pytest.fixture(scope="session")
+def toy_policy(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("toy-sft")
+    rows = [
+        {"Question": QUESTION.format(i=i), "Complex_CoT": "I check the case.", "Response": "yes" if i % 2 else "no"}
+        for i in range(32)
+    ]
+    (tmp / "sft.json").write_text(json.dumps(rows))
+    overrides = {
+        "model.name_or_path": tiny_model,
+        "data.path": tmp / "sft.json",
+        "data.max_length": 128,
+        "data.limit": None,
+        "output.dir": tmp / "run",
+        "train.max_steps": 40,
+        "train.learning_rate": 1e-2,
+        "train.lr_scheduler": "constant",
+        "train.warmup_ratio": 0.0,
+        "train.per_device_batch_size": 8,
+        "train.gradient_accumulation_steps": 1,
+        "output.save_steps": 1000,
+    }
+    config = load_config(SFTConfig, TINY_RECIPE, [f"{k}={'null' if v is None else v}" for k, v in overrides.items()])
+    return run_sft(config).export_dir
+
+
+@pytest.fixture(scope="session")
+def toy_problems(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy-rl") / "problems.json"
+    rows = [{"Open-ended Verifiable Question": QUESTION.format(i=i), "Ground-True Answer": "yes"} for i in range(32)]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def rl_overrides(policy, problems, out, algo="ppo", **extra) -> list[str]:
+    values = {
+        "algo": algo,
+        "model.name_or_path": policy,
+        "data.path": problems,
+        "data.format": "verifiable",
+        "reward.kind": "answer_match",
+        "sampling.response_length": 24,
+        "sampling.temperature": 0.7,
+        "output.dir": out,
+        "output.save_steps": 1000,
+        "output.logging_steps": 1,
+        "train.learning_rate": 1e-3,
+        "train.warmup_ratio": 0.0,
+        "train.lr_scheduler": "constant",
+        "train.per_device_batch_size": 4,
+        "train.gradient_accumulation_steps": 2,
+        "train.total_episodes": 128,
+        "ppo.kl_coef": 0.01,
+        "ppo.ppo_epochs": 2,
+        **extra,
+    }
+    return [f"{key}={value}" for key, value in values.items()]
+
+
+def as_cli(overrides: list[str]) -> list[str]:
+    return ["rl", "--config", REPO / "recipes" / "rl-ppo-tiny-cpu.yaml", "--resume", "auto"] + [
+        a for o in overrides for a in ("--set", o)
+    ]
+
+
+@pytest.fixture(scope="module")
+def ppo_run(toy_policy, toy_problems, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ppo") / "run"
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, out))
+    return run_rl(config)
+
+
+def test_ppo_raises_mean_reward_on_the_toy_task(ppo_run):
+    metrics = read_metrics(ppo_run.output_dir / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == list(range(1, 17))
+    rewards = [m["reward_mean"] for m in metrics]
+    early, late = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
+    assert early < 0.75, rewards  # the warm start answers right only part of the time
+    assert late >= 0.85 and late >= early + 0.2, rewards
+
+
+def test_ppo_logs_the_rl_metrics(ppo_run):
+    last = read_metrics(ppo_run.output_dir / "metrics.jsonl")[-1]
+    for key in (
+        "reward_mean", "format_ok_rate", "verifier_true_rate", "kl", "entropy", "clip_fraction", "approx_kl",
+        "policy_loss", "value_loss", "response_length", "learning_rate", "grad_norm",
+        "time_generation", "time_scoring", "time_training", "generated_tokens_per_second",
+    ):
+        assert key in last, key
+    assert 0.0 <= last["format_ok_rate"] <= 1.0
+    assert last["response_length"] < 24  # stopped at end of turn, not sampled to the length limit
+    assert last["generated_tokens_per_second"] > 0
+
+
+def test_ppo_export_loads_and_generates(ppo_run):
+    tokenizer = AutoTokenizer.from_pretrained(ppo_run.export_dir)
+    model = AutoModelForCausalLM.from_pretrained(ppo_run.export_dir)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": QUESTION.format(i=3)}], tokenize=False, add_generation_prompt=True
+    )
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
+    text = tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "## Final Response" in text
+    assert [s for s, _ in checkpoint.list_checkpoints(ppo_run.output_dir)] == [16]
+
+
+def test_ppo_kill_and_resume_matches_an_uninterrupted_run(toy_policy, toy_problems, tmp_path):
+    extra = {"train.total_episodes": 48, "output.save_steps": 2, "output.keep": 2}
+    reference = run_medo1(as_cli(rl_overrides(toy_policy, toy_problems, tmp_path / "reference", **extra)))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    crashed = tmp_path / "crashed"
+    cmd = [sys.executable, "-m", "medo1"] + [str(a) for a in as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra))]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoint.is_complete(crashed / "checkpoint-2"):
+        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    half = crashed / "checkpoint-5"  # a save cut short: no completion marker
+    (half / "policy").mkdir(parents=True)
+    resumed = run_medo1(as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["final_step"] == 6
+    steps = [m["step"] for m in read_metrics(crashed / "metrics.jsonl")]
+    assert sorted(set(steps)) == list(range(1, 7))
+    ref_metrics = {m["step"]: m["reward_mean"] for m in read_metrics(tmp_path / "reference" / "metrics.jsonl")}
+    last = {m["step"]: m["reward_mean"] for m in read_metrics(crashed / "metrics.jsonl")}
+    assert last == pytest.approx(ref_metrics, abs=1e-6)  # same rollouts: data order and RNG restored
+    final = load_file(crashed / "export" / "model.safetensors")
+    ref = load_file(tmp_path / "reference" / "export" / "model.safetensors")
+    assert all(torch.allclose(final[k], ref[k], atol=1e-5) for k in ref)
+
+
+def test_ppo_under_torchrun_two_processes(toy_policy, toy_problems, tmp_path):
+    port = str(free_port())
+    env = {
+        "MASTER_ADDR": "127.0.0.1", "PET_MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PET_MASTER_PORT": port,
+        "WORLD_SIZE": "2", "RANK": "0", "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
+    }
+    out = tmp_path / "dist"
+    extra = {"train.total_episodes": 32}  # 2 ranks x 8 per update: 2 updates
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "-m", "medo1"]
+    done = run_medo1(as_cli(rl_overrides(toy_policy, toy_problems, out, **extra)), env=env, launcher=torchrun)
+    assert done.returncode == 0, done.stderr[-4000:]
+    checkpoints = checkpoint.list_checkpoints(out)
+    assert [s for s, _ in checkpoints] == [2]
+    assert json.loads((checkpoints[0][1] / checkpoint.COMPLETE_MARKER).read_text())["world_size"] == 2
+    assert (checkpoints[0][1] / "rng-rank1.pt").is_file()
+    assert AutoModelForCausalLM.from_pretrained(out / "export") is not None
+    assert [m["episodes"] for m in read_metrics(out / "metrics.jsonl")] == [16, 32]
+
+
+def test_missing_verifier_fails_at_startup_with_a_clear_message(toy_policy, toy_problems, tmp_path):
+    overrides = rl_overrides(toy_policy, toy_problems, tmp_path / "run", **{"reward.kind": "verifier"})
+    overrides.append(f"reward.model={tmp_path / 'no-such-verifier'}")
+    done = run_medo1(as_cli(overrides))
+    assert done.returncode == 2
+    assert "no-such-verifier" in done.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_grpo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path):
+    # 8 completions per step = one problem x G=8; 128 episodes = 16 steps.
+    extra = {"grpo.num_generations": 8}
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "grpo", "grpo", **extra))
+    result = run_rl(config)
+    metrics = [m for m in read_metrics(result.output_dir / "metrics.jsonl") if "reward" in m]
+    rewards = [m["reward"] for m in metrics]
+    assert len(rewards) == 16
+    early, late = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
+    # Seen: 0.33, 0.21 first; 0.82 over the last four (group sampling of one problem is noisier).
+    assert late >= 0.7 and late >= early + 0.3, rewards
+    last = metrics[-1]
+    assert "rewards/format_ok/mean" in last and "rewards/verifier_true/mean" in last
+    assert [s for s, _ in checkpoint.list_checkpoints(result.output_dir)] == [16]
+    assert AutoModelForCausalLM.from_pretrained(result.export_dir) is not None

@@ -1,0 +1,103 @@
+"""GRPO through TRL's GRPOTrainer, with medo1's rewards, data, checkpoints, metrics and export.
+
+TRL does the group sampling, group-normalised advantages, KL to the reference and (optionally)
+vLLM rollouts; we supply the problems, the reward functions and checkpoint completeness.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from trl import GRPOConfig, GRPOTrainer
+
+from medo1 import checkpoint
+from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
+from medo1.config import dump_config
+from medo1.metrics import JsonlMetrics
+from medo1.models import export_from_trainer, load_tokenizer
+from medo1.rl.config import RLConfig
+from medo1.rl.ppo import RLResult
+from medo1.rl.rewards import build_reward, trl_reward_funcs
+from medo1.rl.rollout import load_problems
+from medo1.runtime import is_main_process, world_size
+
+log = logging.getLogger("medo1.grpo")
+
+
+class Medo1GRPOTrainer(MarkedCheckpoints, GRPOTrainer):
+    pass
+
+
+def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOConfig:
+    train, grpo, out = config.train, config.grpo, config.output
+    completions_per_step = train.per_device_batch_size * train.gradient_accumulation_steps * world_size
+    on_gpu = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        per_device_train_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        # total_episodes counts sampled completions, as for PPO.
+        max_steps=max(1, math.ceil(train.total_episodes / completions_per_step)),
+        num_generations=grpo.num_generations,
+        beta=grpo.beta,
+        max_completion_length=config.sampling.response_length,
+        temperature=config.sampling.temperature,
+        top_p=config.sampling.top_p,
+        use_vllm=grpo.use_vllm,
+        vllm_mode="colocate",
+        reward_weights=[1.0, 0.0, 0.0],  # the last two only log the format-ok and verifier-true rates
+        seed=train.seed,
+        data_seed=train.seed,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        activation_checkpointing=config.model.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=out.save_steps,
+        save_total_limit=None,
+        logging_steps=out.logging_steps,
+        report_to=list(out.report_to) or "none",
+        disable_tqdm=True,
+    )
+
+
+def run_grpo(config: RLConfig, resume: str = "none") -> RLResult:
+    output_dir = Path(config.output.dir)
+    resume_from = checkpoint.resolve_resume(output_dir, resume)
+    main = is_main_process()
+    if main and resume != "none":
+        for moved in checkpoint.set_aside_incomplete(output_dir):
+            log.warning("set aside incomplete checkpoint %s", moved)
+    reward = build_reward(config.reward, device="cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.name_or_path)
+    problems, _ = load_problems(config, output_dir, main)
+    if main:
+        dump_config(config, output_dir / "config.yaml")
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [problems.prompts[i] for i in problems.train],
+            "reference": [problems.references[i] for i in problems.train],
+        }
+    )
+    trainer = Medo1GRPOTrainer(
+        model=config.model.name_or_path,
+        reward_funcs=trl_reward_funcs(reward),
+        args=grpo_arguments(config, output_dir, world_size()),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd()],
+        keep_checkpoints=config.output.keep,
+    )
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    export_dir = export_from_trainer(trainer, tokenizer, output_dir) if config.output.export else None
+    return RLResult(output_dir, trainer.state.global_step, export_dir)
