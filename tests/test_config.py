@@ -291,3 +291,35 @@ def test_sft_recipe_rejects_bad_literal():
     with pytest.raises(ConfigError) as err:
         load_config(SFTConfig, RECIPES / "sft-tiny-cpu.yaml", ["train.precision=fp16"])
     assert "train.precision" in str(err.value)
+
+
+RL_RECIPES = sorted(RECIPES.glob("rl-*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RL_RECIPES, ids=lambda p: p.name)
+def test_every_rl_recipe_loads(recipe):
+    from medo1.rl.config import RLConfig
+
+    cfg = load_config(RLConfig, recipe)
+    assert cfg.data.format == "verifiable"
+    assert recipe.name.startswith(f"rl-{cfg.algo}-")
+
+
+def test_ppo_recipe_has_the_published_settings():
+    from medo1.rl.config import RLConfig
+
+    cfg = load_config(RLConfig, RECIPES / "rl-ppo-qwen2.5-7b-8xh100.yaml")
+    assert (cfg.sampling.response_length, cfg.sampling.temperature) == (1300, 0.5)
+    assert (cfg.ppo.kl_coef, cfg.ppo.ppo_epochs, cfg.ppo.num_mini_batches) == (0.03, 3, 1)
+    assert (cfg.ppo.gamma, cfg.ppo.lam, cfg.ppo.cliprange, cfg.ppo.cliprange_value) == (1.0, 0.95, 0.2, 0.2)
+    assert cfg.train.learning_rate == pytest.approx(5e-7) and cfg.train.warmup_ratio == pytest.approx(0.05)
+    assert (cfg.train.per_device_batch_size, cfg.train.gradient_accumulation_steps) == (1, 16)
+    assert cfg.train.total_episodes == 20000
+    assert cfg.reward.kind == "verifier" and cfg.reward.threshold == pytest.approx(0.4)
+
+
+def test_grpo_recipe_has_the_fork_settings():
+    from medo1.rl.config import RLConfig
+
+    cfg = load_config(RLConfig, RECIPES / "rl-grpo-qwen2.5-7b-8xh100.yaml")
+    assert (cfg.grpo.num_generations, cfg.grpo.beta, cfg.train.learning_rate) == (8, 0.001, pytest.approx(1e-6))

@@ -1,0 +1,185 @@
+{{/* Chart name, truncated to the 63 characters a label allows. */}}
+{{- define "medo1.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Release-scoped base name for every object. */}}
+{{- define "medo1.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "medo1.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "medo1.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "medo1.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "medo1.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: medo1
+{{- end -}}
+
+{{- define "medo1.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "medo1.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Claim name of a storage entry: the existing claim, or the one this chart creates. Call with (list $ "data"). */}}
+{{- define "medo1.claimName" -}}
+{{- $root := index . 0 -}}
+{{- $key := index . 1 -}}
+{{- $volume := index $root.Values.storage $key -}}
+{{- if $volume.existingClaim -}}
+{{- $volume.existingClaim -}}
+{{- else -}}
+{{- printf "%s-%s" (include "medo1.fullname" $root) ($key | kebabcase) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "medo1.image" -}}
+{{- printf "%s:%s" .Values.image.repository .Values.image.tag -}}
+{{- end -}}
+
+{{/* Processes per node: one per GPU, or cpuProcsPerNode on CPU-only nodes. */}}
+{{- define "medo1.nprocPerNode" -}}
+{{- if gt (int .Values.cluster.gpusPerNode) 0 -}}
+{{- .Values.cluster.gpusPerNode -}}
+{{- else -}}
+{{- .Values.cluster.cpuProcsPerNode -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The training command of a stage: torchrun reads PET_* (PyTorchJob) or its flags (TrainJob). Call with (list $ "sft"). */}}
+{{- define "medo1.stageArgs" -}}
+{{- $root := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- $stage := index $root.Values.stages $name -}}
+- -m
+- medo1
+- {{ $name }}
+- --config
+- {{ $stage.recipe }}
+- --resume
+- auto
+{{- range $stage.set }}
+- --set
+- {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Environment shared by every training container: caches, NCCL, secrets by reference. */}}
+{{- define "medo1.env" -}}
+- name: HF_HOME
+  value: {{ .Values.storage.hfCache.mountPath | quote }}
+- name: HF_HUB_ENABLE_HF_TRANSFER
+  value: "0"
+- name: TOKENIZERS_PARALLELISM
+  value: "false"
+{{- range $name, $value := .Values.nccl }}
+- name: {{ $name }}
+  value: {{ $value | quote }}
+{{- end }}
+{{- range $key, $secret := .Values.secrets }}
+{{- if $secret.name }}
+- name: {{ $secret.key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret.name }}
+      key: {{ $secret.key }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "medo1.resources" -}}
+{{- $limits := dict "cpu" .Values.cluster.cpu "memory" .Values.cluster.memory -}}
+{{- if gt (int .Values.cluster.gpusPerNode) 0 -}}
+{{- $_ := set $limits .Values.cluster.gpuResource (int .Values.cluster.gpusPerNode) -}}
+{{- end -}}
+{{- if .Values.cluster.rdma.enabled -}}
+{{- $_ := set $limits .Values.cluster.rdma.resource (int .Values.cluster.rdma.count) -}}
+{{- end -}}
+limits:
+{{ toYaml $limits | indent 2 }}
+requests:
+{{ toYaml $limits | indent 2 }}
+{{- end -}}
+
+{{- define "medo1.volumeMounts" -}}
+{{- range $key := list "data" "checkpoints" "hfCache" }}
+- name: {{ $key | kebabcase }}
+  mountPath: {{ (index $.Values.storage $key).mountPath }}
+{{- end }}
+- name: dshm
+  mountPath: /dev/shm
+{{- end -}}
+
+{{- define "medo1.volumes" -}}
+{{- range $key := list "data" "checkpoints" "hfCache" }}
+- name: {{ $key | kebabcase }}
+  persistentVolumeClaim:
+    claimName: {{ include "medo1.claimName" (list $ $key) }}
+{{- end }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.cluster.shmSize }}
+{{- end -}}
+
+{{/* Pod-level settings shared by every training pod. */}}
+{{- define "medo1.podSpecCommon" -}}
+serviceAccountName: {{ include "medo1.serviceAccountName" . }}
+securityContext:
+{{ toYaml .Values.podSecurityContext | indent 2 }}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .Values.cluster.nodeSelector }}
+nodeSelector:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .Values.cluster.tolerations }}
+tolerations:
+{{ toYaml . | indent 2 }}
+{{- end }}
+{{- with .Values.cluster.affinity }}
+affinity:
+{{ toYaml . | indent 2 }}
+{{- end }}
+automountServiceAccountToken: false
+volumes:
+{{ include "medo1.volumes" . | trim | indent 2 }}
+{{- end -}}
+
+{{/* The training container. Call with (list $ "sft" "pytorch"); the last item is the container name. */}}
+{{- define "medo1.trainingContainer" -}}
+{{- $root := index . 0 -}}
+{{- $stage := index . 1 -}}
+{{- $container := index . 2 -}}
+- name: {{ $container }}
+  image: {{ include "medo1.image" $root }}
+  imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+  command: ["torchrun"]
+  args:
+{{ include "medo1.stageArgs" (list $root $stage) | indent 4 }}
+  env:
+{{ include "medo1.env" $root | trim | indent 4 }}
+  resources:
+{{ include "medo1.resources" $root | indent 4 }}
+  securityContext:
+{{ toYaml $root.Values.securityContext | indent 4 }}
+  volumeMounts:
+{{ include "medo1.volumeMounts" $root | trim | indent 4 }}
+{{- end -}}

@@ -1,0 +1,232 @@
+"""Kubernetes objects from the Helm chart: render (real Helm through helm-python-sdk), write the
+checked-in manifests, validate against the Kubernetes schemas and the Kubeflow CRDs, and policy
+checks for the mistakes that only show after an hour on 8x H100 (wrong container name, GPU count
+not matching processes, no /dev/shm, a PVC that does not exist, an inline secret, root, `latest`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = Path(os.environ.get("MEDO1_CHART", REPO_ROOT / "helm" / "medo1"))
+PROFILES_DIR = REPO_ROOT / "helm" / "profiles"
+MANIFESTS_DIR = REPO_ROOT / "manifests"
+KUBE_VERSION = "1.33.0"
+RELEASE = "medo1"
+NAMESPACE = "medo1"
+
+TRAINING_CONTAINER = {"PyTorchJob": "pytorch", "TrainingRuntime": "node"}
+SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIALS?)($|_)", re.IGNORECASE)
+KIND_ORDER = ["ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "TrainingRuntime", "PyTorchJob", "TrainJob"]
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
+        raise ValueError(f"no profile {name!r} in {PROFILES_DIR}; known: {known}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def _sort_key(obj: dict[str, Any]) -> tuple[int, str]:
+    kind = obj.get("kind", "")
+    rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+    return rank, obj.get("metadata", {}).get("name", "")
+
+
+def render_chart(
+    values: dict[str, Any] | None = None, release: str = RELEASE, namespace: str = NAMESPACE, chart_dir: Path = CHART_DIR
+) -> list[dict[str, Any]]:
+    """Render with real Helm (schema checked first); objects in apply order."""
+    from helm_python.chart import Chart
+
+    with Chart.load(chart_dir) as chart:
+        chart.validate_schema(values or {})
+        rendered = chart.render(values=values or {}, name=release, namespace=namespace, is_install=True)
+    objects = []
+    for path, text in rendered.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return sorted(objects, key=_sort_key)
+
+
+def manifest_text(objects: list[dict[str, Any]], profile: str) -> str:
+    header = (
+        f"# Rendered from helm/medo1 with helm/profiles/{profile}.yaml by `make manifests`. Do not edit:\n"
+        "# change the chart or the profile and regenerate. Apply with `kubectl apply -n medo1 -f`.\n"
+    )
+    return header + "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in objects)
+
+
+def write_manifests(out_dir: Path = MANIFESTS_DIR) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in profiles():
+        path = out_dir / f"{name}.yaml"
+        path.write_text(manifest_text(render_chart(load_profile(name)), name))
+        written.append(path)
+    return written
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+
+def crd_schemas(crd_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema, from CustomResourceDefinition files."""
+    schemas = {}
+    for path in sorted(crd_dir.glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def pod_templates(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, pod template) for every pod a training object will create."""
+    kind, name = obj.get("kind"), obj.get("metadata", {}).get("name")
+    if kind == "PyTorchJob":
+        return [
+            (f"PyTorchJob/{name} {role}", spec.get("template", {}))
+            for role, spec in obj.get("spec", {}).get("pytorchReplicaSpecs", {}).items()
+        ]
+    if kind == "TrainingRuntime":
+        jobs = obj.get("spec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", [])
+        return [(f"TrainingRuntime/{name} {job['name']}", job["template"]["spec"]["template"]) for job in jobs]
+    return []
+
+
+def schema_errors(objects: Iterable[dict[str, Any]], crd_dir: Path, kube_version: str = KUBE_VERSION) -> list[str]:
+    """Every object against the Kubernetes schemas (strict) or its CRD; pod templates inside
+    Kubeflow objects also against the core PodTemplate schema."""
+    import jsonschema
+    import kubernetes_validate
+
+    crds = crd_schemas(crd_dir)
+    errors = []
+
+    def core(doc: dict[str, Any], where: str) -> None:
+        try:
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{where}: {exc.message} at {'.'.join(str(p) for p in exc.path)}")
+
+    for obj in objects:
+        where = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        key = (obj.get("apiVersion"), obj.get("kind"))
+        if key in crds:
+            validator = jsonschema.Draft7Validator(crds[key])
+            for err in validator.iter_errors(obj):
+                errors.append(f"{where}: {err.message} at {'.'.join(str(p) for p in err.absolute_path)}")
+            for pod_where, template in pod_templates(obj):
+                core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}, pod_where)
+        elif obj.get("apiVersion", "").endswith(".kubeflow.org/v1") or "kubeflow.org" in obj.get("apiVersion", ""):
+            errors.append(f"{where}: no CRD for {key} in {crd_dir}")
+        else:
+            core(obj, where)
+    return errors
+
+
+def _nproc(obj: dict[str, Any], objects: list[dict[str, Any]]) -> int | None:
+    if obj["kind"] == "PyTorchJob":
+        value = obj["spec"].get("nprocPerNode")
+        return int(value) if value is not None and str(value).isdigit() else None
+    for job in objects:
+        ref = job.get("spec", {}).get("runtimeRef", {})
+        if job.get("kind") == "TrainJob" and ref.get("name") == obj["metadata"]["name"]:
+            return job["spec"].get("trainer", {}).get("numProcPerNode")
+    return None
+
+
+def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[str] = ()) -> list[str]:
+    claims = {o["metadata"]["name"] for o in objects if o.get("kind") == "PersistentVolumeClaim"} | set(existing_claims)
+    problems = []
+    for obj in objects:
+        if obj.get("kind") == "Secret":
+            problems.append(f"Secret/{obj['metadata']['name']}: secrets must come from existing Secrets, not the chart")
+        expected = TRAINING_CONTAINER.get(obj.get("kind"))
+        for where, template in pod_templates(obj):
+            spec = template.get("spec", {})
+            containers = spec.get("containers", [])
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            names = [c.get("name") for c in containers]
+            if expected not in names:
+                problems.append(f"{where}: no container named {expected!r} (found {names})")
+            pod_security = spec.get("securityContext", {})
+            if pod_security.get("runAsNonRoot") is not True or pod_security.get("runAsUser") == 0:
+                problems.append(f"{where}: pod must run as non-root (runAsNonRoot: true, runAsUser != 0)")
+            for volume in volumes.values():
+                claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+                if claim is not None and claim not in claims:
+                    problems.append(f"{where}: volume {volume['name']!r} uses PVC {claim!r}, which is neither rendered nor declared existing")
+            nproc = _nproc(obj, objects)
+            for container in containers:
+                cwhere = f"{where} container {container.get('name')}"
+                image = container.get("image", "")
+                tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
+                if not tag or tag == "latest":
+                    problems.append(f"{cwhere}: image {image!r} needs a fixed tag, not latest")
+                security = container.get("securityContext", {})
+                if security.get("allowPrivilegeEscalation") is not False or security.get("privileged"):
+                    problems.append(f"{cwhere}: privilege escalation must be off")
+                if "ALL" not in security.get("capabilities", {}).get("drop", []):
+                    problems.append(f"{cwhere}: capabilities must drop ALL")
+                for env in container.get("env", []):
+                    if SECRET_NAME.search(env.get("name", "")) and "value" in env:
+                        problems.append(f"{cwhere}: env {env['name']} holds a secret inline; use secretKeyRef")
+                mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+                for path, volume_name in mounts.items():
+                    if volume_name not in volumes:
+                        problems.append(f"{cwhere}: mount {path} names no volume {volume_name!r}")
+                if container.get("name") != expected:
+                    continue
+                shm = volumes.get(mounts.get("/dev/shm", ""), {}).get("emptyDir")
+                if not shm or shm.get("medium") != "Memory":
+                    problems.append(f"{cwhere}: /dev/shm must be a memory-backed emptyDir (NCCL needs more than 64 MiB)")
+                limits = container.get("resources", {}).get("limits", {})
+                gpus = next((int(v) for k, v in limits.items() if k.endswith("/gpu")), None)
+                if gpus is not None and gpus != nproc:
+                    problems.append(f"{cwhere}: {gpus} GPUs but {nproc} processes per node")
+    return problems
+
+
+def operator_env(job: dict[str, Any], pod_index: int, master_addr: str, master_port: int) -> dict[str, str]:
+    """The environment Training Operator v1.9 injects into a PyTorchJob pod (see KUBEFLOW.md)."""
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    pods = sum(int(s.get("replicas", 1)) for s in specs.values())
+    nproc = str(job["spec"].get("nprocPerNode", "1"))
+    return {
+        "PYTHONUNBUFFERED": "1",
+        "MASTER_ADDR": master_addr,
+        "PET_MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "PET_MASTER_PORT": str(master_port),
+        "WORLD_SIZE": str(pods * int(nproc)) if nproc.isdigit() else str(pods),
+        "RANK": str(pod_index),
+        "PET_NODE_RANK": str(pod_index),
+        "PET_NNODES": str(pods),
+        "PET_NPROC_PER_NODE": nproc,
+    }
+
+
+def main() -> None:
+    for path in write_manifests():
+        print(path.relative_to(REPO_ROOT))
+
+
+if __name__ == "__main__":
+    main()
