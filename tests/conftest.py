@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,22 @@ def run_medo1(args: list[str], env: dict | None = None, timeout: int = 600, laun
     return subprocess.run(
         cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
     )
+
+
+def kill_after_checkpoint(args: list, checkpoint_dir: Path, timeout: float = 300) -> None:
+    """Start `medo1 ARGS`, SIGKILL it as soon as `checkpoint_dir` is complete (a crash mid-run)."""
+    from medo1.checkpoint import is_complete
+
+    cmd = [sys.executable, "-m", "medo1"] + [str(a) for a in args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not is_complete(checkpoint_dir):
+            assert proc.poll() is None, "run ended before it could be killed"
+            assert time.time() < deadline, f"no {checkpoint_dir} after {timeout} s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

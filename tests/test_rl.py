@@ -12,10 +12,7 @@ the last four of 16 steps.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -28,7 +25,13 @@ from medo1.sft import SFTConfig, run_sft
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import REPO, TINY_RECIPE, free_port, run_medo1
+from tests.conftest import (
+    REPO,
+    TINY_RECIPE,
+    free_port,
+    kill_after_checkpoint,
+    run_medo1,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -148,14 +151,7 @@ def test_ppo_kill_and_resume_matches_an_uninterrupted_run(toy_policy, toy_proble
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     crashed = tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "medo1"] + [str(a) for a in as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra))]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoint.is_complete(crashed / "checkpoint-2"):
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)), crashed / "checkpoint-2")
     half = crashed / "checkpoint-5"  # a save cut short: no completion marker
     (half / "policy").mkdir(parents=True)
     resumed = run_medo1(as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)))

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +12,9 @@ from medo1 import checkpoint
 from safetensors.torch import load_file
 
 from tests.conftest import (
-    REPO,
     TINY_RECIPE,
     free_port,
+    kill_after_checkpoint,
     run_medo1,
     sft_overrides,
     write_short_rows,
@@ -50,14 +47,7 @@ def test_kill_then_resume_auto_finishes_like_an_uninterrupted_run(tiny_model, de
     assert done.returncode == 0, done.stderr[-3000:]
 
     crashed = tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "medo1"] + [str(a) for a in sft_args(tiny_model, data, crashed)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoint.is_complete(crashed / "checkpoint-4"):
-        assert proc.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(sft_args(tiny_model, data, crashed), crashed / "checkpoint-4")
     resumed_from = checkpoint.latest_complete(crashed)
     k = int(resumed_from.name.split("-")[1])
     assert 4 <= k < MAX_STEPS

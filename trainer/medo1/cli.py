@@ -52,8 +52,12 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if loaded.problems else 0
 
 
-def _print_result(result) -> int:
-    """One JSON line saying where the run's outputs landed (rank 0 only)."""
+def _run_training(args: argparse.Namespace, config_class, run, extra_overrides: list[str]) -> int:
+    """Recipe + overrides -> typed config -> stage run; prints where the outputs landed (rank 0)."""
+    overrides = list(args.set) + extra_overrides
+    if args.output_dir:
+        overrides.append(f"output.dir={args.output_dir}")
+    result = run(load_config(config_class, args.config, overrides), resume=args.resume)
     if is_main_process():
         export = str(result.export_dir) if result.export_dir else None
         print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export}))
@@ -63,26 +67,14 @@ def _print_result(result) -> int:
 def cmd_sft(args: argparse.Namespace) -> int:
     from medo1.sft import SFTConfig, run_sft
 
-    overrides = list(args.set)
-    if args.output_dir:
-        overrides.append(f"output.dir={args.output_dir}")
-    config = load_config(SFTConfig, args.config, overrides)
-    result = run_sft(config, resume=args.resume)
-    return _print_result(result)
+    return _run_training(args, SFTConfig, run_sft, [])
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
     from medo1.rl import run_rl
     from medo1.rl.config import RLConfig
 
-    overrides = list(args.set)
-    if args.algo:
-        overrides.append(f"algo={args.algo}")
-    if args.output_dir:
-        overrides.append(f"output.dir={args.output_dir}")
-    config = load_config(RLConfig, args.config, overrides)
-    result = run_rl(config, resume=args.resume)
-    return _print_result(result)
+    return _run_training(args, RLConfig, run_rl, [f"algo={args.algo}"] if args.algo else [])
 
 
 def cmd_model_init_tiny(args: argparse.Namespace) -> int:

@@ -88,3 +88,28 @@ class OutputConfig(Section):
     logging_steps: int = 10
     report_to: list[Literal["wandb", "tensorboard"]] = []
     batch_trace: bool = False
+
+
+def trainer_arguments(train: Any, output: OutputConfig, output_dir: Path) -> dict[str, Any]:
+    """transformers TrainingArguments fields every HF-Trainer stage (SFT, GRPO) sets the same way.
+
+    Checkpoint cadence is transformers'; retention is ours (`medo1.checkpoint`), so its own limit is off.
+    """
+    return {
+        "output_dir": str(output_dir),
+        "learning_rate": train.learning_rate,
+        "lr_scheduler_type": train.lr_scheduler,
+        "warmup_steps": train.warmup_ratio,
+        "weight_decay": train.weight_decay,
+        "max_grad_norm": train.max_grad_norm,
+        "per_device_train_batch_size": train.per_device_batch_size,
+        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "seed": train.seed,
+        "data_seed": train.seed,
+        "save_strategy": "steps",
+        "save_steps": output.save_steps,
+        "save_total_limit": None,
+        "logging_steps": output.logging_steps,
+        "report_to": list(output.report_to) or "none",
+        "disable_tqdm": True,
+    }

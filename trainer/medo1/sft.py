@@ -28,7 +28,7 @@ from trl import SFTTrainer
 
 from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
-from medo1.config import OutputConfig, Section, dump_config
+from medo1.config import OutputConfig, Section, dump_config, trainer_arguments
 from medo1.data import DataConfig, enforce_policy, load_from_config, write_rejects
 from medo1.metrics import JsonlMetrics
 from medo1.models import ModelConfig, export_from_trainer, load_tokenizer, resolve_dtype
@@ -144,31 +144,16 @@ def training_arguments(config: SFTConfig, output_dir: Path) -> TRLSFTConfig:
         fsdp = "full_shard auto_wrap"
         fsdp_config = {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": config.model.gradient_checkpointing}
     return TRLSFTConfig(
-        output_dir=str(output_dir),
+        **trainer_arguments(train, out, output_dir),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler,
-        warmup_steps=train.warmup_ratio,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        per_device_train_batch_size=train.per_device_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
-        seed=train.seed,
-        data_seed=train.seed,
         bf16=bf16,
         use_cpu=not on_gpu,
         activation_checkpointing=config.model.gradient_checkpointing and fsdp is None,
         deepspeed=deepspeed,
         fsdp=fsdp,
         fsdp_config=fsdp_config,
-        # Checkpoint cadence is transformers'; retention is ours (only complete checkpoints count).
-        save_strategy="steps",
-        save_steps=out.save_steps,
-        save_total_limit=None,
-        logging_steps=out.logging_steps,
         logging_first_step=True,
-        report_to=list(out.report_to) or "none",
         dataloader_num_workers=train.dataloader_workers,
         # Rows are already within data.max_length (medo1.tokenize); TRL only needs it as the pack size.
         max_length=config.data.max_length if train.batching == "packed" else None,
@@ -176,7 +161,6 @@ def training_arguments(config: SFTConfig, output_dir: Path) -> TRLSFTConfig:
         packing_strategy="bfd",
         padding_free=train.batching == "padding_free",
         dataset_num_proc=None,
-        disable_tqdm=True,
     )
 
 

@@ -16,7 +16,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
-from medo1.config import dump_config
+from medo1.config import dump_config, trainer_arguments
 from medo1.metrics import JsonlMetrics
 from medo1.models import export_from_trainer, load_tokenizer
 from medo1.rl.config import RLConfig
@@ -37,14 +37,7 @@ def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOC
     completions_per_step = train.per_device_batch_size * train.gradient_accumulation_steps * world_size
     on_gpu = torch.cuda.is_available()
     return GRPOConfig(
-        output_dir=str(output_dir),
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler,
-        warmup_steps=train.warmup_ratio,
-        weight_decay=train.weight_decay,
-        max_grad_norm=train.max_grad_norm,
-        per_device_train_batch_size=train.per_device_batch_size,
-        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        **trainer_arguments(train, out, output_dir),
         # total_episodes counts sampled completions, as for PPO.
         max_steps=max(1, math.ceil(train.total_episodes / completions_per_step)),
         num_generations=grpo.num_generations,
@@ -55,17 +48,9 @@ def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOC
         use_vllm=grpo.use_vllm,
         vllm_mode="colocate",
         reward_weights=[1.0, 0.0, 0.0],  # the last two only log the format-ok and verifier-true rates
-        seed=train.seed,
-        data_seed=train.seed,
         bf16=on_gpu,
         use_cpu=not on_gpu,
         activation_checkpointing=config.model.gradient_checkpointing,
-        save_strategy="steps",
-        save_steps=out.save_steps,
-        save_total_limit=None,
-        logging_steps=out.logging_steps,
-        report_to=list(out.report_to) or "none",
-        disable_tqdm=True,
     )
 
 
