@@ -7,7 +7,7 @@ DEMO_DATA := examples/data/medical_o1_demo.json
 # CPU build of torch: on this project's machines a local wheel; GPU images pin their own (images/).
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install demo test test-fast manifests lock image image-cpu push clean
+.PHONY: install demo test test-fast bench manifests lock image image-cpu push clean
 
 REGISTRY ?= ghcr.io/medo1
 TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
@@ -25,18 +25,24 @@ $(TINY_MODEL)/config.json: | install
 	$(BIN)/medo1 model init-tiny $(TINY_MODEL)
 
 # Main job, small default: validate the demo data, tiny CPU SFT with export, load the export and
-# generate, then a tiny PPO run from that export.
+# generate, a tiny PPO run from that export, MCQ eval of the RL export, and an upload dry run.
 demo: install $(TINY_MODEL)/config.json
 	$(BIN)/medo1 data validate $(DEMO_DATA) --format medical_o1 --tokenizer $(TINY_MODEL) --max-length 1024
 	$(BIN)/medo1 sft --config recipes/sft-tiny-cpu.yaml --resume auto
 	$(BIN)/medo1 model check runs/sft-tiny/export
 	$(BIN)/medo1 rl --config recipes/rl-ppo-tiny-cpu.yaml --resume auto
+	$(BIN)/medo1 eval --config recipes/eval-demo-cpu.yaml
+	$(BIN)/medo1 upload runs/rl-tiny/export --repo-id medo1/tiny-demo --dry-run --eval-report runs/eval-tiny/report.json
 
 test: install
 	$(BIN)/python -m pytest -q
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Speed figures (never pass/fail): a table on stdout and one JSON per run under bench/results/.
+bench: install
+	$(BIN)/python -m bench.run
 
 # Plain YAML for `kubectl apply`, rendered from the chart for each profile in helm/profiles/.
 manifests: install

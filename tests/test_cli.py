@@ -102,3 +102,50 @@ def test_model_check_loads_and_generates(tiny_model):
     done = run_medo1(["model", "check", tiny_model, "--max-new-tokens", "4"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["generated"]
+
+
+def test_translate_cli_against_a_local_openai_standin(tmp_path):
+    """The stand-in replaces a paid OpenAI-compatible API (tests/openai_standin.py)."""
+    from tests.openai_standin import StandIn
+
+    server = StandIn(api_key="cli-key", max_lifetime_s=60).start()
+    try:
+        out = tmp_path / "ja.jsonl"
+        done = run_medo1(
+            ["translate", DEMO_DATA, "--output", out, "--format", "verifiable", "--target-language", "Japanese",
+             "--base-url", server.base_url, "--limit", "3", "--concurrency", "2"],
+            env={"OPENAI_API_KEY": "cli-key"},
+        )
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert (summary["records"], summary["translated"], summary["rejected"]) == (3, 3, 0)
+    assert len(out.read_text().splitlines()) == 3
+    assert "cli-key" not in done.stdout + done.stderr
+
+
+def test_eval_cli_on_the_tiny_model(tiny_model, tmp_path):
+    done = run_medo1(
+        ["eval", "--model", tiny_model, "--benchmark", f"demo={DEMO_DATA}", "--limit", "4",
+         "--set", "max_new_tokens=8", "--output-dir", tmp_path / "eval"]
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed["demo"]["n"] == 4
+    assert (tmp_path / "eval" / "report.md").read_text().count("| demo |") == 1
+
+
+def test_upload_cli_dry_run_and_credential_refusal(tiny_model, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    done = run_medo1(["upload", model, "--repo-id", "me/tiny", "--dry-run"], env={"HF_TOKEN": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    plan = json.loads(done.stdout)
+    assert "model.safetensors" in [f["path"] for f in plan["files"]]
+    (model / ".env").write_text("HF_TOKEN=hf_" + "x" * 34 + "\n")
+    refused = run_medo1(["upload", model, "--repo-id", "me/tiny", "--dry-run"])
+    assert refused.returncode == 2
+    assert "medo1: error:" in refused.stderr and ".env" in refused.stderr

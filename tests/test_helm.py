@@ -51,6 +51,10 @@ MATRIX = {
         "secrets": {"hfToken": {"name": "hf", "key": "HF_TOKEN"}, "wandbApiKey": {"name": "wb", "key": "WANDB_API_KEY"},
                     "translationApiKey": {"name": "oai", "key": "OPENAI_API_KEY"}},
     },
+    "all-jobs": {"jobs": {"translate": {"enabled": True, "recipe": "/opt/medo1/recipes/translate-ja.yaml"},
+                          "eval": {"enabled": True, "recipe": "/opt/medo1/recipes/eval-mcq.yaml", "gpus": 1},
+                          "upload": {"enabled": True, "recipe": "/opt/medo1/recipes/upload.yaml"}},
+                 "secrets": {"translationApiKey": {"name": "oai", "key": "OPENAI_API_KEY"}}},
     "scheduling": {"cluster": {"nodeSelector": {"pool": "h100"},
                                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -238,3 +242,23 @@ def test_make_manifests_entry_point_writes_every_profile():
     done = subprocess.run([sys.executable, "-m", "medo1.k8s"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.split()) == sorted(f"manifests/{p}.yaml" for p in PROFILES)
+
+
+def test_single_pod_stages_render_as_plain_jobs():
+    objects = k8s.render_chart(MATRIX["all-jobs"])
+    jobs = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o for o in by_kind(objects, "Job")}
+    assert set(jobs) == {"translate", "eval", "upload"}
+    for name, job in jobs.items():
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["command"] == ["medo1"] and container["args"][:2] == [name, "--config"]
+        gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+        assert gpus == (1 if name == "eval" else None)
+    translate_env = {e["name"]: e for e in jobs["translate"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert translate_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "oai", "key": "OPENAI_API_KEY"}
+
+
+def test_policy_catches_a_job_without_its_container(objects):
+    objects = k8s.render_chart(MATRIX["all-jobs"])
+    job = by_kind(objects, "Job")[0]
+    job["spec"]["template"]["spec"]["containers"][0]["name"] = "main"
+    assert any("no container named 'medo1'" in p for p in k8s.policy_violations(objects))

@@ -74,8 +74,10 @@ def test_copies_what_the_chart_and_launcher_expect():
     assert copies["/opt/medo1/helm/"] == "helm/"
     assert ("ENV", "MEDO1_CHART=/opt/medo1/helm/medo1") in instructions()
     # Every recipe a profile points at is shipped in the image.
-    for profile in k8s.profiles():
-        for stage in k8s.load_profile(profile).get("stages", {}).values():
+    values = yaml.safe_load((k8s.CHART_DIR / "values.yaml").read_text())
+    shipped = [values] + [k8s.load_profile(p) for p in k8s.profiles()]
+    for profile in shipped:
+        for stage in [*profile.get("stages", {}).values(), *profile.get("jobs", {}).values()]:
             recipe = stage["recipe"]
             assert recipe.startswith("/opt/medo1/recipes/")
             assert (REPO / "recipes" / recipe.removeprefix("/opt/medo1/recipes/")).is_file(), recipe

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from medo1.checkpoint import ResumeError
-from medo1.config import ConfigError, load_config
+from medo1.config import ConfigError, StageError, load_config
 from medo1.data import PRESETS, DataError
 from medo1.rl.rewards import RewardLoadError
 from medo1.runtime import is_main_process
@@ -77,6 +77,46 @@ def cmd_rl(args: argparse.Namespace) -> int:
     return _run_training(args, RLConfig, run_rl, [f"algo={args.algo}"] if args.algo else [])
 
 
+def _config_stage(args: argparse.Namespace, config_class, flag_overrides: dict[str, object]):
+    """Recipe (optional) + `--set` + the stage's convenience flags (those given) -> typed config."""
+    overrides = list(args.set) + [f"{key}={value}" for key, value in flag_overrides.items() if value is not None]
+    return load_config(config_class, args.config, overrides)
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from medo1.translate import TranslateConfig, run_translate
+
+    flags = {"input": args.input, "output": args.output, "format": args.format, "target_language": args.target_language,
+             "base_url": args.base_url, "model": args.model, "concurrency": args.concurrency, "limit": args.limit}
+    summary = run_translate(_config_stage(args, TranslateConfig, flags))
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from medo1.eval import EvalConfig, run_eval
+
+    flags = {"model": args.model, "endpoint": args.endpoint, "output_dir": args.output_dir, "limit": args.limit}
+    flags.update({f"benchmarks.{name}": path for name, path in _key_values(args.benchmark, "--benchmark").items()})
+    report = run_eval(_config_stage(args, EvalConfig, flags))
+    print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
+                     | {"average_accuracy": report["average_accuracy"]}))
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from medo1.upload import UploadConfig, upload
+
+    flags = {"model_dir": args.model_dir, "repo_id": args.repo_id, "eval_report": args.eval_report,
+             "base_model": args.base_model, "dry_run": True if args.dry_run else None,
+             "private": False if args.public else None}
+    if args.dataset:
+        flags["datasets"] = json.dumps(args.dataset)
+    result = upload(_config_stage(args, UploadConfig, flags))
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
 def cmd_model_init_tiny(args: argparse.Namespace) -> int:
     from medo1.models import init_tiny_model
 
@@ -126,6 +166,41 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
     rl.set_defaults(func=cmd_rl)
 
+    translate = stages.add_parser("translate", help="translate SFT / RL / MCQ data with an OpenAI-compatible LLM")
+    translate.add_argument("input", nargs="?", help="source JSON or JSONL")
+    translate.add_argument("--output", help="translated JSONL (input order)")
+    translate.add_argument("--format", choices=["medical_o1", "verifiable", "mcq"])
+    translate.add_argument("--target-language", help="e.g. Japanese")
+    translate.add_argument("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL); key from $OPENAI_API_KEY")
+    translate.add_argument("--model", help="the endpoint's model name")
+    translate.add_argument("--concurrency", type=int)
+    translate.add_argument("--limit", type=int)
+    translate.add_argument("--config", help="YAML recipe")
+    translate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    translate.set_defaults(func=cmd_translate)
+
+    evaluate = stages.add_parser("eval", help="medical MCQ accuracy of a model directory or an OpenAI-compatible endpoint")
+    evaluate.add_argument("--config", help="YAML recipe")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    evaluate.add_argument("--model", help="local Hugging Face model directory")
+    evaluate.add_argument("--endpoint", help="OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
+    evaluate.add_argument("--benchmark", action="append", default=[], metavar="NAME=PATH", help="an MCQ file to score")
+    evaluate.add_argument("--limit", type=int, help="score only the first N rows of each benchmark")
+    evaluate.add_argument("--output-dir")
+    evaluate.set_defaults(func=cmd_eval)
+
+    push = stages.add_parser("upload", help="push an exported model to the Hugging Face Hub (token from $HF_TOKEN)")
+    push.add_argument("model_dir", nargs="?", help="exported model directory")
+    push.add_argument("--repo-id", help="owner/name on the Hub (created if missing, private by default)")
+    push.add_argument("--config", help="YAML recipe")
+    push.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    push.add_argument("--public", action="store_true", help="create the repo public")
+    push.add_argument("--dry-run", action="store_true", help="list what would be sent; nothing leaves the machine")
+    push.add_argument("--eval-report", help="a medo1 eval report.json for the model card")
+    push.add_argument("--base-model")
+    push.add_argument("--dataset", action="append", default=[], help="a dataset the model was trained on (repeatable)")
+    push.set_defaults(func=cmd_upload)
+
     model = stages.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
     tiny = model.add_parser("init-tiny", help="a tiny random Qwen2 model with the real Qwen tokenizer (offline)")
     tiny.add_argument("out")
@@ -149,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (DataError, ConfigError, ResumeError, RewardLoadError) as exc:
+    except (DataError, ConfigError, ResumeError, RewardLoadError, StageError) as exc:
         print(f"medo1: error: {exc}", file=sys.stderr)
         return 2
 

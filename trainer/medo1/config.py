@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     pass
 
 
+class StageError(RuntimeError):
+    """A stage stopped for a reason the user can act on; the CLI prints it without a traceback."""
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override {item!r} must look like key.path=value")

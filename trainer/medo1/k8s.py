@@ -22,9 +22,9 @@ KUBE_VERSION = "1.33.0"
 RELEASE = "medo1"
 NAMESPACE = "medo1"
 
-TRAINING_CONTAINER = {"PyTorchJob": "pytorch", "TrainingRuntime": "node"}
+MAIN_CONTAINER = {"PyTorchJob": "pytorch", "TrainingRuntime": "node", "Job": "medo1"}
 SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIALS?)($|_)", re.IGNORECASE)
-KIND_ORDER = ["ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "TrainingRuntime", "PyTorchJob", "TrainJob"]
+KIND_ORDER = ["ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "TrainingRuntime", "PyTorchJob", "TrainJob", "Job"]
 
 
 def load_profile(name: str) -> dict[str, Any]:
@@ -97,8 +97,10 @@ def crd_schemas(crd_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def pod_templates(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(where, pod template) for every pod a training object will create."""
+    """(where, pod template) for every pod a job object will create."""
     kind, name = obj.get("kind"), obj.get("metadata", {}).get("name")
+    if kind == "Job":
+        return [(f"Job/{name}", obj.get("spec", {}).get("template", {}))]
     if kind == "PyTorchJob":
         return [
             (f"PyTorchJob/{name} {role}", spec.get("template", {}))
@@ -142,6 +144,7 @@ def schema_errors(objects: Iterable[dict[str, Any]], crd_dir: Path, kube_version
 
 
 def _nproc(obj: dict[str, Any], objects: list[dict[str, Any]]) -> int | None:
+    """Processes per pod of a distributed job; None for plain Jobs (one process, any GPU count)."""
     if obj["kind"] == "PyTorchJob":
         value = obj["spec"].get("nprocPerNode")
         return int(value) if value is not None and str(value).isdigit() else None
@@ -158,7 +161,7 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
     for obj in objects:
         if obj.get("kind") == "Secret":
             problems.append(f"Secret/{obj['metadata']['name']}: secrets must come from existing Secrets, not the chart")
-        expected = TRAINING_CONTAINER.get(obj.get("kind"))
+        expected = MAIN_CONTAINER.get(obj.get("kind"))
         for where, template in pod_templates(obj):
             spec = template.get("spec", {})
             containers = spec.get("containers", [])
@@ -174,6 +177,8 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
                 if claim is not None and claim not in claims:
                     problems.append(f"{where}: volume {volume['name']!r} uses PVC {claim!r}, which is neither rendered nor declared existing")
             nproc = _nproc(obj, objects)
+            if obj["kind"] == "PyTorchJob" and nproc is None:
+                problems.append(f"{where}: spec.nprocPerNode must be a number of processes")
             for container in containers:
                 cwhere = f"{where} container {container.get('name')}"
                 image = container.get("image", "")
@@ -199,7 +204,7 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
                     problems.append(f"{cwhere}: /dev/shm must be a memory-backed emptyDir (NCCL needs more than 64 MiB)")
                 limits = container.get("resources", {}).get("limits", {})
                 gpus = next((int(v) for k, v in limits.items() if k.endswith("/gpu")), None)
-                if gpus is not None and gpus != nproc:
+                if gpus is not None and nproc is not None and gpus != nproc:
                     problems.append(f"{cwhere}: {gpus} GPUs but {nproc} processes per node")
     return problems
 

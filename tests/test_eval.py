@@ -1,0 +1,259 @@
+"""MCQ evaluation: answer extraction, the tiny real model end to end, an endpoint stand-in, invalid rows."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from medo1.eval import (
+    EvalConfig,
+    EvalError,
+    HFGenerator,
+    build_messages,
+    extract_answer,
+    run_eval,
+)
+from pydantic import ValidationError
+
+from tests.conftest import DEMO_DATA
+
+OPTS = {
+    "A": "Benign genetic carrier condition",
+    "B": "Folate deficiency",
+    "C": "Iron deficiency",
+    "D": "Parvovirus B19 infection",
+    "E": "Vitamin B12 deficiency",
+}
+NESTED = {"A": "Anemia", "B": "Iron deficiency anemia", "C": "Sickle cell disease", "D": "Thalassemia"}
+
+# Decision on lower case: an explicit "Answer: e" counts (letter alone at the end of its line),
+# as does a response that is nothing but one letter; "the answer is a rare ..." and
+# "a. text" do not (lower-case "a" is an English word).
+CASES = [
+    # explicit patterns; only the final response counts, the last occurrence wins
+    ("## Thinking\n\nAt first the answer is B, but the smear shows ...\n\n## Final Response\n\nThe answer is D", "D"),
+    ("The answer is (C).", "C"),
+    ("Therefore, the correct answer is **E. Vitamin B12 deficiency**.", "E"),
+    ("Answer: e", "E"),
+    ("answer: B", "B"),
+    ("The answer is A... no wait, re-reading the labs, the answer is C.", "C"),
+    ("Options A and C are unlikely given the reticulocytes; the answer is option B", "B"),
+    ("## Final Response\n\nThe answer is F", None),  # F is not an option, and nothing else matches
+    ("## Thinking\n\nthe answer is B\n\n## Final Response\n\n", None),  # empty final response
+    ("The answer is a rare complication of chronic hemolysis.", None),
+    # lone letter
+    ("## Final Response\n\n**C**", "C"),
+    ("(A) Iron deficiency", "A"),  # the leading letter wins over the option text it carries
+    ("D) Parvovirus B19 infection", "D"),
+    ("B.", "B"),
+    ("e", "E"),
+    ("A patient like this most likely has a genetic carrier state", None),
+    ("G.", None),  # a letter outside the options
+    # option text
+    ("Parvovirus B19 infection is the most likely cause of the aplastic crisis.", "D"),
+    ("## Final Response\n\nThis picture fits iron deficiency.", "C"),
+    ("It is either folate deficiency or iron deficiency.", None),  # two unrelated options: ambiguous
+    # closest option by word overlap
+    ("Parvovirus infection", "D"),
+    ("Vitamin B12", "E"),  # {vitamin, b12} vs {vitamin, b12, deficiency}: 2/3
+    # unparseable
+    ("", None),
+    ("   \n", None),
+    ("None of the above", None),
+    ("It could be A or B; I am not sure.", None),
+    ("I would need more information about the patient.", None),
+]
+
+
+@pytest.mark.parametrize(("response", "expected"), CASES)
+def test_extract_answer(response, expected):
+    assert extract_answer(response, OPTS) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("The diagnosis is iron deficiency anemia.", "B"),  # "anemia" is inside the longer option
+        ("Anemia, probably from thalassemia.", None),  # two unrelated option texts
+        ("Anemia", "A"),
+    ],
+)
+def test_extract_answer_overlapping_option_texts(response, expected):
+    assert extract_answer(response, NESTED) == expected
+
+
+def test_config_needs_exactly_one_backend():
+    with pytest.raises(ValidationError):
+        EvalConfig(benchmarks={})
+    with pytest.raises(ValidationError):
+        EvalConfig(model="m", endpoint="http://127.0.0.1:1/v1")
+    with pytest.raises(ValidationError):
+        EvalConfig(model="m", api_key="secret")  # keys come from the environment, never the config
+    assert EvalConfig(endpoint="http://127.0.0.1:1/v1").model is None
+
+
+def _demo_mcq(demo_rows, n, path: Path) -> Path:
+    keys = ("question", "options", "answer_idx", "answer")
+    path.write_text("\n".join(json.dumps({k: row[k] for k in keys}) for row in demo_rows[:n]) + "\n")
+    return path
+
+
+def test_eval_tiny_model_end_to_end(tiny_model, tmp_path):
+    out = tmp_path / "eval"
+    config = EvalConfig(
+        model=str(tiny_model),
+        benchmarks={"demo": str(DEMO_DATA)},
+        limit=8,
+        max_new_tokens=16,
+        batch_size=4,
+        output_dir=str(out),
+    )
+    report = run_eval(config)
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == report
+    result = report["benchmarks"]["demo"]
+    assert result["n"] == 8 and len(result["per_item"]) == 8
+    assert 0.0 <= result["accuracy"] <= 1.0
+    assert result["correct"] == sum(p["correct"] for p in result["per_item"])
+    assert result["unparseable"] == sum(p["extracted"] is None for p in result["per_item"])
+    assert result["invalid_rows"] == []
+    assert report["average_accuracy"] == result["accuracy"]
+    assert [p["row"] for p in result["per_item"]] == list(range(8))
+    responses = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert len(responses) == 8 and all(isinstance(r["response"], str) for r in responses)
+    assert any(r["response"] for r in responses)  # 16 new tokens decoded, not an empty echo
+    table = (out / "report.md").read_text().splitlines()
+    header = table.index("| benchmark | n | accuracy % | unparseable |")
+    assert table[header + 1].startswith("|---")
+    assert table[header + 2].startswith(f"| demo | 8 | {100 * result['accuracy']:.1f} | {result['unparseable']} |")
+
+
+def test_hf_prompt_uses_chat_template_and_options(tiny_model, demo_rows):
+    from medo1.data import PRESETS, parse_mcq
+
+    item = parse_mcq(demo_rows[0], PRESETS["mcq"]["en"], None)
+    generator = HFGenerator(str(tiny_model), max_new_tokens=2)
+    text = generator.render(build_messages(item))
+    assert text.startswith("<|im_start|>") and text.rstrip().endswith("<|im_start|>assistant")
+    for letter, option in item.options.items():
+        assert f"\n{letter}. {option}" in text
+    assert "letter" in text
+
+
+def test_invalid_rows_are_counted_not_fatal(tiny_model, demo_rows, tmp_path):
+    data = _demo_mcq(demo_rows, 4, tmp_path / "mcq.jsonl")
+    lines = data.read_text().splitlines()
+    bad = json.loads(lines[1]) | {"answer_idx": "Z"}
+    lines[1] = json.dumps(bad)
+    lines.append(json.dumps({"question": "no options"}))
+    data.write_text("\n".join(lines) + "\n")
+    config = EvalConfig(
+        model=str(tiny_model), benchmarks={"broken": str(data)}, max_new_tokens=4, output_dir=str(tmp_path / "out")
+    )
+    result = run_eval(config)["benchmarks"]["broken"]
+    assert result["n"] == 3 and len(result["per_item"]) == 3
+    assert [p["row"] for p in result["per_item"]] == [0, 2, 3]
+    invalid = {(p["row"], p["field"]) for p in result["invalid_rows"]}
+    assert invalid == {(1, "answer_idx"), (4, "options")}
+    assert "Invalid rows skipped: 2" in (tmp_path / "out" / "report.md").read_text()
+
+
+class _StandIn:
+    """Stands in for a paid OpenAI-compatible API: answers correctly, 429s its first request."""
+
+    def __init__(self, answers: dict[str, str]):
+        self.answers = answers
+        self.requests: list[dict] = []
+        self.auth: list[str | None] = []
+        self.lock = threading.Lock()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with stand_in.lock:
+                    first = not stand_in.requests
+                    stand_in.requests.append(body)
+                    stand_in.auth.append(self.headers.get("Authorization"))
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": "not found"})
+                if self.headers.get("Authorization") != "Bearer test-key":
+                    return self._send(401, {"error": "bad key"})
+                if first:
+                    return self._send(429, {"error": "rate limited"}, {"Retry-After": "0"})
+                prompt = body["messages"][-1]["content"]
+                letter = next(a for q, a in stand_in.answers.items() if prompt.startswith(q))
+                wrong = "A" if letter != "A" else "B"
+                content = (
+                    f"## Thinking\n\nAt first glance the answer is {wrong}, but ...\n\n"
+                    f"## Final Response\n\nThe answer is {letter}"
+                )
+                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
+
+            def _send(self, status, payload, headers=None):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_endpoint_backend_with_retry(demo_rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDO1_TEST_KEY", "test-key")
+    answers = {row["question"]: row["answer_idx"] for row in demo_rows[:8]}
+    with _StandIn(answers) as server:
+        config = EvalConfig(
+            endpoint=server.url,
+            endpoint_model="stand-in",
+            api_key_env="MEDO1_TEST_KEY",
+            benchmarks={"demo": str(DEMO_DATA)},
+            limit=8,
+            max_new_tokens=64,
+            concurrency=3,
+            output_dir=str(tmp_path / "out"),
+        )
+        report = run_eval(config)
+    result = report["benchmarks"]["demo"]
+    assert result["n"] == 8 and result["accuracy"] == 1.0 and result["unparseable"] == 0
+    assert report["model"] == "stand-in"
+    assert len(server.requests) == 9  # 8 questions + the one retried after the 429
+    assert set(server.auth) == {"Bearer test-key"}
+    retried = server.requests[0]["messages"]
+    assert sum(r["messages"] == retried for r in server.requests) == 2
+    assert all(r["model"] == "stand-in" and r["max_tokens"] == 64 and r["temperature"] == 0.0 for r in server.requests)
+
+
+def test_endpoint_without_key_fails_loudly(demo_rows, tmp_path, monkeypatch):
+    monkeypatch.delenv("MEDO1_TEST_KEY", raising=False)
+    with _StandIn({}) as server:
+        config = EvalConfig(
+            endpoint=server.url,
+            api_key_env="MEDO1_TEST_KEY",
+            benchmarks={"demo": str(DEMO_DATA)},
+            limit=1,
+            output_dir=str(tmp_path / "out"),
+        )
+        with pytest.raises(EvalError, match="HTTP 401"):
+            run_eval(config)
+    assert server.auth == [None]
