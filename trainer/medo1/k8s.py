@@ -35,6 +35,10 @@ def load_profile(name: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def chart_defaults() -> dict[str, Any]:
+    return yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+
+
 def profiles() -> list[str]:
     return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
 
