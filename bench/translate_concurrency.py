@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from medo1.translate import TranslateConfig, run_translate
-from tests.openai_standin import StandIn
+
+from pipelines.openai_standin import StandIn
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "examples" / "data" / "medical_o1_demo.json"

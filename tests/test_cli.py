@@ -105,8 +105,8 @@ def test_model_check_loads_and_generates(tiny_model):
 
 
 def test_translate_cli_against_a_local_openai_standin(tmp_path):
-    """The stand-in replaces a paid OpenAI-compatible API (tests/openai_standin.py)."""
-    from tests.openai_standin import StandIn
+    """The stand-in replaces a paid OpenAI-compatible API (pipelines/openai_standin.py)."""
+    from pipelines.openai_standin import StandIn
 
     server = StandIn(api_key="cli-key", max_lifetime_s=60).start()
     try:

@@ -132,6 +132,16 @@ def test_rbac_is_namespaced_and_minimal():
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "pods", "pods/log"}
     assert all("*" not in rule["verbs"] for rule in role["rules"])
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert [s["name"] for s in binding["subjects"]] == ["medo1"]
+
+
+def test_pipeline_service_accounts_may_launch_jobs():
+    objects = k8s.render_chart({"rbac": {"pipelineServiceAccounts": ["default-editor", "pipeline-runner"]}}, namespace="team-a")
+    (binding,) = by_kind(objects, "RoleBinding")
+    assert [(s["name"], s["namespace"]) for s in binding["subjects"]] == [
+        ("medo1", "team-a"), ("default-editor", "team-a"), ("pipeline-runner", "team-a")
+    ]
 
 
 def test_trainjob_backend_renders_runtime_and_job():

@@ -1,20 +1,37 @@
-"""The launcher: its PyTorchJob is the chart's, and its wait reads recorded PyTorchJob statuses."""
+"""The launcher: its PyTorchJob is the chart's; its wait reads recorded PyTorchJob statuses; the
+pytorchjob backend runs against a stand-in API server (no cluster here); the local backend for real."""
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
-from medo1 import k8s
+from medo1 import checkpoint, k8s
 from medo1.launch import (
+    JobFailed,
     JobState,
+    JobTimedOut,
     LaunchError,
+    LaunchResult,
     build_pytorchjob,
     job_state,
+    launch_stage,
+    local_command,
+    stage_job,
+    stage_values,
     wait_for_job,
 )
 
-from tests.conftest import REPO
+from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, run_medo1
+from tests.kube_standin import ContainerRun, KubeStandIn, Step
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 
@@ -111,3 +128,246 @@ def test_launcher_job_is_the_charts_rendering_and_validates():
 def test_launcher_refuses_an_unknown_stage():
     with pytest.raises(LaunchError, match="known stages"):
         build_pytorchjob("sfft")
+
+
+# ---- launch_stage: values, names, the local command ----------------------------------------------
+
+
+def test_values_merge_profile_then_files_then_values_and_append_recipe_overrides(tmp_path):
+    values_file = tmp_path / "site.yaml"
+    values_file.write_text("cluster: {nodes: 4, cpu: '64'}\nkueue: {queueName: site}\n")
+    values = stage_values("sft", profile="h100-2nodes", values_files=[values_file],
+                          value_overrides=["cluster.nodes=3", "kueue.queueName=h100-low"],
+                          recipe="/data/recipes/sft.yaml", overrides=["train.max_steps=5"])
+    assert values["cluster"]["nodes"] == 3 and values["cluster"]["cpu"] == "64" and values["cluster"]["gpusPerNode"] == 8
+    assert values["kueue"]["queueName"] == "h100-low"
+    defaults = k8s.chart_defaults()["stages"]["sft"]
+    assert values["stages"]["sft"] == {"recipe": "/data/recipes/sft.yaml", "set": [*defaults["set"], "train.max_steps=5"]}
+    job = stage_job("sft", profile="h100-2nodes", values_files=[values_file], value_overrides=["cluster.nodes=3"],
+                    overrides=["train.max_steps=5"], job_name="medo1-sft-0f9c2a")
+    assert job["metadata"]["name"] == "medo1-sft-0f9c2a" and job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+    assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][-2:] == [
+        "--set", "train.max_steps=5"]
+
+
+@pytest.mark.parametrize("name", ["Medo1-sft", "1-sft", "medo1-sft-", "medo1_sft", "m" * 55])
+def test_job_names_the_operator_would_refuse_are_refused(name):
+    with pytest.raises(LaunchError, match="job name"):
+        stage_job("sft", profile="h100-1node", job_name=name)
+
+
+@pytest.mark.parametrize("options,problem", [
+    ({"backend": "pytorchjob", "nproc": 2}, "nproc is for the local backend"),
+    ({"backend": "slurm"}, "unknown backend"),
+    ({"profile": "h100-9nodes"}, "no profile 'h100-9nodes'"),
+    ({"value_overrides": ["cluster.nodes"]}, "must look like key.path=value"),
+])
+def test_launch_options_that_cannot_work_are_refused(options, problem):
+    with pytest.raises(LaunchError, match=problem):
+        stage_job("sft", **options)
+
+
+def test_local_command_is_the_master_container_under_this_torchrun(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("HF_TOKEN", "hf_not_to_be_printed")
+    caplog.set_level(logging.INFO, logger="medo1.launch")
+    job = stage_job("sft", backend="local", profile="h100-2nodes", nproc=1,
+                    value_overrides=["secrets.wandbApiKey.name=wandb"])
+    command, env = local_command(job)
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert command == [str(Path(sys.executable).with_name("torchrun")), *container["args"]]
+    assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+    assert {k: env[k] for k in ("PET_NNODES", "PET_NPROC_PER_NODE", "WORLD_SIZE", "PET_MASTER_ADDR")} == {
+        "PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "WORLD_SIZE": "1", "PET_MASTER_ADDR": "127.0.0.1"}
+    assert env["NCCL_DEBUG"] == "WARN"
+    assert "HF_TOKEN" not in env and "WANDB_API_KEY" not in env  # inherited from this environment, if set
+    assert not Path("/hf-cache").exists() and "HF_HOME" not in env
+    assert "not setting HF_HOME: it points into the volume mount /hf-cache" in caplog.text
+    assert "HF_TOKEN comes from Secret hf-token in a pod; here from this environment (set)" in caplog.text
+    assert "WANDB_API_KEY comes from Secret wandb in a pod; here from this environment (not set)" in caplog.text
+    assert "hf_not_to_be_printed" not in caplog.text
+
+    job = stage_job("sft", backend="local", profile="cpu-smoke", value_overrides=[f"storage.hfCache.mountPath={tmp_path}"])
+    _, env = local_command(job)
+    assert env["HF_HOME"] == str(tmp_path) and env["PET_NPROC_PER_NODE"] == "2"
+
+
+# ---- pytorchjob backend against a stand-in API server --------------------------------------------
+# No Kubernetes cluster exists on this machine. The real kubernetes client and Kubeflow training SDK
+# talk HTTP to tests/kube_standin.py, which plays Training Operator statuses and the Master's log.
+
+NAME, NS = "medo1-sft-run42", "team-a"
+RUNNING_AGAIN = {"status": {"conditions": [
+    condition("Created", "PyTorchJobCreated"),
+    condition("Running", "PyTorchJobRunning", "PyTorchJob medo1-sft is running.", "2026-11-23T10:06:00Z"),
+    {**condition("Restarting", "PyTorchJobRestarting", at="2026-11-23T10:05:00Z"), "status": "False"},
+]}}
+
+
+@pytest.fixture
+def kube():
+    standin = KubeStandIn().start()
+    yield standin
+    standin.stop()
+
+
+def expected_job(name=NAME, namespace=NS):
+    job = build_pytorchjob("sft", k8s.load_profile("h100-1node"), namespace=namespace)
+    job["metadata"]["name"] = name
+    return job
+
+
+def launch(kube, **options):
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    client = TrainingClient(client_configuration=Configuration(host=kube.url))
+    settings = {"profile": "h100-1node", "job_name": NAME, "namespace": NS, "timeout_s": 30, "poll_s": 0.05} | options
+    return launch_stage("sft", client=client, **settings)
+
+
+def test_pytorchjob_is_created_followed_through_a_restart_and_succeeds(kube, capsys):
+    first = ContainerRun("5d1c-uid", 0, ["loading /checkpoints/sft", "step 1 loss 2.31", "step 2 loss 2.12",
+                                         "saved checkpoint-2", "RuntimeError: NCCL watchdog timeout"],
+                         drop_first_connection_after=2)
+    second = ContainerRun("5d1c-uid", 1, ["resuming from checkpoint-2", "", "step 3 loss 1.98", "exported /checkpoints/sft/export"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], first), Step(RESTARTING["status"], first, exit_code=1),
+                       Step(RUNNING_AGAIN["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+
+    result = launch(kube)
+
+    assert result == LaunchResult("sft", "pytorchjob", NAME, NS, job_state(SUCCEEDED), "created")
+    (post,) = kube.calls("POST")
+    assert post.path == f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs"
+    assert post.body == expected_job()
+    assert k8s.schema_errors([post.body], CRDS) == []
+    # Every line once, in order: across the dropped connection (reconnected, duplicates skipped by
+    # timestamp) and the container's restart (a new run of the same pod).
+    assert capsys.readouterr().out.splitlines() == first.lines + second.lines
+    assert first.connections == 2 and second.connections == 1
+    assert kube.calls("DELETE") == []
+    pod_lists = kube.calls("GET", "pods")
+    assert pod_lists[0].query["labelSelector"] == [f"training.kubeflow.org/job-name={NAME},training.kubeflow.org/job-role=master"]
+
+
+def test_pytorchjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
+    run = ContainerRun("7a2e-uid", 0, ["step 1 loss 2.31", "Traceback (most recent call last):",
+                                       "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(FAILED["status"], run, exit_code=1)])
+
+    with pytest.raises(JobFailed) as failed:
+        launch(kube)
+
+    message = str(failed.value)
+    assert message.startswith(f"PyTorchJob {NS}/{NAME}: job failed: PyTorchJobFailed: ")
+    assert "reached the specified backoff limit\nlast 3 lines of the Master pod log:\n" in message
+    assert message.endswith("\n".join(run.lines))
+    assert failed.value.state == job_state(FAILED)
+    assert kube.calls("DELETE") == []  # kept for inspection; a retry of the step replaces it
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_pytorchjob_timeout_deletes_the_job_unless_kept(kube, keep):
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], ContainerRun("9b3f-uid", 0, ["step 1 loss 2.31"]))])
+
+    with pytest.raises(JobTimedOut, match="still Running after 1 s") as timed_out:
+        launch(kube, timeout_s=1.0, keep_on_timeout=keep)
+
+    if keep:
+        assert str(timed_out.value).endswith("left it running") and kube.calls("DELETE") == []
+        assert (NS, NAME) in kube.jobs
+    else:
+        assert str(timed_out.value).endswith("deleted it")
+        assert [d.body["propagationPolicy"] for d in kube.calls("DELETE")] == ["Background"]
+        assert (NS, NAME) not in kube.jobs
+
+
+def test_a_failed_job_from_an_earlier_attempt_is_replaced(kube, capsys):
+    kube.add_job(expected_job(), [Step(FAILED["status"])])
+    run = ContainerRun("c4d5-uid", 0, ["resuming from checkpoint-200", "step 201 loss 1.50"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(SUCCEEDED["status"], run, exit_code=0)])
+
+    result = launch(kube)
+
+    assert result.action == "recreated" and result.state.phase == "Succeeded"
+    calls = [(r.method, r.path.rsplit("/", 1)[-1]) for r in kube.requests if "/pytorchjobs" in r.path]
+    # Read (Failed), delete, still there (foreground deletion), gone, create.
+    assert calls[:5] == [("GET", NAME), ("DELETE", NAME), ("GET", NAME), ("GET", NAME), ("POST", "pytorchjobs")]
+    assert kube.calls("DELETE")[0].body["propagationPolicy"] == "Foreground"
+    assert kube.calls("POST")[0].body == expected_job()
+    assert capsys.readouterr().out.splitlines() == run.lines
+
+
+@pytest.mark.parametrize("status,action", [(RUNNING, "attached"), (SUCCEEDED, "already-succeeded")])
+def test_a_running_or_succeeded_job_is_taken_over_without_creating_another(kube, capsys, status, action):
+    run = ContainerRun("e6f7-uid", 0, ["step 90 loss 1.70", "step 91 loss 1.69"])
+    steps = [Step(RUNNING["status"], run), Step(SUCCEEDED["status"], run, exit_code=0)]
+    kube.add_job(expected_job(), steps if status is RUNNING else steps[1:])
+
+    result = launch(kube)
+
+    assert result.action == action and result.state == job_state(SUCCEEDED)
+    assert kube.calls("POST") == [] and kube.calls("DELETE") == []
+    assert capsys.readouterr().out.splitlines() == (run.lines if action == "attached" else [])
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_cli_deletes_the_job_and_exits_nonzero(kube, tmp_path):
+    name = "medo1-sft-cancelled"
+    run = ContainerRun("1a2b-uid", 0, ["step 1 loss 2.31"])
+    kube.script(name, [Step(CREATED["status"]), Step(RUNNING["status"], run)])
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medo1", "launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"],
+        cwd=REPO, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while run.sent == 0:  # the launcher is waiting on the job and following its log
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr and process.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert f"cancelled by SIGTERM; deleted PyTorchJob {NS}/{name}" in err
+    assert out.splitlines() == run.lines
+    assert [d.path for d in kube.calls("DELETE")] == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{name}"]
+    assert kube.calls("POST")[0].body == expected_job(name)
+
+
+# ---- local backend, for real ---------------------------------------------------------------------
+
+
+def local_launch_args(tiny_model, out, *extra):
+    overrides = {"model.name_or_path": tiny_model, "data.path": DEMO_DATA, "output.dir": out, "data.limit": 8,
+                 "train.max_steps": 1, "data.max_length": 1024}
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    return ["launch", "sft", "--backend", "local", "--profile", "cpu-smoke", "--nproc", "1", "--recipe", TINY_RECIPE,
+            *sets, *extra]
+
+
+@pytest.mark.slow
+def test_local_backend_runs_the_stage_under_torchrun(tiny_model, tmp_path):
+    out = tmp_path / "sft"
+    done = run_medo1(local_launch_args(tiny_model, out), timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert [step for step, _ in checkpoint.list_checkpoints(out)] == [1]
+    assert checkpoint.is_complete(out / "checkpoint-1")
+    assert (out / "export" / "model.safetensors").is_file()
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["backend"] == "local" and result["action"] == "ran" and result["state"]["phase"] == "Succeeded"
+
+
+@pytest.mark.slow
+def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model, tmp_path):
+    missing = tmp_path / "no-such-data.json"
+    done = run_medo1(local_launch_args(tiny_model, tmp_path / "sft", "--set", f"data.path={missing}"), timeout=300)
+    assert done.returncode == 2
+    error = done.stderr.splitlines()
+    start = error.index(next(line for line in error if line.startswith("medo1: error: local sft run exited with code 1")))
+    assert error[start + 1].startswith("last ") and error[start + 1].endswith(" lines of its output:")
+    assert any(str(missing) in line for line in error[start + 2:])

@@ -1,4 +1,4 @@
-"""Translation stage against a local stand-in for the OpenAI API (tests/openai_standin.py)."""
+"""Translation stage against a local stand-in for the OpenAI API (pipelines/openai_standin.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from medo1.translate import (
     validate_translation,
 )
 
+from pipelines.openai_standin import PREFIX, StandIn
 from tests.conftest import DEMO_DATA, REPO
-from tests.openai_standin import PREFIX, StandIn
 
 KEY = "test-key"
 

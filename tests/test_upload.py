@@ -96,6 +96,13 @@ def test_plan_sends_allowlisted_files_and_a_full_card(export_dir: Path, report: 
     assert "## License\n\napache-2.0" in card
 
 
+def test_a_local_base_model_is_named_not_linked(export_dir: Path, tmp_path: Path):
+    plan = plan_upload(make_config(export_dir, base_model=str(tmp_path / "tiny-model")))
+    front = yaml.safe_load(plan.card.split("---")[1])
+    assert "base_model" not in front
+    assert f"from `{tmp_path / 'tiny-model'}` with medo1" in plan.card and "huggingface.co//" not in plan.card
+
+
 def test_card_without_report_says_not_evaluated(export_dir: Path):
     plan = plan_upload(make_config(export_dir))
     assert "Not evaluated." in plan.card

@@ -10,6 +10,7 @@ import sys
 from medo1.checkpoint import ResumeError
 from medo1.config import ConfigError, StageError, load_config
 from medo1.data import PRESETS, DataError
+from medo1.launch import DEFAULT_POLL_S, DEFAULT_TIMEOUT_S
 from medo1.rl.rewards import RewardLoadError
 from medo1.runtime import is_main_process
 
@@ -117,6 +118,25 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from medo1.launch import LaunchCancelled, launch_stage
+
+    try:
+        result = launch_stage(
+            args.stage, backend=args.backend, profile=args.profile, values_files=args.values,
+            value_overrides=args.value, recipe=args.recipe, overrides=args.set, job_name=args.job_name,
+            namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
+            keep_on_timeout=args.keep_on_timeout,
+        )
+    except LaunchCancelled as exc:
+        print(f"medo1: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    print(json.dumps(asdict(result)))
+    return 0
+
+
 def cmd_model_init_tiny(args: argparse.Namespace) -> int:
     from medo1.models import init_tiny_model
 
@@ -200,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--base-model")
     push.add_argument("--dataset", action="append", default=[], help="a dataset the model was trained on (repeatable)")
     push.set_defaults(func=cmd_upload)
+
+    launch = stages.add_parser("launch", help="run a training stage as the chart's PyTorchJob, or here under torchrun")
+    launch.add_argument("stage", help="training stage of the chart: sft or rl")
+    launch.add_argument("--backend", choices=["pytorchjob", "local"], default="pytorchjob")
+    launch.add_argument("--profile", help="chart values from helm/profiles/NAME.yaml")
+    launch.add_argument("--values", action="append", default=[], metavar="FILE", help="chart values file, after the profile")
+    launch.add_argument("--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)")
+    launch.add_argument("--recipe", help="the stage's recipe path (in the image for pytorchjob)")
+    launch.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
+    launch.add_argument("--job-name", help="PyTorchJob name (default: the chart's <release>-<stage>)")
+    launch.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
+    launch.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
+    launch.add_argument("--poll", type=float, default=DEFAULT_POLL_S, metavar="SECONDS", help="job status poll interval")
+    launch.add_argument("--nproc", type=int, help="local backend: that many CPU processes instead of one per GPU")
+    launch.add_argument("--keep-on-timeout", action="store_true", help="leave the PyTorchJob running at the timeout")
+    launch.set_defaults(func=cmd_launch)
 
     model = stages.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
     tiny = model.add_parser("init-tiny", help="a tiny random Qwen2 model with the real Qwen tokenizer (offline)")

@@ -116,4 +116,7 @@ def trainer_arguments(train: Any, output: OutputConfig, output_dir: Path) -> dic
         "logging_steps": output.logging_steps,
         "report_to": list(output.report_to) or "none",
         "disable_tqdm": True,
+        # Every trainable parameter takes part in each forward; DDP's per-step search for unused ones
+        # (transformers' default without gradient checkpointing) only costs time.
+        "ddp_find_unused_parameters": False,
     }

@@ -16,7 +16,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = Path(os.environ.get("MEDO1_CHART", REPO_ROOT / "helm" / "medo1"))
-PROFILES_DIR = REPO_ROOT / "helm" / "profiles"
+PROFILES_DIR = CHART_DIR.parent / "profiles"  # the image copies helm/ whole (MEDO1_CHART)
 MANIFESTS_DIR = REPO_ROOT / "manifests"
 KUBE_VERSION = "1.33.0"
 RELEASE = "medo1"

@@ -270,9 +270,15 @@ def eval_section(report: dict[str, Any] | None) -> str:
     return text
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def build_card(config: UploadConfig, report: dict[str, Any] | None) -> str:
     meta: dict[str, Any] = {"license": config.license}
-    if config.base_model:
+    # A local directory as base model (tiny demo runs) is named in the text, never linked or put in
+    # the metadata, where the Hub expects a repo id.
+    base_on_hub = bool(config.base_model and HUB_ID.fullmatch(config.base_model))
+    if base_on_hub:
         meta["base_model"] = config.base_model
     if config.datasets:
         meta["datasets"] = list(config.datasets)
@@ -283,7 +289,10 @@ def build_card(config: UploadConfig, report: dict[str, Any] | None) -> str:
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
 
     name = config.repo_id.split("/")[-1]
-    base = f"[{config.base_model}](https://huggingface.co/{config.base_model})" if config.base_model else "an unspecified base model"
+    if base_on_hub:
+        base = f"[{config.base_model}](https://huggingface.co/{config.base_model})"
+    else:
+        base = f"`{config.base_model}`" if config.base_model else "an unspecified base model"
     datasets = "\n".join(f"- [{d}](https://huggingface.co/datasets/{d})" for d in config.datasets) or "- not specified"
     if config.hyperparameters:
         hp_rows = "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in config.hyperparameters.items())

@@ -1,4 +1,5 @@
-"""Local stand-in for a paid OpenAI-compatible chat API (tests only; no real model, no network).
+"""Local stand-in for a paid OpenAI-compatible chat API: no real model, no network. The tests, the
+translation benchmark and the local pipeline run (`python -m pipelines.run_local`) translate through it.
 
 `StandIn` serves `POST /v1/chat/completions` on 127.0.0.1 (a free port) from a thread. It
 "translates" the JSON object in the last user message deterministically: every string value
@@ -13,7 +14,8 @@ identified by the first string value of that object (the question). Faults to in
 - `api_key`: the `Authorization: Bearer KEY` it requires (401 otherwise).
 
 It counts requests and successful translations per record, and shuts itself down after
-`max_lifetime_s` if nobody stops it first (tests stop it in a fixture finaliser).
+`max_lifetime_s` if nobody stops it first (tests stop it in a fixture finaliser). It is also a
+context manager.
 """
 
 from __future__ import annotations
@@ -80,6 +82,12 @@ class StandIn:
         self._thread.start()
         self._timer.start()
         return self
+
+    def __enter__(self) -> StandIn:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         with self.lock:

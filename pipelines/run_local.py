@@ -1,0 +1,125 @@
+"""The whole medo1 pipeline on this machine: the KFP local runner (subprocesses, this Python), tiny
+models on CPU, the local launcher backend (torchrun), and translation through a local
+OpenAI-compatible stand-in server (pipelines/openai_standin.py; no paid API is called).
+
+    python -m pipelines.run_local [--workspace runs/pipeline] [--run-name NAME] [--quick]
+
+It prints where every artifact landed. Running it again with the same `--run-name` resumes: each
+training step continues from its last complete checkpoint.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from kfp import local
+
+from pipelines.medo1_pipeline import medo1_pipeline
+from pipelines.openai_standin import StandIn
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_DATA = REPO / "examples" / "data" / "medical_o1_demo.json"
+# `--quick` (the test suite): fewer rows and steps, the same stages and wiring.
+QUICK = {
+    "translation_limit": 12,
+    "sft_overrides": ["data.limit=8", "data.max_length=512", "train.max_steps=2"],
+    "rl_overrides": ["data.limit=8", "train.total_episodes=8", "sampling.response_length=16", "train.eval_fraction=0"],
+    "eval_overrides": ["limit=4", "max_new_tokens=8"],
+}
+
+
+def local_arguments(workspace: Path, run_name: str, translation_url: str, tiny_model: Path, quick: bool) -> dict:
+    """Pipeline arguments for a CPU run: tiny recipes from this checkout, the demo data, a dry-run upload."""
+    arguments = {
+        "base_model": str(tiny_model),
+        "sft_data": str(DEMO_DATA),
+        "rl_data": str(DEMO_DATA),
+        "target_language": "Japanese",
+        "translation_base_url": translation_url,
+        "translation_model": "standin",
+        "translation_limit": 40,
+        "rl_algorithm": "ppo",
+        "recipe_dir": str(REPO / "recipes"),
+        "sft_recipe": "sft-tiny-cpu.yaml",
+        "rl_recipe": "rl-ppo-tiny-cpu.yaml",
+        "eval_recipe": "eval-demo-cpu.yaml",
+        "eval_overrides": [f"benchmarks.demo_mcq={DEMO_DATA}"],
+        "backend": "local",
+        "profile": "",
+        "gpus_per_node": 0,
+        "workspace": str(workspace / "runs"),
+        "run_name": run_name,
+        "hub_repo": "medo1/tiny-demo",
+        "upload_model": True,
+        "upload_dry_run": True,
+    }
+    if quick:
+        arguments.update(QUICK)
+        arguments["eval_overrides"] = arguments["eval_overrides"] + QUICK["eval_overrides"]
+    return arguments
+
+
+def artifacts(run_dir: Path) -> dict[str, str]:
+    """Where each stage's outputs landed (those that exist)."""
+    candidates = {
+        "translated SFT data": run_dir / "data" / "medical_o1.japanese.jsonl",
+        "translated RL data": run_dir / "data" / "verifiable.japanese.jsonl",
+        "SFT checkpoints and metrics": run_dir / "sft",
+        "SFT export": run_dir / "sft" / "export",
+        "RL checkpoints and metrics": run_dir / "rl",
+        "RL export": run_dir / "rl" / "export",
+        "eval report": run_dir / "eval" / "report.md",
+        "eval responses": run_dir / "eval" / "responses.jsonl",
+    }
+    return {label: str(path) for label, path in candidates.items() if path.exists()}
+
+
+def run_local(workspace: Path, run_name: str = "", quick: bool = False) -> dict:
+    from medo1.models import init_tiny_model
+
+    workspace = workspace.resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    run_name = run_name or time.strftime("local-%Y%m%d-%H%M%S")
+    tiny_model = workspace / "tiny-model"
+    if not (tiny_model / "config.json").is_file():
+        init_tiny_model(tiny_model)
+
+    # The steps name the trainer image; here they run in this Python, which has the same medo1 installed.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom or non-Python base image")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "kfp"), raise_on_error=True)
+    started = time.monotonic()
+    with StandIn(api_key="local-standin-key", max_lifetime_s=3 * 3600) as translation_server:
+        os.environ["OPENAI_API_KEY"] = translation_server.api_key  # what the Secret provides in a cluster
+        task = medo1_pipeline(**local_arguments(workspace, run_name, translation_server.base_url, tiny_model, quick))
+    run_dir = workspace / "runs" / run_name
+    summary = {
+        "run_dir": str(run_dir),
+        "seconds": round(time.monotonic() - started, 1),
+        "eval_average_accuracy": task.output,
+        "artifacts": artifacts(run_dir),
+        "kfp_outputs": str(workspace / "kfp"),
+    }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", type=Path, default=REPO / "runs" / "pipeline")
+    parser.add_argument("--run-name", default="", help="reuse a name to resume that run")
+    parser.add_argument("--quick", action="store_true", help="fewer rows and steps (what the tests run)")
+    args = parser.parse_args(argv)
+    summary = run_local(args.workspace, args.run_name, args.quick)
+    print(f"\nmedo1 pipeline finished in {summary['seconds']} s; eval average accuracy {summary['eval_average_accuracy']:.3f}")
+    for label, path in summary["artifacts"].items():
+        print(f"  {label:<28} {path}")
+    print(f"  {'KFP local outputs':<28} {summary['kfp_outputs']}")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
