@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU build of torch: on this project's machines a local wheel; GPU images pin their own (images/).
 TORCH_PIN ?= torch==2.13.0
+DEEPSPEED_PIN ?= $(shell grep '^deepspeed==' images/trainer/requirements.lock)
 
 .PHONY: install demo test test-fast bench manifests pipeline pipeline-submit lock image image-cpu push clean
 
@@ -13,10 +14,13 @@ IMAGE := $(REGISTRY)/trainer
 
 install: $(VENV)/.installed
 
+# DeepSpeed goes in too, so the ZeRO-3 paths run in the tests (on the CPU, over gloo). It builds against
+# the torch above (no build isolation: that would fetch a CUDA torch to build with), kernels JIT-built if used.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e '.[dev]'
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-build-isolation $(DEEPSPEED_PIN)
 	touch $@
 
 # Main job, small default: the whole Kubeflow pipeline on this machine with the KFP local runner:

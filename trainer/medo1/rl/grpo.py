@@ -1,7 +1,8 @@
 """GRPO through TRL's GRPOTrainer, with medo1's rewards, data, checkpoints, metrics and export.
 
-TRL does the group sampling, group-normalised advantages, KL to the reference and (optionally)
-vLLM rollouts; we supply the problems, the reward functions and checkpoint completeness.
+TRL does the group sampling, group-normalised advantages, KL to the reference, sharding (through
+accelerate, as for SFT) and, with `sampling.engine: vllm`, colocated vLLM rollouts; we supply the
+problems, the reward functions and checkpoint completeness.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from medo1.config import dump_config, trainer_arguments
 from medo1.metrics import JsonlMetrics
 from medo1.models import export_from_trainer, load_tokenizer
 from medo1.rl.config import RLConfig
+from medo1.rl.engines import require_vllm
 from medo1.rl.ppo import RLResult
 from medo1.rl.rewards import build_reward, trl_reward_funcs
 from medo1.rl.rollout import load_problems
+from medo1.rl.sharding import require_backend, use_bf16
 from medo1.runtime import is_main_process, world_size
 
 log = logging.getLogger("medo1.grpo")
@@ -32,29 +35,53 @@ class Medo1GRPOTrainer(MarkedCheckpoints, GRPOTrainer):
     pass
 
 
+def sharding_arguments(train, gradient_checkpointing: bool) -> dict:
+    """`train.distributed` as transformers TrainingArguments, the way SFT sets them."""
+    from medo1.sft import ZERO3
+
+    if train.distributed == "deepspeed_zero3":
+        return {"deepspeed": train.deepspeed_config or ZERO3}
+    if train.distributed == "fsdp":
+        return {
+            "fsdp": "full_shard auto_wrap",
+            "fsdp_config": {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gradient_checkpointing},
+        }
+    return {}
+
+
 def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOConfig:
-    train, grpo, out = config.train, config.grpo, config.output
+    train, grpo, out, sampling = config.train, config.grpo, config.output, config.sampling
     completions_per_step = train.per_device_batch_size * train.gradient_accumulation_steps * world_size
     on_gpu = torch.cuda.is_available()
+    sharding = sharding_arguments(train, config.model.gradient_checkpointing)
     return GRPOConfig(
         **trainer_arguments(train, out, output_dir),
         # total_episodes counts sampled completions, as for PPO.
         max_steps=max(1, math.ceil(train.total_episodes / completions_per_step)),
         num_generations=grpo.num_generations,
         beta=grpo.beta,
-        max_completion_length=config.sampling.response_length,
-        temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p,
-        use_vllm=grpo.use_vllm,
+        max_completion_length=sampling.response_length,
+        temperature=sampling.temperature,
+        top_p=sampling.top_p,
+        use_vllm=sampling.engine == "vllm",
         vllm_mode="colocate",
+        vllm_gpu_memory_utilization=sampling.vllm.gpu_memory_utilization,
+        vllm_tensor_parallel_size=sampling.vllm.tensor_parallel_size,
+        vllm_enable_sleep_mode=sampling.vllm.sleep,
+        vllm_max_model_length=sampling.vllm.max_model_len,
+        ds3_gather_for_generation=sampling.gather_weights_for_generation,
         reward_weights=[1.0, 0.0, 0.0],  # the last two only log the format-ok and verifier-true rates
-        bf16=on_gpu,
+        bf16=use_bf16(train.precision, torch.device("cuda" if on_gpu else "cpu")),
         use_cpu=not on_gpu,
-        activation_checkpointing=config.model.gradient_checkpointing,
+        activation_checkpointing=config.model.gradient_checkpointing and "fsdp" not in sharding,
+        **sharding,
     )
 
 
 def run_grpo(config: RLConfig, resume: str = "none") -> RLResult:
+    if config.sampling.engine == "vllm":
+        require_vllm()
+    require_backend(config.train)
     output_dir = Path(config.output.dir)
     resume_from = checkpoint.resolve_resume(output_dir, resume)
     main = is_main_process()

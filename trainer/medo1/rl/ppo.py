@@ -1,15 +1,17 @@
 """PPO with a value model and a verifier reward, as in the HuatuoGPT-o1 recipe.
 
-TRL no longer ships PPO, so the loop is ours; it leans on accelerate for device placement and DDP,
-on HF `generate` for rollouts (stopping at end of turn), and on TRL's fused LM head for log-probs.
-One update: sample a rollout batch per rank, score it (reward, reference and value passes), compute
-KL-penalised rewards, GAE and whitened advantages, then `ppo_epochs` passes of clipped policy and
-value losses over `num_mini_batches` mini-batches of `per_device_batch_size` micro-batches.
+TRL no longer ships PPO, so the loop is ours. The models are placed by `train.distributed`
+(`medo1.rl.sharding`: DDP, FSDP2 or DeepSpeed ZeRO-3), responses are sampled by `sampling.engine`
+(`medo1.rl.engines`: HF `generate` or colocated vLLM, both stopping at end of turn), and log-probs come
+from TRL's fused LM head. One update: sample a rollout batch per rank, score it (reward, reference and
+value passes), compute KL-penalised rewards, GAE and whitened advantages, then `ppo_epochs` passes of
+clipped policy and value losses over `num_mini_batches` mini-batches of `per_device_batch_size`
+micro-batches; policy and value each have their own optimizer and gradient clipping.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import math
 import os
@@ -20,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     get_scheduler,
+    set_seed,
 )
 from trl.trainer.utils import add_fused_lm_head
 
@@ -35,17 +36,18 @@ from medo1.metrics import append_jsonl
 from medo1.models import clear_dir, load_tokenizer, write_export_extras
 from medo1.rl import ppo_math
 from medo1.rl.config import RLConfig
+from medo1.rl.engines import build_engine, require_vllm
 from medo1.rl.rewards import build_reward
 from medo1.rl.rollout import (
     TokenValueModel,
     encode_prompts,
     episode_indices,
     full_sequence,
-    generate,
     load_problems,
     response_logprobs,
     response_values,
 )
+from medo1.rl.sharding import build_placement, init_ranks, require_backend
 
 log = logging.getLogger("medo1.ppo")
 
@@ -77,47 +79,61 @@ def micro_batches(indices: torch.Tensor, size: int):
 
 class PPOTrainer:
     def __init__(self, config: RLConfig, resume: str = "none"):
+        # Missing optional libraries stop the run here, before any model is loaded.
+        if config.sampling.engine == "vllm":
+            require_vllm()
+        require_backend(config.train)
         self.config = config
         self.output_dir = Path(config.output.dir)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        self.is_main = self.accelerator.is_main_process
+        self.ranks = init_ranks()
+        self.is_main = self.ranks.is_main
         self.resume_from = checkpoint.resolve_resume(self.output_dir, resume)
         if self.is_main and resume != "none":
             for moved in checkpoint.set_aside_incomplete(self.output_dir):
                 log.warning("set aside incomplete checkpoint %s", moved)
-        set_seed(config.train.seed + self.accelerator.process_index)
-        device = self.accelerator.device
-        # The reward loads first: a verifier that cannot load fails here, before any model is built.
+        set_seed(config.train.seed + self.ranks.rank)
+        device = self.ranks.device
+        # The reward loads first: a verifier that cannot load fails here, before any model is built; and it
+        # stays whole on every rank, so it must load before ZeRO-3 starts partitioning models as they load.
         self.reward = build_reward(config.reward, device=device)
         self.tokenizer = load_tokenizer(config.model.tokenizer or config.model.name_or_path)
         self.problems, self.data_report = load_problems(config, self.output_dir, self.is_main)
         if self.is_main:
             dump_config(config, self.output_dir / "config.yaml")
 
-        train = config.train
+        train, ppo = config.train, config.ppo
         self.per_rank_batch = train.per_device_batch_size * train.gradient_accumulation_steps
-        world = self.accelerator.num_processes
-        self.total_updates = max(1, train.total_episodes // (self.per_rank_batch * world))
-        optimizer_steps = self.total_updates * config.ppo.ppo_epochs * config.ppo.num_mini_batches
+        self.total_updates = max(1, train.total_episodes // (self.per_rank_batch * self.ranks.world))
+        optimizer_steps = self.total_updates * ppo.ppo_epochs * ppo.num_mini_batches
+        self.placement = build_placement(
+            train, self.ranks, train.gradient_accumulation_steps // ppo.num_mini_batches, config.model.name_or_path
+        )
 
         policy_path = str(self.resume_from / "policy") if self.resume_from else config.model.name_or_path
         value_path = (
-            str(self.resume_from / "value") if self.resume_from else (config.ppo.value_model or config.model.name_or_path)
+            str(self.resume_from / "value") if self.resume_from else (ppo.value_model or config.model.name_or_path)
+        )
+        make_optimizer = functools.partial(torch.optim.AdamW, lr=train.learning_rate, weight_decay=train.weight_decay)
+        make_scheduler = functools.partial(
+            get_scheduler,
+            train.lr_scheduler,
+            num_warmup_steps=math.ceil(train.warmup_ratio * optimizer_steps),
+            num_training_steps=optimizer_steps,
         )
         temperature = config.sampling.temperature
+        # One model at a time, each placed before the next loads: under FSDP a model is whole in host memory
+        # only until it is sharded.
         policy = load_policy(policy_path, temperature, trainable=True)
-        self.ref = load_policy(config.model.name_or_path, temperature, trainable=False).to(device)
         value = load_value_model(value_path, self.tokenizer.pad_token_id)
         if config.model.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
-        opts = [
-            torch.optim.AdamW(m.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay)
-            for m in (policy, value)
-        ]
-        warmup = math.ceil(train.warmup_ratio * optimizer_steps)
-        scheds = [get_scheduler(train.lr_scheduler, o, warmup, optimizer_steps) for o in opts]
-        self.policy, self.value, self.policy_opt, self.value_opt = self.accelerator.prepare(policy, value, *opts)
-        self.policy_sched, self.value_sched = scheds
+            for model in (policy, value.classifier):
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = self.placement.trained(policy, make_optimizer, make_scheduler)
+        self.value = self.placement.trained(value, make_optimizer, make_scheduler)
+        self.ref = self.placement.frozen(load_policy(config.model.name_or_path, temperature, trainable=False))
+        self.engine = build_engine(
+            config, self.policy, self.tokenizer, self.placement, self.ranks, policy_path, self.per_rank_batch
+        )
         self.start_update = 0
         if self.resume_from is not None:
             self._load_state(self.resume_from)
@@ -126,39 +142,36 @@ class PPOTrainer:
     def _state_path(self, directory: Path) -> Path:
         return directory / "trainer_state.pt"
 
+    def _save_weights(self, directory: Path) -> None:
+        """Collective: the full policy and value weights, as loadable Hugging Face directories."""
+        for name, trained in (("policy", self.policy), ("value", self.value)):
+            state = trained.full_state_dict()
+            if self.is_main:
+                trained.model.save_pretrained(directory / name, state_dict=state, safe_serialization=True)
+
     def save_checkpoint(self, update: int) -> None:
         directory = self.output_dir / f"checkpoint-{update}"
         if self.is_main:
             directory.mkdir(parents=True, exist_ok=True)
-            self.accelerator.unwrap_model(self.policy).save_pretrained(directory / "policy")
-            self.accelerator.unwrap_model(self.value).save_pretrained(directory / "value")
-            torch.save(
-                {
-                    "update": update,
-                    "policy_opt": self.policy_opt.state_dict(),
-                    "value_opt": self.value_opt.state_dict(),
-                    "policy_sched": self.policy_sched.state_dict(),
-                    "value_sched": self.value_sched.state_dict(),
-                },
-                self._state_path(directory),
-            )
-        self.accelerator.wait_for_everyone()
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        torch.save(rng, directory / f"rng-rank{self.accelerator.process_index}.pt")
-        self.accelerator.wait_for_everyone()
+        self.ranks.barrier()
+        self._save_weights(directory)
+        self.policy.save_training_state(directory, "policy")
+        self.value.save_training_state(directory, "value")
         if self.is_main:
-            checkpoint.mark_complete(directory, step=update, world_size=self.accelerator.num_processes)
+            torch.save({"update": update}, self._state_path(directory))
+        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        torch.save(rng, directory / f"rng-rank{self.ranks.rank}.pt")
+        self.ranks.barrier()
+        if self.is_main:
+            checkpoint.mark_complete(directory, step=update, world_size=self.ranks.world)
             checkpoint.rotate(self.output_dir, self.config.output.keep)
-        self.accelerator.wait_for_everyone()
+        self.ranks.barrier()
 
     def _load_state(self, directory: Path) -> None:
-        state = torch.load(self._state_path(directory), weights_only=False)
-        self.policy_opt.load_state_dict(state["policy_opt"])
-        self.value_opt.load_state_dict(state["value_opt"])
-        self.policy_sched.load_state_dict(state["policy_sched"])
-        self.value_sched.load_state_dict(state["value_sched"])
-        self.start_update = state["update"]
-        rng_file = directory / f"rng-rank{self.accelerator.process_index}.pt"
+        self.policy.load_training_state(directory, "policy")
+        self.value.load_training_state(directory, "value")
+        self.start_update = torch.load(self._state_path(directory), weights_only=False)["update"]
+        rng_file = directory / f"rng-rank{self.ranks.rank}.pt"
         if rng_file.exists():
             rng = torch.load(rng_file, weights_only=False)
             torch.set_rng_state(rng["torch"])
@@ -168,26 +181,28 @@ class PPOTrainer:
 
     # ---- one update --------------------------------------------------------------------------
     def _rank_batch(self, update: int) -> list[int]:
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        world, rank = self.ranks.world, self.ranks.rank
         start = (update * world + rank) * self.per_rank_batch
         return episode_indices(self.problems.train, self.config.train.seed, start, self.per_rank_batch)
 
     @torch.no_grad()
     def rollout(self, indices: list[int]) -> dict:
-        device = self.accelerator.device
+        device = self.ranks.device
         t0 = time.perf_counter()
         prompt = encode_prompts(self.tokenizer, [self.problems.prompts[i] for i in indices], device)
-        policy = self.accelerator.unwrap_model(self.policy)
-        policy.eval()
-        responses, mask = generate(policy, self.tokenizer, prompt, self.config.sampling)
+        self.policy.eval()
+        self.value.eval()
+        responses, mask = self.engine.generate(prompt)
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         scored = self.reward(texts, [self.problems.references[i] for i in indices])
         prompt_len = prompt["input_ids"].shape[1]
         sequence = full_sequence(prompt, responses, mask)
-        logprobs, entropy = response_logprobs(policy, sequence, prompt_len, mask)
-        ref_logprobs, _ = response_logprobs(self.ref, sequence, prompt_len, mask)
-        values = response_values(self.value, sequence, prompt_len)
+        with self.placement.autocast():
+            logprobs, entropy = response_logprobs(self.policy.module, sequence, prompt_len, mask)
+            ref_logprobs, _ = response_logprobs(self.ref, sequence, prompt_len, mask)
+            values = response_values(self.value.module, sequence, prompt_len)
+        logprobs, ref_logprobs, values = logprobs.float(), ref_logprobs.float(), values.float()
         t2 = time.perf_counter()
         fmask = mask.float()
         scores = torch.tensor(scored.rewards, device=device, dtype=torch.float32)
@@ -211,7 +226,7 @@ class PPOTrainer:
                 "format_ok_rate": torch.tensor(scored.format_ok, dtype=torch.float32, device=device).mean(),
                 "verifier_true_rate": torch.tensor(scored.correct, dtype=torch.float32, device=device).mean(),
                 "kl": kl.sum(dim=1).mean(),
-                "entropy": ppo_math.masked_mean(entropy, fmask),
+                "entropy": ppo_math.masked_mean(entropy.float(), fmask),
                 "response_length": fmask.sum(dim=1).mean(),
                 "generated_tokens": fmask.sum(),
             },
@@ -235,53 +250,46 @@ class PPOTrainer:
                     sync = i == len(parts) - 1
                     sequence = {k: v[idx] for k, v in batch["sequence"].items()}
                     mask = batch["mask"][idx]
-                    no_sync = contextlib.ExitStack()
-                    if not sync:
-                        no_sync.enter_context(self.accelerator.no_sync(self.policy))
-                        no_sync.enter_context(self.accelerator.no_sync(self.value))
-                    with no_sync:
-                        logprobs, _ = response_logprobs(self.policy, sequence, batch["prompt_len"], mask)
-                        values = response_values(self.value, sequence, batch["prompt_len"])
+                    with self.policy.accumulating(sync), self.value.accumulating(sync):
+                        with self.placement.autocast():
+                            logprobs, _ = response_logprobs(self.policy.module, sequence, batch["prompt_len"], mask)
+                            values = response_values(self.value.module, sequence, batch["prompt_len"])
                         pg_loss, pg_stats = ppo_math.clipped_policy_loss(
-                            logprobs, batch["logprobs"][idx], batch["advantages"][idx], mask, ppo.cliprange
+                            logprobs.float(), batch["logprobs"][idx], batch["advantages"][idx], mask, ppo.cliprange
                         )
                         vf_loss, vf_stats = ppo_math.clipped_value_loss(
-                            values, batch["values"][idx], batch["returns"][idx], mask, ppo.cliprange_value
+                            values.float(), batch["values"][idx], batch["returns"][idx], mask, ppo.cliprange_value
                         )
-                        loss = (pg_loss + ppo.vf_coef * vf_loss) / len(parts)
-                        self.accelerator.backward(loss)
+                        # Separate graphs: each backward reaches only its own model.
+                        self.policy.backward(pg_loss)
+                        self.value.backward(ppo.vf_coef * vf_loss)
                     for key, value in {"policy_loss": pg_loss, "value_loss": vf_loss, **pg_stats, **vf_stats}.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach())
                     count += 1
-                max_norm = self.config.train.max_grad_norm
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(
-                    self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
-                )
-                self.accelerator.clip_grad_norm_(self.value.parameters(), max_norm)
-                for opt, sched in ((self.policy_opt, self.policy_sched), (self.value_opt, self.value_sched)):
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.policy.step()
+                self.value.step()
         optimizer_steps = ppo.ppo_epochs * ppo.num_mini_batches
         stats = {k: torch.tensor(v / (optimizer_steps if k == "grad_norm" else count)) for k, v in sums.items()}
-        stats["learning_rate"] = torch.tensor(self.policy_sched.get_last_lr()[0])
+        stats["learning_rate"] = torch.tensor(self.policy.learning_rate())
         return stats
 
     def _reduce(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         keys = sorted(stats)
-        stacked = torch.stack([stats[k].float().to(self.accelerator.device) for k in keys])
-        mean = self.accelerator.reduce(stacked, reduction="mean")
-        return {k: float(v) for k, v in zip(keys, mean)}
+        stacked = torch.stack([stats[k].float().to(self.ranks.device) for k in keys])
+        return {k: float(v) for k, v in zip(keys, self.ranks.mean(stacked))}
 
     def evaluate(self) -> float | None:
         eval_set = self.problems.eval
         if not eval_set:
             return None
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        world, rank = self.ranks.world, self.ranks.rank
         mine = eval_set[rank::world] or eval_set[:1]
+        # Every rank runs the same number of rollouts: under sharding each one is a collective.
+        batches = math.ceil(math.ceil(len(eval_set) / world) / self.per_rank_batch)
         total = []
-        for start in range(0, len(mine), self.per_rank_batch):
-            total.extend(self.rollout(mine[start : start + self.per_rank_batch])["stats"]["reward_mean"].reshape(1).tolist())
+        for b in range(batches):
+            chunk = mine[b * self.per_rank_batch : (b + 1) * self.per_rank_batch] or mine[:1]
+            total.append(float(self.rollout(chunk)["stats"]["reward_mean"]))
         return self._reduce({"eval_reward_mean": torch.tensor(sum(total) / len(total))})["eval_reward_mean"]
 
     def train(self) -> RLResult:
@@ -291,12 +299,13 @@ class PPOTrainer:
             batch = self.rollout(self._rank_batch(update))
             t0 = time.perf_counter()
             train_stats = self.train_on(batch)
+            self.engine.policy_updated()
             t_train = time.perf_counter() - t0
             generated = batch["stats"].pop("generated_tokens")
             record = self._reduce({**batch["stats"], **train_stats})
             record.update(
                 step=update + 1,
-                episodes=(update + 1) * self.per_rank_batch * self.accelerator.num_processes,
+                episodes=(update + 1) * self.per_rank_batch * self.ranks.world,
                 time_generation=round(batch["time_generation"], 3),
                 time_scoring=round(batch["time_scoring"], 3),
                 time_training=round(t_train, 3),
@@ -319,13 +328,14 @@ class PPOTrainer:
 
     def export(self) -> Path:
         final, staging = self.output_dir / "export", self.output_dir / "export.partial"
+        state = self.policy.full_state_dict()
         if self.is_main:
             clear_dir(staging)
-            self.accelerator.unwrap_model(self.policy).save_pretrained(staging, safe_serialization=True)
+            self.policy.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
             write_export_extras(staging, self.tokenizer)
             clear_dir(final)
             staging.rename(final)
-        self.accelerator.wait_for_everyone()
+        self.ranks.barrier()
         return final
 
 

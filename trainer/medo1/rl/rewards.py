@@ -437,8 +437,8 @@ __all__ = [
     "RewardOutput",
     "VerifierReward",
     "VerifierRewardConfig",
-    "trl_reward_funcs",
     "build_reward",
     "normalize_answer",
     "parse_reasoning",
+    "trl_reward_funcs",
 ]

@@ -1,4 +1,4 @@
-"""Rollouts: the RL problems and their seeded order, prompt encoding, generation, log-probs and values.
+"""Rollouts: the RL problems and their seeded order, prompt encoding, log-probs and values (sampling: `engines`).
 
 Log-probabilities come from TRL's fused LM head (`add_fused_lm_head`): the head is applied in tiles
 to response positions only, so no full-vocabulary fp32 logits are kept for a rollout.
@@ -19,7 +19,6 @@ from medo1.data import (
     load_from_config,
     write_rejects,
 )
-from medo1.models import generation_config_for
 from medo1.tokenize import render_prompt
 
 
@@ -79,33 +78,6 @@ def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], device) -> di
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
-    """1 for each token up to and including the first stop token; 0 after it."""
-    is_stop = torch.isin(responses, torch.tensor(stop_ids, device=responses.device))
-    stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()
-    return (stops_before == 0).long()
-
-
-@torch.no_grad()
-def generate(policy, tokenizer, prompt: dict[str, torch.Tensor], sampling) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample until each response's end-of-turn token (or the length limit). Returns (responses, mask)."""
-    gen_config = generation_config_for(tokenizer)
-    output = policy.generate(
-        **prompt,
-        do_sample=True,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=0,
-        max_new_tokens=sampling.response_length,
-        eos_token_id=gen_config.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    responses = output[:, prompt["input_ids"].shape[1] :]
-    mask = response_mask(responses, gen_config.eos_token_id)
-    responses = responses.masked_fill(mask == 0, tokenizer.pad_token_id)
-    return responses, mask
-
-
 def full_sequence(prompt: dict[str, torch.Tensor], responses: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     attention = torch.cat([prompt["attention_mask"], mask], dim=1)
     return {
@@ -136,11 +108,16 @@ class TokenValueModel(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids):
         backbone = getattr(self.classifier, self.classifier.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
         return self.classifier.score(hidden).squeeze(-1)
 
-    def save_pretrained(self, path, **kwargs):
-        self.classifier.save_pretrained(path, **kwargs)
+    def save_pretrained(self, path, state_dict=None, **kwargs):
+        if state_dict is not None:
+            prefix = "classifier."
+            state_dict = {k.removeprefix(prefix): v for k, v in state_dict.items()}
+        self.classifier.save_pretrained(path, state_dict=state_dict, **kwargs)
 
 
 def response_values(value_model, sequence: dict[str, torch.Tensor], prompt_len: int) -> torch.Tensor:

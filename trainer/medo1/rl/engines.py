@@ -1,0 +1,192 @@
+"""Rollout engines (`sampling.engine`): how a batch of encoded prompts becomes sampled responses.
+
+Both engines sample with the same settings (temperature, top-p, no top-k, `response_length` new
+tokens at most), stop each response at the chat template's end-of-turn token or eos, and return
+right-padded responses with a 0/1 mask covering each response up to and including its stop token.
+
+- `HFEngine`: `generate` on the training policy itself. Under sharded training every rank keeps
+  stepping until all ranks are done (`synced_gpus`): each forward gathers weights from all ranks,
+  so a rank that stopped early must still take part. `sampling.gather_weights_for_generation`
+  gathers the policy once per rollout instead.
+- `VLLMEngine`: a vLLM engine in the same process (per rank, or per tensor-parallel group), loaded
+  from the policy checkpoint and sent the policy's weights again after every PPO update; with
+  `sampling.vllm.sleep` it hands its GPU memory back while the models train.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import nullcontext
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+
+from medo1.config import StageError
+from medo1.models import generation_config_for
+from medo1.rl.sharding import Placement, Ranks, TrainedModel
+
+log = logging.getLogger("medo1.rl.engines")
+
+VLLM_INSTALL = "pip install 'trl[vllm]'"
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompts (input_ids, attention_mask) -> (responses, mask), both (batch, length)."""
+        ...
+
+    def policy_updated(self) -> None:
+        """Called after each PPO update (the optimizer steps of one rollout batch)."""
+        ...
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    return list(generation_config_for(tokenizer).eos_token_id)
+
+
+def response_mask(responses: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
+    """1 for each token up to and including the first stop token; 0 after it."""
+    is_stop = torch.isin(responses, torch.tensor(stop_ids, device=responses.device))
+    stops_before = torch.cumsum(is_stop.long(), dim=1) - is_stop.long()
+    return (stops_before == 0).long()
+
+
+def require_vllm() -> None:
+    """Fail at start-up, before any model is loaded, when vLLM rollouts cannot run here."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise StageError(
+            f"sampling.engine=vllm needs vLLM, which cannot be imported here ({exc}). "
+            f"Install it on a CUDA machine with: {VLLM_INSTALL}  (or set sampling.engine=hf)"
+        ) from None
+    if not torch.cuda.is_available():
+        raise StageError("sampling.engine=vllm needs a CUDA GPU; on this machine use sampling.engine=hf")
+
+
+class HFEngine:
+    def __init__(self, policy: TrainedModel, tokenizer, sampling, placement: Placement, ranks: Ranks):
+        self.policy, self.tokenizer, self.sampling, self.placement = policy, tokenizer, sampling, placement
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.synced = placement.sharded and ranks.world > 1
+        self.gather = placement.sharded and sampling.gather_weights_for_generation
+
+    @torch.no_grad()
+    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        gathered = self.policy.gathered_for_generation() if self.gather else nullcontext()
+        with gathered, self.placement.autocast():
+            output = self.policy.model.generate(
+                **prompt,
+                do_sample=True,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                top_k=0,
+                max_new_tokens=self.sampling.response_length,
+                eos_token_id=self.stop_ids,
+                pad_token_id=self.tokenizer.pad_token_id,
+                synced_gpus=self.synced,
+            )
+        responses = output[:, prompt["input_ids"].shape[1] :]
+        mask = response_mask(responses, self.stop_ids)
+        return responses.masked_fill(mask == 0, self.tokenizer.pad_token_id), mask
+
+    def policy_updated(self) -> None:
+        """Nothing to do: generation reads the live policy."""
+
+
+class VLLMEngine:
+    def __init__(self, policy: TrainedModel, tokenizer, sampling, ranks: Ranks, model_path: str,
+                 tokenizer_path: str | None, seed: int, max_batch: int):
+        from vllm import LLM, SamplingParams
+
+        settings = sampling.vllm
+        self.policy, self.tokenizer, self.ranks, self.sleep = policy, tokenizer, ranks, settings.sleep
+        self.stop_ids = stop_token_ids(tokenizer)
+        tp = settings.tensor_parallel_size
+        if ranks.world % tp:
+            raise StageError(f"sampling.vllm.tensor_parallel_size ({tp}) must divide the number of ranks ({ranks.world})")
+        self.tp_size, self.tp_group = tp, None
+        if tp > 1:
+            # Consecutive ranks share one vLLM engine: [0..tp-1], [tp..2tp-1], ...
+            self.tp_group, _ = dist.new_subgroups_by_enumeration(
+                [list(range(start, start + tp)) for start in range(0, ranks.world, tp)]
+            )
+        # The engine must run in this process: its model receives the policy's weights in place.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=tokenizer_path or model_path,
+            tensor_parallel_size=tp,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_model_len=settings.max_model_len,
+            max_num_seqs=max_batch * tp,
+            enable_sleep_mode=settings.sleep,
+            distributed_executor_backend="external_launcher",
+            seed=seed + ranks.rank // tp,  # the ranks of one engine must sample alike
+        )
+        self.params = SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.response_length,
+            stop_token_ids=self.stop_ids,
+        )
+        self.weights_stale = False
+        if settings.sleep:
+            self.llm.sleep(level=2)  # discards the weights: the first rollout pushes the policy's
+            self.weights_stale = True
+        ranks.barrier()
+
+    def _push_weights(self) -> None:
+        if self.sleep:
+            self.llm.wake_up(tags=["weights"])
+        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        for name, tensor in self.policy.named_full_parameters():
+            model.load_weights([(name, tensor)])
+        self.llm.reset_prefix_cache()
+        self.weights_stale = False
+
+    def policy_updated(self) -> None:
+        self.weights_stale = True
+
+    @torch.no_grad()
+    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = [row[keep.bool()].tolist() for row, keep in zip(prompt["input_ids"], prompt["attention_mask"])]
+        if self.tp_group is not None:
+            groups: list[list[list[int]]] = [[] for _ in range(self.tp_size)]
+            dist.all_gather_object(groups, ids, group=self.tp_group)
+            share = dist.get_rank(group=self.tp_group)
+            ids_all = [p for group in groups for p in group]
+        else:
+            share, ids_all = 0, ids
+        if self.weights_stale:
+            self._push_weights()
+        if self.sleep:
+            self.llm.wake_up(tags=["kv_cache"])
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids_all], sampling_params=self.params, use_tqdm=False)
+        if self.sleep:
+            self.llm.sleep(level=2)
+            self.weights_stale = True
+        mine = outputs[share * len(ids) : (share + 1) * len(ids)]
+        # vLLM keeps the stop token at the end of a stopped response, as HF generate does.
+        tokens = [list(out.outputs[0].token_ids) for out in mine]
+        width = max(1, max(len(t) for t in tokens))
+        responses = torch.full((len(tokens), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(tokens), width), dtype=torch.long)
+        for row, t in enumerate(tokens):
+            responses[row, : len(t)] = torch.tensor(t, dtype=torch.long)
+            mask[row, : len(t)] = 1
+        device = prompt["input_ids"].device
+        return responses.to(device), mask.to(device)
+
+
+def build_engine(config, policy: TrainedModel, tokenizer, placement: Placement, ranks: Ranks, policy_path: str,
+                 max_batch: int) -> RolloutEngine:
+    sampling = config.sampling
+    if sampling.engine == "vllm":
+        return VLLMEngine(
+            policy, tokenizer, sampling, ranks, policy_path, config.model.tokenizer, config.train.seed, max_batch
+        )
+    return HFEngine(policy, tokenizer, sampling, placement, ranks)
