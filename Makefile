@@ -37,7 +37,7 @@ test-fast: install
 
 # Speed figures (never pass/fail): a table on stdout and one JSON per run under bench/results/.
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Plain YAML for `kubectl apply`, rendered from the chart for each profile in helm/profiles/.
 manifests: install

@@ -13,6 +13,10 @@ identified by the first string value of that object (the question). Faults to in
   first field that has any / its `## ...` markers (so the client must end up rejecting them);
 - `api_key`: the `Authorization: Bearer KEY` it requires (401 otherwise).
 
+With `mcq_answers` ({question prefix: letter}) it answers multiple-choice questions instead, as a
+model under evaluation would: a `## Thinking` section that names another letter, then
+`## Final Response` with the right one.
+
 It counts requests and successful translations per record, and shuts itself down after
 `max_lifetime_s` if nobody stops it first (tests stop it in a fixture finaliser). It is also a
 context manager.
@@ -20,6 +24,7 @@ context manager.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -54,9 +59,11 @@ class StandIn:
         malformed: dict[str, int] | None = None,
         drop_number: set[str] | None = None,
         drop_marker: set[str] | None = None,
+        mcq_answers: dict[str, str] | None = None,
         max_lifetime_s: float = 120.0,
     ):
         self.api_key = api_key
+        self.mcq_answers = mcq_answers
         self.latency_s = latency_s
         self.fail_first = fail_first
         self.malformed = dict(malformed or {})
@@ -70,6 +77,10 @@ class StandIn:
         """(time, record id, outcome) per request that reached the translation step."""
         self.unauthorized = 0
         self.bad_requests: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        """Every chat request's JSON body, in arrival order."""
+        self.auth: list[str | None] = []
+        """Every chat request's Authorization header (None when absent)."""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -101,6 +112,10 @@ class StandIn:
     # ------------------------------------------------------------------ behaviour
 
     def answer(self, headers: Any, body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+        with self.lock:
+            self.auth.append(headers.get("Authorization"))
+            with contextlib.suppress(ValueError):
+                self.bodies.append(json.loads(body))
         if headers.get("Authorization") != f"Bearer {self.api_key}":
             with self.lock:
                 self.unauthorized += 1
@@ -110,6 +125,8 @@ class StandIn:
             throttled = self.total <= self.fail_first
         if throttled:
             return 429, {"Retry-After": "0"}, {"error": {"message": "rate limited", "type": "rate_limit"}}
+        if self.mcq_answers is not None:
+            return self._answer_mcq(json.loads(body))
         try:
             request = json.loads(body)
             assert request["response_format"] == {"type": "json_object"}, "response_format must be json_object"
@@ -143,19 +160,23 @@ class StandIn:
             if outcome == "ok":
                 self.successes[rid] += 1
             self.log.append((time.time(), rid, outcome))
-        return (
-            200,
-            {},
-            {
-                "id": f"chatcmpl-standin-{self.total}",
-                "object": "chat.completion",
-                "model": request.get("model"),
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-                ],
-                "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": len(content) // 4},
-            },
-        )
+        return 200, {}, self._completion(request, content)
+
+    def _answer_mcq(self, request: dict[str, Any]) -> tuple[int, dict[str, str], dict[str, Any]]:
+        question = request["messages"][-1]["content"]
+        letter = next(a for q, a in self.mcq_answers.items() if question.startswith(q))
+        wrong = "B" if letter == "A" else "A"
+        content = f"## Thinking\n\nAt first glance {wrong}, but no.\n\n## Final Response\n\nThe answer is {letter}"
+        return 200, {}, self._completion(request, content)
+
+    def _completion(self, request: dict[str, Any], content: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-standin-{self.total}",
+            "object": "chat.completion",
+            "model": request.get("model"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(json.dumps(request)) // 4, "completion_tokens": len(content) // 4},
+        }
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         standin = self

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from medo1.eval import (
 )
 from pydantic import ValidationError
 
+from pipelines.openai_standin import StandIn
 from tests.conftest import DEMO_DATA
 
 OPTS = {
@@ -161,70 +160,13 @@ def test_invalid_rows_are_counted_not_fatal(tiny_model, demo_rows, tmp_path):
     assert "Invalid rows skipped: 2" in (tmp_path / "out" / "report.md").read_text()
 
 
-class _StandIn:
-    """Stands in for a paid OpenAI-compatible API: answers correctly, 429s its first request."""
-
-    def __init__(self, answers: dict[str, str]):
-        self.answers = answers
-        self.requests: list[dict] = []
-        self.auth: list[str | None] = []
-        self.lock = threading.Lock()
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with stand_in.lock:
-                    first = not stand_in.requests
-                    stand_in.requests.append(body)
-                    stand_in.auth.append(self.headers.get("Authorization"))
-                if self.path != "/v1/chat/completions":
-                    return self._send(404, {"error": "not found"})
-                if self.headers.get("Authorization") != "Bearer test-key":
-                    return self._send(401, {"error": "bad key"})
-                if first:
-                    return self._send(429, {"error": "rate limited"}, {"Retry-After": "0"})
-                prompt = body["messages"][-1]["content"]
-                letter = next(a for q, a in stand_in.answers.items() if prompt.startswith(q))
-                wrong = "A" if letter != "A" else "B"
-                content = (
-                    f"## Thinking\n\nAt first glance the answer is {wrong}, but ...\n\n"
-                    f"## Final Response\n\nThe answer is {letter}"
-                )
-                self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]})
-
-            def _send(self, status, payload, headers=None):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_endpoint_backend_with_retry(demo_rows, tmp_path, monkeypatch):
     monkeypatch.setenv("MEDO1_TEST_KEY", "test-key")
     answers = {row["question"]: row["answer_idx"] for row in demo_rows[:8]}
-    with _StandIn(answers) as server:
+    # The stand-in plays a paid OpenAI-compatible API: it 429s the first request, then answers right.
+    with StandIn(mcq_answers=answers, fail_first=1) as server:
         config = EvalConfig(
-            endpoint=server.url,
+            endpoint=server.base_url,
             endpoint_model="stand-in",
             api_key_env="MEDO1_TEST_KEY",
             benchmarks={"demo": str(DEMO_DATA)},
@@ -237,18 +179,18 @@ def test_endpoint_backend_with_retry(demo_rows, tmp_path, monkeypatch):
     result = report["benchmarks"]["demo"]
     assert result["n"] == 8 and result["accuracy"] == 1.0 and result["unparseable"] == 0
     assert report["model"] == "stand-in"
-    assert len(server.requests) == 9  # 8 questions + the one retried after the 429
+    assert len(server.bodies) == 9  # 8 questions + the one retried after the 429
     assert set(server.auth) == {"Bearer test-key"}
-    retried = server.requests[0]["messages"]
-    assert sum(r["messages"] == retried for r in server.requests) == 2
-    assert all(r["model"] == "stand-in" and r["max_tokens"] == 64 and r["temperature"] == 0.0 for r in server.requests)
+    retried = server.bodies[0]["messages"]
+    assert sum(r["messages"] == retried for r in server.bodies) == 2
+    assert all(r["model"] == "stand-in" and r["max_tokens"] == 64 and r["temperature"] == 0.0 for r in server.bodies)
 
 
 def test_endpoint_without_key_fails_loudly(demo_rows, tmp_path, monkeypatch):
     monkeypatch.delenv("MEDO1_TEST_KEY", raising=False)
-    with _StandIn({}) as server:
+    with StandIn(mcq_answers={}) as server:
         config = EvalConfig(
-            endpoint=server.url,
+            endpoint=server.base_url,
             api_key_env="MEDO1_TEST_KEY",
             benchmarks={"demo": str(DEMO_DATA)},
             limit=1,

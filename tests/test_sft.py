@@ -108,6 +108,37 @@ def test_padding_free_and_padded_batches_give_the_same_loss(tiny_model, demo_row
     assert losses["padding_free"] == pytest.approx(losses["padded"], rel=1e-4)
 
 
+@pytest.mark.parametrize("batching", ["padding_free", "padded"])
+def test_compact_loss_matches_trls_fused_head_in_value_and_gradients(tiny_model, demo_rows, tmp_path, batching):
+    """On the CPU medo1 projects only the trained positions; TRL's own loss (every position, fused head)
+    is the reference: the same loss and the same gradients on the same collated batch."""
+    from medo1.models import load_tokenizer
+    from medo1.sft import Medo1SFTTrainer, load_model, prepare_dataset, training_arguments
+
+    data = write_short_rows(demo_rows, tmp_path / "rows.json", 4)
+    config = load_config(SFTConfig, TINY_RECIPE, sft_overrides(tiny_model, data, tmp_path / "run",
+                                                               **{"train.batching": batching}))
+    tokenizer = load_tokenizer(tiny_model)
+    dataset, _ = prepare_dataset(config, tokenizer, tmp_path / "run")
+    trainer = Medo1SFTTrainer(model=load_model(config), args=training_arguments(config, tmp_path / "run"),
+                              train_dataset=dataset, processing_class=tokenizer, keep_checkpoints=1)
+    batch = trainer.data_collator([dataset[i] for i in range(4)])
+    assert ("attention_mask" in batch) == (batching == "padded")
+    model = trainer.model.train()
+    results = {}
+    for name, loss_of in (("compact", trainer.compact_loss),
+                          ("trl", lambda m, b, n: super(Medo1SFTTrainer, trainer).compute_loss(m, b, num_items_in_batch=n))):
+        model.zero_grad()
+        tokens = (batch["labels"][:, 1:] != -100).sum()
+        loss = loss_of(model, dict(batch), tokens)
+        loss.backward()
+        results[name] = (loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()})
+    assert results["compact"][0] == pytest.approx(float(results["trl"][0]), rel=1e-5)
+    for key, grad in results["trl"][1].items():
+        torch.testing.assert_close(results["compact"][1][key], grad, rtol=1e-4, atol=1e-7, msg=key)
+    assert trainer._metrics["train"]["mean_token_accuracy"]
+
+
 def test_packed_run_trains_on_full_rows_and_reports_to_tensorboard(tiny_model, demo_rows, tmp_path):
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 12)
     result = sft(

@@ -54,6 +54,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (an empty file is an empty one); ConfigError names `what` and the path."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{what} {path} must be a mapping at the top level")
+    return loaded or {}
+
+
 def load_config(
     model: type[ConfigT], recipe: str | Path | None = None, overrides: list[str] | None = None
 ) -> ConfigT:
@@ -61,15 +74,7 @@ def load_config(
     source = "defaults"
     if recipe is not None:
         source = str(recipe)
-        try:
-            loaded = yaml.safe_load(Path(recipe).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"recipe {recipe} not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"recipe {recipe} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"recipe {recipe} must be a mapping at the top level")
-        data = loaded or {}
+        data = read_yaml_mapping(recipe, "recipe")
     data = apply_overrides(data, overrides or [])
     try:
         return model.model_validate(data)

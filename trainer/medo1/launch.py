@@ -30,10 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from medo1 import k8s
-from medo1.config import ConfigError, StageError, apply_overrides
+from medo1.config import ConfigError, StageError, apply_overrides, read_yaml_mapping
 
 if TYPE_CHECKING:
     from kubeflow.training import TrainingClient
@@ -165,14 +163,9 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def _read_values(path: str | Path) -> dict[str, Any]:
     try:
-        values = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise LaunchError(f"values file {path} not found") from None
-    except yaml.YAMLError as exc:
-        raise LaunchError(f"values file {path} is not valid YAML: {exc}") from None
-    if values is not None and not isinstance(values, dict):
-        raise LaunchError(f"values file {path} must be a mapping at the top level")
-    return values or {}
+        return read_yaml_mapping(path, "values file")
+    except ConfigError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def stage_values(

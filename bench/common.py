@@ -1,0 +1,117 @@
+"""What the benchmarks share: the demo rows, child processes, and peak memory of a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "examples" / "data" / "medical_o1_demo.json"
+SFT_FIELDS = ("Question", "Complex_CoT", "Response")
+# --quick cuts rows to these many characters per field (~100 tokens a row), as the tests do.
+SHORT_FIELD_CHARS = {"Question": 160, "Complex_CoT": 240, "Response": 120}
+
+
+def demo_sft_rows(count: int, short: bool = False) -> list[dict]:
+    """`count` medical-o1 SFT rows: the demo rows in file order, repeated as often as needed."""
+    demo = json.loads(DEMO.read_text())
+    if short:
+        rows = [{key: row[key][:chars] for key, chars in SHORT_FIELD_CHARS.items()} for row in demo]
+    else:
+        rows = [{key: row[key] for key in SFT_FIELDS} for row in demo]
+    return [rows[i % len(rows)] for i in range(count)]
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    path.write_text(json.dumps(rows, ensure_ascii=False))
+    return path
+
+
+def run_child(module: str, spec: dict, work_dir: Path, *, hide_gpu: bool, timeout: int = 1800) -> dict:
+    """Run `python -m MODULE SPEC RESULT` in a fresh process; return the JSON result it wrote.
+
+    A fresh process per contender keeps peak memory figures independent and the device choice
+    explicit: with `hide_gpu`, CUDA is invisible to the child even on a GPU machine.
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec_path, result_path = work_dir / "spec.json", work_dir / "result.json"
+    spec_path.write_text(json.dumps(spec))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    if hide_gpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, str(spec_path), str(result_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    if proc.returncode != 0 or not result_path.exists():
+        raise RuntimeError(f"{module} {spec_path} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
+    return json.loads(result_path.read_text())
+
+
+def child_main(run) -> None:
+    """Entry point of a child: `run(spec) -> dict` with the spec and result paths from argv."""
+    spec_path, result_path = sys.argv[1:3]
+    result = run(json.loads(Path(spec_path).read_text()))
+    Path(result_path).write_text(json.dumps(result))
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+class PeakMemory:
+    """Peak memory of this process from `start()` on.
+
+    GPU: `torch.cuda.max_memory_allocated`. CPU: the resident-set high-water mark, reset at `start()`
+    through /proc/self/clear_refs (Linux), minus the resident set at `start()`; where the mark cannot
+    be reset, the process's lifetime peak (`ru_maxrss`) is used instead and the method says so.
+    """
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.method = ""
+        self.start_mb = 0.0
+
+    def start(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+            self.method = "torch.cuda.max_memory_allocated"
+            return
+        self.start_mb = _status_kb("VmRSS") / 1024
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.method = "peak RSS (high-water mark reset at start) minus RSS at start"
+        except OSError:
+            self.method = "peak RSS over the process lifetime (ru_maxrss) minus RSS at start"
+
+    def result(self) -> dict:
+        if self.cuda:
+            import torch
+
+            return {"peak_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "memory_method": self.method}
+        if self.method.startswith("peak RSS (high"):
+            peak = _status_kb("VmHWM") / 1024
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return {
+            "peak_memory_mb": round(peak - self.start_mb, 1),
+            "peak_rss_mb": round(peak, 1),
+            "rss_at_start_mb": round(self.start_mb, 1),
+            "memory_method": self.method,
+        }

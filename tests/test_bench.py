@@ -1,0 +1,89 @@
+"""`make bench` wiring: every benchmark's measure() in --quick mode on the CPU, and the runner.
+
+Only facts that hold at any speed are checked (fields, the same batches for every matched SFT
+contender, token counts, padding shares, positive timings); speed ratios never are.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench import data, rl, run, sft
+
+
+def test_sft_contenders_train_the_same_batches():
+    result = sft.measure(quick=True)
+    json.dumps(result)  # a benchmark result must be writable as JSON
+    assert {"device", "device_name", "tokens_per_second_means", "config", "contenders", "targets"} <= result.keys()
+    assert result["device"] == "cpu"
+    contenders = result["contenders"]
+    assert list(contenders) == list(sft.CONTENDERS)
+    config = result["config"]
+    for name, figures in contenders.items():
+        assert figures["measured_steps"] == config["measured_steps"], name
+        assert figures["seconds"] > 0 and figures["tokens_per_second"] > 0, name
+        assert all(seconds > 0 for seconds in figures["step_seconds"]), name
+        assert 0 < figures["real_tokens"] <= figures["batch_tokens"], name
+        assert figures["peak_memory_mb"] > 0 and figures["memory_method"], name
+    matched = [contenders[name] for name in sft.MATCHED]
+    assert all(figures["same_batches_as_trl_sft_defaults"] for figures in matched)
+    assert all(figures["examples_per_step"] == [config["examples_per_step"]] * config["measured_steps"] for figures in matched)
+    assert len({figures["real_tokens"] for figures in matched}) == 1
+    # Padded batches carry padding; padding-free and packed ones carry none.
+    assert contenders["padded_loop"]["real_token_share"] < 1
+    assert contenders["trl_sft_defaults"]["real_token_share"] == contenders["padded_loop"]["real_token_share"]
+    assert contenders["medo1_padding_free"]["real_token_share"] == 1.0
+    assert contenders["medo1_packed"]["real_token_share"] == 1.0
+    (cpu_target,) = result["targets"]
+    assert cpu_target["required"] == 1.5
+    assert cpu_target["measured"] == contenders["medo1_padding_free"]["vs_padded_loop"]
+    assert "mfu" not in result
+    assert any(line.startswith("target: ") for line in sft.summary(result))
+
+
+def test_rl_splits_each_update_into_generation_scoring_training():
+    result = rl.measure(quick=True)
+    json.dumps(result)
+    assert set(result["runs"]) == {"ppo_hf", "grpo_hf"}
+    for name, run_result in result["runs"].items():
+        assert len(run_result["updates"]) == result["config"]["updates"], name
+        for update in run_result["updates"]:
+            assert all(update[key] > 0 for key in (*rl.SPLIT, "generated_tokens_per_second")), (name, update)
+        assert sum(run_result["share_of_update"].values()) == pytest.approx(1.0, abs=0.01)
+    if rl.vllm_status() == "not installed":
+        assert result["vllm"] == "not installed"
+    assert len(rl.summary(result)) == 2 + len(result["runs"]) + 1
+
+
+def test_data_stages_cover_every_row():
+    result = data.measure(quick=True)
+    json.dumps(result)
+    rows = result["config"]["rows"]
+    assert set(result["stages"]) == {"load_and_validate", "tokenize", "pack"}
+    for stage in result["stages"].values():
+        assert stage["rows"] == rows
+        assert stage["seconds"] > 0 and stage["rows_per_second"] > 0
+    assert 0 < result["packed_rows"] < rows
+    assert 0 < result["packed_fill"] <= 1
+
+
+def test_runner_writes_one_json_per_benchmark(tmp_path, capsys):
+    run.main(["--only", "data", "--quick", "--results", str(tmp_path)])
+    (path,) = tmp_path.glob("data-*.json")
+    record = json.loads(path.read_text())
+    assert record["benchmark"] == "data" and record["quick"] is True
+    assert {"cpu", "cpus", "torch", "transformers", "trl"} <= record["environment"].keys()
+    assert "stages" in record
+    assert "rows/s" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks how a CPU-only machine skips the GPU benchmark")
+def test_gpu_benchmark_is_skipped_without_cuda(tmp_path, capsys):
+    run.main(["--only", "sft_gpu", "--results", str(tmp_path)])
+    assert "sft_gpu: skipped" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        run.parse_args(["--gpu"])
