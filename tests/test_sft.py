@@ -113,7 +113,12 @@ def test_compact_loss_matches_trls_fused_head_in_value_and_gradients(tiny_model,
     """On the CPU medo1 projects only the trained positions; TRL's own loss (every position, fused head)
     is the reference: the same loss and the same gradients on the same collated batch."""
     from medo1.models import load_tokenizer
-    from medo1.sft import Medo1SFTTrainer, load_model, prepare_dataset, training_arguments
+    from medo1.sft import (
+        Medo1SFTTrainer,
+        load_model,
+        prepare_dataset,
+        training_arguments,
+    )
 
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 4)
     config = load_config(SFTConfig, TINY_RECIPE, sft_overrides(tiny_model, data, tmp_path / "run",
