@@ -75,24 +75,6 @@ class SFTConfig(Section):
     output: OutputConfig = OutputConfig()
 
 
-ZERO3 = {
-    "bf16": {"enabled": "auto"},
-    "zero_optimization": {
-        "stage": 3,
-        "overlap_comm": True,
-        "contiguous_gradients": True,
-        "reduce_bucket_size": "auto",
-        "stage3_prefetch_bucket_size": "auto",
-        "stage3_param_persistence_threshold": "auto",
-        "stage3_gather_16bit_weights_on_model_save": True,
-    },
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto",
-}
-
-
 @dataclass
 class SFTResult:
     output_dir: Path
@@ -135,25 +117,10 @@ def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dat
 
 def training_arguments(config: SFTConfig, output_dir: Path) -> TRLSFTConfig:
     train, out = config.train, config.output
-    on_gpu = torch.cuda.is_available()
-    bf16 = train.precision == "bf16" or (train.precision == "auto" and on_gpu)
-    deepspeed = None
-    fsdp, fsdp_config = None, None
-    if train.distributed == "deepspeed_zero3":
-        deepspeed = train.deepspeed_config or ZERO3
-    elif train.distributed == "fsdp":
-        fsdp = "full_shard auto_wrap"
-        fsdp_config = {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": config.model.gradient_checkpointing}
     return TRLSFTConfig(
-        **trainer_arguments(train, out, output_dir),
+        **trainer_arguments(train, out, output_dir, config.model.gradient_checkpointing),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps,
-        bf16=bf16,
-        use_cpu=not on_gpu,
-        activation_checkpointing=config.model.gradient_checkpointing and fsdp is None,
-        deepspeed=deepspeed,
-        fsdp=fsdp,
-        fsdp_config=fsdp_config,
         logging_first_step=True,
         dataloader_num_workers=train.dataloader_workers,
         # Rows are already within data.max_length (medo1.tokenize); TRL only needs it as the pack size.

@@ -25,7 +25,7 @@ from medo1.rl.engines import require_vllm
 from medo1.rl.ppo import RLResult
 from medo1.rl.rewards import build_reward, trl_reward_funcs
 from medo1.rl.rollout import load_problems
-from medo1.rl.sharding import require_backend, use_bf16
+from medo1.rl.sharding import require_backend
 from medo1.runtime import is_main_process, world_size
 
 log = logging.getLogger("medo1.grpo")
@@ -35,27 +35,11 @@ class Medo1GRPOTrainer(MarkedCheckpoints, GRPOTrainer):
     pass
 
 
-def sharding_arguments(train, gradient_checkpointing: bool) -> dict:
-    """`train.distributed` as transformers TrainingArguments, the way SFT sets them."""
-    from medo1.sft import ZERO3
-
-    if train.distributed == "deepspeed_zero3":
-        return {"deepspeed": train.deepspeed_config or ZERO3}
-    if train.distributed == "fsdp":
-        return {
-            "fsdp": "full_shard auto_wrap",
-            "fsdp_config": {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gradient_checkpointing},
-        }
-    return {}
-
-
 def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOConfig:
     train, grpo, out, sampling = config.train, config.grpo, config.output, config.sampling
     completions_per_step = train.per_device_batch_size * train.gradient_accumulation_steps * world_size
-    on_gpu = torch.cuda.is_available()
-    sharding = sharding_arguments(train, config.model.gradient_checkpointing)
     return GRPOConfig(
-        **trainer_arguments(train, out, output_dir),
+        **trainer_arguments(train, out, output_dir, config.model.gradient_checkpointing),
         # total_episodes counts sampled completions, as for PPO.
         max_steps=max(1, math.ceil(train.total_episodes / completions_per_step)),
         num_generations=grpo.num_generations,
@@ -71,10 +55,6 @@ def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOC
         vllm_max_model_length=sampling.vllm.max_model_len,
         ds3_gather_for_generation=sampling.gather_weights_for_generation,
         reward_weights=[1.0, 0.0, 0.0],  # the last two only log the format-ok and verifier-true rates
-        bf16=use_bf16(train.precision, torch.device("cuda" if on_gpu else "cpu")),
-        use_cpu=not on_gpu,
-        activation_checkpointing=config.model.gradient_checkpointing and "fsdp" not in sharding,
-        **sharding,
     )
 
 

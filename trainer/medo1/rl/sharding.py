@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from medo1.config import StageError
+from medo1.config import ZERO3, StageError, use_bf16
 
 log = logging.getLogger("medo1.rl.sharding")
 
@@ -71,10 +71,6 @@ def init_ranks() -> Ranks:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Ranks(dist.get_rank() if world > 1 else 0, world, local_rank, device)
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
 
 
 class TrainedModel:
@@ -321,7 +317,7 @@ class Placement:
 
     def __init__(self, ranks: Ranks, train, micro_batches: int):
         self.ranks, self.train_config, self.micro_batches = ranks, train, micro_batches
-        self.bf16 = use_bf16(train.precision, ranks.device)
+        self.bf16 = use_bf16(train.precision, ranks.device.type == "cuda")
 
     def autocast(self):
         if self.bf16 and self.ranks.device.type == "cuda":
@@ -384,8 +380,6 @@ class ZeroPlacement(Placement):
 def zero3_config(train, micro_batches: int, world: int, bf16: bool, hidden_size: int) -> dict:
     """The DeepSpeed config for `train.distributed=deepspeed_zero3`: medo1's ZeRO-3 defaults (shared with
     SFT) or `train.deepspeed_config`, with batch sizes, clipping and precision taken from the RL config."""
-    from medo1.sft import ZERO3
-
     if train.deepspeed_config:
         try:
             config = json.loads(Path(train.deepspeed_config).read_text())
