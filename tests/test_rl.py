@@ -211,3 +211,33 @@ def test_grpo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path)
     assert "rewards/format_ok/mean" in last and "rewards/verifier_true/mean" in last
     assert [s for s, _ in checkpoint.list_checkpoints(result.output_dir)] == [16]
     assert AutoModelForCausalLM.from_pretrained(result.export_dir) is not None
+
+
+def test_compact_response_logprobs_match_the_fused_head_with_ragged_responses(tiny_model):
+    """The CPU path (head on the response positions only) against TRL's fused head: same log-probs,
+    entropies and gradients, with left-padded prompts and responses that stop at different lengths."""
+    from medo1.rl.ppo import load_policy
+    from medo1.rl.rollout import encode_prompts, full_sequence, response_logprobs
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    policy = load_policy(tiny_model, temperature=0.7, trainable=True)
+    prompts = [[{"role": "user", "content": "Is fever a symptom of flu?"}],
+               [{"role": "user", "content": "A longer case: 54-year-old, chest pain for two hours, sweating. Next step?"}]]
+    prompt = encode_prompts(tokenizer, prompts, "cpu")
+    torch.manual_seed(0)
+    responses = torch.randint(0, 5000, (2, 12))
+    mask = torch.ones_like(responses)
+    mask[0, 5:] = 0  # the first response stopped after 5 tokens
+    sequence = full_sequence(prompt, responses.masked_fill(mask == 0, tokenizer.pad_token_id), mask)
+    prompt_len = prompt["input_ids"].shape[1]
+    results = {}
+    for compact in (True, False):
+        policy.zero_grad()
+        logprobs, entropy = response_logprobs(policy, sequence, prompt_len, mask, 0.7, compact=compact)
+        (logprobs * mask).sum().backward()
+        results[compact] = (logprobs.detach(), entropy.detach(), {k: p.grad.clone() for k, p in policy.named_parameters()})
+    assert results[True][0].shape == mask.shape and results[True][0][0, 5:].abs().sum() == 0
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5)
+    for key, grad in results[False][2].items():
+        torch.testing.assert_close(results[True][2][key], grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")

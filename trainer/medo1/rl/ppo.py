@@ -120,7 +120,7 @@ class PPOTrainer:
             num_warmup_steps=math.ceil(train.warmup_ratio * optimizer_steps),
             num_training_steps=optimizer_steps,
         )
-        temperature = config.sampling.temperature
+        temperature = self.temperature = config.sampling.temperature
         # One model at a time, each placed before the next loads: under FSDP a model is whole in host memory
         # only until it is sharded.
         policy = load_policy(policy_path, temperature, trainable=True)
@@ -199,8 +199,8 @@ class PPOTrainer:
         prompt_len = prompt["input_ids"].shape[1]
         sequence = full_sequence(prompt, responses, mask)
         with self.placement.autocast():
-            logprobs, entropy = response_logprobs(self.policy.module, sequence, prompt_len, mask)
-            ref_logprobs, _ = response_logprobs(self.ref, sequence, prompt_len, mask)
+            logprobs, entropy = response_logprobs(self.policy.module, sequence, prompt_len, mask, self.temperature)
+            ref_logprobs, _ = response_logprobs(self.ref, sequence, prompt_len, mask, self.temperature)
             values = response_values(self.value.module, sequence, prompt_len)
         logprobs, ref_logprobs, values = logprobs.float(), ref_logprobs.float(), values.float()
         t2 = time.perf_counter()
@@ -252,7 +252,9 @@ class PPOTrainer:
                     mask = batch["mask"][idx]
                     with self.policy.accumulating(sync), self.value.accumulating(sync):
                         with self.placement.autocast():
-                            logprobs, _ = response_logprobs(self.policy.module, sequence, batch["prompt_len"], mask)
+                            logprobs, _ = response_logprobs(
+                                self.policy.module, sequence, batch["prompt_len"], mask, self.temperature
+                            )
                             values = response_values(self.value.module, sequence, batch["prompt_len"])
                         pg_loss, pg_stats = ppo_math.clipped_policy_loss(
                             logprobs.float(), batch["logprobs"][idx], batch["advantages"][idx], mask, ppo.cliprange

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from trl.kernels.chunked_logprob import _use_triton
 
 from medo1.data import (
     VerifiableProblem,
@@ -87,8 +88,26 @@ def full_sequence(prompt: dict[str, torch.Tensor], responses: torch.Tensor, mask
     }
 
 
-def response_logprobs(model, sequence: dict[str, torch.Tensor], prompt_len: int, mask: torch.Tensor):
-    """Per-token log-probs (at the sampling temperature the head was patched with) and entropies of the response."""
+def response_logprobs(model, sequence: dict[str, torch.Tensor], prompt_len: int, mask: torch.Tensor,
+                      temperature: float, compact: bool | None = None):
+    """Per-token log-probs at the sampling temperature, and entropies, of the response (0 where `mask` is 0).
+
+    Where TRL's fused LM head has Triton kernels (CUDA) it projects the response positions in tiles, with
+    no full-vocabulary logits kept. Elsewhere (the CPU) it would project every position, prompt included,
+    so the `compact` path projects the response positions only, through the model's own head.
+    """
+    if compact is None:
+        compact = not _use_triton(sequence["input_ids"].device)
+    if compact:
+        # Hidden state t predicts token t + 1: positions prompt_len - 1 .. L - 2 predict the response.
+        keep = sequence["input_ids"].size(1) - prompt_len + 1
+        logits = model(**sequence, logits_to_keep=keep, use_cache=False).logits[:, :-1].float() / temperature
+        log_softmax = torch.log_softmax(logits, dim=-1)
+        response = sequence["input_ids"][:, prompt_len:]
+        logprobs = log_softmax.gather(-1, response.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+        off = mask == 0
+        return logprobs.masked_fill(off, 0.0), entropy.masked_fill(off, 0.0)
     labels = sequence["input_ids"].clone()
     labels[:, :prompt_len] = -100
     labels[:, prompt_len:] = labels[:, prompt_len:].masked_fill(mask == 0, -100)
