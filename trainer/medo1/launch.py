@@ -297,14 +297,13 @@ def launch_stage(
     Raises LaunchError: JobFailed (reason, message and the end of the Master's log; local: exit code
     and the end of the output), JobTimedOut, LaunchCancelled, or bad values / names / API errors.
     """
-    if backend == "local":
-        job = stage_job(stage, backend=backend, profile=profile, values_files=values_files,
-                        value_overrides=value_overrides, recipe=recipe, overrides=overrides, job_name=job_name,
-                        nproc=nproc)
-        return _run_local(stage, job, timeout_s)
+    # A local run has no namespace; the chart's default keeps its rendering valid.
+    namespace = (namespace or _default_namespace()) if backend == "pytorchjob" else k8s.NAMESPACE
     job = stage_job(stage, backend=backend, profile=profile, values_files=values_files,
                     value_overrides=value_overrides, recipe=recipe, overrides=overrides, job_name=job_name,
-                    namespace=namespace or _default_namespace(), nproc=nproc)
+                    namespace=namespace, nproc=nproc)
+    if backend == "local":
+        return _run_local(stage, job, timeout_s)
     return _run_pytorchjob(stage, job, client or _training_client(), timeout_s, poll_s, keep_on_timeout)
 
 

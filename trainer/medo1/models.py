@@ -88,6 +88,15 @@ def generation_config_for(tokenizer) -> GenerationConfig:
     return GenerationConfig(eos_token_id=stop, pad_token_id=tokenizer.pad_token_id)
 
 
+def fused_head_is_compact(device: torch.device) -> bool:
+    """Whether TRL's fused LM head projects only the labelled positions on `device` (its Triton kernels:
+    CUDA, XPU). Elsewhere it projects every position and again in the backward pass, so SFT and PPO
+    project the positions they need through the model's own head instead."""
+    from trl.kernels.chunked_logprob import _use_triton
+
+    return _use_triton(device)
+
+
 def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() else torch.float32

@@ -25,14 +25,19 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
-from trl.kernels.chunked_logprob import _use_triton
 
 from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import OutputConfig, Section, dump_config, trainer_arguments
 from medo1.data import DataConfig, enforce_policy, load_from_config, write_rejects
 from medo1.metrics import JsonlMetrics
-from medo1.models import ModelConfig, export_from_trainer, load_tokenizer, resolve_dtype
+from medo1.models import (
+    ModelConfig,
+    export_from_trainer,
+    fused_head_is_compact,
+    load_tokenizer,
+    resolve_dtype,
+)
 from medo1.runtime import is_main_process, rank
 from medo1.tokenize import encode_sft, length_stats
 
@@ -159,7 +164,7 @@ class Medo1SFTTrainer(MarkedCheckpoints, SFTTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs or _use_triton(inputs["input_ids"].device):
+        if return_outputs or fused_head_is_compact(inputs["input_ids"].device):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         return self.compact_loss(model, inputs, num_items_in_batch)
 

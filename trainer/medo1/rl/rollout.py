@@ -1,7 +1,8 @@
 """Rollouts: the RL problems and their seeded order, prompt encoding, log-probs and values (sampling: `engines`).
 
-Log-probabilities come from TRL's fused LM head (`add_fused_lm_head`): the head is applied in tiles
-to response positions only, so no full-vocabulary fp32 logits are kept for a rollout.
+Log-probabilities on GPU come from TRL's fused LM head (`add_fused_lm_head`): the head is applied in
+tiles to response positions only, so no full-vocabulary fp32 logits are kept for a rollout. On the CPU
+the model's own head projects the response positions (see `response_logprobs`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from trl.kernels.chunked_logprob import _use_triton
 
 from medo1.data import (
     VerifiableProblem,
@@ -20,6 +20,7 @@ from medo1.data import (
     load_from_config,
     write_rejects,
 )
+from medo1.models import fused_head_is_compact
 from medo1.tokenize import render_prompt
 
 
@@ -97,7 +98,7 @@ def response_logprobs(model, sequence: dict[str, torch.Tensor], prompt_len: int,
     so the `compact` path projects the response positions only, through the model's own head.
     """
     if compact is None:
-        compact = not _use_triton(sequence["input_ids"].device)
+        compact = not fused_head_is_compact(sequence["input_ids"].device)
     if compact:
         # Hidden state t predicts token t + 1: positions prompt_len - 1 .. L - 2 predict the response.
         keep = sequence["input_ids"].size(1) - prompt_len + 1
