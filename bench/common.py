@@ -115,3 +115,43 @@ class PeakMemory:
             "rss_at_start_mb": round(self.start_mb, 1),
             "memory_method": self.method,
         }
+
+
+def interleaved(contenders: dict, repetitions: int) -> dict[str, list]:
+    """Run each contender `repetitions` times, interleaved (A B C A B C ...), so a load change on the machine
+    falls on every contender alike instead of on whichever ran during it. `contenders` maps a name to
+    `run(repetition) -> result`; the results come back per name, in repetition order."""
+    if repetitions < 1:
+        raise ValueError(f"repetitions must be >= 1, got {repetitions}")
+    results: dict[str, list] = {name: [] for name in contenders}
+    for repetition in range(repetitions):
+        for name, run in contenders.items():
+            results[name].append(run(repetition))
+    return results
+
+
+def median_and_spread(values: list[float]) -> dict:
+    """Median, the range (max - min) and the range relative to the median of repeated measurements."""
+    import statistics
+
+    median = statistics.median(values)
+    spread = max(values) - min(values)
+    return {"median": round(median, 4), "min": round(min(values), 4), "max": round(max(values), 4),
+            "spread": round(spread, 4), "relative_spread": round(spread / median, 4) if median else None, "runs": len(values)}
+
+
+def claim_check(claim: str, ratios: list[float]) -> dict:
+    """A claimed ratio (e.g. medo1 tokens/s over the padded loop's) from repeated, paired runs: its median, its spread,
+    and a warning when the spread is wider than the difference being claimed (|median - 1|): then the
+    noise on this machine could have made the difference, and the figure should not be quoted."""
+    figures = median_and_spread(ratios)
+    difference = abs(figures["median"] - 1.0)
+    figures["claim"] = claim
+    figures["difference"] = round(difference, 4)
+    figures["warning"] = None
+    if len(ratios) < 3:
+        figures["warning"] = f"{claim}: only {len(ratios)} run(s); at least 3 are needed to judge the spread"
+    elif figures["spread"] > difference:
+        figures["warning"] = (f"{claim}: spread over {len(ratios)} runs ({figures['min']}..{figures['max']}) is wider than "
+                              f"the difference claimed ({figures['median']} vs 1.0): noise could explain it")
+    return figures

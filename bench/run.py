@@ -6,7 +6,9 @@
     python -m bench.run --gpu            # the GPU SFT benchmark alone (Qwen2.5-0.5B shape, bf16)
 
 Figures, never pass/fail: each benchmark writes bench/results/NAME-STAMP.json with the machine,
-the versions, its configuration and its figures.
+the versions, its configuration and its figures. The SFT contenders run interleaved, 3 times each
+(`bench.common.interleaved`): figures are medians with their spread, and a claimed ratio whose spread
+is wider than the difference it claims is printed with a warning (`bench.common.claim_check`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench import data, rl, sft, translate_concurrency
+from bench import cli_help, data, rl, sft, translate_concurrency
 from bench.common import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,6 +53,7 @@ BENCHMARKS = {
     "sft": (sft.measure, sft.summary, False),
     "sft_gpu": (lambda quick: sft.measure(quick, gpu=True), sft.summary, True),
     "rl": (rl.measure, rl.summary, False),
+    "cli_help": (cli_help.measure, cli_help.summary, False),
 }
 
 

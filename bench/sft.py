@@ -34,8 +34,11 @@ from transformers import AutoModelForCausalLM, Qwen2Config
 from bench.common import (
     PeakMemory,
     child_main,
+    claim_check,
     cpu_model,
     demo_sft_rows,
+    interleaved,
+    median_and_spread,
     run_child,
     write_rows,
 )
@@ -48,6 +51,8 @@ TOKENS_PER_SECOND = (
     "completion, end of turn) counts once, padding never; seconds are the wall time of the measured "
     "optimizer steps, after the warm-up steps"
 )
+REPETITIONS = 3
+"""Runs of each contender, interleaved; figures are their medians."""
 LEARNING_RATE = 1e-5
 WEIGHT_DECAY = 0.1
 SEED = 42
@@ -65,8 +70,6 @@ QWEN25_05B = {
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": True,
 }
-# Dense bf16 peak FLOP/s, matched in order against torch.cuda.get_device_name().
-PEAK_BF16_FLOPS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 
 
 @dataclass(frozen=True)
@@ -95,21 +98,34 @@ SHAPES = {
 # ---- parent: build the model and data, run every contender, compare ---------------------------
 
 
-def measure(quick: bool = False, gpu: bool = False) -> dict:
+def measure(quick: bool = False, gpu: bool = False, shape: Shape | None = None, repetitions: int | None = None) -> dict:
+    """Every contender `repetitions` times, interleaved (trl, medo1, packed, padded, trl, ...): see `bench.common.interleaved`.
+
+    Default repetitions: 3 (1 with --quick, which checks the wiring, not the speed)."""
     device = "cuda" if gpu else "cpu"
-    shape = SHAPES[(device, quick)]
+    shape = shape or SHAPES[(device, quick)]
+    repetitions = repetitions or (1 if quick else REPETITIONS)
     attn = attention_implementation(gpu)
     with tempfile.TemporaryDirectory(prefix="medo1-bench-sft-") as tmp:
         tmp = Path(tmp)
         model = build_model(tmp / "model", gpu)
         data = write_rows(demo_sft_rows(shape.rows, shape.short_rows), tmp / "rows.json")
         base = {"model": str(model), "data": str(data), "attn_implementation": attn, **asdict(shape)}
-        raw: dict[str, dict] = {}
-        for name in CONTENDERS:
-            spec = {**base, "contender": name, "out": str(tmp / name / "run")}
-            if name == "padded_loop":
-                spec["replay"] = [[mb["examples"] for mb in step["micro_batches"]] for step in raw[REFERENCE]["steps"]]
-            raw[name] = run_child("bench.sft", spec, tmp / name, hide_gpu=not gpu)
+        done: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
+
+        def contender(name: str):
+            def run(repetition: int) -> dict:
+                work = tmp / f"{name}-{repetition}"
+                spec = {**base, "contender": name, "out": str(work / "run")}
+                if name == "padded_loop":  # replays the batches TRL drew in the same repetition (it runs first)
+                    steps = done[REFERENCE][repetition]["steps"]
+                    spec["replay"] = [[mb["examples"] for mb in step["micro_batches"]] for step in steps]
+                done[name].append(run_child("bench.sft", spec, work, hide_gpu=not gpu))
+                return done[name][-1]
+
+            return run
+
+        raw = interleaved({name: contender(name) for name in CONTENDERS}, repetitions)
         params = parameter_count(model)
     return summarise(raw, shape, device=device, params=params, attn=attn, gpu=gpu)
 
@@ -147,7 +163,11 @@ def parameter_count(model_dir: Path) -> int:
 
 
 def peak_flops(device_name: str) -> float | None:
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
+    """Dense bf16 peak FLOP/s of the GPU torch names, from `medo1 plan`'s GPU table."""
+    from medo1.plan.shapes import gpu_by_device_name
+
+    gpu = gpu_by_device_name(device_name)
+    return gpu.peak_bf16_flops if gpu else None
 
 
 def contender_figures(raw: dict, warmup: int) -> dict:
@@ -177,18 +197,28 @@ def fingerprints(raw: dict) -> list[str]:
     return [mb["fingerprint"] for step in raw["steps"] for mb in step["micro_batches"]]
 
 
-def summarise(raw: dict, shape: Shape, *, device: str, params: int, attn: str, gpu: bool) -> dict:
-    contenders = {name: contender_figures(raw[name], shape.warmup_steps) for name in CONTENDERS}
-    reference = fingerprints(raw[REFERENCE])
+def summarise(raw: dict[str, list[dict]], shape: Shape, *, device: str, params: int, attn: str, gpu: bool) -> dict:
+    """Per contender: the first run's batches and tokens, the median tokens/s over the runs and their spread."""
+    runs = {name: [contender_figures(run, shape.warmup_steps) for run in raw[name]] for name in CONTENDERS}
+    contenders = {}
+    for name in CONTENDERS:
+        figures = dict(runs[name][0])
+        speeds = median_and_spread([run["tokens_per_second"] for run in runs[name]])
+        figures["tokens_per_second"] = round(speeds["median"], 1)
+        figures["tokens_per_second_runs"] = speeds
+        contenders[name] = figures
     for name in MATCHED:
-        contenders[name]["same_batches_as_trl_sft_defaults"] = fingerprints(raw[name]) == reference
+        contenders[name]["same_batches_as_trl_sft_defaults"] = all(
+            fingerprints(run) == fingerprints(reference) for run, reference in zip(raw[name], raw[REFERENCE]))
     ours = contenders["medo1_padding_free"]
     if ours["same_batches_as_trl_sft_defaults"]:
         ours["examples_per_step"] = contenders[REFERENCE]["examples_per_step"]
-    baseline = contenders["padded_loop"]["tokens_per_second"]
-    for figures in contenders.values():
-        figures["vs_padded_loop"] = round(figures["tokens_per_second"] / baseline, 2)
-    device_name = raw[REFERENCE]["device_name"]
+    # Ratios pair each run with the padded loop's run of the same repetition (the same stretch of machine load).
+    ratios = {name: [run["tokens_per_second"] / padded["tokens_per_second"] for run, padded in zip(runs[name], runs["padded_loop"])]
+              for name in CONTENDERS}
+    for name, figures in contenders.items():
+        figures["vs_padded_loop"] = round(median_and_spread(ratios[name])["median"], 2)
+    device_name = raw[REFERENCE][0]["device_name"]
     result = {
         "device": device,
         "device_name": device_name,
@@ -212,7 +242,10 @@ def summarise(raw: dict, shape: Shape, *, device: str, params: int, attn: str, g
             },
             "medo1_packed": "packs best-fit rows of max_length tokens; its examples per step differ by design",
         },
+        "repetitions": len(raw[REFERENCE]),
+        "order": "interleaved: " + " ".join(CONTENDERS) + ", repeated",
         "contenders": contenders,
+        "claims": [claim_check("medo1 SFT (padding_free) tokens/s vs the padded loop's", ratios["medo1_padding_free"])],
     }
     ratio = ours["vs_padded_loop"]
     if gpu:
@@ -242,21 +275,24 @@ def summary(result: dict) -> list[str]:
         (
             f"sft on {result['device_name']}: {config['model']} ({config['parameters'] / 1e6:.1f}M parameters), "
             f"{config['examples_per_step']} examples/step, {config['measured_steps']} measured steps after "
-            f"{config['warmup_steps']} warm-up; tokens/s = real (non-padding) tokens per second"
+            f"{config['warmup_steps']} warm-up; tokens/s = real (non-padding) tokens per second, median of "
+            f"{result['repetitions']} interleaved runs (spread = max - min, relative to the median)"
         ),
-        f"{'contender':<20} {'tokens/s':>9} {'vs padded':>9} {'real share':>10} {'peak MB':>9} {'same batches':>12}"
+        f"{'contender':<20} {'tokens/s':>9} {'spread':>7} {'vs padded':>9} {'real share':>10} {'peak MB':>9} {'same batches':>12}"
         + (f" {'MFU':>6}" if "mfu" in result else ""),
     ]
     for name, figures in result["contenders"].items():
         same = figures.get("same_batches_as_trl_sft_defaults")
+        spread = figures["tokens_per_second_runs"]["relative_spread"]
         line = (
-            f"{name:<20} {figures['tokens_per_second']:>9} {figures['vs_padded_loop']:>8}x "
+            f"{name:<20} {figures['tokens_per_second']:>9} {spread:>7.1%} {figures['vs_padded_loop']:>8}x "
             f"{figures['real_token_share']:>10} {figures['peak_memory_mb']:>9} {'n/a' if same is None else same!s:>12}"
         )
         if "mfu" in result:
             line += f" {'n/a' if figures['mfu'] is None else format(figures['mfu'], '.1%'):>6}"
         lines.append(line)
     lines += [describe_target(entry) for entry in result["targets"]]
+    lines += [f"WARNING: {claim['warning']}" for claim in result["claims"] if claim["warning"]]
     return lines
 
 

@@ -1,11 +1,23 @@
 """The medo1 Kubeflow pipeline: translate -> SFT -> RL -> eval -> upload.
 
 Every step runs the medo1 trainer image and calls the library. SFT and RL go through the launcher
-(`medo1.launch.launch_stage`): a PyTorchJob rendered from the Helm chart on a cluster, or torchrun in
-the step itself with `backend=local` (what `python -m pipelines.run_local` does on one machine).
+(`medo1.launch.launch_stage`): a PyTorchJob rendered from the Helm chart on a cluster (`backend=pytorchjob`),
+a Kubeflow Trainer v2 TrainJob on the chart's ClusterTrainingRuntimes through the Kubeflow SDK
+(`backend=trainjob`: medo1-sft, and medo1-ppo or medo1-grpo by `rl_algorithm`), or torchrun in the
+step itself with `backend=local` (what `python -m pipelines.run_local` does on one machine).
 Data, checkpoints and the HF cache live on existing PVCs mounted at /data, /checkpoints and
-/hf-cache, the same claims the PyTorchJobs mount. Each run writes under
-`{workspace}/{run_name or run id}/`, so a retried step resumes from its last complete checkpoint.
+/hf-cache, the same claims the PyTorchJobs mount: install the chart with
+helm/profiles/infrastructure.yaml first (PVCs, the launcher's service account and Role, no jobs).
+Each run writes under `{workspace}/{run_name or run id}/`, so a retried step resumes from its last
+complete checkpoint.
+
+On a cluster: steps that read or publish outside data (check-data, translate, upload) are never
+cached, so a rerun after retraining publishes the new model. Training steps are retried (the launcher
+attaches to the PyTorchJob a failed attempt left running, or replaces it when it failed) and request
+the CPU and memory they use, so a 72 h wait is not evicted as BestEffort. If a training step's pod
+dies for good, its PyTorchJob still stops at its activeDeadlineSeconds, which the launcher sets to
+the step's timeout; ownerReferences to the step pod were not chosen because the garbage collector
+would delete the job when a retry replaces the pod, and the retry could not attach to it.
 
 `python -m pipelines.medo1_pipeline` compiles it to pipelines/medo1_pipeline.yaml (`make pipeline`).
 """
@@ -21,6 +33,11 @@ COMPILED = Path(__file__).with_suffix(".yaml")
 _chart_image = k8s.chart_defaults()["image"]
 IMAGE = f"{_chart_image['repository']}:{_chart_image['tag']}"
 MOUNTS = {"data": "/data", "checkpoints": "/checkpoints", "hf_cache": "/hf-cache"}
+# A training step only renders, creates and follows its job: small, but Burstable (not BestEffort).
+LAUNCHER_CPU, LAUNCHER_MEMORY = "500m", "1Gi"
+TRAINING_RETRIES = 3
+# The eval step's GPU node pool is usually tainted like the chart's h100-2nodes profile tolerates.
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 # The default cluster profile; its existing Secrets (compiled in) are the ones the chart's pods use.
 PROFILE = "h100-1node"
 SECRETS = k8s.load_profile(PROFILE)["secrets"]
@@ -44,6 +61,31 @@ def run_directory(workspace: str, run_name: str, run_id: str) -> NamedTuple("Run
     path.mkdir(parents=True, exist_ok=True)
     print(f"run directory: {path}")
     return namedtuple("RunDirectory", ["path", "name"])(str(path), name)
+
+
+@component
+def doctor(backend: str, profile: str, nodes: int, gpus_per_node: int, data_pvc: str, checkpoints_pvc: str,
+           hf_cache_pvc: str) -> str:
+    """`medo1 doctor` on the namespace the training steps launch into, with their chart values: the run
+    fails here, before any GPU is asked for, when a CRD, Secret key, PVC, permission, GPU node or Kueue
+    queue is missing (the table, with the fix for each failure, is in this step's log). A local run has
+    no cluster to check."""
+    if backend != "pytorchjob":
+        return f"skipped: backend {backend}"
+    import argparse
+
+    from medo1.doctor import run
+
+    chart_values = [
+        f"storage.data.existingClaim={data_pvc}",
+        f"storage.checkpoints.existingClaim={checkpoints_pvc}",
+        f"storage.hfCache.existingClaim={hf_cache_pvc}",
+        f"cluster.nodes={nodes}",
+        f"cluster.gpusPerNode={gpus_per_node}",
+    ]
+    if run(argparse.Namespace(profile=profile, values=[], value=chart_values, namespace=None, json=False)):
+        raise RuntimeError("medo1 doctor: the namespace is not ready for this run (failures above, each with its fix)")
+    return "passed"
 
 
 @component
@@ -129,6 +171,8 @@ def train(
         job_name=job_name,
         timeout_s=timeout_hours * 3600,
         nproc=None if gpus_per_node else 1,
+        # Trainer v2: the RL stage's runtime by algorithm (medo1-ppo, medo1-grpo); SFT's is medo1-sft.
+        runtime=f"medo1-{algorithm}" if backend == "trainjob" and algorithm else None,
     )
     return f"{output_dir}/export"
 
@@ -216,7 +260,11 @@ def medo1_pipeline(
     min_eval_accuracy: float = 0.0,
 ) -> float:
     volumes = dict(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc)
+    preflight = _on_volumes(doctor(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, **volumes),
+                            **volumes)
+    preflight.set_display_name("doctor").set_caching_options(False)
     run = _on_volumes(run_directory(workspace=workspace, run_name=run_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), **volumes)
+    run.after(preflight)
     run.set_caching_options(False)
     run_dir = run.outputs["path"]
 
@@ -226,9 +274,9 @@ def medo1_pipeline(
             model=translation_model, limit=translation_limit, run_dir=run_dir,
         )
         _with_secret(translated, "translationApiKey")
-        _on_volumes(translated, **volumes).set_retry(2)
+        _on_volumes(translated, **volumes).set_retry(2).set_caching_options(False)
     with dsl.Else(name="keep-source-language"):
-        source = _on_volumes(check_data(sft_data=sft_data, rl_data=rl_data), **volumes)
+        source = _on_volumes(check_data(sft_data=sft_data, rl_data=rl_data), **volumes).set_caching_options(False)
 
     launcher = dict(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, timeout_hours=timeout_hours,
                     **volumes)
@@ -244,19 +292,22 @@ def medo1_pipeline(
     )
     for task, name in ((sft, "sft"), (rl, f"rl ({rl_algorithm})")):
         _on_volumes(task, **volumes).set_display_name(name).set_caching_options(False)
+        task.set_retry(TRAINING_RETRIES, backoff_duration="60s")
+        task.set_cpu_request(LAUNCHER_CPU).set_memory_request(LAUNCHER_MEMORY)
 
     scores = evaluate(model_dir=rl.output, recipe=f"{recipe_dir}/{eval_recipe}", overrides=eval_overrides,
                       output_dir=f"{run_dir}/eval")
     _on_volumes(scores, **volumes).set_caching_options(False)
     scores.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-    scores.set_cpu_limit("16").set_memory_limit("128Gi")
+    scores.set_cpu_request("16").set_memory_request("128Gi").set_cpu_limit("16").set_memory_limit("128Gi")
+    kubernetes.add_toleration(scores, **GPU_TOLERATION)
 
     with dsl.If(upload_model == True, name="upload-requested"):
         with dsl.If(scores.outputs["Output"] >= min_eval_accuracy, name="eval-threshold-met"):
             published = upload(model_dir=rl.output, repo_id=hub_repo, recipe=f"{recipe_dir}/{upload_recipe}",
                                base_model=base_model, eval_report=f"{run_dir}/eval/report.json", dry_run=upload_dry_run)
             _with_secret(published, "hfToken")
-            _on_volumes(published, **volumes).set_retry(2)
+            _on_volumes(published, **volumes).set_retry(2).set_caching_options(False)
     return scores.outputs["Output"]
 
 

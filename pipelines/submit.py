@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name")
     parser.add_argument("--namespace", help="the Kubeflow profile namespace (multi-user installs)")
     parser.add_argument("--service-account", help="run the steps as this service account (default: KFP's); it must be "
-                        "allowed to manage PyTorchJobs: list it in the chart's rbac.pipelineServiceAccounts")
+                        "allowed to manage PyTorchJobs: list it in the chart's rbac.pipelineServiceAccounts (the infrastructure "
+                        "profile binds default-editor)")
     args = parser.parse_args(argv)
     try:
         arguments = parse_parameters(args.param, declared_parameters())

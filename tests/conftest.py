@@ -89,3 +89,39 @@ def kill_after_checkpoint(args: list, checkpoint_dir: Path, timeout: float = 300
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def signal_when(cmd: list, ready, signum: int, env: dict | None = None, timeout: float = 300) -> tuple[int, object, str]:
+    """Start CMD in a session of its own, send `signum` to that process only (as the kubelet sends SIGTERM to a
+    container's first process) once `ready()` returns a value, and wait for it to exit.
+    Returns the exit code, what `ready()` returned and the end of stderr."""
+    proc = subprocess.Popen([str(a) for a in cmd], cwd=REPO, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + timeout
+    try:
+        while (seen := ready()) is None:
+            assert proc.poll() is None, f"run ended before the signal: {proc.stderr.read()[-3000:]}"
+            assert time.time() < deadline, f"not ready after {timeout} s"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=timeout)
+        return proc.returncode, seen, stderr[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def last_logged_step(path: Path, at_least: int, key: str | None = None) -> int | None:
+    """The highest step in a metrics JSONL file once it reaches `at_least` (of entries with `key`, if given)."""
+    if not path.exists():
+        return None
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if key is None or key in entry:
+            steps.append(entry["step"])
+    return max(steps) if steps and max(steps) >= at_least else None

@@ -1,11 +1,15 @@
 """A local stand-in for the Kubernetes API server, for launcher tests: no cluster exists on this machine.
 
-It implements only what the kubernetes client and the Kubeflow training SDK call for one PyTorchJob:
-create, get and delete the job (kubeflow.org/v1), list pods by label selector, and read (follow) a
-pod's log, chunked as the API server streams it. Each job plays a script: steps of Training Operator
-v1.9 status plus the Master pod's container at that point. A job moves one step on per GET of it, but
+It implements only what the kubernetes client and the Kubeflow SDKs (training, and trainer for Kubeflow
+Trainer v2) call for one PyTorchJob, batch Job or TrainJob: create, get and delete the job (kubeflow.org/v1,
+batch/v1, trainer.kubeflow.org/v1alpha1), list pods by label selector (`k=v` and `k in (a, b)` terms), and
+read (follow) a pod's log, chunked as the API server streams it. Each job plays a script: steps of its
+controller's status (Training Operator v1.9, Trainer v2.3) plus its first pod's main container at that
+point (a TrainJob's: the node-0 pod JobSet creates, labelled as JobSet and the Job controller label it). A job moves one step on per GET of it, but
 not past a running container whose log lines no reader has been sent yet (a real job does not finish
-before its pod has logged). Every request is recorded.
+before its pod has logged). Every request is recorded. Recorded cluster objects (`record`) are served
+read-only, for `medo1 doctor` and the launcher's stuck-pod checks, and access reviews are answered from
+`permissions`.
 """
 
 from __future__ import annotations
@@ -23,11 +27,37 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/(?P<ns>[^/]+)/pytorchjobs(?:/(?P<name>[^/]+))?$")
+JOBS = re.compile(r"^/apis/(?:kubeflow\.org/v1|batch/v1|trainer\.kubeflow\.org/v1alpha1)/namespaces/(?P<ns>[^/]+)/"
+                  r"(?:pytorchjobs|jobs|trainjobs)(?:/(?P<name>[^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
 POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log$")
 IMAGE = "ghcr.io/medo1/trainer:0.1.0"
 STARTED = datetime(2026, 11, 23, 10, 1, tzinfo=timezone.utc)
+PLURALS = {"Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims",
+           "Pod": "pods", "Event": "events", "CustomResourceDefinition": "customresourcedefinitions",
+           "LocalQueue": "localqueues", "ConfigMap": "configmaps", "ClusterTrainingRuntime": "clustertrainingruntimes",
+           "TrainingRuntime": "trainingruntimes"}
+SET_TERM = re.compile(r"^\s*(?P<key>[^\s=!]+)\s+in\s+\((?P<values>[^)]*)\)\s*$")
+
+
+def selector_terms(selector: str) -> list[tuple[str, set[str]]]:
+    """A label selector's terms as (key, allowed values): `k=v` and the set-based `k in (a, b)`."""
+    terms, rest = [], selector
+    while rest:
+        head, _, rest = rest.partition(",")
+        if "(" in head and ")" not in head:  # a set's values hold commas
+            tail, _, rest = rest.partition(")")
+            head = f"{head},{tail})"
+        if match := SET_TERM.match(head):
+            terms.append((match["key"], {v.strip() for v in match["values"].split(",")}))
+        elif head.strip():
+            key, _, value = head.partition("=")
+            terms.append((key.strip(), {value.strip()}))
+    return terms
+
+
+def selected_by(labels: dict | None, selector: str) -> bool:
+    return all((labels or {}).get(key) in values for key, values in selector_terms(selector))
 
 
 def flag(query: dict[str, list[str]], name: str) -> bool:
@@ -97,10 +127,20 @@ class Recorded:
 @dataclass
 class KubeStandIn:
     scripts: dict[str, list[list[Step]]] = field(default_factory=dict)
-    """Job name -> scripts for the jobs created (POST) under that name, in order."""
+    """Job name -> scripts for the jobs created (POST) under that name, in order; `*`: for any other name
+    (the Kubeflow SDK names a TrainJob at random unless told)."""
     jobs: dict[tuple[str, str], StoredJob] = field(default_factory=dict)
     requests: list[Recorded] = field(default_factory=list)
     url: str = ""
+    recorded: dict[str, list[dict]] = field(default_factory=dict)
+    """Recorded cluster objects (nodes, secrets, PVCs, CRDs, pods, events, LocalQueues...) by the collection
+    path they are listed from: GET of the path lists them (`labelSelector` / `fieldSelector` `key=value`
+    terms), GET of path/NAME reads one; recorded pods are listed beside the jobs' own. See `record`."""
+    forbidden: set[str] = field(default_factory=set)
+    """API paths answered 403, as for a namespaced account reading nodes or CRDs."""
+    permissions: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
+    """(verb, API group, resource or resource/subresource) allowed, by user: "" for the caller's own
+    SelfSubjectAccessReview, `system:serviceaccount:NS:NAME` for a SubjectAccessReview about one."""
 
     def script(self, name: str, steps: list[Step]) -> None:
         self.scripts.setdefault(name, []).append(steps)
@@ -112,6 +152,27 @@ class KubeStandIn:
 
     def calls(self, method: str, kind: str = "pytorchjobs") -> list[Recorded]:
         return [r for r in self.requests if r.method == method and f"/{kind}" in r.path]
+
+    def record(self, obj: dict) -> None:
+        """Serve `obj` (a Kubernetes object as `kubectl get -o yaml` prints it) at its API path."""
+        group_version = obj["apiVersion"] if "/" in obj["apiVersion"] else f"core/{obj['apiVersion']}"
+        prefix = "/api/v1" if group_version.startswith("core/") else f"/apis/{group_version}"
+        namespace = obj["metadata"].get("namespace")
+        collection = f"{prefix}/namespaces/{namespace}" if namespace else prefix
+        self.recorded.setdefault(f"{collection}/{PLURALS[obj['kind']]}", []).append(obj)
+        if obj["kind"] == "Pod":  # listed across namespaces too
+            self.recorded.setdefault("/api/v1/pods", []).append(obj)
+
+    def _selected(self, items: list[dict], query: dict[str, list[str]]) -> list[dict]:
+        def value(obj: dict, dotted: str):
+            for part in dotted.split("."):
+                obj = obj.get(part) if isinstance(obj, dict) else None
+            return obj
+
+        selector = query.get("labelSelector", [""])[0]
+        fields = [t.split("=", 1) for t in query.get("fieldSelector", [""])[0].split(",") if t]
+        return [o for o in items if selected_by(o["metadata"].get("labels"), selector)
+                and all(str(value(o, k)) == v for k, v in fields)]
 
     def write_kubeconfig(self, path: Path, namespace: str) -> Path:
         config = {
@@ -140,32 +201,52 @@ class KubeStandIn:
         if stored.position < len(stored.steps) - 1 and not waiting_for_reader:
             stored.position += 1
 
+    @staticmethod
+    def pod_name(name: str, stored: StoredJob) -> str:
+        return {"PyTorchJob": f"{name}-master-0", "TrainJob": f"{name}-node-0-0-5tq8r"}.get(stored.body["kind"], f"{name}-7xk2p")
+
     def _pod(self, namespace: str, name: str, stored: StoredJob) -> dict | None:
         step = stored.step
         if step.run is None:
             return None
+        if stored.body["kind"] == "Job":  # what the Job controller puts on its pods
+            template = stored.body["spec"]["template"]
+            labels = {**template["metadata"].get("labels", {}), "batch.kubernetes.io/job-name": name, "job-name": name}
+            container = template["spec"]["containers"][0]["name"]
+        elif stored.body["kind"] == "PyTorchJob":
+            labels = {
+                **stored.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"].get("labels", {}),
+                "training.kubeflow.org/job-name": name,
+                "training.kubeflow.org/job-role": "master",
+                "training.kubeflow.org/operator-name": "pytorchjob-controller",
+                "training.kubeflow.org/replica-index": "0",
+                "training.kubeflow.org/replica-type": "master",
+            }
+            container = "pytorch"
+        else:  # a TrainJob's node-0 pod: JobSet's labels and the Job controller's index
+            labels = {
+                "jobset.sigs.k8s.io/jobset-name": name,
+                "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                "jobset.sigs.k8s.io/job-index": "0",
+                "batch.kubernetes.io/job-completion-index": "0",
+                "batch.kubernetes.io/job-name": f"{name}-node-0",
+                "trainer.kubeflow.org/trainjob-ancestor-step": "trainer",
+            }
+            container = "node"
         run = step.run
         running = step.exit_code is None
         state = ({"running": {"startedAt": rfc3339(STARTED)}} if running else
                  {"terminated": {"exitCode": step.exit_code, "reason": "Completed" if step.exit_code == 0 else "Error",
                                  "startedAt": rfc3339(STARTED), "finishedAt": rfc3339(STARTED + timedelta(hours=1))}})
-        labels = {
-            **stored.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"].get("labels", {}),
-            "training.kubeflow.org/job-name": name,
-            "training.kubeflow.org/job-role": "master",
-            "training.kubeflow.org/operator-name": "pytorchjob-controller",
-            "training.kubeflow.org/replica-index": "0",
-            "training.kubeflow.org/replica-type": "master",
-        }
         return {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{name}-master-0", "namespace": namespace, "uid": run.pod_uid, "labels": labels,
+            "metadata": {"name": self.pod_name(name, stored), "namespace": namespace, "uid": run.pod_uid, "labels": labels,
                          "creationTimestamp": rfc3339(STARTED)},
-            "spec": {"containers": [{"name": "pytorch", "image": IMAGE}]},
+            "spec": {"containers": [{"name": container, "image": IMAGE}]},
             "status": {
                 "phase": "Running" if running or step.exit_code != 0 else "Succeeded",
                 "containerStatuses": [{
-                    "name": "pytorch", "image": IMAGE, "imageID": f"{IMAGE}@sha256:{'0' * 64}", "ready": running,
+                    "name": container, "image": IMAGE, "imageID": f"{IMAGE}@sha256:{'0' * 64}", "ready": running,
                     "started": running, "restartCount": run.restart_count, "state": state,
                 }],
             },
@@ -207,6 +288,8 @@ class KubeStandIn:
 
             def do_POST(self):
                 path, _ = self._record("POST")
+                if path.startswith("/apis/authorization.k8s.io/v1/") and path.endswith("accessreviews"):
+                    return self._review(standin.requests[-1].body)
                 match = JOBS.match(path)
                 if not match or match["name"]:
                     return self._not_found(path)
@@ -215,7 +298,8 @@ class KubeStandIn:
                 with lock:
                     if (match["ns"], name) in standin.jobs:
                         return self._status(409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists')
-                    stored = StoredJob(standin._stored(body), standin.scripts[name].pop(0))
+                    stored = StoredJob(standin._stored(body), (standin.scripts.get(name) or standin.scripts["*"]).pop(0))
+                    stored.body["metadata"].setdefault("namespace", match["ns"])  # as the API server fills it in
                     standin.jobs[(match["ns"], name)] = stored
                     return self._reply(201, stored.body)
 
@@ -244,7 +328,26 @@ class KubeStandIn:
                     return self._list_pods(match["ns"], query.get("labelSelector", [""])[0])
                 if match := POD_LOG.match(path):
                     return self._log(match["ns"], match["pod"], query)
+                if path in standin.forbidden:
+                    return self._status(403, "Forbidden", f"cannot get {path}")
+                if path in standin.recorded:
+                    items = standin._selected(standin.recorded[path], query)
+                    return self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
+                collection, _, name = path.rpartition("/")
+                for obj in standin.recorded.get(collection, []):
+                    if obj["metadata"]["name"] == name:
+                        return self._reply(200, obj)
                 return self._not_found(path)
+
+            def _review(self, review: dict) -> None:
+                spec = review["spec"]
+                attributes = spec.get("resourceAttributes") or {}
+                resource = attributes.get("resource", "")
+                if attributes.get("subresource"):
+                    resource += "/" + attributes["subresource"]
+                wanted = (attributes.get("verb"), attributes.get("group", ""), resource)
+                allowed = wanted in standin.permissions.get(spec.get("user", ""), set())
+                self._reply(201, {**review, "status": {"allowed": allowed}})
 
             def _get_job(self, namespace: str, name: str) -> None:
                 with lock:
@@ -262,16 +365,17 @@ class KubeStandIn:
                 return self._reply(200, view)
 
             def _list_pods(self, namespace: str, selector: str) -> None:
-                wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
                 with lock:
                     pods = [standin._pod(ns, name, stored) for (ns, name), stored in standin.jobs.items() if ns == namespace]
-                items = [p for p in pods if p and all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())]
+                items = [p for p in pods if p and selected_by(p["metadata"]["labels"], selector)]
+                recorded = standin.recorded.get(f"/api/v1/namespaces/{namespace}/pods", [])
+                items += standin._selected(recorded, {"labelSelector": [selector]})
                 self._reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items})
 
             def _log(self, namespace: str, pod: str, query: dict) -> None:
                 with lock:
                     stored = next((s for (ns, name), s in standin.jobs.items()
-                                   if ns == namespace and pod == f"{name}-master-0" and s.step.run), None)
+                                   if ns == namespace and pod == standin.pod_name(name, s) and s.step.run), None)
                     if stored is None:
                         return self._not_found(f'pods "{pod}"')
                     run = stored.step.run

@@ -42,6 +42,11 @@ def test_sft_contenders_train_the_same_batches():
     assert cpu_target["measured"] == contenders["medo1_padding_free"]["vs_padded_loop"]
     assert "mfu" not in result
     assert any(line.startswith("target: ") for line in sft.summary(result))
+    # --quick runs each contender once: the figures say so, and warn that one run cannot show the spread.
+    assert result["repetitions"] == 1
+    assert all(figures["tokens_per_second_runs"]["runs"] == 1 for figures in contenders.values())
+    (claim,) = result["claims"]
+    assert "at least 3" in claim["warning"] and any(line.startswith("WARNING: ") for line in sft.summary(result))
 
 
 def test_rl_splits_each_update_into_generation_scoring_training():
@@ -87,3 +92,21 @@ def test_gpu_benchmark_is_skipped_without_cuda(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
     with pytest.raises(SystemExit):
         run.parse_args(["--gpu"])
+
+
+def test_contenders_run_interleaved_and_a_claim_inside_its_spread_warns():
+    from bench.common import claim_check, interleaved, median_and_spread
+
+    order = []
+    results = interleaved({name: (lambda r, name=name: order.append(name) or (name, r)) for name in "ABC"}, repetitions=3)
+    assert order == list("ABCABCABC")
+    assert results["B"] == [("B", 0), ("B", 1), ("B", 2)]
+    figures = median_and_spread([1.0, 1.5, 1.2])
+    assert figures["median"] == 1.2 and figures["spread"] == 0.5 and figures["relative_spread"] == pytest.approx(0.5 / 1.2, abs=1e-4)
+    # The machine: 1.06x idle, 0.88x under load: the spread (0.18) is wider than the claimed difference.
+    noisy = claim_check("medo1 vs padded", [1.06, 0.88, 1.02])
+    assert noisy["median"] == 1.02 and "wider than the difference" in noisy["warning"]
+    assert claim_check("medo1 vs padded", [1.9, 2.0, 2.1])["warning"] is None
+    assert "at least 3" in claim_check("medo1 vs padded", [1.5])["warning"]
+    with pytest.raises(ValueError):
+        interleaved({"A": lambda r: r}, repetitions=0)

@@ -229,3 +229,42 @@ def test_resume_explicit_path(tmp_path):
 
 def test_resume_error_is_value_error():
     assert issubclass(ResumeError, ValueError)
+
+
+# --------------------------------------------------------------------------- metrics.jsonl after a resume (issue 18)
+
+
+def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):
+    from medo1.metrics import JsonlMetrics, read_metrics
+    from transformers import TrainerState
+
+    path = tmp_path / "metrics.jsonl"
+    entries = [{"step": s, "loss": 10.0 - s} for s in range(1, 7)]
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries) + '{"step": 7, "lo')  # cut short by a kill
+    JsonlMetrics(path).on_train_begin(None, TrainerState(global_step=4), None)
+    assert read_metrics(path) == entries[:4]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # rewritten in place, no temp file left
+    JsonlMetrics(tmp_path / "absent.jsonl").on_train_begin(None, TrainerState(global_step=0), None)
+    assert not (tmp_path / "absent.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_sft_run_logs_each_step_once(tiny_model, demo_rows, tmp_path):
+    from medo1.metrics import read_metrics
+
+    from tests.conftest import TINY_RECIPE, kill_after_checkpoint, run_medo1, sft_overrides, write_short_rows
+
+    data = write_short_rows(demo_rows, tmp_path / "rows.json", 16)
+    out = tmp_path / "run"
+    extra = {"train.max_steps": 6, "output.save_steps": 2, "output.export": False}
+    overrides = sft_overrides(tiny_model, data, out, **extra)
+    args = ["sft", "--config", TINY_RECIPE, "--resume", "auto"] + [a for o in overrides for a in ("--set", o)]
+    kill_after_checkpoint(args, out / "checkpoint-4")
+    # The crash came while checkpoint-4 was being saved: the run resumes from checkpoint-2, and steps
+    # 3 and 4 the killed run logged are logged again.
+    (out / "checkpoint-4" / COMPLETE_MARKER).unlink()
+    assert {3, 4} <= {m["step"] for m in read_metrics(out / "metrics.jsonl")}
+    resumed = run_medo1(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m] == [1, 2, 3, 4, 5, 6]

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
 
 from tests.conftest import (
     DEMO_DATA,
@@ -149,3 +157,138 @@ def test_upload_cli_dry_run_and_credential_refusal(tiny_model, tmp_path):
     refused = run_medo1(["upload", model, "--repo-id", "me/tiny", "--dry-run"])
     assert refused.returncode == 2
     assert "medo1: error:" in refused.stderr and ".env" in refused.stderr
+
+
+# A bad value or path fails when the config is read: one line, exit code 2, before torch is imported.
+# The launcher runs the CLI in a fresh interpreter and reports whether torch got imported on the way.
+NO_TORCH_LAUNCHER = [
+    sys.executable, "-c",
+    "import sys; from medo1.cli import main; rc = main(sys.argv[1:]); "
+    "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(rc)",
+]
+
+
+def fail_fast_cases(tmp_path: Path) -> list[tuple[dict, str]]:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    return [
+        ({"data.max_length": 0}, "data.max_length: Input should be greater than or equal to 1"),
+        ({"train.learning_rate": -1e-5}, "train.learning_rate: Input should be greater than 0"),
+        ({"train.learning_rate": 0}, "train.learning_rate: Input should be greater than 0"),
+        ({"train.warmup_ratio": 1.0}, "train.warmup_ratio: Input should be less than 1"),
+        ({"train.epochs": 0}, "train.epochs: Input should be greater than 0"),
+        ({"train.per_device_batch_size": 0}, "train.per_device_batch_size: Input should be greater than or equal to 1"),
+        ({"lora.dropout": 1.5}, "lora.dropout: Input should be less than 1"),
+        ({"output.save_steps": 0}, "output.save_steps: Input should be greater than or equal to 1"),
+        ({"model.name_or_path": "./no-such-model"}, "model.name_or_path: ./no-such-model does not exist"),
+        ({"model.name_or_path": str(tmp_path / "missing")}, f"model.name_or_path: {tmp_path / 'missing'} does not exist"),
+        ({"model.name_or_path": str(a_file)}, "is a file, not a model directory"),
+        ({"data.path": str(tmp_path / "rows.json")}, "data.path: "),
+        ({"output.dir": str(a_file)}, f"output.dir: {a_file} is a file, not a directory"),
+        ({"output.dir": str(a_file / "run")}, f"cannot be created: {a_file} is a file"),
+    ]
+
+
+def test_sft_refuses_bad_values_and_paths_in_one_line_before_torch_loads(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    for case, expected in fail_fast_cases(tmp_path):
+        values = {"model.name_or_path": model, "data.path": DEMO_DATA, "output.dir": tmp_path / "run"} | case
+        started = time.monotonic()
+        done = run_medo1(["sft", "--config", TINY_RECIPE, *set_args([f"{k}={v}" for k, v in values.items()])],
+                         launcher=NO_TORCH_LAUNCHER, timeout=60)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, (case, done.stderr)
+        assert len(lines) == 1 and lines[0].startswith("medo1: error: ") and expected in lines[0], (case, lines)
+        assert "torch not imported" in done.stdout, case
+        assert not (tmp_path / "run").exists(), case
+        assert time.monotonic() - started < 20, case  # a bound against Hub retries (53 s), not a benchmark
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only directories")
+def test_sft_refuses_a_read_only_output_dir(tmp_path):
+    model, locked = tmp_path / "model", tmp_path / "locked"
+    model.mkdir()
+    locked.mkdir(mode=0o555)
+    values = {"model.name_or_path": model, "data.path": DEMO_DATA, "output.dir": locked / "run"}
+    done = run_medo1(["sft", "--config", TINY_RECIPE, *set_args([f"{k}={v}" for k, v in values.items()])])
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"medo1: error: output.dir: {locked / 'run'} is not writable ({locked} is read-only)"
+
+
+def test_a_hub_id_stays_allowed_but_a_typo_under_a_local_folder_does_not(tmp_path, monkeypatch):
+    from medo1.config import ConfigError, check_model_reference
+
+    monkeypatch.chdir(tmp_path)
+    check_model_reference("Qwen/Qwen2.5-7B-Instruct", "model.name_or_path")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match="runs/ is a local directory"):
+        check_model_reference("runs/tiny-modle", "model.name_or_path")
+
+
+def test_rl_refuses_a_missing_value_model(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    values = {"model.name_or_path": model, "data.path": DEMO_DATA, "output.dir": tmp_path / "run",
+              "ppo.value_model": tmp_path / "no-value-model"}
+    done = run_medo1(["rl", "--config", "recipes/rl-ppo-tiny-cpu.yaml",
+                      *set_args([f"{k}={v}" for k, v in values.items()])], timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"medo1: error: ppo.value_model: {tmp_path / 'no-value-model'} does not exist " \
+                                  "(and is not a Hub id owner/name)"
+
+
+def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
+    missing = tmp_path / "missing.yaml"
+    done = run_medo1(["sft", "--config", missing])
+    assert (done.returncode, done.stderr) == (2, f"medo1: error: recipe {missing} not found\n")
+    debug = run_medo1(["--debug", "sft", "--config", missing])
+    assert "Traceback (most recent call last)" in debug.stderr and "ConfigError" in debug.stderr
+
+
+def test_every_user_error_class_derives_from_the_root():
+    from medo1.chat_client import ChatError
+    from medo1.checkpoint import ResumeError
+    from medo1.config import ConfigError, StageError
+    from medo1.data import DataError
+    from medo1.errors import Medo1Error
+    from medo1.eval import EvalError
+    from medo1.launch import LaunchError
+    from medo1.rl.rewards import RewardLoadError
+    from medo1.translate import TranslateError
+    from medo1.upload import UploadError
+
+    for error in (ChatError, ResumeError, ConfigError, StageError, DataError, EvalError, LaunchError,
+                  RewardLoadError, TranslateError, UploadError):
+        assert issubclass(error, Medo1Error), error
+
+
+def test_importing_the_cli_loads_neither_torch_nor_transformers():
+    probe = ("import sys, medo1.cli; "
+             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("stage, recipe", [
+    ("sft", TINY_RECIPE), ("rl", "recipes/rl-ppo-tiny-cpu.yaml"), ("translate", "recipes/translate-ja.yaml"),
+    ("eval", "recipes/eval-mcq.yaml"), ("upload", "recipes/upload.yaml"),
+])
+def test_config_show_prints_every_option_with_type_default_recipe_value_and_description(stage, recipe):
+    from medo1.config import describe_options, stage_config_class
+
+    done = run_medo1(["config", "show", stage, "--recipe", recipe, "--json"])
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [row["key"] for row in rows] == [row["key"] for row in describe_options(stage_config_class(stage))]
+    assert all(row["type"] and row["default"] and row["description"] for row in rows)
+    shown = [row["key"] for row in rows if "recipe" in row]
+    for key in yaml.safe_load(Path(recipe).read_text()):
+        assert any(shown_key == key or shown_key.startswith(f"{key}.") for shown_key in shown), key
+    text = run_medo1(["config", "show", stage, "--recipe", recipe])
+    assert text.returncode == 0 and f"{rows[0]['key']}  ({rows[0]['type']})  default: " in text.stdout
+
+
+def test_config_show_shows_the_recipe_value_beside_the_default():
+    done = run_medo1(["config", "show", "sft", "--recipe", TINY_RECIPE])
+    assert "train.learning_rate  (float)  default: 5.0e-06  recipe: 0.001\n    Peak learning rate (AdamW).\n" in done.stdout

@@ -323,3 +323,51 @@ def test_grpo_recipe_has_the_fork_settings():
 
     cfg = load_config(RLConfig, RECIPES / "rl-grpo-qwen2.5-7b-8xh100.yaml")
     assert (cfg.grpo.num_generations, cfg.grpo.beta, cfg.train.learning_rate) == (8, 0.001, pytest.approx(1e-6))
+
+
+RL_TINY = Path(__file__).resolve().parents[1] / "recipes" / "rl-ppo-tiny-cpu.yaml"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("train.learning_rate=0", "train.learning_rate"),
+    ("train.warmup_ratio=-0.1", "train.warmup_ratio"),
+    ("train.total_episodes=0", "train.total_episodes"),
+    ("train.eval_fraction=1", "train.eval_fraction"),
+    ("sampling.top_p=0", "sampling.top_p"),
+    ("sampling.response_length=0", "sampling.response_length"),
+    ("ppo.gamma=1.5", "ppo.gamma"),
+    ("ppo.ppo_epochs=0", "ppo.ppo_epochs"),
+    ("data.max_length=0", "data.max_length"),
+    ("output.logging_steps=0", "output.logging_steps"),
+])
+def test_rl_bounds_refuse_bad_values_naming_the_field(override, field):
+    from medo1.rl.config import RLConfig
+
+    with pytest.raises(ConfigError, match=f"{field.replace('.', '[.]')}: Input should be"):
+        load_config(RLConfig, RL_TINY, [override])
+
+
+@pytest.mark.parametrize("stage, overrides, field", [
+    ("eval", ["model=m", "limit=0"], "limit"),
+    ("eval", ["model=m", "max_new_tokens=0"], "max_new_tokens"),
+    ("translate", ["input=a.json", "output=b.jsonl", "target_language=Japanese", "validation_retries=-1"],
+     "validation_retries"),
+    ("translate", ["input=a.json", "output=b.jsonl", "target_language=", ], "target_language"),
+    ("upload", ["model_dir=x", "repo_id=me/m", "retries=-1"], "retries"),
+])
+def test_service_stage_bounds_refuse_bad_values(stage, overrides, field):
+    from medo1.config import stage_config_class
+
+    with pytest.raises(ConfigError, match=f"{field}: "):
+        load_config(stage_config_class(stage), None, overrides)
+
+
+def test_sft_and_rl_share_one_base_for_the_training_options():
+    from medo1.config import TrainingOptions
+    from medo1.rl.config import RLTrainConfig
+    from medo1.sft_config import TrainConfig
+
+    shared = set(TrainingOptions.model_fields)
+    assert issubclass(TrainConfig, TrainingOptions) and issubclass(RLTrainConfig, TrainingOptions)
+    assert shared <= set(TrainConfig.model_fields) and shared <= set(RLTrainConfig.model_fields)
+    assert RLTrainConfig().learning_rate == 5e-7 and TrainConfig().learning_rate == 5e-6

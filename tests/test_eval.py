@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
+from medo1.cli import main
 from medo1.eval import (
     EvalConfig,
     EvalError,
@@ -17,7 +19,7 @@ from medo1.eval import (
 from pydantic import ValidationError
 
 from pipelines.openai_standin import StandIn
-from tests.conftest import DEMO_DATA
+from tests.conftest import DEMO_DATA, free_port
 
 OPTS = {
     "A": "Benign genetic carrier condition",
@@ -199,3 +201,94 @@ def test_endpoint_without_key_fails_loudly(demo_rows, tmp_path, monkeypatch):
         with pytest.raises(EvalError, match="HTTP 401"):
             run_eval(config)
     assert server.auth == [None]
+
+
+# --------------------------------------------------------------------------- faults and failed runs
+
+
+def endpoint_config(base_url: str, out: Path, benchmarks: dict[str, str], **extra) -> EvalConfig:
+    values = {
+        "endpoint": base_url,
+        "endpoint_model": "stand-in",
+        "api_key_env": "MEDO1_TEST_KEY",
+        "benchmarks": benchmarks,
+        "max_new_tokens": 64,
+        "output_dir": str(out),
+        "backoff_s": 0.01,
+    }
+    return EvalConfig(**(values | extra))
+
+
+def outputs(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in ("responses.jsonl", "report.json", "report.md")}
+
+
+def test_endpoint_faults_and_timeout_are_retried_through_the_shared_client(demo_rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDO1_TEST_KEY", "test-key")
+    answers = {row["question"]: row["answer_idx"] for row in demo_rows[:3]}
+    faults = ["hang", "500", "malformed-json", "429-seconds"]
+    with StandIn(mcq_answers=answers, faults=faults, retry_after_s=0.2, hang_s=5) as server:
+        config = endpoint_config(
+            server.base_url, tmp_path / "out", {"demo": str(DEMO_DATA)}, limit=3, concurrency=1, timeout_s=0.5
+        )
+        report = run_eval(config)
+    assert report["benchmarks"]["demo"]["accuracy"] == 1.0
+    assert [fault for _, fault in server.fault_log] == faults
+    assert len(server.bodies) == 3 + len(faults)
+
+
+def test_unreachable_endpoint_fails_in_one_line_and_keeps_the_previous_outputs(
+    demo_rows, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MEDO1_TEST_KEY", "test-key")
+    out = tmp_path / "out"
+    answers = {row["question"]: row["answer_idx"] for row in demo_rows[:4]}
+    with StandIn(mcq_answers=answers) as server:
+        run_eval(endpoint_config(server.base_url, out, {"demo": str(DEMO_DATA)}, limit=4))
+    before = outputs(out)
+    assert len(before["responses.jsonl"].splitlines()) == 4
+
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # refused: nothing listens there
+    with pytest.raises(EvalError) as error:
+        run_eval(endpoint_config(closed, out, {"demo": str(DEMO_DATA)}, limit=4, max_retries=2))
+    message = str(error.value)
+    assert "ConnectError" in message and "after 3 attempt(s)" in message and "\n" not in message
+    assert outputs(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "responses.jsonl"]
+
+    code = main(["eval", "--endpoint", closed, "--benchmark", f"demo={DEMO_DATA}", "--limit", "2",
+                 "--output-dir", str(out), "--set", "max_retries=1", "--set", "backoff_s=0.01"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("medo1: error:")][0].count("ConnectError") == 1
+    assert outputs(out) == before
+
+
+def test_a_benchmark_without_a_valid_row_fails_and_invalid_rows_are_shown(demo_rows, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MEDO1_TEST_KEY", "test-key")
+    good = _demo_mcq(demo_rows, 5, tmp_path / "good.jsonl")
+    lines = good.read_text().splitlines()
+    lines[1] = json.dumps(json.loads(lines[1]) | {"answer_idx": "Z"})
+    lines[3] = json.dumps({"question": "no options"})
+    good.write_text("\n".join(lines) + "\n")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join(json.dumps({"question": f"q{i}", "answer_idx": "A"}) for i in range(3)) + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text("previous")
+    answers = {row["question"]: row["answer_idx"] for row in demo_rows[:5]}
+    caplog.set_level(logging.WARNING, logger="medo1.eval")
+    with StandIn(mcq_answers=answers) as server:
+        expected = rf"benchmark 'broken' \({broken}\): none of its 3 row\(s\) is a valid"
+        with pytest.raises(EvalError, match=expected) as error:
+            run_eval(endpoint_config(server.base_url, out, {"good": str(good), "broken": str(broken)}))
+        assert f"first: {broken} row 0 (line 1): field 'options'" in str(error.value)
+        assert server.bodies == []  # refused before anything was generated
+        assert (out / "report.json").read_text() == "previous"
+
+        report = run_eval(endpoint_config(server.base_url, out, {"good": str(good)}))
+    assert report["benchmarks"]["good"]["n"] == 3
+    shown = [r.getMessage() for r in caplog.records]
+    assert f"benchmark 'good' ({good}): 2 of 5 row(s) invalid, skipped (all listed in report.json)" in shown
+    assert any(m.strip().startswith(f"{good} row 1 (line 2): field 'answer_idx'") for m in shown)
+    assert any(m.strip().startswith(f"{good} row 3 (line 4): field 'options'") for m in shown)

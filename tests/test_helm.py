@@ -28,7 +28,7 @@ def main_container(pod_template, name="pytorch"):
 
 
 def test_profiles_exist():
-    assert {"h100-1node", "h100-2nodes", "cpu-smoke", "h100-1node-trainjob"} <= set(PROFILES)
+    assert {"h100-1node", "h100-2nodes", "cpu-smoke", "h100-1node-trainjob", "infrastructure"} <= set(PROFILES)
 
 
 @pytest.mark.parametrize("profile", [None, *PROFILES])
@@ -63,6 +63,10 @@ MATRIX = {
                    "runPolicy": {"activeDeadlineSeconds": 86400, "backoffLimit": 5},
                    "image": {"pullSecrets": [{"name": "regcred"}]},
                    "extraEnv": [{"name": "NCCL_P2P_LEVEL", "value": "NVL"}]},
+    "gang-priority-networkpolicy": {"cluster": {"nodes": 2},
+                                    "scheduling": {"priorityClassName": "training-high",
+                                                   "gang": {"enabled": True, "queue": "gpu", "scheduleTimeoutSeconds": 900}},
+                                    "networkPolicy": {"enabled": True}},
 }
 
 
@@ -108,7 +112,7 @@ def test_replicas_processes_and_gpus_follow_the_cluster_shape(nodes, gpus):
         assert container["resources"]["limits"]["nvidia.com/gpu"] == gpus
         assert container["command"] == ["torchrun"]
         assert container["args"][:7] == ["-m", "medo1", "sft", "--config", container["args"][4], "--resume", "auto"]
-        assert spec["restartPolicy"] == "OnFailure"
+        assert spec["restartPolicy"] == "Never"  # whole-job restarts (see test_one_pod_loss_on_two_nodes...)
 
 
 def test_secrets_are_references_and_pvcs_are_created_or_reused():
@@ -118,8 +122,9 @@ def test_secrets_are_references_and_pvcs_are_created_or_reused():
     assert pvcs == {"medo1-hf-cache"}
     template = by_kind(objects, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     env = {e["name"]: e for e in main_container(template)["env"]}
-    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN"}}}
-    assert "value" not in env["OPENAI_API_KEY"]
+    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": False}}}
+    assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "wb", "key": "WANDB_API_KEY", "optional": True}
+    assert "OPENAI_API_KEY" not in env  # the translation key is the translate stage's only
     claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"data": "team-data", "checkpoints": "team-ckpt", "hf-cache": "medo1-hf-cache"}
     assert template["spec"]["automountServiceAccountToken"] is False
@@ -130,7 +135,10 @@ def test_rbac_is_namespaced_and_minimal():
     assert not [o for o in objects if o["kind"].startswith("Cluster")]
     (role,) = by_kind(objects, "Role")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "pods", "pods/log"}
+    assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "jobs", "jobs/status", "pods",
+                         "pods/log", "events"}
+    (events,) = [rule for rule in role["rules"] if rule["resources"] == ["events"]]
+    assert events["verbs"] == ["list"]  # the launcher's stuck-pod check reads Warning events, nothing more
     assert all("*" not in rule["verbs"] for rule in role["rules"])
     (binding,) = by_kind(objects, "RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == ["medo1"]
@@ -163,6 +171,10 @@ def test_trainjob_backend_renders_runtime_and_job():
         ({"backend": "mpijob"}, "backend"),
         ({"stages": {"sft": {"enabled": True, "recipe": "x.yaml", "set": ["no equals sign"]}}}, "set"),
         ({"cluster": {"gpuz": 8}}, "gpuz"),
+        ({"kueue": {"queueName": "h100"}, "scheduling": {"gang": {"enabled": True}}}, "use one"),
+        ({"terminationGracePeriodSeconds": 5}, "terminationGracePeriodSeconds"),
+        ({"scheduling": {"priorityClassName": "High_Priority"}}, "priorityClassName"),
+        ({"networkPolicy": {"enabled": True, "allowAll": True}}, "allowAll"),
     ],
 )
 def test_values_schema_refuses_bad_values(bad_values, fragment):
@@ -173,9 +185,13 @@ def test_values_schema_refuses_bad_values(bad_values, fragment):
 # ---- planted mistakes: each check must catch one ----------------------------------------------------
 
 
+# The h100-2nodes profile with its jobs rendered in the release (no run Job creating them).
+TWO_NODES_JOBS = merge(k8s.load_profile("h100-2nodes"), {"chain": {"enabled": False}})
+
+
 @pytest.fixture
 def objects():
-    return k8s.render_chart(k8s.load_profile("h100-2nodes"))
+    return k8s.render_chart(TWO_NODES_JOBS)
 
 
 def master(objects):
@@ -264,7 +280,8 @@ def test_single_pod_stages_render_as_plain_jobs():
         gpus = container["resources"]["limits"].get("nvidia.com/gpu")
         assert gpus == (1 if name == "eval" else None)
     translate_env = {e["name"]: e for e in jobs["translate"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert translate_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "oai", "key": "OPENAI_API_KEY"}
+    assert translate_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "oai", "key": "OPENAI_API_KEY",
+                                                                            "optional": False}
 
 
 def test_policy_catches_a_job_without_its_container(objects):
@@ -272,3 +289,264 @@ def test_policy_catches_a_job_without_its_container(objects):
     job = by_kind(objects, "Job")[0]
     job["spec"]["template"]["spec"]["containers"][0]["name"] = "main"
     assert any("no container named 'medo1'" in p for p in k8s.policy_violations(objects))
+
+
+# ---- issue 12: a first run on a real cluster -------------------------------------------------------
+
+
+def pod_specs(objects):
+    """(where, pod template, main container) of every pod the objects create."""
+    for obj in objects:
+        for where, template in k8s.pod_templates(obj):
+            container = next(c for c in template["spec"]["containers"] if c["name"] == k8s.MAIN_CONTAINER[obj["kind"]])
+            yield where, template, container
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_helm_installs_every_profile_in_dependency_order(profile):
+    """Finding 2: Helm creates unknown kinds last and by kind name, so a TrainJob came before its
+    TrainingRuntime. Ordered as Helm orders them, nothing comes before what it references; so is the
+    checked-in manifest, which `kubectl apply -f` creates in file order."""
+    objects = k8s.render_chart(k8s.load_profile(profile))
+    assert k8s.install_order_problems(k8s.helm_install_order(objects)) == []
+    import yaml
+
+    manifest = [doc for doc in yaml.safe_load_all((k8s.MANIFESTS_DIR / f"{profile}.yaml").read_text()) if doc]
+    assert k8s.install_order_problems(manifest) == []
+
+
+def test_install_order_catches_a_trainjob_before_its_runtime():
+    objects = k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))
+    names = [f"{o['kind']}/{o['metadata']['name']}" for o in k8s.helm_install_order(objects)]
+    assert names.index("TrainingRuntime/medo1-sft") < names.index("TrainJob/medo1-sft")
+    # Planted: the TrainJob as an ordinary release object, as before: Helm sorts it before the runtime.
+    (job,) = by_kind(objects, "TrainJob")
+    del job["metadata"]["annotations"]
+    assert k8s.install_order_problems(k8s.helm_install_order(objects)) == [
+        "TrainJob/medo1-sft is created before TrainingRuntime/medo1-sft, which it needs"]
+
+
+def test_install_order_catches_a_binding_or_a_pod_before_what_it_uses():
+    objects = k8s.helm_install_order(k8s.render_chart(TWO_NODES_JOBS))
+    (job,) = by_kind(objects, "PyTorchJob")
+    (binding,) = by_kind(objects, "RoleBinding")
+    planted = [job, binding] + [o for o in objects if o not in (job, binding)]
+    problems = k8s.install_order_problems(planted)
+    assert "RoleBinding/medo1-launcher is created before Role/medo1-launcher, which it needs" in problems
+    assert "RoleBinding/medo1-launcher is created before ServiceAccount/medo1, which it needs" in problems
+    assert "PyTorchJob/medo1-sft is created before PersistentVolumeClaim/medo1-checkpoints, which it needs" in problems
+
+
+def test_one_node_profile_runs_its_stages_one_after_another():
+    """Finding 3: h100-1node created SFT, RL, eval and upload at once. Now one CPU run Job creates them in
+    turn (tests/test_launch.py runs that chain here); no stage job is in the release."""
+    from medo1.launch.chain import chain_stages
+
+    objects = k8s.render_chart(k8s.load_profile("h100-1node"))
+    assert not by_kind(objects, "PyTorchJob") and not by_kind(objects, "TrainJob")
+    (run,) = by_kind(objects, "Job")
+    pod = run["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["medo1"] and container["args"][:4] == ["launch", "chain", "--values", "/etc/medo1/values.yaml"]
+    assert not any(k.endswith("/gpu") for k in container["resources"]["limits"])  # no GPU held while waiting
+    assert pod["serviceAccountName"] == "medo1" and pod["automountServiceAccountToken"] is True
+    (config,) = by_kind(objects, "ConfigMap")
+    import yaml
+
+    values = yaml.safe_load(config["data"]["values.yaml"])
+    assert values["chain"]["enabled"] is False
+    assert chain_stages(values) == ["sft", "rl", "eval", "upload"]
+    # The launcher renders each stage from these values: a valid job with the release's settings.
+    from medo1.launch import build_job, build_pytorchjob
+
+    stage_jobs = [build_pytorchjob("sft", values), build_pytorchjob("rl", values), build_job("eval", values)]
+    assert k8s.schema_errors(stage_jobs, CRDS) == [] and k8s.policy_violations([*objects, *stage_jobs]) == []
+
+
+def test_each_pod_gets_only_the_secrets_its_stage_reads():
+    """Finding 4: every training pod required the wandb and openai Secrets."""
+    values = merge(k8s.load_profile("h100-1node"), {"chain": {"enabled": False}, "jobs": {"translate": {"enabled": True}}})
+    objects = k8s.render_chart(values)
+    secret_env = {}
+    for where, _, container in pod_specs(objects):
+        component = where.split("/")[1].split()[0].removeprefix("medo1-")
+        secret_env[component] = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    hf = {"name": "hf-token", "key": "HF_TOKEN", "optional": False}
+    wandb = {"name": "wandb", "key": "WANDB_API_KEY", "optional": True}  # W&B off: the pod starts without it
+    assert secret_env == {
+        "sft": {"HF_TOKEN": hf, "WANDB_API_KEY": wandb},
+        "rl": {"HF_TOKEN": hf, "WANDB_API_KEY": wandb},
+        "translate": {"OPENAI_API_KEY": {"name": "openai", "key": "OPENAI_API_KEY", "optional": False}},
+        "eval": {"HF_TOKEN": hf},
+        "upload": {"HF_TOKEN": hf},
+    }
+    (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Job")
+    assert not [e for e in run["spec"]["template"]["spec"]["containers"][0]["env"] if "valueFrom" in e]
+
+
+def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(objects):
+    env = main_container(master(objects))["env"]
+    next(e for e in env if e["name"] == "HF_TOKEN")["valueFrom"]["secretKeyRef"].pop("optional")
+    assert any("HF_TOKEN from Secret hf-token must say whether it is optional" in p for p in k8s.policy_violations(objects))
+
+
+def test_rdma_pods_get_ipc_lock_and_network_annotations():
+    """Finding 5: RDMA without IPC_LOCK, and no way to ask for a Multus / SR-IOV network."""
+    network = {"k8s.v1.cni.cncf.io/networks": "ib-sriov-1"}
+    values = merge(TWO_NODES_JOBS, {"podAnnotations": network})
+    objects = k8s.render_chart(values)
+    assert k8s.policy_violations(objects) == []
+    for where, template, container in pod_specs(objects):
+        assert container["resources"]["limits"]["rdma/ib"] == 1, where
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}, where
+        assert template["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "ib-sriov-1", where
+    for where, _, container in pod_specs(k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))):
+        assert "add" not in container["securityContext"]["capabilities"], where  # no RDMA, nothing added
+
+
+def test_policy_catches_rdma_without_ipc_lock(objects):
+    main_container(master(objects))["securityContext"]["capabilities"].pop("add")
+    assert any("RDMA requested without the IPC_LOCK capability" in p for p in k8s.policy_violations(objects))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_istio_sidecar_is_off_on_every_pod(profile):
+    """Finding 6: multi-user Kubeflow injects an Istio sidecar that keeps a finished pod running."""
+    values = merge(k8s.load_profile(profile), {"podLabels": {"team": "med"}})
+    objects = k8s.render_chart(values)
+    objects += [o for o in k8s.render_chart(merge(values, {"chain": {"enabled": False}})) if k8s.pod_templates(o)]
+    pods = list(pod_specs(objects))
+    assert pods or profile == "infrastructure"
+    for where, template, _ in pods:
+        assert template["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false", where
+        assert template["metadata"]["labels"]["sidecar.istio.io/inject"] == "false", where
+        assert template["metadata"]["labels"]["team"] == "med", where
+
+
+# Common 8x H100 nodes: capacity, and what the managed Kubernetes service reserves on that node (kube and
+# system reservations plus the eviction threshold), estimated upward from each provider's published formula.
+# Sources: learn.microsoft.com/azure/virtual-machines/sizes/gpu-accelerated/ndh100v5-series and
+# learn.microsoft.com/azure/aks/node-resource-reservations; aws.amazon.com/ec2/instance-types/p5 and the
+# EKS AMI's kube-reserved formula (awslabs/amazon-eks-ami); cloud.google.com/compute/docs/accelerator-optimized-machines
+# and cloud.google.com/kubernetes-engine/docs/concepts/plan-node-sizes.
+H100_NODES = {
+    # name: (vCPU, memory GiB, reserved CPU, reserved memory GiB)
+    "Azure ND96isr_H100_v5 (AKS)": (96, 1900, 1.1, 6),
+    "AWS p5.48xlarge (EKS)": (192, 2048, 0.6, 9),
+    "GCP a3-highgpu-8g (GKE)": (208, 1872e9 / 2**30, 0.6, 42),
+}
+DAEMONSET_HEADROOM = (8, 64)  # CPU, GiB for the GPU / network operators, CNI, monitoring
+
+
+def _quantity(text):
+    units = {"Ki": 2**-20, "Mi": 2**-10, "Gi": 1, "Ti": 2**10}
+    for suffix, factor in units.items():
+        if str(text).endswith(suffix):
+            return float(str(text)[: -len(suffix)]) * factor
+    return float(text[:-1]) / 1000 if str(text).endswith("m") else float(text)
+
+
+@pytest.mark.parametrize("node", H100_NODES)
+def test_default_training_pod_fits_common_h100_nodes(node):
+    """Finding 7: cpu "96" asked for a whole Azure ND H100 v5 node, which never has 96 allocatable."""
+    cpus, memory, reserved_cpu, reserved_memory = H100_NODES[node]
+    for where, _, container in pod_specs(k8s.render_chart(TWO_NODES_JOBS)):
+        requests = container["resources"]["requests"]
+        assert _quantity(requests["cpu"]) + DAEMONSET_HEADROOM[0] <= cpus - reserved_cpu, where
+        assert _quantity(requests["memory"]) + DAEMONSET_HEADROOM[1] <= memory - reserved_memory, where
+        assert requests["nvidia.com/gpu"] == 8
+
+
+def test_one_pod_loss_on_two_nodes_restarts_the_whole_job():
+    """Finding 9: OnFailure restarted one container under a static rendezvous and backoffLimit counted
+    restarts summed over pods. Now a pod failure fails the job, no Worker outlives it, and the launcher
+    (tests/test_launch.py) or the JobSet creates the job again whole."""
+    # The profile's run Job is the launcher that creates the job again (tests/test_launch.py).
+    (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-2nodes")), "Job")
+    assert run["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["launch", "chain"]
+    (job,) = by_kind(k8s.render_chart(TWO_NODES_JOBS), "PyTorchJob")
+    assert {role: spec["restartPolicy"] for role, spec in job["spec"]["pytorchReplicaSpecs"].items()} == {
+        "Master": "Never", "Worker": "Never"}
+    assert job["spec"]["runPolicy"]["backoffLimit"] == 0
+    assert job["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
+    assert k8s.chart_defaults()["runPolicy"]["jobRestarts"] >= 1
+    container = main_container(job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"])
+    assert container["args"][5:7] == ["--resume", "auto"]
+    objects = k8s.render_chart(merge(k8s.load_profile("h100-1node-trainjob"), {"cluster": {"nodes": 2}}))
+    (runtime,) = by_kind(objects, "TrainingRuntime")
+    jobset = runtime["spec"]["template"]["spec"]
+    assert jobset["failurePolicy"]["maxRestarts"] == k8s.chart_defaults()["runPolicy"]["jobRestarts"]
+    (node,) = jobset["replicatedJobs"]
+    assert node["template"]["spec"]["backoffLimit"] == 0
+    assert node["template"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+# ---- scheduling: gang admission, priority, grace period, network policy ---------------------------------
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_pod_has_the_checkpoint_grace_period(profile):
+    """600 s covers writing a 7B ZeRO-3 checkpoint after SIGTERM (the arithmetic is in values.yaml)."""
+    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}})
+    specs = [template["spec"] for obj in k8s.render_chart(values) for _, template in k8s.pod_templates(obj)]
+    assert all(spec["terminationGracePeriodSeconds"] == 600 for spec in specs)  # none: infrastructure only
+    assert k8s.chart_defaults()["terminationGracePeriodSeconds"] == 600
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_torchrun_gives_its_workers_the_grace_period_to_save(profile):
+    """torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
+    otherwise: a 7B preemption save needs most of the pod's grace period, and torchrun must exit inside it."""
+    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}, "terminationGracePeriodSeconds": 900})
+    pods = list(pod_specs(k8s.render_chart(values)))
+    assert pods or profile == "infrastructure"
+    for where, template, container in pods:
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) == 870, where
+        assert template["spec"]["terminationGracePeriodSeconds"] == 900, where
+
+
+def test_kueue_admits_the_two_node_job_whole():
+    (job,) = by_kind(k8s.render_chart(TWO_NODES_JOBS), "PyTorchJob")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
+    assert "schedulingPolicy" not in job["spec"]["runPolicy"]
+
+
+def test_gang_scheduling_priority_and_deadline_without_kueue():
+    values = merge(TWO_NODES_JOBS, {"kueue": {"queueName": ""}, "runPolicy": {"activeDeadlineSeconds": 86400},
+                                    "scheduling": {"priorityClassName": "training-high",
+                                                   "gang": {"enabled": True, "queue": "gpu"}}})
+    objects = k8s.render_chart(values)
+    (job,) = by_kind(objects, "PyTorchJob")
+    policy = job["spec"]["runPolicy"]
+    assert policy["schedulingPolicy"] == {"minAvailable": 2, "queue": "gpu", "priorityClass": "training-high"}
+    assert policy["activeDeadlineSeconds"] == 86400
+    assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
+    specs = [spec["template"]["spec"] for spec in job["spec"]["pytorchReplicaSpecs"].values()]
+    assert [spec["priorityClassName"] for spec in specs] == ["training-high", "training-high"]
+    assert k8s.schema_errors(objects, CRDS) == []
+    defaults = k8s.render_chart({})
+    (default_job,) = by_kind(defaults, "PyTorchJob")
+    assert "priorityClassName" not in default_job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+
+
+def test_network_policy_is_off_by_default_and_admits_only_the_jobs_own_pods():
+    assert by_kind(k8s.render_chart(k8s.load_profile("h100-2nodes")), "NetworkPolicy") == []
+    objects = k8s.render_chart(merge(TWO_NODES_JOBS, {"networkPolicy": {"enabled": True}}))
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    selector = policy["spec"]["podSelector"]
+    (job,) = by_kind(objects, "PyTorchJob")
+    for spec in job["spec"]["pytorchReplicaSpecs"].values():
+        labels = spec["template"]["metadata"]["labels"]
+        assert all(labels[k] == v for k, v in selector["matchLabels"].items())
+        assert labels["app.kubernetes.io/component"] in selector["matchExpressions"][0]["values"]
+    assert selector["matchExpressions"][0]["values"] == ["sft", "rl"]  # not the run, eval or upload pods
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress == {"from": [{"podSelector": selector}]}  # any port: rendezvous and NCCL / gloo sockets
+    to_pods, dns, https = policy["spec"]["egress"]
+    assert to_pods == {"to": [{"podSelector": selector}]}
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert https == {"ports": [{"protocol": "TCP", "port": 443}]}
+    closed = k8s.render_chart(merge(TWO_NODES_JOBS, {"networkPolicy": {"enabled": True, "httpsEgress": False}}))
+    assert len(by_kind(closed, "NetworkPolicy")[0]["spec"]["egress"]) == 2

@@ -1,5 +1,6 @@
 """The launcher: its PyTorchJob is the chart's; its wait reads recorded PyTorchJob statuses; the
-pytorchjob backend runs against a stand-in API server (no cluster here); the local backend for real."""
+pytorchjob backend runs against a stand-in API server (no cluster here); the local backend for real,
+alone and as the chain of stages the chart's run Job drives."""
 
 from __future__ import annotations
 
@@ -16,11 +17,13 @@ from pathlib import Path
 import pytest
 from medo1 import checkpoint, k8s
 from medo1.launch import (
+    DEFAULT_TIMEOUT_S,
     JobFailed,
     JobState,
     JobTimedOut,
     LaunchError,
     LaunchResult,
+    build_job,
     build_pytorchjob,
     job_state,
     launch_stage,
@@ -116,7 +119,7 @@ def test_wait_times_out_with_the_last_state():
 
 
 def test_launcher_job_is_the_charts_rendering_and_validates():
-    values = k8s.load_profile("h100-1node")
+    values = {**k8s.load_profile("h100-1node"), "chain": {"enabled": False}}  # every job rendered at once
     job = build_pytorchjob("rl", values)
     rendered = [o for o in k8s.render_chart(values) if o["kind"] == "PyTorchJob" and o["metadata"]["name"] == "medo1-rl"]
     expected = {**rendered[0], "metadata": {**rendered[0]["metadata"], "namespace": k8s.NAMESPACE}}
@@ -142,7 +145,11 @@ def test_values_merge_profile_then_files_then_values_and_append_recipe_overrides
     assert values["cluster"]["nodes"] == 3 and values["cluster"]["cpu"] == "64" and values["cluster"]["gpusPerNode"] == 8
     assert values["kueue"]["queueName"] == "h100-low"
     defaults = k8s.chart_defaults()["stages"]["sft"]
-    assert values["stages"]["sft"] == {"recipe": "/data/recipes/sft.yaml", "set": [*defaults["set"], "train.max_steps=5"]}
+    # A recipe of one's own: the profile's `set` (for the profile's recipe) does not apply.
+    assert values["stages"]["sft"] == {"recipe": "/data/recipes/sft.yaml", "set": ["train.max_steps=5"]}
+    assert stage_values("sft", profile="cpu-smoke", overrides=["train.max_steps=5"])["stages"]["sft"]["set"] == [
+        *k8s.load_profile("cpu-smoke")["stages"]["sft"]["set"], "train.max_steps=5"]
+    assert defaults["set"] == []  # the recipe holds the stage's paths
     job = stage_job("sft", profile="h100-2nodes", values_files=[values_file], value_overrides=["cluster.nodes=3"],
                     overrides=["train.max_steps=5"], job_name="medo1-sft-0f9c2a")
     assert job["metadata"]["name"] == "medo1-sft-0f9c2a" and job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
@@ -210,9 +217,11 @@ def kube():
     standin.stop()
 
 
-def expected_job(name=NAME, namespace=NS):
+def expected_job(name=NAME, namespace=NS, timeout_s=30):
     job = build_pytorchjob("sft", k8s.load_profile("h100-1node"), namespace=namespace)
     job["metadata"]["name"] = name
+    # The launcher bounds the job's life by its own timeout, so a dead launcher frees the GPUs then.
+    job["spec"]["runPolicy"]["activeDeadlineSeconds"] = int(timeout_s)
     return job
 
 
@@ -255,7 +264,7 @@ def test_pytorchjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
     kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(FAILED["status"], run, exit_code=1)])
 
     with pytest.raises(JobFailed) as failed:
-        launch(kube)
+        launch(kube, value_overrides=["runPolicy.jobRestarts=0"])
 
     message = str(failed.value)
     assert message.startswith(f"PyTorchJob {NS}/{NAME}: job failed: PyTorchJobFailed: ")
@@ -336,7 +345,7 @@ def test_sigterm_to_the_cli_deletes_the_job_and_exits_nonzero(kube, tmp_path):
     assert f"cancelled by SIGTERM; deleted PyTorchJob {NS}/{name}" in err
     assert out.splitlines() == run.lines
     assert [d.path for d in kube.calls("DELETE")] == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{name}"]
-    assert kube.calls("POST")[0].body == expected_job(name)
+    assert kube.calls("POST")[0].body == expected_job(name, timeout_s=DEFAULT_TIMEOUT_S)
 
 
 # ---- local backend, for real ---------------------------------------------------------------------
@@ -371,3 +380,176 @@ def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model
     start = error.index(next(line for line in error if line.startswith("medo1: error: local sft run exited with code 1")))
     assert error[start + 1].startswith("last ") and error[start + 1].endswith(" lines of its output:")
     assert any(str(missing) in line for line in error[start + 2:])
+
+
+# ---- issue 12, finding 9: a failed training job is restarted whole -------------------------------
+
+
+def test_a_failed_training_job_is_restarted_whole_and_resumes(kube, capsys):
+    first = ContainerRun("0a1b-uid", 0, ["step 1 loss 2.31", "saved checkpoint-1", "NCCL error: remote peer lost"])
+    second = ContainerRun("2c3d-uid", 0, ["resuming from checkpoint-1", "step 2 loss 2.05", "exported /checkpoints/sft/export"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], first), Step(FAILED["status"], first, exit_code=1)])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+
+    result = launch(kube, value_overrides=["runPolicy.jobRestarts=1"])
+
+    assert result.state.phase == "Succeeded" and result.restarts == 1 and result.action == "created"
+    # Deleted in the foreground (every pod gone) before the same job is created again.
+    assert [d.body["propagationPolicy"] for d in kube.calls("DELETE")] == ["Foreground"]
+    assert [p.body for p in kube.calls("POST")] == [expected_job(), expected_job()]
+    assert capsys.readouterr().out.splitlines() == first.lines + second.lines
+
+
+def test_restarts_are_bounded_by_job_restarts(kube):
+    for uid in ("4e5f-uid", "6a7b-uid"):
+        run = ContainerRun(uid, 0, ["step 1 loss 2.31"])
+        kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(FAILED["status"], run, exit_code=1)])
+
+    with pytest.raises(JobFailed, match="backoff limit"):
+        launch(kube, value_overrides=["runPolicy.jobRestarts=1"])
+    assert len(kube.calls("POST")) == 2
+
+
+# ---- issue 12, finding 3: the chain, stage after stage ----------------------------------------
+
+
+def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp_path):
+    recipes = {}
+    for stage in ("sft", "rl"):
+        recipes[stage] = tmp_path / f"{stage}.yaml"
+        recipes[stage].write_text(f"output:\n  dir: {tmp_path / stage}\n")
+    values = {"stages": {stage: {"enabled": True, "recipe": str(recipe)} for stage, recipe in recipes.items()},
+              "jobs": {"eval": {"enabled": True, "recipe": str(recipes["rl"])}}}
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(json.dumps(values))
+    launched = []
+
+    def launch_without_export(stage, **options):  # a stage that "succeeds" without writing its export
+        launched.append(stage)
+        return LaunchResult(stage, "local", f"medo1-{stage}", None, JobState("Succeeded"), "ran")
+
+    from medo1.launch.chain import launch_chain as chain
+
+    with pytest.raises(LaunchError, match=rf"sft succeeded but its export {tmp_path / 'sft' / 'export'} is not complete"):
+        chain(values_files=[values_file], launch=launch_without_export)
+    assert launched == ["sft"]
+
+    (tmp_path / "sft" / "export").mkdir(parents=True)
+    with pytest.raises(LaunchError, match="rl succeeded but its export"):
+        chain(values_files=[values_file], launch=launch_without_export)
+    assert launched == ["sft", "sft", "rl"]  # eval never started
+
+
+@pytest.mark.slow
+def test_chain_runs_every_stage_in_order_on_the_local_backend(tiny_model, tmp_path):
+    recipes = REPO / "recipes"
+    out = {stage: tmp_path / stage for stage in ("sft", "rl", "eval")}
+    values = {
+        "stages": {
+            "sft": {"enabled": True, "recipe": str(recipes / "sft-tiny-cpu.yaml"), "set": [
+                f"model.name_or_path={tiny_model}", f"data.path={DEMO_DATA}", "data.limit=8", "data.max_length=512",
+                "train.max_steps=1", f"output.dir={out['sft']}"]},
+            "rl": {"enabled": True, "recipe": str(recipes / "rl-ppo-tiny-cpu.yaml"), "set": [
+                f"model.name_or_path={out['sft'] / 'export'}", f"data.path={DEMO_DATA}", "data.limit=8",
+                "train.total_episodes=8", "sampling.response_length=16", "train.eval_fraction=0", f"output.dir={out['rl']}"]},
+        },
+        "jobs": {
+            "eval": {"enabled": True, "recipe": str(recipes / "eval-demo-cpu.yaml"), "gpus": 0, "set": [
+                f"model={out['rl'] / 'export'}", f"benchmarks.demo_mcq={DEMO_DATA}", "limit=4", "max_new_tokens=8",
+                f"output_dir={out['eval']}"]},
+            "upload": {"enabled": True, "recipe": str(recipes / "upload.yaml"), "set": [
+                f"model_dir={out['rl'] / 'export'}", "repo_id=medo1/tiny-demo", "dry_run=true",
+                f"eval_report={out['eval'] / 'report.json'}"]},
+        },
+    }
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(json.dumps(values))
+
+    done = run_medo1(["launch", "chain", "--backend", "local", "--values", str(values_file), "--nproc", "1"], timeout=900)
+
+    assert done.returncode == 0, done.stderr[-4000:]
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert [r["stage"] for r in results] == ["sft", "rl", "eval", "upload"]
+    assert all(r["state"]["phase"] == "Succeeded" and r["action"] == "ran" for r in results)
+    started = [line.split("chain: starting ")[1] for line in done.stderr.splitlines() if "chain: starting " in line]
+    assert started == ["sft", "rl", "eval", "upload"]
+    # Each stage began after the one before it finished: its first output is newer than that export / report.
+    sft_export, rl_export = out["sft"] / "export", out["rl"] / "export"
+    assert (sft_export / "model.safetensors").is_file() and (rl_export / "model.safetensors").is_file()
+    assert min(p.stat().st_mtime for p in out["rl"].rglob("*")) >= sft_export.stat().st_mtime
+    assert (out["eval"] / "report.json").stat().st_mtime >= rl_export.stat().st_mtime
+    assert '"repo_id": "medo1/tiny-demo"' in done.stdout
+
+
+# ---- issue 18, items 8 and 9: the README's local launch, and Ctrl-C -------------------------------
+
+
+def test_readme_local_launch_runs_the_recipe_as_written():
+    readme = (REPO / "README.md").read_text()
+    line = next(line for line in readme.splitlines() if line.startswith("medo1 launch sft --backend local"))
+    args = line.split("#")[0].split()
+    assert args[:5] == ["medo1", "launch", "sft", "--backend", "local"]
+    options = dict(zip(args[5::2], args[6::2], strict=True))
+    job = stage_job("sft", backend="local", nproc=int(options["--nproc"]), recipe=options["--recipe"])
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    # The recipe's own paths (model, data, output) apply: no chart default overrides them.
+    assert container["args"] == ["-m", "medo1", "sft", "--config", "recipes/sft-tiny-cpu.yaml", "--resume", "auto"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_local_launch_stops_it_with_one_clean_message(tiny_model, tmp_path):
+    out = tmp_path / "sft"
+    args = local_launch_args(tiny_model, out, "--set", "train.max_steps=100000", "--set", "output.save_steps=1")
+    process = subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines = []
+    try:
+        for line in process.stdout:  # wait until training is under way
+            lines.append(line)
+            if list(out.glob("checkpoint-*")):
+                break
+        assert process.poll() is None, "".join(lines[-40:])
+        seen = len(lines)
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    after = rest.splitlines()
+    assert process.returncode == 128 + signal.SIGINT
+    assert after[-1] == "medo1: cancelled by SIGINT; stopped the local sft run"
+    assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in after), "\n".join(after[:40])
+    assert len(after) <= 20, (seen, after)  # was about 140: every rank's traceback
+
+
+def test_the_job_stops_by_itself_when_its_launcher_dies(kube):
+    """Finding 8: a pipeline step pod that dies left its PyTorchJob holding GPUs; the job's own deadline
+    is now the launcher's timeout, so the operator stops it even with no launcher left."""
+    run = ContainerRun("8c9d-uid", 0, ["step 1 loss 2.31"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(SUCCEEDED["status"], run, exit_code=0)])
+    launch(kube, timeout_s=5400.5)
+    (post,) = kube.calls("POST")
+    assert post.body["spec"]["runPolicy"]["activeDeadlineSeconds"] == 5401
+
+
+def test_a_single_pod_stage_runs_as_the_charts_batch_job(kube, capsys):
+    """The chain's eval / upload / translate stages on a cluster: the chart's Job, followed like a PyTorchJob."""
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    name = "medo1-eval"
+    run = ContainerRun("3e4f-uid", 0, ["medqa: 812/1273 correct", "report: /checkpoints/eval/report.md"])
+    active = {"active": 1, "startTime": "2026-11-23T10:00:00Z"}
+    complete = {"succeeded": 1, "conditions": [{**condition("Complete", "CompletionsReached"), "type": "Complete"}]}
+    kube.script(name, [Step({}), Step(active, run), Step(complete, run, exit_code=0)])
+    client = TrainingClient(client_configuration=Configuration(host=kube.url))
+
+    result = launch_stage("eval", profile="h100-1node", namespace=NS, client=client, timeout_s=30, poll_s=0.05)
+
+    assert result.state.phase == "Succeeded" and result.action == "created"
+    (post,) = kube.calls("POST", "jobs")
+    assert post.path == f"/apis/batch/v1/namespaces/{NS}/jobs"
+    expected = build_job("eval", k8s.load_profile("h100-1node"), namespace=NS)
+    expected["spec"]["activeDeadlineSeconds"] = 30
+    assert post.body == expected and expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert capsys.readouterr().out.splitlines() == run.lines

@@ -161,3 +161,53 @@ def test_whole_pipeline_runs_locally(tmp_path):
     assert report["benchmarks"]["demo_mcq"]["n"] == 4
     assert summary["eval_average_accuracy"] == pytest.approx(report["average_accuracy"])
     assert artifacts["eval report"] == str(run_dir / "eval" / "report.md")
+
+
+# ---- issue 12, finding 8 -----------------------------------------------------------------------
+
+
+def _tasks_by_component(spec: dict) -> dict[str, dict]:
+    found = {}
+
+    def walk(dag: dict) -> None:
+        for task in dag["tasks"].values():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                walk(component["dag"])
+            else:
+                found.setdefault(task["componentRef"]["name"], task)
+
+    walk(spec["root"]["dag"])
+    return found
+
+
+def test_cluster_settings_survive_reruns_retries_and_long_waits():
+    spec, platform = _compiled()
+    tasks = _tasks_by_component(spec)
+    # A rerun after retraining must check, translate and publish again, never reuse a cached result.
+    for component in ("comp-check-data", "comp-translate", "comp-upload", "comp-train", "comp-train-2", "comp-evaluate"):
+        assert not tasks[component]["cachingOptions"].get("enableCache"), component
+    executors = spec["deploymentSpec"]["executors"]
+    for component, executor in (("comp-train", "exec-train"), ("comp-train-2", "exec-train-2")):
+        # Retried: the launcher attaches to the job a failed attempt left (tests/test_launch.py).
+        assert tasks[component]["retryPolicy"]["maxRetryCount"] == pipeline.TRAINING_RETRIES >= 2
+        # Requests, so the step pod is not BestEffort and first to be evicted during a 72 h wait.
+        resources = executors[executor]["container"]["resources"]
+        assert resources["resourceCpuRequest"] == pipeline.LAUNCHER_CPU
+        assert resources["resourceMemoryRequest"] == pipeline.LAUNCHER_MEMORY
+    evaluate = executors["exec-evaluate"]["container"]["resources"]
+    assert evaluate["resourceCpuRequest"] == "16" and evaluate["resourceMemoryRequest"] == "128Gi"
+    # The eval step's GPU goes on a tainted GPU node.
+    assert platform["exec-evaluate"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+
+
+def test_pipeline_users_get_volumes_and_rbac_without_jobs():
+    objects = k8s.render_chart(k8s.load_profile("infrastructure"))
+    kinds = sorted({o["kind"] for o in objects})
+    assert kinds == ["PersistentVolumeClaim", "Role", "RoleBinding", "ServiceAccount"]
+    claims = {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
+    spec, _ = _compiled()
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert {defaults[p]["defaultValue"] for p in ("data_pvc", "checkpoints_pvc", "hf_cache_pvc")} == claims
+    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
+    assert "default-editor" in [s["name"] for s in binding["subjects"]]

@@ -230,45 +230,92 @@ def test_verifier_batches_with_padding_on_either_side(verifier_no):
         assert all(abs(p - 0.3) < 1e-5 for p in probs), (side, probs)
 
 
-def test_verifier_prompt(verifier_no):
-    answer, reference = "Start metformin.", "Metformin 500 mg"
-    prompt = verifier_no.format_prompt(answer, reference)
-    assert re.search(r"<Model Response>\s*Start metformin\.\s*</Model Response>", prompt)
-    assert re.search(r"<Reference Answer>\s*Metformin 500 mg\s*</Reference Answer>", prompt)
-    assert prompt.index("</Model Response>") < prompt.index("<Reference Answer>")
-    assert "True" in prompt and "False" in prompt
-    assert prompt.endswith("<|im_end|>") and verifier_no.tokenizer.eos_token == "<|im_end|>"
-    assert prompt.count("<|im_end|>") == 1
-    ids = verifier_no.encode(answer, reference)
+# The published verifier input (HuatuoGPT-o1's RL reward code), typed out here rather than imported, with
+# "Start metformin." / "Metformin 500 mg" / the Qwen eos filled in.
+PUBLISHED_VERIFIER_INPUT = (
+    "<Model Response>\n"
+    "Start metformin.\n"
+    "</Model Response>\n"
+    "\n"
+    "<Reference Answer>\n"
+    "Metformin 500 mg\n"
+    "</Reference Answer>\n"
+    "\n"
+    "Your task is to evaluate the model response by comparing it to the reference answer. If the model response is "
+    'correct and aligns with the reference answer, output "True" . If it is incorrect or fails to select the correct '
+    'option (if options are provided), output "False" . <|im_end|>'
+)
+
+
+def test_verifier_prompt_is_the_published_one_byte_for_byte(verifier_no):
+    prompt = verifier_no.format_prompt("Start metformin.", "Metformin 500 mg")
+    assert prompt.encode() == PUBLISHED_VERIFIER_INPUT.encode()
+    assert verifier_no.tokenizer.eos_token == "<|im_end|>"
+    ids = verifier_no.encode("Start metformin.", "Metformin 500 mg")
+    assert ids == verifier_no.tokenizer(PUBLISHED_VERIFIER_INPUT, add_special_tokens=False)["input_ids"]
     assert ids[-1] == verifier_no.tokenizer.eos_token_id
     assert verifier_no.tokenizer.decode(ids) == prompt
+    # The answer is the stripped text after "## Final Response\n\n", as published.
+    response = reasoning_target(COT, "  Start metformin.  \n")
+    assert verifier_no.format_prompt(parse_reasoning(response).answer, "Metformin 500 mg") == PUBLISHED_VERIFIER_INPUT
+
+
+def test_verifier_tokenizes_without_special_tokens(tmp_path):
+    """A verifier tokenizer that prepends a BOS (as Llama-3's does) must not get one in the prompt."""
+    from tokenizers import processors
+
+    path = save_verifier(tmp_path / "bos", 0.6)
+    tokenizer = load_tokenizer(path)
+    bos = "<|fim_prefix|>"
+    bos_id = tokenizer.convert_tokens_to_ids(bos)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, bos_id)]
+    )
+    tokenizer.bos_token = bos
+    tokenizer.save_pretrained(path)
+    reward = VerifierReward(VerifierRewardConfig(model=str(path)))
+    prompt = reward.format_prompt("Start metformin.", "Metformin")
+    assert reward.tokenizer(prompt)["input_ids"][0] == bos_id  # the tokenizer does add one by default
+    ids = reward.encode("Start metformin.", "Metformin")
+    assert bos_id not in ids
+    assert ids == reward.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    reward.config = reward.config.model_copy(update={"max_length": 96})  # the shortening path too
+    long_ids = reward.encode("Metformin lowers hepatic glucose output " * 40, "Metformin")
+    assert bos_id not in long_ids and len(long_ids) <= 96 and long_ids[-1] == reward.tokenizer.eos_token_id
 
 
 def test_verifier_custom_template(verifier_dirs, verifier_no):
     original = verifier_no.config
-    verifier_no.config = original.model_copy(update={"prompt_template": "A: {response}\nR: {reference}\nOK?"})
+    verifier_no.config = original.model_copy(update={"prompt_template": "A: {answer}\nR: {reference}\nOK?{eos}"})
     try:
         assert verifier_no.format_prompt("x", "y") == "A: x\nR: y\nOK?<|im_end|>"
     finally:
         verifier_no.config = original
-    with pytest.raises(RewardLoadError, match=r"\{reference\}"):
-        VerifierReward(VerifierRewardConfig(model=str(verifier_dirs["no"]), prompt_template="{response} only"))
+    for template, field in (
+        ("{answer} only{eos}", "reference"),
+        ("{response} {reference}{eos}", "response"),  # the old placeholder name
+        ("{answer} {reference}", "eos"),
+        ("{answer} {reference} {eos} {answer}", "once"),
+    ):
+        with pytest.raises(ValidationError, match=field):
+            VerifierRewardConfig(model=str(verifier_dirs["no"]), prompt_template=template)
 
 
 def test_verifier_overlong_prompt_keeps_reference_and_eos(verifier_no):
     original = verifier_no.config
-    verifier_no.config = original.model_copy(update={"max_length": 64})
+    verifier_no.config = original.model_copy(update={"max_length": 96})
     try:
         answer = "Metformin is first line because " + "it lowers hepatic glucose output " * 60
         ids = verifier_no.encode(answer, "Metformin")
         out = verifier_no([reasoning_target(COT, answer)], ["Metformin"])
     finally:
         verifier_no.config = original
-    assert len(ids) <= 64
+    assert len(ids) <= 96
     assert ids[-1] == verifier_no.tokenizer.eos_token_id
     text = verifier_no.tokenizer.decode(ids)
     assert "<Reference Answer>\nMetformin\n</Reference Answer>" in text
-    assert text.startswith(verifier_no.format_prompt("", "")[:20])
+    assert text.endswith('output "False" . <|im_end|>')
+    assert text.startswith("<Model Response>\nMetformin is first line because")
     assert abs(out.scores[0] - 0.3) < 1e-5
 
 
@@ -428,8 +475,10 @@ def test_length_mismatch_is_an_error():
 
 
 def test_trl_reward_func_answer_match():
-    func, format_ok, correct = trl_reward_funcs(AnswerMatchReward())
+    func, format_ok, correct, failed = trl_reward_funcs(AnswerMatchReward())
     assert (func.__name__, format_ok.__name__, correct.__name__) == ("answer_match_reward", "format_ok", "verifier_true")
+    assert failed.__name__ == "reward_failed"
+    assert failed(prompts=["Q"], completions=[GOOD], reference=["metformin"]) == [0.0]
     assert list(inspect.signature(func).parameters)[:3] == ["prompts", "completions", "reference"]
     prompts = ["Q1", "Q2", "Q3"]
     refs = ["Metformin", "Metformin", "B"]

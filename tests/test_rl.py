@@ -12,6 +12,7 @@ the last four of 16 steps.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import pytest
@@ -29,8 +30,9 @@ from tests.conftest import (
     REPO,
     TINY_RECIPE,
     free_port,
-    kill_after_checkpoint,
+    last_logged_step,
     run_medo1,
+    signal_when,
 )
 
 pytestmark = pytest.mark.slow
@@ -122,7 +124,8 @@ def test_ppo_raises_mean_reward_on_the_toy_task(ppo_run):
 def test_ppo_logs_the_rl_metrics(ppo_run):
     last = read_metrics(ppo_run.output_dir / "metrics.jsonl")[-1]
     for key in (
-        "reward_mean", "format_ok_rate", "verifier_true_rate", "kl", "entropy", "clip_fraction", "approx_kl",
+        "reward_mean", "format_ok_rate", "verifier_true_rate", "reward_failure_rate", "kl", "entropy", "clip_fraction",
+        "approx_kl",
         "policy_loss", "value_loss", "response_length", "learning_rate", "grad_norm",
         "time_generation", "time_scoring", "time_training", "generated_tokens_per_second",
     ):
@@ -151,7 +154,11 @@ def test_ppo_kill_and_resume_matches_an_uninterrupted_run(toy_policy, toy_proble
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     crashed = tmp_path / "crashed"
-    kill_after_checkpoint(as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)), crashed / "checkpoint-2")
+    # Killed once update 3 is logged: past checkpoint-2, so the resumed run logs step 3 again.
+    medo1 = [sys.executable, "-m", "medo1"]
+    signal_when(medo1 + as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)),
+                lambda: last_logged_step(crashed / "metrics.jsonl", 3), signal.SIGKILL)
+    assert checkpoint.latest_complete(crashed) == crashed / "checkpoint-2"
     half = crashed / "checkpoint-5"  # a save cut short: no completion marker
     (half / "policy").mkdir(parents=True)
     resumed = run_medo1(as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)))
@@ -159,7 +166,7 @@ def test_ppo_kill_and_resume_matches_an_uninterrupted_run(toy_policy, toy_proble
     assert "resuming from" in resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["final_step"] == 6
     steps = [m["step"] for m in read_metrics(crashed / "metrics.jsonl")]
-    assert sorted(set(steps)) == list(range(1, 7))
+    assert steps == list(range(1, 7))  # the killed run's entries through its checkpoint kept, none twice
     ref_metrics = {m["step"]: m["reward_mean"] for m in read_metrics(tmp_path / "reference" / "metrics.jsonl")}
     last = {m["step"]: m["reward_mean"] for m in read_metrics(crashed / "metrics.jsonl")}
     assert last == pytest.approx(ref_metrics, abs=1e-6)  # same rollouts: data order and RNG restored
@@ -196,9 +203,29 @@ def test_missing_verifier_fails_at_startup_with_a_clear_message(toy_policy, toy_
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+def test_ppo_with_a_judge_reward_raises_mean_reward(toy_policy, toy_problems, tmp_path, monkeypatch):
+    """The judge is the local OpenAI stand-in (a test double for a judge endpoint) answering True for "yes"."""
+    from tests.test_judge_reward import JudgeStandIn
+
+    monkeypatch.setenv("MEDO1_TEST_JUDGE_KEY", "judge-secret")
+    with JudgeStandIn(api_key="judge-secret", faults=["429-seconds", "malformed-json"], retry_after_s=0.01,
+                      judge_latency_s=0.01, max_lifetime_s=1800) as standin:
+        extra = {"reward.kind": "judge", "reward.base_url": standin.base_url,
+                 "reward.api_key_env": "MEDO1_TEST_JUDGE_KEY", "reward.on_failure": "score_wrong",
+                 "train.total_episodes": 96}
+        config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "judge", **extra))
+        result = run_rl(config)
+    metrics = read_metrics(result.output_dir / "metrics.jsonl")
+    rewards = [m["reward_mean"] for m in metrics]
+    assert len(rewards) == 12 and standin.prompts
+    early, late = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
+    assert late >= 0.8 and late >= early + 0.2, rewards
+    assert all(m["reward_failure_rate"] == 0.0 for m in metrics)
+
+
 def test_grpo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path):
-    # 8 completions per step = one problem x G=8; 128 episodes = 16 steps.
-    extra = {"grpo.num_generations": 8}
+    # 8 completions per step = one problem x G=8; 128 episodes = 16 steps. TRL's default loss (dapo).
+    extra = {"grpo.num_generations": 8, "grpo.loss_type": "dapo"}
     config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "grpo", "grpo", **extra))
     result = run_rl(config)
     metrics = [m for m in read_metrics(result.output_dir / "metrics.jsonl") if "reward" in m]
@@ -211,6 +238,33 @@ def test_grpo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path)
     assert "rewards/format_ok/mean" in last and "rewards/verifier_true/mean" in last
     assert [s for s, _ in checkpoint.list_checkpoints(result.output_dir)] == [16]
     assert AutoModelForCausalLM.from_pretrained(result.export_dir) is not None
+
+
+@pytest.mark.parametrize(
+    "algo, extra",
+    [
+        ("grpo", {"grpo.loss_type": "grpo"}),
+        ("grpo", {"grpo.loss_type": "dr_grpo"}),
+        ("grpo", {"grpo.loss_type": "bnpo"}),
+        ("rloo", {}),
+    ],
+    ids=["grpo", "dr_grpo", "bnpo", "rloo"],
+)
+def test_trl_loss_variants_raise_mean_reward(toy_policy, toy_problems, tmp_path, algo, extra):
+    """Each GRPO loss aggregation TRL offers, and RLOO through TRL's RLOOTrainer, on the toy task."""
+    overrides = {f"{algo}.num_generations": 8, "train.total_episodes": 96, **extra}  # 12 steps of one problem x 8
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / algo, algo, **overrides))
+    result = run_rl(config)
+    # The arguments the TRL trainer ran with, as it saved them in its checkpoint.
+    args = torch.load(result.output_dir / "checkpoint-12" / "training_args.bin", weights_only=False)
+    assert type(args).__name__ == ("RLOOConfig" if algo == "rloo" else "GRPOConfig")
+    assert args.disable_dropout and args.num_generations == 8
+    if algo == "grpo":
+        assert args.loss_type == extra["grpo.loss_type"]
+    rewards = [m["reward"] for m in read_metrics(result.output_dir / "metrics.jsonl") if "reward" in m]
+    assert len(rewards) == 12
+    early, late = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
+    assert late >= 0.6 and late >= early + 0.2, rewards
 
 
 def test_compact_response_logprobs_match_the_fused_head_with_ragged_responses(tiny_model):

@@ -20,6 +20,7 @@ from medo1.metrics import read_metrics
 from medo1.rl.config import RLConfig, RLTrainConfig, SamplingConfig
 from medo1.rl.engines import HFEngine
 from medo1.rl.ppo import load_policy
+from medo1.rl.rollout import response_logprobs
 from medo1.rl.sharding import (
     Placement,
     Ranks,
@@ -122,7 +123,7 @@ def generate_on_ranks(model_dir: str, out_dir: str, distributed: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("distributed", SHARDED)
 def test_synced_generation_with_ragged_stops_matches_a_single_process(stopping_model, tmp_path, distributed):
-    done = run_medo1([stopping_model, tmp_path, distributed],
+    done = run_medo1(["generate_on_ranks", stopping_model, tmp_path, distributed],
                      launcher=torchrun("tests.test_rl_sharded"), timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -141,6 +142,59 @@ def test_synced_generation_with_ragged_stops_matches_a_single_process(stopping_m
             assert torch.equal(responses, expected_responses), (rank, gather)
         lengths[rank] = expected_mask.sum(dim=1).tolist()
     assert lengths == {0: [1, 1], 1: [SAMPLING.response_length] * 2}  # rank 0 stopped 23 steps before rank 1
+
+
+# ---- the weights a colocated vLLM engine is sent after an update ---------------------------------
+
+
+def weights_sent_after_an_update(model_dir: str, out_dir: str, distributed: str) -> None:
+    """Worker: one optimizer step on the sharded policy, then the weights VLLMEngine._push_weights would load
+    (`named_full_parameters`, gathered one at a time), next to the policy's own full state dict and this rank's
+    shards."""
+    ranks = init_ranks()
+    train = RLTrainConfig(distributed=distributed, per_device_batch_size=2, gradient_accumulation_steps=1)
+    placement = build_placement(train, ranks, 1, model_dir)
+    assert placement.sharded
+    make_optimizer = functools.partial(torch.optim.AdamW, lr=1e-2)
+    policy = placement.trained(load_policy(model_dir, 0.7, trainable=True), make_optimizer,
+                               functools.partial(get_scheduler, "constant"))
+    torch.manual_seed(ranks.rank)
+    ids = torch.randint(0, 5000, (2, 12))
+    sequence = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(12).expand(2, 12)}
+    policy.train()
+    logprobs, _ = response_logprobs(policy.module, sequence, 4, torch.ones(2, 8), 0.7)
+    policy.backward(-logprobs.mean())
+    policy.step()
+    sent = {name: tensor.detach().to("cpu", copy=True) for name, tensor in policy.named_full_parameters()}
+    shards = {}
+    if distributed == "fsdp":
+        shards = {name: param.detach().to_local().clone() for name, param in policy.model.named_parameters()}
+    torch.save({"sent": sent, "full": policy.full_state_dict(), "shards": shards}, Path(out_dir) / f"rank{ranks.rank}.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distributed", SHARDED)
+def test_weights_sent_to_vllm_after_an_update_equal_the_policy(tiny_model, tmp_path, distributed):
+    done = run_medo1(["weights_sent_after_an_update", tiny_model, tmp_path, distributed],
+                     launcher=torchrun("tests.test_rl_sharded"), timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    sent, full = ranks[0]["sent"], ranks[0]["full"]
+    initial = load_file(Path(tiny_model) / "model.safetensors")
+    # Hugging Face names, as vLLM's load_weights reads them (the tied head is the embedding).
+    assert sorted(sent) == sorted(initial)
+    assert set(full) - set(sent) == {"lm_head.weight"}  # the full state dict names the tied head too
+    assert torch.equal(full["lm_head.weight"], sent["model.embed_tokens.weight"])
+    for name, tensor in sent.items():
+        assert tensor.dtype == full[name].dtype and torch.equal(tensor, full[name]), name
+        assert torch.equal(tensor, ranks[1]["sent"][name]), name  # every rank's engine gets the same weights
+    changed = [name for name in sent if not torch.equal(sent[name].float(), initial[name].float())]
+    assert len(changed) == len(sent)  # the update moved every weight, and the engine gets the moved ones
+    for rank, saved in enumerate(ranks):
+        for name, shard in saved["shards"].items():  # fsdp: each rank's shard is its slice of what is sent
+            pieces = torch.chunk(sent[name], 2, dim=0)
+            expected = pieces[rank] if rank < len(pieces) else sent[name][:0]
+            assert torch.equal(shard, expected), (rank, name)
 
 
 # ---- PPO with the models sharded -------------------------------------------------------------
@@ -204,6 +258,7 @@ def test_sharded_ppo_on_two_processes_writes_complete_checkpoints_and_resumes(ti
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_vllm_engine_without_vllm_fails_at_startup_before_loading_models(tmp_path):
     out = tmp_path / "run"
+    (tmp_path / "no-model").mkdir()  # exists (so the config check passes) but holds no model: loading it would fail
     done = run_medo1(["rl", "--config", REPO / "recipes" / "rl-ppo-tiny-cpu.yaml", "--output-dir", out,
                       "--set", "sampling.engine=vllm", "--set", f"model.name_or_path={tmp_path / 'no-model'}"])
     assert done.returncode == 2, done.stderr[-3000:]
@@ -216,7 +271,7 @@ def test_vllm_engine_without_vllm_fails_at_startup_before_loading_models(tmp_pat
 def test_7b_ppo_recipe_shards_policy_value_and_reference():
     cfg = load_config(RLConfig, REPO / "recipes" / "rl-ppo-qwen2.5-7b-8xh100.yaml")
     assert cfg.train.distributed == "deepspeed_zero3" and cfg.train.precision == "bf16"
-    assert cfg.sampling.engine == "hf" and cfg.sampling.gather_weights_for_generation
+    assert cfg.sampling.engine == "vllm" and cfg.sampling.gather_weights_for_generation
     assert cfg.model.gradient_checkpointing
     micro_batches = cfg.train.gradient_accumulation_steps // cfg.ppo.num_mini_batches
     ds = zero3_config(cfg.train, micro_batches, world=8, bf16=True, hidden_size=3584)  # Qwen2.5-7B
@@ -227,4 +282,5 @@ def test_7b_ppo_recipe_shards_policy_value_and_reference():
 
 
 if __name__ == "__main__":
-    generate_on_ranks(*sys.argv[1:])
+    workers = {worker.__name__: worker for worker in (generate_on_ranks, weights_sent_after_an_update)}
+    workers[sys.argv[1]](*sys.argv[2:])

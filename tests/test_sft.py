@@ -93,6 +93,20 @@ def test_run_writes_report_config_and_refuses_to_clobber(overfit_run, tiny_model
         run_sft(saved)
 
 
+def test_data_report_counts_duplicate_rows_as_data_validate_does(tiny_model, demo_rows, tmp_path):
+    from medo1.models import load_tokenizer
+    from medo1.sft import prepare_dataset
+
+    data = write_short_rows(demo_rows, tmp_path / "rows.json", 3)
+    rows = json.loads(data.read_text())
+    data.write_text(json.dumps(rows + [rows[0], rows[2]]))
+    config = load_config(SFTConfig, TINY_RECIPE, sft_overrides(tiny_model, data, tmp_path / "run"))
+    _, report = prepare_dataset(config, load_tokenizer(tiny_model), tmp_path / "run")
+    written = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["duplicates"] == written["duplicates"] == 2
+    assert written["rows"] == 5 and written["trained_examples"] == 5  # kept (data.duplicates: keep), and counted
+
+
 def test_padding_free_and_padded_batches_give_the_same_loss(tiny_model, demo_rows, tmp_path):
     """Padding-free batches lay examples end to end; attention must not leak between them."""
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 4)

@@ -216,6 +216,19 @@ def test_prompt_alone_too_long_dropped_even_with_truncate(tok, first_five):
     assert sum(label != IGNORE_INDEX for label in enc.labels[0]) == 1
 
 
+def test_a_huge_row_is_capped_before_tokenizing_and_still_counts_as_over_long(tok, first_five):
+    """12 M characters of answer: only (max_length + 1) x longest-token characters are tokenized."""
+    _, example = first_five[0]
+    huge = ChatExample(example.messages, example.completion + " fever" * 2_000_000)
+    dropped = encode_sft(tok, [(0, huge)], max_length=256, overlong="drop")
+    assert 256 < dropped.lengths[0] < 2_000_000  # " fever" is at least one token each: the whole is over 2 M
+    assert len(dropped.dropped) == 1 and "too long" in dropped.dropped[0].message
+    cut = encode_sft(tok, [(0, huge)], max_length=256, overlong="truncate")
+    moderate = ChatExample(example.messages, example.completion + " fever" * 1000)
+    exact = encode_sft(tok, [(0, moderate)], max_length=256, overlong="truncate")
+    assert cut.input_ids == exact.input_ids and cut.labels == exact.labels  # the same first 256 tokens
+
+
 # --------------------------------------------------------------------------- length stats
 
 
@@ -287,7 +300,8 @@ def test_validation_report_over_max_tracks_max_length(tok, demo_loaded):
     assert validation_report(demo_loaded, tok, max_length=longest)["tokens"]["over_max_length"] == 0
     assert validation_report(demo_loaded, tok, max_length=longest - 1)["tokens"]["over_max_length"] == 1
     assert validation_report(demo_loaded, tok, max_length=8192)["tokens"]["over_max_length"] == 0
-    assert "over_max_length" not in validation_report(demo_loaded, tok)["tokens"]
+    # Without a max length, the SFT default bounds how much of a row is tokenized (and is reported).
+    assert validation_report(demo_loaded, tok)["tokens"]["max_length"] == 8192
 
 
 def test_validation_report_without_tokenizer_and_with_problems(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -11,16 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
+from medo1.cli import main
 from medo1.translate import (
     TranslateConfig,
     TranslateError,
-    numbers_in,
     run_translate,
-    validate_translation,
 )
+from medo1.translation_checks import TranslationChecks, numbers_in
 
-from pipelines.openai_standin import PREFIX, StandIn
-from tests.conftest import DEMO_DATA, REPO
+from pipelines.openai_standin import StandIn, fake_translate
+from tests.conftest import DEMO_DATA, REPO, free_port
 
 KEY = "test-key"
 
@@ -76,8 +77,10 @@ def config(tmp_path: Path, server: StandIn, data: Path, **extra) -> TranslateCon
 
 
 def test_validation_catches_lost_numbers_markers_keys_and_empty_fields():
-    assert numbers_in("platelets 197,000/mm^3, Hb 6 g/dL, retic 0.4%, 37.8°C") == ["197000", "3", "6", "0.4", "37.8"]
-    assert numbers_in("体温３７.８度") == ["37.8"]  # full-width digits count
+    validate_translation = TranslationChecks("Japanese").problems
+    numbers = [str(q) for q in numbers_in("platelets 197,000/mm^3, Hb 6 g/dL, retic 0.4%, 37.8°C")]
+    assert numbers == ["197000", "3", "6 g/dL", "0.4 %", "37.8 °C"]
+    assert [str(q) for q in numbers_in("体温３７.８度", "ja")] == ["37.8"]  # full-width digits count
     src = {"Complex_CoT": "Hb 6 g/dL, platelets 197,000.", "Response": "## Thinking\nx\n## Final Response\ny 0.4"}
     good = {"Complex_CoT": "Hb 6 g/dL、血小板 197000。", "Response": "## Thinking\nx\n## Final Response\ny 0.4"}
     assert validate_translation(src, good) == []
@@ -116,7 +119,7 @@ def test_medical_o1_with_latency_429_malformed_and_rejects(tmp_path, standin_fac
     server = standin_factory(
         latency_s=0.05, fail_first=3, malformed={ids[4]: 1}, drop_number={ids[6]}, drop_marker={ids[8]}
     )
-    cfg = config(tmp_path, server, data, validation_retries=2)
+    cfg = config(tmp_path, server, data, validation_retries=2, max_failure_ratio=0.2)
     summary = run_translate(cfg, progress=False)
 
     assert summary["records"] == 12
@@ -127,14 +130,19 @@ def test_medical_o1_with_latency_429_malformed_and_rejects(tmp_path, standin_fac
     assert summary["validation_retries"] == 1 + 2 + 2
     assert summary["requests"] == server.total == 12 + 3 + 5
     assert summary["prompt_tokens"] > 0 and summary["completion_tokens"] > 0
-    assert summary["warnings"] == []
+    assert summary["retried_by_reason"] == {"json": 1, "number": 1, "marker": 1}
+    assert summary["rejected_by_reason"] == {"number": 1, "marker": 1}
+    assert summary["warnings"] == [
+        "2 of 12 translation(s) rejected, more than reject_warning_ratio=0.1 (marker: 1, number: 1): "
+        "check the prompt, the model and the target_language"
+    ]
     assert not server.bad_requests
 
     out = read_jsonl(Path(cfg.output))
     kept = [r for i, r in enumerate(rows) if i not in (6, 8)]
-    assert [o["Question"] for o in out] == [PREFIX + r["Question"] for r in kept]  # input order
+    assert [o["Question"] for o in out] == [fake_translate(r["Question"]) for r in kept]  # input order
     for o, r in zip(out, kept):
-        assert o["Complex_CoT"] == PREFIX + r["Complex_CoT"] and o["Response"] == PREFIX + r["Response"]
+        assert o["Complex_CoT"] == fake_translate(r["Complex_CoT"]) and o["Response"] == fake_translate(r["Response"])
         for column in (
             "question",
             "options",
@@ -168,7 +176,7 @@ def test_invalid_source_rows_are_rejected_without_a_request(tmp_path, standin_fa
     rows[1]["Response"] = ""
     data = write_rows(tmp_path / "in.json", rows + ["not an object"])
     server = standin_factory()
-    summary = run_translate(config(tmp_path, server, data), progress=False)
+    summary = run_translate(config(tmp_path, server, data, max_failure_ratio=0.5), progress=False)
     assert (summary["records"], summary["translated"], summary["rejected"]) == (4, 2, 2)
     assert server.total == 2
     rejects = read_jsonl(Path(summary["rejects"]))
@@ -187,8 +195,8 @@ def test_verifiable_translates_both_fields_and_warns(tmp_path, standin_factory, 
     assert any("verifier" in w and "English/Chinese" in w and "Japanese" in w for w in summary["warnings"])
     out = read_jsonl(Path(cfg.output))
     for o, r in zip(out, rows, strict=True):
-        assert o["Open-ended Verifiable Question"] == PREFIX + r["Open-ended Verifiable Question"]
-        assert o["Ground-True Answer"] == PREFIX + r["Ground-True Answer"]
+        assert o["Open-ended Verifiable Question"] == fake_translate(r["Open-ended Verifiable Question"])
+        assert o["Ground-True Answer"] == fake_translate(r["Ground-True Answer"])
         assert o["Question"] == r["Question"] and o["Complex_CoT"] == r["Complex_CoT"]
 
 
@@ -197,17 +205,17 @@ def test_mcq_keeps_option_letters_and_answer_idx(tmp_path, standin_factory, demo
     rows[1]["answer"] = "See option " + rows[1]["answer_idx"]  # an answer that is not the option text
     rows[2] = rows[2] | {"answer_idx": "Z"}  # not an option: rejected before any request
     server = standin_factory()
-    cfg = config(tmp_path, server, write_rows(tmp_path / "in.json", rows), format="mcq")
+    cfg = config(tmp_path, server, write_rows(tmp_path / "in.json", rows), format="mcq", max_failure_ratio=0.2)
     summary = run_translate(cfg, progress=False)
     assert (summary["translated"], summary["rejected"], server.total) == (5, 1, 5)
     assert summary["warnings"] == []
     out = read_jsonl(Path(cfg.output))
     for o, r in zip(out, [r for i, r in enumerate(rows) if i != 2], strict=True):
         assert list(o["options"]) == list(r["options"])
-        assert o["options"] == {k: PREFIX + v for k, v in r["options"].items()}
+        assert o["options"] == {k: fake_translate(v) for k, v in r["options"].items()}
         assert o["answer_idx"] == r["answer_idx"]
-        assert o["question"] == PREFIX + r["question"]
-        assert o["answer"] == PREFIX + r["answer"]
+        assert o["question"] == fake_translate(r["question"])
+        assert o["answer"] == fake_translate(r["answer"])
         if r["answer"] == r["options"][r["answer_idx"]]:
             assert o["answer"] == o["options"][o["answer_idx"]]
         assert o["Question"] == r["Question"]
@@ -225,6 +233,7 @@ RUNNER = (
 def test_killed_run_resumes_without_losing_or_repeating_records(tmp_path, standin_factory, demo):
     rows = demo[40:64]
     ids = [r["Question"] for r in rows]
+    source_of = {fake_translate(q): q for q in ids}
     server = standin_factory(latency_s=0.15)
     cfg = config(tmp_path, server, write_rows(tmp_path / "in.json", rows), concurrency=2)
     cache_file = Path(cfg.output).with_name(Path(cfg.output).name + ".cache") / "translations.jsonl"
@@ -233,7 +242,7 @@ def test_killed_run_resumes_without_losing_or_repeating_records(tmp_path, standi
         found = set()
         for line in cache_file.read_text(encoding="utf-8").splitlines() if cache_file.exists() else []:
             try:
-                found.add(json.loads(line)["translation"]["Question"].removeprefix(PREFIX))
+                found.add(source_of[json.loads(line)["translation"]["Question"]])
             except json.JSONDecodeError:
                 pass  # a line torn by the kill
         return found
@@ -273,7 +282,7 @@ def test_killed_run_resumes_without_losing_or_repeating_records(tmp_path, standi
     assert summary["translated"] == len(rows) and summary["rejected"] == 0
     assert summary["requests"] == len(rows) - len(at_kill)
     out = read_jsonl(Path(cfg.output))
-    assert [o["Question"] for o in out] == [PREFIX + q for q in ids]  # each exactly once, in order
+    assert [o["Question"] for o in out] == [fake_translate(q) for q in ids]  # each exactly once, in order
     for rid in at_kill:
         assert server.requests[rid] == requests_at_kill[rid], "a cached record was requested again"
         assert server.successes[rid] == 1
@@ -316,17 +325,89 @@ def test_api_key_comes_from_env_and_never_leaks(tmp_path, standin_factory, demo,
     assert checked.unauthorized >= 1 and checked.total == 0
 
 
-def test_timeouts_and_connection_errors_are_retried_then_rejected(tmp_path, standin_factory, demo):
-    data = write_rows(tmp_path / "in.json", demo[:2])
-    slow = standin_factory(latency_s=1.0)
-    cfg = config(tmp_path, slow, data, timeout_s=0.2, max_retries=2, output=str(tmp_path / "t.jsonl"))
+def test_endpoint_faults_are_ridden_out_through_the_shared_client(tmp_path, standin_factory, demo):
+    rows = demo[:3]
+    server = standin_factory(faults=["429-date", "500", "malformed-json"], retry_after_s=0.5)
+    cfg = config(tmp_path, server, write_rows(tmp_path / "in.json", rows), concurrency=1)
+    started = time.monotonic()
     summary = run_translate(cfg, progress=False)
-    assert summary["rejected"] == 2 and summary["retries"] == 4 and summary["requests"] == 6
-    assert "Timeout" in read_jsonl(Path(summary["rejects"]))[0]["problem"]
+    assert time.monotonic() - started >= 0.4  # the Retry-After date was waited for
+    assert (summary["translated"], summary["rejected"]) == (3, 0)
+    assert summary["retries"] == 3 and summary["requests"] == 6 and summary["validation_retries"] == 0
+    assert [o["Question"] for o in read_jsonl(Path(cfg.output))] == [fake_translate(r["Question"]) for r in rows]
 
-    closed = standin_factory()
-    closed.stop()  # nothing listens on its port any more
-    cfg = config(tmp_path, closed, data, max_retries=1, output=str(tmp_path / "c.jsonl"))
-    summary = run_translate(cfg, progress=False)
-    assert summary["rejected"] == 2 and summary["retries"] == 2
-    assert "ConnectError" in read_jsonl(Path(summary["rejects"]))[0]["problem"]
+
+def previous_run(tmp_path: Path, standin_factory, demo: list[dict]) -> tuple[Path, TranslateConfig, bytes]:
+    """A finished run's output, which a later failed run must leave as it was."""
+    data = write_rows(tmp_path / "in.json", demo[:4])
+    cfg = config(tmp_path, standin_factory(), data)
+    run_translate(cfg, progress=False)
+    before = Path(cfg.output).read_bytes()
+    assert len(before.splitlines()) == 4
+    Path(cfg.output + ".cache").joinpath("translations.jsonl").unlink()  # so the next run asks again
+    return data, cfg, before
+
+
+def test_every_record_failing_fails_the_run_and_keeps_the_previous_output(tmp_path, standin_factory, demo, capsys):
+    data, cfg, before = previous_run(tmp_path, standin_factory, demo)
+    url = f"http://127.0.0.1:{free_port()}/v1"  # refused: nothing listens there
+    failing = cfg.model_copy(update={"base_url": url, "max_retries": 1, "max_failure_ratio": 0.9})
+    with pytest.raises(TranslateError) as error:
+        run_translate(failing, progress=False)
+    message = str(error.value)
+    assert "4 of 4 record(s) failed" in message and "ConnectError" in message and "\n" not in message
+    assert f"nothing was written to {cfg.output}" in message
+    assert Path(cfg.output).read_bytes() == before
+    assert not Path(cfg.output).with_suffix(".rejects.jsonl").exists()
+    assert not list(Path(cfg.output).parent.glob(".*tmp*"))
+
+    # The command line: one line on stderr, a non-zero exit code, no traceback.
+    code = main(["translate", str(data), "--output", cfg.output, "--target-language", "Japanese",
+                 "--base-url", url, "--set", "max_retries=0", "--set", "backoff_s=0.01"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert [line for line in err.splitlines() if line.startswith("medo1: error:")] == [
+        line for line in err.splitlines() if "record(s) failed" in line
+    ]
+    assert "Traceback" not in err and Path(cfg.output).read_bytes() == before
+
+
+def test_max_failure_ratio_fails_the_run_and_stops_asking(tmp_path, standin_factory, demo):
+    rows = demo[:10]
+    ids = [r["Question"] for r in rows]
+    server = standin_factory(drop_marker=set(ids[2:]))  # it strips their markers: rows 2.. are rejected
+    data = write_rows(tmp_path / "in.json", [
+        r | {"Response": f"## Final Response\n\n{r['Response']}"} if i >= 2 else r for i, r in enumerate(rows)
+    ])
+    cfg = config(tmp_path, server, data, concurrency=1, validation_retries=0, max_failure_ratio=0.1)
+    Path(cfg.output).parent.mkdir(parents=True)
+    Path(cfg.output).write_text("previous\n")
+    with pytest.raises(TranslateError, match=r"more than max_failure_ratio=0.1 allows \(1\)") as error:
+        run_translate(cfg, progress=False)
+    assert "stopped without asking for the other" in str(error.value)
+    assert server.total <= 5 < len(rows)  # two failures spend the budget; the rest is not asked for
+    assert Path(cfg.output).read_text() == "previous\n"
+
+    # Invalid source rows alone can spend the budget: then nothing is asked at all.
+    broken = write_rows(tmp_path / "broken.json", ["not an object"] * 2 + rows[:2])
+    before = server.total
+    with pytest.raises(TranslateError, match="2 of 4 record"):
+        run_translate(config(tmp_path, server, broken, max_failure_ratio=0.25), progress=False)
+    assert server.total == before
+
+
+def test_a_server_that_never_answers_shows_progress_and_a_clear_end(tmp_path, standin_factory, demo, caplog):
+    caplog.set_level(logging.WARNING, logger="medo1.chat_client")
+    data = write_rows(tmp_path / "in.json", demo[:2])
+    silent = standin_factory(latency_s=5.0)
+    cfg = config(tmp_path, silent, data, timeout_s=0.4, max_retries=1, progress_after_s=0.15, max_failure_ratio=0.5)
+    started = time.monotonic()
+    with pytest.raises(TranslateError) as error:
+        run_translate(cfg, progress=False)
+    assert time.monotonic() - started < 3
+    assert "2 of 2 record(s) failed" in str(error.value) and "timed out after 0.4 s" in str(error.value)
+    assert "no answer after 2 attempt(s)" in str(error.value)
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("request(s) waiting for an answer" in m for m in logged)
+    assert sum("attempt 2 of 2" in m for m in logged) == 2
+    assert not Path(cfg.output).exists()

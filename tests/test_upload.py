@@ -262,3 +262,145 @@ def test_client_errors_are_not_retried():
     with pytest.raises(ValueError):
         up._with_retries("x", 3, failing)
     assert calls == [1]
+
+
+# --------------------------------------------------------------------------- leaks (issue 18)
+
+
+def refusal(export_dir: Path, **extra) -> str:
+    with pytest.raises(UploadRefused) as info:
+        plan_upload(make_config(export_dir, dry_run=True, **extra))
+    return str(info.value)
+
+
+def test_a_symlink_out_of_the_folder_is_refused(export_dir: Path, tmp_path: Path):
+    outside = tmp_path / "passwd"
+    outside.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (export_dir / "extra_config.json").symlink_to(outside)
+    message = refusal(export_dir)
+    assert "extra_config.json: resolves to a path outside" in message
+    assert "root:x" not in message
+
+
+def test_a_symlinked_directory_out_of_the_folder_is_refused(export_dir: Path, tmp_path: Path):
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.json").write_text("{}")
+    (export_dir / "more").symlink_to(tmp_path / "home", target_is_directory=True)
+    assert "more: resolves to a path outside" in refusal(export_dir)
+
+
+def test_a_large_file_with_the_live_token_across_a_chunk_boundary_is_refused(export_dir: Path, monkeypatch):
+    live = "plainvalue" + "7Qx" * 6  # no hf_ prefix: only the live-value check can find it
+    monkeypatch.setenv("HF_TOKEN", live)
+    state = export_dir / "trainer_state.json"
+    with state.open("w") as handle:  # 6 MB, one "log" line per 100 bytes, the token straddling 3 MiB
+        filler = '{"log": "' + "x" * 88 + '"},\n'
+        lines_before = (3 * up.SCAN_CHUNK_BYTES - 5) // len(filler)
+        handle.write(filler * lines_before)
+        handle.write("y" * (3 * up.SCAN_CHUNK_BYTES - 5 - lines_before * len(filler)) + live + "\n")
+        handle.write(filler * (3 * up.SCAN_CHUNK_BYTES // len(filler)))
+    assert state.stat().st_size > 6_000_000
+    message = refusal(export_dir)
+    assert f"trainer_state.json: line {lines_before + 1}: the live HF_TOKEN value" in message
+    assert live not in message
+
+
+@pytest.mark.parametrize(
+    "name, text, key, line",
+    [
+        ("extra_config.json", '{\n  "api_key": "' + "3f9a6c0e" * 4 + '"\n}', "api_key", 2),
+        ("generation_config.json", '{"wandb_token": "Zm9vYmFyYmF6cXV4cXV1eA=="}', "wandb_token", 1),
+        ("merges.txt", "#version: 0.2\nDB_PASSWORD=k2J9xQ7vLp3mN8rT\n", "DB_PASSWORD", 2),
+        ("chat_template.jinja", "{# secret: 'a8F3kL9mQ2xZ7pR4' #}", "secret", 1),
+    ],
+)
+def test_a_high_entropy_value_under_a_secret_key_is_refused(export_dir: Path, name, text, key, line):
+    (export_dir / name).write_text(text)
+    message = refusal(export_dir)
+    assert f"{name}: line {line}: a high-entropy value under key '{key}'" in message
+    value = text.split(":" if ":" in text.splitlines()[line - 1] else "=")[-1]
+    assert value.strip(" \"'}\n#") not in message
+
+
+@pytest.mark.parametrize("value, kind", [("sk-abc12345", "OpenAI-style key"), ("hf_abcDEF123", "Hugging Face token")])
+def test_short_sk_and_hf_values_are_refused(export_dir: Path, value, kind):
+    (export_dir / "extra_config.json").write_text(json.dumps({"note": value}))
+    message = refusal(export_dir)
+    assert f"extra_config.json: line 1: what looks like {'an' if kind[0] == 'O' else 'a'} {kind}" in message
+    assert value not in message
+
+
+@pytest.mark.parametrize(
+    "content, why",
+    [
+        (b"", "empty weight file (0 bytes)"),
+        (b"\x10\x00\x00", "not a safetensors file (3 bytes, no header)"),
+        ((64).to_bytes(8, "little") + b"{}", "not a safetensors file (header length beyond the file)"),
+        ((2).to_bytes(8, "little") + b"{}", "holds no tensors"),
+    ],
+)
+def test_an_empty_or_unreadable_extra_weight_shard_is_refused(export_dir: Path, content: bytes, why: str):
+    (export_dir / "model-extra.safetensors").write_bytes(content)
+    assert f"model-extra.safetensors: {why}" in refusal(export_dir)
+
+
+def test_a_truncated_shard_is_refused(export_dir: Path):
+    whole = (export_dir / "model.safetensors").read_bytes()
+    (export_dir / "model.safetensors").write_bytes(whole[:-100])
+    assert "model.safetensors: truncated or padded" in refusal(export_dir)
+
+
+def test_low_entropy_and_tokenizer_values_under_secret_keys_pass():
+    text = json.dumps(
+        {
+            "pad_token": "<|endoftext|>",
+            "bos_token": "<|begin_of_text|>",
+            "max_token_length": 1234567890123456,
+            "secret_placeholder": "aaaaaaaaaaaaaaaaaaaaaaaa",
+            "password": "changeme",
+            "tokenizer_class": "Qwen2Tokenizer",
+        }
+    )
+    assert up.find_secrets(text, live={}) == []
+
+
+def test_a_legit_export_with_secrets_in_the_environment_is_accepted(export_dir: Path, monkeypatch, tiny_model: Path):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "Lm4" * 10)
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2)
+    plan = plan_upload(make_config(export_dir, dry_run=True))
+    assert sorted(plan.file_names()) == sorted([p.name for p in tiny_model.iterdir()] + ["README.md"])
+
+
+def test_a_broken_symlink_and_an_unreadable_file_are_refused(export_dir: Path, tmp_path: Path):
+    import os
+
+    (export_dir / "gone.json").symlink_to(export_dir / "never-written.json")
+    assert "gone.json: a broken symlink" in refusal(export_dir)
+    (export_dir / "gone.json").unlink()
+    locked = export_dir / "extra_config.json"
+    locked.write_text("{}")
+    locked.chmod(0)
+    if os.access(locked, os.R_OK):
+        pytest.skip("running as a user who can read any file (root)")
+    assert "extra_config.json: cannot be read (Permission denied)" in refusal(export_dir)
+
+
+@pytest.mark.slow
+def test_the_card_template_ships_in_the_wheel(tmp_path: Path):
+    """The card comes from package data (pyproject.toml), not from the source tree."""
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(repo / "trainer", source / "trainer", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(repo / "pyproject.toml", source)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    wheel = zipfile.ZipFile(next(tmp_path.glob("medo1-*.whl")))
+    assert wheel.read(f"medo1/{up.CARD_TEMPLATE}") == (repo / "trainer/medo1" / up.CARD_TEMPLATE).read_bytes()

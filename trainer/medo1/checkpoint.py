@@ -16,6 +16,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from medo1.errors import Medo1Error
+
 COMPLETE_MARKER = "medo1-complete.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
@@ -89,8 +91,8 @@ def rotate(output_dir: str | Path, keep: int) -> list[Path]:
     return doomed
 
 
-class ResumeError(ValueError):
-    pass
+class ResumeError(Medo1Error, ValueError):
+    """A `--resume` target that is missing, incomplete or from another run."""
 
 
 def resolve_resume(output_dir: str | Path, resume: str) -> Path | None:

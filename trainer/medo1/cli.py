@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
-from medo1.checkpoint import ResumeError
-from medo1.config import ConfigError, StageError, load_config
-from medo1.data import PRESETS, DataError
-from medo1.launch import DEFAULT_POLL_S, DEFAULT_TIMEOUT_S
-from medo1.rl.rewards import RewardLoadError
+from medo1.config import (
+    OutputConfig,
+    check_training_paths,
+    describe_options,
+    load_config,
+    read_yaml_mapping,
+    stage_config_class,
+)
+from medo1.data import PRESETS
+from medo1.errors import Medo1Error
+from medo1.launch import DEFAULT_POLL_S, DEFAULT_STUCK_AFTER_S, DEFAULT_TIMEOUT_S
 from medo1.runtime import is_main_process
 
 
@@ -30,7 +37,10 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     from medo1.models import load_tokenizer
     from medo1.validate import validation_report
 
-    loaded = load_examples(args.path, args.format, args.preset, _key_values(args.field, "--field"), args.system_prompt)
+    loaded = load_examples(
+        args.path, args.format, args.preset, _key_values(args.field, "--field"), args.system_prompt,
+        duplicates=args.duplicates,
+    )
     tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     report = validation_report(loaded, tokenizer, args.max_length)
     if args.rejects and loaded.problems:
@@ -46,6 +56,10 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
             print(f"  {problem}")
         if len(loaded.problems) > 20:
             print(f"  ... and {len(loaded.problems) - 20} more (use --json or --rejects for all)")
+        if loaded.duplicates and args.duplicates == "keep":
+            pairs = ", ".join(f"row {row} = row {first}" for row, first in loaded.duplicates[:5])
+            more = ", ..." if len(loaded.duplicates) > 5 else ""
+            print(f"  warning: {len(loaded.duplicates)} duplicate row(s) ({pairs}{more}); --duplicates reject makes them invalid")
         if "tokens" in report and report["tokens"].get("count"):
             t = report["tokens"]
             over = f", {t['over_max_length']} over max length {t['max_length']}" if "max_length" in t else ""
@@ -53,12 +67,17 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 1 if loaded.problems else 0
 
 
-def _run_training(args: argparse.Namespace, config_class, run, extra_overrides: list[str]) -> int:
-    """Recipe + overrides -> typed config -> stage run; prints where the outputs landed (rank 0)."""
+def _training_config(args: argparse.Namespace, config_class, extra_overrides: list[str]):
+    """Recipe + overrides -> typed config, its bounds checked by the types (before the stage imports torch)."""
     overrides = list(args.set) + extra_overrides
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    result = run(load_config(config_class, args.config, overrides), resume=args.resume)
+    return load_config(config_class, args.config, overrides)
+
+
+def _run_training(config, run, resume: str) -> int:
+    """Runs the stage; prints where the outputs landed (rank 0)."""
+    result = run(config, resume=resume)
     if is_main_process():
         export = str(result.export_dir) if result.export_dir else None
         print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export}))
@@ -66,16 +85,43 @@ def _run_training(args: argparse.Namespace, config_class, run, extra_overrides: 
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from medo1.sft import SFTConfig, run_sft
+    from medo1.sft_config import SFTConfig
 
-    return _run_training(args, SFTConfig, run_sft, [])
+    config = _training_config(args, SFTConfig, [])
+    check_training_paths(config)
+    from medo1.sft import run_sft
+
+    return _run_training(config, run_sft, args.resume)
 
 
 def cmd_rl(args: argparse.Namespace) -> int:
-    from medo1.rl import run_rl
     from medo1.rl.config import RLConfig
 
-    return _run_training(args, RLConfig, run_rl, [f"algo={args.algo}"] if args.algo else [])
+    config = _training_config(args, RLConfig, [f"algo={args.algo}"] if args.algo else [])
+    models = {"ppo.value_model": config.ppo.value_model if config.algo == "ppo" else None}
+    if config.reward.kind == "verifier":
+        models |= {"reward.model": config.reward.model, "reward.tokenizer": config.reward.tokenizer}
+    check_training_paths(config, models)
+    from medo1.rl import run_rl
+
+    return _run_training(config, run_rl, args.resume)
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    config_class = stage_config_class(args.stage)
+    recipe = read_yaml_mapping(args.recipe, "recipe") if args.recipe else None
+    if args.recipe:
+        load_config(config_class, args.recipe)  # a recipe that does not load is an error, not a table
+    rows = describe_options(config_class, recipe)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        recipe_cell = f"  recipe: {row.get('recipe', '-')}" if args.recipe else ""
+        when = f"  [when {row['when']}]" if "when" in row else ""
+        print(f"{row['key']}  ({row['type']})  default: {row['default']}{recipe_cell}{when}")
+        print(f"    {row['description']}")
+    return 0
 
 
 def _config_stage(args: argparse.Namespace, config_class, flag_overrides: dict[str, object]):
@@ -88,7 +134,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
     from medo1.translate import TranslateConfig, run_translate
 
     flags = {"input": args.input, "output": args.output, "format": args.format, "target_language": args.target_language,
-             "base_url": args.base_url, "model": args.model, "concurrency": args.concurrency, "limit": args.limit}
+             "base_url": args.base_url, "model": args.model, "concurrency": args.concurrency, "limit": args.limit,
+             "max_failure_ratio": args.max_failure_ratio}
     summary = run_translate(_config_stage(args, TranslateConfig, flags))
     print(json.dumps(summary, indent=2, default=str))
     return 0
@@ -121,14 +168,24 @@ def cmd_upload(args: argparse.Namespace) -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from medo1.launch import LaunchCancelled, launch_stage
+    from medo1.launch import LaunchCancelled, LaunchError, launch_chain, launch_stage
 
     try:
+        if args.stage == "chain":
+            if args.recipe or args.set or args.job_name:
+                raise LaunchError("chain: --recipe, --set and --job-name are per stage; set them in the chart values")
+            results = launch_chain(
+                backend=args.backend, profile=args.profile, values_files=args.values, value_overrides=args.value,
+                namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
+                stuck_after_s=args.stuck_after or None,
+            )
+            print(json.dumps([asdict(result) for result in results]))
+            return 0
         result = launch_stage(
             args.stage, backend=args.backend, profile=args.profile, values_files=args.values,
             value_overrides=args.value, recipe=args.recipe, overrides=args.set, job_name=args.job_name,
             namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-            keep_on_timeout=args.keep_on_timeout,
+            keep_on_timeout=args.keep_on_timeout, stuck_after_s=args.stuck_after or None, runtime=args.runtime,
         )
     except LaunchCancelled as exc:
         print(f"medo1: {exc}", file=sys.stderr)
@@ -145,6 +202,36 @@ def cmd_model_init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model_import_gguf(args: argparse.Namespace) -> int:
+    from medo1.gguf_import import import_gguf
+
+    print(import_gguf(args.source, args.out))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from medo1.plan.report import run
+
+    return run(args)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from medo1.doctor import run
+
+    return run(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from medo1.report import write_report
+
+    try:
+        print(write_report(args.run_dir))
+    except FileNotFoundError as exc:
+        print(f"medo1: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_model_check(args: argparse.Namespace) -> int:
     from medo1.models import check_generates
 
@@ -153,20 +240,30 @@ def cmd_model_check(args: argparse.Namespace) -> int:
     return 0
 
 
+# The flag's help is the option's own description (`medo1 config show`), so the two never disagree.
+OUTPUT_DIR_HELP = OutputConfig.model_fields["dir"].description
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medo1", description="Medical reasoning LLM training stack.")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
     stages = parser.add_subparsers(dest="command", required=True)
 
     data = stages.add_parser("data", help="inspect and validate datasets").add_subparsers(dest="data_cmd", required=True)
     validate = data.add_parser("validate", help="count valid and invalid rows; token-length statistics")
-    validate.add_argument("path")
+    validate.add_argument(
+        "path", help="a .json list, .jsonl, .parquet, .csv or .arrow file, a save_to_disk folder, or a Hub dataset "
+        "hf://OWNER/NAME[?config=C&split=S&revision=R] (split default train)")
     validate.add_argument("--format", required=True, choices=sorted(PRESETS))
     validate.add_argument("--preset", help="field-name preset (medical_o1: en, es)")
     validate.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN", help="override one field's column")
     validate.add_argument("--system-prompt")
     validate.add_argument("--tokenizer", help="tokenizer directory for token-length statistics")
-    validate.add_argument("--max-length", type=int, help="count rows longer than this many tokens")
+    validate.add_argument("--max-length", type=int, help="count rows longer than this many tokens (default 8192; "
+                          "longer rows are not tokenized whole)")
+    validate.add_argument("--duplicates", choices=["keep", "reject"], default="keep",
+                          help="rows repeating an earlier row's example: keep (count and warn) or reject (invalid rows)")
     validate.add_argument("--rejects", help="write invalid rows, with their problem, to this JSONL file")
     validate.add_argument("--json", action="store_true", help="print one JSON object")
     validate.set_defaults(func=cmd_data_validate)
@@ -174,15 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     sft = stages.add_parser("sft", help="supervised fine-tuning on chain-of-thought data")
     sft.add_argument("--config", required=True, help="YAML recipe")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
-    sft.add_argument("--output-dir")
+    sft.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
     sft.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
     sft.set_defaults(func=cmd_sft)
 
-    rl = stages.add_parser("rl", help="reinforcement learning against a verifier: PPO or GRPO")
+    rl = stages.add_parser("rl", help="reinforcement learning against a verifier: PPO, GRPO or RLOO")
     rl.add_argument("--config", required=True, help="YAML recipe")
-    rl.add_argument("--algo", choices=["ppo", "grpo"], help="override the recipe's algorithm")
+    rl.add_argument("--algo", choices=["ppo", "grpo", "rloo"], help="override the recipe's algorithm")
     rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
-    rl.add_argument("--output-dir")
+    rl.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
     rl.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
     rl.set_defaults(func=cmd_rl)
 
@@ -195,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--model", help="the endpoint's model name")
     translate.add_argument("--concurrency", type=int)
     translate.add_argument("--limit", type=int)
+    translate.add_argument("--max-failure-ratio", type=float, metavar="SHARE",
+                           help="fail the run, keeping the previous output, when more than this share of records "
+                                "fails (default 0.25; must be below 1)")
     translate.add_argument("--config", help="YAML recipe")
     translate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     translate.set_defaults(func=cmd_translate)
@@ -221,9 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--dataset", action="append", default=[], help="a dataset the model was trained on (repeatable)")
     push.set_defaults(func=cmd_upload)
 
-    launch = stages.add_parser("launch", help="run a training stage as the chart's PyTorchJob, or here under torchrun")
-    launch.add_argument("stage", help="training stage of the chart: sft or rl")
-    launch.add_argument("--backend", choices=["pytorchjob", "local"], default="pytorchjob")
+    launch = stages.add_parser("launch", help="run a stage as the chart's job (PyTorchJob / Job), or here")
+    launch.add_argument("stage", help="a stage of the chart (sft, rl, translate, eval, upload), or `chain`: every "
+                        "enabled stage in order, each after the one before has a complete export")
+    launch.add_argument("--backend", choices=["pytorchjob", "trainjob", "local"], default="pytorchjob",
+                        help="trainjob: a Kubeflow Trainer v2 TrainJob on one of the chart's ClusterTrainingRuntimes")
+    launch.add_argument("--runtime", help="trainjob: the ClusterTrainingRuntime (default medo1-sft, medo1-ppo for rl, "
+                        "medo1-eval; medo1-grpo runs the GRPO recipe)")
     launch.add_argument("--profile", help="chart values from helm/profiles/NAME.yaml")
     launch.add_argument("--values", action="append", default=[], metavar="FILE", help="chart values file, after the profile")
     launch.add_argument("--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)")
@@ -235,7 +339,34 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--poll", type=float, default=DEFAULT_POLL_S, metavar="SECONDS", help="job status poll interval")
     launch.add_argument("--nproc", type=int, help="local backend: that many CPU processes instead of one per GPU")
     launch.add_argument("--keep-on-timeout", action="store_true", help="leave the PyTorchJob running at the timeout")
+    launch.add_argument("--stuck-after", type=float, default=DEFAULT_STUCK_AFTER_S, metavar="SECONDS",
+                        help="fail once a pod has been stuck this long (missing Secret or image, failed mount, "
+                             "Unschedulable); 0: wait on it until the timeout")
     launch.set_defaults(func=cmd_launch)
+
+    plan = stages.add_parser("plan", help="per-GPU memory, time and cost of a stage or a profile's pipeline, before a run")
+    from medo1.plan.report import add_arguments as add_plan_arguments
+
+    add_plan_arguments(plan)
+    plan.set_defaults(func=cmd_plan)
+
+    doctor = stages.add_parser("doctor", help="check a namespace before a run: CRDs, Secrets, PVCs, access, GPU nodes, "
+                                                   "Istio, Kueue; exit 1 on any failure")
+    from medo1.doctor import add_arguments as add_doctor_arguments
+
+    add_doctor_arguments(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
+    config = stages.add_parser("config", help="a stage's options").add_subparsers(dest="config_cmd", required=True)
+    show = config.add_parser("show", help="every option of a stage: type, default, the recipe's value, description")
+    show.add_argument("stage", choices=["sft", "rl", "translate", "eval", "upload"])
+    show.add_argument("--recipe", help="a YAML recipe whose values are shown beside the defaults")
+    show.add_argument("--json", action="store_true", help="print a JSON list of options")
+    show.set_defaults(func=cmd_config_show)
+
+    report = stages.add_parser("report", help="write RUN_DIR/report.html: plots of metrics.jsonl, data and eval reports, config")
+    report.add_argument("run_dir", help="a training stage's output directory")
+    report.set_defaults(func=cmd_report)
 
     model = stages.add_parser("model", help="model utilities").add_subparsers(dest="model_cmd", required=True)
     tiny = model.add_parser("init-tiny", help="a tiny random Qwen2 model with the real Qwen tokenizer (offline)")
@@ -244,6 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--hidden-size", type=int, default=64)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_model_init_tiny)
+    gguf = model.add_parser("import-gguf", help="a GGUF model (file, or installed package shipping one) to a safetensors directory")
+    gguf.add_argument("source", help="path to a .gguf file, or an installed PyPI package whose files include one")
+    gguf.add_argument("out", help="model directory to write (replaced if present)")
+    gguf.set_defaults(func=cmd_model_import_gguf)
     check = model.add_parser("check", help="load a model directory with from_pretrained and generate")
     check.add_argument("path")
     check.add_argument("--prompt", default="A 30-year-old presents with fever and a rash. What is the next step?")
@@ -260,9 +395,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (DataError, ConfigError, ResumeError, RewardLoadError, StageError) as exc:
-        print(f"medo1: error: {exc}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # `medo1 config show sft | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter shutdown flushes stdout once more
+        return 0
+    except Medo1Error as exc:
+        if args.debug:
+            raise
+        print(f"medo1: error: {exc}", file=sys.stderr)  # a list of bad rows follows on its own lines
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -6,27 +6,34 @@ one field (the value is parsed as YAML, so `--set train.epochs=1` gives an int).
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medo1.errors import Medo1Error
 
 
 class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, so a typo never passes silently."""
+    """Base for config sections: unknown keys are errors, so a typo never passes silently.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Each field's meaning is the docstring line under it; `medo1 config show` prints them.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(Medo1Error, ValueError):
+    """A recipe, override or config value that cannot be used; raised when the config is read."""
 
 
-class StageError(RuntimeError):
+class StageError(Medo1Error, RuntimeError):
     """A stage stopped for a reason the user can act on; the CLI prints it without a traceback."""
 
 
@@ -85,85 +92,191 @@ def load_config(
         raise ConfigError(f"invalid config from {source}: {problems}") from None
 
 
+def check_training_paths(config: Any, models: dict[str, str | None] | None = None) -> None:
+    """A training config's local paths, checked before torch loads: the model (and tokenizer, and any other model
+    references in `models`, field -> value), the data file, and the output directory."""
+    references = {"model.name_or_path": config.model.name_or_path, "model.tokenizer": config.model.tokenizer}
+    for field, name in (references | (models or {})).items():
+        if name:
+            check_model_reference(name, field)
+    from medo1.data import HUB_PREFIX  # medo1.data builds on this module
+
+    data_path = config.data.path
+    if not data_path.startswith(HUB_PREFIX) and not Path(data_path).expanduser().exists():
+        raise ConfigError(f"data.path: {data_path} does not exist")
+    check_output_dir(config.output.dir)
+
+
+# Each stage's top config class, imported only when asked for (the SFT and config modules load without torch).
+STAGE_CONFIGS = {
+    "sft": ("medo1.sft_config", "SFTConfig"),
+    "rl": ("medo1.rl.config", "RLConfig"),
+    "translate": ("medo1.translate", "TranslateConfig"),
+    "eval": ("medo1.eval", "EvalConfig"),
+    "upload": ("medo1.upload", "UploadConfig"),
+}
+
+
+def stage_config_class(stage: str) -> type[BaseModel]:
+    import importlib
+
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"no stage {stage!r}; stages: {', '.join(STAGE_CONFIGS)}")
+    module, name = STAGE_CONFIGS[stage]
+    return getattr(importlib.import_module(module), name)
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _section_variants(annotation: Any) -> list[type[BaseModel]]:
+    """The sections of a union of sections told apart by their `kind` (the reward kinds), else []."""
+    import typing
+
+    members = [member for member in typing.get_args(annotation) if member is not type(None)]
+    if len(members) > 1 and all(_section_class(m) and "kind" in m.model_fields for m in members):
+        return members
+    return []
+
+
+_UNSET = object()
+
+
+def describe_options(model: type[BaseModel], recipe: Any = _UNSET, prefix: str = "") -> list[dict[str, Any]]:
+    """One row per option (sections walked, keys dotted as `--set` takes them): key, type, default, the recipe's
+    value (under "recipe", only where the recipe sets it) and the field's docstring."""
+    rows = []
+    for name, field in model.model_fields.items():
+        value = recipe.get(name, _UNSET) if isinstance(recipe, dict) else _UNSET
+        section = _section_class(field.annotation)
+        if section is not None:
+            rows.extend(describe_options(section, value, f"{prefix}{name}."))
+            continue
+        variants = _section_variants(field.annotation)
+        for variant in variants:
+            kind = variant.model_fields["kind"].default
+            chosen = value if isinstance(value, dict) and value.get("kind") == kind else _UNSET
+            for row in describe_options(variant, chosen, f"{prefix}{name}."):
+                rows.append(row | {"when": f"{prefix}{name}.kind={kind}"})
+        if variants:
+            continue
+        default = "(required)" if field.is_required() else json_default(field.get_default(call_default_factory=True))
+        row = {"key": prefix + name, "type": _type_name(field.annotation), "default": default,
+               "description": " ".join((field.description or "").split())}
+        if value is not _UNSET:
+            row["recipe"] = json_default(value)
+        rows.append(row)
+    return rows
+
+
+def json_default(value: Any) -> str:
+    """A value as its one-line YAML (flow style), as a recipe or `--set` would write it."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
 def dump_config(config: BaseModel, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
+class ModelConfig(Section):
+    """The model a stage starts from (a local directory or a Hugging Face Hub id)."""
+
+    name_or_path: str = Field(min_length=1)
+    """A local model directory, or a Hub id `owner/name`; a path that does not exist is refused before anything loads."""
+    tokenizer: str | None = None
+    """Tokenizer directory or Hub id; default: the model's own."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Weights' dtype when loaded; auto: the checkpoint's own."""
+    attn_implementation: str | None = None
+    """transformers' attention kernel (eager, sdpa, flash_attention_2); default: transformers' choice."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+
+
 class OutputConfig(Section):
-    dir: str = "runs/medo1"
-    save_steps: int = 100
-    keep: int = 2
+    """Where a training stage writes checkpoints, metrics and its export."""
+
+    dir: str = Field("runs/medo1", min_length=1)
+    """Output directory (created if missing; must not be a file, must be writable)."""
+    save_steps: int = Field(100, ge=1)
+    """Save a checkpoint every this many optimizer steps (and at the end)."""
+    keep: int = Field(2, ge=0)
+    """Complete checkpoints kept (the newest ones); 0 keeps every one."""
     export: bool = True
-    logging_steps: int = 10
+    """Write the trained model to DIR/export (safetensors, tokenizer, chat template) at the end."""
+    logging_steps: int = Field(10, ge=1)
+    """Log loss and learning rate to metrics.jsonl every this many steps."""
     report_to: list[Literal["wandb", "tensorboard"]] = []
+    """Also report metrics to these trackers."""
     batch_trace: bool = False
+    """Write a fingerprint of each training batch to DIR/batch_trace.jsonl (to check resumed data order)."""
 
 
-# medo1's DeepSpeed ZeRO-3 config for `train.distributed=deepspeed_zero3`; "auto" entries are filled in from the
-# stage's config (by transformers for SFT and GRPO, by `medo1.rl.sharding.zero3_config` for PPO).
-ZERO3 = {
-    "bf16": {"enabled": "auto"},
-    "zero_optimization": {
-        "stage": 3,
-        "overlap_comm": True,
-        "contiguous_gradients": True,
-        "reduce_bucket_size": "auto",
-        "stage3_prefetch_bucket_size": "auto",
-        "stage3_param_persistence_threshold": "auto",
-        "stage3_gather_16bit_weights_on_model_save": True,
-    },
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto",
-}
+class TrainingOptions(Section):
+    """Optimizer, schedule, precision and placement options every training stage (SFT, PPO, GRPO, RLOO) shares."""
+
+    learning_rate: float = Field(5e-6, gt=0.0)
+    """Peak learning rate (AdamW)."""
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    """Share of the optimizer steps spent warming the learning rate up from 0."""
+    weight_decay: float = Field(0.1, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradients are clipped to this global norm."""
+    per_device_batch_size: int = Field(2, ge=1)
+    """Sequences per GPU (or CPU process) per micro-batch."""
+    gradient_accumulation_steps: int = Field(8, ge=1)
+    """Micro-batches per optimizer step."""
+    seed: int = 42
+    """Seed for the model's initialisation, data order and sampling."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 on GPU, fp32 on CPU."""
+    distributed: Literal["ddp", "deepspeed_zero3", "fsdp"] = "ddp"
+    """ddp: a full copy of every model on each rank; deepspeed_zero3 / fsdp: models sharded across ranks."""
+    deepspeed_config: str | None = None
+    """A DeepSpeed JSON config for deepspeed_zero3; default: medo1's ZeRO-3 config ("auto" entries filled in)."""
 
 
-def use_bf16(precision: str, on_gpu: bool) -> bool:
-    """`train.precision`: auto is bf16 on GPU, fp32 on the CPU."""
-    return precision == "bf16" or (precision == "auto" and on_gpu)
+# A Hub repo id: `name` or `owner/name`, letters, digits, `-`, `_`, `.` (huggingface_hub's rule, without the length cap).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-def placement_arguments(train: Any, gradient_checkpointing: bool) -> dict[str, Any]:
-    """`train.precision`, `train.distributed` and activation checkpointing as TrainingArguments fields."""
-    import torch  # here: the launcher and the pipeline import this module without needing torch
+def check_model_reference(name: str, field: str) -> None:
+    """Refuse, before anything loads, a model reference that can only be a local path and is missing.
 
-    on_gpu = torch.cuda.is_available()
-    arguments: dict[str, Any] = {"bf16": use_bf16(train.precision, on_gpu), "use_cpu": not on_gpu}
-    if train.distributed == "deepspeed_zero3":
-        arguments["deepspeed"] = train.deepspeed_config or ZERO3
-    elif train.distributed == "fsdp":
-        arguments["fsdp"] = "full_shard auto_wrap"
-        # FSDP checkpoints activations itself, per wrapped block.
-        arguments["fsdp_config"] = {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gradient_checkpointing}
-    arguments["activation_checkpointing"] = gradient_checkpointing and train.distributed != "fsdp"
-    return arguments
-
-
-def trainer_arguments(train: Any, output: OutputConfig, output_dir: Path, gradient_checkpointing: bool) -> dict[str, Any]:
-    """transformers TrainingArguments fields every HF-Trainer stage (SFT, GRPO) sets the same way.
-
-    Checkpoint cadence is transformers'; retention is ours (`medo1.checkpoint`), so its own limit is off.
+    A Hub id (`owner/name`) stays allowed, unless its first part is a local directory: `runs/tiny-modle` is a typo
+    for a path, not a repo, and would otherwise cost a minute of Hub retries.
     """
-    return {
-        **placement_arguments(train, gradient_checkpointing),
-        "output_dir": str(output_dir),
-        "learning_rate": train.learning_rate,
-        "lr_scheduler_type": train.lr_scheduler,
-        "warmup_steps": train.warmup_ratio,
-        "weight_decay": train.weight_decay,
-        "max_grad_norm": train.max_grad_norm,
-        "per_device_train_batch_size": train.per_device_batch_size,
-        "gradient_accumulation_steps": train.gradient_accumulation_steps,
-        "seed": train.seed,
-        "data_seed": train.seed,
-        "save_strategy": "steps",
-        "save_steps": output.save_steps,
-        "save_total_limit": None,
-        "logging_steps": output.logging_steps,
-        "report_to": list(output.report_to) or "none",
-        "disable_tqdm": True,
-        # Every trainable parameter takes part in each forward; DDP's per-step search for unused ones
-        # (transformers' default without gradient checkpointing) only costs time.
-        "ddp_find_unused_parameters": False,
-    }
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{field}: {name} is a file, not a model directory")
+        return
+    if not _HUB_ID.match(name):
+        raise ConfigError(f"{field}: {name} does not exist (and is not a Hub id owner/name)")
+    first = name.split("/", 1)[0]
+    if "/" in name and Path(first).is_dir():
+        raise ConfigError(f"{field}: {name} does not exist ({first}/ is a local directory, so this is not a Hub id)")
+
+
+def check_output_dir(directory: str, field: str = "output.dir") -> None:
+    """Refuse an output directory that is a file or that cannot be created or written, before anything loads."""
+    path = Path(directory).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{field}: {directory} is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{field}: {directory} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: {directory} is not writable ({existing} is read-only)")

@@ -1,20 +1,33 @@
-"""Data layer: read JSON / JSONL, map fields of each supported format, validate every row.
+"""Data layer: read a data source, map fields of each supported format, validate every row.
+
+Sources (`iter_records`): local JSON lists and JSONL files (medo1's own reader: a bad line is one
+invalid row, named by its line, and records keep their keys exactly as written), local Parquet,
+CSV and Arrow files and `save_to_disk` folders (through the `datasets` library, streamed or memory
+mapped, never loaded whole), and Hub datasets as `hf://OWNER/NAME?config=C&split=S&revision=R`.
 
 Every problem names the file, the row (0-based record index; JSONL also gives the 1-based line)
 and the field. Nothing is dropped silently: a load returns the valid examples and the list of
 problems; `enforce_policy` fails the run on them unless skipping was asked for, and
-`write_rejects` writes each rejected row with its reason.
+`write_rejects` writes each rejected row with its reason. Rows that repeat an earlier row's
+example are counted (and, with `duplicates=reject`, are invalid rows).
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import Field
 
 from medo1.config import Section
+from medo1.errors import Medo1Error
 
 THINKING_HEADER = "## Thinking"
 FINAL_RESPONSE_HEADER = "## Final Response"
@@ -50,21 +63,34 @@ SHAREGPT_ROLES = {
 }
 
 
-class DataError(ValueError):
+class DataError(Medo1Error, ValueError):
     """Input that cannot be used; the message names the file, row and field."""
 
 
 class DataConfig(Section):
-    path: str
+    """A stage's training data and how it is read, validated and cut to length."""
+
+    path: str = Field(min_length=1)
+    """A JSON / JSONL / parquet / CSV / Arrow file, a save_to_disk folder, or a Hub dataset hf://OWNER/NAME[?config=C&split=S&revision=R]."""
     format: Format = "medical_o1"
+    """The rows' shape: medical_o1 (question, chain of thought, answer), verifiable (problem and ground truth), mcq."""
     preset: str | None = None
+    """Field-name preset for the format (medical_o1: en, es)."""
     fields: dict[str, str] = {}
+    """Field name -> column, overriding the preset's."""
     system_prompt: str | None = None
-    max_length: int = 8192
+    """A system message put before each prompt."""
+    max_length: int = Field(8192, ge=1)
+    """Most tokens per example (prompt and completion)."""
     overlong: Literal["drop", "truncate"] = "drop"
+    """An example longer than max_length: drop it (to the rejects file) or truncate its completion."""
     on_invalid: Literal["fail", "skip"] = "fail"
-    limit: int | None = None
+    """An invalid row: fail the run naming file, row and field, or skip it to the rejects file."""
+    limit: int | None = Field(None, ge=1)
     """Read only the first N rows (smoke runs)."""
+    duplicates: Literal["keep", "reject"] = "keep"
+    """Rows whose example (after field mapping) repeats an earlier row's: `keep` counts them and warns;
+    `reject` makes them invalid rows ("duplicate of row N"), so `on_invalid` decides: fail, or skip to rejects."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +150,8 @@ class LoadResult:
     examples: list[tuple[int, Example]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     raw: dict[int, Any] = field(default_factory=dict, repr=False)
+    duplicates: list[tuple[int, int]] = field(default_factory=list)
+    """(row, earlier row with the same example) for every repeated example."""
 
 
 def reasoning_target(cot: str, response: str) -> str:
@@ -145,31 +173,182 @@ def resolve_fields(format: str, preset: str | None, overrides: dict[str, str]) -
     return mapping
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[int, int | None, Any, str | None]]:
-    """Yield (row, line, record, parse_error) for a JSON list or a JSONL file."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.suffix == ".jsonl":
-        row = 0
-        with path.open(encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield row, line_no, json.loads(line), None
-                except json.JSONDecodeError as exc:
-                    yield row, line_no, line.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
-                row += 1
+Record = tuple[int, int | None, Any, str | None]
+"""(row, line, record, parse_error): see `iter_records`."""
+
+
+HUB_PREFIX = "hf://"
+HUB_QUERY_KEYS = ("config", "split", "revision")
+ARROW_FILE_KINDS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+SUPPORTED_SOURCES = (
+    ".json (a list of records), .jsonl, .parquet, .csv, .arrow, a save_to_disk folder, "
+    "or hf://OWNER/NAME?config=C&split=S&revision=R"
+)
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A Hub dataset: `hf://OWNER/NAME?config=C&split=S&revision=R` (config, split and revision optional;
+    split defaults to train, revision to the default branch)."""
+
+    repo_id: str
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+
+
+def parse_hub_source(text: str) -> HubSource:
+    parts = urlsplit(text)
+    repo_id = f"{parts.netloc}{parts.path}".strip("/")
+    if parts.scheme != "hf" or repo_id.count("/") != 1 or parts.fragment:
+        raise DataError(f"{text}: a Hub dataset is hf://OWNER/NAME[?config=C&split=S&revision=R]")
+    query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+    unknown = set(query) - set(HUB_QUERY_KEYS)
+    if unknown:
+        known = ", ".join(HUB_QUERY_KEYS)
+        raise DataError(f"{text}: unknown parameter(s) {', '.join(sorted(unknown))}; known: {known}")
+    if any(not value for value in query.values()):
+        raise DataError(f"{text}: empty parameter value")
+    return HubSource(repo_id, query.get("config"), query.get("split", "train"), query.get("revision"))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _decode_error(path: Path, data: bytes, exc: UnicodeDecodeError, offset: int = 0) -> DataError:
+    line = data.count(b"\n", 0, exc.start) + 1
+    return DataError(
+        f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line + offset}); "
+        "re-encode it, e.g. iconv -f latin1 -t utf-8"
+    )
+
+
+def _without_nulls(value: Any) -> Any:
+    """Drop null struct fields: Arrow gives every row every column and every struct every field,
+    filling the ones a row lacks with null (a mixed-shape `options` or turn would not validate)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+def _iter_jsonl(path: Path) -> Iterator[Record]:
+    row = 0
+    with path.open("rb") as handle:
+        for line_no, data in enumerate(handle, start=1):
+            if line_no == 1 and data.startswith(codecs.BOM_UTF8):
+                data = data[len(codecs.BOM_UTF8) :]
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _decode_error(path, data, exc, offset=line_no - 1) from None
+            if not line.strip():
+                continue
+            try:
+                yield row, line_no, json.loads(line), None
+            except json.JSONDecodeError as exc:
+                yield row, line_no, line.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+            row += 1
+
+
+def _iter_json_list(path: Path) -> Iterator[Record]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _decode_error(path, data, exc) from None
+    if not text.strip():
         return
     try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
+        loaded = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     if not isinstance(loaded, list):
         raise DataError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(loaded).__name__}")
     for row, record in enumerate(loaded):
         yield row, None, record, None
+
+
+def _iter_dataset(source: str, open_rows: Callable[[], Iterable[dict]]) -> Iterator[Record]:
+    """Rows of a `datasets` source; any failure of the library or of pyarrow under it (a corrupt file,
+    bad bytes, an unknown config or split) is one DataError naming the source."""
+    try:
+        for row, record in enumerate(open_rows()):
+            yield row, None, _without_nulls(record), None
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - datasets / pyarrow / fsspec raise many unrelated types
+        if isinstance(exc, UnicodeDecodeError):
+            raise DataError(f"{source}: not UTF-8 text; re-encode it, e.g. iconv -f latin1 -t utf-8") from None
+        raise DataError(f"{source}: cannot be read ({_one_line(exc)})") from None
+
+
+def _stream_file(path: Path, kind: str) -> Iterable[dict]:
+    from datasets import Features, Value, load_dataset
+
+    options: dict[str, Any] = {}
+    if kind == "csv":
+        # Every column as text, and an empty cell as "" (not NaN): "NA" is an answer, not a missing value.
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), [])
+        options = {
+            "features": Features({name: Value("string") for name in header}),
+            "keep_default_na": False,
+            "encoding": "utf-8-sig",  # reads plain UTF-8 too, and drops a leading BOM
+        }
+    return load_dataset(kind, data_files=str(path), split="train", streaming=True, **options)
+
+
+def _saved_rows(path: Path) -> Iterable[dict]:
+    from datasets import load_from_disk
+
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        example = path / (splits or ["train"])[0]
+        raise DataError(f"{path}: a DatasetDict with splits {', '.join(splits)}; give one split's folder, e.g. {example}")
+    if not (path / "state.json").is_file():
+        raise DataError(f"{path}: a directory, not a dataset written by save_to_disk (no state.json); give a data file")
+    return load_from_disk(str(path))  # memory-mapped Arrow
+
+
+def _hub_rows(source: HubSource) -> Iterable[dict]:
+    """Downloaded once into the Hugging Face cache (reused offline with HF_HUB_OFFLINE=1), read memory-mapped."""
+    from datasets import load_dataset
+
+    return load_dataset(source.repo_id, source.config, split=source.split, revision=source.revision)
+
+
+def iter_records(path: str | Path) -> Iterator[Record]:
+    """Yield (row, line, record, parse_error) for every row of a source (see the module docstring).
+
+    `line` is the 1-based line of a JSONL row, else None; `parse_error` is set for a JSONL line that
+    is not JSON (the record is then the line's text).
+    """
+    text = str(path)
+    if text.startswith(HUB_PREFIX):
+        source = parse_hub_source(text)
+        yield from _iter_dataset(text, lambda: _hub_rows(source))
+        return
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        yield from _iter_dataset(str(path), lambda: _saved_rows(path))
+        return
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".jsonl", *ARROW_FILE_KINDS):
+        raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; supported: {SUPPORTED_SOURCES}")
+    if path.stat().st_size == 0:
+        return
+    if suffix == ".jsonl":
+        yield from _iter_jsonl(path)
+    elif suffix == ".json":
+        yield from _iter_json_list(path)
+    else:
+        yield from _iter_dataset(str(path), lambda: _stream_file(path, ARROW_FILE_KINDS[suffix]))
 
 
 def _text(record: dict[str, Any], key: str, *, required: bool = True) -> str:
@@ -272,12 +451,14 @@ def load_examples(
     fields: dict[str, str] | None = None,
     system_prompt: str | None = None,
     limit: int | None = None,
+    duplicates: Literal["keep", "reject"] = "keep",
 ) -> LoadResult:
     if format not in PARSERS:
         raise DataError(f"unknown format {format!r}; known: {', '.join(PARSERS)}")
     mapping = resolve_fields(format, preset, fields or {})
     parse = PARSERS[format]
     result = LoadResult(path=str(path), format=format, rows=0)
+    seen: dict[bytes, int] = {}
     for row, line, record, parse_error in iter_records(path):
         if limit is not None and row >= limit:
             break
@@ -289,16 +470,32 @@ def load_examples(
             problem = Problem(str(path), row, None, f"expected a JSON object, got {type(record).__name__}", line)
         else:
             try:
-                result.examples.append((row, parse(record, mapping, system_prompt)))
-                continue
+                example = parse(record, mapping, system_prompt)
             except FieldProblem as exc:
                 problem = Problem(str(path), row, exc.field, exc.message, line)
+            else:
+                first = seen.setdefault(_fingerprint(example), row)
+                if first != row:
+                    result.duplicates.append((row, first))
+                if first == row or duplicates == "keep":
+                    result.examples.append((row, example))
+                    continue
+                problem = Problem(str(path), row, None, f"duplicate of row {first}", line)
         result.problems.append(problem)
+    if result.rows == 0:
+        raise DataError(f"{path}: no rows")
     return result
 
 
+def _fingerprint(example: Example) -> bytes:
+    canonical = json.dumps(asdict(example), sort_keys=True, ensure_ascii=False)
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).digest()
+
+
 def load_from_config(config: DataConfig) -> LoadResult:
-    return load_examples(config.path, config.format, config.preset, config.fields, config.system_prompt, config.limit)
+    return load_examples(
+        config.path, config.format, config.preset, config.fields, config.system_prompt, config.limit, config.duplicates
+    )
 
 
 def write_rejects(path: str | Path, problems: list[Problem], raw: dict[int, Any]) -> None:

@@ -2,62 +2,72 @@
 
 One answer is extracted per response (the published scorer keeps the better of the first and
 last extracted answer, which is optimistic; we do not). Invalid benchmark rows are reported,
-not fatal. Outputs under `output_dir`: report.json, report.md, responses.jsonl.
+not fatal: they are counted in the report and the first few are logged; a benchmark without a valid
+row stops the run before anything is generated. An endpoint is asked through `medo1.chat_client`
+(retries, timeouts, progress). Outputs under `output_dir`: report.json, report.md, responses.jsonl,
+all three written aside and renamed into place at the end, so a failed run leaves the previous ones whole.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import os
-import random
 import re
 import string
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Protocol
 
-import httpx
 from pydantic import Field, model_validator
 
-from medo1.config import Section, StageError
-from medo1.data import FINAL_RESPONSE_HEADER, MCQItem, load_examples
-
-Messages = list[dict[str, str]]
+from medo1.chat_client import ChatClientConfig, ChatError, Messages, RetryOptions, run_chat
+from medo1.config import StageError
+from medo1.data import FINAL_RESPONSE_HEADER, LoadResult, MCQItem, load_examples
 
 INSTRUCTION = "Answer with the letter of the correct option."
+INVALID_ROWS_SHOWN = 5
+
+log = logging.getLogger(__name__)
 
 
 class EvalError(StageError):
-    """An evaluation that cannot go on (e.g. the endpoint keeps failing)."""
+    """An evaluation that cannot go on (the endpoint keeps failing, a benchmark without a valid row)."""
 
 
-class EvalConfig(Section):
+class EvalConfig(RetryOptions):
     model: str | None = None
     """Local Hugging Face model directory (or hub id)."""
     endpoint: str | None = None
     """OpenAI-compatible base URL, e.g. http://host:8000/v1."""
     endpoint_model: str | None = None
+    """Model name sent to the endpoint; None leaves it out (a server that serves one model)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the endpoint's API key (never passed as an argument)."""
     benchmarks: dict[str, str] = Field(default_factory=dict)
     """Benchmark name -> path of an MCQ JSON / JSONL file."""
     preset: str | None = None
+    """Field-name preset of the MCQ files (see `medo1 data validate --format mcq`)."""
     fields: dict[str, str] = Field(default_factory=dict)
-    max_new_tokens: int = 2048
-    temperature: float = 0.0
-    batch_size: int = 8
-    limit: int | None = None
-    output_dir: str = "runs/eval"
-    concurrency: int = 8
+    """Field name -> column, overriding the preset's (question, options, answer)."""
+    max_new_tokens: int = Field(2048, ge=1)
+    """Most tokens generated per answer."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature; 0 is greedy."""
+    batch_size: int = Field(8, ge=1)
+    """Questions generated together with a local model."""
+    limit: int | None = Field(None, ge=1)
+    """Score only the first N rows of each benchmark."""
+    output_dir: str = Field("runs/eval", min_length=1)
+    """Where responses.jsonl, report.json and report.md go."""
+    concurrency: int = Field(8, ge=1)
+    """Endpoint requests in flight at once."""
+    timeout_s: float = Field(600.0, gt=0)
+    """Seconds one endpoint request may take (a long reasoning answer from a busy server) before it is retried."""
 
     @model_validator(mode="after")
     def _one_backend(self) -> EvalConfig:
         if (self.model is None) == (self.endpoint is None):
             raise ValueError("set exactly one of `model` (local model dir) or `endpoint` (OpenAI-compatible URL)")
-        if self.batch_size < 1 or self.concurrency < 1:
-            raise ValueError("batch_size and concurrency must be >= 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
         return self
 
 
@@ -235,96 +245,29 @@ class HFGenerator:
 
 
 class EndpointGenerator:
-    """OpenAI-compatible /chat/completions, `concurrency` requests in flight, retries on 429/5xx/timeouts."""
+    """An OpenAI-compatible endpoint, asked through `medo1.chat_client` (retries, timeouts, progress)."""
 
-    RETRY_STATUS: ClassVar[frozenset[int]] = frozenset({429, 500, 502, 503, 504})
-
-    def __init__(
-        self,
-        endpoint: str,
-        model: str | None,
-        *,
-        max_new_tokens: int = 2048,
-        temperature: float = 0.0,
-        concurrency: int = 8,
-        api_key_env: str = "OPENAI_API_KEY",
-        retries: int = 3,
-        backoff: float = 1.0,
-        timeout: float = 600.0,
-    ):
-        self.url = endpoint.rstrip("/") + "/chat/completions"
-        self.model = model
+    def __init__(self, client_config: ChatClientConfig, *, max_new_tokens: int = 2048, temperature: float = 0.0):
+        self.client_config = client_config
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
-        self.concurrency = concurrency
-        self.retries = retries
-        self.backoff = backoff
-        self.timeout = timeout
-        key = os.environ.get(api_key_env)
-        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.attempts = 0
-        self.retried = 0
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after:
-            try:
-                return min(float(retry_after), 60.0)
-            except ValueError:
-                pass
-        return self.backoff * (2**attempt) * (1 + random.random() * 0.1)
-
-    async def _one(self, client, semaphore: asyncio.Semaphore, messages: Messages) -> str:
-        body: dict[str, Any] = {
-            "messages": messages,
-            "max_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-        }
-        if self.model is not None:
-            body["model"] = self.model
-        async with semaphore:
-            last = ""
-            for attempt in range(self.retries + 1):
-                self.attempts += 1
-                retry_after = None
-                try:
-                    response = await client.post(self.url, json=body, headers=self.headers)
-                except httpx.TimeoutException as exc:
-                    last = f"timeout ({type(exc).__name__})"
-                else:
-                    if response.status_code == 200:
-                        try:
-                            return response.json()["choices"][0]["message"]["content"] or ""
-                        except (ValueError, KeyError, IndexError, TypeError) as exc:
-                            raise EvalError(f"{self.url}: unexpected response body: {response.text[:300]}") from exc
-                    if response.status_code not in self.RETRY_STATUS:
-                        raise EvalError(f"{self.url}: HTTP {response.status_code}: {response.text[:300]}")
-                    last = f"HTTP {response.status_code}"
-                    retry_after = response.headers.get("retry-after")
-                if attempt < self.retries:
-                    self.retried += 1
-                    await asyncio.sleep(self._delay(attempt, retry_after))
-            raise EvalError(f"{self.url}: giving up after {self.retries + 1} attempts (last: {last})")
-
-    async def _all(self, prompts: list[Messages]) -> list[str]:
-        semaphore = asyncio.Semaphore(self.concurrency)
-        limits = httpx.Limits(max_connections=self.concurrency)
-        async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as client:
-            return list(await asyncio.gather(*(self._one(client, semaphore, m) for m in prompts)))
 
     def generate(self, prompts: list[Messages]) -> list[str]:
-        return asyncio.run(self._all(prompts))
+        try:
+            answers = run_chat(
+                self.client_config, prompts, max_tokens=self.max_new_tokens, temperature=self.temperature
+            )
+        except ChatError as exc:
+            raise EvalError(str(exc)) from None
+        return [answer.text for answer in answers]
 
 
 def make_generator(config: EvalConfig) -> Generator:
     if config.endpoint is not None:
-        return EndpointGenerator(
-            config.endpoint,
-            config.endpoint_model,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            concurrency=config.concurrency,
-            api_key_env=config.api_key_env,
+        client_config = config.chat_client_config(
+            config.endpoint, config.endpoint_model, config.api_key_env, config.concurrency
         )
+        return EndpointGenerator(client_config, max_new_tokens=config.max_new_tokens, temperature=config.temperature)
     assert config.model is not None
     return HFGenerator(
         config.model,
@@ -345,55 +288,93 @@ def _markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     for name, result in report["benchmarks"].items():
-        acc = "n/a" if result["accuracy"] is None else f"{100 * result['accuracy']:.1f}"
-        lines.append(f"| {name} | {result['n']} | {acc} | {result['unparseable']} |")
-    avg = report["average_accuracy"]
-    lines += ["", f"Average accuracy: {'n/a' if avg is None else f'{100 * avg:.1f}%'}"]
+        lines.append(f"| {name} | {result['n']} | {100 * result['accuracy']:.1f} | {result['unparseable']} |")
+    lines += ["", f"Average accuracy: {100 * report['average_accuracy']:.1f}%"]
     invalid = sum(len(r["invalid_rows"]) for r in report["benchmarks"].values())
     if invalid:
         lines.append(f"Invalid rows skipped: {invalid} (listed in report.json).")
     return "\n".join(lines) + "\n"
 
 
+def _check_rows(name: str, result: LoadResult) -> None:
+    """Log a benchmark's invalid rows (how many, the first few); EvalError when none is valid."""
+    if not result.problems and result.examples:
+        return
+    if not result.examples:
+        first = f"; first: {result.problems[0]}" if result.problems else ""
+        raise EvalError(
+            f"benchmark {name!r} ({result.path}): none of its {result.rows} row(s) is a valid MCQ item{first}"
+        )
+    log.warning(
+        "benchmark %r (%s): %d of %d row(s) invalid, skipped (all listed in report.json)",
+        name, result.path, len(result.problems), result.rows,
+    )
+    for problem in result.problems[:INVALID_ROWS_SHOWN]:
+        log.warning("  %s", problem)
+    if len(result.problems) > INVALID_ROWS_SHOWN:
+        log.warning("  ... and %d more", len(result.problems) - INVALID_ROWS_SHOWN)
+
+
+def _replace_outputs(out_dir: Path, contents: dict[str, str]) -> None:
+    """Write every file aside first, then rename them all into place: a failure leaves the old set whole."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for name, text in contents.items():
+        aside = out_dir / f".{name}.tmp-{os.getpid()}"
+        aside.write_text(text, encoding="utf-8")
+        staged.append((aside, out_dir / name))
+    for aside, final in staged:
+        os.replace(aside, final)
+
+
 def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str, Any]:
     """Evaluate every benchmark; write report.json, report.md and responses.jsonl; return the report."""
+    if not config.benchmarks:
+        raise EvalError("no benchmarks to score: set benchmarks.NAME=PATH (medo1 eval --benchmark NAME=PATH)")
     out_dir = Path(config.output_dir)
     loaded = {
         name: load_examples(path, "mcq", config.preset, config.fields, limit=config.limit)
         for name, path in config.benchmarks.items()
     }
+    for name, result in loaded.items():
+        _check_rows(name, result)
     if generator is None:
         generator = make_generator(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "model": config.model if config.model is not None else (config.endpoint_model or config.endpoint),
         "benchmarks": {},
     }
-    with (out_dir / "responses.jsonl").open("w", encoding="utf-8") as responses_file:
-        for name, result in loaded.items():
-            items: list[tuple[int, MCQItem]] = [(row, ex) for row, ex in result.examples]  # type: ignore[misc]
-            responses = generator.generate([build_messages(item) for _, item in items]) if items else []
-            per_item, correct, unparseable = [], 0, 0
-            for (row, item), response in zip(items, responses):
-                extracted = extract_answer(response, item.options)
-                hit = extracted == item.answer_idx
-                correct += hit
-                unparseable += extracted is None
-                per_item.append({"row": row, "answer_idx": item.answer_idx, "extracted": extracted, "correct": hit})
-                record = {"benchmark": name, "row": row, "answer_idx": item.answer_idx, "extracted": extracted}
-                responses_file.write(json.dumps(record | {"response": response}, ensure_ascii=False) + "\n")
-            n = len(items)
-            report["benchmarks"][name] = {
-                "path": result.path,
-                "n": n,
-                "correct": correct,
-                "accuracy": correct / n if n else None,
-                "unparseable": unparseable,
-                "invalid_rows": [p.to_dict() for p in result.problems],
-                "per_item": per_item,
-            }
-    scored = [r["accuracy"] for r in report["benchmarks"].values() if r["accuracy"] is not None]
-    report["average_accuracy"] = sum(scored) / len(scored) if scored else None
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "report.md").write_text(_markdown(report))
+    response_lines: list[str] = []
+    for name, result in loaded.items():
+        items: list[tuple[int, MCQItem]] = [(row, ex) for row, ex in result.examples]  # type: ignore[misc]
+        responses = generator.generate([build_messages(item) for _, item in items])
+        per_item, correct, unparseable = [], 0, 0
+        for (row, item), response in zip(items, responses):
+            extracted = extract_answer(response, item.options)
+            hit = extracted == item.answer_idx
+            correct += hit
+            unparseable += extracted is None
+            per_item.append({"row": row, "answer_idx": item.answer_idx, "extracted": extracted, "correct": hit})
+            record = {"benchmark": name, "row": row, "answer_idx": item.answer_idx, "extracted": extracted}
+            response_lines.append(json.dumps(record | {"response": response}, ensure_ascii=False) + "\n")
+        n = len(items)
+        report["benchmarks"][name] = {
+            "path": result.path,
+            "n": n,
+            "correct": correct,
+            "accuracy": correct / n,
+            "unparseable": unparseable,
+            "invalid_rows": [p.to_dict() for p in result.problems],
+            "per_item": per_item,
+        }
+    scored = [r["accuracy"] for r in report["benchmarks"].values()]
+    report["average_accuracy"] = sum(scored) / len(scored)
+    _replace_outputs(
+        out_dir,
+        {
+            "responses.jsonl": "".join(response_lines),
+            "report.json": json.dumps(report, indent=2, ensure_ascii=False) + "\n",
+            "report.md": _markdown(report),
+        },
+    )
     return report

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from medo1.config import ConfigError
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = Path(os.environ.get("MEDO1_CHART", REPO_ROOT / "helm" / "medo1"))
 PROFILES_DIR = CHART_DIR.parent / "profiles"  # the image copies helm/ whole (MEDO1_CHART)
@@ -22,16 +24,32 @@ KUBE_VERSION = "1.33.0"
 RELEASE = "medo1"
 NAMESPACE = "medo1"
 
-MAIN_CONTAINER = {"PyTorchJob": "pytorch", "TrainingRuntime": "node", "Job": "medo1"}
+MAIN_CONTAINER = {"PyTorchJob": "pytorch", "TrainingRuntime": "node", "ClusterTrainingRuntime": "node", "Job": "medo1"}
+# Trainer v2 names an initializer's replicated job and its container alike (kubeflow/trainer pkg/constants/constants.go).
+TRAINER_INITIALIZERS = ("dataset-initializer", "model-initializer")
 SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIALS?)($|_)", re.IGNORECASE)
-KIND_ORDER = ["ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "TrainingRuntime", "PyTorchJob", "TrainJob", "Job"]
+# Helm's InstallOrder (helm/helm pkg/release/util/kind_sorter.go, Helm 4; pkg/releaseutil/kind_sorter.go
+# in Helm 3): kinds in this list are installed in this order; any other kind (a CRD instance) after all
+# of them, sorted by kind name ("TrainJob" < "TrainingRuntime"), then in rendered order.
+HELM_INSTALL_ORDER = [
+    "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
+    "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass", "PersistentVolume",
+    "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole", "ClusterRoleList", "ClusterRoleBinding",
+    "ClusterRoleBindingList", "Role", "RoleList", "RoleBinding", "RoleBindingList", "Service", "DaemonSet", "Pod",
+    "ReplicationController", "ReplicaSet", "Deployment", "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob",
+    "IngressClass", "Ingress", "APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+]
+# The checked-in manifests (`kubectl apply -f` creates objects in file order): Helm's order, then the
+# Kubeflow kinds with each one after what it references.
+KIND_ORDER = [*HELM_INSTALL_ORDER, "ClusterTrainingRuntime", "TrainingRuntime", "TrainJob", "PyTorchJob"]
+HOOK = "helm.sh/hook"
 
 
 def load_profile(name: str) -> dict[str, Any]:
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in PROFILES_DIR.glob("*.yaml")))
-        raise ValueError(f"no profile {name!r} in {PROFILES_DIR}; known: {known}")
+        raise ConfigError(f"no profile {name!r} in {PROFILES_DIR}; known: {known}")
     return yaml.safe_load(path.read_text()) or {}
 
 
@@ -47,6 +65,70 @@ def _sort_key(obj: dict[str, Any]) -> tuple[int, str]:
     kind = obj.get("kind", "")
     rank = KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
     return rank, obj.get("metadata", {}).get("name", "")
+
+
+def _helm_kind_key(obj: dict[str, Any]) -> tuple[int, str]:
+    """Helm's lessByKind: known kinds by InstallOrder, unknown kinds last and by kind name (a stable sort
+    keeps the rendered order within a kind)."""
+    kind = obj.get("kind", "")
+    if kind in HELM_INSTALL_ORDER:
+        return HELM_INSTALL_ORDER.index(kind), ""
+    return len(HELM_INSTALL_ORDER), kind
+
+
+def helm_install_order(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The order `helm install` creates the objects in: pre-install hooks (by hook weight, then kind), the
+    release's objects (by kind), then post-install hooks (helm/helm pkg/action/install.go runs the
+    pre-install hooks, creates the resources, then runs the post-install hooks; hooks are sorted by
+    weight, then kind, in pkg/action/hooks.go)."""
+    phases: dict[str, list[dict[str, Any]]] = {"pre-install": [], "main": [], "post-install": []}
+    for obj in objects:
+        hooks = [h.strip() for h in obj.get("metadata", {}).get("annotations", {}).get(HOOK, "").split(",") if h.strip()]
+        phase = next((h for h in hooks if h in ("pre-install", "post-install")), "main" if not hooks else None)
+        if phase is not None:
+            phases[phase].append(obj)
+
+    def hook_key(obj: dict[str, Any]) -> tuple[int, tuple[int, str]]:
+        weight = obj["metadata"].get("annotations", {}).get("helm.sh/hook-weight", "0")
+        return int(weight), _helm_kind_key(obj)
+
+    return [*sorted(phases["pre-install"], key=hook_key), *sorted(phases["main"], key=_helm_kind_key),
+            *sorted(phases["post-install"], key=hook_key)]
+
+
+def _needs(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of the objects this one references and cannot work without."""
+    kind, spec = obj.get("kind"), obj.get("spec", {})
+    needs = []
+    if kind == "TrainJob":
+        ref = spec.get("runtimeRef", {})
+        needs.append((ref.get("kind", "ClusterTrainingRuntime"), ref.get("name")))
+    if kind == "RoleBinding":
+        needs.append((obj["roleRef"]["kind"], obj["roleRef"]["name"]))
+        needs += [("ServiceAccount", s["name"]) for s in obj.get("subjects", []) if s.get("kind") == "ServiceAccount"]
+    for _, template in pod_templates(obj):
+        pod = template.get("spec", {})
+        if pod.get("serviceAccountName"):
+            needs.append(("ServiceAccount", pod["serviceAccountName"]))
+        for volume in pod.get("volumes", []):
+            if "persistentVolumeClaim" in volume:
+                needs.append(("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]))
+            if "configMap" in volume:
+                needs.append(("ConfigMap", volume["configMap"]["name"]))
+    return needs
+
+
+def install_order_problems(ordered: list[dict[str, Any]]) -> list[str]:
+    """Objects created before an object of the same release they reference (a TrainJob before its
+    TrainingRuntime, a RoleBinding before its Role or ServiceAccount, a pod before its PVC). References
+    to objects the release does not create (existing claims, cluster runtimes) are not checked."""
+    position = {(o["kind"], o["metadata"]["name"]): i for i, o in enumerate(ordered)}
+    problems = []
+    for index, obj in enumerate(ordered):
+        for need in _needs(obj):
+            if position.get(need, -1) > index:
+                problems.append(f"{obj['kind']}/{obj['metadata']['name']} is created before {need[0]}/{need[1]}, which it needs")
+    return problems
 
 
 def render_chart(
@@ -110,9 +192,9 @@ def pod_templates(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             (f"PyTorchJob/{name} {role}", spec.get("template", {}))
             for role, spec in obj.get("spec", {}).get("pytorchReplicaSpecs", {}).items()
         ]
-    if kind == "TrainingRuntime":
+    if kind in ("TrainingRuntime", "ClusterTrainingRuntime"):
         jobs = obj.get("spec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", [])
-        return [(f"TrainingRuntime/{name} {job['name']}", job["template"]["spec"]["template"]) for job in jobs]
+        return [(f"{kind}/{name} {job['name']}", job["template"]["spec"]["template"]) for job in jobs]
     return []
 
 
@@ -165,8 +247,9 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
     for obj in objects:
         if obj.get("kind") == "Secret":
             problems.append(f"Secret/{obj['metadata']['name']}: secrets must come from existing Secrets, not the chart")
-        expected = MAIN_CONTAINER.get(obj.get("kind"))
         for where, template in pod_templates(obj):
+            job_name = where.rsplit(" ", 1)[-1]
+            expected = job_name if job_name in TRAINER_INITIALIZERS else MAIN_CONTAINER.get(obj.get("kind"))
             spec = template.get("spec", {})
             containers = spec.get("containers", [])
             volumes = {v["name"]: v for v in spec.get("volumes", [])}
@@ -201,13 +284,22 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
                 for path, volume_name in mounts.items():
                     if volume_name not in volumes:
                         problems.append(f"{cwhere}: mount {path} names no volume {volume_name!r}")
+                for var in container.get("env", []):
+                    ref = var.get("valueFrom", {}).get("secretKeyRef")
+                    if ref is not None and "optional" not in ref:
+                        problems.append(f"{cwhere}: env {var['name']} from Secret {ref.get('name')} must say whether it is "
+                                        "optional (a missing required Secret holds the pod in CreateContainerConfigError)")
                 if container.get("name") != expected:
                     continue
-                shm = volumes.get(mounts.get("/dev/shm", ""), {}).get("emptyDir")
-                if not shm or shm.get("medium") != "Memory":
-                    problems.append(f"{cwhere}: /dev/shm must be a memory-backed emptyDir (NCCL needs more than 64 MiB)")
                 limits = container.get("resources", {}).get("limits", {})
                 gpus = next((int(v) for k, v in limits.items() if k.endswith("/gpu")), None)
+                if any(k.startswith("rdma/") for k in limits) and "IPC_LOCK" not in security.get("capabilities", {}).get("add", []):
+                    problems.append(f"{cwhere}: RDMA requested without the IPC_LOCK capability (memory registration is capped by memlock)")
+                if template.get("metadata", {}).get("annotations", {}).get("sidecar.istio.io/inject") == "true":
+                    problems.append(f"{cwhere}: an Istio sidecar keeps the pod running after training ends")
+                shm = volumes.get(mounts.get("/dev/shm", ""), {}).get("emptyDir")
+                if (gpus or nproc) and (not shm or shm.get("medium") != "Memory"):
+                    problems.append(f"{cwhere}: /dev/shm must be a memory-backed emptyDir (NCCL needs more than 64 MiB)")
                 if gpus is not None and nproc is not None and gpus != nproc:
                     problems.append(f"{cwhere}: {gpus} GPUs but {nproc} processes per node")
     return problems

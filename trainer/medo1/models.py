@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import (
@@ -15,16 +14,8 @@ from transformers import (
     Qwen2Config,
 )
 
-from medo1.config import Section
+from medo1.config import ConfigError
 from medo1.tokenize import end_of_turn_ids
-
-
-class ModelConfig(Section):
-    name_or_path: str
-    tokenizer: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    attn_implementation: str | None = None
-    gradient_checkpointing: bool = False
 
 
 def bundled_qwen_tokenizer_dir() -> Path:
@@ -41,7 +32,7 @@ def load_tokenizer(path: str | Path):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
-        raise ValueError(f"tokenizer at {path} has no chat template; medo1 trains on chat-formatted prompts")
+        raise ConfigError(f"tokenizer at {path} has no chat template; medo1 trains on chat-formatted prompts")
     return tokenizer
 
 

@@ -18,7 +18,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from datasets import Dataset
@@ -28,56 +27,23 @@ from trl import SFTTrainer
 
 from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
-from medo1.config import OutputConfig, Section, dump_config, trainer_arguments
-from medo1.data import DataConfig, enforce_policy, load_from_config, write_rejects
+from medo1.config import dump_config
+from medo1.data import DataError, enforce_policy, load_from_config, write_rejects
 from medo1.metrics import JsonlMetrics
 from medo1.models import (
-    ModelConfig,
     export_from_trainer,
     fused_head_is_compact,
     load_tokenizer,
     resolve_dtype,
 )
+from medo1.preemption import StopOnSigterm, sigterm_stops_training
+from medo1.report import write_report_safely
 from medo1.runtime import is_main_process, rank
+from medo1.sft_config import SFTConfig
 from medo1.tokenize import encode_sft, length_stats
+from medo1.training_arguments import trainer_arguments
 
 log = logging.getLogger("medo1.sft")
-
-
-class LoraConfig(Section):
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: str | list[str] = "all-linear"
-
-
-class TrainConfig(Section):
-    epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 5e-6
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    per_device_batch_size: int = 2
-    gradient_accumulation_steps: int = 8
-    # padding_free: each micro-batch's examples laid end to end (same examples per step as padded);
-    # packed: best-fit packing into rows of data.max_length tokens; padded: the classic padded loop.
-    batching: Literal["padding_free", "packed", "padded"] = "padding_free"
-    seed: int = 42
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    distributed: Literal["ddp", "deepspeed_zero3", "fsdp"] = "ddp"
-    deepspeed_config: str | None = None
-    dataloader_workers: int = 0
-
-
-class SFTConfig(Section):
-    model: ModelConfig
-    data: DataConfig
-    lora: LoraConfig = LoraConfig()
-    train: TrainConfig = TrainConfig()
-    output: OutputConfig = OutputConfig()
 
 
 @dataclass
@@ -101,6 +67,7 @@ def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dat
         "rows": loaded.rows,
         "valid": len(loaded.examples),
         "invalid": len(loaded.problems),
+        "duplicates": len(loaded.duplicates),
         "dropped_overlong": len(encoded.dropped),
         "truncated": encoded.truncated,
         "trained_examples": len(encoded.input_ids),
@@ -114,7 +81,7 @@ def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dat
             report["rejects_file"] = str(rejects_path)
         (output_dir / "data_report.json").write_text(json.dumps(report, indent=2))
     if not encoded.input_ids:
-        raise ValueError(f"{data.path}: no trainable examples left ({json.dumps(report)})")
+        raise DataError(f"{data.path}: no trainable examples left ({json.dumps(report)})")
     log.info("data: %s", json.dumps(report))
     dataset = Dataset.from_dict({"input_ids": encoded.input_ids, "labels": encoded.labels})
     return dataset, report
@@ -235,21 +202,26 @@ def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
     trace = None
     if config.output.batch_trace:
         trace = output_dir / f"batch-trace-rank{rank()}.jsonl"
+    stopper = StopOnSigterm()
     trainer = Medo1SFTTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(config),
-        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd()],
+        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd(), stopper],
         keep_checkpoints=config.output.keep,
         batch_trace=trace,
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with sigterm_stops_training():
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    stopper.raise_if_stopped_early(trainer)
     export_dir = None
     if config.output.export:
         lora_base = config.model.name_or_path if config.lora.enabled else None
         export_dir = export_from_trainer(trainer, tokenizer, output_dir, lora_base=lora_base)
+    if is_main_process():
+        write_report_safely(output_dir)  # report.html with the curves, for clusters without W&B
     return SFTResult(output_dir, trainer.state.global_step, export_dir, report)

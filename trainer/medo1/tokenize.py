@@ -38,6 +38,23 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return ids[: last_special + 1]
 
 
+def longest_token_chars(tokenizer) -> int:
+    """Characters in the tokenizer's longest vocabulary entry: no token covers more text than that."""
+    return max(len(token) for token in tokenizer.get_vocab())
+
+
+def cap_text(text: str, max_tokens: int, token_chars: int) -> str:
+    """`text`, or a prefix of it still certain to tokenize to more than `max_tokens` tokens.
+
+    Every token covers at most `token_chars` characters (byte-level BPE and SentencePiece keep every
+    character), so (max_tokens + 1) * token_chars characters make at least max_tokens + 1 tokens.
+    Tokenizing the prefix instead of the whole bounds the time and memory one huge row costs, and
+    its row still counts as over-long.
+    """
+    budget = (max_tokens + 1) * token_chars
+    return text if len(text) <= budget else text[:budget]
+
+
 def render_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -48,7 +65,8 @@ class EncodedSFT:
     labels: list[list[int]] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
-    """Full (untruncated) length of every valid example, dropped ones included."""
+    """Full (untruncated) length of every valid example, dropped ones included; for a text too long to be
+    worth tokenizing whole (`cap_text`), the length of its capped prefix, still over `max_length`."""
     dropped: list[Problem] = field(default_factory=list)
     truncated: int = 0
 
@@ -66,9 +84,10 @@ def encode_sft(
     end-of-turn label, so the model is never taught to stop mid-answer.
     """
     eot = end_of_turn_ids(tokenizer)
-    prompts = [render_prompt(tokenizer, ex.messages) for _, ex in examples]
+    token_chars = longest_token_chars(tokenizer)
+    prompts = [cap_text(render_prompt(tokenizer, ex.messages), max_length, token_chars) for _, ex in examples]
     prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
-    completions = [ex.completion for _, ex in examples]
+    completions = [cap_text(ex.completion, max_length, token_chars) for _, ex in examples]
     completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"] if completions else []
     out = EncodedSFT()
     for (row, _), p_ids, c_ids in zip(examples, prompt_ids, completion_ids):

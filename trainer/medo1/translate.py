@@ -1,15 +1,22 @@
 """Translation stage: translate a dataset's text fields with an OpenAI-compatible chat API.
 
-One request per record (`POST {base_url}/chat/completions`, JSON-object response format), run
-concurrently under a semaphore, with exponential backoff on 429 / 5xx / timeouts / connection
-errors. Every translation is validated before it is kept: same keys, no empty field, the
-`## Thinking` / `## Final Response` markers kept as often as in the source, MCQ option letters
-kept, every number of the source present in the translation. A record that fails is asked again
-(`validation_retries`), then written to the rejects file with the reason.
+One request per record (`POST {base_url}/chat/completions`, JSON-object response format) through
+`medo1.chat_client`: `concurrency` in flight, retries with backoff on 429 / 5xx / timeouts /
+refused connections, progress lines on long waits. Every translation is validated before it is
+kept: same keys, no empty field, the `## Thinking` / `## Final Response` markers kept as often as
+in the source, MCQ option letters kept, every number and unit of the source kept by value as the
+target language writes it, and each field in the target language (`medo1.translation_checks`). A
+record that fails is asked again (`validation_retries`), then written to the rejects file with the
+reason.
 
 Finished translations are appended to a cache (JSONL, fsynced, keyed by a hash of the source
 fields + target language + model) before they count, so a killed run resumes without asking
 for them again; the output is written at the end, in input order, atomically, from the cache.
+
+A run fails (TranslateError, the CLI exits non-zero) when more than `max_failure_ratio` of the
+records fail (an invalid source row or a rejected translation): at once when the input alone
+exceeds it, else as soon as the failures do, without asking for the rest. A run that fails leaves
+the previous output and rejects file as they were; what it translated stays in the cache.
 
 The API key is read from the environment variable `api_key_env` only and never logged.
 """
@@ -20,23 +27,20 @@ import asyncio
 import hashlib
 import json
 import os
-import random
-import re
 import sys
 import time
-import unicodedata
+from collections import Counter
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
+from pydantic import Field
 
-from medo1.config import Section, StageError
+from medo1.chat_client import ChatClient, ChatEndpointError, ChatError, RetryOptions
+from medo1.config import StageError
+from medo1.translation_checks import TranslationChecks
 from medo1.data import (
-    FINAL_RESPONSE_HEADER,
     PARSERS,
-    THINKING_HEADER,
     DataError,
     FieldProblem,
     Problem,
@@ -46,7 +50,6 @@ from medo1.data import (
 )
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-MARKERS = (THINKING_HEADER, FINAL_RESPONSE_HEADER)
 # Logical fields translated per format (mcq options are translated value by value).
 TRANSLATED_FIELDS: dict[str, tuple[str, ...]] = {
     "medical_o1": ("question", "cot", "response"),
@@ -59,98 +62,56 @@ VERIFIER_WARNING = (
     "on a sample (or keep English reference answers) before RL on this data."
 )
 # 197,000 / 6,500 (thousands separators) before plain integers and decimals (6, 0.4, 37.8).
-NUMBER_RE = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?")
 
 
 class TranslateError(StageError):
-    """The run cannot go on (bad key, unknown model, unreadable input); the message says why."""
+    """The run cannot go on (bad key, unknown model, unreadable input, too many failed records); the message
+    says why."""
 
 
-class TranslateConfig(Section):
-    input: str
-    output: str
+class FailureBudgetSpent(Exception):
+    """More records failed than `max_failure_ratio` allows: the remaining requests are cancelled."""
+
+
+class TranslateConfig(RetryOptions):
+    input: str = Field(min_length=1)
+    """Source records: a JSON list or JSONL file."""
+    output: str = Field(min_length=1)
     """Translated records, JSONL, in input order."""
     format: Literal["medical_o1", "verifiable", "mcq"] = "medical_o1"
+    """The records' shape: medical_o1 (SFT), verifiable (RL problems) or mcq (benchmark questions)."""
     preset: str | None = None
+    """Field-name preset of the source (see `medo1 data validate`)."""
     fields: dict[str, str] = {}
-    target_language: str
+    """Field name -> column, overriding the preset's."""
+    target_language: str = Field(min_length=1)
+    """The language translated into, in words (e.g. Japanese)."""
     base_url: str | None = None
     """Default: env OPENAI_BASE_URL, else https://api.openai.com/v1."""
     model: str = "gpt-4o-mini"
+    """The endpoint's model name."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the key (the key itself never goes in a config)."""
-    concurrency: int = 16
-    max_retries: int = 5
-    """Retries of one request on 429 / 5xx / timeout / connection error."""
-    backoff_s: float = 1.0
-    """First backoff delay; doubled per retry (capped at 60 s), with jitter. Retry-After wins."""
-    timeout_s: float = 120
-    validation_retries: int = 2
+    concurrency: int = Field(16, ge=1)
+    """Requests in flight at once."""
+    max_failure_ratio: float = Field(0.25, ge=0, lt=1)
+    """Share of records that may fail (invalid source row, or no valid translation after the retries) before
+    the run fails and the previous output is kept. A strict validator rejects a few good records, so 0 would
+    fail nearly every large run. Set above `reject_warning_ratio` so a run warns (10%) before it fails (25%):
+    a quarter of the records lost points to a broken endpoint, model, prompt or input."""
+    validation_retries: int = Field(2, ge=0)
     """Extra attempts for a record whose answer is not JSON or fails validation."""
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
+    """Translate only the first N records (smoke runs)."""
     cache_dir: str | None = None
     """Default: OUTPUT.cache/ (holds translations.jsonl)."""
     rejects: str | None = None
     """Default: OUTPUT with suffix .rejects.jsonl."""
-    temperature: float | None = 0.0
-
-
-# ---------------------------------------------------------------------------------- validation
-
-
-def normalise_number(text: str) -> str:
-    return text.replace(",", "")
-
-
-def numbers_in(text: str) -> list[str]:
-    """Numbers of a text, thousands separators dropped; full-width digits count (NFKC)."""
-    return [normalise_number(m) for m in NUMBER_RE.findall(unicodedata.normalize("NFKC", text))]
-
-
-def _strings(value: Any, path: str) -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        return [(f"{path}.{k}", v) for k, v in value.items()]
-    return [(path, value)]
-
-
-def validate_translation(source: dict[str, Any], translated: Any) -> list[str]:
-    """Problems of a translation of `source` (a payload of column -> text, or options dict)."""
-    if not isinstance(translated, dict):
-        return [f"expected a JSON object, got {type(translated).__name__}"]
-    problems: list[str] = []
-    missing = [k for k in source if k not in translated]
-    extra = [k for k in translated if k not in source]
-    if missing:
-        problems.append(f"missing key(s) {missing}")
-    if extra:
-        problems.append(f"unexpected key(s) {extra}")
-    for key, src_value in source.items():
-        if key not in translated:
-            continue
-        out_value = translated[key]
-        if isinstance(src_value, dict):
-            if not isinstance(out_value, dict):
-                problems.append(f"field '{key}': expected an object, got {type(out_value).__name__}")
-                continue
-            if list(out_value) != list(src_value):
-                problems.append(f"field '{key}': option keys {list(out_value)} differ from {list(src_value)}")
-                continue
-        for (path, src), (_, out) in zip(_strings(src_value, key), _strings(out_value, key)):
-            if not isinstance(out, str):
-                problems.append(f"field '{path}': expected a string, got {type(out).__name__}")
-                continue
-            if not out.strip():
-                problems.append(f"field '{path}': empty")
-                continue
-            for marker in MARKERS:
-                want, got = src.count(marker), out.count(marker)
-                if want != got:
-                    problems.append(f"field '{path}': marker '{marker}' appears {got}x, source has it {want}x")
-            have = set(numbers_in(out))
-            lost = [n for n in dict.fromkeys(numbers_in(src)) if n not in have]
-            if lost:
-                problems.append(f"field '{path}': number(s) {', '.join(lost)} missing from the translation")
-    return problems
+    temperature: float | None = Field(0.0, ge=0)
+    """Sampling temperature; None leaves it to the endpoint."""
+    reject_warning_ratio: float = Field(0.10, ge=0, le=1)
+    """The summary warns when more than this share of the valid source records got no translation that
+    passed the checks (a wrong prompt, model or target_language); invalid source rows do not count."""
 
 
 # ---------------------------------------------------------------------------------- records
@@ -290,133 +251,57 @@ SYSTEM_PROMPT = (
 )
 
 
-class RequestFailed(Exception):
-    """One record could not be translated (non-retryable status or retries exhausted)."""
-
-
-@dataclass
-class Stats:
-    requests: int = 0
-    retries: int = 0
-    validation_retries: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    translated: int = 0
-    rejected: int = 0
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 class Translator:
-    def __init__(self, config: TranslateConfig, client: httpx.AsyncClient, api_key: str | None, stats: Stats):
+    def __init__(self, config: TranslateConfig, client: ChatClient):
         self.config = config
         self.client = client
-        self.api_key = api_key
-        self.stats = stats
-        self.url = (config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self.url += "/chat/completions"
         self.system = SYSTEM_PROMPT.format(lang=config.target_language)
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self.api_key, "***") if self.api_key else text
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, 300.0)
-        base = min(self.config.backoff_s * (2**attempt), 60.0)
-        return base * random.uniform(0.5, 1.5)
-
-    async def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        last = ""
-        for attempt in range(self.config.max_retries + 1):
-            if attempt:
-                self.stats.retries += 1
-            self.stats.requests += 1
-            retry_after = None
-            try:
-                response = await self.client.post(self.url, json=body, headers=headers)
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                last = f"{type(exc).__name__}: {self._scrub(str(exc)) or 'no detail'}"
-            else:
-                status = response.status_code
-                if status == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        last = "HTTP 200 with a body that is not JSON"
-                elif status in (401, 403):
-                    raise TranslateError(
-                        f"{self.url} answered HTTP {status}: the API key in ${self.config.api_key_env} "
-                        "was refused (or is missing)"
-                    )
-                elif status == 404:
-                    raise TranslateError(
-                        f"{self.url} answered HTTP 404 (wrong base_url, or unknown model {self.config.model!r}): "
-                        f"{self._scrub(response.text[:300])}"
-                    )
-                elif status == 429 or status >= 500:
-                    last = f"HTTP {status}: {self._scrub(response.text[:200])}"
-                    retry_after = retry_after_seconds(response.headers.get("retry-after"))
-                else:
-                    raise RequestFailed(f"HTTP {status}: {self._scrub(response.text[:300])}")
-            if attempt < self.config.max_retries:
-                await asyncio.sleep(self._delay(attempt, retry_after))
-        raise RequestFailed(f"gave up after {self.config.max_retries} retries; last error: {last}")
+        self.checks = TranslationChecks(config.target_language)
+        self.validation_retries = 0
+        self.retried: Counter[str] = Counter()
+        """Records asked again, per reason of a failed attempt (a translation_checks reason, or "json")."""
+        self.rejected: Counter[str] = Counter()
+        """Records given up on, per reason of their last attempt (also "request": no answer)."""
 
     async def translate(self, payload: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """(translation, "") or (None, reason) after all validation attempts."""
-        body: dict[str, Any] = {
-            "model": self.config.model,
-            "messages": [
-                {"role": "system", "content": self.system},
-                {"role": "user", "content": json.dumps(payload, ensure_ascii=False)},
-            ],
-            "response_format": {"type": "json_object"},
-        }
+        messages = [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": json.dumps(payload, ensure_ascii=False)},
+        ]
+        params: dict[str, Any] = {"response_format": {"type": "json_object"}}
         if self.config.temperature is not None:
-            body["temperature"] = self.config.temperature
+            params["temperature"] = self.config.temperature
         reason = ""
-        for attempt in range(self.config.validation_retries + 1):
-            if attempt:
-                self.stats.validation_retries += 1
-            try:
-                answer = await self._post(body)
-            except RequestFailed as exc:
-                return None, str(exc)
-            usage = answer.get("usage") or {}
-            self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
-            try:
-                choice = answer["choices"][0]
-                content = choice["message"]["content"]
-            except (KeyError, IndexError, TypeError):
-                reason = "response has no choices[0].message.content"
-                continue
-            if not isinstance(content, str):
-                reason = "message content is not a string"
-                continue
-            try:
-                translated = json.loads(content)
-            except json.JSONDecodeError as exc:
-                cut = " (finish_reason=length: output cut off)" if choice.get("finish_reason") == "length" else ""
-                reason = f"answer is not valid JSON: {exc.msg} at char {exc.pos}{cut}"
-                continue
-            problems = validate_translation(payload, translated)
-            if not problems:
-                return translated, ""
-            reason = "; ".join(problems)
+        kinds: set[str] = set()  # the reasons of the last failed attempt
+        retried: set[str] = set()
+        try:
+            for attempt in range(self.config.validation_retries + 1):
+                if attempt:
+                    self.validation_retries += 1
+                    retried |= kinds
+                try:
+                    answer = await self.client.complete(messages, **params)
+                except ChatEndpointError as exc:
+                    raise TranslateError(str(exc)) from None
+                except ChatError as exc:
+                    self.rejected["request"] += 1
+                    return None, str(exc)
+                try:
+                    translated = json.loads(answer.text)
+                except json.JSONDecodeError as exc:
+                    cut = " (finish_reason=length: output cut off)" if answer.finish_reason == "length" else ""
+                    reason = f"answer is not valid JSON: {exc.msg} at char {exc.pos}{cut}"
+                    kinds = {"json"}
+                    continue
+                problems = self.checks.problems(payload, translated)
+                if not problems:
+                    return translated, ""
+                reason = "; ".join(problems)
+                kinds = {problem.reason for problem in problems}
+        finally:
+            self.retried.update(retried)
+        self.rejected.update(kinds)
         return None, f"after {self.config.validation_retries + 1} attempt(s): {reason}"
 
 
@@ -441,6 +326,22 @@ class Progress:
             print(f"translate: {self.done}/{self.total} records, {self.failed} failed", file=sys.stderr, flush=True)
 
 
+def failure_message(
+    config: TranslateConfig, problems: list[Problem], rows: int, allowed: int, not_asked: int, cache_dir: Path | None
+) -> str:
+    """One line: failed records against the allowance, the first failure, and what was kept."""
+    text = (
+        f"{len(problems)} of {rows} record(s) failed, more than max_failure_ratio={config.max_failure_ratio:g} "
+        f"allows ({allowed}); first: {problems[0]}"
+    )
+    if not_asked:
+        text += f"; stopped without asking for the other {not_asked}"
+    text += f"; nothing was written to {config.output}"
+    if cache_dir is not None:
+        text += f" (finished translations are kept in {cache_dir} for the next run)"
+    return text
+
+
 def default_paths(config: TranslateConfig) -> tuple[Path, Path]:
     output = Path(config.output)
     cache = Path(config.cache_dir) if config.cache_dir else output.with_name(output.name + ".cache")
@@ -461,19 +362,24 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
 
 async def translate_async(config: TranslateConfig, *, progress: bool = True) -> dict[str, Any]:
     started = time.monotonic()
-    api_key = os.environ.get(config.api_key_env) or None
     base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    if api_key is None and base_url.rstrip("/") == DEFAULT_BASE_URL:
+    try:
+        client = ChatClient(config.chat_client_config(base_url, config.model, config.api_key_env, config.concurrency))
+    except ChatEndpointError as exc:
+        raise TranslateError(str(exc)) from None
+    if not client.has_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
         raise TranslateError(f"set ${config.api_key_env} to the API key for {base_url}")
-    if config.concurrency < 1:
-        raise TranslateError("concurrency must be >= 1")
     try:
         items, problems, raw, rows = load_items(config)
     except DataError as exc:
         raise TranslateError(str(exc)) from None
+    if rows == 0:
+        raise TranslateError(f"{config.input}: no records to translate")
+    allowed_failures = int(config.max_failure_ratio * rows)
+    if len(problems) > allowed_failures:  # the input alone fails the run: ask for nothing
+        raise TranslateError(failure_message(config, problems, rows, allowed_failures, len(items), None))
     cache_dir, rejects_path = default_paths(config)
     cache = Cache(cache_dir)
-    stats = Stats()
     mapping = resolve_fields(config.format, config.preset, config.fields)
     options_column = mapping.get("options") if config.format == "mcq" else None
 
@@ -484,35 +390,37 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
     from_cache = sum(len(group) for key, group in by_key.items() if key in cache.entries)
     todo = [key for key in by_key if key not in cache.entries]
     failures: dict[str, str] = {}
+    failed_records = len(problems)
     bar = Progress(len(items), progress)
     bar.done = from_cache
     bar.show(force=True)
 
-    semaphore = asyncio.Semaphore(config.concurrency)
-    timeout = httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 30.0))
-    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+    translator = Translator(config, client)
     try:
-        async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-            translator = Translator(config, client, api_key, stats)
+        async with client:
 
             async def one(key: str) -> None:
-                async with semaphore:
-                    translation, reason = await translator.translate(by_key[key][0].payload)
+                nonlocal failed_records
+                translation, reason = await translator.translate(by_key[key][0].payload)
                 if translation is not None:
                     cache.add(key, translation)  # durable before it counts
                 else:
                     failures[key] = reason
+                    failed_records += len(by_key[key])
                 for _ in by_key[key]:
                     bar.update(translation is not None)
+                if failed_records > allowed_failures:
+                    raise FailureBudgetSpent
 
             tasks = [asyncio.create_task(one(key)) for key in todo]
             try:
                 await asyncio.gather(*tasks)
-            except BaseException:
+            except BaseException as exc:
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
-                raise
+                if not isinstance(exc, FailureBudgetSpent):
+                    raise
     finally:
         cache.close()
 
@@ -520,16 +428,19 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
     lines: list[str] = []
     for item in items:
         translation = cache.entries.get(item.key)
-        if translation is None:
+        if translation is not None:
+            lines.append(json.dumps(merge(item, translation, options_column), ensure_ascii=False))
+        elif item.key in failures:
             raw[item.row] = item.record
             problems.append(
                 Problem(config.input, item.row, None, f"translation failed: {failures[item.key]}", item.line)
             )
-            continue
-        lines.append(json.dumps(merge(item, translation, options_column), ensure_ascii=False))
+    problems.sort(key=lambda p: p.row)
+    if len(problems) > allowed_failures:
+        not_asked = rows - len(lines) - len(problems)
+        raise TranslateError(failure_message(config, problems, rows, allowed_failures, not_asked, cache_dir))
     output = Path(config.output)
     _write_atomic(output, lines)
-    problems.sort(key=lambda p: p.row)
     if problems:
         write_rejects(rejects_path, problems, raw)
     elif rejects_path.exists():
@@ -538,16 +449,26 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
     warnings: list[str] = []
     if config.format == "verifiable":
         warnings.append(VERIFIER_WARNING.format(lang=config.target_language))
+    rejected_translations = sum(len(by_key[key]) for key in failures)
+    if rejected_translations > config.reject_warning_ratio * len(items):
+        by_count = sorted(translator.rejected.items(), key=lambda item: (-item[1], item[0]))
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in by_count)
+        warnings.append(
+            f"{rejected_translations} of {len(items)} translation(s) rejected, more than reject_warning_ratio="
+            f"{config.reject_warning_ratio:g} ({reasons}): check the prompt, the model and the target_language"
+        )
     summary = {
         "records": rows,
         "translated": len(lines),
         "from_cache": from_cache,
         "rejected": len(problems),
-        "requests": stats.requests,
-        "retries": stats.retries,
-        "validation_retries": stats.validation_retries,
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.completion_tokens,
+        "requests": client.stats.requests,
+        "retries": client.stats.retries,
+        "validation_retries": translator.validation_retries,
+        "retried_by_reason": dict(translator.retried),
+        "rejected_by_reason": dict(translator.rejected),
+        "prompt_tokens": client.stats.prompt_tokens,
+        "completion_tokens": client.stats.completion_tokens,
         "elapsed_s": round(time.monotonic() - started, 3),
         "model": config.model,
         "target_language": config.target_language,

@@ -76,30 +76,68 @@ app.kubernetes.io/part-of: medo1
 {{- end }}
 {{- end -}}
 
-{{/* Environment shared by every training container: caches, NCCL, secrets by reference. */}}
+{{/* Environment of a stage's container: caches, NCCL, and by reference only the Secrets the stage
+reads (stageSecrets), each optional as `secrets` says. Call with (list $ "sft"). */}}
 {{- define "medo1.env" -}}
+{{- $root := index . 0 -}}
+{{- $stage := index . 1 -}}
+{{- with $root -}}
 - name: HF_HOME
   value: {{ .Values.storage.hfCache.mountPath | quote }}
 - name: HF_HUB_ENABLE_HF_TRANSFER
   value: "0"
 - name: TOKENIZERS_PARALLELISM
   value: "false"
+{{- /* torchrun forwards SIGTERM to its workers, then SIGKILLs them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+seconds (default 30, torch/distributed/run.py --shutdown-timeout): the preemption save (medo1.preemption)
+gets the pod's grace period, less 30 s for torchrun itself to exit. */}}
+- name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
+  value: {{ max 30 (sub (int .Values.terminationGracePeriodSeconds) 30) | quote }}
 {{- range $name, $value := .Values.nccl }}
 - name: {{ $name }}
   value: {{ $value | quote }}
 {{- end }}
-{{- range $key, $secret := .Values.secrets }}
+{{- range $key := index .Values.stageSecrets $stage | default list }}
+{{- $secret := index $root.Values.secrets $key }}
 {{- if $secret.name }}
 - name: {{ $secret.key }}
   valueFrom:
     secretKeyRef:
       name: {{ $secret.name }}
       key: {{ $secret.key }}
+      optional: {{ $secret.optional | default false }}
 {{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* A pod template's metadata: selector labels, the component, podLabels and podAnnotations. Call with (list $ "sft"). */}}
+{{- define "medo1.podMetadata" -}}
+{{- $root := index . 0 -}}
+labels:
+  {{- include "medo1.selectorLabels" $root | nindent 2 }}
+  app.kubernetes.io/component: {{ index . 1 }}
+  {{- with $root.Values.podLabels }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
+{{- with $root.Values.podAnnotations }}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/* The container securityContext; RDMA adds IPC_LOCK (memory registration pins pages beyond memlock). */}}
+{{- define "medo1.containerSecurityContext" -}}
+{{- $security := deepCopy .Values.securityContext -}}
+{{- if .Values.cluster.rdma.enabled -}}
+{{- $capabilities := $security.capabilities | default dict -}}
+{{- $_ := set $capabilities "add" (append ($capabilities.add | default list) "IPC_LOCK" | uniq) -}}
+{{- $_ := set $security "capabilities" $capabilities -}}
+{{- end -}}
+{{ toYaml $security }}
 {{- end -}}
 
 {{- define "medo1.resources" -}}
@@ -140,6 +178,10 @@ requests:
 {{/* Pod-level settings shared by every training pod. */}}
 {{- define "medo1.podSpecCommon" -}}
 serviceAccountName: {{ include "medo1.serviceAccountName" . }}
+terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+{{- with .Values.scheduling.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
 securityContext:
 {{ toYaml .Values.podSecurityContext | indent 2 }}
 {{- with .Values.image.pullSecrets }}
@@ -175,11 +217,11 @@ volumes:
   args:
 {{ include "medo1.stageArgs" (list $root $stage) | indent 4 }}
   env:
-{{ include "medo1.env" $root | trim | indent 4 }}
+{{ include "medo1.env" (list $root $stage) | trim | indent 4 }}
   resources:
 {{ include "medo1.resources" $root | indent 4 }}
   securityContext:
-{{ toYaml $root.Values.securityContext | indent 4 }}
+{{ include "medo1.containerSecurityContext" $root | indent 4 }}
   volumeMounts:
 {{ include "medo1.volumeMounts" $root | trim | indent 4 }}
 {{- end -}}

@@ -1,4 +1,4 @@
-"""RL stage: rewards, PPO and GRPO on top of the SFT checkpoint."""
+"""RL stage: rewards, PPO, GRPO and RLOO on top of the SFT checkpoint."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ def run_rl(config, resume: str = "none"):
     if config.algo == "ppo":
         from medo1.rl.ppo import run_ppo
 
-        return run_ppo(config, resume)
-    from medo1.rl.grpo import run_grpo
+        result = run_ppo(config, resume)
+    else:
+        from medo1.rl.grpo import run_grpo
 
-    return run_grpo(config, resume)
+        result = run_grpo(config, resume)  # grpo and rloo, through TRL
+    # Run report (medo1.report): report.html with the curves, for clusters without W&B; a failure only warns.
+    from medo1.report import write_report_safely
+    from medo1.runtime import is_main_process
+
+    if is_main_process():
+        write_report_safely(result.output_dir)
+    return result

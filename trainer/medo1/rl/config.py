@@ -6,9 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from medo1.config import OutputConfig, Section
+from medo1.config import ModelConfig, OutputConfig, Section, TrainingOptions
 from medo1.data import DataConfig
-from medo1.models import ModelConfig
 from medo1.rl.rewards import RewardConfig
 
 
@@ -19,6 +18,7 @@ class VLLMSettings(Section):
     """Share of each GPU vLLM may take for its weights and KV cache; it must be free when vLLM starts, after the
     training models are placed."""
     tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs each vLLM engine spans (tensor parallelism)."""
     sleep: bool = True
     """Release vLLM's weights and KV cache while training (sleep level 2); the policy is pushed again before each rollout."""
     max_model_len: int | None = None
@@ -26,66 +26,115 @@ class VLLMSettings(Section):
 
 
 class SamplingConfig(Section):
-    response_length: int = 1300
+    """How responses are sampled from the policy during rollouts."""
+
+    response_length: int = Field(1300, ge=1)
+    """Most new tokens per response."""
     temperature: float = Field(0.5, gt=0.0)
+    """Sampling temperature."""
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling: keep the smallest token set holding this much probability; 1 keeps all."""
     engine: Literal["hf", "vllm"] = "hf"
     """hf: `generate` on the training policy; vllm: a colocated vLLM engine fed the policy's weights after each update."""
     gather_weights_for_generation: bool = True
     """hf engine with sharded training: gather the policy's full weights once per rollout instead of once per layer
     per generated token. Much faster; set false when one full (bf16) copy of the policy does not fit on a GPU."""
     vllm: VLLMSettings = VLLMSettings()
+    """The colocated vLLM engine's settings (`engine: vllm`)."""
 
 
 class PPOSettings(Section):
+    """`algo: ppo`: medo1's PPO loop with a value model, as published."""
+
     value_model: str | None = None
     """A sequence-classification checkpoint; default: the policy checkpoint with a fresh scalar head."""
-    kl_coef: float = 0.03
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    ppo_epochs: int = 3
-    num_mini_batches: int = 1
+    kl_coef: float = Field(0.03, ge=0.0)
+    """Weight of the per-token KL penalty against the reference (SFT) policy in the reward."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """Discount factor."""
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE lambda."""
+    cliprange: float = Field(0.2, gt=0.0)
+    """Policy ratio clip range."""
+    cliprange_value: float = Field(0.2, gt=0.0)
+    """Value prediction clip range."""
+    vf_coef: float = Field(0.1, ge=0.0)
+    """Weight of the value loss."""
+    ppo_epochs: int = Field(3, ge=1)
+    """Optimisation passes over each rollout batch."""
+    num_mini_batches: int = Field(1, ge=1)
+    """Mini-batches each rollout batch is split into per pass; must divide `train.gradient_accumulation_steps`."""
     whiten_rewards: bool = False
+    """Normalise rewards to zero mean and unit variance per batch."""
 
 
 class GRPOSettings(Section):
-    num_generations: int = 8
-    beta: float = 0.001
+    """`algo: grpo`, through TRL's GRPOTrainer: advantages relative to the other completions of the same prompt."""
+
+    num_generations: int = Field(8, ge=2)
+    """Completions sampled per prompt (a group)."""
+    beta: float = Field(0.001, ge=0.0)
+    """KL coefficient against the reference model."""
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    """How TRL's GRPOTrainer aggregates token losses: grpo (per-sequence mean), dapo (TRL's default: over the active
+    tokens of the whole accumulated batch), dr_grpo (over a constant, `sampling.response_length`), bnpo (over the
+    active tokens of the local batch)."""
 
 
-class RLTrainConfig(Section):
-    total_episodes: int = 20000
-    learning_rate: float = 5e-7
-    warmup_ratio: float = 0.05
+class RLOOSettings(Section):
+    """`algo: rloo`, through TRL's RLOOTrainer: REINFORCE with each completion's baseline the mean reward of the
+    other completions of its prompt."""
+
+    num_generations: int = Field(4, ge=2)
+    """Completions sampled per prompt (the leave-one-out baseline needs at least two)."""
+    beta: float = Field(0.05, ge=0.0)
+    """KL coefficient against the reference model (TRL's default)."""
+
+
+class RLTrainConfig(TrainingOptions):
+    """RL training options: the shared ones (RL's own defaults) plus the episode budget and the held-out share."""
+
+    total_episodes: int = Field(20000, ge=1)
+    """Sampled completions over the whole run (the run's length)."""
+    learning_rate: float = Field(5e-7, gt=0.0)
+    """Peak learning rate (AdamW)."""
     lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    per_device_batch_size: int = 1
-    gradient_accumulation_steps: int = 16
-    seed: int = 42
-    eval_fraction: float = 0.0
-    eval_steps: int = 0
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """auto: bf16 on GPU, fp32 on CPU."""
-    distributed: Literal["ddp", "deepspeed_zero3", "fsdp"] = "ddp"
-    """ddp: a full copy of every model on each rank; deepspeed_zero3 / fsdp: policy, value and reference sharded."""
-    deepspeed_config: str | None = None
-    """A DeepSpeed JSON config for deepspeed_zero3; default: medo1's ZeRO-3 config ("auto" entries filled in)."""
+    """Learning-rate schedule after warm-up."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    per_device_batch_size: int = Field(1, ge=1)
+    """Prompts per GPU (or CPU process) per micro-batch."""
+    gradient_accumulation_steps: int = Field(16, ge=1)
+    """Micro-batches per optimizer step."""
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of the problems held out for evaluation rewards (PPO)."""
+    eval_steps: int = Field(0, ge=0)
+    """Score the held-out problems every this many updates (PPO); 0: never."""
 
 
 class RLConfig(Section):
-    algo: Literal["ppo", "grpo"] = "ppo"
+    """`medo1 rl`: reinforcement learning against a verifier (PPO, GRPO or RLOO)."""
+
+    algo: Literal["ppo", "grpo", "rloo"] = "ppo"
+    """ppo: medo1's PPO loop (as published); grpo / rloo: TRL's GRPOTrainer / RLOOTrainer."""
     model: ModelConfig
+    """The policy's starting point (usually the SFT export); also the reference model."""
     data: DataConfig
+    """The verifiable problems (question and ground-truth answer) sampled for rollouts."""
     reward: RewardConfig
+    """How a response is scored against its ground truth."""
     sampling: SamplingConfig = SamplingConfig()
+    """Rollout sampling."""
     ppo: PPOSettings = PPOSettings()
+    """PPO's settings (`algo: ppo`)."""
     grpo: GRPOSettings = GRPOSettings()
+    """GRPO's settings (`algo: grpo`)."""
+    rloo: RLOOSettings = RLOOSettings()
+    """RLOO's settings (`algo: rloo`)."""
     train: RLTrainConfig = RLTrainConfig()
+    """Optimizer, schedule, episode budget and placement."""
     output: OutputConfig = OutputConfig()
+    """Checkpoints, metrics and the export."""
 
     @model_validator(mode="after")
     def _mini_batches_split_evenly(self) -> RLConfig:

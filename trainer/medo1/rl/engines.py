@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import torch
 import torch.distributed as dist
+from transformers import GenerationConfig
 
 from medo1.config import StageError
 from medo1.models import generation_config_for
@@ -73,21 +74,41 @@ class HFEngine:
         self.synced = placement.sharded and ranks.world > 1
         self.gather = placement.sharded and sampling.gather_weights_for_generation
 
+    def generation_config(self) -> GenerationConfig:
+        """Plain temperature (and top-p) sampling, the distribution PPO's log-probs assume."""
+        return GenerationConfig(
+            do_sample=True,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            top_k=0,
+            max_new_tokens=self.sampling.response_length,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    @contextmanager
+    def _without_checkpoint_generation_defaults(self):
+        # `generate` fills whatever the passed config leaves unset from `model.generation_config`, i.e. the
+        # checkpoint's generation_config.json (Qwen2.5-Instruct: repetition_penalty 1.05, top_k 20), which would
+        # bias the importance ratio and KL. An empty one in its place for the call leaves nothing to inherit.
+        model = self.policy.model
+        kept, model.generation_config = model.generation_config, GenerationConfig()
+        try:
+            yield
+        finally:
+            model.generation_config = kept
+
     @torch.no_grad()
-    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, prompt: dict[str, torch.Tensor], **outputs):
+        """`generate` with `generation_config()` only; `outputs` (e.g. output_scores) are passed through."""
         gathered = self.policy.gathered_for_generation() if self.gather else nullcontext()
-        with gathered, self.placement.autocast():
-            output = self.policy.model.generate(
-                **prompt,
-                do_sample=True,
-                temperature=self.sampling.temperature,
-                top_p=self.sampling.top_p,
-                top_k=0,
-                max_new_tokens=self.sampling.response_length,
-                eos_token_id=self.stop_ids,
-                pad_token_id=self.tokenizer.pad_token_id,
-                synced_gpus=self.synced,
+        with gathered, self.placement.autocast(), self._without_checkpoint_generation_defaults():
+            return self.policy.model.generate(
+                **prompt, generation_config=self.generation_config(), synced_gpus=self.synced, **outputs
             )
+
+    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.sample(prompt)
         responses = output[:, prompt["input_ids"].shape[1] :]
         mask = response_mask(responses, self.stop_ids)
         return responses.masked_fill(mask == 0, self.tokenizer.pad_token_id), mask
@@ -139,9 +160,14 @@ class VLLMEngine:
             self.weights_stale = True
         ranks.barrier()
 
+    def _wake_up(self, tag: str) -> None:
+        # Blocks the training passes freed are still held by torch's caching allocator; vLLM allocates outside it.
+        torch.cuda.empty_cache()
+        self.llm.wake_up(tags=[tag])
+
     def _push_weights(self) -> None:
         if self.sleep:
-            self.llm.wake_up(tags=["weights"])
+            self._wake_up("weights")
         model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
         for name, tensor in self.policy.named_full_parameters():
             model.load_weights([(name, tensor)])
@@ -164,7 +190,7 @@ class VLLMEngine:
         if self.weights_stale:
             self._push_weights()
         if self.sleep:
-            self.llm.wake_up(tags=["kv_cache"])
+            self._wake_up("kv_cache")
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids_all], sampling_params=self.params, use_tqdm=False)
         if self.sleep:
             self.llm.sleep(level=2)

@@ -1,8 +1,9 @@
-"""GRPO through TRL's GRPOTrainer, with medo1's rewards, data, checkpoints, metrics and export.
+"""GRPO and RLOO through TRL's GRPOTrainer and RLOOTrainer, with medo1's rewards, data, checkpoints, metrics
+and export.
 
-TRL does the group sampling, group-normalised advantages, KL to the reference, sharding (through
-accelerate, as for SFT) and, with `sampling.engine: vllm`, colocated vLLM rollouts; we supply the
-problems, the reward functions and checkpoint completeness.
+TRL does the group sampling, the advantages (group-normalised for GRPO, leave-one-out baselines for
+RLOO), KL to the reference, sharding (through accelerate, as for SFT) and, with `sampling.engine: vllm`,
+colocated vLLM rollouts; we supply the problems, the reward functions and checkpoint completeness.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
-from medo1.config import dump_config, trainer_arguments
+from medo1.config import dump_config
 from medo1.metrics import JsonlMetrics
 from medo1.models import export_from_trainer, load_tokenizer
+from medo1.preemption import StopOnSigterm, sigterm_stops_training
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import require_vllm
 from medo1.rl.ppo import RLResult
@@ -27,6 +29,7 @@ from medo1.rl.rewards import build_reward, trl_reward_funcs
 from medo1.rl.rollout import load_problems
 from medo1.rl.sharding import require_backend
 from medo1.runtime import is_main_process, world_size
+from medo1.training_arguments import trainer_arguments
 
 log = logging.getLogger("medo1.grpo")
 
@@ -35,18 +38,22 @@ class Medo1GRPOTrainer(MarkedCheckpoints, GRPOTrainer):
     pass
 
 
-def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOConfig:
-    train, grpo, out, sampling = config.train, config.grpo, config.output, config.sampling
+class Medo1RLOOTrainer(MarkedCheckpoints, RLOOTrainer):
+    pass
+
+
+def _shared_arguments(config: RLConfig, output_dir: Path, world_size: int) -> dict:
+    """The arguments GRPOConfig and RLOOConfig share."""
+    train, out, sampling = config.train, config.output, config.sampling
     completions_per_step = train.per_device_batch_size * train.gradient_accumulation_steps * world_size
-    return GRPOConfig(
+    return dict(
         **trainer_arguments(train, out, output_dir, config.model.gradient_checkpointing),
         # total_episodes counts sampled completions, as for PPO.
         max_steps=max(1, math.ceil(train.total_episodes / completions_per_step)),
-        num_generations=grpo.num_generations,
-        beta=grpo.beta,
         max_completion_length=sampling.response_length,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
+        disable_dropout=True,  # as in medo1's PPO: log-probs of training and rollout passes agree
         use_vllm=sampling.engine == "vllm",
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=sampling.vllm.gpu_memory_utilization,
@@ -54,7 +61,24 @@ def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOC
         vllm_enable_sleep_mode=sampling.vllm.sleep,
         vllm_max_model_length=sampling.vllm.max_model_len,
         ds3_gather_for_generation=sampling.gather_weights_for_generation,
-        reward_weights=[1.0, 0.0, 0.0],  # the last two only log the format-ok and verifier-true rates
+        reward_weights=[1.0, 0.0, 0.0, 0.0],  # the others only log the format-ok, verifier-true and failure rates
+    )
+
+
+def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOConfig:
+    grpo = config.grpo
+    return GRPOConfig(
+        **_shared_arguments(config, output_dir, world_size),
+        num_generations=grpo.num_generations,
+        beta=grpo.beta,
+        loss_type=grpo.loss_type,
+    )
+
+
+def rloo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> RLOOConfig:
+    rloo = config.rloo
+    return RLOOConfig(
+        **_shared_arguments(config, output_dir, world_size), num_generations=rloo.num_generations, beta=rloo.beta
     )
 
 
@@ -79,17 +103,23 @@ def run_grpo(config: RLConfig, resume: str = "none") -> RLResult:
             "reference": [problems.references[i] for i in problems.train],
         }
     )
-    trainer = Medo1GRPOTrainer(
+    trainer_class, arguments = (
+        (Medo1RLOOTrainer, rloo_arguments) if config.algo == "rloo" else (Medo1GRPOTrainer, grpo_arguments)
+    )
+    stopper = StopOnSigterm()
+    trainer = trainer_class(
         model=config.model.name_or_path,
         reward_funcs=trl_reward_funcs(reward),
-        args=grpo_arguments(config, output_dir, world_size()),
+        args=arguments(config, output_dir, world_size()),
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd()],
+        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd(), stopper],
         keep_checkpoints=config.output.keep,
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with sigterm_stops_training():
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    stopper.raise_if_stopped_early(trainer)
     export_dir = export_from_trainer(trainer, tokenizer, output_dir) if config.output.export else None
     return RLResult(output_dir, trainer.state.global_step, export_dir)

@@ -28,11 +28,11 @@ from transformers import (
     get_scheduler,
     set_seed,
 )
-from trl.trainer.utils import add_fused_lm_head
+from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
-from medo1 import checkpoint
+from medo1 import checkpoint, preemption
 from medo1.config import dump_config
-from medo1.metrics import append_jsonl
+from medo1.metrics import append_jsonl, keep_metrics_through
 from medo1.models import clear_dir, load_tokenizer, write_export_extras
 from medo1.rl import ppo_math
 from medo1.rl.config import RLConfig
@@ -59,8 +59,19 @@ class RLResult:
     export_dir: Path | None
 
 
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Dropout off, as TRL does for every model it trains against: with dropout the log-probs and values of
+    the training passes would be noisy copies of the rollout's, and the PPO ratio would not start at 1."""
+    disable_dropout_in_model(model)  # the nn.Dropout modules
+    for module in model.modules():
+        # transformers attention modules apply `self.attention_dropout` (a float) themselves in training mode.
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.0
+
+
 def load_policy(path: str, temperature: float, trainable: bool):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    disable_dropout(model)
     add_fused_lm_head(model, temperature=temperature, outputs=("log_probs", "entropy"))
     if not trainable:
         model.eval().requires_grad_(False)
@@ -70,11 +81,20 @@ def load_policy(path: str, temperature: float, trainable: bool):
 def load_value_model(path: str, pad_token_id: int) -> TokenValueModel:
     classifier = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     classifier.config.pad_token_id = pad_token_id
+    disable_dropout(classifier)
     return TokenValueModel(classifier)
 
 
 def micro_batches(indices: torch.Tensor, size: int):
     return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def epoch_orders(seed: int, update: int, size: int, epochs: int) -> list[torch.Tensor]:
+    """The order of a rollout batch in each PPO epoch of one update: a new shuffle every update and epoch, the
+    same on every rank and after a resume, as it depends only on `train.seed` and the update number."""
+    update_seed = int(np.random.SeedSequence([seed, update]).generate_state(1)[0])
+    generator = torch.Generator().manual_seed(update_seed)
+    return [torch.randperm(size, generator=generator) for _ in range(epochs)]
 
 
 class PPOTrainer:
@@ -225,6 +245,8 @@ class PPOTrainer:
                 "reward_mean": scores.mean(),
                 "format_ok_rate": torch.tensor(scored.format_ok, dtype=torch.float32, device=device).mean(),
                 "verifier_true_rate": torch.tensor(scored.correct, dtype=torch.float32, device=device).mean(),
+                "reward_failure_rate": torch.tensor(scored.failed or [False] * len(scored), dtype=torch.float32,
+                                                    device=device).mean(),
                 "kl": kl.sum(dim=1).mean(),
                 "entropy": ppo_math.masked_mean(entropy.float(), fmask),
                 "response_length": fmask.sum(dim=1).mean(),
@@ -234,16 +256,13 @@ class PPOTrainer:
             "time_scoring": t2 - t1,
         }
 
-    def train_on(self, batch: dict) -> dict[str, torch.Tensor]:
+    def train_on(self, batch: dict, update: int) -> dict[str, torch.Tensor]:
         ppo, micro = self.config.ppo, self.config.train.per_device_batch_size
         self.policy.train()
         self.value.train()
-        size = batch["mask"].size(0)
-        generator = torch.Generator().manual_seed(self.config.train.seed)
         sums: dict[str, float] = {}
         count = 0
-        for _ in range(ppo.ppo_epochs):
-            order = torch.randperm(size, generator=generator)
+        for order in epoch_orders(self.config.train.seed, update, batch["mask"].size(0), ppo.ppo_epochs):
             for mini in torch.chunk(order, ppo.num_mini_batches):
                 parts = micro_batches(mini, micro)
                 for i, idx in enumerate(parts):
@@ -297,10 +316,19 @@ class PPOTrainer:
     def train(self) -> RLResult:
         metrics_path = self.output_dir / "metrics.jsonl"
         out = self.config.output
+        if self.is_main:
+            keep_metrics_through(metrics_path, self.start_update)  # the interrupted run's entries past the checkpoint
+        with preemption.sigterm_stops_training():
+            self._updates(metrics_path)
+        export_dir = self.export() if out.export else None
+        return RLResult(self.output_dir, self.total_updates, export_dir)
+
+    def _updates(self, metrics_path: Path) -> None:
+        out = self.config.output
         for update in range(self.start_update, self.total_updates):
             batch = self.rollout(self._rank_batch(update))
             t0 = time.perf_counter()
-            train_stats = self.train_on(batch)
+            train_stats = self.train_on(batch, update)
             self.engine.policy_updated()
             t_train = time.perf_counter() - t0
             generated = batch["stats"].pop("generated_tokens")
@@ -323,10 +351,15 @@ class PPOTrainer:
                         update + 1, self.total_updates, record["reward_mean"], record["format_ok_rate"],
                         record["kl"], record["policy_loss"], record["value_loss"],
                     )
-            if (update + 1) % out.save_steps == 0 or update + 1 == self.total_updates:
+            last = update + 1 == self.total_updates
+            # Every rank reaches this check after the same update: one agreed answer, so all save together.
+            stopping = not last and preemption.stop_agreed(self.ranks.device)
+            if (update + 1) % out.save_steps == 0 or last or stopping:
                 self.save_checkpoint(update + 1)
-        export_dir = self.export() if out.export else None
-        return RLResult(self.output_dir, self.total_updates, export_dir)
+            if stopping:
+                stopped = preemption.Preempted(self.output_dir / f"checkpoint-{update + 1}", update + 1)
+                log.warning("%s", stopped)
+                raise stopped
 
     def export(self) -> Path:
         final, staging = self.output_dir / "export", self.output_dir / "export.partial"

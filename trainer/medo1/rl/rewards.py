@@ -8,40 +8,47 @@ Per response, as published for HuatuoGPT-o1:
 3. `VerifierReward`: a 2-class sequence classifier with its own tokenizer reads a prompt holding
    the answer and the reference; P("True") > threshold (0.4) gives `reward_correct` (1.0),
    otherwise `reward_wrong` (0.1).
-   `AnswerMatchReward`: the same reward values from a normalised string match, for teams
-   without a verifier checkpoint.
+   `AnswerMatchReward`: the same reward values from a match of one extracted final answer, for
+   teams without a verifier checkpoint. `medo1.rl.judge.JudgeReward` (`reward.kind: judge`): the
+   same values from a generative judge behind an OpenAI-compatible endpoint.
 
-Both reward objects are called as `reward(responses, references) -> RewardOutput`, so PPO and
-GRPO can use either; `trl_reward_funcs` adapts one to TRL's reward-function signature.
+Every reward object is called as `reward(responses, references) -> RewardOutput`, so PPO, GRPO
+and RLOO can use any; `trl_reward_funcs` adapts one to TRL's reward-function signature.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import string
 import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from medo1.config import Section
+from medo1.chat_client import RetryOptions
+from medo1.config import ConfigError, Section, check_model_reference
 from medo1.data import FINAL_RESPONSE_HEADER, THINKING_HEADER
+from medo1.errors import Medo1Error
 
 logger = logging.getLogger(__name__)
 
 FINAL_RESPONSE_MARKER = FINAL_RESPONSE_HEADER + "\n\n"
 
+# The input format medical_o1_verifier_3B was trained on, byte for byte as in the published HuatuoGPT-o1 reward
+# code (FreedomIntelligence/HuatuoGPT-o1, RL stage `get_reward`): note the space before each period after
+# "True" and "False", and the verifier's eos token in `{eos}` after the last one. Tokenized without special tokens.
 DEFAULT_VERIFIER_PROMPT = (
-    "You are checking a medical answer against a reference answer.\n\n"
-    "<Model Response>\n{response}\n</Model Response>\n\n"
+    "<Model Response>\n{answer}\n</Model Response>\n\n"
     "<Reference Answer>\n{reference}\n</Reference Answer>\n\n"
-    "Is the model response correct, and does it agree with the reference answer? "
-    "Answer with True or False."
+    "Your task is to evaluate the model response by comparing it to the reference answer. "
+    'If the model response is correct and aligns with the reference answer, output "True" . '
+    'If it is incorrect or fails to select the correct option (if options are provided), output "False" . {eos}'
 )
+VERIFIER_PROMPT_FIELDS = ("answer", "reference", "eos")
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,12 +83,14 @@ class RewardOutput:
     correct: list[bool]
     scores: list[float | None] = field(default_factory=list)
     """Verifier P("True") per response; None where the model was not asked (bad format, or a rule)."""
+    failed: list[bool] = field(default_factory=list)
+    """Judge: responses whose verdict could not be had (scored `reward_wrong`); empty for the other rewards."""
 
     def __len__(self) -> int:
         return len(self.rewards)
 
 
-class RewardLoadError(RuntimeError):
+class RewardLoadError(Medo1Error, RuntimeError):
     """The reward model could not be set up; raised at start-up, never at the first scoring call."""
 
 
@@ -89,37 +98,100 @@ class RewardLoadError(RuntimeError):
 # Configs
 
 
+def check_template_fields(template: str, fields: Sequence[str]) -> str:
+    """`template` if it is a format string holding each of `fields` once and no other field; else ValueError."""
+    try:
+        found = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"not a format string ({exc}); write a literal brace as {{{{ or }}}}") from None
+    if sorted(found) != sorted(fields):
+        wanted = ", ".join("{" + name + "}" for name in fields)
+        raise ValueError(f"must hold {wanted} once each and no other field; found {found}")
+    return template
+
+
 class _RewardValues(Section):
     reward_correct: float = 1.0
+    """Reward of a well-formed response whose final answer matches the reference."""
     reward_wrong: float = 0.1
+    """Reward of a well-formed response whose final answer does not match."""
     reward_bad_format: float = 0.0
+    """Reward of a response without exactly one thinking and one final-response section."""
 
 
 class VerifierRewardConfig(_RewardValues):
     kind: Literal["verifier"] = "verifier"
+    """A verifier model (a 2-class sequence classifier) scores each final answer against the reference."""
     model: str
     """Directory (or hub id) of a 2-class sequence classifier, e.g. medical_o1_verifier_3B."""
     tokenizer: str | None = None
     """The verifier's own tokenizer; default: the `model` path."""
-    threshold: float = 0.4
+    threshold: float = Field(0.4, ge=0.0, lt=1.0)
+    """A final answer is correct when the verifier's P("True") is above this."""
     batch_size: int = Field(16, ge=1)
+    """Answers scored together."""
     max_length: int = Field(2048, ge=16)
+    """Most tokens of the verifier's input (a longer answer is cut short, keeping its start)."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """auto: bfloat16 on a CUDA device, float32 elsewhere."""
     prompt_template: str = DEFAULT_VERIFIER_PROMPT
-    """Must hold `{response}` and `{reference}`; the verifier's eos token is appended after formatting."""
+    """The verifier's input with `{answer}`, `{reference}` and `{eos}` (its tokenizer's eos token) each once; the
+    default is the published format the public verifier was trained on: change it only for a verifier trained on
+    another."""
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, template: str) -> str:
+        return check_template_fields(template, VERIFIER_PROMPT_FIELDS)
 
 
 class AnswerMatchRewardConfig(_RewardValues):
     kind: Literal["answer_match"] = "answer_match"
+    """The final answer matches the reference after normalisation (case, punctuation, option letters): no model needed."""
 
 
-RewardConfig = Annotated[VerifierRewardConfig | AnswerMatchRewardConfig, Field(discriminator="kind")]
+DEFAULT_JUDGE_PROMPT = (
+    "You are grading the final answer of a medical question against the reference answer.\n\n"
+    "<Model Response>\n{answer}\n</Model Response>\n\n"
+    "<Reference Answer>\n{reference}\n</Reference Answer>\n\n"
+    "Is the model response correct and does it agree with the reference answer? A response that gives several "
+    "different answers, or fails to select the correct option (if options are provided), is incorrect. "
+    "Reply with one word: True or False."
+)
 
 
-def _looks_like_hub_id(name: str) -> bool:
-    """`org/name` (or a bare `name`): something from_pretrained may fetch rather than a local path."""
-    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not name.startswith(".")
+class JudgeRewardConfig(_RewardValues, RetryOptions):
+    """A generative judge behind an OpenAI-compatible endpoint (e.g. a vLLM server in the cluster) asked whether
+    each well-formed final answer matches the reference; the format rule and reward values are the verifier's."""
+
+    kind: Literal["judge"] = "judge"
+    """A generative judge behind an OpenAI-compatible endpoint says True or False."""
+    base_url: str
+    """Endpoint base URL, e.g. http://judge-vllm:8000/v1; requests go to BASE_URL/chat/completions."""
+    model: str | None = None
+    """Model name sent with each request; None leaves it out (a server that serves one model)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the endpoint's API key, if it needs one (never the key itself)."""
+    concurrency: int = Field(16, ge=1)
+    """Judge requests in flight at once (per rank)."""
+    prompt_template: str = DEFAULT_JUDGE_PROMPT
+    """The judge's user message, with `{answer}` and `{reference}` once each; the reply must start with True or
+    False."""
+    max_tokens: int = Field(8, ge=1)
+    """Tokens the judge may answer with (the verdict is its first word)."""
+    on_failure: Literal["fail", "score_wrong"] = "fail"
+    """A request that fails after its retries, or a reply that is not True/False: fail (stop the run at that step)
+    or score_wrong (give `reward_wrong`, count it in the `reward_failure_rate` metric and go on)."""
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_fields(cls, template: str) -> str:
+        return check_template_fields(template, ("answer", "reference"))
+
+
+RewardConfig = Annotated[
+    VerifierRewardConfig | AnswerMatchRewardConfig | JudgeRewardConfig, Field(discriminator="kind")
+]
 
 
 def _check_lengths(responses: Sequence[str], references: Sequence[str]) -> None:
@@ -145,14 +217,13 @@ class VerifierReward:
 
         self.config = config
         self.device = torch.device(device)
-        for placeholder in ("{response}", "{reference}"):
-            if placeholder not in config.prompt_template:
-                raise RewardLoadError(f"verifier prompt_template has no {placeholder} placeholder")
         path = config.model
         tokenizer_path = config.tokenizer or path
         for what, where in (("model", path), ("tokenizer", tokenizer_path)):
-            if not Path(where).exists() and not _looks_like_hub_id(where):
-                raise RewardLoadError(f"verifier {what} {where}: directory does not exist")
+            try:
+                check_model_reference(where, f"verifier {what}")
+            except ConfigError as exc:
+                raise RewardLoadError(str(exc)) from None
 
         try:
             model_config = AutoConfig.from_pretrained(path)
@@ -224,7 +295,11 @@ class VerifierReward:
 
     def format_prompt(self, answer: str, reference: str) -> str:
         """The exact text the verifier reads, its eos token included."""
-        return self.config.prompt_template.format(response=answer, reference=reference) + self.tokenizer.eos_token
+        return self.config.prompt_template.format(answer=answer, reference=reference, eos=self.tokenizer.eos_token)
+
+    def _tokenize(self, text: str) -> list[int]:
+        # As published: no special tokens added (a Llama-3 tokenizer would prepend <|begin_of_text|>).
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def encode(self, answer: str, reference: str) -> list[int]:
         """Token ids of the prompt, at most max_length long and always ending with eos.
@@ -233,12 +308,12 @@ class VerifierReward:
         reference and the closing question are kept.
         """
         limit = self.config.max_length
-        ids = self.tokenizer(self.format_prompt(answer, reference))["input_ids"]
+        ids = self._tokenize(self.format_prompt(answer, reference))
         if len(ids) > limit:
-            answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            answer_ids = self._tokenize(answer)
             keep = max(0, len(answer_ids) - (len(ids) - limit) - 4)
             answer = self.tokenizer.decode(answer_ids[:keep], skip_special_tokens=True)
-            ids = self.tokenizer(self.format_prompt(answer, reference))["input_ids"]
+            ids = self._tokenize(self.format_prompt(answer, reference))
         if len(ids) > limit:  # the reference alone is too long: keep the head, end with eos
             ids = ids[: limit - 1] + [self.tokenizer.eos_token_id]
         return ids
@@ -306,39 +381,110 @@ def _mcq_letter(reference: str) -> str | None:
     return letter.upper() if len(letter) == 1 and letter.upper() in _MCQ_LETTERS else None
 
 
-def _answers_letter(answer: str, letter: str) -> bool:
+# An option letter standing alone: not part of a word ("B12", "Bacterial") or an apostrophe form.
+_LONE = r"(?<![\w'’])({L})(?![\w'’])"
+# Between two option letters of a list: commas, slashes, "or", "and", "nor", brackets, "option".
+_LIST_GAP = r"[\s,;/&()\[\]]*(?:(?:or|and|nor|then|vs\.?|versus|option|choice)s?[\s,;/&()\[\]]*)*"
+_NAMED_OPTION = [
+    # "(B)", "[B]", "(b)" anywhere.
+    re.compile(r"[(\[]\s*([A-Ea-e])\s*[)\]]"),
+    # "B) Folate deficiency" anywhere.
+    re.compile(r"(?<![\w(\[])([A-E])\)"),
+    # "The answer is B", "Answer: (C)", "the correct answer is option D", "options B", "choice E".
+    re.compile(
+        r"(?i:answer|option|choice)s?\s*(?:(?i:is|are|was|would be)\s*|:\s*)?(?:(?i:option|choice)s?\s*)?"
+        r"[(\[]?([A-E])(?![\w'’])"
+    ),
+    # A line that starts with an option: "B. Folate", "C: Iron".
+    re.compile(r"(?m)^[\s*_>-]*([A-E])\s*[.:]"),
+]
+_LEADING_OPTION = re.compile(r"[(\[]?\s*([A-Ea-e])\s*(?:[)\].:,;/]|$)")
+# "B aspirin ...": an uppercase letter then a word; not "A", which reads as an article.
+_LEADING_WORD_OPTION = re.compile(r"([B-E])\s")
+_LETTERS_ONLY = re.compile(r"[\s(\[]*[A-Ea-e](?:" + _LIST_GAP + r"[A-Ea-e])*[\s)\].]*", flags=re.IGNORECASE)
+_LETTER_RUN = re.compile(_LONE.format(L="[A-E]") + "(?=" + _LIST_GAP + _LONE.format(L="[A-E]") + ")")
+_RUN_TAIL = re.compile(_LONE.format(L="[A-E]") + _LIST_GAP + r"$")
+
+
+def named_options(answer: str) -> set[str]:
+    """Every option letter (A-E) the answer names as its choice.
+
+    Named: a leading option ("B", "b.", "(B) Aspirin", "B: Aspirin", "B aspirin"); a bracketed letter
+    ("(C)", "[D]"); "C) Iron"; a statement ("The answer is B", "Answer: (C)", "option D"); a line
+    starting "B." or "B:"; and every letter of a list of letters ("B or C", "A, B, C", "B/C", "options B
+    and D", "b, c"). A letter inside prose ("Vitamin B deficiency", "B12", "A patient") is not named.
+    """
     text = unicodedata.normalize("NFKC", answer).strip()
-    # Leading option: "B", "B.", "B)", "(B) ...", "[B]", "B: ...", "b".
-    if re.match(rf"[(\[]?\s*{letter}\s*(?:[)\].:,;]|$)", text, flags=re.IGNORECASE):
+    if _LETTERS_ONLY.fullmatch(text):  # nothing but letters and separators: "b, c, d"
+        return {ch.upper() for ch in re.findall(r"(?<![A-Za-z])[A-Ea-e](?![A-Za-z])", text)}
+    named = {m.upper() for pattern in _NAMED_OPTION for m in pattern.findall(text)}
+    for pattern in (_LEADING_OPTION, _LEADING_WORD_OPTION):
+        if match := pattern.match(text):
+            named.add(match.group(1).upper())
+    # Each letter followed by a list gap and another letter, and the last letter of each such run.
+    for match in _LETTER_RUN.finditer(text):
+        named.add(match.group(1))
+        tail = _LONE.format(L="[A-E]")
+        if follower := re.match(_LIST_GAP + tail, text[match.end() :]):
+            named.add(follower.group(1))
+    return named
+
+
+# Stated final answers: "The answer is X.", "Final answer: X", up to the end of the sentence or line.
+_STATED_ANSWER = re.compile(r"(?i:\banswer)\s*(?:(?i:is|would be)\b|:)\s*(.+?)\s*(?:\.(?=\s|$)|\n|$)")
+# Words that offer alternatives instead of one answer.
+_HEDGES = re.compile(
+    r"\b(?:or|either|versus|vs|and/or|possibly|perhaps|maybe|alternatively)\b|(?<=\w)\s*/\s*(?=\w)", re.IGNORECASE
+)
+_LIST_SPLIT = re.compile(r"[,;\n•]|(?:^|\n)\s*(?:[-*]|\d+[.)])\s+|\band\b", re.IGNORECASE)
+_SHORT_ITEM_WORDS = 3
+
+
+def final_answer(answer: str) -> str | None:
+    """The one final answer a free-text response gives, or None where it gives several.
+
+    Where the response states its answer ("The answer is X.", "Final answer: X"), only the stated
+    text counts; statements of different answers give None. Otherwise the whole text is the answer.
+    """
+    stated = {normalize_answer(m) for m in _STATED_ANSWER.findall(answer)}
+    stated.discard("")
+    if len(stated) > 1:
+        return None
+    if stated:
+        return _STATED_ANSWER.search(answer).group(1)
+    return answer
+
+
+def offers_alternatives(answer: str) -> bool:
+    """Whether the answer hedges ("X or Y", "either", "X/Y", "possibly") or lists three or more short
+    items ("X, Y, Z", bullet lists): several candidate answers instead of one."""
+    if _HEDGES.search(answer):
         return True
-    # "B aspirin ...": uppercase letter followed by a word; not for "A", which reads as an article.
-    if letter != "A" and re.match(rf"{letter}\s", text):
-        return True
-    # "The answer is B", "Answer: (C)", "the correct answer is option D".
-    pattern = rf"(?i:answer)\s*(?:(?i:is)\s*|:\s*)?(?:(?i:option|choice)\s*)?[(\[]?{letter}(?![\w])"
-    return re.search(pattern, text) is not None
+    items = [normalize_answer(item) for item in _LIST_SPLIT.split(answer)]
+    short = [item for item in items if item and len(item.split()) <= _SHORT_ITEM_WORDS]
+    return len(short) >= 3
 
 
 class AnswerMatchReward:
     """Rule-based reward with the verifier's reward values, for teams without a verifier model.
 
-    A response with a bad format gets `reward_bad_format`. Otherwise the answer and the
-    reference are normalised (Unicode NFKC, lowercase, punctuation turned into spaces, the
-    articles a/an/the dropped, whitespace collapsed) and the answer is correct when:
+    Only one answer can score: a response that names several options or gives several different
+    answers is wrong, even if one of them is the reference. A response with a bad format gets
+    `reward_bad_format`; otherwise:
 
-    * the normalised reference equals the normalised answer, or
-    * the normalised reference occurs inside the normalised answer as a whole-word span
-      ("metformin" matches "Start metformin, 500 mg daily." but not "metforminum").
+    * A multiple-choice reference, a single letter A-E (optionally bracketed or with a full stop),
+      is judged by the option letters the answer names (`named_options`): correct when that is
+      exactly the reference's letter. "vitamin B" names no option; "B or C" names two.
+    * Any other reference: the final answer (`final_answer`: the stated answer where the response
+      states one, else all of it) and the reference are normalised (Unicode NFKC, lowercase,
+      punctuation turned into spaces, the articles a/an/the dropped, whitespace collapsed); the
+      answer is correct when the reference equals it or occurs inside it as a whole-word span
+      ("metformin" matches "Start metformin, 500 mg daily." but not "metforminum"), and it offers
+      no alternatives (`offers_alternatives`: "or", "either", "X/Y", "possibly", lists of three or
+      more short items).
 
-    A multiple-choice reference, a single letter A-E (optionally bracketed or with a full stop),
-    is judged by the letter alone instead (so "vitamin B" is not a hit for option B). The answer
-    must either start with the letter as a standalone option: "B", "B.", "(B) Aspirin",
-    "B: Aspirin", "B aspirin" (for "A" the letter must be bracketed, punctuated or alone, since
-    "A patient ..." starts with an article); or state it: "The answer is B", "Answer: (B)",
-    "the correct answer is option B" (letter in upper case).
-
-    An empty reference never matches. The containment rule can be gamed by answers that list
-    many candidates; use a verifier for RL runs where that matters.
+    An empty reference never matches. Gaming attempts this rejects are in tests/test_rewards.py; a
+    verifier remains the stronger judge of free-text answers.
     """
 
     name = "answer_match_reward"
@@ -350,12 +496,17 @@ class AnswerMatchReward:
     def matches(answer: str, reference: str) -> bool:
         letter = _mcq_letter(reference)
         if letter is not None:
-            return _answers_letter(answer, letter)
+            return named_options(answer) == {letter}
         ref = normalize_answer(reference)
-        if not ref:
+        final = final_answer(answer)
+        if not ref or final is None:
             return False
-        ans = normalize_answer(answer)
-        return ans == ref or f" {ref} " in f" {ans} "
+        ans = normalize_answer(final)
+        if ans == ref:
+            return True
+        # A reference that itself says "X or Y" or lists items is not the answer hedging.
+        rest = re.sub(re.escape(reference.strip()), "REFERENCE", final, flags=re.IGNORECASE)
+        return f" {ref} " in f" {ans} " and not offers_alternatives(rest)
 
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
         _check_lengths(responses, references)
@@ -374,14 +525,19 @@ class AnswerMatchReward:
 # --------------------------------------------------------------------------------------------
 # Factory and TRL adapter
 
-Reward = VerifierReward | AnswerMatchReward
+Reward = Callable[[Sequence[str], Sequence[str]], RewardOutput]
 
 
-def build_reward(config: VerifierRewardConfig | AnswerMatchRewardConfig, device: str | torch.device = "cpu") -> Reward:
+def build_reward(config: VerifierRewardConfig | AnswerMatchRewardConfig | JudgeRewardConfig,
+                 device: str | torch.device = "cpu") -> Reward:
     if isinstance(config, VerifierRewardConfig):
         return VerifierReward(config, device=device)
     if isinstance(config, AnswerMatchRewardConfig):
         return AnswerMatchReward(config)
+    if isinstance(config, JudgeRewardConfig):
+        from medo1.rl.judge import JudgeReward
+
+        return JudgeReward(config)
     raise TypeError(f"unknown reward config {type(config).__name__}")
 
 
@@ -401,8 +557,8 @@ def _completion_text(completion: Any) -> str:
 def trl_reward_funcs(reward: Reward) -> list[Callable[..., list[float]]]:
     """Reward functions for TRL's GRPOTrainer (the dataset needs a `reference` column).
 
-    The first returns the reward; the second and third return the format-ok and correct flags as
-    0/1 so that, weighted 0, TRL logs their rates. All three share one scoring per batch.
+    The first returns the reward; the others return the format-ok, correct and (judge) failed flags
+    as 0/1 so that, weighted 0, TRL logs their rates. All share one scoring per batch.
     """
     last: dict[str, Any] = {"key": None, "output": None}
 
@@ -422,15 +578,22 @@ def trl_reward_funcs(reward: Reward) -> list[Callable[..., list[float]]]:
     def correct(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
         return [float(ok) for ok in score(completions, reference).correct]
 
-    for func, name in ((reward_func, reward.name), (format_ok, "format_ok"), (correct, "verifier_true")):
+    def failed(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
+        output = score(completions, reference)
+        return [float(f) for f in output.failed] or [0.0] * len(output)
+
+    funcs = [reward_func, format_ok, correct, failed]
+    for func, name in zip(funcs, (reward.name, "format_ok", "verifier_true", "reward_failed")):
         func.__name__ = func.__qualname__ = name
-    return [reward_func, format_ok, correct]
+    return funcs
 
 
 __all__ = [
+    "DEFAULT_JUDGE_PROMPT",
     "DEFAULT_VERIFIER_PROMPT",
     "AnswerMatchReward",
     "AnswerMatchRewardConfig",
+    "JudgeRewardConfig",
     "ParsedResponse",
     "RewardConfig",
     "RewardLoadError",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from medo1.data import (
+    DataError,
     VerifiableProblem,
     enforce_policy,
     load_from_config,
@@ -39,7 +40,7 @@ def load_problems(config, output_dir: Path, is_main: bool) -> tuple[ProblemSet, 
     enforce_policy(loaded.problems, data.on_invalid)
     problems = [ex for _, ex in loaded.examples if isinstance(ex, VerifiableProblem)]
     if not problems:
-        raise ValueError(f"{data.path}: no usable verifiable problems (format {data.format!r})")
+        raise DataError(f"{data.path}: no usable verifiable problems (format {data.format!r})")
     prompts = [
         ([{"role": "system", "content": data.system_prompt}] if data.system_prompt else [])
         + [{"role": "user", "content": p.question}]

@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from medo1.config import ZERO3, StageError, use_bf16
+from medo1.config import StageError
+from medo1.training_arguments import ZERO3, use_bf16
 
 log = logging.getLogger("medo1.rl.sharding")
 

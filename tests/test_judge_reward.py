@@ -1,0 +1,128 @@
+"""`reward.kind: judge` against the local OpenAI stand-in (pipelines/openai_standin.py, a test double for a paid
+or remote judge endpoint) playing a judge: it answers True when the final answer, normalised, is the reference,
+False otherwise, and "I cannot tell" for an answer holding "UNSURE". Latency, 429s, 500s, cut-off JSON and a hang
+come from the stand-in's fault injection."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from medo1.chat_client import ChatEndpointError
+from medo1.data import reasoning_target
+from medo1.rl.judge import JudgeFailure, JudgeReward, parse_verdict
+from medo1.rl.rewards import JudgeRewardConfig, RewardConfig, build_reward, normalize_answer, trl_reward_funcs
+from pydantic import TypeAdapter, ValidationError
+
+from pipelines.openai_standin import StandIn
+
+KEY_ENV = "MEDO1_TEST_JUDGE_KEY"
+COT = "I check the case."
+
+
+class JudgeStandIn(StandIn):
+    """The stand-in answering judge prompts (its multiple-choice mode's hook, with a judge's answers)."""
+
+    def __init__(self, *, judge_latency_s: float = 0.0, **kwargs):
+        super().__init__(mcq_answers={}, **kwargs)
+        self.judge_latency_s = judge_latency_s
+        self.prompts: list[str] = []
+
+    def _answer_mcq(self, request):
+        prompt = request["messages"][-1]["content"]
+        with self.lock:
+            self.prompts.append(prompt)
+        time.sleep(self.judge_latency_s)
+        answer = re.search(r"<Model Response>\n(.*)\n</Model Response>", prompt, re.S).group(1)
+        reference = re.search(r"<Reference Answer>\n(.*)\n</Reference Answer>", prompt, re.S).group(1)
+        if "UNSURE" in answer:
+            verdict = "I cannot tell."
+        else:
+            verdict = "True" if normalize_answer(answer) == normalize_answer(reference) else "False"
+        return 200, {}, self._completion(request, verdict)
+
+
+@pytest.fixture
+def judge_key(monkeypatch) -> str:
+    monkeypatch.setenv(KEY_ENV, "judge-secret")
+    return "judge-secret"
+
+
+def judge_config(standin: StandIn, **extra) -> JudgeRewardConfig:
+    values = {"kind": "judge", "base_url": standin.base_url, "model": "judge", "api_key_env": KEY_ENV,
+              "backoff_s": 0.01, "max_backoff_s": 0.05, **extra}
+    return TypeAdapter(RewardConfig).validate_python(values)
+
+
+RESPONSES = [
+    reasoning_target(COT, "Yes."),
+    reasoning_target(COT, "no"),
+    "yes",  # bad format: never sent to the judge
+    reasoning_target(COT, "UNSURE, maybe yes"),
+] + [reasoning_target(COT, "yes")] * 6
+REFERENCES = ["yes"] * len(RESPONSES)
+
+
+@pytest.mark.parametrize(
+    "reply, verdict",
+    [("True", True), ("False", False), ("**True**.", True), (" false - it differs", False), ('"TRUE"', True),
+     ("I cannot tell.", None), ("", None), ("Truely", None), ("The answer is True", None)],
+)
+def test_parse_verdict(reply, verdict):
+    assert parse_verdict(reply) is verdict
+
+
+def test_judge_scores_with_latency_429s_and_malformed_answers(judge_key):
+    faults = ["429-seconds", "malformed-json", "500", "429-date"]
+    with JudgeStandIn(api_key=judge_key, faults=faults, retry_after_s=0.01, judge_latency_s=0.3) as standin:
+        reward = build_reward(judge_config(standin, concurrency=9, on_failure="score_wrong"))
+        assert isinstance(reward, JudgeReward)
+        started = time.monotonic()
+        out = reward(RESPONSES, REFERENCES)
+        elapsed = time.monotonic() - started
+    assert out.rewards == [1.0, 0.1, 0.0, 0.1] + [1.0] * 6
+    assert out.format_ok == [True, True, False] + [True] * 7
+    assert out.correct == [True, False, False, False] + [True] * 6
+    assert out.failed == [False, False, False, True] + [False] * 6  # the reply that is not a verdict
+    assert len(standin.prompts) == 9  # every well-formed response once; the faults were retried
+    assert len(standin.fault_log) == len(faults)
+    assert elapsed < 9 * 0.3  # requests in flight together
+    # The prompt is the configured template with the stripped final answer and the reference.
+    assert any("<Model Response>\nYes.\n</Model Response>\n\n<Reference Answer>\nyes\n" in p for p in standin.prompts)
+    assert all(p.endswith("Reply with one word: True or False.") for p in standin.prompts)
+    assert all(body.get("temperature") == 0.0 for body in standin.bodies)
+    assert all(auth == f"Bearer {judge_key}" for auth in standin.auth)
+    func = trl_reward_funcs(reward)[-1]
+    assert func.__name__ == "reward_failed"
+
+
+def test_failure_policy_fail_stops_the_step(judge_key):
+    with JudgeStandIn(api_key=judge_key) as standin:
+        reward = build_reward(judge_config(standin))  # on_failure defaults to fail
+        with pytest.raises(JudgeFailure, match=r"1 of 9 verdicts missing.*not True or False.*on_failure=fail"):
+            reward(RESPONSES, REFERENCES)
+
+
+def test_retries_used_up_count_as_failures(judge_key):
+    # Every attempt of the first request times out against a hanging server; the others answer.
+    with JudgeStandIn(api_key=judge_key, faults=["hang", "hang"], hang_s=1.0) as standin:
+        reward = build_reward(judge_config(standin, timeout_s=0.3, max_retries=1, concurrency=1,
+                                           on_failure="score_wrong"))
+        out = reward(RESPONSES[:2], REFERENCES[:2])
+    assert out.failed == [True, False] and out.rewards == [0.1, 0.1]
+
+
+def test_a_refused_key_stops_the_run_whatever_the_policy(judge_key):
+    with JudgeStandIn(api_key="another-key") as standin:
+        reward = build_reward(judge_config(standin, on_failure="score_wrong"))
+        with pytest.raises(ChatEndpointError, match=KEY_ENV) as err:
+            reward(RESPONSES[:1], REFERENCES[:1])
+    assert judge_key not in str(err.value)
+
+
+def test_judge_template_needs_answer_and_reference():
+    with pytest.raises(ValidationError, match="reference"):
+        JudgeRewardConfig(base_url="http://judge:8000/v1", prompt_template="Is {answer} right?")
+    custom = JudgeRewardConfig(base_url="http://judge:8000/v1", prompt_template="A={answer} R={reference}")
+    assert custom.on_failure == "fail" and custom.reward_wrong == 0.1

@@ -1,0 +1,221 @@
+"""The trainjob backend (Kubeflow Trainer v2): the stage as a TrainJob on one of the chart's
+ClusterTrainingRuntimes (`medo1-sft`, `medo1-ppo`, `medo1-grpo`, `medo1-eval`), created through the
+Kubeflow SDK's TrainerClient (`kubeflow.trainer`), its node-0 pod's log followed, its status waited on;
+safe to retry and cancelled as the PyTorchJob backend is (`medo1.launch.kubernetes`).
+
+What the launch asks for is a TrainJob dict (validated in the tests against the Trainer CRDs); the SDK
+builds the same body from it: `train(runtime=..., trainer=CustomTrainerContainer(image, num_nodes, env),
+options=[Name, Labels, TrainerArgs, ActiveDeadlineSeconds])`. The recipe is the env MEDO1_RECIPE (the
+runtime's args read `$(MEDO1_RECIPE)`), the recipe overrides `--set` args. A failed job is not created
+again here: the runtime's JobSet restarts it whole (failurePolicy.maxRestarts = runPolicy.jobRestarts).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from medo1 import k8s
+from medo1.launch.kubernetes import ClusterJobs, _api_status, _submit, _wait_and_follow, cancelled
+from medo1.launch.logs import MasterLogFollower
+from medo1.launch.rendering import MAX_NAME, check_job_name, merge_values, stage_section, stage_values
+from medo1.launch.waiting import LaunchCancelled, LaunchError, LaunchResult, cancel_on_signals
+
+if TYPE_CHECKING:
+    from kubeflow.trainer import TrainerClient
+
+
+# kubeflow/sdk kubeflow/trainer/constants/constants.py (GROUP, VERSION, TRAINJOB_PLURAL).
+GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
+RUNTIME_KIND = "ClusterTrainingRuntime"
+# Stages with a runtime, and the runtime a stage gets when none is named.
+DEFAULT_RUNTIME = {"sft": "medo1-sft", "rl": "medo1-ppo", "eval": "medo1-eval"}
+RECIPE_ENV = "MEDO1_RECIPE"
+# JobSet names the first node pod's host `<trainjob>-node-0-0` (Trainer's PET_MASTER_ADDR, kubeflow/trainer
+# pkg/runtime/framework/plugins/torch/torch.go), a DNS label of at most 63 characters.
+MASTER_HOST_SUFFIX = "-node-0-0"
+# The pods of a TrainJob's first node, as JobSet and the Job controller label them (kubeflow/sdk
+# kubeflow/trainer/constants/constants.py: JOBSET_NAME_LABEL, JOBSET_RJOB_NAME_LABEL, JOB_INDEX_LABEL).
+NODE0_SELECTOR = ("jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=node,"
+                  "batch.kubernetes.io/job-completion-index=0")
+
+
+def trainer_client(namespace: str | None) -> TrainerClient:
+    """A TrainerClient on the in-cluster config inside a pod, else the kubeconfig, for `namespace`
+    (default: the SDK's: the pod's service-account namespace, else the kubeconfig context's)."""
+    from kubeflow.common.types import KubernetesBackendConfig
+    from kubeflow.trainer import TrainerClient
+    from kubernetes.config import ConfigException
+
+    try:
+        return TrainerClient(KubernetesBackendConfig(namespace=namespace))
+    except ConfigException as exc:
+        raise LaunchError(f"no Kubernetes configuration: {exc}") from None
+
+
+def chart_runtime(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The chart's ClusterTrainingRuntime `name` as rendered with `values`."""
+    runtimes = [o for o in k8s.render_chart(merge_values(values, {"runtimes": {"enabled": True}}))
+                if o["kind"] == RUNTIME_KIND]
+    for runtime in runtimes:
+        if runtime["metadata"]["name"] == name:
+            return runtime
+    known = ", ".join(r["metadata"]["name"] for r in runtimes)
+    raise LaunchError(f"no runtime {name!r} in the chart's runtimes.training; known: {known}")
+
+
+def build_trainjob(
+    stage: str,
+    values: dict[str, Any],
+    *,
+    runtime: str | None = None,
+    job_name: str | None = None,
+    namespace: str = k8s.NAMESPACE,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """The TrainJob for `stage` on `runtime` (default: DEFAULT_RUNTIME), from chart values (see
+    `stage_values`): the stage's recipe (the runtime's own when the values keep the chart's default) and
+    `set` overrides, the chart's image, cluster.nodes nodes (one process per GPU; cluster.cpuProcsPerNode
+    on CPU nodes), the Kueue queue label, and an activeDeadlineSeconds bounded by `timeout_s`."""
+    if stage not in DEFAULT_RUNTIME:
+        raise LaunchError(f"stage {stage!r} has no Trainer v2 runtime (those are {', '.join(DEFAULT_RUNTIME)}); "
+                          "run it with --backend pytorchjob")
+    runtime = runtime or DEFAULT_RUNTIME[stage]
+    merged = merge_values(k8s.chart_defaults(), values)
+    runtime_object = chart_runtime(runtime, values)
+    runs = runtime_object["metadata"]["labels"]["app.kubernetes.io/component"]
+    if runs != stage:
+        raise LaunchError(f"runtime {runtime!r} runs the {runs!r} stage, not {stage!r}")
+    stage_config = merged[stage_section(stage)][stage]
+    node = next(job for job in runtime_object["spec"]["template"]["spec"]["replicatedJobs"] if job["name"] == "node")
+    (container,) = [c for c in node["template"]["spec"]["template"]["spec"]["containers"] if c["name"] == "node"]
+    args = [*container["args"]] + [arg for override in stage_config.get("set", []) for arg in ("--set", override)]
+    training = stage_section(stage) == "stages"
+    if training and int(merged["cluster"]["gpusPerNode"]) == 0:
+        # torchrun's flag wins over PET_NPROC_PER_NODE, which Trainer derives from the CPU request on a
+        # GPU-less node (the SDK's CustomTrainerContainer has no numProcPerNode).
+        args = [f"--nproc-per-node={merged['cluster']['cpuProcsPerNode']}", *args]
+    trainer: dict[str, Any] = {"image": f"{merged['image']['repository']}:{merged['image']['tag']}"}
+    if training:
+        trainer["numNodes"] = int(merged["cluster"]["nodes"])
+    # The recipe chosen in the values (profile, --recipe) wins; the chart's default for the stage gives way
+    # to the runtime's own (medo1-grpo runs the GRPO recipe, not the rl stage's default PPO one).
+    recipe = stage_config["recipe"]
+    if recipe == k8s.chart_defaults()[stage_section(stage)][stage]["recipe"]:
+        recipe = next(e["value"] for e in container["env"] if e["name"] == RECIPE_ENV)
+    trainer["env"] = [{"name": RECIPE_ENV, "value": str(recipe)}]
+    trainer["args"] = args
+    labels = {"app.kubernetes.io/part-of": "medo1", "app.kubernetes.io/component": stage}
+    if merged.get("kueue", {}).get("queueName"):
+        labels["kueue.x-k8s.io/queue-name"] = merged["kueue"]["queueName"]
+    name = job_name or f"{k8s.RELEASE}-{stage}"
+    job = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"runtimeRef": {"name": runtime, "kind": RUNTIME_KIND}, "trainer": trainer},
+    }
+    deadlines = [d for d in (merged["runPolicy"].get("activeDeadlineSeconds"),
+                             timeout_s and max(1, math.ceil(timeout_s))) if d]
+    if deadlines:
+        job["spec"]["activeDeadlineSeconds"] = min(deadlines)
+    check_job_name(job)
+    if len(name + MASTER_HOST_SUFFIX) > MAX_NAME:
+        raise LaunchError(f"job name {name!r} is too long: JobSet would name its first pod's host "
+                          f"{name + MASTER_HOST_SUFFIX!r}, over {MAX_NAME} characters")
+    return job
+
+
+class TrainJobs(ClusterJobs):
+    """A TrainJob through the Kubeflow SDK's TrainerClient; reads and the node-0 pod's log through the
+    SDK backend's Kubernetes client (the SDK's own TrainJob type keeps no condition reason or message)."""
+
+    kind = "TrainJob"
+    container = k8s.MAIN_CONTAINER[RUNTIME_KIND]
+
+    def __init__(self, client: TrainerClient, name: str, namespace: str):
+        # ClusterJobs reads `core_api` off its client: the SDK's KubernetesBackend holds it.
+        super().__init__(client.backend, name, namespace)
+        self.trainer = client
+        if client.backend.namespace != namespace:
+            raise LaunchError(f"the TrainerClient is for namespace {client.backend.namespace!r}, not {namespace!r}")
+
+    @property
+    def _serializer(self) -> Any:
+        return self.client.core_api.api_client
+
+    def _read(self) -> Any:
+        return self.client.custom_api.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, self.name)
+
+    def _create(self, job: dict[str, Any]) -> None:
+        from kubeflow.trainer import CustomTrainerContainer
+        from kubeflow.trainer.options import ActiveDeadlineSeconds, Labels, Name, TrainerArgs
+
+        spec = job["spec"]
+        runtime_name = spec["runtimeRef"]["name"]
+        try:
+            runtime = self.trainer.get_runtime(runtime_name)
+        except RuntimeError as exc:
+            if _api_status(exc) == 404:
+                raise LaunchError(f"no runtime {runtime_name!r} on the cluster: the platform team installs the "
+                                  "ClusterTrainingRuntimes once (helm/profiles/trainer-v2-runtimes.yaml)") from None
+            raise
+        trainer = spec["trainer"]
+        container = CustomTrainerContainer(image=trainer["image"], num_nodes=trainer.get("numNodes"),
+                                           env={e["name"]: e["value"] for e in trainer["env"]})
+        options = [Name(self.name), Labels(job["metadata"]["labels"]), TrainerArgs(trainer["args"])]
+        if "activeDeadlineSeconds" in spec:
+            options.append(ActiveDeadlineSeconds(spec["activeDeadlineSeconds"]))
+        self.trainer.train(runtime=runtime, trainer=container, options=options)
+
+    def _delete(self, propagation: str) -> None:
+        if propagation == "Background":
+            self.trainer.delete_job(self.name)
+            return
+        # The SDK's delete_job takes no propagation policy; Foreground keeps the TrainJob until its JobSet
+        # and pods are gone, so a replacement's JobSet (same name) never meets them.
+        from kubernetes.client import V1DeleteOptions
+
+        self.client.custom_api.delete_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, self.name, body=V1DeleteOptions(propagation_policy=propagation))
+
+    def master_pods(self) -> list[Any]:
+        from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return self.client.core_api.list_namespaced_pod(
+                self.namespace, label_selector=NODE0_SELECTOR.format(name=self.name)).items
+        except (ApiException, HTTPError) as exc:
+            raise RuntimeError(f"listing the pods of {self.where}: {exc}") from exc
+
+
+def run_trainjob(stage: str, job: dict[str, Any], client: TrainerClient, timeout_s: float, poll_s: float,
+                 keep_on_timeout: bool) -> LaunchResult:
+    """Create the TrainJob (or attach to / replace an earlier attempt's, as `run_on_cluster` does), follow
+    node 0's log, wait. SIGTERM / SIGINT delete it."""
+    jobs = TrainJobs(client, job["metadata"]["name"], job["metadata"]["namespace"])
+    deadline = time.monotonic() + timeout_s
+    followers: list[MasterLogFollower] = []
+    with cancel_on_signals():
+        try:
+            action, state = _submit(jobs, job, deadline, poll_s)
+            if state is None:
+                # No stuck-pod checks yet: medo1.launch.pods knows no TrainJob pod selector.
+                state = _wait_and_follow(jobs, deadline, poll_s, keep_on_timeout, followers, None)
+        except LaunchCancelled as exc:
+            raise cancelled(jobs, followers, exc) from None
+    return LaunchResult(stage, "trainjob", jobs.name, jobs.namespace, state, action)
+
+
+def launch_trainjob(stage: str, *, runtime: str | None, profile: str | None, values_files: Any, value_overrides: Any,
+                    recipe: str | None, overrides: Any, job_name: str | None, namespace: str | None, timeout_s: float,
+                    poll_s: float, keep_on_timeout: bool, client: TrainerClient | None) -> LaunchResult:
+    """`launch_stage` for backend trainjob."""
+    values = stage_values(stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
+                          recipe=recipe, overrides=overrides)
+    client = client or trainer_client(namespace)
+    job = build_trainjob(stage, values, runtime=runtime, job_name=job_name,
+                         namespace=namespace or client.backend.namespace, timeout_s=timeout_s)
+    return run_trainjob(stage, job, client, timeout_s, poll_s, keep_on_timeout)
