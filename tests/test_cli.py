@@ -226,16 +226,24 @@ def test_a_hub_id_stays_allowed_but_a_typo_under_a_local_folder_does_not(tmp_pat
         check_model_reference("runs/tiny-modle", "model.name_or_path")
 
 
-def test_rl_refuses_a_missing_value_model(tmp_path):
+@pytest.mark.parametrize(("case", "expected"), [
+    ({"ppo.value_model": "NO_VALUE_MODEL"}, "ppo.value_model: NO_VALUE_MODEL does not exist (and is not a Hub id owner/name)"),
+    ({"train.learning_rate": -1}, "train.learning_rate: Input should be greater than 0"),
+    ({"reward.kind": "verifier", "reward.model": "./no-verifier"}, "reward.model: ./no-verifier does not exist"),
+])
+def test_rl_refuses_bad_values_and_paths_in_one_line_before_torch_loads(tmp_path, case, expected):
     model = tmp_path / "model"
     model.mkdir()
-    values = {"model.name_or_path": model, "data.path": DEMO_DATA, "output.dir": tmp_path / "run",
-              "ppo.value_model": tmp_path / "no-value-model"}
+    missing = str(tmp_path / "no-value-model")
+    case = {key: str(value).replace("NO_VALUE_MODEL", missing) for key, value in case.items()}
+    values = {"model.name_or_path": model, "data.path": DEMO_DATA, "output.dir": tmp_path / "run"} | case
     done = run_medo1(["rl", "--config", "recipes/rl-ppo-tiny-cpu.yaml",
-                      *set_args([f"{k}={v}" for k, v in values.items()])], timeout=120)
-    assert done.returncode == 2
-    assert done.stderr.strip() == f"medo1: error: ppo.value_model: {tmp_path / 'no-value-model'} does not exist " \
-                                  "(and is not a Hub id owner/name)"
+                      *set_args([f"{k}={v}" for k, v in values.items()])], launcher=NO_TORCH_LAUNCHER, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medo1: error: "), lines
+    assert expected.replace("NO_VALUE_MODEL", missing) in lines[0], lines
+    assert "torch not imported" in done.stdout
 
 
 def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path):

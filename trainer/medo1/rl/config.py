@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from medo1.config import ModelConfig, OutputConfig, Section, TrainingOptions
 from medo1.data import DataConfig
-from medo1.rl.rewards import RewardConfig
+from medo1.rl.reward_config import RewardConfig
 
 
 class VLLMSettings(Section):
