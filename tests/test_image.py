@@ -158,7 +158,13 @@ def test_lock_installs_in_a_clean_virtualenv(tmp_path, lock):
     subprocess.run([sys.executable, "-m", "venv", tmp_path / "venv"], check=True)
     report = tmp_path / "report.json"
     python = re.search(r"for Python (\d+\.\d+)", lock.read_text()).group(1)
-    target = ["--target", tmp_path / "target", "--python-version", python, "--platform", "manylinux_2_28_x86_64"]
+    # The base's glibc takes manylinux_2_28 wheels and every older manylinux tag; pip (23.x) does not add the
+    # older tags to an explicit --platform by itself, so each is named.
+    platforms = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+    # This pip checks Requires-Python against the interpreter running it, not --python-version; the wheel tags
+    # (cp312) still have to match the base's Python.
+    target = ["--target", tmp_path / "target", "--python-version", python, "--ignore-requires-python",
+              *(arg for platform in platforms for arg in ("--platform", platform))]
     done = subprocess.run(
         [tmp_path / "venv" / "bin" / "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "-q",
          *(target if lock == LOCK else []), "--report", report, "-r", lock],
