@@ -10,7 +10,7 @@ import pytest
 from medo1.config import load_config
 from medo1.rl.config import RLConfig
 
-from tests.conftest import REPO, run_medo1
+from tests.conftest import DEMO_DATA, REPO, run_medo1
 
 SEVEN_B = [REPO / "recipes" / "rl-ppo-qwen2.5-7b-8xh100.yaml", REPO / "recipes" / "rl-grpo-qwen2.5-7b-8xh100.yaml"]
 H100_GIB = 79.6
@@ -57,7 +57,16 @@ def test_engine_hf_is_a_one_line_switch(recipe, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 @pytest.mark.parametrize("recipe", SEVEN_B, ids=lambda p: p.name)
 def test_default_7b_recipe_without_vllm_stops_at_startup_with_the_install_command(recipe, tmp_path):
-    done = run_medo1(["rl", "--config", recipe, "--output-dir", tmp_path / "run"])
+    # The recipe's pod paths (/checkpoints, /data, /models) do not exist here; stand-ins get past the config's
+    # path checks to the engine check, which comes before any model loads.
+    models = {name: tmp_path / name for name in ("policy", "verifier")}
+    for folder in models.values():
+        folder.mkdir()
+    stand_ins = [f"model.name_or_path={models['policy']}", f"data.path={DEMO_DATA}"]
+    if load_config(RLConfig, recipe).reward.kind == "verifier":
+        stand_ins.append(f"reward.model={models['verifier']}")
+    done = run_medo1(["rl", "--config", recipe, "--output-dir", tmp_path / "run",
+                      *(arg for value in stand_ins for arg in ("--set", value))])
     assert done.returncode == 2, done.stderr[-3000:]
     assert "sampling.engine=vllm needs vLLM" in done.stderr and "pip install 'trl[vllm]'" in done.stderr
     assert "Traceback" not in done.stderr
