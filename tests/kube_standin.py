@@ -15,7 +15,11 @@ read-only, for `medo1 doctor` and the launcher's stuck-pod checks, and access re
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -91,6 +95,27 @@ class ContainerRun:
     def stamp(self, index: int) -> str:
         start = STARTED + timedelta(minutes=self.restart_count)
         return rfc3339nano(start + timedelta(seconds=index // 1000), (index % 1000) * 1_500_000)
+
+
+def sigterm_while_following(args: list[str], kubeconfig: Path, run: ContainerRun, cwd: Path) -> tuple[int, str, str]:
+    """Run `medo1 ARGS` against the stand-in and send it SIGTERM (a KFP cancel) once it is waiting on the job and
+    following its log (the first line of `run` sent): (exit code, stdout, stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medo1", *args], cwd=cwd, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while run.sent == 0:
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr and process.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, out, err
 
 
 @dataclass

@@ -7,11 +7,9 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -34,7 +32,7 @@ from medo1.launch import (
 )
 
 from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, run_medo1
-from tests.kube_standin import ContainerRun, KubeStandIn, Step
+from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 
@@ -325,23 +323,9 @@ def test_sigterm_to_the_cli_deletes_the_job_and_exits_nonzero(kube, tmp_path):
     run = ContainerRun("1a2b-uid", 0, ["step 1 loss 2.31"])
     kube.script(name, [Step(CREATED["status"]), Step(RUNNING["status"], run)])
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "medo1", "launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"],
-        cwd=REPO, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while run.sent == 0:  # the launcher is waiting on the job and following its log
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr and process.stderr.read()
-            time.sleep(0.05)
-        time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, err
+    returncode, out, err = sigterm_while_following(
+        ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO)
+    assert returncode == 128 + signal.SIGTERM, err
     assert f"cancelled by SIGTERM; deleted PyTorchJob {NS}/{name}" in err
     assert out.splitlines() == run.lines
     assert [d.path for d in kube.calls("DELETE")] == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{name}"]

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from medo1.launch.rendering import stage_values
 from medo1.launch.trainjob import build_trainjob
 
 from tests.conftest import DEMO_DATA, REPO, free_port
-from tests.kube_standin import ContainerRun, KubeStandIn, Step
+from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 RUNTIMES = ["medo1-eval", "medo1-grpo", "medo1-ppo", "medo1-sft"]
@@ -328,24 +327,10 @@ def test_sigterm_to_the_cli_deletes_the_trainjob_through_the_sdk(kube, tmp_path)
     run = ContainerRun("0c0c-uid", 0, ["step 1 loss 2.31"])
     kube.script(name, [Step(CREATED), Step(RUNNING, run)])
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "medo1", "launch", "sft", "--backend", "trainjob", "--runtime", "medo1-sft",
-         "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"],
-        cwd=REPO, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while run.sent == 0:
-            assert process.poll() is None and time.monotonic() < deadline, process.stderr and process.stderr.read()
-            time.sleep(0.05)
-        time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, err
+    args = ["launch", "sft", "--backend", "trainjob", "--runtime", "medo1-sft", "--profile", "h100-1node",
+            "--job-name", name, "--poll", "0.1"]
+    returncode, out, err = sigterm_while_following(args, kubeconfig, run, REPO)
+    assert returncode == 128 + signal.SIGTERM, err
     assert f"cancelled by SIGTERM; deleted TrainJob {NS}/{name}" in err
     assert out.splitlines() == run.lines
     (delete,) = kube.calls("DELETE", "trainjobs")
