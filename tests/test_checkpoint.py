@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from medo1.atomic import atomic_write_text
 from medo1.checkpoint import (
     COMPLETE_MARKER,
     ResumeError,
-    atomic_write_text,
     is_complete,
     latest_complete,
     list_checkpoints,

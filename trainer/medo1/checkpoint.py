@@ -8,7 +8,6 @@ at any earlier point leaves a directory without a marker, which resume ignores a
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -16,25 +15,11 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from medo1.atomic import atomic_write_text
 from medo1.errors import Medo1Error
 
 COMPLETE_MARKER = "medo1-complete.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def mark_complete(checkpoint_dir: str | Path, **info) -> None:

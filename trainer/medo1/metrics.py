@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from medo1.checkpoint import atomic_write_text
+from medo1.atomic import atomic_write_text
 
 
 class JsonlMetrics(TrainerCallback):

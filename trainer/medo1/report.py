@@ -18,14 +18,13 @@ import html
 import io
 import json
 import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from medo1.checkpoint import atomic_write_text
+from medo1.atomic import atomic_write_bytes, atomic_write_text
 from medo1.metrics import read_metrics
 
 log = logging.getLogger(__name__)
@@ -229,12 +228,6 @@ def _png_bytes(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _table(rows: dict) -> str:
     def cell(value) -> str:
         return html.escape(json.dumps(value) if isinstance(value, (dict, list)) else str(value))
@@ -284,7 +277,7 @@ def write_report(run_dir: str | Path) -> Path:
         stale.unlink()  # from an earlier report of this directory
     for name, question, figure in figures:
         data = _png_bytes(figure)
-        _write_bytes(plots_dir / f"{name}.png", data)
+        atomic_write_bytes(plots_dir / f"{name}.png", data)
         src = f"{PLOTS_DIR}/{name}.png"
         embedded = base64.b64encode(data).decode("ascii")
         parts.append(

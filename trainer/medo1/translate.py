@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from medo1.atomic import atomic_write_text
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError, RetryOptions
 from medo1.config import StageError
 from medo1.translation_checks import TranslationChecks
@@ -349,17 +350,6 @@ def default_paths(config: TranslateConfig) -> tuple[Path, Path]:
     return cache, rejects
 
 
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for line in lines:
-            handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 async def translate_async(config: TranslateConfig, *, progress: bool = True) -> dict[str, Any]:
     started = time.monotonic()
     base_url = config.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
@@ -440,7 +430,8 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
         not_asked = rows - len(lines) - len(problems)
         raise TranslateError(failure_message(config, problems, rows, allowed_failures, not_asked, cache_dir))
     output = Path(config.output)
-    _write_atomic(output, lines)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, "".join(line + "\n" for line in lines))
     if problems:
         write_rejects(rejects_path, problems, raw)
     elif rejects_path.exists():
