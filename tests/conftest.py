@@ -9,12 +9,16 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "examples" / "data" / "medical_o1_demo.json"
+# The vLLM release the GPU image locks: the `gpu` extra's pin, which the start-up error tells users to install.
+GPU_VLLM_PIN = next(r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+                    if r.startswith("vllm=="))
 TINY_RECIPE = REPO / "recipes" / "sft-tiny-cpu.yaml"
 
 
@@ -63,6 +67,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# Runs the CLI in a fresh interpreter (as run_medo1's launcher) and prints whether torch got imported on the way.
+NO_TORCH_LAUNCHER = [
+    sys.executable, "-c",
+    "import sys; from medo1.cli import main; rc = main(sys.argv[1:]); "
+    "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(rc)",
+]
 
 
 def run_medo1(args: list[str], env: dict | None = None, timeout: int = 600, launcher: list[str] | None = None):

@@ -235,7 +235,8 @@ def test_resume_error_is_value_error():
 
 
 def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):
-    from medo1.metrics import JsonlMetrics, read_metrics
+    from medo1.metrics import read_metrics
+    from medo1.metrics_callback import JsonlMetrics
     from transformers import TrainerState
 
     path = tmp_path / "metrics.jsonl"

@@ -14,6 +14,7 @@ import yaml
 
 from tests.conftest import (
     DEMO_DATA,
+    NO_TORCH_LAUNCHER,
     TINY_RECIPE,
     run_medo1,
     sft_overrides,
@@ -160,12 +161,6 @@ def test_upload_cli_dry_run_and_credential_refusal(tiny_model, tmp_path):
 
 
 # A bad value or path fails when the config is read: one line, exit code 2, before torch is imported.
-# The launcher runs the CLI in a fresh interpreter and reports whether torch got imported on the way.
-NO_TORCH_LAUNCHER = [
-    sys.executable, "-c",
-    "import sys; from medo1.cli import main; rc = main(sys.argv[1:]); "
-    "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(rc)",
-]
 
 
 def fail_fast_cases(tmp_path: Path) -> list[tuple[dict, str]]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
+from medo1 import data
 from medo1.data import (
     ChatExample,
     DataConfig,
@@ -21,11 +23,6 @@ from medo1.data import (
 )
 
 DEMO = Path(__file__).parent.parent / "examples/data/medical_o1_demo.json"
-
-
-@pytest.fixture(scope="module")
-def demo_rows() -> list[dict]:
-    return json.loads(DEMO.read_text(encoding="utf-8"))
 
 
 def write_json(tmp_path: Path, rows, name: str = "data.json") -> Path:
@@ -247,6 +244,87 @@ def test_file_not_found_raises(tmp_path):
         load_examples(path, "medical_o1")
     assert str(path) in str(err.value)
     assert "not found" in str(err.value)
+
+
+# --------------------------------------------------------------------------- JSON lists, streamed
+
+# Values cut at every byte by a tiny read size: numbers (`1.` and `1e+` are not yet numbers), literals, escapes
+# (\\uXXXX and surrogate pairs), multi-byte UTF-8 characters split between reads, a BOM, whitespace everywhere.
+TRICKY_JSON_LISTS = [
+    '[1, 23, 4.5, -6e+2, 1.25E-3, 12345678901234567890, true, false, null, "x", [], {}]',
+    ' \n [ \n ] \n',
+    '[{"Question": "caf\u00e9 \\u00e9 \\ud83d\\ude00 \\" \\\\ \\n", "n": -0.0}, {"a": [1, {"b": "\u6f22\u5b57 \U0001F600"}]}]',
+    '\ufeff[{"Question": "q"}]',
+    "[" + ", ".join(json.dumps({"Question": "q" * i, "x": i / 7}) for i in range(40)) + "]",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_JSON_LISTS)
+def test_a_json_list_read_a_few_bytes_at_a_time_equals_json_loads(tmp_path, monkeypatch, text):
+    path = tmp_path / "rows.json"
+    path.write_text(text, encoding="utf-8")
+    expected = json.loads(text.removeprefix("\ufeff"))
+    for chunk in [1, 2, 3, 5, 8, 13, 1 << 20]:
+        monkeypatch.setattr(data, "JSON_CHUNK_BYTES", chunk)
+        records = list(data.iter_records(path))
+        assert [(row, line, error) for row, line, _, error in records] == [(i, None, None) for i in range(len(expected))]
+        assert [record for _, _, record, _ in records] == expected, chunk
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ('[\n  {"Question": "q"},\n  {oops}\n]\n', " row 1: invalid JSON at line 3 column 4: Expecting property name enclosed in double quotes"),
+    ('[{"a": 1}, {"b": "unterminated]', " row 1: invalid JSON at line 1 column 18: Unterminated string starting at"),
+    ('[{"a": 1} {"b": 2}]', " row 0: invalid JSON at line 1 column 11: Expecting ',' delimiter"),
+    ('[1, 2,]', " row 2: invalid JSON at line 1 column 7: Expecting value"),
+    ('[1, 2', " row 1: invalid JSON at line 1 column 6: Expecting ',' delimiter"),
+    ('[{"a": tru}]', " row 0: invalid JSON at line 1 column 8: Expecting value"),
+    ('[1]\n[2]\n', ": invalid JSON at line 2 column 1: Extra data"),
+])
+def test_broken_json_list_names_row_line_and_column_as_json_does(tmp_path, monkeypatch, text, where):
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    with pytest.raises(json.JSONDecodeError) as parsed:
+        json.loads(text)
+    assert f"line {parsed.value.lineno} column {parsed.value.colno}: {parsed.value.msg}" in where
+    for chunk in [1, 4, 1 << 20]:
+        monkeypatch.setattr(data, "JSON_CHUNK_BYTES", chunk)
+        with pytest.raises(DataError) as err:
+            load_examples(path, "medical_o1")
+        assert str(err.value) == f"{path}{where}", chunk
+
+
+def test_latin1_bytes_in_a_json_list_name_their_line_whatever_the_read_size(tmp_path, monkeypatch):
+    path = tmp_path / "rows.json"
+    path.write_bytes(b'[\n{"Question": "a"},\n{"Question": "caf\xe9"}\n]\n')
+    for chunk in [1, 3, 1 << 20]:
+        monkeypatch.setattr(data, "JSON_CHUNK_BYTES", chunk)
+        with pytest.raises(DataError, match=r"not UTF-8 text \(byte 0xe9 at line 3\)"):
+            list(data.iter_records(path))
+
+
+def test_a_50_mb_json_list_is_read_in_bounded_memory_with_the_rows_of_the_jsonl_path(tmp_path):
+    rows = ({"Question": f"Q{i}? " + "fever " * 40, "Complex_CoT": "think " * 100, "Response": f"answer {i}"}
+            for i in range(52_000))
+    listed, lines = tmp_path / "rows.json", tmp_path / "rows.jsonl"
+    with listed.open("w") as as_list, lines.open("w") as as_lines:
+        as_list.write("[")
+        for i, row in enumerate(rows):
+            text = json.dumps(row)
+            as_list.write(("," if i else "") + text)
+            as_lines.write(text + "\n")
+        as_list.write("]")
+    size = listed.stat().st_size
+    assert size > 45_000_000
+    tracemalloc.start()
+    try:
+        count = sum(1 for _ in data.iter_records(listed))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 52_000
+    assert peak < size / 5, f"peak {peak / 1e6:.1f} MB reading a {size / 1e6:.1f} MB JSON list"
+    pairs = zip(data.iter_records(listed), data.iter_records(lines), strict=True)
+    assert all((a[0], a[2]) == (b[0], b[2]) for a, b in pairs)
 
 
 def test_limit_reads_first_n_rows():

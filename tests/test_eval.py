@@ -15,6 +15,7 @@ from medo1.eval import (
     build_messages,
     extract_answer,
     run_eval,
+    wilson_interval,
 )
 from pydantic import ValidationError
 
@@ -130,6 +131,56 @@ def test_eval_tiny_model_end_to_end(tiny_model, tmp_path):
     header = table.index("| benchmark | n | accuracy % | unparseable |")
     assert table[header + 1].startswith("|---")
     assert table[header + 2].startswith(f"| demo | 8 | {100 * result['accuracy']:.1f} | {result['unparseable']} |")
+
+
+def test_wilson_interval():
+    low, high = wilson_interval(0, 12)
+    assert low == 0.0 and high == pytest.approx(1.96**2 / (12 + 1.96**2))  # closed form at 0 successes
+    low, high = wilson_interval(6, 12)
+    assert low == pytest.approx(1 - high) and low == pytest.approx(0.2538, abs=1e-4)
+    assert wilson_interval(12, 12)[1] == 1.0
+
+
+class ReasoningAnswers:
+    """Answers each demo MCQ in the trained format with the correct letter: the model a comparison should rank first."""
+
+    def __init__(self, demo_rows):
+        self.letters = {row["question"]: row["answer_idx"] for row in demo_rows}
+
+    def generate(self, prompts):
+        letters = [next(v for q, v in self.letters.items() if m[0]["content"].startswith(q)) for m in prompts]
+        return [f"## Thinking\n\nThe findings fit one option.\n\n## Final Response\n\nThe answer is {x}." for x in letters]
+
+
+def test_comparison_scores_every_model_on_the_same_held_out_rows(tiny_model, demo_rows, tmp_path):
+    out = tmp_path / "eval"
+    config = EvalConfig(model="trained", benchmarks={"demo": str(DEMO_DATA)}, start_row=140, limit=6,
+                        max_new_tokens=8, label="rl", compare_with={"base": str(tiny_model)}, output_dir=str(out))
+    report = run_eval(config, generator=ReasoningAnswers(demo_rows))
+
+    assert list(report["comparison"]) == ["base", "rl"]
+    trained, base = report["comparison"]["rl"]["demo"], report["comparison"]["base"]["demo"]
+    assert [p["row"] for p in report["benchmarks"]["demo"]["per_item"]] == list(range(140, 146))
+    assert trained["n"] == base["n"] == 6
+    assert trained["format_ok"] == 6 and trained["accuracy"] == 1.0 and trained["reward_mean"] == 1.0
+    assert trained["accuracy_ci95"] == pytest.approx(list(wilson_interval(6, 6)))
+    assert trained["mean_response_tokens"] is None  # a generator without a tokenizer
+    assert base["format_ok"] == 0 and base["reward_mean"] == 0.0  # a random model never writes the format
+    assert base["mean_response_tokens"] > 0
+    assert trained["chance"] == pytest.approx(sum(1 / len(r["options"]) for r in demo_rows[140:146]) / 6)
+    responses = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert sorted({r["model"] for r in responses}) == ["base", "rl"] and len(responses) == 12
+    table = (out / "report.md").read_text()
+    assert "| rl | 6/6 | n/a | 100.0 (61.0-100.0) |" in table
+    assert "| base | 0/6 |" in table and "expected" in table
+
+
+def test_comparison_labels_must_differ_and_start_row_must_exist(tmp_path):
+    with pytest.raises(ValidationError, match="own label"):
+        EvalConfig(model="m", label="base", compare_with={"base": "other"})
+    config = EvalConfig(model="m", benchmarks={"demo": str(DEMO_DATA)}, start_row=150, output_dir=str(tmp_path))
+    with pytest.raises(EvalError, match="start_row 150 but it has 150 row"):
+        run_eval(config, generator=ReasoningAnswers([]))
 
 
 def test_hf_prompt_uses_chat_template_and_options(tiny_model, demo_rows):

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 from helm_python.chart import lint
-from helm_python.errors import HelmError
 from medo1 import k8s
+from medo1.config import ConfigError
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_medo1
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 PROFILES = k8s.profiles()
@@ -178,8 +178,15 @@ def test_trainjob_backend_renders_runtime_and_job():
     ],
 )
 def test_values_schema_refuses_bad_values(bad_values, fragment):
-    with pytest.raises(HelmError, match=fragment):
+    with pytest.raises(ConfigError, match=fragment) as refused:
         k8s.render_chart(merge(k8s.load_profile("h100-1node"), bad_values))
+    assert "\n" not in str(refused.value) and str(refused.value).startswith("chart values refused by medo1: ")
+
+
+def test_a_refused_chart_value_is_one_line_from_the_launcher():
+    done = run_medo1(["launch", "sft", "--profile", "h100-1node", "--value", "cluster.nodes=zero"], timeout=120)
+    assert (done.returncode, done.stderr) == (
+        2, "medo1: error: chart values refused by medo1: at '/cluster/nodes': got string, want integer\n")
 
 
 # ---- planted mistakes: each check must catch one ----------------------------------------------------

@@ -158,9 +158,10 @@ def test_lock_installs_in_a_clean_virtualenv(tmp_path, lock):
     subprocess.run([sys.executable, "-m", "venv", tmp_path / "venv"], check=True)
     report = tmp_path / "report.json"
     python = re.search(r"for Python (\d+\.\d+)", lock.read_text()).group(1)
-    # The base's glibc takes manylinux_2_28 wheels and every older manylinux tag; pip (23.x) does not add the
-    # older tags to an explicit --platform by itself, so each is named.
-    platforms = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+    # The base's glibc (Ubuntu 24.04: 2.39) takes manylinux_2_39 wheels and every older manylinux tag (vLLM's
+    # llguidance 1.7.6 has an x86_64 wheel for manylinux_2_31 only); pip (23.x) does not add the older tags to an
+    # explicit --platform by itself, so each is named.
+    platforms = (*(f"manylinux_2_{minor}_x86_64" for minor in range(39, 16, -1)), "manylinux2014_x86_64")
     # This pip checks Requires-Python against the interpreter running it, not --python-version; the wheel tags
     # (cp312) still have to match the base's Python.
     target = ["--target", tmp_path / "target", "--python-version", python, "--ignore-requires-python",

@@ -9,10 +9,11 @@ subcommand, and an import of everything the subcommand imports, at the top of a 
 
 The environment is built here the way images/trainer/Dockerfile builds the image: a virtualenv, the CPU build of
 torch 2.13.0 in place of the base image's CUDA build, the CPU lock (`--no-deps`), then `pip install --no-deps .`.
-The CPU lock is the GPU lock's CPU-installable part (images/trainer/lock.sh): flash-attention (and vLLM, once
-locked) are CUDA builds that do not install without CUDA, so an import of them is reported as GPU-image-only,
-never skipped silently; vLLM's pins are checked against the base's torch and the lock instead
-(test_vllm_release_matches_the_base_torch_and_the_lock).
+The CPU lock is the GPU lock's CPU-installable part (images/trainer/lock.sh): flash-attention and vLLM are CUDA
+builds that do not install without CUDA, so an import of them is reported as GPU-image-only, never skipped
+silently; vLLM's pins are checked against the base's torch and the GPU lock instead
+(test_vllm_release_matches_the_base_torch_and_the_lock). The CPU lock runs the GPU lock's transformers (the
+release vLLM allows): test_image_build.py trains with it in the CPU image.
 MEDO1_IMAGE_LOCK=PATH runs the same checks on another lock (e.g. an older one, to see what it lacked)."""
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -406,28 +406,21 @@ def test_image_environment_runs_every_in_image_command(tmp_path):
     failures, gpu_only = run_checks(run)
     if broken.returncode:
         failures.append(f"pip check: {broken.stdout[-2000:]}")
-    # vLLM (and flash-attention through transformers) import only in the GPU image: their pins are checked
-    # against the base image's torch by test_gpu_lock_vllm_pins_the_base_torch instead.
+    # vLLM (and flash-attention through transformers) import only in the GPU image: vLLM's pins are checked
+    # against the base image's torch and the GPU lock by test_vllm_release_matches_the_base_torch_and_the_lock.
     print("Missing by design (GPU image only, or optional):", *gpu_only, sep="\n  ")
     assert not failures, f"{len(failures)} in-image commands fail in {lock.name}'s environment:\n" + "\n".join(failures)
 
 
-def project_pin(extra: str, name: str) -> str:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    (requirement,) = [Requirement(r) for r in project["optional-dependencies"][extra] if Requirement(r).name == name]
-    (version,) = [spec.version for spec in requirement.specifier if spec.operator == "=="]
-    return version
-
-
 @pytest.mark.slow
 def test_vllm_release_matches_the_base_torch_and_the_lock(tmp_path):
-    """vLLM cannot be installed or imported without CUDA: its wheel's metadata (PyPI) is checked instead. The
-    release chosen (the GPU lock's, else pyproject's `vllm` extra) pins the base image's torch; when locked,
-    every requirement of it is met by the lock; while not locked, the reason in pyproject.toml still holds
-    (its transformers cap excludes the lock's transformers), so the test says when a release fits."""
+    """vLLM cannot be installed or imported without CUDA: its wheel's metadata (PyPI) is checked instead. The GPU
+    lock carries the release; it pins the base image's torch, and the GPU lock meets every other requirement of it
+    (transformers among them: the lock's is the one vLLM allows). The CPU lock has no vLLM."""
     gpu_pins = lock_pins(GPU_LOCK)
-    version = gpu_pins.get("vllm") or project_pin("vllm", "vllm")
+    assert "vllm" in gpu_pins, f"{GPU_LOCK.name} has no vllm: it comes with the gpu extra (`make lock`)"
     assert "vllm" not in lock_pins(CPU_LOCK)
+    version = gpu_pins["vllm"]
     report = tmp_path / "vllm.json"
     done = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--no-deps", "--ignore-installed",
@@ -442,10 +435,8 @@ def test_vllm_release_matches_the_base_torch_and_the_lock(tmp_path):
     wanted = {canonicalize_name(r.name): r for r in wanted if r.marker is None or r.marker.evaluate(environment)}
     base_torch = lock_pins(BASE_PACKAGES)["torch"]
     assert base_torch in wanted["torch"].specifier, f"vllm {version} wants {wanted['torch']}, the base has {base_torch}"
+    assert "transformers" in wanted and "torchvision" in wanted  # what the names below are checked against
     unmet = [f"{r} (lock: {gpu_pins.get(name)})" for name, r in wanted.items()
-             if name != "torch" and gpu_pins.get(name) not in r.specifier]
-    if "vllm" in gpu_pins:
-        assert not unmet, f"vllm {version}'s requirements the GPU lock does not meet: {unmet}"
-    else:
-        assert unmet, f"vllm {version} now fits the lock: add it to the gpu extra and run `make lock`"
-        assert any(u.startswith("transformers") for u in unmet), unmet
+             if name != "torch" and (name not in gpu_pins or gpu_pins[name] not in r.specifier)]
+    assert not unmet, f"vllm {version}'s requirements the GPU lock does not meet: {unmet}"
+    assert gpu_pins["transformers"] == lock_pins(CPU_LOCK)["transformers"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from medo1 import checkpoint, k8s
+from medo1.cli import main
 from medo1.launch import (
     DEFAULT_TIMEOUT_S,
     JobFailed,
@@ -21,6 +22,7 @@ from medo1.launch import (
     JobTimedOut,
     LaunchError,
     LaunchResult,
+    PlanDoesNotFit,
     build_job,
     build_pytorchjob,
     job_state,
@@ -537,3 +539,122 @@ def test_a_single_pod_stage_runs_as_the_charts_batch_job(kube, capsys):
     expected["spec"]["activeDeadlineSeconds"] = 30
     assert post.body == expected and expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert capsys.readouterr().out.splitlines() == run.lines
+
+
+# ---- issue 16, item 2: the stage's plan before its job is created ---------------------------------
+
+LLAMA_70B = "model.name_or_path=meta-llama/Llama-3.1-70B-Instruct"
+
+
+def test_a_stage_that_does_not_fit_its_gpus_is_launched_with_a_warning(kube, caplog):
+    run = ContainerRun("1f2a-uid", 0, ["step 1 loss 2.31"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(SUCCEEDED["status"], run, exit_code=0)])
+    caplog.set_level(logging.INFO, logger="medo1.launch")
+
+    result = launch(kube, overrides=[LLAMA_70B])
+
+    assert result.state.phase == "Succeeded"
+    (post,) = kube.calls("POST")
+    assert post.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][-2:] == [
+        "--set", LLAMA_70B]
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "medo1.launch.preflight"]
+    assert caplog.records[0].name == "medo1.launch.preflight" and caplog.records[0].levelno == logging.WARNING
+    # A 70B full fine-tune on one 8x H100 node: the figures, the plan's first fix, and the command for the rest.
+    assert warning.startswith("stage sft does not fit its GPUs: ")
+    assert "GiB predicted per GPU, 71.64 GiB usable (h100-80gb: 79.60 GiB less 10% headroom), on 1 node(s) x 8 " \
+           "h100-80gb, Llama-3.1-70B" in warning
+    assert "suggested: LoRA (r=16) on ZeRO-3 with activation checkpointing (--set lora.enabled=true" in warning
+    assert warning.endswith(f"see medo1 plan --config /opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml --set {LLAMA_70B} "
+                            "--nodes 1 --gpus-per-node 8 --gpu h100-80gb --architecture Llama-3.1-70B")
+    predicted = float(warning.split(": ")[1].split(" GiB")[0])
+    from medo1.plan import plan_recipe
+
+    assert predicted == pytest.approx(plan_recipe(str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"), profile="h100-1node",
+                                                  overrides=[LLAMA_70B]).total / 2**30, abs=0.01)
+
+
+@pytest.mark.parametrize("options", [
+    {"overrides": [LLAMA_70B], "strict": True},
+    {"overrides": [LLAMA_70B], "value_overrides": ["plan.strict=true"]},  # the chart value, as the run Job reads it
+    # The 7B recipe on 2 GPUs, of the kind the node selector names: ZeRO-3 shards over too few of them.
+    {"value_overrides": ["cluster.gpusPerNode=2", "cluster.nodeSelector={nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}"],
+     "strict": True},
+])
+def test_a_strict_launch_refuses_a_stage_that_does_not_fit_and_creates_nothing(kube, options):
+    with pytest.raises(PlanDoesNotFit, match=r"^stage sft does not fit its GPUs: .*; not launching it \(strict: "
+                                             r"--strict or plan\.strict\)$") as refused:
+        launch(kube, **options)
+    assert kube.requests == []
+    assert refused.value.exit_code == 3
+    if "cluster.gpusPerNode=2" in options.get("value_overrides", []):
+        assert "on 1 node(s) x 2 a100-80gb, Qwen2.5-7B" in str(refused.value)
+
+
+def test_readme_strict_launch_is_one_error_line_and_exit_3(capsys):
+    lines = (REPO / "README.md").read_text().splitlines()
+    command = next(i for i, line in enumerate(lines) if line.startswith("$ medo1 launch sft") and "--strict" in line)
+    # No cluster here: the refusal comes before any client or object.
+    assert main([*lines[command].split()[2:], "--namespace", NS]) == 3
+    assert capsys.readouterr().err.splitlines() == [lines[command + 1]]
+
+
+def test_a_strict_chain_refuses_before_its_first_stage_starts(kube):
+    """The chart's run Job: every stage planned first, so a PPO stage that does not fit 40 GB GPUs stops the
+    chain before the SFT stage that would fit spends its GPU hours."""
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    from medo1.launch import launch_chain
+
+    client = TrainingClient(client_configuration=Configuration(host=kube.url))
+    with pytest.raises(PlanDoesNotFit, match=r"^stage rl does not fit its GPUs: .* on 1 node\(s\) x 8 a100-40gb"):
+        launch_chain(profile="h100-1node", value_overrides=["plan.gpu=a100-40gb", "plan.strict=true"], namespace=NS,
+                     client=client, timeout_s=30, poll_s=0.05)
+    assert kube.requests == []
+
+
+def test_a_strict_trainjob_launch_plans_its_runtimes_recipe_and_creates_nothing(kube):
+    from kubeflow.common.types import KubernetesBackendConfig
+    from kubeflow.trainer import TrainerClient
+    from kubernetes.client import Configuration
+
+    client = TrainerClient(KubernetesBackendConfig(namespace=NS, client_configuration=Configuration(host=kube.url)))
+    with pytest.raises(PlanDoesNotFit, match=r"^stage rl does not fit .* see medo1 plan --config "
+                                             r"/opt/medo1/recipes/rl-grpo-qwen2\.5-7b-8xh100\.yaml .*--gpu a100-40gb"):
+        launch_stage("rl", backend="trainjob", runtime="medo1-grpo", profile="h100-1node", namespace=NS, client=client,
+                     value_overrides=["plan.gpu=a100-40gb"], strict=True, timeout_s=30, poll_s=0.05)
+    assert {r.method for r in kube.requests} <= {"GET"}  # the SDK's client reads its version ConfigMap at start
+
+
+def test_every_shipped_profile_fits_its_gpus_without_a_warning(caplog):
+    from medo1.launch.chain import chain_stages
+    from medo1.launch.preflight import check_plan
+    from medo1.launch.rendering import release_values
+    from medo1.plan.check import fit_check
+
+    caplog.set_level(logging.INFO, logger="medo1.launch")
+    checked = set()
+    for profile in k8s.profiles():
+        stages = chain_stages(release_values(profile=profile))
+        for stage in stages:
+            values = stage_values(stage, profile=profile)
+            check = fit_check(stage, values)
+            if stage in ("translate", "upload") or profile == "cpu-smoke":
+                assert check is None, (profile, stage)  # no GPU of ours to size
+                continue
+            assert check.fits, check.describe()
+            check_plan(stage, values, strict=True)
+            checked.add((profile, stage))
+    assert {("h100-1node", "sft"), ("h100-1node", "rl"), ("h100-1node", "eval"), ("h100-2nodes", "sft")} <= checked
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert sum("fits its GPUs" in r.getMessage() for r in caplog.records) == len(checked)
+
+
+def test_a_local_cpu_launch_is_not_planned(caplog):
+    from medo1.launch.preflight import check_plan
+    from medo1.launch.rendering import job_values
+
+    caplog.set_level(logging.INFO, logger="medo1.launch")
+    values = job_values("sft", backend="local", profile="h100-1node", overrides=[LLAMA_70B], nproc=1)
+    check_plan("sft", values, strict=True)
+    assert caplog.records == []

@@ -161,6 +161,11 @@ def test_whole_pipeline_runs_locally(tmp_path):
     assert report["benchmarks"]["demo_mcq"]["n"] == 4
     assert summary["eval_average_accuracy"] == pytest.approx(report["average_accuracy"])
     assert artifacts["eval report"] == str(run_dir / "eval" / "report.md")
+    # The base model, the SFT export and the RL export answered the same questions; the UI gets the table.
+    assert list(report["comparison"]) == ["base", "sft", "rl"]
+    assert all(scores["demo_mcq"]["n"] == 4 for scores in report["comparison"].values())
+    markdown = [p.read_text() for p in Path(summary["kfp_outputs"]).rglob("report") if p.is_file()]
+    assert len(markdown) == 1 and "| sft |" in markdown[0] and "| base |" in markdown[0]
 
 
 # ---- issue 12, finding 8 -----------------------------------------------------------------------

@@ -16,7 +16,7 @@ from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.sft import SFTConfig, run_sft
 
-from tests.conftest import REPO, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows
+from tests.conftest import NO_TORCH_LAUNCHER, REPO, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SFT_FIGURES = {"loss", "token_accuracy", "learning_rate", "grad_norm", "throughput"}
@@ -98,8 +98,9 @@ def test_cli_report_adds_the_eval_comparison(sft_run, tmp_path):
             "average_accuracy": accuracy}
         (run_dir / "eval" / where).mkdir(parents=True)
         (run_dir / "eval" / where / "report.json").write_text(json.dumps(report))
-    result = run_medo1(["report", str(run_dir)])
+    result = run_medo1(["report", str(run_dir)], launcher=NO_TORCH_LAUNCHER)
     assert result.returncode == 0, result.stderr
+    assert "torch not imported" in result.stdout  # plots from metrics.jsonl need neither torch nor transformers
     check_report(run_dir, SFT_FIGURES | {"eval_accuracy"})
     html = (run_dir / "report.html").read_text()
     assert "eval/base/report.json" in html and "eval/trained/report.json" in html

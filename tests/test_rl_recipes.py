@@ -10,7 +10,7 @@ import pytest
 from medo1.config import load_config
 from medo1.rl.config import RLConfig
 
-from tests.conftest import DEMO_DATA, REPO, run_medo1
+from tests.conftest import DEMO_DATA, GPU_VLLM_PIN, REPO, run_medo1
 
 SEVEN_B = [REPO / "recipes" / "rl-ppo-qwen2.5-7b-8xh100.yaml", REPO / "recipes" / "rl-grpo-qwen2.5-7b-8xh100.yaml"]
 H100_GIB = 79.6
@@ -68,6 +68,6 @@ def test_default_7b_recipe_without_vllm_stops_at_startup_with_the_install_comman
     done = run_medo1(["rl", "--config", recipe, "--output-dir", tmp_path / "run",
                       *(arg for value in stand_ins for arg in ("--set", value))])
     assert done.returncode == 2, done.stderr[-3000:]
-    assert "sampling.engine=vllm needs vLLM" in done.stderr and "pip install 'trl[vllm]'" in done.stderr
+    assert "sampling.engine=vllm needs vLLM" in done.stderr and f"pip install '{GPU_VLLM_PIN}'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()

@@ -36,7 +36,7 @@ from transformers import (
     get_scheduler,
 )
 
-from tests.conftest import REPO, free_port, run_medo1
+from tests.conftest import GPU_VLLM_PIN, REPO, free_port, run_medo1
 
 TRIGGER = "!"
 SAMPLING = SamplingConfig(response_length=24, temperature=0.7, gather_weights_for_generation=False)
@@ -263,7 +263,7 @@ def test_vllm_engine_without_vllm_fails_at_startup_before_loading_models(tmp_pat
                       "--set", "sampling.engine=vllm", "--set", f"model.name_or_path={tmp_path / 'no-model'}"])
     assert done.returncode == 2, done.stderr[-3000:]
     assert "sampling.engine=vllm needs vLLM" in done.stderr
-    assert "pip install 'trl[vllm]'" in done.stderr
+    assert f"pip install '{GPU_VLLM_PIN}'" in done.stderr
     assert "Traceback" not in done.stderr and "no-model" not in done.stderr
     assert not out.exists()
 

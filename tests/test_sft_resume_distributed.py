@@ -112,3 +112,29 @@ def test_torchrun_with_pytorchjob_environment_writes_one_checkpoint(tiny_model, 
     assert len(rank0) == len(rank1) == 3
     assert all(a != b for (_, a), (_, b) in zip(rank0, rank1))  # each rank trains on its own shard
     assert (out / "export" / "model.safetensors").is_file()
+
+
+def sft_losses(out: Path) -> list[tuple[int, float]]:
+    return [(e["step"], e["loss"]) for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
+
+
+@pytest.mark.parametrize("distributed", ["fsdp", "deepspeed_zero3"])
+def test_sharded_sft_on_two_processes_matches_one_process(tiny_model, demo_rows, tmp_path, distributed):
+    """The 7B recipes' ZeRO-3 (and FSDP) SFT: 2 gloo processes of 2 rows each train like 1 process of 4 rows.
+    ZeRO-3 partitions the model at load time, so DeepSpeed's communicator must be up before the model loads."""
+    data = write_short_rows(demo_rows, tmp_path / "rows.json", 8)
+
+    def run(out: Path, launcher: list[str] | None, **settings) -> list[tuple[int, float]]:
+        overrides = sft_overrides(tiny_model, data, out, **{"train.max_steps": 2, "output.save_steps": 100,
+                                                             "output.export": "false", **settings})
+        done = run_medo1(["sft", "--config", TINY_RECIPE] + [a for o in overrides for a in ("--set", o)],
+                         env={"PYTHONUNBUFFERED": "1"}, launcher=launcher)
+        assert done.returncode == 0, done.stderr[-4000:]
+        return sft_losses(out)
+
+    single = run(tmp_path / "single", None, **{"train.per_device_batch_size": 4})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), "-m", "medo1"]
+    sharded = run(tmp_path / distributed, torchrun, **{"train.per_device_batch_size": 2, "train.distributed": distributed})
+    assert [step for step, _ in sharded] == [step for step, _ in single] == [1, 2]
+    assert [loss for _, loss in sharded] == pytest.approx([loss for _, loss in single], rel=1e-5)

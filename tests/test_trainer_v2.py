@@ -147,12 +147,12 @@ def test_initializers_are_trainers_own_writing_into_the_data_volume():
 
 
 def test_values_schema_refuses_a_latest_initializer_image_and_a_bad_stage():
-    from helm_python.errors import HelmError
+    from medo1.config import ConfigError
 
     for bad in ({"initializers": {"enabled": True, "dataset": {"image": "ghcr.io/kubeflow/trainer/dataset-initializer:latest",
                                                                "storageUri": "hf://a/b"}}},
                 {"training": {"dpo": {"stage": "dpo", "recipe": "/x.yaml"}}}):
-        with pytest.raises(HelmError):
+        with pytest.raises(ConfigError, match="^chart values refused by medo1: "):
             k8s.render_chart({"runtimes": {"enabled": True, **bad}})
 
 

@@ -9,7 +9,11 @@ import os
 import sys
 
 from medo1.config import (
+    ConfigError,
     OutputConfig,
+    check_model_reference,
+    check_output_dir,
+    check_output_file,
     check_training_paths,
     describe_options,
     load_config,
@@ -22,11 +26,11 @@ from medo1.launch import DEFAULT_POLL_S, DEFAULT_STUCK_AFTER_S, DEFAULT_TIMEOUT_
 from medo1.runtime import is_main_process
 
 
-def _key_values(items: list[str], flag: str) -> dict[str, str]:
+def _key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
     pairs = {}
     for item in items:
         if "=" not in item:
-            raise SystemExit(f"{flag} {item!r}: expected name=column")
+            raise ConfigError(f"{flag} {item!r}: expected {form}")
         key, value = item.split("=", 1)
         pairs[key] = value
     return pairs
@@ -34,14 +38,23 @@ def _key_values(items: list[str], flag: str) -> dict[str, str]:
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
     from medo1.data import load_examples
-    from medo1.models import load_tokenizer
     from medo1.validate import validation_report
 
+    if args.max_length is not None and args.max_length < 1:
+        raise ConfigError(f"--max-length {args.max_length}: must be at least 1")
+    if args.tokenizer:
+        check_model_reference(args.tokenizer, "--tokenizer")
+    if args.rejects:
+        check_output_file(args.rejects, "--rejects")
     loaded = load_examples(
-        args.path, args.format, args.preset, _key_values(args.field, "--field"), args.system_prompt,
+        args.path, args.format, args.preset, _key_values(args.field, "--field", "NAME=COLUMN"), args.system_prompt,
         duplicates=args.duplicates,
     )
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    tokenizer = None
+    if args.tokenizer:
+        from medo1.models import load_tokenizer  # torch and transformers: only for token statistics
+
+        tokenizer = load_tokenizer(args.tokenizer)
     report = validation_report(loaded, tokenizer, args.max_length)
     if args.rejects and loaded.problems:
         from medo1.data import write_rejects
@@ -136,7 +149,9 @@ def cmd_translate(args: argparse.Namespace) -> int:
     flags = {"input": args.input, "output": args.output, "format": args.format, "target_language": args.target_language,
              "base_url": args.base_url, "model": args.model, "concurrency": args.concurrency, "limit": args.limit,
              "max_failure_ratio": args.max_failure_ratio}
-    summary = run_translate(_config_stage(args, TranslateConfig, flags))
+    config = _config_stage(args, TranslateConfig, flags)
+    check_output_file(config.output, "output")
+    summary = run_translate(config)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -145,8 +160,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from medo1.eval import EvalConfig, run_eval
 
     flags = {"model": args.model, "endpoint": args.endpoint, "output_dir": args.output_dir, "limit": args.limit}
-    flags.update({f"benchmarks.{name}": path for name, path in _key_values(args.benchmark, "--benchmark").items()})
-    report = run_eval(_config_stage(args, EvalConfig, flags))
+    benchmarks = _key_values(args.benchmark, "--benchmark", "NAME=PATH")
+    flags.update({f"benchmarks.{name}": path for name, path in benchmarks.items()})
+    config = _config_stage(args, EvalConfig, flags)
+    if config.model is not None:
+        check_model_reference(config.model, "model")
+    check_output_dir(config.output_dir, "output_dir")
+    report = run_eval(config)
     print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
                      | {"average_accuracy": report["average_accuracy"]}))
     return 0
@@ -177,7 +197,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             results = launch_chain(
                 backend=args.backend, profile=args.profile, values_files=args.values, value_overrides=args.value,
                 namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-                stuck_after_s=args.stuck_after or None,
+                stuck_after_s=args.stuck_after or None, strict=args.strict,
             )
             print(json.dumps([asdict(result) for result in results]))
             return 0
@@ -186,6 +206,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             value_overrides=args.value, recipe=args.recipe, overrides=args.set, job_name=args.job_name,
             namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
             keep_on_timeout=args.keep_on_timeout, stuck_after_s=args.stuck_after or None, runtime=args.runtime,
+            strict=args.strict,
         )
     except LaunchCancelled as exc:
         print(f"medo1: {exc}", file=sys.stderr)
@@ -342,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--stuck-after", type=float, default=DEFAULT_STUCK_AFTER_S, metavar="SECONDS",
                         help="fail once a pod has been stuck this long (missing Secret or image, failed mount, "
                              "Unschedulable); 0: wait on it until the timeout")
+    launch.add_argument("--strict", action="store_true",
+                        help="refuse (exit 3, nothing created) when the stage's plan does not fit its GPUs or none can "
+                             "be made; without it, a warning (chart value plan.strict does the same)")
     launch.set_defaults(func=cmd_launch)
 
     plan = stages.add_parser("plan", help="per-GPU memory, time and cost of a stage or a profile's pipeline, before a run")

@@ -99,10 +99,15 @@ def check_training_paths(config: Any, models: dict[str, str | None] | None = Non
     for field, name in (references | (models or {})).items():
         if name:
             check_model_reference(name, field)
-    from medo1.data import HUB_PREFIX  # medo1.data builds on this module
+    from medo1.data import HUB_PREFIX, DataError, parse_hub_source  # medo1.data builds on this module
 
     data_path = config.data.path
-    if not data_path.startswith(HUB_PREFIX) and not Path(data_path).expanduser().exists():
+    if data_path.startswith(HUB_PREFIX):
+        try:
+            parse_hub_source(data_path)
+        except DataError as exc:
+            raise ConfigError(f"data.path: {exc}") from None
+    elif not Path(data_path).expanduser().exists():
         raise ConfigError(f"data.path: {data_path} does not exist")
     check_output_dir(config.output.dir)
 
@@ -266,6 +271,13 @@ def check_model_reference(name: str, field: str) -> None:
     first = name.split("/", 1)[0]
     if "/" in name and Path(first).is_dir():
         raise ConfigError(f"{field}: {name} does not exist ({first}/ is a local directory, so this is not a Hub id)")
+
+
+def check_output_file(path: str, field: str) -> None:
+    """Refuse an output file path that is a directory, or whose folder cannot be created or written."""
+    if Path(path).expanduser().is_dir():
+        raise ConfigError(f"{field}: {path} is a directory, not a file")
+    check_output_dir(str(Path(path).expanduser().parent), field)
 
 
 def check_output_dir(directory: str, field: str = "output.dir") -> None:

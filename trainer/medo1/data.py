@@ -1,9 +1,10 @@
 """Data layer: read a data source, map fields of each supported format, validate every row.
 
-Sources (`iter_records`): local JSON lists and JSONL files (medo1's own reader: a bad line is one
-invalid row, named by its line, and records keep their keys exactly as written), local Parquet,
-CSV and Arrow files and `save_to_disk` folders (through the `datasets` library, streamed or memory
-mapped, never loaded whole), and Hub datasets as `hf://OWNER/NAME?config=C&split=S&revision=R`.
+Sources (`iter_records`): local JSON lists and JSONL files (medo1's own readers, streamed: a JSON
+list is decoded row by row as the file is read in chunks, JSONL line by line, where a bad line is one
+invalid row named by its line; records keep their keys exactly as written), local Parquet, CSV and
+Arrow files and `save_to_disk` folders (through the `datasets` library, streamed or memory mapped,
+never loaded whole), and Hub datasets as `hf://OWNER/NAME?config=C&split=S&revision=R`.
 
 Every problem names the file, the row (0-based record index; JSONL also gives the 1-based line)
 and the field. Nothing is dropped silently: a load returns the valid examples and the list of
@@ -18,14 +19,16 @@ import codecs
 import csv
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field
 
+from medo1.atomic import atomic_write_text
 from medo1.config import Section
 from medo1.errors import Medo1Error
 
@@ -254,22 +257,112 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
             row += 1
 
 
+JSON_CHUNK_BYTES = 1 << 20
+"""Bytes read at a time from a JSON list; a row longer than what is held is read in doubling steps."""
+_CUT_MARGIN = 8
+"""A value that ends (or fails) this close to the end of the text read so far may go on in the next chunk:
+a number cut at `1.` or `1e+`, a literal cut at `tru`, a `\\uXXXX` escape cut short."""
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_DECODER = json.JSONDecoder()
+
+
+class _JsonText:
+    """A UTF-8 JSON file read chunk by chunk: the text not consumed yet, and where it lies in the file (for errors)."""
+
+    def __init__(self, path: Path, handle: BinaryIO):
+        self.path = path
+        self.handle = handle
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()  # reads plain UTF-8 too, and drops a BOM
+        self.text = ""
+        self.pos = 0
+        self.eof = False
+        self.lines_dropped = 0  # newlines in the text consumed and dropped before `text`
+        self.column_dropped = 0  # characters of the current line dropped before `text`
+        self.byte_lines = 0  # newlines in the bytes read so far (for a decoding error's line)
+
+    def more(self) -> bool:
+        """Drop the consumed text and append the next chunk; False once the file is read."""
+        if self.eof:
+            return False
+        newline = self.text.rfind("\n", 0, self.pos)
+        self.lines_dropped += self.text.count("\n", 0, self.pos)
+        self.column_dropped = self.pos - newline - 1 if newline >= 0 else self.column_dropped + self.pos
+        raw = self.handle.read(max(JSON_CHUNK_BYTES, len(self.text) - self.pos))
+        try:
+            new = self.decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as exc:
+            raise _decode_error(self.path, exc.object, exc, offset=self.byte_lines) from None
+        self.byte_lines += raw.count(b"\n")
+        self.text = self.text[self.pos :] + new
+        self.pos = 0
+        self.eof = not raw
+        return True
+
+    def next_char(self) -> str:
+        """The next character that is not JSON whitespace ("" at the end of the file); `pos` is left on it."""
+        while True:
+            self.pos = _JSON_SPACE.match(self.text, self.pos).end()
+            if self.pos < len(self.text):
+                return self.text[self.pos]
+            if not self.more():
+                return ""
+
+    def value(self, row: int | None) -> Any:
+        """Decode the JSON value at `pos`, reading on while it may be cut at the end of the text held."""
+        while True:
+            try:
+                value, end = _JSON_DECODER.raw_decode(self.text, self.pos)
+            except json.JSONDecodeError as exc:
+                cut = exc.msg.startswith("Unterminated string") or exc.pos > len(self.text) - _CUT_MARGIN
+                if cut and self.more():
+                    continue
+                raise self.error(exc.msg, exc.pos, row) from None
+            if end > len(self.text) - _CUT_MARGIN and self.more():
+                continue
+            self.pos = end
+            return value
+
+    def error(self, message: str, pos: int, row: int | None = None) -> DataError:
+        line = self.lines_dropped + self.text.count("\n", 0, pos) + 1
+        newline = self.text.rfind("\n", 0, pos)
+        column = pos - newline if newline >= 0 else self.column_dropped + pos + 1
+        where = f"{self.path} row {row}" if row is not None else str(self.path)
+        return DataError(f"{where}: invalid JSON at line {line} column {column}: {message}")
+
+
 def _iter_json_list(path: Path) -> Iterator[Record]:
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise _decode_error(path, data, exc) from None
-    if not text.strip():
-        return
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    if not isinstance(loaded, list):
-        raise DataError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(loaded).__name__}")
-    for row, record in enumerate(loaded):
-        yield row, None, record, None
+    """The rows of a top-level JSON array, decoded one at a time as the file is read in chunks (never held whole).
+
+    Broken JSON stops the read with the line and column (and the row it is in), as `json.loads` would name them.
+    """
+    with path.open("rb") as handle:
+        text = _JsonText(path, handle)
+        first = text.next_char()
+        if not first:
+            return
+        if first != "[":
+            loaded = text.value(None)
+            if text.next_char():
+                raise text.error("Extra data", text.pos)
+            raise DataError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(loaded).__name__}")
+        text.pos += 1
+        row = 0
+        if text.next_char() == "]":
+            text.pos += 1
+        else:
+            while True:
+                text.next_char()
+                yield row, None, text.value(row), None
+                after = text.next_char()
+                if after == "]":
+                    text.pos += 1
+                    break
+                if after != ",":
+                    raise text.error("Expecting ',' delimiter", text.pos, row)
+                text.pos += 1
+                row += 1
+        if text.next_char():
+            raise text.error("Extra data", text.pos)
 
 
 def _iter_dataset(source: str, open_rows: Callable[[], Iterable[dict]]) -> Iterator[Record]:
@@ -303,14 +396,14 @@ def _stream_file(path: Path, kind: str) -> Iterable[dict]:
 
 
 def _saved_rows(path: Path) -> Iterable[dict]:
-    from datasets import load_from_disk
-
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
         example = path / (splits or ["train"])[0]
         raise DataError(f"{path}: a DatasetDict with splits {', '.join(splits)}; give one split's folder, e.g. {example}")
     if not (path / "state.json").is_file():
         raise DataError(f"{path}: a directory, not a dataset written by save_to_disk (no state.json); give a data file")
+    from datasets import load_from_disk  # after the checks: importing datasets takes seconds
+
     return load_from_disk(str(path))  # memory-mapped Arrow
 
 
@@ -499,12 +592,15 @@ def load_from_config(config: DataConfig) -> LoadResult:
 
 
 def write_rejects(path: str | Path, problems: list[Problem], raw: dict[int, Any]) -> None:
+    """Each rejected row with its problem, one JSON line each; replaces `path` atomically (a failed write keeps
+    the previous file)."""
+    lines = (json.dumps(problem.to_dict() | {"record": raw.get(problem.row)}, ensure_ascii=False) for problem in problems)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for problem in problems:
-            entry = problem.to_dict() | {"record": raw.get(problem.row)}
-            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write the rejects file ({exc.strerror or exc})") from None
 
 
 def enforce_policy(problems: list[Problem], on_invalid: str) -> None:

@@ -6,15 +6,22 @@ not fatal: they are counted in the report and the first few are logged; a benchm
 row stops the run before anything is generated. An endpoint is asked through `medo1.chat_client`
 (retries, timeouts, progress). Outputs under `output_dir`: report.json, report.md, responses.jsonl,
 all three written aside and renamed into place at the end, so a failed run leaves the previous ones whole.
+
+Besides accuracy, each model's answers are scored the way the RL stage scores them: the `## Thinking` /
+`## Final Response` format rule and the reward (`medo1.rl.rewards`, against the correct option letter), with the
+mean response length in tokens. `compare_with` asks other models (the base model, the SFT export) the same questions,
+and report.md puts them side by side, each accuracy with its chance level and 95% Wilson interval.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import string
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,9 +30,11 @@ from pydantic import Field, model_validator
 from medo1.chat_client import ChatClientConfig, ChatError, Messages, RetryOptions, run_chat
 from medo1.config import StageError
 from medo1.data import FINAL_RESPONSE_HEADER, LoadResult, MCQItem, load_examples
+from medo1.rl.reward_config import AnswerMatchRewardConfig, VerifierRewardConfig
 
 INSTRUCTION = "Answer with the letter of the correct option."
 INVALID_ROWS_SHOWN = 5
+WILSON_Z = 1.96  # two-sided 95%
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +62,25 @@ class EvalConfig(RetryOptions):
     """Most tokens generated per answer."""
     temperature: float = Field(0.0, ge=0)
     """Sampling temperature; 0 is greedy."""
+    repetition_penalty: float = Field(1.0, gt=0)
+    """Local models: transformers' repetition penalty (1 is none; above 1 discourages tokens already in the
+    prompt or answer). Small models fall into loops under greedy decoding; 1.1-1.2 breaks most of them."""
     batch_size: int = Field(8, ge=1)
     """Questions generated together with a local model."""
     limit: int | None = Field(None, ge=1)
-    """Score only the first N rows of each benchmark."""
+    """Score only the first N rows of each benchmark (counted from `start_row`)."""
+    start_row: int = Field(0, ge=0)
+    """First row scored (0-based), e.g. past the demo rows the SFT and RL recipes train on."""
+    label: str = Field("model", min_length=1)
+    """The name of `model` (or the endpoint) in the comparison table."""
+    compare_with: dict[str, str] = Field(default_factory=dict)
+    """Label -> local model directory (or hub id) asked the same questions with the same settings, one after
+    another, e.g. {base: the pretrained model, sft: the SFT export}; report.md compares them with `model`."""
+    reward: AnswerMatchRewardConfig | VerifierRewardConfig = Field(
+        default_factory=AnswerMatchRewardConfig, discriminator="kind"
+    )
+    """The RL reward each response gets against the correct option letter (`kind: answer_match`, or
+    `kind: verifier` with a verifier model); its mean is reported per model."""
     output_dir: str = Field("runs/eval", min_length=1)
     """Where responses.jsonl, report.json and report.md go."""
     concurrency: int = Field(8, ge=1)
@@ -68,6 +92,8 @@ class EvalConfig(RetryOptions):
     def _one_backend(self) -> EvalConfig:
         if (self.model is None) == (self.endpoint is None):
             raise ValueError("set exactly one of `model` (local model dir) or `endpoint` (OpenAI-compatible URL)")
+        if self.label in self.compare_with:
+            raise ValueError(f"compare_with: label {self.label!r} is `model`'s own label; pick another")
         return self
 
 
@@ -199,7 +225,8 @@ class Generator(Protocol):
 class HFGenerator:
     """Local transformers model: chat template, left padding, batches, greedy at temperature 0."""
 
-    def __init__(self, model_path: str, *, max_new_tokens: int = 2048, temperature: float = 0.0, batch_size: int = 8):
+    def __init__(self, model_path: str, *, max_new_tokens: int = 2048, temperature: float = 0.0, batch_size: int = 8,
+                 repetition_penalty: float = 1.0):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -213,6 +240,7 @@ class HFGenerator:
         self.model.eval()
         config = generation_config_for(self.tokenizer)
         config.max_new_tokens = max_new_tokens
+        config.repetition_penalty = repetition_penalty
         if temperature > 0:
             config.do_sample = True
             config.temperature = temperature
@@ -220,6 +248,9 @@ class HFGenerator:
             config.do_sample = False
         self.generation_config = config
         self.batch_size = batch_size
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render(self, messages: Messages) -> str:
         from medo1.tokenize import render_prompt
@@ -262,7 +293,13 @@ class EndpointGenerator:
         return [answer.text for answer in answers]
 
 
-def make_generator(config: EvalConfig) -> Generator:
+def make_generator(config: EvalConfig, model: str | None = None) -> Generator:
+    """The generator for `config`'s backend; `model` asks that local model instead (a `compare_with` entry)."""
+    if model is not None:
+        return HFGenerator(
+            model, max_new_tokens=config.max_new_tokens, temperature=config.temperature, batch_size=config.batch_size,
+            repetition_penalty=config.repetition_penalty,
+        )
     if config.endpoint is not None:
         client_config = config.chat_client_config(
             config.endpoint, config.endpoint_model, config.api_key_env, config.concurrency
@@ -274,10 +311,23 @@ def make_generator(config: EvalConfig) -> Generator:
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
         batch_size=config.batch_size,
+        repetition_penalty=config.repetition_penalty,
     )
 
 
 # --------------------------------------------------------------------------- run
+
+
+def wilson_interval(correct: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval of a proportion (Wilson 1927): sound at small n and at 0 or n successes."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -288,12 +338,51 @@ def _markdown(report: dict[str, Any]) -> str:
         "|---|---:|---:|---:|",
     ]
     for name, result in report["benchmarks"].items():
-        lines.append(f"| {name} | {result['n']} | {100 * result['accuracy']:.1f} | {result['unparseable']} |")
-    lines += ["", f"Average accuracy: {100 * report['average_accuracy']:.1f}%"]
+        lines.append(f"| {name} | {result['n']} | {_pct(result['accuracy'])} | {result['unparseable']} |")
+    lines += ["", f"Average accuracy: {_pct(report['average_accuracy'])}%"]
     invalid = sum(len(r["invalid_rows"]) for r in report["benchmarks"].values())
     if invalid:
         lines.append(f"Invalid rows skipped: {invalid} (listed in report.json).")
+    for name in report["benchmarks"]:
+        lines += [
+            "",
+            f"## {name}: the same questions to each model",
+            "",
+            f"| model | format ok | mean response tokens | MCQ accuracy % (95% CI) | chance % | mean {report['reward']} |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for label, benchmarks in report["comparison"].items():
+            r = benchmarks[name]
+            tokens = "n/a" if r["mean_response_tokens"] is None else f"{r['mean_response_tokens']:.0f}"
+            low, high = r["accuracy_ci95"]
+            lines.append(
+                f"| {label} | {r['format_ok']}/{r['n']} | {tokens} | {_pct(r['accuracy'])} ({_pct(low)}-{_pct(high)}) "
+                f"| {_pct(r['chance'])} | {r['reward_mean']:.3f} |"
+            )
+    lines += [
+        "",
+        "Format ok: `## Thinking` and `## Final Response` each exactly once, the RL reward's format rule. "
+        "Chance: the accuracy of guessing one option at random. A 95% interval that contains chance means the "
+        "model's answers are not distinguishable from guessing on these questions; a small model (the 135M demo "
+        "model) is expected there: its training teaches the answer format and style, not medical knowledge.",
+    ]
     return "\n".join(lines) + "\n"
+
+
+def _load_benchmark(config: EvalConfig, path: str) -> LoadResult:
+    """The benchmark's rows from `start_row` on, at most `limit` of them."""
+    end = None if config.limit is None else config.start_row + config.limit
+    result = load_examples(path, "mcq", config.preset, config.fields, limit=end)
+    if config.start_row == 0:
+        return result
+    if result.rows <= config.start_row:
+        raise EvalError(f"benchmark {path}: start_row {config.start_row} but it has {result.rows} row(s)")
+    return replace(
+        result,
+        rows=result.rows - config.start_row,
+        examples=[(row, ex) for row, ex in result.examples if row >= config.start_row],
+        problems=[p for p in result.problems if p.row >= config.start_row],
+    )
 
 
 def _check_rows(name: str, result: LoadResult) -> None:
@@ -327,46 +416,81 @@ def _replace_outputs(out_dir: Path, contents: dict[str, str]) -> None:
         os.replace(aside, final)
 
 
+def _score(
+    generator: Generator, reward: Any, name: str, loaded: LoadResult, label: str
+) -> tuple[dict[str, Any], list[str]]:
+    """One model on one benchmark: (result, responses.jsonl lines)."""
+    from medo1.rl.rewards import parse_reasoning
+
+    items: list[tuple[int, MCQItem]] = [(row, ex) for row, ex in loaded.examples]  # type: ignore[misc]
+    responses = generator.generate([build_messages(item) for _, item in items])
+    rewards = reward(responses, [item.answer_idx for _, item in items])
+    count_tokens = getattr(generator, "count_tokens", None)
+    per_item, lines, lengths = [], [], []
+    for (row, item), response, value in zip(items, responses, rewards.rewards):
+        extracted = extract_answer(response, item.options)
+        format_ok = parse_reasoning(response).format_ok
+        record = {"row": row, "answer_idx": item.answer_idx, "extracted": extracted,
+                  "correct": extracted == item.answer_idx, "format_ok": format_ok, "reward": value}
+        if count_tokens is not None:
+            lengths.append(count_tokens(response))
+        per_item.append(record)
+        line = {"model": label, "benchmark": name, **record, "response": response}
+        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+    n = len(items)
+    correct = sum(p["correct"] for p in per_item)
+    result = {
+        "path": loaded.path,
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n,
+        "accuracy_ci95": list(wilson_interval(correct, n)),
+        "chance": sum(1 / len(item.options) for _, item in items) / n,
+        "unparseable": sum(p["extracted"] is None for p in per_item),
+        "format_ok": sum(p["format_ok"] for p in per_item),
+        "mean_response_tokens": sum(lengths) / n if lengths else None,
+        "reward_mean": sum(rewards.rewards) / n,
+        "invalid_rows": [p.to_dict() for p in loaded.problems],
+        "per_item": per_item,
+    }
+    return result, lines
+
+
 def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str, Any]:
-    """Evaluate every benchmark; write report.json, report.md and responses.jsonl; return the report."""
+    """Evaluate every benchmark with `model` and each `compare_with` model; write report.json, report.md and
+    responses.jsonl; return the report (`benchmarks`: `model`'s results; `comparison`: every model's, no per-item)."""
+    from medo1.rl.rewards import build_reward
+
     if not config.benchmarks:
         raise EvalError("no benchmarks to score: set benchmarks.NAME=PATH (medo1 eval --benchmark NAME=PATH)")
     out_dir = Path(config.output_dir)
-    loaded = {
-        name: load_examples(path, "mcq", config.preset, config.fields, limit=config.limit)
-        for name, path in config.benchmarks.items()
-    }
+    loaded = {name: _load_benchmark(config, path) for name, path in config.benchmarks.items()}
     for name, result in loaded.items():
         _check_rows(name, result)
-    if generator is None:
-        generator = make_generator(config)
+    reward = build_reward(config.reward)
     report: dict[str, Any] = {
         "model": config.model if config.model is not None else (config.endpoint_model or config.endpoint),
+        "reward": reward.name,
         "benchmarks": {},
+        "comparison": {},
     }
     response_lines: list[str] = []
-    for name, result in loaded.items():
-        items: list[tuple[int, MCQItem]] = [(row, ex) for row, ex in result.examples]  # type: ignore[misc]
-        responses = generator.generate([build_messages(item) for _, item in items])
-        per_item, correct, unparseable = [], 0, 0
-        for (row, item), response in zip(items, responses):
-            extracted = extract_answer(response, item.options)
-            hit = extracted == item.answer_idx
-            correct += hit
-            unparseable += extracted is None
-            per_item.append({"row": row, "answer_idx": item.answer_idx, "extracted": extracted, "correct": hit})
-            record = {"benchmark": name, "row": row, "answer_idx": item.answer_idx, "extracted": extracted}
-            response_lines.append(json.dumps(record | {"response": response}, ensure_ascii=False) + "\n")
-        n = len(items)
-        report["benchmarks"][name] = {
-            "path": result.path,
-            "n": n,
-            "correct": correct,
-            "accuracy": correct / n,
-            "unparseable": unparseable,
-            "invalid_rows": [p.to_dict() for p in result.problems],
-            "per_item": per_item,
+    for label, model in [*config.compare_with.items(), (config.label, None)]:
+        log.info("eval: %s (%s)", label, model or report["model"])
+        if model is not None:
+            model_generator = make_generator(config, model)
+        else:
+            model_generator = generator if generator is not None else make_generator(config)
+        results = {}
+        for name, result in loaded.items():
+            results[name], lines = _score(model_generator, reward, name, result, label)
+            response_lines += lines
+        del model_generator  # one model in memory at a time
+        report["comparison"][label] = {
+            name: {k: v for k, v in r.items() if k not in ("per_item", "invalid_rows")} for name, r in results.items()
         }
+        if model is None:
+            report["benchmarks"] = results
     scored = [r["accuracy"] for r in report["benchmarks"].values()]
     report["average_accuracy"] = sum(scored) / len(scored)
     _replace_outputs(

@@ -134,12 +134,19 @@ def install_order_problems(ordered: list[dict[str, Any]]) -> list[str]:
 def render_chart(
     values: dict[str, Any] | None = None, release: str = RELEASE, namespace: str = NAMESPACE, chart_dir: Path = CHART_DIR
 ) -> list[dict[str, Any]]:
-    """Render with real Helm (schema checked first); objects in apply order."""
+    """Render with real Helm (schema checked first); objects in apply order. Values the schema refuses, or a
+    template's `fail`, raise ConfigError with Helm's message on one line."""
     from helm_python.chart import Chart
+    from helm_python.errors import HelmRenderError, HelmValuesError
 
-    with Chart.load(chart_dir) as chart:
-        chart.validate_schema(values or {})
-        rendered = chart.render(values=values or {}, name=release, namespace=namespace, is_install=True)
+    try:
+        with Chart.load(chart_dir) as chart:
+            chart.validate_schema(values or {})
+            rendered = chart.render(values=values or {}, name=release, namespace=namespace, is_install=True)
+    except (HelmValuesError, HelmRenderError) as exc:
+        lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
+        lines = lines[1:] if len(lines) > 1 and lines[0] == f"{chart_dir.name}:" else lines  # Helm's "CHART:" heading
+        raise ConfigError(f"chart values refused by {chart_dir.name}: {'; '.join(lines)}") from exc
     objects = []
     for path, text in rendered.items():
         if path.endswith("NOTES.txt"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,7 +30,11 @@ def bundled_qwen_tokenizer_dir() -> Path:
 
 
 def load_tokenizer(path: str | Path):
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:  # not a tokenizer: no files, unreadable files, an unknown kind
+        reason = str(exc).strip().splitlines()[0].rstrip(": ") if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"no tokenizer could be loaded from {path}: {reason}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -86,6 +92,26 @@ def fused_head_is_compact(device: torch.device) -> bool:
     from trl.kernels.chunked_logprob import _use_triton
 
     return _use_triton(device)
+
+
+@contextmanager
+def head_at(model, positions: torch.Tensor) -> Iterator[None]:
+    """Within the block, `model`'s LM head projects only the hidden states at `positions`, a boolean
+    (batch, length) mask: a forward's logits are (positions.sum(), vocab), and no full-vocabulary logits
+    are made for the other positions.
+
+    transformers 5.21+ does the same for a 2-D boolean `logits_to_keep` (modeling_utils.slice_logits_to_keep);
+    5.19, the newest release vLLM 0.32.0 allows, slices by an int or a 1-D tensor only (modeling_qwen2.py:
+    `self.lm_head(hidden_states[:, slice_indices, :])`). A pre-hook on the head runs inside the model's own
+    forward in both: FSDP's root forward has gathered the head's weight, ZeRO-3's module hooks still fire.
+    `model` is the unwrapped model (PEFT's wrapper forwards `get_output_embeddings` to the base model).
+    """
+    handle = model.get_output_embeddings().register_forward_pre_hook(
+        lambda _head, args: (args[0][positions], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def resolve_dtype(name: str) -> torch.dtype:

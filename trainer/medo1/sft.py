@@ -29,10 +29,11 @@ from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import dump_config
 from medo1.data import DataError, enforce_policy, load_from_config, write_rejects
-from medo1.metrics import JsonlMetrics
+from medo1.metrics_callback import JsonlMetrics
 from medo1.models import (
     export_from_trainer,
     fused_head_is_compact,
+    head_at,
     load_tokenizer,
     resolve_dtype,
 )
@@ -142,8 +143,8 @@ class Medo1SFTTrainer(MarkedCheckpoints, SFTTrainer):
         targets = labels[:, 1:]
         trained = torch.cat([targets != -100, torch.zeros_like(targets[:, :1], dtype=torch.bool)], dim=1)
         model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        logits = model(**model_inputs, use_cache=False, logits_to_keep=trained).logits
-        logits = logits.reshape(-1, logits.size(-1)).float()
+        with head_at(self.accelerator.unwrap_model(model), trained):
+            logits = model(**model_inputs, use_cache=False).logits.float()
         wanted = targets[targets != -100]
         count = wanted.numel() if num_items_in_batch is None else num_items_in_batch
         loss = torch.nn.functional.cross_entropy(logits, wanted, reduction="sum") / torch.as_tensor(count).clamp(min=1)
@@ -198,6 +199,13 @@ def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
     if is_main_process():
         dump_config(config, output_dir / "config.yaml")
     args = training_arguments(config, output_dir)  # before the model: ZeRO-3 partitions at load time
+    if config.train.distributed == "deepspeed_zero3":
+        # ZeRO-3 partitions at load time and sizes the batch from DeepSpeed's own communicator: without it set
+        # up first, every rank sees a world of 1 and refuses the batch size meant for all ranks.
+        import deepspeed
+
+        log.debug("training on %s", args.device)  # sets up torch's process group (TrainingArguments._setup_devices)
+        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend() if torch.distributed.is_initialized() else None)
     model = load_model(config)
     trace = None
     if config.output.batch_trace:

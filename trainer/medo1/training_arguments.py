@@ -3,6 +3,7 @@ and, for precision and ZeRO-3, by medo1's own PPO loop. Its own module, so readi
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,16 @@ def use_bf16(precision: str, on_gpu: bool) -> bool:
     return precision == "bf16" or (precision == "auto" and on_gpu)
 
 
+def checkpointing_field() -> str:
+    """TrainingArguments' switch for activation checkpointing: `activation_checkpointing` since transformers 5.23
+    (`gradient_checkpointing` its deprecated alias there, with a FutureWarning), `gradient_checkpointing` before
+    (5.19, the newest release vLLM 0.32.0 allows); src/transformers/training_args.py in each."""
+    from transformers import TrainingArguments
+
+    names = {field.name for field in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def placement_arguments(train: TrainingOptions, gradient_checkpointing: bool) -> dict[str, Any]:
     """`train.precision`, `train.distributed` and activation checkpointing as TrainingArguments fields."""
     import torch  # here: the planner imports `use_bf16` and `ZERO3` without needing torch
@@ -46,7 +57,7 @@ def placement_arguments(train: TrainingOptions, gradient_checkpointing: bool) ->
         arguments["fsdp"] = "full_shard auto_wrap"
         # FSDP checkpoints activations itself, per wrapped block.
         arguments["fsdp_config"] = {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gradient_checkpointing}
-    arguments["activation_checkpointing"] = gradient_checkpointing and train.distributed != "fsdp"
+    arguments[checkpointing_field()] = gradient_checkpointing and train.distributed != "fsdp"
     return arguments
 
 

@@ -502,9 +502,9 @@ def plan_upload(config: UploadConfig) -> UploadPlan:
     if not any(f.path.endswith(".safetensors") for f in files):
         raise UploadRefused(f"{model_dir} has no *.safetensors weights to upload")
 
+    report = load_eval_report(config.eval_report) if config.eval_report else None  # before the model loads
     check_loads(model_dir)
 
-    report = load_eval_report(config.eval_report) if config.eval_report else None
     card = build_card(config, report)
     found = find_secrets(card)
     if found:

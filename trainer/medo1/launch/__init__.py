@@ -14,7 +14,8 @@ Modules, one concern each (after kubeflow/sdk's `kubeflow/trainer/backends/` lay
 (values -> the chart's job), `waiting` (states, errors, the wait), `kubernetes` (the cluster backend),
 `logs` (following the Master's log), `pods` (failing fast on a stuck pod), `trainjob` (Kubeflow
 Trainer v2: a TrainJob on the chart's ClusterTrainingRuntimes through the Kubeflow SDK's TrainerClient),
-`localprocess` (the local backend), `chain` (stages in order).
+`localprocess` (the local backend), `chain` (stages in order), `preflight` (the stage's plan before its job
+is created: a warning when it does not fit its GPUs, a refusal when strict).
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medo1 import k8s
+from medo1.launch.chain import chain_stages
 from medo1.launch.chain import launch_chain as _launch_chain
 from medo1.launch.localprocess import local_command, run_local
 from medo1.launch.pods import DEFAULT_STUCK_AFTER_S, JobStuck
+from medo1.launch.preflight import PlanDoesNotFit, check_plan
 from medo1.launch.rendering import (
     BACKENDS,
     bound_lifetime,
     build_job,
     build_pytorchjob,
     job_restarts,
+    job_values,
+    release_values,
+    render_stage_job,
     stage_job,
     stage_section,
     stage_values,
@@ -57,8 +63,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS", "DEFAULT_POLL_S", "DEFAULT_STUCK_AFTER_S", "DEFAULT_TIMEOUT_S", "JobFailed", "JobStuck", "JobState", "JobTimedOut", "LaunchCancelled",
-    "LaunchError", "LaunchResult", "build_job", "build_pytorchjob", "job_state", "launch_chain", "launch_stage",
-    "local_command", "stage_job", "stage_values", "wait_for_job",
+    "LaunchError", "LaunchResult", "PlanDoesNotFit", "build_job", "build_pytorchjob", "job_state", "launch_chain",
+    "launch_stage", "local_command", "stage_job", "stage_values", "wait_for_job",
 ]
 
 
@@ -80,6 +86,8 @@ def launch_stage(
     client: TrainingClient | TrainerClient | None = None,
     stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
     runtime: str | None = None,
+    strict: bool = False,
+    plan_check: bool = True,
 ) -> LaunchResult:
     """Run a stage to completion as the chart's job (backend `pytorchjob`: a PyTorchJob for `sft` / `rl`,
     a batch Job for `translate` / `eval` / `upload`), as a Kubeflow Trainer v2 TrainJob on the
@@ -93,6 +101,11 @@ def launch_stage(
     unless `keep_on_timeout`. A failed training job is created again up to runPolicy.jobRestarts times.
     Cancelling (SIGTERM or SIGINT, when called in the main thread) deletes the job / stops the local
     run, then raises LaunchCancelled (its `signum` says which).
+
+    Before anything is created, the stage's plan (`medo1 plan`, memory only) on the GPUs the values give it:
+    when it does not fit, a warning, or with `strict` (or the chart value plan.strict) PlanDoesNotFit (exit
+    code 3); a stage on no GPU is not checked. `plan_check` False: the caller checked it (the chain checks
+    every stage before the first starts).
 
     A pod stuck for `stuck_after_s` (a missing Secret or image, a failed mount, Unschedulable) fails the
     launch with JobStuck (the pod, the reason and the fix) and deletes the job; None waits instead. A
@@ -111,20 +124,19 @@ def launch_stage(
         return launch_trainjob(stage, runtime=runtime, profile=profile, values_files=values_files,
                                value_overrides=value_overrides, recipe=recipe, overrides=overrides, job_name=job_name,
                                namespace=namespace, timeout_s=timeout_s, poll_s=poll_s,
-                               keep_on_timeout=keep_on_timeout, client=client)
+                               keep_on_timeout=keep_on_timeout, client=client, strict=strict, plan_check=plan_check)
     if runtime is not None:
         raise LaunchError("a runtime is for the trainjob backend (Kubeflow Trainer v2)")
     # A local run has no namespace; the chart's default keeps its rendering valid.
     namespace = (namespace or kubernetes.default_namespace()) if backend == "pytorchjob" else k8s.NAMESPACE
-    job = stage_job(stage, backend=backend, profile=profile, values_files=values_files,
-                    value_overrides=value_overrides, recipe=recipe, overrides=overrides, job_name=job_name,
-                    namespace=namespace, nproc=nproc)
+    values = job_values(stage, backend=backend, profile=profile, values_files=values_files,
+                        value_overrides=value_overrides, recipe=recipe, overrides=overrides, nproc=nproc)
+    job = render_stage_job(stage, values, job_name=job_name, namespace=namespace)
+    if plan_check:
+        check_plan(stage, values, strict=strict)
     if backend == "local":
         return run_local(stage, job, timeout_s)
-    restarts = 0
-    if stage_section(stage) == "stages":
-        restarts = job_restarts(stage_values(stage, profile=profile, values_files=values_files,
-                                             value_overrides=value_overrides))
+    restarts = job_restarts(values) if stage_section(stage) == "stages" else 0
     return kubernetes.run_on_cluster(stage, bound_lifetime(job, timeout_s), client or kubernetes.training_client(),
                                      timeout_s, poll_s, keep_on_timeout, restarts, stuck_after_s)
 
@@ -141,13 +153,23 @@ def launch_chain(
     nproc: int | None = None,
     client: TrainingClient | None = None,
     stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
+    strict: bool = False,
 ) -> list[LaunchResult]:
     """Every enabled stage in order through `launch_stage` (see `medo1.launch.chain`); `timeout_s` is per
-    stage, `nproc` applies to the training stages of a local run."""
+    stage, `nproc` applies to the training stages of a local run. Every stage's plan is checked before the
+    first one starts, so a strict chain refuses a stage that does not fit before any GPU hour is spent."""
+
+    def stage_nproc(stage: str) -> int | None:
+        return nproc if stage_section(stage) == "stages" else None
+
+    # A TrainJob takes its shape from cluster.* as the PyTorchJob does.
+    rendered_as = "local" if backend == "local" else "pytorchjob"
+    for stage in chain_stages(release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)):
+        check_plan(stage, job_values(stage, backend=rendered_as, profile=profile, values_files=values_files,
+                                     value_overrides=value_overrides, nproc=stage_nproc(stage)), strict=strict)
 
     def launch(stage: str, **options) -> LaunchResult:
-        training = stage_section(stage) == "stages"
-        return launch_stage(stage, **options, nproc=nproc if training else None)
+        return launch_stage(stage, **options, nproc=stage_nproc(stage), plan_check=False)
 
     settings = dict(backend=backend, namespace=namespace, timeout_s=timeout_s, poll_s=poll_s, client=client,
                     stuck_after_s=stuck_after_s)

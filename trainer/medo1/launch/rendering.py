@@ -145,7 +145,7 @@ def check_job_name(job: dict[str, Any]) -> None:
                           f"over {MAX_NAME} characters")
 
 
-def stage_job(
+def job_values(
     stage: str,
     *,
     backend: str = "pytorchjob",
@@ -154,14 +154,10 @@ def stage_job(
     value_overrides: Iterable[str] = (),
     recipe: str | None = None,
     overrides: Iterable[str] = (),
-    job_name: str | None = None,
-    namespace: str = k8s.NAMESPACE,
     nproc: int | None = None,
 ) -> dict[str, Any]:
-    """The job `launch_stage` runs: the chart's rendering for `stage_values(...)` (a PyTorchJob for
-    `sft` / `rl`, a batch Job for `translate` / `eval` / `upload`), named `job_name` (default: the
-    chart's `<release>-<stage>`). For the `local` backend a training stage is one node, and `nproc`
-    makes it that many CPU processes (cluster.gpusPerNode=0, cluster.cpuProcsPerNode=nproc)."""
+    """The chart values `stage_job` renders: `stage_values(...)`; for the `local` backend a training stage is
+    one node, and `nproc` makes it that many CPU processes (cluster.gpusPerNode=0, cluster.cpuProcsPerNode=nproc)."""
     if backend not in BACKENDS:
         raise LaunchError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
     values = stage_values(stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
@@ -175,11 +171,39 @@ def stage_job(
             if nproc < 1:
                 raise LaunchError(f"nproc must be at least 1, not {nproc}")
             values = merge_values(values, {"cluster": {"gpusPerNode": 0, "cpuProcsPerNode": nproc}})
+    return values
+
+
+def render_stage_job(stage: str, values: dict[str, Any], *, job_name: str | None = None,
+                     namespace: str = k8s.NAMESPACE) -> dict[str, Any]:
+    """The chart's job for `stage` from `job_values(...)`, named `job_name` (default: the chart's `<release>-<stage>`)."""
+    training = stage_section(stage) == "stages"
     job = (build_pytorchjob if training else build_job)(stage, values, namespace=namespace)
     if job_name:
         job["metadata"]["name"] = job_name
     check_job_name(job)
     return job
+
+
+def stage_job(
+    stage: str,
+    *,
+    backend: str = "pytorchjob",
+    profile: str | None = None,
+    values_files: Iterable[str | Path] = (),
+    value_overrides: Iterable[str] = (),
+    recipe: str | None = None,
+    overrides: Iterable[str] = (),
+    job_name: str | None = None,
+    namespace: str = k8s.NAMESPACE,
+    nproc: int | None = None,
+) -> dict[str, Any]:
+    """The job `launch_stage` runs: the chart's rendering for `job_values(...)` (a PyTorchJob for
+    `sft` / `rl`, a batch Job for `translate` / `eval` / `upload`), named `job_name` (default: the
+    chart's `<release>-<stage>`)."""
+    values = job_values(stage, backend=backend, profile=profile, values_files=values_files,
+                        value_overrides=value_overrides, recipe=recipe, overrides=overrides, nproc=nproc)
+    return render_stage_job(stage, values, job_name=job_name, namespace=namespace)
 
 
 def bound_lifetime(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:

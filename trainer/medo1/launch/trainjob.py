@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from medo1 import k8s
 from medo1.launch.kubernetes import ClusterJobs, _api_status, _submit, _wait_and_follow, cancelled
 from medo1.launch.logs import MasterLogFollower
+from medo1.launch.preflight import check_plan
 from medo1.launch.rendering import MAX_NAME, check_job_name, merge_values, stage_section, stage_values
 from medo1.launch.waiting import LaunchCancelled, LaunchError, LaunchResult, cancel_on_signals
 
@@ -211,11 +212,15 @@ def run_trainjob(stage: str, job: dict[str, Any], client: TrainerClient, timeout
 
 def launch_trainjob(stage: str, *, runtime: str | None, profile: str | None, values_files: Any, value_overrides: Any,
                     recipe: str | None, overrides: Any, job_name: str | None, namespace: str | None, timeout_s: float,
-                    poll_s: float, keep_on_timeout: bool, client: TrainerClient | None) -> LaunchResult:
-    """`launch_stage` for backend trainjob."""
+                    poll_s: float, keep_on_timeout: bool, client: TrainerClient | None, strict: bool,
+                    plan_check: bool) -> LaunchResult:
+    """`launch_stage` for backend trainjob; the plan checked is the runtime's recipe's."""
     values = stage_values(stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
                           recipe=recipe, overrides=overrides)
     client = client or trainer_client(namespace)
     job = build_trainjob(stage, values, runtime=runtime, job_name=job_name,
                          namespace=namespace or client.backend.namespace, timeout_s=timeout_s)
+    if plan_check:
+        check_plan(stage, values, strict=strict,
+                   recipe=next(e["value"] for e in job["spec"]["trainer"]["env"] if e["name"] == RECIPE_ENV))
     return run_trainjob(stage, job, client, timeout_s, poll_s, keep_on_timeout)

@@ -68,13 +68,20 @@ def parse_memory(quantity: str | int | float) -> float:
     return float(text) / 2**30
 
 
+class NothingToSize(ConfigError):
+    """A recipe that runs nothing of ours on a GPU (translate, upload, eval of an endpoint)."""
+
+
+def gpu_from_values(values: dict[str, Any], gpu_name: str | None = None) -> GPU:
+    """`gpu_name` if given; else the kind cluster.nodeSelector's nvidia.com/gpu.product names; else an H100 80GB."""
+    product = (values["cluster"].get("nodeSelector") or {}).get("nvidia.com/gpu.product")
+    return resolve_gpu(gpu_name) if gpu_name else gpu_from_node_selector(product) or resolve_gpu("h100-80gb")
+
+
 def cluster_from_values(values: dict[str, Any], gpu_name: str | None = None) -> Cluster:
     cluster = values["cluster"]
     gpus = int(cluster.get("gpusPerNode", 0))
-    gpu = None
-    if gpus:
-        product = (cluster.get("nodeSelector") or {}).get("nvidia.com/gpu.product")
-        gpu = resolve_gpu(gpu_name) if gpu_name else gpu_from_node_selector(product) or resolve_gpu("h100-80gb")
+    gpu = gpu_from_values(values, gpu_name) if gpus else None
     return Cluster(int(cluster.get("nodes", 1)), gpus, gpu, int(cluster.get("cpuProcsPerNode", 1)),
                    parse_memory(cluster["memory"]) if cluster.get("memory") else None)
 
@@ -86,7 +93,7 @@ def detect_stage(recipe: dict[str, Any], path: str) -> str:
         return "rl"
     if "model" in recipe and "data" in recipe:
         return "sft"
-    raise ConfigError(f"recipe {path}: not an sft, rl or eval recipe (no model/data, reward or benchmarks); nothing to size")
+    raise NothingToSize(f"recipe {path}: not an sft, rl or eval recipe (no model/data, reward or benchmarks); nothing to size")
 
 
 def local_recipe(path: str) -> Path:
@@ -100,11 +107,11 @@ def local_recipe(path: str) -> Path:
 # ---- data ---------------------------------------------------------------------------------------
 
 
-def sft_data(config, shape: ModelShape) -> dict[str, Any]:
+def sft_data(config, shape: ModelShape, tokenize: bool = True) -> dict[str, Any]:
     """Examples and tokens the SFT stage trains on, from the best source here: the data tokenized as the stage
-    tokenizes it (which also gives the share of trained tokens), the run's data_report.json, or the published
-    data set's size."""
-    if Path(config.data.path).is_file():
+    tokenizes it (which also gives the share of trained tokens; not when `tokenize` is false), the run's
+    data_report.json, or the published data set's size."""
+    if tokenize and Path(config.data.path).is_file():
         tokenizer = local_tokenizer(config.model.tokenizer or config.model.name_or_path, shape)
         if tokenizer is not None:
             from medo1.data import load_from_config
@@ -459,16 +466,21 @@ def suggestions(stage: str, plan: StagePlan, rebuild, overrides: list[str], conf
 def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = None, stage: str | None = None,
                architecture: str | None = None, verifier_architecture: str | None = None, headroom: float = mem.DEFAULT_HEADROOM,
                utilisation: float | None = None, exports: dict[str, str] | None = None,
-               check_fixes: bool = True) -> StagePlan:
+               check_fixes: bool = True, memory_only: bool = False) -> StagePlan:
     """Memory, time and checkpoint size of one stage's recipe (with `--set` overrides) on `cluster`.
 
     `exports` maps earlier stages' export directories to their architectures (a pipeline's RL starts from
-    the SFT export, which does not exist yet when planning)."""
+    the SFT export, which does not exist yet when planning). `memory_only`: no time estimate and no data
+    tokenized (the SFT micro-batch is sized from data_report.json, else at data.max_length), in well under
+    a second: the launcher's pre-flight."""
     overrides = list(overrides or [])
     exports = exports or {}
 
     def shape_of(name_or_path: str, named: str | None) -> ModelShape:
-        return resolve_shape(name_or_path, named or exports.get(name_or_path.rstrip("/")))
+        exported = exports.get(name_or_path.rstrip("/"))
+        if named is None and exported is not None:
+            return resolve_shape(exported)  # an architecture, or the local model directory the earlier stage starts from
+        return resolve_shape(name_or_path, named)
 
     raw = read_yaml_mapping(recipe, "recipe")
     stage = stage or detect_stage(raw, recipe)
@@ -477,7 +489,7 @@ def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = N
         try:
             return plan_stage(recipe, cluster=cluster, overrides=changed, stage=stage, architecture=architecture,
                               verifier_architecture=verifier_architecture, headroom=headroom, utilisation=utilisation,
-                              exports=exports, check_fixes=False)
+                              exports=exports, check_fixes=False, memory_only=memory_only)
         except (ConfigError, ValueError):
             return None
 
@@ -486,9 +498,10 @@ def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = N
 
         config = load_config(SFTConfig, recipe, overrides)
         shape = shape_of(config.model.name_or_path, architecture)
-        data = sft_data(config, shape)
+        data = sft_data(config, shape, tokenize=not memory_only)
         build = lambda b=None: sft_breakdown(config, shape, cluster, data, b)  # noqa: E731
-        time, checkpoint = sft_time(config, shape, cluster, data, utilisation), sft_checkpoint(config, shape)
+        time = {} if memory_only else sft_time(config, shape, cluster, data, utilisation)
+        checkpoint = sft_checkpoint(config, shape)
         micro = config.train.per_device_batch_size
     elif stage == "rl":
         from medo1.rl.config import RLConfig
@@ -499,17 +512,18 @@ def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = N
         if config.reward.kind == "verifier":
             verifier = shape_of(config.reward.model, verifier_architecture)
         build = lambda b=None: rl_breakdown(config, shape, verifier, cluster, PROMPT_TOKENS, b)  # noqa: E731
-        time, checkpoint = rl_time(config, shape, verifier, cluster, utilisation), rl_checkpoint(config, shape)
+        time = {} if memory_only else rl_time(config, shape, verifier, cluster, utilisation)
+        checkpoint = rl_checkpoint(config, shape)
         micro = config.train.per_device_batch_size
     elif stage == "eval":
         from medo1.eval import EvalConfig
 
         config = load_config(EvalConfig, recipe, overrides)
         if config.model is None:
-            raise ConfigError(f"recipe {recipe}: evaluates an endpoint; nothing runs on our GPUs to size")
+            raise NothingToSize(f"recipe {recipe}: evaluates an endpoint; nothing runs on our GPUs to size")
         shape = shape_of(config.model, architecture)
         build = lambda b=None: eval_breakdown(config, shape, cluster)  # noqa: E731
-        time, checkpoint, micro = eval_time(config, shape, cluster), {}, None
+        time, checkpoint, micro = {} if memory_only else eval_time(config, shape, cluster), {}, None
     else:
         raise ConfigError(f"unknown stage {stage!r}: sft, rl or eval")
     breakdown = build()

@@ -30,7 +30,17 @@ from medo1.rl.sharding import Placement, Ranks, TrainedModel
 
 log = logging.getLogger("medo1.rl.engines")
 
-VLLM_INSTALL = "pip install 'trl[vllm]'"
+
+
+def vllm_install_command() -> str:
+    """The vLLM release the trainer image locks (medo1's `gpu` extra in pyproject.toml), as a pip command."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    try:
+        pins = [r.split(";")[0].strip() for r in requires("medo1") or [] if r.replace(" ", "").startswith("vllm==")]
+    except PackageNotFoundError:
+        pins = []
+    return f"pip install '{pins[0] if pins else 'vllm'}'"
 
 
 class RolloutEngine(Protocol):
@@ -61,7 +71,7 @@ def require_vllm() -> None:
     except ImportError as exc:
         raise StageError(
             f"sampling.engine=vllm needs vLLM, which cannot be imported here ({exc}). "
-            f"Install it on a CUDA machine with: {VLLM_INSTALL}  (or set sampling.engine=hf)"
+            f"Install it on a CUDA machine with: {vllm_install_command()}  (or set sampling.engine=hf)"
         ) from None
     if not torch.cuda.is_available():
         raise StageError("sampling.engine=vllm needs a CUDA GPU; on this machine use sampling.engine=hf")

@@ -19,7 +19,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import dump_config
-from medo1.metrics import JsonlMetrics
+from medo1.metrics_callback import JsonlMetrics
 from medo1.models import export_from_trainer, load_tokenizer
 from medo1.preemption import StopOnSigterm, sigterm_stops_training
 from medo1.rl.config import RLConfig
