@@ -159,6 +159,19 @@ def test_short_fields_are_exempt_from_the_language_check():
     assert [p.reason for p in english] == ["language"] and "'question'" in english[0]
 
 
+def test_english_medical_text_reads_as_english():
+    """Real medical-o1 fields checked as their own English "translation": medical terms must not read as
+    Latin, nor short answers as Romanian or Welsh (20 of 634 fields did, before Latin was left out and
+    fields under 10 words exempted)."""
+    checks = TranslationChecks("English")
+    rows = json.loads(DEMO_DATA.read_text())
+    fields = [{key: row[key]} for row in rows for key in ("Question", "Complex_CoT", "Response",
+                                                          "Open-ended Verifiable Question", "Ground-True Answer")]
+    misread = [problem for field in fields for problem in checks.problems(field, field)]
+    assert {p.reason for p in misread} <= {"language"}
+    assert len(misread) <= 0.01 * len(fields), misread
+
+
 def test_target_language_names_and_codes():
     assert str(resolve_locale("Japanese")) == "ja"
     assert str(resolve_locale("es-MX")) == "es_MX"

@@ -165,6 +165,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = _config_stage(args, EvalConfig, flags)
     if config.model is not None:
         check_model_reference(config.model, "model")
+    for label, model in config.compare_with.items():
+        check_model_reference(model, f"compare_with.{label}")
     check_output_dir(config.output_dir, "output_dir")
     report = run_eval(config)
     print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}

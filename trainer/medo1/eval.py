@@ -459,14 +459,14 @@ def _score(
 def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str, Any]:
     """Evaluate every benchmark with `model` and each `compare_with` model; write report.json, report.md and
     responses.jsonl; return the report (`benchmarks`: `model`'s results; `comparison`: every model's, no per-item)."""
-    from medo1.rl.rewards import build_reward
-
     if not config.benchmarks:
         raise EvalError("no benchmarks to score: set benchmarks.NAME=PATH (medo1 eval --benchmark NAME=PATH)")
     out_dir = Path(config.output_dir)
     loaded = {name: _load_benchmark(config, path) for name, path in config.benchmarks.items()}
     for name, result in loaded.items():
         _check_rows(name, result)
+    from medo1.rl.rewards import build_reward  # torch: only once the benchmarks are known to be usable
+
     reward = build_reward(config.reward)
     report: dict[str, Any] = {
         "model": config.model if config.model is not None else (config.endpoint_model or config.endpoint),
