@@ -9,7 +9,16 @@ point (a TrainJob's: the node-0 pod JobSet creates, labelled as JobSet and the J
 not past a running container whose log lines no reader has been sent yet (a real job does not finish
 before its pod has logged). Every request is recorded. Recorded cluster objects (`record`) are served
 read-only, for `medo1 doctor` and the launcher's stuck-pod checks, and access reviews are answered from
-`permissions`.
+`permissions`. Jobs are listed by label, patched (merge patch of their metadata) and deleted; a Foreground
+deletion ends after `foreground_reads` GETs, or never (pods stuck Terminating on a dead node).
+
+What the real server does when no controller acts, modelled: a job whose kind has no running controller
+(`controllers`: the kinds that have one) has no status at all and no pods, as a real API server keeps a custom
+resource nobody reconciles; with `refuse_pods` (the API server's admission error, e.g. a ResourceQuota's), the
+controller creates no pod and records what Training Operator v1 and the Job controller record: a Warning event
+`FailedCreatePod` (PyTorchJob) or `FailedCreate` (a batch Job, and a TrainJob's child Jobs) with the message
+`Error creating: <the error>` (kubeflow/training-operator pkg/controller.v1/control/pod_control.go; kubernetes
+pkg/controller/controller_utils.go).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import yaml
 JOBS = re.compile(r"^/apis/(?:kubeflow\.org/v1|batch/v1|trainer\.kubeflow\.org/v1alpha1)/namespaces/(?P<ns>[^/]+)/"
                   r"(?:pytorchjobs|jobs|trainjobs)(?:/(?P<name>[^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
+EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log$")
 IMAGE = "ghcr.io/medo1/trainer:0.1.0"
 STARTED = datetime(2026, 11, 23, 10, 1, tzinfo=timezone.utc)
@@ -41,6 +51,7 @@ PLURALS = {"Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "Per
            "Pod": "pods", "Event": "events", "CustomResourceDefinition": "customresourcedefinitions",
            "LocalQueue": "localqueues", "ConfigMap": "configmaps", "ClusterTrainingRuntime": "clustertrainingruntimes",
            "TrainingRuntime": "trainingruntimes"}
+PLURALS_OF_JOBS = {"PyTorchJob": "/pytorchjobs", "Job": "/jobs", "TrainJob": "/trainjobs"}
 SET_TERM = re.compile(r"^\s*(?P<key>[^\s=!]+)\s+in\s+\((?P<values>[^)]*)\)\s*$")
 
 
@@ -126,6 +137,8 @@ class Step:
     """The Master container at this step; None: no pod yet."""
     exit_code: int | None = None
     """None: the run is running; else it has terminated with this code."""
+    message: str = ""
+    """What the terminated container left in its termination message file (state.terminated.message)."""
 
 
 @dataclass
@@ -166,6 +179,14 @@ class KubeStandIn:
     permissions: dict[str, set[tuple[str, str, str]]] = field(default_factory=dict)
     """(verb, API group, resource or resource/subresource) allowed, by user: "" for the caller's own
     SelfSubjectAccessReview, `system:serviceaccount:NS:NAME` for a SubjectAccessReview about one."""
+    controllers: set[str] = field(default_factory=lambda: {"PyTorchJob", "Job", "TrainJob"})
+    """The job kinds whose controller runs; a job of another kind gets no status and no pods."""
+    refuse_pods: str | None = None
+    """Admission refuses every pod a controller creates with this error (`pods "NAME" is forbidden: ...`, NAME
+    filled in): no pod, and the controller's Warning event on the job."""
+    foreground_reads: int | None = 1
+    """GETs that still see a job deleted in the foreground (its pods then carry a deletionTimestamp); None: it is
+    never gone."""
 
     def script(self, name: str, steps: list[Step]) -> None:
         self.scripts.setdefault(name, []).append(steps)
@@ -190,6 +211,8 @@ class KubeStandIn:
 
     def _selected(self, items: list[dict], query: dict[str, list[str]]) -> list[dict]:
         def value(obj: dict, dotted: str):
+            if dotted == "source" and obj.get("kind") == "Event":  # an event's `source` field is its component
+                dotted = "source.component"
             for part in dotted.split("."):
                 obj = obj.get(part) if isinstance(obj, dict) else None
             return obj
@@ -215,12 +238,36 @@ class KubeStandIn:
                                 creationTimestamp=rfc3339(STARTED))
         return body
 
+    def _acted_on(self, stored: StoredJob) -> bool:
+        return stored.body["kind"] in self.controllers
+
     def _job_view(self, stored: StoredJob) -> dict:
         view = json.loads(json.dumps(stored.body))
-        view["status"] = stored.step.status
+        if self._acted_on(stored):
+            view["status"] = stored.step.status
         return view
 
+    def _refused(self, namespace: str, name: str, stored: StoredJob) -> None:
+        """The controller's attempt to create the job's first pod, refused by admission: its Warning event."""
+        kind = stored.body["kind"]
+        pod = self.pod_name(name, stored)
+        involved = {"kind": kind, "name": name, "namespace": namespace, "uid": stored.body["metadata"]["uid"],
+                    "apiVersion": stored.body["apiVersion"]}
+        reason = "FailedCreatePod" if kind == "PyTorchJob" else "FailedCreate"
+        if kind == "TrainJob":  # JobSet's child Job for node 0 fails to create its pod
+            involved = {"kind": "Job", "name": f"{name}-node-0", "namespace": namespace, "uid": str(uuid.uuid4()),
+                        "apiVersion": "batch/v1"}
+        self.record({"apiVersion": "v1", "kind": "Event",
+                     "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                     "type": "Warning", "reason": reason, "involvedObject": involved,
+                     "message": f'Error creating: pods "{pod}" is forbidden: {self.refuse_pods}',
+                     "source": {"component": {"PyTorchJob": "pytorchjob-controller", "Job": "job-controller",
+                                              "TrainJob": "job-controller"}[kind]},
+                     "firstTimestamp": rfc3339(STARTED), "lastTimestamp": rfc3339(STARTED), "count": 1})
+
     def _advance(self, stored: StoredJob) -> None:
+        if not self._acted_on(stored):
+            return
         step = stored.step
         waiting_for_reader = step.run is not None and step.exit_code is None and step.run.sent < len(step.run.lines)
         if stored.position < len(stored.steps) - 1 and not waiting_for_reader:
@@ -232,7 +279,7 @@ class KubeStandIn:
 
     def _pod(self, namespace: str, name: str, stored: StoredJob) -> dict | None:
         step = stored.step
-        if step.run is None:
+        if step.run is None or not self._acted_on(stored) or self.refuse_pods:
             return None
         if stored.body["kind"] == "Job":  # what the Job controller puts on its pods
             template = stored.body["spec"]["template"]
@@ -262,12 +309,16 @@ class KubeStandIn:
         running = step.exit_code is None
         state = ({"running": {"startedAt": rfc3339(STARTED)}} if running else
                  {"terminated": {"exitCode": step.exit_code, "reason": "Completed" if step.exit_code == 0 else "Error",
-                                 "startedAt": rfc3339(STARTED), "finishedAt": rfc3339(STARTED + timedelta(hours=1))}})
+                                 "startedAt": rfc3339(STARTED), "finishedAt": rfc3339(STARTED + timedelta(hours=1)),
+                                 **({"message": step.message} if step.message else {})}})
+        metadata = {"name": self.pod_name(name, stored), "namespace": namespace, "uid": run.pod_uid, "labels": labels,
+                    "creationTimestamp": rfc3339(STARTED)}
+        if stored.body["metadata"].get("deletionTimestamp"):  # the garbage collector deletes a job's pods first
+            metadata["deletionTimestamp"] = stored.body["metadata"]["deletionTimestamp"]
         return {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": self.pod_name(name, stored), "namespace": namespace, "uid": run.pod_uid, "labels": labels,
-                         "creationTimestamp": rfc3339(STARTED)},
-            "spec": {"containers": [{"name": container, "image": IMAGE}]},
+            "metadata": metadata,
+            "spec": {"containers": [{"name": container, "image": IMAGE}], "nodeName": "gpu-node-1"},
             "status": {
                 "phase": "Running" if running or step.exit_code != 0 else "Succeeded",
                 "containerStatuses": [{
@@ -325,8 +376,28 @@ class KubeStandIn:
                         return self._status(409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists')
                     stored = StoredJob(standin._stored(body), (standin.scripts.get(name) or standin.scripts["*"]).pop(0))
                     stored.body["metadata"].setdefault("namespace", match["ns"])  # as the API server fills it in
+                    stored.body.pop("status", None)  # a status subresource: what a create sends is dropped
                     standin.jobs[(match["ns"], name)] = stored
+                    if standin.refuse_pods and standin._acted_on(stored):
+                        standin._refused(match["ns"], name, stored)
                     return self._reply(201, stored.body)
+
+            def do_PATCH(self):
+                path, _ = self._record("PATCH")
+                match = JOBS.match(path)
+                key = (match["ns"], match["name"]) if match and match["name"] else None
+                with lock:
+                    if key not in standin.jobs:
+                        return self._not_found(f'jobs "{key and key[1]}"')
+                    stored = standin.jobs[key]
+                    patch = (standin.requests[-1].body or {}).get("metadata") or {}
+                    metadata = stored.body["metadata"]
+                    for section in ("labels", "annotations"):
+                        if section in patch:
+                            metadata[section] = {**(metadata.get(section) or {}), **patch[section]}
+                    if "ownerReferences" in patch:
+                        metadata["ownerReferences"] = patch["ownerReferences"]
+                    return self._reply(200, standin._job_view(stored))
 
             def do_DELETE(self):
                 path, _ = self._record("DELETE")
@@ -339,7 +410,7 @@ class KubeStandIn:
                     if (standin.requests[-1].body or {}).get("propagationPolicy") == "Foreground":
                         stored.body["metadata"].update(deletionTimestamp=rfc3339(datetime.now(timezone.utc)),
                                                        finalizers=["foregroundDeletion"])
-                        stored.deleting_reads = 1
+                        stored.deleting_reads = standin.foreground_reads
                         return self._reply(200, standin._job_view(stored))
                     del standin.jobs[key]
                     return self._reply(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
@@ -349,14 +420,16 @@ class KubeStandIn:
                 path, query = self._record("GET")
                 if (match := JOBS.match(path)) and match["name"]:
                     return self._get_job(match["ns"], match["name"])
+                if match:
+                    return self._list_jobs(match["ns"], path, query.get("labelSelector", [""])[0])
                 if match := PODS.match(path):
                     return self._list_pods(match["ns"], query.get("labelSelector", [""])[0])
                 if match := POD_LOG.match(path):
                     return self._log(match["ns"], match["pod"], query)
                 if path in standin.forbidden:
                     return self._status(403, "Forbidden", f"cannot get {path}")
-                if path in standin.recorded:
-                    items = standin._selected(standin.recorded[path], query)
+                if path in standin.recorded or EVENTS.match(path):  # a collection: a list, empty when nothing's there
+                    items = standin._selected(standin.recorded.get(path, []), query)
                     return self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
                 collection, _, name = path.rpartition("/")
                 for obj in standin.recorded.get(collection, []):
@@ -377,7 +450,8 @@ class KubeStandIn:
             def _get_job(self, namespace: str, name: str) -> None:
                 with lock:
                     stored = standin.jobs.get((namespace, name))
-                    if stored is not None and stored.deleting_reads is not None:
+                    if stored is not None and stored.body["metadata"].get("deletionTimestamp") \
+                            and stored.deleting_reads is not None:
                         if stored.deleting_reads == 0:
                             del standin.jobs[(namespace, name)]
                             stored = None
@@ -388,6 +462,13 @@ class KubeStandIn:
                     view = standin._job_view(stored)
                     standin._advance(stored)
                 return self._reply(200, view)
+
+            def _list_jobs(self, namespace: str, path: str, selector: str) -> None:
+                with lock:
+                    items = [standin._job_view(stored) for (ns, _), stored in standin.jobs.items()
+                             if ns == namespace and path.endswith(PLURALS_OF_JOBS[stored.body["kind"]])
+                             and selected_by(stored.body["metadata"].get("labels"), selector)]
+                self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items})
 
             def _list_pods(self, namespace: str, selector: str) -> None:
                 with lock:

@@ -217,12 +217,22 @@ def kube():
     standin.stop()
 
 
-def expected_job(name=NAME, namespace=NS, timeout_s=30):
+def launched(job, attempt=1, base=None):
+    """A job as the launcher creates it: managed by medo1 (not Helm), labelled with the name asked for, its
+    attempt counted on it (medo1.launch.retries)."""
+    metadata = job["metadata"]
+    metadata["labels"] = {**metadata["labels"], "app.kubernetes.io/managed-by": "medo1",
+                          "medo1.io/job": base or metadata["name"]}
+    metadata["annotations"] = {"medo1.io/attempt": str(attempt)}
+    return job
+
+
+def expected_job(name=NAME, namespace=NS, timeout_s=30, attempt=1):
     job = build_pytorchjob("sft", k8s.load_profile("h100-1node"), namespace=namespace)
     job["metadata"]["name"] = name
     # The launcher bounds the job's life by its own timeout, so a dead launcher frees the GPUs then.
     job["spec"]["runPolicy"]["activeDeadlineSeconds"] = int(timeout_s)
-    return job
+    return launched(job, attempt)
 
 
 def launch(kube, **options):
@@ -268,7 +278,8 @@ def test_pytorchjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
 
     message = str(failed.value)
     assert message.startswith(f"PyTorchJob {NS}/{NAME}: job failed: PyTorchJobFailed: ")
-    assert "reached the specified backoff limit\nlast 3 lines of the Master pod log:\n" in message
+    assert ("reached the specified backoff limit\nnot restarted: that was attempt 1 of 1 (runPolicy.jobRestarts=0)\n"
+            "last 3 lines of the Master pod log:\n") in message
     assert message.endswith("\n".join(run.lines))
     assert failed.value.state == job_state(FAILED)
     assert kube.calls("DELETE") == []  # kept for inspection; a retry of the step replaces it
@@ -302,7 +313,7 @@ def test_a_failed_job_from_an_earlier_attempt_is_replaced(kube, capsys):
     # Read (Failed), delete, still there (foreground deletion), gone, create.
     assert calls[:5] == [("GET", NAME), ("DELETE", NAME), ("GET", NAME), ("GET", NAME), ("POST", "pytorchjobs")]
     assert kube.calls("DELETE")[0].body["propagationPolicy"] == "Foreground"
-    assert kube.calls("POST")[0].body == expected_job()
+    assert kube.calls("POST")[0].body == expected_job(attempt=2)
     assert capsys.readouterr().out.splitlines() == run.lines
 
 
@@ -382,7 +393,7 @@ def test_a_failed_training_job_is_restarted_whole_and_resumes(kube, capsys):
     assert result.state.phase == "Succeeded" and result.restarts == 1 and result.action == "created"
     # Deleted in the foreground (every pod gone) before the same job is created again.
     assert [d.body["propagationPolicy"] for d in kube.calls("DELETE")] == ["Foreground"]
-    assert [p.body for p in kube.calls("POST")] == [expected_job(), expected_job()]
+    assert [p.body for p in kube.calls("POST")] == [expected_job(), expected_job(attempt=2)]
     assert capsys.readouterr().out.splitlines() == first.lines + second.lines
 
 
@@ -535,7 +546,7 @@ def test_a_single_pod_stage_runs_as_the_charts_batch_job(kube, capsys):
     assert result.state.phase == "Succeeded" and result.action == "created"
     (post,) = kube.calls("POST", "jobs")
     assert post.path == f"/apis/batch/v1/namespaces/{NS}/jobs"
-    expected = build_job("eval", k8s.load_profile("h100-1node"), namespace=NS)
+    expected = launched(build_job("eval", k8s.load_profile("h100-1node"), namespace=NS))
     expected["spec"]["activeDeadlineSeconds"] = 30
     assert post.body == expected and expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert capsys.readouterr().out.splitlines() == run.lines

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from medo1 import termination
 from medo1.config import (
     ConfigError,
     OutputConfig,
@@ -22,7 +23,14 @@ from medo1.config import (
 )
 from medo1.data import PRESETS
 from medo1.errors import Medo1Error
-from medo1.launch import DEFAULT_POLL_S, DEFAULT_STUCK_AFTER_S, DEFAULT_TIMEOUT_S
+from medo1.launch import (
+    DEFAULT_POLL_S,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_SCALE_UP_WAIT_S,
+    DEFAULT_STUCK_AFTER_S,
+    DEFAULT_TIMEOUT_S,
+)
+from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
 from medo1.runtime import is_main_process
 
 
@@ -192,6 +200,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
     from medo1.launch import LaunchCancelled, LaunchError, launch_chain, launch_stage
 
+    waits = dict(stuck_after_s=args.stuck_after or None, scale_up_wait_s=args.scale_up_wait,
+                 delete_wait_s=args.delete_wait, request_timeout_s=args.request_timeout)
     try:
         if args.stage == "chain":
             if args.recipe or args.set or args.job_name:
@@ -199,7 +209,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             results = launch_chain(
                 backend=args.backend, profile=args.profile, values_files=args.values, value_overrides=args.value,
                 namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-                stuck_after_s=args.stuck_after or None, strict=args.strict,
+                strict=args.strict, **waits,
             )
             print(json.dumps([asdict(result) for result in results]))
             return 0
@@ -207,12 +217,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
             args.stage, backend=args.backend, profile=args.profile, values_files=args.values,
             value_overrides=args.value, recipe=args.recipe, overrides=args.set, job_name=args.job_name,
             namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-            keep_on_timeout=args.keep_on_timeout, stuck_after_s=args.stuck_after or None, runtime=args.runtime,
-            strict=args.strict,
+            keep_on_timeout=args.keep_on_timeout, runtime=args.runtime, strict=args.strict, **waits,
         )
     except LaunchCancelled as exc:
         print(f"medo1: {exc}", file=sys.stderr)
-        return 128 + exc.signum
+        # Cancelled means now: do not wait at exit for a request thread an unanswering API server holds.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(128 + exc.signum)
     print(json.dumps(asdict(result)))
     return 0
 
@@ -347,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch = stages.add_parser("launch", help="run a stage as the chart's job (PyTorchJob / Job), or here")
     launch.add_argument("stage", help="a stage of the chart (sft, rl, translate, eval, upload), or `chain`: every "
                         "enabled stage in order, each after the one before has a complete export")
-    launch.add_argument("--backend", choices=["pytorchjob", "trainjob", "local"], default="pytorchjob",
-                        help="trainjob: a Kubeflow Trainer v2 TrainJob on one of the chart's ClusterTrainingRuntimes")
+    launch.add_argument("--backend", choices=["pytorchjob", "trainjob", "local"],
+                        help="default: the chart value `backend` (pytorchjob unless the values say trainjob); trainjob: "
+                             "a Kubeflow Trainer v2 TrainJob on one of the chart's ClusterTrainingRuntimes")
     launch.add_argument("--runtime", help="trainjob: the ClusterTrainingRuntime (default medo1-sft, medo1-ppo for rl, "
                         "medo1-eval; medo1-grpo runs the GRPO recipe)")
     launch.add_argument("--profile", help="chart values from helm/profiles/NAME.yaml")
@@ -365,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--stuck-after", type=float, default=DEFAULT_STUCK_AFTER_S, metavar="SECONDS",
                         help="fail once a pod has been stuck this long (missing Secret or image, failed mount, "
                              "Unschedulable); 0: wait on it until the timeout")
+    launch.add_argument("--scale-up-wait", type=float, default=DEFAULT_SCALE_UP_WAIT_S, metavar="SECONDS",
+                        help="how long an Unschedulable pod may wait while the cluster autoscaler adds a node for it "
+                             "(TriggeredScaleUp, a ProvisioningRequest): a GPU node takes minutes to boot")
+    launch.add_argument("--delete-wait", type=float, default=DEFAULT_DELETE_WAIT_S, metavar="SECONDS",
+                        help="how long a failed job's deletion is waited on before its restart is created under "
+                             "another name (pods stuck Terminating on a dead node)")
+    launch.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+                        help="how long any Kubernetes API call waits for an answer")
     launch.add_argument("--strict", action="store_true",
                         help="refuse (exit 3, nothing created) when the stage's plan does not fit its GPUs or none can "
                              "be made; without it, a warning (chart value plan.strict does the same)")
@@ -425,10 +447,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter shutdown flushes stdout once more
         return 0
     except Medo1Error as exc:
+        termination.record(exc)
         if args.debug:
             raise
         print(f"medo1: error: {exc}", file=sys.stderr)  # a list of bad rows follows on its own lines
         return exc.exit_code
+    except BaseException as exc:  # a bug or out of memory: its traceback follows; the pod says which
+        termination.record(exc)
+        raise
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 
 from medo1 import k8s
 from medo1.config import ConfigError, StageError
+from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, bound_requests, describe_unanswered
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +135,13 @@ class ClusterReader:
     @staticmethod
     def _read(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             response = call(*args, _preload_content=False, **kwargs)
+        except HTTPError as exc:  # no answer in time (medo1.launch.apicalls bounds every call), or no connection
+            host = call.__self__.api_client.configuration.host
+            raise DoctorError(describe_unanswered(exc, host) or f"reading the cluster: {exc}") from None
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -524,11 +529,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)")
     parser.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
     parser.add_argument("--json", action="store_true", help="the findings as JSON")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+                        help="how long any Kubernetes API call waits for an answer")
 
 
 def run(args: argparse.Namespace, client: Any = None) -> int:
     """Exit code 1 when any check fails."""
-    client = client or api_client()
+    client = bound_requests(client or api_client(), getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT_S))
     namespace = args.namespace
     if not namespace:
         from medo1.launch.kubernetes import default_namespace
