@@ -7,9 +7,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -669,3 +671,243 @@ def test_a_local_cpu_launch_is_not_planned(caplog):
     values = job_values("sft", backend="local", profile="h100-1node", overrides=[LLAMA_70B], nproc=1)
     check_plan("sft", values, strict=True)
     assert caplog.records == []
+
+
+# ---- issue 26, item 12: the run Job owns what it launches; an evicted launcher leaves training running -------
+
+RUN_POD = "medo1-run-x8k2f"
+RUN_JOB = {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "5b0e7a52-run-job-uid",
+           "controller": True, "blockOwnerDeletion": True}
+
+
+def run_pod(disruption=None):
+    """The chart's run pod as the API server has it; `disruption`: its DisruptionTarget condition's reason (the
+    API server sets it before deleting a pod for an eviction, kubernetes staging/src/k8s.io/api/core/v1/types.go)."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": RUN_POD, "namespace": NS, "ownerReferences": [RUN_JOB]},
+           "status": {"phase": "Running", "conditions": []}}
+    if disruption:
+        pod["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disruption,
+                                            "message": "Eviction API: evicting", "lastTransitionTime": "2026-11-23T10:30:00Z"})
+    return pod
+
+
+def test_jobs_launched_from_the_run_pod_are_owned_by_the_run_job(kube, monkeypatch):
+    """helm uninstall deletes the run Job; the garbage collector then deletes what it owns, whatever became of the
+    run pod's own cleanup (Helm deletes its RBAC at the same time)."""
+    kube.record(run_pod())
+    monkeypatch.setenv("MEDO1_POD_NAME", RUN_POD)
+    kube.script(NAME, [Step(SUCCEEDED["status"])])
+    launch(kube)
+    (post,) = kube.calls("POST")
+    assert post.body["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "5b0e7a52-run-job-uid"}]
+    assert post.body["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "medo1"
+
+
+@pytest.mark.slow
+def test_an_evicted_launcher_leaves_its_job_running_and_the_next_one_attaches(kube, tmp_path, monkeypatch):
+    name = "medo1-sft-drained"
+    run = ContainerRun("3c4d-uid", 0, ["step 1 loss 2.31"])
+    kube.script(name, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(RUNNING["status"], run),
+                       Step(SUCCEEDED["status"], run, exit_code=0)])
+    kube.record(run_pod(disruption="EvictionByEvictionAPI"))  # kubectl drain of the run pod's node
+    monkeypatch.setenv("MEDO1_POD_NAME", RUN_POD)
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    returncode, out, err = sigterm_while_following(
+        ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO)
+    assert returncode == 128 + signal.SIGTERM, err
+    assert ("cancelled by SIGTERM: this pod is being evicted (EvictionByEvictionAPI: Eviction API: evicting); left "
+            f"PyTorchJob {NS}/{name} running: the launcher that replaces this pod attaches to it") in err
+    assert kube.calls("DELETE") == [] and (NS, name) in kube.jobs
+    # The run Job's next pod: the same launch, attached to the job, which finishes.
+    result = launch(kube, job_name=name)
+    assert result.action == "attached" and result.state.phase == "Succeeded"
+    assert len(kube.calls("POST")) == 1
+
+
+# ---- issue 26, item 13: one owner of restarts; what a restart cannot cure is not restarted ---------------------
+
+
+def test_a_retried_launcher_does_not_add_restarts_to_a_job_that_used_them(kube):
+    """The pipeline's step retries and the run Job's backoff restart the launcher, not the training: a job failed
+    on its last allowed attempt (3 restarts used) is reported, not created a 5th time."""
+    kube.add_job(expected_job(attempt=4), [Step(FAILED["status"])])
+    with pytest.raises(JobFailed) as failed:
+        launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
+    message = str(failed.value)
+    assert "not restarted: that was attempt 4 of 4 (runPolicy.jobRestarts=3)" in message
+    assert f"to start it over, delete it (kubectl delete pytorchjob -n {NS} {NAME}) and launch again" in message
+    assert kube.calls("POST") == [] and kube.calls("DELETE") == []
+
+
+@pytest.mark.parametrize("termination", [
+    "medo1: error: data.path /data/medical_o1_sft.json does not exist",
+    "medo1: out of memory before the first training step: CUDA out of memory. Tried to allocate 2.00 GiB",
+])
+def test_a_failure_a_restart_cannot_cure_is_not_restarted_and_is_marked_on_the_job(kube, termination):
+    run = ContainerRun("9e8f-uid", 0, ["loading /checkpoints/sft", "Traceback (most recent call last):"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
+                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    with pytest.raises(JobFailed) as failed:
+        launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
+    assert (f"not restarted: pod {NAME}-master-0: {termination} (a restart would fail the same way)"
+            in str(failed.value))
+    assert len(kube.calls("POST")) == 1 and kube.calls("DELETE") == []
+    (patch,) = kube.calls("PATCH")
+    assert patch.body == {"metadata": {"annotations": {"medo1.io/final": f"pod {NAME}-master-0: {termination}"}}}
+    # A retried step finds the mark and starts nothing.
+    with pytest.raises(JobFailed, match="not restarted: pod .* \\(a restart would fail the same way\\)"):
+        launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
+    assert len(kube.calls("POST")) == 1
+
+
+def test_an_out_of_memory_after_training_steps_is_restarted(kube):
+    late = "medo1: out of memory after 212 training step(s): CUDA out of memory. Tried to allocate 2.00 GiB"
+    first = ContainerRun("5a6b-uid", 0, ["step 212 loss 1.2"])
+    second = ContainerRun("7c8d-uid", 0, ["resuming from checkpoint-200"])
+    kube.script(NAME, [Step(RUNNING["status"], first), Step(FAILED["status"], first, exit_code=1, message=late)])
+    kube.script(NAME, [Step(RUNNING["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+    result = launch(kube, value_overrides=["runPolicy.jobRestarts=1"])
+    assert result.restarts == 1 and result.state.phase == "Succeeded"
+
+
+def test_the_cli_leaves_its_error_in_the_termination_message(tmp_path, monkeypatch, capsys):
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("MEDO1_TERMINATION_LOG", str(termination_log))
+    assert main(["sft", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert termination_log.read_text() == capsys.readouterr().err.strip()
+    assert termination_log.read_text().startswith("medo1: error: ")
+
+
+def test_an_out_of_memory_is_told_apart_by_whether_a_training_step_finished(monkeypatch):
+    import torch
+    from medo1 import preemption, termination
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    monkeypatch.setattr(preemption, "_steps_completed", 0)
+    assert termination.message_for(oom) == ("medo1: out of memory before the first training step: CUDA out of memory. "
+                                            "Tried to allocate 2.00 GiB")
+    preemption.stop_agreed()  # a step boundary
+    assert termination.message_for(oom).startswith("medo1: out of memory after 1 training step(s): ")
+    assert termination.message_for(RuntimeError("NCCL watchdog timeout")) is None
+
+
+def test_readme_says_who_retries_what():
+    section = (REPO / "README.md").read_text().split("### Who retries what", 1)[1].split("\n#", 1)[0]
+    for layer in ("runPolicy.jobRestarts", "medo1.io/attempt", "set_retry", "chain.backoffLimit", "medo1.io/final"):
+        assert layer in section, layer
+
+
+# ---- issue 26, item 14: a replaced job whose pods hang Terminating on a dead node ------------------------------
+
+
+def test_a_replacement_is_created_under_new_pod_names_when_the_old_pods_never_finish_terminating(caplog):
+    kube = KubeStandIn(foreground_reads=None).start()  # the dead node's kubelet never confirms the pods are gone
+    try:
+        first = ContainerRun("1d2e-uid", 0, ["step 40 loss 1.9", "NCCL watchdog timeout: rank 3 unreachable"])
+        second = ContainerRun("3f4a-uid", 0, ["resuming from checkpoint-40", "exported /checkpoints/sft/export"])
+        kube.script(NAME, [Step(RUNNING["status"], first), Step(FAILED["status"], first, exit_code=1)])
+        kube.script(f"{NAME}-r2", [Step(RUNNING["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+        caplog.set_level(logging.WARNING, logger="medo1.launch")
+        result = launch(kube, value_overrides=["runPolicy.jobRestarts=1"], delete_wait_s=0.3)
+        assert result.job_name == f"{NAME}-r2" and result.restarts == 1 and result.state.phase == "Succeeded"
+        assert [d.body["propagationPolicy"] for d in kube.calls("DELETE")] == ["Foreground"]
+        assert kube.calls("POST")[1].body == expected_job(f"{NAME}-r2", attempt=2) | {"metadata": {
+            **expected_job(f"{NAME}-r2", attempt=2)["metadata"], "labels": {
+                **expected_job(f"{NAME}-r2", attempt=2)["metadata"]["labels"], "medo1.io/job": NAME}}}
+        assert (f"PyTorchJob {NS}/{NAME} is still being deleted after 0 s, waiting on {NAME}-master-0 (node gpu-node-1) "
+                f"stuck Terminating (a dead or unreachable node?); creating attempt 2 as PyTorchJob {NS}/{NAME}-r2") in caplog.text
+        # A retried launcher finds the replacement by the name it asked for.
+        again = launch(kube)
+        assert again.action == "already-succeeded" and again.job_name == f"{NAME}-r2" and len(kube.calls("POST")) == 2
+    finally:
+        kube.stop()
+
+
+# ---- issue 28, items 7 and 17: an API server that never answers; a missing recipe on the local backend --------
+
+
+class SilentServer:
+    """Accepts connections and never answers, as a hung API server (or a black-holed load balancer) does."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.held = []
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self):
+        self.socket.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.fixture
+def silent(tmp_path):
+    server = SilentServer()
+    standin = KubeStandIn(url=server.url)  # only for its kubeconfig
+    yield server, standin.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    server.close()
+
+
+def medo1_against(kubeconfig, *args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, **popen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["launch", "sft", "--profile", "h100-1node"], ["doctor", "--profile", "h100-1node"]])
+def test_an_api_server_that_never_answers_is_one_error_line_within_the_request_timeout(silent, command):
+    server, kubeconfig = silent
+    process = medo1_against(kubeconfig, *command, "--namespace", NS, "--request-timeout", "1")
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 2, err
+    assert err.splitlines()[-1].startswith("medo1: error: ")
+    assert f"the Kubernetes API server at {server.url} did not answer within 1.0 s" in err.splitlines()[-1]
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_api_server_never_answers_exits_within_seconds(silent):
+    server, kubeconfig = silent
+    process = medo1_against(kubeconfig, "launch", "sft", "--profile", "h100-1node", "--namespace", NS,
+                            "--request-timeout", "600")
+    try:
+        deadline = time.monotonic() + 60
+        while not server.held:  # its first request is waiting for an answer
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines()[-1] == "medo1: cancelled by SIGTERM; nothing had been created"
+    assert took < 10, took
+
+
+def test_a_local_launch_with_a_missing_recipe_is_one_error_line_before_any_rank_starts(tmp_path, capsys):
+    missing = tmp_path / "no-such-recipe.yaml"
+    assert main(["launch", "sft", "--backend", "local", "--recipe", str(missing), "--nproc", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"medo1: error: stage sft: recipe {missing} not found"]
+    assert captured.out == ""

@@ -11,6 +11,7 @@ not a read that timed out, so one call lasts at most about `read_s` plus the con
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -59,7 +60,8 @@ def describe_unanswered(exc: BaseException, host: str) -> str | None:
     if isinstance(cause, MaxRetryError) and cause.reason is not None:
         cause = cause.reason
     if isinstance(cause, ReadTimeoutError):
-        return f"the Kubernetes API server at {host} did not answer ({cause.args[-1]})"
+        waited = re.search(r"read timeout=([0-9.]+)", str(cause))
+        return f"the Kubernetes API server at {host} did not answer within {waited[1] if waited else '?'} s"
     if isinstance(cause, NewConnectionError):
         return f"the Kubernetes API server at {host} could not be reached ({str(cause).rsplit(': ', 1)[-1]})"
     if isinstance(cause, ProtocolError):

@@ -130,8 +130,11 @@ class HubCheck:
         return self.answers[key]
 
     def _ask(self, repo_id: str, repo_type: str, token: str | None) -> tuple[str, str] | None:
-        from huggingface_hub import HfApi
+        # HfApi.auth_check's request (huggingface_hub hf_api.py: GET /api/{type}s/{id}/auth-check: 404/401
+        # RepoNotFound for a missing or unreadable repo, 403 GatedRepo for a gated one the token may not read),
+        # with a timeout, which auth_check does not take.
         from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         where = f"not in the HF cache ({self.cache_dir})"
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
@@ -139,11 +142,12 @@ class HubCheck:
                     f"(HF_HOME={self.cache_dir.parent} huggingface-cli download {repo_id})")
         who = "the stage's token" if token else "no token (the stage gets none: set secrets.hfToken)"
         try:
-            HfApi(endpoint=self.endpoint, token=token or False).repo_info(repo_id, repo_type=repo_type,
-                                                                           timeout=HUB_TIMEOUT_S)
+            response = get_session().get(f"{self.endpoint}/api/{repo_type}s/{repo_id}/auth-check",
+                                         headers=build_hf_headers(token=token or False), timeout=HUB_TIMEOUT_S)
+            hf_raise_for_status(response)
         except GatedRepoError:
             return (f"{where}, and gated on {self.endpoint}: {who} has not been granted access",
-                    f"accept its terms on the Hub with the account of the token in secrets.hfToken")
+                    "accept its terms on the Hub with the account of the token in secrets.hfToken")
         except RepositoryNotFoundError:
             return (f"{where}, and {self.endpoint} has no such {repo_type} readable with {who}",
                     "check the id; a private repo needs a token that can read it (secrets.hfToken)")

@@ -90,6 +90,16 @@ def _api_message(exc: BaseException, host: str = "") -> str:
     return f"{cause.status} {message}"
 
 
+def _cancel_inside(exc: BaseException) -> None:
+    """Re-raise the LaunchCancelled a signal raised inside an SDK call: the Kubeflow SDKs turn any Exception into
+    their own RuntimeError (`except Exception`), which would make a cancel look like an API error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, LaunchCancelled):
+            raise seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def _deleting(job: dict[str, Any]) -> bool:
     return bool(job["metadata"].get("deletionTimestamp"))
 
@@ -132,6 +142,7 @@ class ClusterJobs:
         try:
             job = self._read()
         except (RuntimeError, TimeoutError, ApiException) as exc:
+            _cancel_inside(exc)
             if _api_status(exc) == 404:
                 return None
             raise LaunchError(f"could not read {self.where}: {_api_message(exc, self.host)}") from None
@@ -145,6 +156,7 @@ class ClusterJobs:
         try:
             self._create(job)
         except (RuntimeError, TimeoutError, ApiException) as exc:
+            _cancel_inside(exc)
             if _api_status(exc) == 409:
                 return False
             raise LaunchError(f"could not create {self.where}: {_api_message(exc, self.host)}") from None
@@ -156,6 +168,7 @@ class ClusterJobs:
         try:
             self._delete(propagation)
         except (RuntimeError, TimeoutError, ApiException) as exc:
+            _cancel_inside(exc)
             if _api_status(exc) != 404:
                 raise LaunchError(f"could not delete {self.where}: {_api_message(exc, self.host)}") from None
         log.info("deleted %s (propagation %s)", self.where, propagation)
@@ -405,9 +418,8 @@ def _not_restarted(jobs: ClusterJobs, existing: dict[str, Any], log_tail: list[s
         reason = incurable(jobs.pods(), log_tail, jobs.kind, jobs.container)
         if reason is not None:
             jobs.annotate({FINAL: reason})
-            reason = f"{reason} (a restart would fail the same way)"
     if reason is not None:
-        return f"not restarted: {reason}"
+        return f"not restarted: {reason} (a restart would fail the same way)"
     number = attempt(existing)
     if number > policy.restarts:
         if policy.restarted_by != "runPolicy.jobRestarts":
