@@ -372,13 +372,16 @@ def test_local_backend_runs_the_stage_under_torchrun(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model, tmp_path):
-    missing = tmp_path / "no-such-data.json"
-    done = run_medo1(local_launch_args(tiny_model, tmp_path / "sft", "--set", f"data.path={missing}"), timeout=300)
+    # A data file that is there (the launcher's input check passes) but is not what the stage reads: the
+    # ranks start and fail.
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    done = run_medo1(local_launch_args(tiny_model, tmp_path / "sft", "--set", f"data.path={broken}"), timeout=300)
     assert done.returncode == 2
     error = done.stderr.splitlines()
     start = error.index(next(line for line in error if line.startswith("medo1: error: local sft run exited with code 1")))
     assert error[start + 1].startswith("last ") and error[start + 1].endswith(" lines of its output:")
-    assert any(str(missing) in line for line in error[start + 2:])
+    assert any(str(broken) in line for line in error[start + 2:])
 
 
 # ---- issue 12, finding 9: a failed training job is restarted whole -------------------------------

@@ -429,9 +429,9 @@ def _not_restarted(jobs: ClusterJobs, existing: dict[str, Any], log_tail: list[s
     return None
 
 
-def _gave_up(jobs: ClusterJobs, state: JobState, why: str, detail: str = "") -> JobFailed:
+def _gave_up(jobs: ClusterJobs, state: JobState, why: str) -> JobFailed:
     return JobFailed(f"{jobs.where}: job failed: {state.reason or 'no reason given'}: {state.message}".rstrip(": ")
-                     + f"{detail}\n{why}; to start it over, delete it (kubectl delete {jobs.kind.lower()} -n "
+                     + f"\n{why}; to start it over, delete it (kubectl delete {jobs.kind.lower()} -n "
                      f"{jobs.namespace} {jobs.name}) and launch again", state)
 
 
@@ -567,6 +567,8 @@ def run_on_cluster(stage: str, job: dict[str, Any], client: TrainingClient, time
         try:
             launcher = LauncherPod.find(client.core_api, jobs.namespace)
             policy = Policy(restarts, delete_wait_s, launcher.owner if launcher else None)
+            if jobs.kind == "Job":
+                policy.restarted_by = "the Job controller (its backoffLimit)"
             action, state, restarted = follow_until_done(jobs, job, policy, deadline, poll_s, keep_on_timeout, followers,
                                                          stuck_after_s, scale_up_wait_s)
         except LaunchCancelled as exc:
