@@ -24,8 +24,6 @@ FOLLOW_TIMEOUT = (CONNECT_TIMEOUT_S, None)
 def bound_requests(api_client: Any, read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Any:
     """Give every request of the kubernetes `api_client` a (connect, read) timeout; returns it. Idempotent:
     a second call only changes the read timeout."""
-    import urllib3
-
     rest = api_client.rest_client
     timeout = (min(CONNECT_TIMEOUT_S, read_s), read_s)
     if getattr(rest, "medo1_timeout", None) is None:
@@ -37,13 +35,26 @@ def bound_requests(api_client: Any, read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -
                              _request_timeout or rest.medo1_timeout)
 
         rest.request = request
-        # Connection refused or reset before the request was sent: retried twice; a read that timed out
-        # is not (the server got the request: another try would wait as long again).
-        retries = urllib3.Retry(total=2, connect=2, read=0, redirect=3, status=0)
-        rest.pool_manager.connection_pool_kw["retries"] = retries
+        rest.pool_manager.connection_pool_kw["retries"] = _retries()
         rest.pool_manager.clear()  # pools made before this take the new retries when made again
     rest.medo1_timeout = timeout
     return api_client
+
+
+def _retries() -> Any:
+    """urllib3's retries for a bounded client: a refused connect or a dropped (stale keep-alive) connection is
+    tried again, twice; a read that timed out is not (the server got the request and did not answer: another
+    try would wait as long again)."""
+    import urllib3
+    from urllib3.exceptions import MaxRetryError, ReadTimeoutError
+
+    class Retries(urllib3.Retry):
+        def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+            if isinstance(error, ReadTimeoutError):
+                raise MaxRetryError(_pool, url, error) from error
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    return Retries(total=3, connect=2, read=2, redirect=3, status=0)
 
 
 def describe_unanswered(exc: BaseException, host: str) -> str | None:
@@ -75,15 +86,19 @@ def bounded_construction(read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Iterator[
     TrainerClient reads a ConfigMap before `bound_requests` can reach its ApiClient)."""
     from kubernetes.client.rest import RESTClientObject
 
-    unbounded = RESTClientObject.request
+    unbounded, made = RESTClientObject.request, RESTClientObject.__init__
 
     def request(self, method, url, query_params=None, headers=None, body=None, post_params=None,
                 _preload_content=True, _request_timeout=None):
         return unbounded(self, method, url, query_params, headers, body, post_params, _preload_content,
                          _request_timeout or (min(CONNECT_TIMEOUT_S, read_s), read_s))
 
-    RESTClientObject.request = request
+    def init(self, *args, **kwargs):
+        made(self, *args, **kwargs)
+        self.pool_manager.connection_pool_kw["retries"] = _retries()
+
+    RESTClientObject.request, RESTClientObject.__init__ = request, init
     try:
         yield
     finally:
-        RESTClientObject.request = unbounded
+        RESTClientObject.request, RESTClientObject.__init__ = unbounded, made
