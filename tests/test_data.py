@@ -95,7 +95,8 @@ def test_medical_o1_es_preset(tmp_path):
 def test_es_preset_on_english_rows_reports_spanish_field(tmp_path):
     result = load_examples(write_json(tmp_path, [good_o1()]), "medical_o1", preset="es")
     assert result.examples == []
-    assert [(p.row, p.field, p.message) for p in result.problems] == [(0, "Pregunta", "missing (the row's columns: Question, Complex_CoT, Response)")]
+    columns = "missing (the row's columns: Question, Complex_CoT, Response)"
+    assert [(p.row, p.field, p.message) for p in result.problems] == [(0, "Pregunta", columns)]
 
 
 def test_fields_override(tmp_path):
@@ -107,7 +108,8 @@ def test_fields_override(tmp_path):
 
 def test_fields_override_missing_column_reported_by_new_name(tmp_path):
     result = load_examples(write_json(tmp_path, [good_o1()]), "medical_o1", fields={"question": "Prompt"})
-    assert [(p.field, p.message) for p in result.problems] == [("Prompt", "missing (the row's columns: Question, Complex_CoT, Response)")]
+    columns = "missing (the row's columns: Question, Complex_CoT, Response)"
+    assert [(p.field, p.message) for p in result.problems] == [("Prompt", columns)]
 
 
 def test_unknown_preset_raises(tmp_path):
@@ -182,7 +184,8 @@ def test_jsonl_bad_rows_give_problems(bad_jsonl):
 
 def test_problem_str_format(bad_jsonl):
     problems = load_examples(bad_jsonl, "medical_o1").problems
-    assert str(problems[0]) == f"{bad_jsonl} row 1 (line 2): field 'Response': missing (the row's columns: Question, Complex_CoT)"
+    missing = "missing (the row's columns: Question, Complex_CoT)"
+    assert str(problems[0]) == f"{bad_jsonl} row 1 (line 2): field 'Response': {missing}"
     assert str(problems[2]) == f"{bad_jsonl} row 3 (line 5): field 'Complex_CoT': expected a string, got int"
     # no field: the field part is left out
     assert str(problems[4]).startswith(f"{bad_jsonl} row 5 (line 7): invalid JSON at column ")

@@ -83,3 +83,8 @@ def test_a_folder_the_file_system_refuses_is_one_line(monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["medo1: error: /runs/x/report.html: Permission denied (check the path's owner, permissions and "
                    "free space)"]
+
+
+def test_a_hub_id_is_no_local_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    check_outputs_apart({"output.dir": "Qwen"}, {"model.name_or_path": "Qwen/Qwen2.5-7B-Instruct"})

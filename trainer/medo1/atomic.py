@@ -1,6 +1,7 @@
 """Files that replace earlier results: written aside, synced, then renamed into place, so a failed or killed run
 leaves the previous file whole; folders that replace earlier ones likewise (`new_dir`, `replace_dir`), and only
-folders medo1 wrote are ever replaced. Light on purpose (no torch, no transformers): data, translate and report use it."""
+folders medo1 wrote are ever replaced. Light on purpose (no torch, no transformers): data, translate and report
+use it."""
 
 from __future__ import annotations
 

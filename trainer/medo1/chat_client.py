@@ -225,8 +225,9 @@ class ChatClient:
             silent = time.monotonic() - self._last_answer
             if silent >= self.config.give_up_after_s:
                 raise ChatEndpointError(
-                    f"{self.url}: no request answered for {silent:.0f} s (give_up_after_s={self.config.give_up_after_s:g}); "
-                    f"last: {last}; the endpoint is down, overloaded or slower than timeout_s={self.config.timeout_s:g}"
+                    f"{self.url}: no request answered for {silent:.0f} s "
+                    f"(give_up_after_s={self.config.give_up_after_s:g}); last: {last}; the endpoint is down, "
+                    f"overloaded or slower than timeout_s={self.config.timeout_s:g}"
                 )
             if attempt < attempts:
                 delay = self._delay(attempt, retry_after)

@@ -348,9 +348,9 @@ def _where(path: str | Path) -> tuple[Path, tuple[int, int] | None]:
 def check_outputs_apart(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
     """Refuse, before anything is read or written, an output path (file or folder) that resolves to one of the
     stage's inputs or to a folder holding one, and two outputs that resolve to the same path. Keys name the
-    option (`--rejects`, `output.dir`); a None or Hub (`hf://`) input is skipped."""
+    option (`--rejects`, `output.dir`); an input that is not on this machine (None, a Hub id, `hf://`) is skipped."""
     local_inputs = {field: _where(path) for field, path in inputs.items()
-                    if path and not str(path).startswith("hf://")}
+                    if path and not str(path).startswith("hf://") and os.path.lexists(Path(path).expanduser())}
     seen: dict[Path, str] = {}
     for field, path in outputs.items():
         if not path:
