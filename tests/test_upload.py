@@ -459,3 +459,26 @@ def test_a_gguf_file_in_the_folder_is_never_sent(export_dir: Path):
     plan = plan_upload(make_config(export_dir, dry_run=True))
     assert "model.gguf" not in plan.file_names()
     assert {s.path: s.reason for s in plan.skipped}["model.gguf"] == "not on the upload allowlist"
+
+
+@pytest.mark.parametrize("leak", ["metadata", "hard link", "fifo"])
+def test_a_real_upload_with_a_leak_sends_nothing_to_the_hub(export_dir: Path, tmp_path: Path, monkeypatch, leak):
+    """The Hub stand-in sees no request at all: the refusal comes before the repo is created."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    if leak == "metadata":
+        weights = export_dir / "model.safetensors"
+        save_file(load_file(weights), weights, metadata={"format": "pt", "pushed_with": "hf_" + "Qx7RmZ2pLk9VbN4tWc8Y"})
+    elif leak == "hard link":
+        (tmp_path / "notes.json").write_text("{}")
+        os.link(tmp_path / "notes.json", export_dir / "notes.json")
+    else:
+        os.mkfifo(export_dir / "notes.json")
+    hub = HubStandIn().start()
+    try:
+        with pytest.raises(UploadRefused):
+            upload(make_config(export_dir, endpoint=hub.url))
+    finally:
+        hub.stop()
+    assert hub.requests == [] and hub.commits == []
