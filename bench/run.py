@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from bench import cli_help, data, rl, sft, translate_concurrency
-from bench.common import cpu_model
+from bench.common import cpu_model, measuring
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped, no CUDA device here (on a GPU machine: .venv/bin/python -m bench.run --gpu)")
             print("  GPU targets (SFT >= 2x the padded loop's tokens/s, MFU >= 40% on H100): not measured\n")
             continue
-        result = measure(args.quick)
+        with measuring(name):
+            result = measure(args.quick)
         record = {"benchmark": name, "date": stamp, "quick": args.quick, "environment": env, **result}
         path = args.results / f"{name}-{stamp}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
 import sys
 
@@ -15,6 +17,7 @@ from medo1.config import (
     check_model_reference,
     check_output_dir,
     check_output_file,
+    check_outputs_apart,
     check_training_paths,
     describe_options,
     load_config,
@@ -54,6 +57,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         check_model_reference(args.tokenizer, "--tokenizer")
     if args.rejects:
         check_output_file(args.rejects, "--rejects")
+        check_outputs_apart({"--rejects": args.rejects}, {"the data file": args.path, "--tokenizer": args.tokenizer})
     loaded = load_examples(
         args.path, args.format, args.preset, _key_values(args.field, "--field", "NAME=COLUMN"), args.system_prompt,
         duplicates=args.duplicates,
@@ -176,6 +180,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for label, model in config.compare_with.items():
         check_model_reference(model, f"compare_with.{label}")
     check_output_dir(config.output_dir, "output_dir")
+    inputs = {f"benchmarks.{name}": path for name, path in config.benchmarks.items()} | {"model": config.model}
+    inputs |= {f"compare_with.{label}": model for label, model in config.compare_with.items()}
+    inputs |= {f"reward.{key}": getattr(config.reward, key, None) for key in ("model", "tokenizer")}
+    check_outputs_apart({"output_dir": config.output_dir}, inputs)
     report = run_eval(config)
     print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
                      | {"average_accuracy": report["average_accuracy"]}))
@@ -195,11 +203,25 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_launch_numbers(args: argparse.Namespace) -> None:
+    """The launcher's waits: finite, positive (--stuck-after 0 switches its check off)."""
+    for flag, value, least in (("--timeout", args.timeout, 0), ("--poll", args.poll, 0), ("--stuck-after", args.stuck_after, None),
+                               ("--scale-up-wait", args.scale_up_wait, 0), ("--delete-wait", args.delete_wait, 0),
+                               ("--request-timeout", args.request_timeout, 0)):
+        bad = not math.isfinite(value) or (value < 0 if least is None else value <= least)
+        if bad:
+            raise ConfigError(f"{flag} {value:g}: must be a finite number of seconds above 0"
+                              + (" (or 0 to turn it off)" if least is None else ""))
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: must be at least 1")
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from medo1.launch import LaunchCancelled, LaunchError, launch_chain, launch_stage
 
+    _check_launch_numbers(args)
     waits = dict(stuck_after_s=args.stuck_after or None, scale_up_wait_s=args.scale_up_wait,
                  delete_wait_s=args.delete_wait, request_timeout_s=args.request_timeout)
     try:
@@ -260,11 +282,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from medo1.report import write_report
 
-    try:
-        print(write_report(args.run_dir))
-    except FileNotFoundError as exc:
-        print(f"medo1: error: {exc}", file=sys.stderr)
-        return 2
+    print(write_report(args.run_dir))
     return 0
 
 
@@ -435,6 +453,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the file system answers a user can act on (a folder they may not write, a full or read-only disk): one line,
+# not a traceback, wherever in a stage it happens.
+FILESYSTEM_REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -452,6 +475,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"medo1: error: {exc}", file=sys.stderr)  # a list of bad rows follows on its own lines
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in FILESYSTEM_REFUSALS:
+            termination.record(exc)
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        refusal = ConfigError(f"{where}{exc.strerror} (check the path's owner, permissions and free space)")
+        termination.record(refusal)  # a restart cannot cure it either
+        if args.debug:
+            raise
+        print(f"medo1: error: {refusal}", file=sys.stderr)
+        return refusal.exit_code
     except BaseException as exc:  # a bug or out of memory: its traceback follows; the pod says which
         termination.record(exc)
         raise

@@ -85,8 +85,10 @@ class DataConfig(Section):
     """A system message put before each prompt."""
     max_length: int = Field(8192, ge=1)
     """Most tokens per example (prompt and completion)."""
-    overlong: Literal["drop", "truncate"] = "drop"
-    """An example longer than max_length: drop it (to the rejects file) or truncate its completion."""
+    overlong: Literal["drop", "truncate", "fail"] = "drop"
+    """An example longer than max_length: drop it (to the rejects file), truncate its completion, or fail the run
+    naming the rows. Drops above OVERLONG_WARNING_RATIO (25%) of the valid rows warn on the console and in the run
+    report."""
     on_invalid: Literal["fail", "skip"] = "fail"
     """An invalid row: fail the run naming file, row and field, or skip it to the rejects file."""
     limit: int | None = Field(None, ge=1)
@@ -200,12 +202,24 @@ class HubSource:
     revision: str | None = None
 
 
+HUB_FORM = "a Hub dataset is hf://OWNER/NAME[?config=C&split=S&revision=R]"
+
+
 def parse_hub_source(text: str) -> HubSource:
     parts = urlsplit(text)
     repo_id = f"{parts.netloc}{parts.path}".strip("/")
     if parts.scheme != "hf" or repo_id.count("/") != 1 or parts.fragment:
-        raise DataError(f"{text}: a Hub dataset is hf://OWNER/NAME[?config=C&split=S&revision=R]")
-    query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+        raise DataError(f"{text}: {HUB_FORM}")
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:  # a field without `=`, an empty field (`&&`)
+        pairs = [("", "")]
+    if any(not key for key, _ in pairs):
+        raise DataError(f"{text}: malformed query {parts.query!r}; {HUB_FORM}")
+    query = dict(pairs)
+    if len(query) < len(pairs):
+        repeated = sorted({key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1})
+        raise DataError(f"{text}: parameter(s) {', '.join(repeated)} given more than once")
     unknown = set(query) - set(HUB_QUERY_KEYS)
     if unknown:
         known = ", ".join(HUB_QUERY_KEYS)
@@ -213,6 +227,17 @@ def parse_hub_source(text: str) -> HubSource:
     if any(not value for value in query.values()):
         raise DataError(f"{text}: empty parameter value")
     return HubSource(repo_id, query.get("config"), query.get("split", "train"), query.get("revision"))
+
+
+def check_hub_prefix_case(text: str) -> None:
+    """Refuse `HF://owner/name` (read as a local path it would be `HF:/owner/name: file not found`)."""
+    if text[: len(HUB_PREFIX)].lower() == HUB_PREFIX:
+        raise DataError(f"{text}: the Hub prefix is lower-case: hf://{text[len(HUB_PREFIX):]}")
+
+
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """json's message without its dangling ` at` ("Unterminated string starting at"): the position follows it."""
+    return re.sub(r"(?: starting)? at$", "", exc.msg)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -253,7 +278,7 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
             try:
                 yield row, line_no, json.loads(line), None
             except json.JSONDecodeError as exc:
-                yield row, line_no, line.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+                yield row, line_no, line.rstrip("\n"), f"invalid JSON at column {exc.colno}: {json_error_text(exc)}"
             row += 1
 
 
@@ -316,7 +341,7 @@ class _JsonText:
                 cut = exc.msg.startswith("Unterminated string") or exc.pos > len(self.text) - _CUT_MARGIN
                 if cut and self.more():
                     continue
-                raise self.error(exc.msg, exc.pos, row) from None
+                raise self.error(json_error_text(exc), exc.pos, row) from None
             if end > len(self.text) - _CUT_MARGIN and self.more():
                 continue
             self.pos = end
@@ -425,6 +450,7 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         source = parse_hub_source(text)
         yield from _iter_dataset(text, lambda: _hub_rows(source))
         return
+    check_hub_prefix_case(text)
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -444,10 +470,22 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         yield from _iter_dataset(str(path), lambda: _stream_file(path, ARROW_FILE_KINDS[suffix]))
 
 
+MAX_COLUMNS_SHOWN = 12
+
+
+def _missing(record: dict[str, Any], key: str) -> FieldProblem:
+    """`key` missing from `record`, naming the columns it has (a file with the wrong columns, or the wrong preset)."""
+    if key in record:
+        return FieldProblem(key, "missing (null)")
+    names = [str(name) for name in record]
+    shown = ", ".join(names[:MAX_COLUMNS_SHOWN]) + (", ..." if len(names) > MAX_COLUMNS_SHOWN else "")
+    return FieldProblem(key, f"missing (the row's columns: {shown or 'none'})")
+
+
 def _text(record: dict[str, Any], key: str, *, required: bool = True) -> str:
     if key not in record or record[key] is None:
         if required:
-            raise FieldProblem(key, "missing")
+            raise _missing(record, key)
         return ""
     value = record[key]
     if not isinstance(value, str):
@@ -482,7 +520,7 @@ def parse_sharegpt(record: dict, fields: dict[str, str], system_prompt: str | No
     key = fields["conversations"]
     turns = record.get(key)
     if turns is None:
-        raise FieldProblem(key, "missing")
+        raise _missing(record, key)
     if not isinstance(turns, list) or not turns:
         raise FieldProblem(key, "expected a non-empty list of turns")
     messages: list[dict[str, str]] = []
@@ -515,7 +553,7 @@ def parse_mcq(record: dict, fields: dict[str, str], system_prompt: str | None) -
     question = _text(record, fields["question"])
     options = record.get(fields["options"])
     if options is None:
-        raise FieldProblem(fields["options"], "missing")
+        raise _missing(record, fields["options"])
     if not isinstance(options, dict) or not options:
         raise FieldProblem(fields["options"], "expected a non-empty object of letter -> option text")
     for letter, text in options.items():
@@ -601,6 +639,31 @@ def write_rejects(path: str | Path, problems: list[Problem], raw: dict[int, Any]
         atomic_write_text(path, "".join(line + "\n" for line in lines))
     except OSError as exc:
         raise DataError(f"{path}: cannot write the rejects file ({exc.strerror or exc})") from None
+
+
+OVERLONG_WARNING_RATIO = 0.25
+"""Share of the valid rows dropped as over-long above which a run warns: a max_length far below the data's lengths."""
+
+
+def overlong_warning(dropped: int, valid: int, max_length: int) -> str | None:
+    """The warning for `dropped` of `valid` rows dropped as longer than `max_length`, when above the ratio."""
+    if not valid or dropped <= OVERLONG_WARNING_RATIO * valid:
+        return None
+    return (f"{dropped} of {valid} valid row(s) ({dropped / valid:.0%}) are longer than data.max_length={max_length} "
+            f"tokens and were dropped (more than {OVERLONG_WARNING_RATIO:.0%}): raise data.max_length, set "
+            "data.overlong=truncate, or data.overlong=fail to stop instead")
+
+
+def enforce_overlong(dropped: list[Problem], overlong: str, max_length: int) -> None:
+    """With `overlong=fail`, over-long rows stop the run with a message naming them."""
+    if not dropped or overlong != "fail":
+        return
+    shown = "\n  ".join(str(p) for p in dropped[:10])
+    more = f"\n  ... and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+    raise DataError(
+        f"{len(dropped)} row(s) longer than data.max_length={max_length} tokens (data.overlong=fail):\n  {shown}{more}\n"
+        "Raise data.max_length, or set data.overlong=drop or truncate."
+    )
 
 
 def enforce_policy(problems: list[Problem], on_invalid: str) -> None:

@@ -535,6 +535,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, client: Any = None) -> int:
     """Exit code 1 when any check fails."""
+    if args.profile:
+        k8s.load_profile(args.profile)  # a profile that is not there is the first thing to say, before any cluster
     client = bound_requests(client or api_client(), getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT_S))
     namespace = args.namespace
     if not namespace:
@@ -542,7 +544,15 @@ def run(args: argparse.Namespace, client: Any = None) -> int:
 
         namespace = default_namespace()
     needs = profile_needs(profile=args.profile, values_files=args.values, value_overrides=args.value, namespace=namespace)
-    findings = diagnose(ClusterReader(client), needs)
+    from urllib3.exceptions import HTTPError
+
+    try:
+        findings = diagnose(ClusterReader(client), needs)
+    except (HTTPError, OSError) as exc:  # a closed port, a refused or reset connection, a name that does not resolve
+        host = getattr(getattr(client, "configuration", None), "host", "the API server")
+        reason = getattr(exc, "reason", None) or exc
+        raise DoctorError(f"cannot reach the Kubernetes API server at {host}: {type(reason).__name__}: "
+                          f"{str(reason).split(': ', 1)[-1]}") from None
     if args.json:
         print(json.dumps({"namespace": namespace, "findings": [asdict(f) for f in findings]}, indent=2))
     else:

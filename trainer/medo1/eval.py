@@ -85,8 +85,11 @@ class EvalConfig(RetryOptions):
     """Where responses.jsonl, report.json and report.md go."""
     concurrency: int = Field(8, ge=1)
     """Endpoint requests in flight at once."""
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(300.0, gt=0)
     """Seconds one endpoint request may take (a long reasoning answer from a busy server) before it is retried."""
+    max_retries: int = Field(2, ge=0)
+    """Retries of one endpoint request (timeouts, 429 / 5xx, broken connections): at most 3 x 300 s per question,
+    and the run stops once no request has been answered for `give_up_after_s` (300 s)."""
 
     @model_validator(mode="after")
     def _one_backend(self) -> EvalConfig:

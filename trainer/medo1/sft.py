@@ -28,7 +28,14 @@ from trl import SFTTrainer
 from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import dump_config
-from medo1.data import DataError, enforce_policy, load_from_config, write_rejects
+from medo1.data import (
+    DataError,
+    enforce_overlong,
+    enforce_policy,
+    load_from_config,
+    overlong_warning,
+    write_rejects,
+)
 from medo1.metrics_callback import JsonlMetrics
 from medo1.models import (
     export_from_trainer,
@@ -62,6 +69,10 @@ def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dat
     rejects_path = output_dir / "rejects.jsonl"
     enforce_policy(loaded.problems, data.on_invalid)
     encoded = encode_sft(tokenizer, loaded.examples, data.max_length, data.overlong, source=data.path)
+    enforce_overlong(encoded.dropped, data.overlong, data.max_length)
+    warning = overlong_warning(len(encoded.dropped), len(loaded.examples), data.max_length)
+    if warning:
+        log.warning("%s", warning)
     report = {
         "path": data.path,
         "format": data.format,
@@ -73,6 +84,7 @@ def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dat
         "truncated": encoded.truncated,
         "trained_examples": len(encoded.input_ids),
         "tokens": length_stats(encoded.lengths, data.max_length),
+        "warnings": [warning] if warning else [],
     }
     rejected = loaded.problems + encoded.dropped
     if is_main_process():

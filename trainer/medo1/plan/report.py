@@ -6,6 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
+from medo1.config import Section
 from medo1.plan.memory import GIB
 from medo1.plan.stages import StagePlan
 
@@ -125,10 +128,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+class PlanOptions(Section):
+    """`medo1 plan`'s numeric options, bounded here so that nonsense is one line, never a plan that "fits"."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+    nodes: int | None = Field(None, ge=1)
+    """--nodes: nodes of the cluster."""
+    gpus_per_node: int | None = Field(None, ge=0)
+    """--gpus-per-node: GPUs per node; 0 plans a CPU run."""
+    headroom: float = Field(0.10, ge=0, lt=1)
+    """--headroom: share of GPU memory to leave free."""
+    mfu: float | None = Field(None, gt=0, le=1)
+    """--mfu: share of the GPUs' bf16 peak a training step uses."""
+    price_per_gpu_hour: float | None = Field(None, ge=0)
+    """--price-per-gpu-hour: cost of one GPU-hour."""
+
+
+def check_options(args: argparse.Namespace) -> PlanOptions:
+    from pydantic import ValidationError
+
+    from medo1.config import ConfigError
+
+    try:
+        return PlanOptions.model_validate({name: getattr(args, name) for name in PlanOptions.model_fields})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg']}"
+                             for err in exc.errors())
+        raise ConfigError(problems) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from medo1.config import ConfigError
     from medo1.plan.pipeline import plan_pipeline, plan_recipe
 
+    check_options(args)
     options = {"architecture": args.architecture, "verifier_architecture": args.verifier_architecture,
                "headroom": args.headroom, "utilisation": args.mfu}
     if args.config:

@@ -80,6 +80,10 @@ def gpu_from_values(values: dict[str, Any], gpu_name: str | None = None) -> GPU:
 
 def cluster_from_values(values: dict[str, Any], gpu_name: str | None = None) -> Cluster:
     cluster = values["cluster"]
+    for key, least in (("nodes", 1), ("gpusPerNode", 0), ("cpuProcsPerNode", 1)):
+        value = cluster.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"cluster.{key}: {value!r} is not a whole number of at least {least}")
     gpus = int(cluster.get("gpusPerNode", 0))
     gpu = gpu_from_values(values, gpu_name) if gpus else None
     return Cluster(int(cluster.get("nodes", 1)), gpus, gpu, int(cluster.get("cpuProcsPerNode", 1)),

@@ -31,9 +31,10 @@ from transformers import (
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from medo1 import checkpoint, preemption
+from medo1.atomic import new_dir, replace_dir
 from medo1.config import dump_config
 from medo1.metrics import append_jsonl, keep_metrics_through
-from medo1.models import clear_dir, load_tokenizer, write_export_extras
+from medo1.models import load_tokenizer, write_export_extras
 from medo1.rl import ppo_math
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import build_engine, require_vllm
@@ -365,11 +366,10 @@ class PPOTrainer:
         final, staging = self.output_dir / "export", self.output_dir / "export.partial"
         state = self.policy.full_state_dict()
         if self.is_main:
-            clear_dir(staging)
+            new_dir(staging, "export")
             self.policy.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
             write_export_extras(staging, self.tokenizer)
-            clear_dir(final)
-            staging.rename(final)
+            replace_dir(staging, final)
         self.ranks.barrier()
         return final
 
