@@ -129,9 +129,10 @@ def test_eval_tiny_model_end_to_end(tiny_model, tmp_path):
     assert len(responses) == 8 and all(isinstance(r["response"], str) for r in responses)
     assert any(r["response"] for r in responses)  # 16 new tokens decoded, not an empty echo
     table = (out / "report.md").read_text().splitlines()
-    header = table.index("| benchmark | n | accuracy % | unparseable |")
+    header = table.index("| benchmark | n | unique | accuracy % (medo1) | strict % (medo1) | unparseable |")
     assert table[header + 1].startswith("|---")
-    assert table[header + 2].startswith(f"| demo | 8 | {100 * result['accuracy']:.1f} | {result['unparseable']} |")
+    accuracy = f"{100 * result['accuracy']:.1f}"
+    assert table[header + 2].startswith(f"| demo | 8 | 8 | {accuracy} | {accuracy} | {result['unparseable']} |")
 
 
 def test_wilson_interval():
