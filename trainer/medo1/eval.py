@@ -89,8 +89,9 @@ class EvalError(StageError):
 class EvalVLLMSettings(Section):
     """The offline vLLM engine of `medo1 eval` (one per model evaluated, released before the next loads)."""
 
-    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
-    """Share of each GPU vLLM may take for the weights and the KV cache."""
+    gpu_memory_utilization: float = Field(0.8, gt=0.0, le=1.0)
+    """Share of each GPU vLLM may take for the weights and the KV cache (0.8 leaves `medo1 plan`'s 10% headroom
+    and allocator slack free on the GPU)."""
     tensor_parallel_size: int = Field(1, ge=1)
     """GPUs the model is split over."""
     max_model_len: int | None = None

@@ -316,10 +316,17 @@ def rl_breakdown(config, shape: ModelShape, verifier: ModelShape | None, cluster
 
 
 def eval_breakdown(config, shape: ModelShape, cluster: Cluster) -> mem.Breakdown:
+    """HF generate: the weights and the KV cache of `batch_size` questions (times their samples); vLLM (the engine on
+    a GPU unless `engine: hf`): the share of the GPU it is given for both (`vllm.gpu_memory_utilization`)."""
     cuda = cluster.gpu is not None
+    if cuda and config.engine != "hf" and cluster.capacity:
+        breakdown = mem.Breakdown(resident={})
+        breakdown.phases["generation"] = {"vLLM (gpu_memory_utilization)": config.vllm.gpu_memory_utilization * cluster.capacity}
+        return breakdown
     dtype = 2 if cuda else 4
     breakdown = mem.Breakdown(resident={"weights": shape.parameters * dtype})
-    breakdown.phases["generation"] = {"KV cache": mem.kv_cache(shape, config.batch_size, PROMPT_TOKENS + config.max_new_tokens, dtype)}
+    sequences = config.batch_size * config.samples_per_prompt
+    breakdown.phases["generation"] = {"KV cache": mem.kv_cache(shape, sequences, PROMPT_TOKENS + config.max_new_tokens, dtype)}
     return breakdown
 
 
