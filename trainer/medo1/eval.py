@@ -13,6 +13,10 @@ the SFT export) the same questions, and each model is compared with `baseline` q
 gain in reward, format-ok rate and correctness with a paired bootstrap 95% interval, beside the seed-to-seed
 noise of the baseline itself (`noise_seeds`). The statistics are in `medo1.eval_stats`.
 
+The HuatuoGPT-o1 paper's evaluation (`preset: huatuo`, `medo1.eval_published`): its eval file read as published
+(one benchmark per set), its prompt and decoding, its scorer reported beside medo1's strict one, and report.md in
+the paper's table layouts. Local models generate with HF `generate` or, on a GPU, an offline vLLM engine (`engine`).
+
 Invalid benchmark rows are reported, not fatal: they are counted in the report and the first few are logged; a
 benchmark without a valid row stops the run before anything is generated. An endpoint is asked through
 `medo1.chat_client` (retries, timeouts, progress). Outputs under `output_dir`: report.json, report.md,
