@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench import cli_help, data, rl, sft, translate_concurrency
+from bench import cli_help, data, eval_sampling, rl, sft, translate_concurrency
 from bench.common import cpu_model, measuring
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -53,6 +53,7 @@ BENCHMARKS = {
     "sft": (sft.measure, sft.summary, False),
     "sft_gpu": (lambda quick: sft.measure(quick, gpu=True), sft.summary, True),
     "rl": (rl.measure, rl.summary, False),
+    "eval_sampling": (eval_sampling.measure, eval_sampling.summary, False),
     "cli_help": (cli_help.measure, cli_help.summary, False),
 }
 

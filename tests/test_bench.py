@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from bench import data, rl, run, sft
+from bench import data, eval_sampling, rl, run, sft
 
 
 def test_sft_contenders_train_the_same_batches():
@@ -60,6 +60,20 @@ def test_rl_splits_each_update_into_generation_scoring_training():
     if rl.vllm_status() == "not installed":
         assert result["vllm"] == "not installed"
     assert len(rl.summary(result)) == 2 + len(result["runs"]) + 1
+
+
+@pytest.mark.slow
+def test_eval_sampling_contenders_give_every_response():
+    result = eval_sampling.measure(quick=True)
+    json.dumps(result)
+    config = result["config"]
+    assert set(result["contenders"]) == {"medo1_shared_prefill", "separate_prompts"}
+    for name, figures in result["contenders"].items():
+        (run_result,) = figures["runs"]
+        assert run_result["responses"] == config["questions"] * config["samples"], name
+        assert run_result["seconds"] > 0 and run_result["cpu_seconds"] > 0, name
+    assert "at least 3" in result["claims"][0]["warning"]
+    assert eval_sampling.summary(result)[0].startswith("eval sampling: tiny random Qwen2")
 
 
 def test_data_stages_cover_every_row():

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import sys
+from pathlib import Path
 
 from medo1 import termination
 from medo1.config import (
@@ -171,7 +172,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from medo1.eval import EvalConfig, run_eval
 
-    flags = {"model": args.model, "endpoint": args.endpoint, "output_dir": args.output_dir, "limit": args.limit}
+    flags = {"model": args.model, "endpoint": args.endpoint, "output_dir": args.output_dir, "limit": args.limit,
+             "preset": args.preset}
     benchmarks = _key_values(args.benchmark, "--benchmark", "NAME=PATH")
     flags.update({f"benchmarks.{name}": path for name, path in benchmarks.items()})
     config = _config_stage(args, EvalConfig, flags)
@@ -185,6 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     inputs |= {f"reward.{key}": getattr(config.reward, key, None) for key in ("model", "tokenizer")}
     check_outputs_apart({"output_dir": config.output_dir}, inputs)
     report = run_eval(config)
+    print((Path(config.output_dir) / "report.md").read_text(encoding="utf-8"))
     print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
                      | {"average_accuracy": report["average_accuracy"]}))
     return 0
@@ -358,7 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     evaluate.add_argument("--model", help="local Hugging Face model directory")
     evaluate.add_argument("--endpoint", help="OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
-    evaluate.add_argument("--benchmark", action="append", default=[], metavar="NAME=PATH", help="an MCQ file to score")
+    evaluate.add_argument("--benchmark", action="append", default=[], metavar="NAME=PATH",
+                          help="a file to score; FILE#SET for one set of a JSON file of named sets, which given "
+                               "whole is one benchmark per set (the published HuatuoGPT-o1 eval_data.json)")
+    evaluate.add_argument("--preset", choices=["huatuo"],
+                          help="a published protocol: huatuo = HuatuoGPT-o1's prompt, decoding, scorer and table")
     evaluate.add_argument("--limit", type=int, help="score only the first N rows of each benchmark")
     evaluate.add_argument("--output-dir")
     evaluate.set_defaults(func=cmd_eval)

@@ -355,8 +355,72 @@ class _JsonText:
         return DataError(f"{where}: invalid JSON at line {line} column {column}: {message}")
 
 
-def _iter_json_list(path: Path) -> Iterator[Record]:
-    """The rows of a top-level JSON array, decoded one at a time as the file is read in chunks (never held whole).
+def _array_rows(text: _JsonText) -> Iterator[Record]:
+    """The rows of the JSON array whose `[` is at `text.pos`, one at a time; `pos` is left after its `]`."""
+    text.pos += 1
+    row = 0
+    if text.next_char() == "]":
+        text.pos += 1
+        return
+    while True:
+        text.next_char()
+        yield row, None, text.value(row), None
+        after = text.next_char()
+        if after == "]":
+            text.pos += 1
+            return
+        if after != ",":
+            raise text.error("Expecting ',' delimiter", text.pos, row)
+        text.pos += 1
+        row += 1
+
+
+def _object_members(text: _JsonText) -> Iterator[str]:
+    """The keys of the JSON object whose `{` is at `text.pos`; after each key is yielded `pos` is on its value,
+    which the caller reads (or skips) before asking for the next key. `pos` is left after the `}`."""
+    text.pos += 1
+    if text.next_char() == "}":
+        text.pos += 1
+        return
+    while True:
+        if text.next_char() != '"':
+            raise text.error("Expecting property name enclosed in double quotes", text.pos)
+        key = text.value(None)
+        if text.next_char() != ":":
+            raise text.error("Expecting ':' delimiter", text.pos)
+        text.pos += 1
+        text.next_char()
+        yield key
+        after = text.next_char()
+        if after == "}":
+            text.pos += 1
+            return
+        if after != ",":
+            raise text.error("Expecting ',' delimiter", text.pos)
+        text.pos += 1
+
+
+def json_sets(path: str | Path) -> dict[str, int] | None:
+    """A JSON file holding named sets, one object {set name: [rows]} (as the published HuatuoGPT-o1 eval file):
+    each set's name and row count, in file order; None when the file's top level is not an object of lists."""
+    path = Path(path)
+    if path.suffix.lower() != ".json" or not path.is_file() or path.stat().st_size == 0:
+        return None
+    sets: dict[str, int] = {}
+    with path.open("rb") as handle:
+        text = _JsonText(path, handle)
+        if text.next_char() != "{":
+            return None
+        for key in _object_members(text):
+            if text.next_char() != "[":
+                return None
+            sets[key] = sum(1 for _ in _array_rows(text))
+    return sets or None
+
+
+def _iter_json_list(path: Path, key: str | None = None) -> Iterator[Record]:
+    """The rows of a top-level JSON array (or, with `key`, of the array under that key of a top-level object),
+    decoded one at a time as the file is read in chunks (never held whole).
 
     Broken JSON stops the read with the line and column (and the row it is in), as `json.loads` would name them.
     """
@@ -365,27 +429,26 @@ def _iter_json_list(path: Path) -> Iterator[Record]:
         first = text.next_char()
         if not first:
             return
+        if key is not None:
+            if first != "{":
+                raise DataError(f"{path}#{key}: the file's top level is not an object of named sets")
+            names = []
+            for name in _object_members(text):
+                if name == key and text.next_char() == "[":
+                    yield from _array_rows(text)
+                    return
+                names.append(name)
+                text.value(None)
+            raise DataError(f"{path}: no set {key!r}; its sets: {', '.join(names) or '(none)'}")
         if first != "[":
             loaded = text.value(None)
             if text.next_char():
                 raise text.error("Extra data", text.pos)
+            if isinstance(loaded, dict) and loaded and all(isinstance(v, list) for v in loaded.values()):
+                raise DataError(f"{path}: an object of named sets ({', '.join(loaded)}), not a list of records; "
+                                f"name one as {path}#SET")
             raise DataError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(loaded).__name__}")
-        text.pos += 1
-        row = 0
-        if text.next_char() == "]":
-            text.pos += 1
-        else:
-            while True:
-                text.next_char()
-                yield row, None, text.value(row), None
-                after = text.next_char()
-                if after == "]":
-                    text.pos += 1
-                    break
-                if after != ",":
-                    raise text.error("Expecting ',' delimiter", text.pos, row)
-                text.pos += 1
-                row += 1
+        yield from _array_rows(text)
         if text.next_char():
             raise text.error("Extra data", text.pos)
 
@@ -439,8 +502,18 @@ def _hub_rows(source: HubSource) -> Iterable[dict]:
     return load_dataset(source.repo_id, source.config, split=source.split, revision=source.revision)
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
-    """Yield (row, line, record, parse_error) for every row of a source (see the module docstring).
+def split_set(source: str) -> tuple[str, str | None]:
+    """`FILE#SET` -> (FILE, SET): one named set of a JSON file of sets (`json_sets`); any other source -> (it, None).
+    A file whose own name holds `#` is read as that file."""
+    path, sep, key = source.rpartition("#")
+    if not sep or not key or source.startswith(HUB_PREFIX) or Path(source).exists():
+        return source, None
+    return path, key
+
+
+def iter_records(path: str | Path, key: str | None = None) -> Iterator[Record]:
+    """Yield (row, line, record, parse_error) for every row of a source (see the module docstring); with `key`,
+    of the set of that name in a JSON file of named sets ({set name: [rows]}).
 
     `line` is the 1-based line of a JSONL row, else None; `parse_error` is set for a JSONL line that
     is not JSON (the record is then the line's text).
@@ -460,12 +533,14 @@ def iter_records(path: str | Path) -> Iterator[Record]:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl", *ARROW_FILE_KINDS):
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; supported: {SUPPORTED_SOURCES}")
+    if key is not None and suffix != ".json":
+        raise DataError(f"{path}#{key}: only a .json file holds named sets")
     if path.stat().st_size == 0:
         return
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
     elif suffix == ".json":
-        yield from _iter_json_list(path)
+        yield from _iter_json_list(path, key)
     else:
         yield from _iter_dataset(str(path), lambda: _stream_file(path, ARROW_FILE_KINDS[suffix]))
 
@@ -583,27 +658,30 @@ def load_examples(
     system_prompt: str | None = None,
     limit: int | None = None,
     duplicates: Literal["keep", "reject"] = "keep",
+    key: str | None = None,
 ) -> LoadResult:
+    """The valid examples of a source and its problems; `key` names one set of a JSON file of named sets."""
     if format not in PARSERS:
         raise DataError(f"unknown format {format!r}; known: {', '.join(PARSERS)}")
     mapping = resolve_fields(format, preset, fields or {})
     parse = PARSERS[format]
-    result = LoadResult(path=str(path), format=format, rows=0)
+    source = f"{path}#{key}" if key is not None else str(path)
+    result = LoadResult(path=source, format=format, rows=0)
     seen: dict[bytes, int] = {}
-    for row, line, record, parse_error in iter_records(path):
+    for row, line, record, parse_error in iter_records(path, key):
         if limit is not None and row >= limit:
             break
         result.rows += 1
         result.raw[row] = record
         if parse_error is not None:
-            problem = Problem(str(path), row, None, parse_error, line)
+            problem = Problem(source, row, None, parse_error, line)
         elif not isinstance(record, dict):
-            problem = Problem(str(path), row, None, f"expected a JSON object, got {type(record).__name__}", line)
+            problem = Problem(source, row, None, f"expected a JSON object, got {type(record).__name__}", line)
         else:
             try:
                 example = parse(record, mapping, system_prompt)
             except FieldProblem as exc:
-                problem = Problem(str(path), row, exc.field, exc.message, line)
+                problem = Problem(source, row, exc.field, exc.message, line)
             else:
                 first = seen.setdefault(_fingerprint(example), row)
                 if first != row:
@@ -611,10 +689,10 @@ def load_examples(
                 if first == row or duplicates == "keep":
                     result.examples.append((row, example))
                     continue
-                problem = Problem(str(path), row, None, f"duplicate of row {first}", line)
+                problem = Problem(source, row, None, f"duplicate of row {first}", line)
         result.problems.append(problem)
     if result.rows == 0:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{source}: no rows")
     return result
 
 

@@ -85,7 +85,11 @@ def time_lines(plan: StagePlan) -> list[str]:
             lines.append(f"  rollout: {time['rollout_tokens_per_second_per_gpu']:,} tokens/s per GPU ({time['rollout_source']}): "
                          f"{time['rollout_hours']} h; training and scoring {time['training_and_scoring_hours']} h")
     elif plan.stage == "eval":
-        lines.append(f"  eval: {time['rows']:,} rows x {time['new_tokens']}; " + "; ".join(time["sources"]))
+        lines.append(f"  eval: {time['rows']:,} rows, {time['responses']:,} responses ({time['models']} model(s)) x "
+                     f"{time['new_tokens']}, engine {time['engine']}; " + "; ".join(time["sources"]))
+        if "minutes" in time:
+            lines.append(f"  decoding: {time['tokens_per_second']:,} tokens/s with {time['sequences_in_flight']} sequences "
+                         f"in flight ({time['bound']} bound): {time['minutes']} min")
     if "hours" in time:
         source = f", {time['utilisation_source']}" if "utilisation" in time else ""
         lines.append(f"  time: {time['hours']} h = {time['gpu_hours']} GPU-hours{source}")
