@@ -326,9 +326,9 @@ def test_install_order_catches_a_trainjob_before_its_runtime():
     objects = k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))
     names = [f"{o['kind']}/{o['metadata']['name']}" for o in k8s.helm_install_order(objects)]
     assert names.index("TrainingRuntime/medo1-sft") < names.index("TrainJob/medo1-sft")
-    # Planted: the TrainJob as an ordinary release object, as before: Helm sorts it before the runtime.
-    (job,) = by_kind(objects, "TrainJob")
-    del job["metadata"]["annotations"]
+    # Planted: the runtime as an ordinary release object, not a pre-install hook: Helm sorts it after the TrainJob.
+    (runtime,) = by_kind(objects, "TrainingRuntime")
+    del runtime["metadata"]["annotations"]
     assert k8s.install_order_problems(k8s.helm_install_order(objects)) == [
         "TrainJob/medo1-sft is created before TrainingRuntime/medo1-sft, which it needs"]
 
@@ -388,7 +388,7 @@ def test_each_pod_gets_only_the_secrets_its_stage_reads():
         "upload": {"HF_TOKEN": hf},
     }
     (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Job")
-    assert not [e for e in run["spec"]["template"]["spec"]["containers"][0]["env"] if "valueFrom" in e]
+    assert not [e for e in run["spec"]["template"]["spec"]["containers"][0]["env"] if "secretKeyRef" in e.get("valueFrom", {})]
 
 
 def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(objects):

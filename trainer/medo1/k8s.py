@@ -106,7 +106,8 @@ def _needs(obj: dict[str, Any]) -> list[tuple[str, str]]:
     if kind == "RoleBinding":
         needs.append((obj["roleRef"]["kind"], obj["roleRef"]["name"]))
         needs += [("ServiceAccount", s["name"]) for s in obj.get("subjects", []) if s.get("kind") == "ServiceAccount"]
-    for _, template in pod_templates(obj):
+    # A runtime is a template: it creates no pod, so it needs nothing its pods mount to exist yet.
+    for _, template in [] if kind in ("TrainingRuntime", "ClusterTrainingRuntime") else pod_templates(obj):
         pod = template.get("spec", {})
         if pod.get("serviceAccountName"):
             needs.append(("ServiceAccount", pod["serviceAccountName"]))

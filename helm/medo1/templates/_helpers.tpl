@@ -129,6 +129,17 @@ annotations:
 {{- end }}
 {{- end -}}
 
+{{/* The run pod's metadata: a pod's, and what tells the cluster autoscaler and Karpenter not to evict it to
+consolidate nodes (cluster-autoscaler FAQ "What types of pods can prevent CA from removing a node?";
+karpenter.sh/do-not-disrupt): its training job runs on without it, but a run pod evicted for nothing costs
+a re-attach. A node drain is held back by the PodDisruptionBudget (templates/run-pdb.yaml). */}}
+{{- define "medo1.runPodMetadata" -}}
+{{- $metadata := include "medo1.podMetadata" (list . "run") | fromYaml -}}
+{{- $evict := dict "cluster-autoscaler.kubernetes.io/safe-to-evict" "false" "karpenter.sh/do-not-disrupt" "true" -}}
+{{- $_ := set $metadata "annotations" (merge $evict ($metadata.annotations | default dict)) -}}
+{{ toYaml $metadata }}
+{{- end -}}
+
 {{/* The container securityContext; RDMA adds IPC_LOCK (memory registration pins pages beyond memlock). */}}
 {{- define "medo1.containerSecurityContext" -}}
 {{- $security := deepCopy .Values.securityContext -}}
@@ -224,4 +235,21 @@ volumes:
 {{ include "medo1.containerSecurityContext" $root | indent 4 }}
   volumeMounts:
 {{ include "medo1.volumeMounts" $root | trim | indent 4 }}
+{{- end -}}
+
+{{/* A job as the cluster holds it: on `helm upgrade` a job that exists is rendered back unchanged, its live
+spec, so an upgrade neither changes a run in progress (a batch Job's pod template is immutable anyway) nor
+creates it again; the new values apply to jobs created afterwards (values.yaml, "Upgrades"). `lookup` reads
+the cluster only in `helm install` / `upgrade`: `helm template` renders afresh. Call with the live object. */}}
+{{- define "medo1.kept" -}}
+apiVersion: {{ .apiVersion }}
+kind: {{ .kind }}
+metadata:
+  name: {{ .metadata.name }}
+  {{- with .metadata.labels }}
+  labels:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- toYaml .spec | nindent 2 }}
 {{- end -}}
