@@ -135,21 +135,28 @@ def test_rbac_is_namespaced_and_minimal():
     assert not [o for o in objects if o["kind"].startswith("Cluster")]
     (role,) = by_kind(objects, "Role")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "jobs", "jobs/status", "pods",
-                         "pods/log", "events"}
+    assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "trainingruntimes", "jobs",
+                         "jobs/status", "pods", "pods/log", "events", "persistentvolumeclaims", "namespaces", "localqueues"}
     (events,) = [rule for rule in role["rules"] if rule["resources"] == ["events"]]
     assert events["verbs"] == ["list"]  # the launcher's stuck-pod check reads Warning events, nothing more
     assert all("*" not in rule["verbs"] for rule in role["rules"])
+    reads = [rule for rule in role["rules"] if rule["resources"] in (["trainingruntimes"], ["persistentvolumeclaims"],
+                                                                     ["namespaces"], ["localqueues"])]
+    assert all(rule["verbs"] == ["get"] for rule in reads)
     (binding,) = by_kind(objects, "RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == ["medo1"]
+    # Secrets: get on those the values name, no others (doctor checks their keys); none named, no rule.
+    named = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Role")[0]["rules"]
+    assert [rule for rule in named if rule["resources"] == ["secrets"]] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["hf-token", "openai", "wandb"]}]
 
 
 def test_pipeline_service_accounts_may_launch_jobs():
     objects = k8s.render_chart({"rbac": {"pipelineServiceAccounts": ["default-editor", "pipeline-runner"]}}, namespace="team-a")
     (binding,) = by_kind(objects, "RoleBinding")
-    assert [(s["name"], s["namespace"]) for s in binding["subjects"]] == [
-        ("medo1", "team-a"), ("default-editor", "team-a"), ("pipeline-runner", "team-a")
-    ]
+    # No namespace: the subjects are in the binding's own (tests/test_helm_lifecycle.py applies it in another).
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name}
+                                   for name in ("medo1", "default-editor", "pipeline-runner")]
 
 
 def test_trainjob_backend_renders_runtime_and_job():

@@ -54,9 +54,11 @@ def helm(kube, tmp_path):
         yield config
 
 
-def request(kube, method: str, path: str, body: dict | None = None, content_type: str = "application/json"):
+def request(kube, method: str, path: str, body: dict | None = None, content_type: str = "application/json",
+            token: str = "admin"):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(kube.url + path, data=data, method=method, headers={"Content-Type": content_type})
+    req = urllib.request.Request(kube.url + path, data=data, method=method,
+                                 headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(req) as response:
             return response.status, json.loads(response.read())
@@ -239,3 +241,106 @@ def test_notes_say_who_creates_a_failed_job_again():
         k8s.load_profile("h100-1node"))
     assert "A failed TrainJob is restarted whole by its JobSet (runPolicy.jobRestarts: 3)" in notes(
         k8s.load_profile("h100-1node-trainjob"))
+
+
+# ---- issue 26 item 2: RBAC as the chart's service account ----------------------------------------------
+
+
+def trainer_client_as(kube, account: str):
+    """The Kubeflow SDK's TrainerClient with a service account's token: RBAC applies to what it asks."""
+    from kubeflow.common.types import KubernetesBackendConfig
+    from kubeflow.trainer import TrainerClient
+    from kubernetes.client import Configuration
+
+    configuration = Configuration(host=kube.url, api_key={"authorization": f"Bearer {kube.service_account_token(NS, account)}"})
+    return TrainerClient(KubernetesBackendConfig(namespace=NS, client_configuration=configuration))
+
+
+def launch_trainjob_as(kube, account: str = "medo1"):
+    from medo1.launch import launch_stage
+
+    return launch_stage("sft", backend="trainjob", profile="h100-1node", job_name="medo1-sft", namespace=NS,
+                        client=trainer_client_as(kube, account), timeout_s=30, poll_s=0.05)
+
+
+@pytest.mark.slow
+def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, helm):
+    """Issue 26, item 2: the SDK's get_runtime reads the namespaced TrainingRuntime first and the chart's Role
+    had no get on it: 403 as the chart's account. Now the team release's Role grants it (answered 404), and the
+    platform install (trainer-v2-runtimes) grants get on its ClusterTrainingRuntimes; the launch goes through."""
+    from tests.test_trainer_v2 import CREATED, SUCCEEDED
+    from tests.kube_standin import Step
+
+    helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("infrastructure"), namespace=NS, timeout=60)
+    helm.install(str(k8s.CHART_DIR), "medo1-runtimes", k8s.load_profile("trainer-v2-runtimes"), namespace=NS, timeout=60)
+    kube.script("medo1-sft", [Step(CREATED), Step(SUCCEEDED)])
+    first = len(kube.requests)
+
+    result = launch_trainjob_as(kube)
+
+    assert (result.backend, result.state.phase, result.action) == ("trainjob", "Succeeded", "created")
+    runtime_reads = [r.path for r in kube.requests[first:] if "runtimes/" in r.path]
+    assert runtime_reads == [f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes/medo1-sft",
+                             "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/medo1-sft"]
+    assert [r.path for r in kube.requests[first:] if r.method == "POST"] == [
+        f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"]
+
+
+@pytest.mark.slow
+def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, helm):
+    """The ClusterTrainingRuntime read is cluster-scoped: a namespaced Role cannot grant it. Without the platform
+    install's ClusterRoleBinding the launch fails in one line with the API server's 403 and where the grant is."""
+    helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("infrastructure"), namespace=NS, timeout=60)
+    for runtime in (o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"] == "ClusterTrainingRuntime"):
+        kube.record(runtime)  # installed by an admin without runtimes.readers
+
+    from medo1.launch import LaunchError
+
+    with pytest.raises(LaunchError) as refused:
+        launch_trainjob_as(kube)
+    assert str(refused.value).startswith(
+        f"could not create TrainJob {NS}/medo1-sft: may not read the runtime 'medo1-sft': 403 "
+        "clustertrainingruntimes.trainer.kubeflow.org \"medo1-sft\" is forbidden: "
+        'User "system:serviceaccount:team-a:medo1" cannot get resource "clustertrainingruntimes" in API group '
+        '"trainer.kubeflow.org" at the cluster scope; the chart\'s launcher Role grants get on trainingruntimes')
+    assert "\n" not in str(refused.value)
+    assert not [r for r in kube.requests if r.method == "POST" and r.path.endswith("/trainjobs")]
+
+
+# ---- issue 26 item 17: plain manifests in any namespace --------------------------------------------------
+
+
+def may(kube, token: str, verb: str, group: str, resource: str, namespace: str) -> bool:
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace}}}
+    code, answer = request(kube, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review, token=token)
+    assert code == 201, answer
+    return answer["status"]["allowed"]
+
+
+@pytest.mark.parametrize("profile", k8s.profiles())
+def test_the_plain_manifests_apply_in_any_namespace(kube, profile):
+    """Issue 26, item 17: the manifests only worked in a namespace named medo1 (RoleBinding subjects and the
+    chain's --namespace hard-coded). Created as `kubectl apply -n team-b -f` creates them, the launcher's
+    account may launch in team-b, and the run Job takes its namespace from its pod (downward API)."""
+    text = (k8s.MANIFESTS_DIR / f"{profile}.yaml").read_text()
+    manifest = [o for o in yaml.load_all(text, Loader=yaml.CSafeLoader) if o]
+    assert "namespace: medo1" not in text and not [o for o in manifest if "namespace" in o["metadata"]]
+    served = {kind: (group_version, plural, namespaced) for group_version, resources in kube.served_resources().items()
+              for plural, kind, namespaced in resources}
+    for obj in manifest:
+        group_version, plural, namespaced = served[obj["kind"]]
+        prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        code, answer = request(kube, "POST", f"{prefix}{'/namespaces/team-b' if namespaced else ''}/{plural}", obj)
+        assert code == 201, answer
+    bindings = [o for o in manifest if o["kind"] == "RoleBinding"]
+    if bindings:
+        launcher = kube.service_account_token("team-b", "medo1")
+        assert may(kube, launcher, "create", "kubeflow.org", "pytorchjobs", "team-b")
+        assert may(kube, launcher, "get", "trainer.kubeflow.org", "trainingruntimes", "team-b")
+        assert not may(kube, launcher, "create", "kubeflow.org", "pytorchjobs", "medo1")
+        assert not may(kube, kube.service_account_token("team-a", "medo1"), "create", "kubeflow.org", "pytorchjobs", "team-b")
+    for run in (o for o in manifest if o["kind"] == "Job" and o["metadata"]["name"].endswith("-run")):
+        (container,) = run["spec"]["template"]["spec"]["containers"]
+        assert container["args"][container["args"].index("--namespace") + 1] == "$(MEDO1_NAMESPACE)"
+        assert {"name": "MEDO1_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]

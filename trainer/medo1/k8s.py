@@ -159,7 +159,7 @@ def render_chart(
 def manifest_text(objects: list[dict[str, Any]], profile: str) -> str:
     header = (
         f"# Rendered from helm/medo1 with helm/profiles/{profile}.yaml by `make manifests`. Do not edit:\n"
-        "# change the chart or the profile and regenerate. Apply with `kubectl apply -n medo1 -f`.\n"
+        "# change the chart or the profile and regenerate. Apply with `kubectl apply -n NAMESPACE -f`.\n"
     )
     return header + "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in objects)
 

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from medo1 import k8s
-from medo1.launch.kubernetes import ClusterJobs, _api_status, _submit, _wait_and_follow, cancelled
+from medo1.launch.kubernetes import ClusterJobs, _api_message, _api_status, _submit, _wait_and_follow, cancelled
 from medo1.launch.logs import MasterLogFollower
 from medo1.launch.preflight import check_plan
 from medo1.launch.rendering import MAX_NAME, check_job_name, merge_values, stage_section, stage_values
@@ -161,6 +161,12 @@ class TrainJobs(ClusterJobs):
             if _api_status(exc) == 404:
                 raise LaunchError(f"no runtime {runtime_name!r} on the cluster: the platform team installs the "
                                   "ClusterTrainingRuntimes once (helm/profiles/trainer-v2-runtimes.yaml)") from None
+            if _api_status(exc) == 403:
+                # The SDK reads the namespaced TrainingRuntime, then on a 404 the ClusterTrainingRuntime.
+                raise LaunchError(f"may not read the runtime {runtime_name!r}: {_api_message(exc)}; the chart's "
+                                  "launcher Role grants get on trainingruntimes in the namespace, the platform install "
+                                  "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) get on its "
+                                  "ClusterTrainingRuntimes") from None
             raise
         trainer = spec["trainer"]
         container = CustomTrainerContainer(image=trainer["image"], num_nodes=trainer.get("numNodes"),
