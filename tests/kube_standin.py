@@ -118,6 +118,7 @@ BUILT_IN_RESOURCES = {
     "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
     "authorization.k8s.io/v1": [("selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
                                 ("subjectaccessreviews", "SubjectAccessReview", False)],
+    "authentication.k8s.io/v1": [("selfsubjectreviews", "SelfSubjectReview", False)],
 }
 PLURALS.update({kind: plural for resources in BUILT_IN_RESOURCES.values() for plural, kind, _ in resources})
 PLURALS.update({"ClusterQueue": "clusterqueues", "ResourceFlavor": "resourceflavors", "TrainJob": "trainjobs",
@@ -128,7 +129,8 @@ CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 ADMIN = "kubernetes-admin"
 # What every authenticated user may do (the system:basic-user ClusterRole): ask what it may do itself.
 BASIC_USER_RULES = [{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
-                     "verbs": ["create"]}]
+                     "verbs": ["create"]},
+                    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]
 APPLY_PATCH = "application/apply-patch+yaml"
 
 
@@ -505,6 +507,7 @@ class KubeStandIn:
 
     def _discovery(self, handler: Any, path: str) -> bool:
         served = self.served_resources()
+        path = path.rstrip("/") or path  # the python client asks /apis/ and /version/
         if path == "/version":
             handler._reply(200, {"major": "1", "minor": "36", "gitVersion": "v1.36.2", "platform": "linux/amd64"})
         elif path == "/api":
@@ -563,6 +566,10 @@ class KubeStandIn:
             user = getattr(handler, "caller", ADMIN)
             if user != ADMIN and not self.rbac_allows(user, info):
                 handler._status(403, "Forbidden", forbidden_message(user, info))
+                return True
+            if info.resource == "selfsubjectreviews":  # who am I
+                groups = service_account_groups(user) if user != ADMIN else ["system:masters", "system:authenticated"]
+                handler._reply(201, {**(handler.body or {}), "status": {"userInfo": {"username": user, "groups": groups}}})
                 return True
             if info.group == "authorization.k8s.io":
                 return user != ADMIN and self._answer_review(handler, user, info)
@@ -765,7 +772,7 @@ class KubeStandIn:
                 if standin.serve_api(self, "POST", path, query):
                     return
                 if path.startswith("/apis/authorization.k8s.io/v1/") and path.endswith("accessreviews"):
-                    return self._review(standin.requests[-1].body)
+                    return self._review(self.body)
                 match = JOBS.match(path)
                 if not match or match["name"]:
                     return self._not_found(path)
@@ -809,7 +816,8 @@ class KubeStandIn:
                 if match := POD_LOG.match(path):
                     return self._log(match["ns"], match["pod"], query)
                 if path in standin.forbidden:
-                    return self._status(403, "Forbidden", f"cannot get {path}")
+                    info = request_info("GET", path, query)
+                    return self._status(403, "Forbidden", forbidden_message(self.caller, info) if info else f"cannot get {path}")
                 if path in standin.recorded:
                     items = standin._selected(standin.recorded[path], query)
                     return self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})

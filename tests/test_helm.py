@@ -199,8 +199,9 @@ def test_a_refused_chart_value_is_one_line_from_the_launcher():
 # ---- planted mistakes: each check must catch one ----------------------------------------------------
 
 
-# The h100-2nodes profile with its jobs rendered in the release (no run Job creating them).
-TWO_NODES_JOBS = merge(k8s.load_profile("h100-2nodes"), {"chain": {"enabled": False}})
+# The h100-2nodes profile's shape with its jobs rendered in the release (no run Job creating them), as
+# PyTorchJobs (the profile itself runs TrainJobs, for Kueue: tests/test_trainer_v2.py).
+TWO_NODES_JOBS = merge(k8s.load_profile("h100-2nodes"), {"chain": {"enabled": False}, "backend": "pytorchjob"})
 
 
 @pytest.fixture

@@ -256,10 +256,10 @@ def trainer_client_as(kube, account: str):
     return TrainerClient(KubernetesBackendConfig(namespace=NS, client_configuration=configuration))
 
 
-def launch_trainjob_as(kube, account: str = "medo1"):
+def launch_trainjob_as(kube, account: str = "medo1", profile: str = "h100-2nodes"):
     from medo1.launch import launch_stage
 
-    return launch_stage("sft", backend="trainjob", profile="h100-1node", job_name="medo1-sft", namespace=NS,
+    return launch_stage("sft", backend="trainjob", profile=profile, job_name="medo1-sft", namespace=NS,
                         client=trainer_client_as(kube, account), timeout_s=30, poll_s=0.05)
 
 
@@ -282,8 +282,17 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
     runtime_reads = [r.path for r in kube.requests[first:] if "runtimes/" in r.path]
     assert runtime_reads == [f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes/medo1-sft",
                              "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/medo1-sft"]
-    assert [r.path for r in kube.requests[first:] if r.method == "POST"] == [
-        f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"]
+    (post,) = [r for r in kube.requests[first:] if r.method == "POST"]
+    assert post.path == f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
+    # Issue 26, item 8: the Kueue profile's TrainJob, with its node shape and placement, as the SDK sent it.
+    from medo1.launch.rendering import stage_values
+    from medo1.launch.trainjob import build_trainjob
+
+    expected = build_trainjob("sft", stage_values("sft", profile="h100-2nodes"), job_name="medo1-sft", timeout_s=30)
+    del expected["metadata"]["namespace"]
+    assert post.body == expected
+    assert post.body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
+    assert post.body["spec"]["trainer"]["resourcesPerNode"]["limits"]["rdma/ib"] == "1"
 
 
 @pytest.mark.slow

@@ -177,7 +177,7 @@ def test_launcher_trainjobs_validate_and_name_their_runtime():
 
 def test_launcher_trainjob_picks_the_recipe_and_the_shape():
     grpo = build_trainjob("rl", stage_values("rl", profile="h100-2nodes"), runtime="medo1-grpo")
-    assert grpo["spec"]["trainer"]["env"] == [{"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}]
+    assert grpo["spec"]["trainer"]["env"][0] == {"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}
     assert grpo["spec"]["trainer"]["numNodes"] == 2
     assert grpo["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
     mine = build_trainjob("sft", stage_values("sft", recipe="/data/my.yaml", overrides=["train.max_steps=5"]))
@@ -193,6 +193,30 @@ def test_launcher_trainjob_picks_the_recipe_and_the_shape():
         build_trainjob("upload", {})
     with pytest.raises(LaunchError, match="too long: JobSet would name its first pod's host"):
         build_trainjob("sft", {}, job_name="a" * 56)
+
+
+def test_the_two_node_profile_runs_trainjobs_with_its_node_shape():
+    """Issue 26, item 8: Kueue no longer manages PyTorchJobs by default, so the Kueue profile (h100-2nodes) runs
+    Trainer v2 TrainJobs. The platform's ClusterTrainingRuntime was installed with its own values (one node, no
+    RDMA, no GPU node selector), so the TrainJob carries the profile's shape: each node's GPUs and InfiniBand
+    device, NCCL with InfiniBand on, and the H100 node selector and GPU toleration as a runtime patch."""
+    values = stage_values("sft", profile="h100-2nodes")
+    assert values["backend"] == "trainjob"
+    job = build_trainjob("sft", values)
+    trainer = job["spec"]["trainer"]
+    node = {"cpu": "80", "memory": "1000Gi", "nvidia.com/gpu": "8", "rdma/ib": "1"}
+    assert trainer["resourcesPerNode"] == {"limits": node, "requests": node}
+    assert {"name": "NCCL_IB_DISABLE", "value": "0"} in trainer["env"]
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == "trainer.kubeflow.org/kubeflow-sdk"
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = replicated["template"]["spec"]["template"]["spec"]
+    assert replicated["name"] == "node"
+    assert pod == {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    assert k8s.schema_errors([job], CRDS) == [] and unknown_fields(job, crd_schema("TrainJob")) == []
+    # A one-node CPU profile sets no placement.
+    assert "runtimePatches" not in build_trainjob("sft", stage_values("sft", profile="cpu-smoke"))["spec"]
 
 
 # ---- the SDK path against the stand-in API server -----------------------------------------------
