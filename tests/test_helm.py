@@ -405,23 +405,46 @@ def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(object
     assert any("HF_TOKEN from Secret hf-token must say whether it is optional" in p for p in k8s.policy_violations(objects))
 
 
-def test_rdma_pods_get_ipc_lock_and_network_annotations():
-    """Finding 5: RDMA without IPC_LOCK, and no way to ask for a Multus / SR-IOV network."""
+def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capability():
+    """Finding 5: RDMA pods need the device and a way to ask for a Multus / SR-IOV network. Issue 26, item 16:
+    they got IPC_LOCK, which does nothing for uid 1000 and which Pod Security's baseline level forbids; RDMA's
+    pinned memory needs the node's memlock limit instead (values.yaml cluster.rdma)."""
     network = {"k8s.v1.cni.cncf.io/networks": "ib-sriov-1"}
     values = merge(TWO_NODES_JOBS, {"podAnnotations": network})
     objects = k8s.render_chart(values)
     assert k8s.policy_violations(objects) == []
     for where, template, container in pod_specs(objects):
         assert container["resources"]["limits"]["rdma/ib"] == 1, where
-        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}, where
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}, where
         assert template["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "ib-sriov-1", where
-    for where, _, container in pod_specs(k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))):
-        assert "add" not in container["securityContext"]["capabilities"], where  # no RDMA, nothing added
 
 
-def test_policy_catches_rdma_without_ipc_lock(objects):
-    main_container(master(objects))["securityContext"]["capabilities"].pop("add")
-    assert any("RDMA requested without the IPC_LOCK capability" in p for p in k8s.policy_violations(objects))
+def test_policy_catches_a_capability_pod_security_baseline_forbids(objects):
+    main_container(master(objects))["securityContext"]["capabilities"]["add"] = ["IPC_LOCK"]
+    assert any("Pod Security baseline forbids adding the IPC_LOCK capability" in p for p in k8s.policy_violations(objects))
+
+
+def test_rdma_with_nccl_infiniband_off_is_refused_and_no_runtime_turns_it_off():
+    """Issue 26, item 16: the cluster runtimes set NCCL_IB_DISABLE=1 (the chart's default) while the README runs
+    them on 2 nodes over InfiniBand. No default turns InfiniBand off now, and RDMA with it off is refused."""
+    with pytest.raises(ConfigError, match=r'cluster.rdma asks for an InfiniBand / RoCE device but nccl.NCCL_IB_DISABLE is "1"'):
+        k8s.render_chart(merge(TWO_NODES_JOBS, {"nccl": {"NCCL_IB_DISABLE": "1"}}))
+    for profile in PROFILES:
+        for where, _, container in pod_specs(k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))):
+            assert {"name": "NCCL_IB_DISABLE", "value": "1"} not in container["env"], where
+    objects = k8s.render_chart(merge(TWO_NODES_JOBS, {"chain": {"enabled": False}}))
+    main_container(master(objects))["env"].append({"name": "NCCL_IB_DISABLE", "value": "1"})
+    assert any("RDMA requested with NCCL_IB_DISABLE=1" in p for p in k8s.policy_violations(objects))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_volumes_are_not_chowned_at_every_pod_start(profile):
+    """Issue 26, item 16: fsGroup made the kubelet change the group of every file of the 2 TiB checkpoint volume
+    at each pod start; OnRootMismatch does it only when the volume's root does not have the group yet."""
+    pods = list(pod_specs(k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))))
+    assert pods or profile == "infrastructure"
+    for where, template, _ in pods:
+        assert template["spec"]["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch", where
 
 
 @pytest.mark.parametrize("profile", PROFILES)

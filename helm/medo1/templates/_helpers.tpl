@@ -140,15 +140,12 @@ a re-attach. A node drain is held back by the PodDisruptionBudget (templates/run
 {{ toYaml $metadata }}
 {{- end -}}
 
-{{/* The container securityContext; RDMA adds IPC_LOCK (memory registration pins pages beyond memlock). */}}
+{{/* The container securityContext. RDMA adds no capability (values.yaml cluster.rdma: the node's memlock limit). */}}
 {{- define "medo1.containerSecurityContext" -}}
-{{- $security := deepCopy .Values.securityContext -}}
-{{- if .Values.cluster.rdma.enabled -}}
-{{- $capabilities := $security.capabilities | default dict -}}
-{{- $_ := set $capabilities "add" (append ($capabilities.add | default list) "IPC_LOCK" | uniq) -}}
-{{- $_ := set $security "capabilities" $capabilities -}}
+{{- if and .Values.cluster.rdma.enabled (eq (toString (index (.Values.nccl | default dict) "NCCL_IB_DISABLE")) "1") -}}
+{{- fail "cluster.rdma asks for an InfiniBand / RoCE device but nccl.NCCL_IB_DISABLE is \"1\": NCCL would not use it; remove it" -}}
 {{- end -}}
-{{ toYaml $security }}
+{{ toYaml .Values.securityContext }}
 {{- end -}}
 
 {{- define "medo1.resources" -}}
