@@ -524,10 +524,13 @@ def test_one_pod_loss_on_two_nodes_restarts_the_whole_job():
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_pod_has_the_checkpoint_grace_period(profile):
-    """600 s covers writing a 7B ZeRO-3 checkpoint after SIGTERM (the arithmetic is in values.yaml)."""
+    """600 s covers writing a 7B ZeRO-3 SFT checkpoint after SIGTERM, 1200 s the PPO one (the arithmetic is in
+    values.yaml; the launcher sizes its own jobs: tests/test_grace_period.py)."""
     values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}})
-    specs = [template["spec"] for obj in k8s.render_chart(values) for _, template in k8s.pod_templates(obj)]
-    assert all(spec["terminationGracePeriodSeconds"] == 600 for spec in specs)  # none: infrastructure only
+    specs = {f"{obj['metadata']['name']} {where}": template["spec"]["terminationGracePeriodSeconds"]
+             for obj in k8s.render_chart(values) for where, template in k8s.pod_templates(obj)}
+    rl = [where for where in specs if any(name in where for name in ("-rl", "medo1-ppo", "medo1-grpo"))]
+    assert all(seconds == (1200 if where in rl else 600) for where, seconds in specs.items()), specs
     assert k8s.chart_defaults()["terminationGracePeriodSeconds"] == 600
 
 
@@ -535,7 +538,8 @@ def test_every_pod_has_the_checkpoint_grace_period(profile):
 def test_torchrun_gives_its_workers_the_grace_period_to_save(profile):
     """torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
     otherwise: a 7B preemption save needs most of the pod's grace period, and torchrun must exit inside it."""
-    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}, "terminationGracePeriodSeconds": 900})
+    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}, "terminationGracePeriodSeconds": 900,
+                                               "stages": {"rl": {"terminationGracePeriodSeconds": 900}}})
     pods = list(pod_specs(k8s.render_chart(values)))
     assert pods or profile == "infrastructure"
     for where, template, container in pods:

@@ -213,10 +213,13 @@ def test_the_two_node_profile_runs_trainjobs_with_its_node_shape():
     pod = replicated["template"]["spec"]["template"]["spec"]
     assert replicated["name"] == "node"
     assert pod == {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                   "terminationGracePeriodSeconds": 610}  # tests/test_grace_period.py
     assert k8s.schema_errors([job], CRDS) == [] and unknown_fields(job, crd_schema("TrainJob")) == []
-    # A one-node CPU profile sets no placement.
-    assert "runtimePatches" not in build_trainjob("sft", stage_values("sft", profile="cpu-smoke"))["spec"]
+    # A one-node CPU profile sets no placement, only the grace period.
+    (cpu,) = build_trainjob("sft", stage_values("sft", profile="cpu-smoke"))["spec"]["runtimePatches"]
+    assert cpu["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"] == {
+        "terminationGracePeriodSeconds": 600}
 
 
 # ---- the SDK path against the stand-in API server -----------------------------------------------

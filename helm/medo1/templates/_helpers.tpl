@@ -92,7 +92,7 @@ reads (stageSecrets), each optional as `secrets` says. Call with (list $ "sft").
 seconds (default 30, torch/distributed/run.py --shutdown-timeout): the preemption save (medo1.preemption)
 gets the pod's grace period, less 30 s for torchrun itself to exit. */}}
 - name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-  value: {{ max 30 (sub (int .Values.terminationGracePeriodSeconds) 30) | quote }}
+  value: {{ max 30 (sub (int (include "medo1.gracePeriod" (list $root $stage))) 30) | quote }}
 {{- range $name, $value := .Values.nccl }}
 - name: {{ $name }}
   value: {{ $value | quote }}
@@ -183,10 +183,22 @@ requests:
     sizeLimit: {{ .Values.cluster.shmSize }}
 {{- end -}}
 
-{{/* Pod-level settings shared by every training pod. */}}
+{{/* A stage's SIGTERM-to-SIGKILL time: its own terminationGracePeriodSeconds (stages.* / jobs.*), else the
+chart's. The launcher sizes it from the stage's checkpoint instead (medo1.launch.grace), with this as the floor.
+Call with (list $ "sft"). */}}
+{{- define "medo1.gracePeriod" -}}
+{{- $root := index . 0 -}}
+{{- $stage := index . 1 -}}
+{{- $config := or (index $root.Values.stages $stage) (index $root.Values.jobs $stage) | default dict -}}
+{{- $config.terminationGracePeriodSeconds | default $root.Values.terminationGracePeriodSeconds -}}
+{{- end -}}
+
+{{/* Pod-level settings shared by every stage pod. Call with (list $ "sft"). */}}
 {{- define "medo1.podSpecCommon" -}}
+{{- $stage := index . 1 -}}
+{{- with index . 0 -}}
 serviceAccountName: {{ include "medo1.serviceAccountName" . }}
-terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+terminationGracePeriodSeconds: {{ include "medo1.gracePeriod" (list . $stage) }}
 {{- with .Values.scheduling.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
@@ -211,6 +223,7 @@ affinity:
 automountServiceAccountToken: false
 volumes:
 {{ include "medo1.volumes" . | trim | indent 2 }}
+{{- end -}}
 {{- end -}}
 
 {{/* The training container. Call with (list $ "sft" "pytorch"); the last item is the container name. */}}

@@ -21,12 +21,14 @@ is created: a warning when it does not fit its GPUs, a refusal when strict).
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medo1 import k8s
 from medo1.launch.chain import chain_stages
+from medo1.launch.grace import apply_grace_period, grace_period_s
 from medo1.launch.chain import launch_chain as _launch_chain
 from medo1.launch.localprocess import local_command, run_local
 from medo1.launch.pods import DEFAULT_STUCK_AFTER_S, JobStuck
@@ -56,6 +58,8 @@ from medo1.launch.waiting import (
     job_state,
     wait_for_job,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from kubeflow.trainer import TrainerClient
@@ -136,6 +140,9 @@ def launch_stage(
         check_plan(stage, values, strict=strict)
     if backend == "local":
         return run_local(stage, job, timeout_s)
+    seconds, how = grace_period_s(stage, values)
+    log.info("grace period (SIGTERM to SIGKILL): %s", how)
+    apply_grace_period(job, seconds)
     restarts = job_restarts(values) if stage_section(stage) == "stages" else 0
     return kubernetes.run_on_cluster(stage, bound_lifetime(job, timeout_s), client or kubernetes.training_client(),
                                      timeout_s, poll_s, keep_on_timeout, restarts, stuck_after_s)

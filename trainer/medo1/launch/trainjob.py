@@ -13,12 +13,14 @@ again here: the runtime's JobSet restarts it whole (failurePolicy.maxRestarts = 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
 
 from medo1 import k8s
 from medo1.launch.kubernetes import ClusterJobs, _api_message, _api_status, _submit, _wait_and_follow, cancelled
+from medo1.launch.grace import SHUTDOWN_ENV, grace_period_s
 from medo1.launch.logs import MasterLogFollower
 from medo1.launch.preflight import check_plan
 from medo1.launch.rendering import MAX_NAME, check_job_name, merge_values, stage_section, stage_values
@@ -26,6 +28,8 @@ from medo1.launch.waiting import LaunchCancelled, LaunchError, LaunchResult, can
 
 if TYPE_CHECKING:
     from kubeflow.trainer import TrainerClient
+
+log = logging.getLogger(__name__)
 
 
 # kubeflow/sdk kubeflow/trainer/constants/constants.py (GROUP, VERSION, TRAINJOB_PLURAL).
@@ -127,8 +131,12 @@ def build_trainjob(
     placement = {key: merged["cluster"][field] for key, field in
                  (("nodeSelector", "nodeSelector"), ("tolerations", "tolerations"), ("affinity", "affinity"))
                  if merged["cluster"].get(field)}
-    if placement:
-        job["spec"]["runtimePatches"] = [runtime_patch(placement)]
+    # The grace period for the stage's own checkpoint (medo1.launch.grace), and torchrun's shutdown timeout with it.
+    seconds, how = grace_period_s(stage, values, recipe=str(recipe))
+    log.info("grace period (SIGTERM to SIGKILL): %s", how)
+    placement["terminationGracePeriodSeconds"] = seconds
+    trainer["env"].append({"name": SHUTDOWN_ENV, "value": str(max(30, seconds - 30))})
+    job["spec"]["runtimePatches"] = [runtime_patch(placement)]
     deadlines = [d for d in (merged["runPolicy"].get("activeDeadlineSeconds"),
                              timeout_s and max(1, math.ceil(timeout_s))) if d]
     if deadlines:
