@@ -164,16 +164,24 @@ def test_a_new_run_takes_the_upgraded_values_once_the_old_run_job_is_deleted(kub
 
 
 @pytest.mark.slow
-def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm):
-    """What the README says `helm uninstall` does: the run Job, its snapshot, RBAC and budget go; the PVCs stay
-    (helm.sh/resource-policy: keep) with the checkpoints."""
-    helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("h100-2nodes"), namespace=NS, timeout=60)
-    assert jobs(kube) and objects(kube, CONFIGMAPS)
+@pytest.mark.parametrize("profile", k8s.profiles())
+def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm, profile):
+    """What the README says `helm uninstall` does, for every profile: the jobs (a TrainJob too), the snapshot,
+    RBAC, budget and runtimes go; the PVCs the chart created stay (helm.sh/resource-policy: keep) with the
+    checkpoints; the TrainingRuntime of the chart's own TrainJob, a pre-install hook, stays (no pods)."""
+    values = k8s.load_profile(profile)
+    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    claims = {o["metadata"]["name"] for o in k8s.render_chart(values) if o["kind"] == "PersistentVolumeClaim"}
     helm.uninstall(RELEASE, timeout=60)
     assert jobs(kube) == {} and objects(kube, CONFIGMAPS) == {}
     assert objects(kube, f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets") == {}
-    assert set(objects(kube, f"/api/v1/namespaces/{NS}/persistentvolumeclaims")) == {
-        "medo1-data", "medo1-checkpoints", "medo1-hf-cache"}
+    rbac = "/apis/rbac.authorization.k8s.io/v1"
+    for collection in (f"{rbac}/namespaces/{NS}/roles", f"{rbac}/namespaces/{NS}/rolebindings", f"{rbac}/clusterroles",
+                       f"{rbac}/clusterrolebindings", "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes"):
+        assert objects(kube, collection) == {}, collection
+    assert set(objects(kube, f"/api/v1/namespaces/{NS}/persistentvolumeclaims")) == claims
+    hooks = set(objects(kube, f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes"))
+    assert hooks == ({"medo1-sft"} if profile == "h100-1node-trainjob" else set())
 
 
 # ---- issue 26 item 12 (the chart's side): a drain of the run pod ---------------------------------------
