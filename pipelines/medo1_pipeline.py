@@ -65,26 +65,30 @@ def run_directory(workspace: str, run_name: str, run_id: str) -> NamedTuple("Run
 
 @component
 def doctor(backend: str, profile: str, nodes: int, gpus_per_node: int, data_pvc: str, checkpoints_pvc: str,
-           hf_cache_pvc: str) -> str:
+           hf_cache_pvc: str, allow_unchecked: bool) -> str:
     """`medo1 doctor` on the namespace the training steps launch into, with their chart values: the run
     fails here, before any GPU is asked for, when a CRD, Secret key, PVC, permission, GPU node or Kueue
-    queue is missing (the table, with the fix for each failure, is in this step's log). A local run has
-    no cluster to check."""
-    if backend != "pytorchjob":
+    queue is missing, or Kueue does not manage the backend's jobs (the table, with the fix for each
+    failure, is in this step's log), and when a check could not be made with the step's account unless
+    `allow_unchecked`. A local run has no cluster to check."""
+    if backend == "local":
         return f"skipped: backend {backend}"
     import argparse
 
     from medo1.doctor import run
 
     chart_values = [
+        f"backend={backend}",
         f"storage.data.existingClaim={data_pvc}",
         f"storage.checkpoints.existingClaim={checkpoints_pvc}",
         f"storage.hfCache.existingClaim={hf_cache_pvc}",
         f"cluster.nodes={nodes}",
         f"cluster.gpusPerNode={gpus_per_node}",
     ]
-    if run(argparse.Namespace(profile=profile, values=[], value=chart_values, namespace=None, json=False)):
-        raise RuntimeError("medo1 doctor: the namespace is not ready for this run (failures above, each with its fix)")
+    if run(argparse.Namespace(profile=profile, values=[], value=chart_values, namespace=None, json=False,
+                              allow_unchecked=allow_unchecked)):
+        raise RuntimeError("medo1 doctor: the namespace is not ready for this run, or could not be checked (above, each "
+                           "with its fix; doctor_allow_unchecked accepts what the step's account may not read)")
     return "passed"
 
 
@@ -269,10 +273,11 @@ def medo1_pipeline(
     upload_dry_run: bool = False,
     min_eval_accuracy: float = 0.0,
     eval_compare: bool = False,
+    doctor_allow_unchecked: bool = False,
 ) -> float:
     volumes = dict(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc)
-    preflight = _on_volumes(doctor(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, **volumes),
-                            **volumes)
+    preflight = _on_volumes(doctor(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node,
+                                   allow_unchecked=doctor_allow_unchecked, **volumes), **volumes)
     preflight.set_display_name("doctor").set_caching_options(False)
     run = _on_volumes(run_directory(workspace=workspace, run_name=run_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), **volumes)
     run.after(preflight)

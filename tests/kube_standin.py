@@ -19,10 +19,19 @@ controller creates no pod and records what Training Operator v1 and the Job cont
 `FailedCreatePod` (PyTorchJob) or `FailedCreate` (a batch Job, and a TrainJob's child Jobs) with the message
 `Error creating: <the error>` (kubeflow/training-operator pkg/controller.v1/control/pod_control.go; kubernetes
 pkg/controller/controller_utils.go).
+
+It also serves what real Helm and a service account's client meet on a real API server (see `serve_api`):
+discovery (built-in groups and those of the CustomResourceDefinitions recorded), the OpenAPI v3 index that
+tells kubectl / Helm the server validates fields itself, create / apply / patch / replace / delete of any
+object, and the refusals a real server makes: a batch Job's pod template or an immutable ConfigMap's data
+changed (`field is immutable`), and RBAC for service-account tokens (`service_account_token`): a request the
+Roles and ClusterRoles bound to the account do not grant is 403 with the API server's message, a
+SubjectAccessReview needs `create subjectaccessreviews`, a SelfSubjectAccessReview is always answered.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -36,6 +45,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
@@ -53,6 +63,16 @@ PLURALS = {"Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "Per
            "TrainingRuntime": "trainingruntimes"}
 PLURALS_OF_JOBS = {"PyTorchJob": "/pytorchjobs", "Job": "/jobs", "TrainJob": "/trainjobs"}
 SET_TERM = re.compile(r"^\s*(?P<key>[^\s=!]+)\s+in\s+\((?P<values>[^)]*)\)\s*$")
+
+
+def request_body(raw: bytes) -> dict | None:
+    """JSON, or the YAML of a server-side apply (application/apply-patch+yaml)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return yaml.safe_load(raw)
 
 
 def selector_terms(selector: str) -> list[tuple[str, set[str]]]:
@@ -88,6 +108,165 @@ def rfc3339nano(moment: datetime, nanoseconds: int) -> str:
     """As kubelet stamps log lines: nanoseconds with trailing zeros (and a bare dot) trimmed."""
     fraction = f"{nanoseconds:09d}".rstrip("0")
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{fraction}" if fraction else "") + "Z"
+
+
+# ---- the API a real server serves: discovery, OpenAPI, any object, its refusals, RBAC -------------------
+
+# Built-in resource types (group/version -> (plural, kind, namespaced)); CustomResourceDefinitions recorded
+# (or created) add theirs, at every version they serve.
+BUILT_IN_RESOURCES = {
+    "v1": [("namespaces", "Namespace", False), ("nodes", "Node", False), ("pods", "Pod", True),
+           ("secrets", "Secret", True), ("configmaps", "ConfigMap", True), ("serviceaccounts", "ServiceAccount", True),
+           ("persistentvolumeclaims", "PersistentVolumeClaim", True), ("events", "Event", True),
+           ("services", "Service", True)],
+    "batch/v1": [("jobs", "Job", True)],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
+    "rbac.authorization.k8s.io/v1": [("roles", "Role", True), ("rolebindings", "RoleBinding", True),
+                                     ("clusterroles", "ClusterRole", False),
+                                     ("clusterrolebindings", "ClusterRoleBinding", False)],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)],
+    "storage.k8s.io/v1": [("storageclasses", "StorageClass", False)],
+    "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
+    "authorization.k8s.io/v1": [("selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
+                                ("subjectaccessreviews", "SubjectAccessReview", False)],
+    "authentication.k8s.io/v1": [("selfsubjectreviews", "SelfSubjectReview", False)],
+}
+PLURALS.update({kind: plural for resources in BUILT_IN_RESOURCES.values() for plural, kind, _ in resources})
+PLURALS.update({"ClusterQueue": "clusterqueues", "ResourceFlavor": "resourceflavors", "TrainJob": "trainjobs",
+                "PyTorchJob": "pytorchjobs"})
+RESOURCE_PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+                           r"(?:/namespaces/(?P<ns>[^/]+))?(?:/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?)?$")
+CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+ADMIN = "kubernetes-admin"
+# What every authenticated user may do (the system:basic-user ClusterRole): ask what it may do itself.
+BASIC_USER_RULES = [{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+                     "verbs": ["create"]},
+                    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """A resource request's authorization attributes, as the API server's RequestInfo resolver reads a path."""
+
+    verb: str
+    group: str
+    version: str
+    resource: str
+    subresource: str
+    namespace: str
+    name: str
+
+    @property
+    def prefix(self) -> str:
+        return "/api/v1" if not self.group else f"/apis/{self.group}/{self.version}"
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.resource}.{self.group}" if self.group else self.resource
+
+
+def request_info(method: str, path: str, query: dict[str, list[str]]) -> RequestInfo | None:
+    match = RESOURCE_PATH.match(path)
+    if not match:
+        return None
+    group = match["group"] or ""
+    version = match["version"] or "v1"
+    namespace, resource, name = match["ns"] or "", match["resource"] or "", match["name"] or ""
+    if namespace and not resource:  # /api/v1/namespaces/NAME: the namespace itself
+        resource, name = "namespaces", namespace
+    if not resource:
+        return None
+    verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method)
+    if method == "GET":
+        verb = "watch" if flag(query, "watch") else ("get" if name else "list")
+    return RequestInfo(verb or method.lower(), group, version, resource, match["sub"] or "", namespace, name)
+
+
+def forbidden_message(user: str, info: RequestInfo) -> str:
+    """The API server's 403 message (k8s.io/apiserver pkg/endpoints/handlers/responsewriters/errors.go
+    forbiddenMessage, wrapped by apierrors.NewForbidden)."""
+    resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
+    scope = f'in the namespace "{info.namespace}"' if info.namespace else "at the cluster scope"
+    reason = f'User "{user}" cannot {info.verb} resource "{resource}" in API group "{info.group}" {scope}'
+    return f'{info.qualified} "{info.name}" is forbidden: {reason}' if info.name else f"{info.qualified} is forbidden: {reason}"
+
+
+def rule_allows(rule: dict, info: RequestInfo) -> bool:
+    """One PolicyRule against a request (k8s.io/kubernetes plugin/pkg/auth/authorizer/rbac RuleAllows)."""
+    resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
+    return (any(v in ("*", info.verb) for v in rule.get("verbs", []))
+            and any(g in ("*", info.group) for g in rule.get("apiGroups", []))
+            and any(r in ("*", resource) for r in rule.get("resources", []))
+            and (not rule.get("resourceNames") or info.name in rule["resourceNames"]))
+
+
+def subject_matches(subject: dict, user: str, groups: list[str], binding_namespace: str) -> bool:
+    """A binding's subject against the user; a ServiceAccount subject without a namespace is in the binding's
+    own (plugin/pkg/auth/authorizer/rbac/rbac.go appliesToUser)."""
+    kind = subject.get("kind")
+    if kind == "User":
+        return subject.get("name") == user
+    if kind == "Group":
+        return subject.get("name") in groups
+    if kind == "ServiceAccount":
+        namespace = subject.get("namespace") or binding_namespace
+        return user == f"system:serviceaccount:{namespace}:{subject.get('name')}"
+    return False
+
+
+def service_account_groups(user: str) -> list[str]:
+    namespace = user.split(":")[2]
+    return ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch (what `kubectl patch --type merge` and Helm's three-way patch send)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def apply_config(live, previous, applied):
+    """Server-side apply by one manager: what it applies is merged into the live object, and fields it applied
+    before but no longer does are removed; fields only the server or others set stay (lists are atomic)."""
+    if not isinstance(applied, dict) or not isinstance(live, dict):
+        return copy.deepcopy(applied)
+    result = dict(live)
+    for key in (previous or {}) if isinstance(previous, dict) else ():
+        if key not in applied:
+            result.pop(key, None)
+    for key, value in applied.items():
+        result[key] = apply_config(result.get(key), (previous or {}).get(key) if isinstance(previous, dict) else None, value)
+    return result
+
+
+def immutable_change(old: dict, new: dict) -> str | None:
+    """The message a real server refuses an update with, for the immutable fields modelled here: a batch Job's
+    pod template and selector (k8s.io/kubernetes pkg/apis/batch/validation ValidateJobSpecUpdate), a TrainJob's
+    trainer, runtimeRef, initializer and managedBy (tests/fixtures/crds), and the data of an immutable
+    ConfigMap or Secret (pkg/apis/core/validation ValidateConfigMapUpdate)."""
+    kind, name = old.get("kind"), old["metadata"]["name"]
+    if kind == "Job":
+        for key in ("template", "selector"):
+            if old.get("spec", {}).get(key) != new.get("spec", {}).get(key):
+                value = json.dumps(new.get("spec", {}).get(key), sort_keys=True, separators=(",", ":"))
+                return f'Job.batch "{name}" is invalid: spec.{key}: Invalid value: {value}: field is immutable'
+    if kind == "TrainJob":  # the Trainer CRD's CEL rules (x-kubernetes-validations: self == oldSelf)
+        for key in ("runtimeRef", "trainer", "initializer", "managedBy"):
+            if key in old.get("spec", {}) and old["spec"][key] != new.get("spec", {}).get(key):
+                return f'TrainJob.trainer.kubeflow.org "{name}" is invalid: spec.{key}: Invalid value: "object": field is immutable'
+    if kind in ("ConfigMap", "Secret") and old.get("immutable"):
+        for key in ("data", "binaryData", "immutable"):
+            if old.get(key) != new.get(key):
+                return f'{kind} "{name}" is invalid: {key}: Forbidden: field is immutable when `immutable` is set'
+    return None
 
 
 @dataclass
@@ -187,6 +366,12 @@ class KubeStandIn:
     foreground_reads: int | None = 1
     """GETs that still see a job deleted in the foreground (its pods then carry a deletionTimestamp); None: it is
     never gone."""
+    tokens: dict[str, str] = field(default_factory=dict)
+    """Bearer token -> service-account user (`service_account_token`), whose requests the RBAC objects kept here
+    limit; any other token is a cluster admin's."""
+    applied: dict[str, dict] = field(default_factory=dict)
+    """Object path -> the configuration last applied to it (server-side apply)."""
+    _api_lock: Any = field(default_factory=threading.RLock)
 
     def script(self, name: str, steps: list[Step]) -> None:
         self.scripts.setdefault(name, []).append(steps)
@@ -222,11 +407,12 @@ class KubeStandIn:
         return [o for o in items if selected_by(o["metadata"].get("labels"), selector)
                 and all(str(value(o, k)) == v for k, v in fields)]
 
-    def write_kubeconfig(self, path: Path, namespace: str) -> Path:
+    def write_kubeconfig(self, path: Path, namespace: str, token: str = "standin-token") -> Path:
+        """A kubeconfig for the stand-in: a cluster admin's, or a service account's with its `token`."""
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "standin",
             "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
-            "users": [{"name": "launcher", "user": {"token": "standin-token"}}],
+            "users": [{"name": "launcher", "user": {"token": token}}],
             "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "launcher", "namespace": namespace}}],
         }
         path.write_text(yaml.safe_dump(config))
@@ -328,6 +514,275 @@ class KubeStandIn:
             },
         }
 
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A bearer token for `system:serviceaccount:NAMESPACE:NAME`, whose requests RBAC limits."""
+        token = f"standin-sa-{namespace}-{name}"
+        self.tokens[token] = f"system:serviceaccount:{namespace}:{name}"
+        return token
+
+    def user_of(self, authorization: str) -> str:
+        return self.tokens.get(authorization.removeprefix("Bearer ").strip(), ADMIN)
+
+    def served_resources(self) -> dict[str, list[tuple[str, str, bool]]]:
+        """Group/version -> (plural, kind, namespaced): the built-in types and each recorded CRD's served versions."""
+        served = {gv: list(resources) for gv, resources in BUILT_IN_RESOURCES.items()}
+        for crd in self.recorded.get(CRDS_PATH, []):
+            spec = crd["spec"]
+            if "group" not in spec or "names" not in spec:  # recorded trimmed to its versions
+                continue
+            for version in spec.get("versions", []):
+                if version.get("served", True):
+                    served.setdefault(f"{spec['group']}/{version['name']}", []).append(
+                        (spec["names"]["plural"], spec["names"]["kind"], spec.get("scope", "Namespaced") == "Namespaced"))
+        return served
+
+    def rbac_allows(self, user: str, info: RequestInfo) -> bool:
+        """Whether the Roles and ClusterRoles bound to `user` (a service account) grant the request."""
+        groups = service_account_groups(user) if user.startswith("system:serviceaccount:") else ["system:authenticated"]
+        rbac = "/apis/rbac.authorization.k8s.io/v1"
+        if any(rule_allows(rule, info) for rule in BASIC_USER_RULES):
+            return True
+        bindings = [(b, "") for b in self.recorded.get(f"{rbac}/clusterrolebindings", [])]
+        if info.namespace:
+            bindings += [(b, info.namespace) for b in self.recorded.get(f"{rbac}/namespaces/{info.namespace}/rolebindings", [])]
+        for binding, namespace in bindings:
+            if not any(subject_matches(s, user, groups, namespace) for s in binding.get("subjects") or []):
+                continue
+            ref = binding["roleRef"]
+            roles = (self.recorded.get(f"{rbac}/namespaces/{namespace}/roles", []) if ref["kind"] == "Role"
+                     else self.recorded.get(f"{rbac}/clusterroles", []))
+            for role in roles:
+                if role["metadata"]["name"] == ref["name"] and any(rule_allows(r, info) for r in role.get("rules") or []):
+                    return True
+        return False
+
+    def _discovery(self, handler: Any, path: str) -> bool:
+        served = self.served_resources()
+        path = path.rstrip("/") or path  # the python client asks /apis/ and /version/
+        if path == "/version":
+            handler._reply(200, {"major": "1", "minor": "36", "gitVersion": "v1.36.2", "platform": "linux/amd64"})
+        elif path == "/api":
+            handler._reply(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        elif path == "/apis":
+            groups: dict[str, list[str]] = {}
+            for gv in served:
+                if "/" in gv:
+                    group, version = gv.split("/")
+                    groups.setdefault(group, []).append(version)
+            handler._reply(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+                {"name": group, "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in versions],
+                 "preferredVersion": {"groupVersion": f"{group}/{versions[0]}", "version": versions[0]}}
+                for group, versions in groups.items()]})
+        elif path == "/openapi/v3":
+            # Every group/version's document says the server validates fields itself (fieldValidation), so
+            # kubectl and Helm send fieldValidation=Strict instead of validating against OpenAPI v2 here.
+            handler._reply(200, {"paths": {("api/v1" if gv == "v1" else f"apis/{gv}"): {
+                "serverRelativeURL": f"/openapi/v3/{'api/v1' if gv == 'v1' else 'apis/' + gv}?hash={len(resources)}"}
+                for gv, resources in served.items()}})
+        elif path.startswith("/openapi/v3/"):
+            gv = path.removeprefix("/openapi/v3/").removeprefix("apis/").removeprefix("api/")
+            if gv not in served:
+                return False
+            group, _, version = gv.rpartition("/")
+            prefix = "/api/v1" if gv == "v1" else f"/apis/{gv}"
+            paths = {}
+            for plural, kind, namespaced in served[gv]:
+                where = f"{prefix}/namespaces/{{namespace}}/{plural}/{{name}}" if namespaced else f"{prefix}/{plural}/{{name}}"
+                paths[where] = {"patch": {
+                    "x-kubernetes-group-version-kind": {"group": group, "version": version or gv, "kind": kind},
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK"}}}}
+            handler._reply(200, {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.2"},
+                                 "paths": paths, "components": {"schemas": {}}})
+        else:
+            match = re.match(r"^/(?:api/(v1)|apis/([^/]+/[^/]+))$", path)
+            gv = match and (match[1] or match[2])
+            if not gv or gv not in served:
+                return False
+            handler._reply(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
+                {"name": plural, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind,
+                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]}
+                for plural, kind, namespaced in served[gv]]})
+        return True
+
+    def serve_api(self, handler: Any, method: str, path: str, query: dict[str, list[str]]) -> bool:
+        """Answer a request the scripted jobs, pods and logs do not (False: the caller answers it): discovery,
+        RBAC for service-account callers, access reviews they make, and any other object kept here."""
+        with self._api_lock:
+            if method == "GET" and self._discovery(handler, path):
+                return True
+            info = request_info(method, path, query)
+            if info is None:
+                return False
+            user = getattr(handler, "caller", ADMIN)
+            if user != ADMIN and not self.rbac_allows(user, info):
+                handler._status(403, "Forbidden", forbidden_message(user, info))
+                return True
+            if info.resource == "selfsubjectreviews":  # who am I
+                groups = service_account_groups(user) if user != ADMIN else ["system:masters", "system:authenticated"]
+                handler._reply(201, {**(handler.body or {}), "status": {"userInfo": {"username": user, "groups": groups}}})
+                return True
+            if info.group == "authorization.k8s.io":
+                return user != ADMIN and self._answer_review(handler, user, info)
+            if path in self.forbidden or POD_LOG.match(path) or PODS.match(path):
+                return False
+            jobs = JOBS.match(path)
+            stored = self.jobs.get((info.namespace, info.name)) if jobs else None
+            if stored is not None and PLURALS[stored.body["kind"]] != info.resource:  # jobs are kept by name alone
+                handler._status(404, "NotFound", f'{info.qualified} "{info.name}" not found')
+                return True
+            if jobs and (method in ("GET", "DELETE") and info.name or method == "POST" and self._scripted(handler)
+                         or method == "PATCH" and stored is not None):
+                return False
+            return self._serve_object(handler, method, info, query, jobs is not None)
+
+    def _scripted(self, handler: Any) -> bool:
+        body = handler.body or {}
+        return bool(self.scripts.get(body.get("metadata", {}).get("name")) or self.scripts.get("*"))
+
+    def _answer_review(self, handler: Any, user: str, info: RequestInfo) -> bool:
+        """A service account's access reviews: its own (always allowed to ask) or, with `create subjectaccessreviews`
+        (checked above), another user's; answered from the RBAC objects kept here."""
+        review = handler.body or {}
+        spec = review.get("spec") or {}
+        attributes = spec.get("resourceAttributes") or {}
+        subject = user if info.resource == "selfsubjectaccessreviews" else spec.get("user", "")
+        asked = RequestInfo(attributes.get("verb", ""), attributes.get("group", ""), attributes.get("version", ""),
+                            attributes.get("resource", ""), attributes.get("subresource", ""),
+                            attributes.get("namespace", ""), attributes.get("name", ""))
+        handler._reply(201, {**review, "status": {"allowed": self.rbac_allows(subject, asked)}})
+        return True
+
+    def _collection(self, info: RequestInfo) -> str:
+        scope = f"/namespaces/{info.namespace}" if info.namespace and info.resource != "namespaces" else ""
+        return f"{info.prefix}{scope}/{info.resource}"
+
+    def _kind(self, info: RequestInfo) -> tuple[str, bool] | None:
+        gv = f"{info.group}/{info.version}" if info.group else "v1"
+        served = next(((kind, namespaced) for plural, kind, namespaced in self.served_resources().get(gv, [])
+                       if plural == info.resource), None)
+        recorded = self.recorded.get(self._collection(info))  # objects recorded without their CRD
+        return served or (recorded and (recorded[0]["kind"], bool(info.namespace))) or None
+
+    def _evict(self, handler: Any, info: RequestInfo) -> bool:
+        """The Eviction API (what `kubectl drain` and the cluster autoscaler call): refused with 429 while a
+        PodDisruptionBudget selecting the pod allows no disruption (pkg/registry/core/pod/storage/eviction.go),
+        else the pod is deleted. A budget's healthy pods are those Ready; an unhealthy pod may go when the
+        budget says unhealthyPodEvictionPolicy: AlwaysAllow."""
+        pods = self.recorded.get(f"/api/v1/namespaces/{info.namespace}/pods", [])
+        pod = next((p for p in pods if p["metadata"]["name"] == info.name), None)
+        if pod is None:
+            handler._status(404, "NotFound", f'pods "{info.name}" not found')
+            return True
+
+        def ready(candidate: dict) -> bool:
+            conditions = (candidate.get("status") or {}).get("conditions") or []
+            return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+        for budget in self.recorded.get(f"/apis/policy/v1/namespaces/{info.namespace}/poddisruptionbudgets", []):
+            selector = ",".join(f"{k}={v}" for k, v in budget["spec"].get("selector", {}).get("matchLabels", {}).items())
+            if not selected_by(pod["metadata"].get("labels"), selector):
+                continue
+            if not ready(pod) and budget["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow":
+                continue
+            healthy = sum(ready(p) for p in pods if selected_by(p["metadata"].get("labels"), selector))
+            desired = healthy - int(budget["spec"].get("maxUnavailable", healthy)) if "maxUnavailable" in budget["spec"] \
+                else int(budget["spec"].get("minAvailable", 0))
+            if healthy - 1 < desired:
+                handler._reply(429, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                     "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+                                     "reason": "TooManyRequests", "code": 429, "details": {"causes": [{
+                                         "reason": "DisruptionBudget", "message": f"The disruption budget "
+                                         f"{budget['metadata']['name']} needs {desired} healthy pods and has {healthy} currently"}]}})
+                return True
+        pods.remove(pod)
+        handler._reply(201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+        return True
+
+    def _serve_object(self, handler: Any, method: str, info: RequestInfo, query: dict[str, list[str]], job: bool) -> bool:
+        if (info.resource, info.subresource, method) == ("pods", "eviction", "POST"):
+            return self._evict(handler, info)
+        if info.subresource:
+            return False
+        kind = self._kind(info)
+        if kind is None:
+            handler._status(404, "NotFound", "the server could not find the requested resource")
+            return True
+        collection = self._collection(info)
+        stored_jobs = {name: stored for (ns, name), stored in self.jobs.items() if ns == info.namespace} if job else {}
+        items = [s.body for s in stored_jobs.values()] if job else self.recorded.setdefault(collection, [])
+        current = next((o for o in items if o["metadata"]["name"] == info.name), None) if info.name else None
+        body = handler.body
+        if method == "GET" and not info.name:
+            listed = [self._job_view(s) for s in stored_jobs.values()] if job else items
+            handler._reply(200, {"kind": f"{kind[0]}List", "apiVersion": info.prefix.removeprefix("/api/").removeprefix("/apis/"),
+                                 "metadata": {"resourceVersion": "1"}, "items": self._selected(listed, query)})
+            return True
+        if method == "POST":
+            if info.name:
+                return False
+            return self._create(handler, info, body, items, job)
+        if current is None and not (method == "PATCH" and handler.headers.get("Content-Type", "").startswith(APPLY_PATCH)):
+            handler._status(404, "NotFound", f'{info.qualified} "{info.name}" not found')
+            return True
+        if method == "GET":
+            handler._reply(200, self._job_view(stored_jobs[info.name]) if job else current)
+            return True
+        if method == "DELETE":
+            items.remove(current) if not job else self.jobs.pop((info.namespace, info.name))
+            self.applied.pop(f"{collection}/{info.name}", None)
+            handler._reply(200, current)
+            return True
+        if current is None:  # server-side apply of an object that does not exist yet: created
+            self.applied[f"{collection}/{info.name}"] = copy.deepcopy(body)
+            return self._create(handler, info, body, items, job)
+        if method == "PUT":
+            updated = copy.deepcopy(body)
+        elif handler.headers.get("Content-Type", "").startswith(APPLY_PATCH):
+            key = f"{collection}/{info.name}"
+            updated = apply_config(current, self.applied.get(key), body)
+            self.applied[key] = copy.deepcopy(body)
+        else:
+            updated = merge_patch(current, body)
+        for server_field in ("uid", "creationTimestamp", "namespace", "generation"):
+            if server_field in current["metadata"]:
+                updated.setdefault("metadata", {})[server_field] = current["metadata"][server_field]
+        if "status" in current:
+            updated["status"] = current["status"]
+        refusal = immutable_change(current, updated)
+        if refusal:
+            handler._status(422, "Invalid", refusal)
+            return True
+        updated["metadata"]["resourceVersion"] = str(int(current["metadata"].get("resourceVersion", "1")) + 1)
+        if job:
+            stored_jobs[info.name].body = updated
+        else:
+            items[items.index(current)] = updated
+        handler._reply(200, updated)
+        return True
+
+    def _create(self, handler: Any, info: RequestInfo, body: dict, items: list[dict], job: bool) -> bool:
+        name = body["metadata"].get("name", "")
+        if any(o["metadata"]["name"] == name for o in items):
+            handler._status(409, "AlreadyExists", f'{info.qualified} "{name}" already exists')
+            return True
+        created = self._stored(body)
+        if info.namespace and info.resource != "namespaces":
+            created["metadata"]["namespace"] = info.namespace
+        if created.get("kind") == "Job":  # what the API server adds to a Job (pkg/registry/batch/job/strategy.go)
+            uid = created["metadata"]["uid"]
+            generated = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
+                         "controller-uid": uid, "job-name": name}
+            created["spec"].setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
+            template = created["spec"].setdefault("template", {}).setdefault("metadata", {})
+            template["labels"] = {**(template.get("labels") or {}), **generated}
+        if job:  # no controller plays it: its status stays empty
+            self.jobs[(info.namespace, name)] = StoredJob(created, [Step(status={})])
+        else:
+            items.append(created)
+        handler._reply(201, created)
+        return True
+
     def start(self) -> KubeStandIn:
         standin = self
         lock = threading.Lock()
@@ -344,7 +799,9 @@ class KubeStandIn:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 query = parse_qs(parts.query)
-                standin.requests.append(Recorded(method, parts.path, query, json.loads(raw) if raw else None))
+                self.body = request_body(raw)
+                standin.requests.append(Recorded(method, parts.path, query, self.body))
+                self.caller = standin.user_of(self.headers.get("Authorization", ""))
                 return parts.path, query
 
             def _reply(self, status: int, payload: dict) -> None:
@@ -363,9 +820,11 @@ class KubeStandIn:
                 self._status(404, "NotFound", f"{what} not found")
 
             def do_POST(self):
-                path, _ = self._record("POST")
+                path, query = self._record("POST")
+                if standin.serve_api(self, "POST", path, query):
+                    return
                 if path.startswith("/apis/authorization.k8s.io/v1/") and path.endswith("accessreviews"):
-                    return self._review(standin.requests[-1].body)
+                    return self._review(self.body)
                 match = JOBS.match(path)
                 if not match or match["name"]:
                     return self._not_found(path)
@@ -383,7 +842,9 @@ class KubeStandIn:
                     return self._reply(201, stored.body)
 
             def do_PATCH(self):
-                path, _ = self._record("PATCH")
+                path, query = self._record("PATCH")
+                if standin.serve_api(self, "PATCH", path, query):
+                    return
                 match = JOBS.match(path)
                 key = (match["ns"], match["name"]) if match and match["name"] else None
                 with lock:
@@ -400,7 +861,9 @@ class KubeStandIn:
                     return self._reply(200, standin._job_view(stored))
 
             def do_DELETE(self):
-                path, _ = self._record("DELETE")
+                path, query = self._record("DELETE")
+                if standin.serve_api(self, "DELETE", path, query):
+                    return
                 match = JOBS.match(path)
                 key = (match["ns"], match["name"]) if match and match["name"] else None
                 with lock:
@@ -418,6 +881,8 @@ class KubeStandIn:
 
             def do_GET(self):
                 path, query = self._record("GET")
+                if standin.serve_api(self, "GET", path, query):
+                    return
                 if (match := JOBS.match(path)) and match["name"]:
                     return self._get_job(match["ns"], match["name"])
                 if match:
@@ -427,7 +892,8 @@ class KubeStandIn:
                 if match := POD_LOG.match(path):
                     return self._log(match["ns"], match["pod"], query)
                 if path in standin.forbidden:
-                    return self._status(403, "Forbidden", f"cannot get {path}")
+                    info = request_info("GET", path, query)
+                    return self._status(403, "Forbidden", forbidden_message(self.caller, info) if info else f"cannot get {path}")
                 if path in standin.recorded or EVENTS.match(path):  # a collection: a list, empty when nothing's there
                     items = standin._selected(standin.recorded.get(path, []), query)
                     return self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
@@ -436,6 +902,11 @@ class KubeStandIn:
                     if obj["metadata"]["name"] == name:
                         return self._reply(200, obj)
                 return self._not_found(path)
+
+            def do_PUT(self):
+                path, query = self._record("PUT")
+                if not standin.serve_api(self, "PUT", path, query):
+                    self._not_found(path)
 
             def _review(self, review: dict) -> None:
                 spec = review["spec"]

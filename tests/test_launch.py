@@ -34,6 +34,7 @@ from medo1.launch import (
     stage_values,
     wait_for_job,
 )
+from medo1.launch.grace import apply_grace_period, grace_period_s
 
 from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, run_medo1
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
@@ -232,6 +233,8 @@ def launched(job, attempt=1, base=None):
 def expected_job(name=NAME, namespace=NS, timeout_s=30, attempt=1):
     job = build_pytorchjob("sft", k8s.load_profile("h100-1node"), namespace=namespace)
     job["metadata"]["name"] = name
+    # The grace period for the stage's checkpoint (tests/test_grace_period.py).
+    apply_grace_period(job, grace_period_s("sft", k8s.load_profile("h100-1node"))[0])
     # The launcher bounds the job's life by its own timeout, so a dead launcher frees the GPUs then.
     job["spec"]["runPolicy"]["activeDeadlineSeconds"] = int(timeout_s)
     return launched(job, attempt)

@@ -74,8 +74,11 @@ def unknown_fields(obj, schema, path=""):
 def test_runtimes_are_off_by_default_and_the_platform_profile_renders_only_them():
     assert not [o for o in k8s.render_chart({}) if o["kind"] == "ClusterTrainingRuntime"]
     objects = k8s.render_chart(k8s.load_profile("trainer-v2-runtimes"))
-    assert sorted(o["metadata"]["name"] for o in objects) == RUNTIMES
-    assert {o["kind"] for o in objects} == {"ClusterTrainingRuntime"}
+    runtimes_rendered = [o for o in objects if o["kind"] == "ClusterTrainingRuntime"]
+    assert sorted(o["metadata"]["name"] for o in runtimes_rendered) == RUNTIMES
+    # Besides them only who may read them (runtimes.readers; tests/test_helm_lifecycle.py launches as a team's account).
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects if o not in runtimes_rendered) == [
+        ("ClusterRole", "medo1-cluster-reader"), ("ClusterRoleBinding", "medo1-cluster-reader")]
     assert all("namespace" not in o["metadata"] for o in objects)  # cluster-scoped
 
 
@@ -175,7 +178,7 @@ def test_launcher_trainjobs_validate_and_name_their_runtime():
 
 def test_launcher_trainjob_picks_the_recipe_and_the_shape():
     grpo = build_trainjob("rl", stage_values("rl", profile="h100-2nodes"), runtime="medo1-grpo")
-    assert grpo["spec"]["trainer"]["env"] == [{"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}]
+    assert grpo["spec"]["trainer"]["env"][0] == {"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}
     assert grpo["spec"]["trainer"]["numNodes"] == 2
     assert grpo["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
     mine = build_trainjob("sft", stage_values("sft", recipe="/data/my.yaml", overrides=["train.max_steps=5"]))
@@ -191,6 +194,33 @@ def test_launcher_trainjob_picks_the_recipe_and_the_shape():
         build_trainjob("upload", {})
     with pytest.raises(LaunchError, match="too long: JobSet would name its first pod's host"):
         build_trainjob("sft", {}, job_name="a" * 56)
+
+
+def test_the_two_node_profile_runs_trainjobs_with_its_node_shape():
+    """Issue 26, item 8: Kueue no longer manages PyTorchJobs by default, so the Kueue profile (h100-2nodes) runs
+    Trainer v2 TrainJobs. The platform's ClusterTrainingRuntime was installed with its own values (one node, no
+    RDMA, no GPU node selector), so the TrainJob carries the profile's shape: each node's GPUs and InfiniBand
+    device, NCCL with InfiniBand on, and the H100 node selector and GPU toleration as a runtime patch."""
+    values = stage_values("sft", profile="h100-2nodes")
+    assert values["backend"] == "trainjob"
+    job = build_trainjob("sft", values)
+    trainer = job["spec"]["trainer"]
+    node = {"cpu": "80", "memory": "1000Gi", "nvidia.com/gpu": "8", "rdma/ib": "1"}
+    assert trainer["resourcesPerNode"] == {"limits": node, "requests": node}
+    assert {"name": "NCCL_IB_DISABLE", "value": "0"} in trainer["env"]
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == "trainer.kubeflow.org/kubeflow-sdk"
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = replicated["template"]["spec"]["template"]["spec"]
+    assert replicated["name"] == "node"
+    assert pod == {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                   "terminationGracePeriodSeconds": 610}  # tests/test_grace_period.py
+    assert k8s.schema_errors([job], CRDS) == [] and unknown_fields(job, crd_schema("TrainJob")) == []
+    # A one-node CPU profile sets no placement, only the grace period.
+    (cpu,) = build_trainjob("sft", stage_values("sft", profile="cpu-smoke"))["spec"]["runtimePatches"]
+    assert cpu["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"] == {
+        "terminationGracePeriodSeconds": 600}
 
 
 # ---- the SDK path against the stand-in API server -----------------------------------------------

@@ -24,6 +24,7 @@ is created: a warning when it does not fit its GPUs, a refusal when strict).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING
 from medo1 import k8s
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S
 from medo1.launch.chain import chain_stages
+from medo1.launch.grace import apply_grace_period, grace_period_s
 from medo1.launch.chain import launch_chain as _launch_chain
 from medo1.launch.inputs import InputsMissing, StagePlan, check_inputs
 from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
@@ -64,6 +66,8 @@ from medo1.launch.waiting import (
     job_state,
     wait_for_job,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from kubeflow.trainer import TrainerClient
@@ -197,6 +201,9 @@ def launch_stage(
             merged = merge_values(k8s.chart_defaults(), values)[stage_section(stage)][stage]
             check_inputs([StagePlan(stage, merged["recipe"], list(merged.get("set", [])), os.environ.get("HF_TOKEN"))])
         return run_local(stage, job, timeout_s)
+    seconds, how = grace_period_s(stage, values)
+    log.info("grace period (SIGTERM to SIGKILL): %s", how)
+    apply_grace_period(job, seconds)
     restarts = job_restarts(values) if stage_section(stage) == "stages" else 0
     return kubernetes.run_on_cluster(stage, bound_lifetime(job, timeout_s), client or kubernetes.training_client(),
                                      timeout_s, poll_s, keep_on_timeout, restarts, stuck_after_s, **waits)

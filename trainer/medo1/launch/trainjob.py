@@ -18,6 +18,7 @@ version ConfigMap in kubeflow-system, which a namespaced account never can: that
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -26,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from medo1 import k8s
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, bound_requests, bounded_construction
-from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S, ClusterJobs, Policy, _api_status, cancelled, follow_until_done
+from medo1.launch.grace import SHUTDOWN_ENV, grace_period_s
+from medo1.launch.kubernetes import (
+    DEFAULT_DELETE_WAIT_S,
+    ClusterJobs,
+    Policy,
+    _api_message,
+    _api_status,
+    cancelled,
+    follow_until_done,
+)
 from medo1.launch.launcherpod import LauncherPod
 from medo1.launch.logs import MasterLogFollower
 from medo1.launch.pods import DEFAULT_SCALE_UP_WAIT_S, DEFAULT_STUCK_AFTER_S
@@ -38,6 +48,8 @@ from medo1.launch.waiting import LaunchCancelled, LaunchError, LaunchResult, can
 if TYPE_CHECKING:
     from kubeflow.trainer import TrainerClient
 
+log = logging.getLogger(__name__)
+
 
 # kubeflow/sdk kubeflow/trainer/constants/constants.py (GROUP, VERSION, TRAINJOB_PLURAL).
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
@@ -45,6 +57,7 @@ RUNTIME_KIND = "ClusterTrainingRuntime"
 # Stages with a runtime, and the runtime a stage gets when none is named.
 DEFAULT_RUNTIME = {"sft": "medo1-sft", "rl": "medo1-ppo", "eval": "medo1-eval"}
 RECIPE_ENV = "MEDO1_RECIPE"
+SDK_PATCH_MANAGER = "trainer.kubeflow.org/kubeflow-sdk"
 # JobSet names the first node pod's host `<trainjob>-node-0-0` (Trainer's PET_MASTER_ADDR, kubeflow/trainer
 # pkg/runtime/framework/plugins/torch/torch.go), a DNS label of at most 63 characters.
 MASTER_HOST_SUFFIX = "-node-0-0"
@@ -146,8 +159,13 @@ def build_trainjob(
     recipe = stage_config["recipe"]
     if recipe == k8s.chart_defaults()[stage_section(stage)][stage]["recipe"]:
         recipe = next(e["value"] for e in container["env"] if e["name"] == RECIPE_ENV)
-    trainer["env"] = [{"name": RECIPE_ENV, "value": str(recipe)}]
+    # The NCCL settings (InfiniBand on for the 2-node profile) and, for a training stage, the node shape the
+    # values give: the platform's runtime was installed with its own values (one node, no RDMA).
+    trainer["env"] = [{"name": RECIPE_ENV, "value": str(recipe)},
+                      *({"name": name, "value": str(value)} for name, value in (merged.get("nccl") or {}).items())]
     trainer["args"] = args
+    if training:
+        trainer["resourcesPerNode"] = {"limits": node_resources(merged), "requests": node_resources(merged)}
     labels = {"app.kubernetes.io/part-of": "medo1", "app.kubernetes.io/component": stage,
               "app.kubernetes.io/managed-by": MANAGER}
     if merged.get("kueue", {}).get("queueName"):
@@ -159,6 +177,15 @@ def build_trainjob(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"runtimeRef": {"name": runtime, "kind": RUNTIME_KIND}, "trainer": trainer},
     }
+    placement = {key: merged["cluster"][field] for key, field in
+                 (("nodeSelector", "nodeSelector"), ("tolerations", "tolerations"), ("affinity", "affinity"))
+                 if merged["cluster"].get(field)}
+    # The grace period for the stage's own checkpoint (medo1.launch.grace), and torchrun's shutdown timeout with it.
+    seconds, how = grace_period_s(stage, values, recipe=str(recipe))
+    log.info("grace period (SIGTERM to SIGKILL): %s", how)
+    placement["terminationGracePeriodSeconds"] = seconds
+    trainer["env"].append({"name": SHUTDOWN_ENV, "value": str(max(30, seconds - 30))})
+    job["spec"]["runtimePatches"] = [runtime_patch(placement)]
     deadlines = [d for d in (merged["runPolicy"].get("activeDeadlineSeconds"),
                              timeout_s and max(1, math.ceil(timeout_s))) if d]
     if deadlines:
@@ -168,6 +195,25 @@ def build_trainjob(
         raise LaunchError(f"job name {name!r} is too long: JobSet would name its first pod's host "
                           f"{name + MASTER_HOST_SUFFIX!r}, over {MAX_NAME} characters")
     return job
+
+
+def node_resources(values: dict[str, Any]) -> dict[str, str]:
+    """A training node's requests (= limits) as the chart renders them (helm/medo1/templates/_helpers.tpl
+    medo1.resources): cpu, memory, the GPUs and, with cluster.rdma, the RDMA devices."""
+    shape = values["cluster"]
+    resources = {"cpu": str(shape["cpu"]), "memory": str(shape["memory"])}
+    if int(shape["gpusPerNode"]) > 0:
+        resources[shape["gpuResource"]] = str(shape["gpusPerNode"])
+    if shape["rdma"]["enabled"]:
+        resources[shape["rdma"]["resource"]] = str(shape["rdma"]["count"])
+    return resources
+
+
+def runtime_patch(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """A TrainJob runtimePatches entry setting `pod_spec` fields on the runtime's `node` pods, under the manager
+    name the Kubeflow SDK's RuntimePatch option uses (kubeflow/trainer/options/kubernetes.py)."""
+    return {"manager": SDK_PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+        {"name": "node", "template": {"spec": {"template": {"spec": pod_spec}}}}]}}}}
 
 
 class TrainJobs(ClusterJobs):
@@ -204,16 +250,25 @@ class TrainJobs(ClusterJobs):
             if _api_status(exc) == 404:
                 raise LaunchError(f"no runtime {runtime_name!r} on the cluster: the platform team installs the "
                                   "ClusterTrainingRuntimes once (helm/profiles/trainer-v2-runtimes.yaml)") from None
+            if _api_status(exc) == 403:
+                # The SDK reads the namespaced TrainingRuntime, then on a 404 the ClusterTrainingRuntime.
+                raise LaunchError(f"may not read the runtime {runtime_name!r}: {_api_message(exc)}; the chart's "
+                                  "launcher Role grants get on trainingruntimes in the namespace, the platform install "
+                                  "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) get on its "
+                                  "ClusterTrainingRuntimes") from None
             raise
         trainer = spec["trainer"]
         container = CustomTrainerContainer(image=trainer["image"], num_nodes=trainer.get("numNodes"),
-                                           env={e["name"]: e["value"] for e in trainer["env"]})
+                                           env={e["name"]: e["value"] for e in trainer["env"]},
+                                           resources_per_node=(trainer.get("resourcesPerNode") or {}).get("limits"))
         metadata = job["metadata"]
         options = [Name(self.name), Labels(metadata["labels"]), TrainerArgs(trainer["args"])]
         if metadata.get("annotations"):
             options.append(Annotations(metadata["annotations"]))
         if "activeDeadlineSeconds" in spec:
             options.append(ActiveDeadlineSeconds(spec["activeDeadlineSeconds"]))
+        if spec.get("runtimePatches"):
+            options.append(_runtime_patches(spec["runtimePatches"]))
         self.trainer.train(runtime=runtime, trainer=container, options=options)
         if metadata.get("ownerReferences"):
             # The SDK's train() takes no owner: set right after (a launcher killed in between leaves it unowned,
@@ -240,6 +295,17 @@ class TrainJobs(ClusterJobs):
                 self.namespace, label_selector=NODE0_SELECTOR.format(name=self.name)).items
         except (ApiException, HTTPError) as exc:
             raise RuntimeError(f"listing the pods of {self.where}: {exc}") from exc
+
+
+def _runtime_patches(patches: list[dict[str, Any]]) -> Any:
+    """An SDK option (called as option(job_spec, trainer, backend), like the SDK's RuntimePatch) adding the
+    TrainJob's runtimePatches as they are: the SDK's PodSpecPatch has no field for some of the pod spec fields
+    the CRD's patch allows (terminationGracePeriodSeconds)."""
+
+    def option(job_spec: dict[str, Any], trainer: Any, backend: Any) -> None:
+        job_spec.setdefault("spec", {}).setdefault("runtimePatches", []).extend(copy.deepcopy(patches))
+
+    return option
 
 
 def run_trainjob(stage: str, job: dict[str, Any], client: TrainerClient, timeout_s: float, poll_s: float,
