@@ -85,15 +85,19 @@ def _training_config(args: argparse.Namespace, config_class, extra_overrides: li
     overrides = list(args.set) + extra_overrides
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    return load_config(config_class, args.config, overrides)
+    config = load_config(config_class, args.config, overrides)
+    if args.allow_changed:
+        config.resume.allow_changes = [*config.resume.allow_changes, *args.allow_changed]
+    return config
 
 
 def _run_training(config, run, resume: str) -> int:
-    """Runs the stage; prints where the outputs landed (rank 0)."""
+    """Runs the stage; prints where the outputs landed (rank 0), and whether the run had finished before."""
     result = run(config, resume=resume)
     if is_main_process():
         export = str(result.export_dir) if result.export_dir else None
-        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export}))
+        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export,
+                          "already_finished": result.already_finished}))
     return 0
 
 
@@ -265,6 +269,9 @@ def cmd_model_check(args: argparse.Namespace) -> int:
 
 # The flag's help is the option's own description (`medo1 config show`), so the two never disagree.
 OUTPUT_DIR_HELP = OutputConfig.model_fields["dir"].description
+RESUME_HELP = ("auto: continue the latest complete checkpoint (a finished run does nothing); none: a fresh start; or a "
+               "checkpoint path. A checkpoint written under another recipe is refused, naming the keys that differ")
+ALLOW_CHANGED_HELP = "a recipe key (or section) the resumed run may change; repeatable (adds to resume.allow_changes)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--config", required=True, help="YAML recipe")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     sft.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
-    sft.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    sft.add_argument("--resume", default="none", help=RESUME_HELP)
+    sft.add_argument("--allow-changed", action="append", default=[], metavar="KEY", help=ALLOW_CHANGED_HELP)
     sft.set_defaults(func=cmd_sft)
 
     rl = stages.add_parser("rl", help="reinforcement learning against a verifier: PPO, GRPO or RLOO")
@@ -303,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--algo", choices=["ppo", "grpo", "rloo"], help="override the recipe's algorithm")
     rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     rl.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
-    rl.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    rl.add_argument("--resume", default="none", help=RESUME_HELP)
+    rl.add_argument("--allow-changed", action="append", default=[], metavar="KEY", help=ALLOW_CHANGED_HELP)
     rl.set_defaults(func=cmd_rl)
 
     translate = stages.add_parser("translate", help="translate SFT / RL / MCQ data with an OpenAI-compatible LLM")
