@@ -388,7 +388,8 @@ def test_each_pod_gets_only_the_secrets_its_stage_reads():
         "upload": {"HF_TOKEN": hf},
     }
     (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Job")
-    assert not [e for e in run["spec"]["template"]["spec"]["containers"][0]["env"] if "valueFrom" in e]
+    env = run["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not [e for e in env if "secretKeyRef" in e.get("valueFrom", {})]
 
 
 def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(objects):

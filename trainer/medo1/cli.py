@@ -197,13 +197,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from medo1.launch import LaunchCancelled, LaunchError, launch_chain, launch_stage
 
     try:
+        if args.stage != "chain" and (args.release or args.run_id):
+            raise LaunchError("--release and --run-id name a chain's run; a single stage takes --job-name")
         if args.stage == "chain":
             if args.recipe or args.set or args.job_name:
                 raise LaunchError("chain: --recipe, --set and --job-name are per stage; set them in the chart values")
             results = launch_chain(
                 backend=args.backend, profile=args.profile, values_files=args.values, value_overrides=args.value,
                 namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-                stuck_after_s=args.stuck_after or None, strict=args.strict,
+                stuck_after_s=args.stuck_after or None, strict=args.strict, release=args.release, run_id=args.run_id,
             )
             print(json.dumps([asdict(result) for result in results]))
             return 0
@@ -366,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--recipe", help="the stage's recipe path (in the image for pytorchjob)")
     launch.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     launch.add_argument("--job-name", help="PyTorchJob name (default: the chart's <release>-<stage>)")
+    launch.add_argument("--release", help="chain: the release its jobs are named after, <release>-<stage>-<run id> "
+                        "(default medo1; the chart passes its full name)")
+    launch.add_argument("--run-id", help="chain: names this run; every stage's output goes under "
+                        "<output>/<release>/<run id> and a rerun with the same id continues the run (a Kubernetes UID "
+                        "is cut to its first 8 characters; default: none, the recipes' own paths)")
     launch.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
     launch.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
     launch.add_argument("--poll", type=float, default=DEFAULT_POLL_S, metavar="SECONDS", help="job status poll interval")

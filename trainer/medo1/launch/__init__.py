@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medo1 import k8s
-from medo1.launch.chain import chain_stages
+from medo1.launch.chain import RunScope, chain_stages
 from medo1.launch.chain import launch_chain as _launch_chain
 from medo1.launch.localprocess import local_command, run_local
 from medo1.launch.pods import DEFAULT_STUCK_AFTER_S, JobStuck
@@ -154,10 +154,15 @@ def launch_chain(
     client: TrainingClient | None = None,
     stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
     strict: bool = False,
+    release: str | None = None,
+    run_id: str | None = None,
 ) -> list[LaunchResult]:
     """Every enabled stage in order through `launch_stage` (see `medo1.launch.chain`); `timeout_s` is per
     stage, `nproc` applies to the training stages of a local run. Every stage's plan is checked before the
-    first one starts, so a strict chain refuses a stage that does not fit before any GPU hour is spent."""
+    first one starts, so a strict chain refuses a stage that does not fit before any GPU hour is spent.
+    `release` and `run_id` name the jobs `<release>-<stage>-<run id>` and, with a run id, place every stage's
+    output under `<release>/<run id>` (`RunScope`)."""
+    scope = RunScope.of(release, run_id)
 
     def stage_nproc(stage: str) -> int | None:
         return nproc if stage_section(stage) == "stages" else None
@@ -174,4 +179,4 @@ def launch_chain(
     settings = dict(backend=backend, namespace=namespace, timeout_s=timeout_s, poll_s=poll_s, client=client,
                     stuck_after_s=stuck_after_s)
     return _launch_chain(profile=profile, values_files=values_files, value_overrides=value_overrides,
-                         launch=functools.partial(launch, **settings))
+                         launch=functools.partial(launch, **settings), scope=scope)
