@@ -4,9 +4,11 @@ alone and as the chain of stages the chart's run Job drives."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -32,8 +34,9 @@ from medo1.launch import (
     stage_values,
     wait_for_job,
 )
+from medo1.run_lock import RunLock
 
-from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, run_medo1
+from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, last_logged_step, run_medo1
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
@@ -601,6 +604,65 @@ def test_ctrl_c_on_a_local_launch_stops_it_with_one_clean_message(tiny_model, tm
     assert after[-1] == "medo1: cancelled by SIGINT; stopped the local sft run"
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in after), "\n".join(after[:40])
     assert len(after) <= 20, (seen, after)  # was about 140: every rank's traceback
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Live (not zombie) processes whose command line holds `text`: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and text in cmdline and state not in ("Z", "X"):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,signum,nproc", [
+    ("launcher", signal.SIGKILL, 2),  # kill -9 of `medo1 launch`
+    ("launcher", signal.SIGHUP, 1),  # the terminal closed
+    ("torchrun", signal.SIGKILL, 1),  # torchrun itself gone: its ranks run in sessions of their own
+])
+def test_no_rank_outlives_its_local_launcher(tiny_model, tmp_path, target, signum, nproc):
+    """Issue 28 item 9: killing the local launcher left torchrun and its ranks training, and a relaunch then wrote
+    to the same run folder beside them."""
+    import time
+
+    out = tmp_path / "sft"
+    # Quiet ranks, as in a long run between log lines: a rank that prints into the dead launcher's pipe stops on the
+    # broken pipe, one that does not print goes on. The batch trace shows training under way, past step 1 (logged).
+    quiet = [f"output.{key}=100000" for key in ("save_steps", "logging_steps")]
+    args = local_launch_args(tiny_model, out, *[a for o in ["train.max_steps=100000", "data.limit=2",
+                                                             "output.batch_trace=true", *quiet] for a in ("--set", o)],
+                             "--nproc", str(nproc))
+    launcher = subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not last_logged_step(out / "batch-trace-rank0.jsonl", 2):
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        running = processes_mentioning(str(out))
+        torchrun = [pid for pid, cmd in running.items() if "/torchrun " in cmd]
+        ranks = [pid for pid, cmd in running.items() if " -m medo1 sft " in cmd and pid not in torchrun]
+        assert len(ranks) == nproc and len(torchrun) == 1, running
+        os.kill(launcher.pid if target == "launcher" else torchrun[0], signum)
+        signalled = time.time()
+        while processes_mentioning(str(out)) and time.time() < signalled + 60:
+            time.sleep(0.2)
+        left = processes_mentioning(str(out))
+        assert not left, f"still running {time.time() - signalled:.0f} s after the {signum.name}: {left}"
+    finally:
+        for pid in processes_mentioning(str(out)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait()
+    # A relaunch writes alone: the lock was released, or left by a rank that is gone and is taken over.
+    with RunLock(out):
+        pass
 
 
 def test_the_job_stops_by_itself_when_its_launcher_dies(kube):

@@ -23,7 +23,7 @@ from medo1.config import (
 from medo1.data import PRESETS
 from medo1.errors import Medo1Error
 from medo1.launch import DEFAULT_POLL_S, DEFAULT_STUCK_AFTER_S, DEFAULT_TIMEOUT_S
-from medo1.runtime import is_main_process
+from medo1.runtime import exit_with_parent, is_main_process
 
 
 def _key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
@@ -430,6 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        exit_with_parent()  # a rank under torchrun stops when torchrun ends, even by SIGKILL
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if is_main_process() or args.verbose else logging.WARNING,
