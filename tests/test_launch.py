@@ -4,6 +4,7 @@ alone and as the chain of stages the chart's run Job drives."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -35,8 +36,9 @@ from medo1.launch import (
     wait_for_job,
 )
 from medo1.launch.grace import apply_grace_period, grace_period_s
+from medo1.run_lock import RunLock
 
-from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, run_medo1
+from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, last_logged_step, run_medo1
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
@@ -422,9 +424,11 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
     recipes = {}
     for stage in ("sft", "rl"):
         recipes[stage] = tmp_path / f"{stage}.yaml"
-        recipes[stage].write_text(f"output:\n  dir: {tmp_path / stage}\n")
+        reward = "reward: {kind: answer_match}\n" if stage == "rl" else ""
+        recipes[stage].write_text(f"model: {{name_or_path: m}}\ndata: {{path: d}}\n{reward}"
+                                  f"output:\n  dir: {tmp_path / stage}\n")
     values = {"stages": {stage: {"enabled": True, "recipe": str(recipe)} for stage, recipe in recipes.items()},
-              "jobs": {"eval": {"enabled": True, "recipe": str(recipes["rl"])}}}
+              "jobs": {"eval": {"enabled": True, "recipe": str(REPO / "recipes" / "eval-demo-cpu.yaml")}}}
     values_file = tmp_path / "values.yaml"
     values_file.write_text(json.dumps(values))
     launched = []
@@ -443,6 +447,99 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
     with pytest.raises(LaunchError, match="rl succeeded but its export"):
         chain(values_files=[values_file], launch=launch_without_export)
     assert launched == ["sft", "sft", "rl"]  # eval never started
+
+
+# ---- issue 26 item 11, issue 28 item 11: jobs and outputs scoped to the release and the run ----------
+
+
+def chain_of_two_stages(tmp_path, tiny_model) -> tuple[Path, Path]:
+    """Values for an SFT -> RL chain whose RL recipe starts from the SFT export as its recipe places it."""
+    checkpoints = tmp_path / "checkpoints"
+    (tmp_path / "sft.yaml").write_text(json.dumps({
+        "model": {"name_or_path": str(tiny_model)}, "data": {"path": str(DEMO_DATA)},
+        "output": {"dir": str(checkpoints / "sft")}}))
+    (tmp_path / "rl.yaml").write_text(json.dumps({
+        "model": {"name_or_path": str(checkpoints / "sft" / "export")}, "data": {"path": str(DEMO_DATA)},
+        "reward": {"kind": "answer_match"}, "output": {"dir": str(checkpoints / "rl")}}))
+    stages = {stage: {"enabled": True, "recipe": str(tmp_path / f"{stage}.yaml")} for stage in ("sft", "rl")}
+    values = {"cluster": {"gpusPerNode": 0}, "stages": stages}
+    (tmp_path / "values.yaml").write_text(json.dumps(values))
+    return tmp_path / "values.yaml", checkpoints
+
+
+def run_release_chain(kube, values_file, checkpoints, release, run_id):
+    """The chart's run Job for `release`: every stage's job succeeds and writes its export where the run puts it."""
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    from medo1.launch import launch_chain
+
+    short = run_id[:8]
+    for stage in ("sft", "rl"):
+        run = ContainerRun(f"{stage}-{short}-uid", 0, [f"{stage} done"])
+        kube.script(f"{release}-{stage}-{short}",
+                    [Step(CREATED["status"]), Step(SUCCEEDED["status"], run, exit_code=0)])
+        (checkpoints / stage / release / short / "export").mkdir(parents=True, exist_ok=True)
+    client = TrainingClient(client_configuration=Configuration(host=kube.url))
+    return launch_chain(values_files=[values_file], namespace=NS, client=client, timeout_s=30, poll_s=0.05,
+                        release=release, run_id=run_id)
+
+
+def test_two_releases_and_a_reinstall_never_share_a_chains_jobs_or_folders(kube, tiny_model, tmp_path, capsys):
+    """The chain named every job medo1-<stage>: a second release in the namespace attached to the first one's
+    jobs, and a reinstall found medo1-sft succeeded and skipped SFT, its RL then reading the old SFT export."""
+    values_file, checkpoints = chain_of_two_stages(tmp_path, tiny_model)
+    first_uid, second_uid = "3f2a9c1e-5b7d-4e2a-9c1f-0a1b2c3d4e5f", "7c0d4e8a-1f2b-4c3d-8e9f-a0b1c2d3e4f5"
+
+    first = run_release_chain(kube, values_file, checkpoints, "team-a-medo1", first_uid)
+    other = run_release_chain(kube, values_file, checkpoints, "team-b-medo1", first_uid)  # same id, other release
+    reinstall = run_release_chain(kube, values_file, checkpoints, "team-a-medo1", second_uid)
+    retried = run_release_chain(kube, values_file, checkpoints, "team-a-medo1", second_uid)  # its run pod again
+
+    created = [post.body["metadata"]["name"] for post in kube.calls("POST")]
+    assert created == ["team-a-medo1-sft-3f2a9c1e", "team-a-medo1-rl-3f2a9c1e", "team-b-medo1-sft-3f2a9c1e",
+                       "team-b-medo1-rl-3f2a9c1e", "team-a-medo1-sft-7c0d4e8a", "team-a-medo1-rl-7c0d4e8a"]
+    assert [r.action for r in first + other + reinstall] == ["created"] * 6
+    assert [r.action for r in retried] == ["already-succeeded"] * 2
+    # Each run's stages write under <output>/<release>/<run>, and RL starts from that run's SFT export.
+    args = {post.body["metadata"]["name"]: post.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+        "containers"][0]["args"] for post in kube.calls("POST")}
+    sft_out = checkpoints / "sft" / "team-b-medo1" / "3f2a9c1e"
+    assert args["team-b-medo1-sft-3f2a9c1e"][-2:] == ["--set", f'output.dir="{sft_out}"']
+    assert args["team-b-medo1-rl-3f2a9c1e"][-4:] == [
+        "--set", f'model.name_or_path="{sft_out / "export"}"',
+        "--set", f'output.dir="{checkpoints / "rl" / "team-b-medo1" / "3f2a9c1e"}"']
+
+
+def test_the_charts_run_job_names_its_chain_after_the_release_and_the_run_jobs_uid():
+    from medo1.cli import build_parser
+    from medo1.launch.chain import RunScope
+
+    names = []
+    for release in ("team-a", "team-b"):
+        (run,) = [o for o in k8s.render_chart(k8s.load_profile("h100-1node"), release, NS) if o["kind"] == "Job"]
+        container = run["spec"]["template"]["spec"]["containers"][0]
+        (run_id,) = [e for e in container["env"] if e["name"] == "MEDO1_RUN_ID"]
+        assert run_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/controller-uid']"
+        # Kubernetes expands $(MEDO1_RUN_ID) in args; the Job controller's label is the Job's UID.
+        args = [a.replace("$(MEDO1_RUN_ID)", "0f9e8d7c-6b5a-4c3d-2e1f-0a9b8c7d6e5f") for a in container["args"]]
+        parsed = build_parser().parse_args(args)
+        names.append(RunScope.of(parsed.release, parsed.run_id).job_name("sft"))
+    assert names == ["team-a-medo1-sft-0f9e8d7c", "team-b-medo1-sft-0f9e8d7c"]
+    named = {**k8s.load_profile("h100-1node"), "chain": {"enabled": True, "runId": "exp3"}}
+    (run,) = [o for o in k8s.render_chart(named) if o["kind"] == "Job"]
+    assert run["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--run-id", "exp3"]
+
+
+@pytest.mark.parametrize("release,run_id,problem", [
+    ("Team-A", None, "release 'Team-A'"), ("medo1", "exp_3", "run id 'exp_3'"),
+    ("a" * 40, "x" * 12, "is too long"),
+])
+def test_release_and_run_names_the_cluster_would_refuse_are_refused(release, run_id, problem):
+    from medo1.launch.chain import RunScope
+
+    with pytest.raises(LaunchError, match=problem):
+        RunScope.of(release, run_id).job_name("translate")
 
 
 @pytest.mark.slow
@@ -525,6 +622,65 @@ def test_ctrl_c_on_a_local_launch_stops_it_with_one_clean_message(tiny_model, tm
     assert after[-1] == "medo1: cancelled by SIGINT; stopped the local sft run"
     assert not any("Traceback" in line or "KeyboardInterrupt" in line for line in after), "\n".join(after[:40])
     assert len(after) <= 20, (seen, after)  # was about 140: every rank's traceback
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Live (not zombie) processes whose command line holds `text`: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and text in cmdline and state not in ("Z", "X"):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,signum,nproc", [
+    ("launcher", signal.SIGKILL, 2),  # kill -9 of `medo1 launch`
+    ("launcher", signal.SIGHUP, 1),  # the terminal closed
+    ("torchrun", signal.SIGKILL, 1),  # torchrun itself gone: its ranks run in sessions of their own
+])
+def test_no_rank_outlives_its_local_launcher(tiny_model, tmp_path, target, signum, nproc):
+    """Issue 28 item 9: killing the local launcher left torchrun and its ranks training, and a relaunch then wrote
+    to the same run folder beside them."""
+    import time
+
+    out = tmp_path / "sft"
+    # Quiet ranks, as in a long run between log lines: a rank that prints into the dead launcher's pipe stops on the
+    # broken pipe, one that does not print goes on. The batch trace shows training under way, past step 1 (logged).
+    quiet = [f"output.{key}=100000" for key in ("save_steps", "logging_steps")]
+    args = local_launch_args(tiny_model, out, *[a for o in ["train.max_steps=100000", "data.limit=2",
+                                                             "output.batch_trace=true", *quiet] for a in ("--set", o)],
+                             "--nproc", str(nproc))
+    launcher = subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not last_logged_step(out / "batch-trace-rank0.jsonl", 2):
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        running = processes_mentioning(str(out))
+        torchrun = [pid for pid, cmd in running.items() if "/torchrun " in cmd]
+        ranks = [pid for pid, cmd in running.items() if " -m medo1 sft " in cmd and pid not in torchrun]
+        assert len(ranks) == nproc and len(torchrun) == 1, running
+        os.kill(launcher.pid if target == "launcher" else torchrun[0], signum)
+        signalled = time.time()
+        while processes_mentioning(str(out)) and time.time() < signalled + 60:
+            time.sleep(0.2)
+        left = processes_mentioning(str(out))
+        assert not left, f"still running {time.time() - signalled:.0f} s after the {signum.name}: {left}"
+    finally:
+        for pid in processes_mentioning(str(out)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait()
+    # A relaunch writes alone: the lock was released, or left by a rank that is gone and is taken over.
+    with RunLock(out):
+        pass
 
 
 def test_the_job_stops_by_itself_when_its_launcher_dies(kube):

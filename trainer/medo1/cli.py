@@ -35,7 +35,7 @@ from medo1.launch import (
     DEFAULT_TIMEOUT_S,
 )
 from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
-from medo1.runtime import is_main_process
+from medo1.runtime import exit_with_parent, is_main_process
 
 
 def _key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
@@ -98,15 +98,19 @@ def _training_config(args: argparse.Namespace, config_class, extra_overrides: li
     overrides = list(args.set) + extra_overrides
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    return load_config(config_class, args.config, overrides)
+    config = load_config(config_class, args.config, overrides)
+    if args.allow_changed:
+        config.resume.allow_changes = [*config.resume.allow_changes, *args.allow_changed]
+    return config
 
 
 def _run_training(config, run, resume: str) -> int:
-    """Runs the stage; prints where the outputs landed (rank 0)."""
+    """Runs the stage; prints where the outputs landed (rank 0), and whether the run had finished before."""
     result = run(config, resume=resume)
     if is_main_process():
         export = str(result.export_dir) if result.export_dir else None
-        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export}))
+        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export,
+                          "already_finished": result.already_finished}))
     return 0
 
 
@@ -228,13 +232,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
     waits = dict(stuck_after_s=args.stuck_after or None, scale_up_wait_s=args.scale_up_wait,
                  delete_wait_s=args.delete_wait, request_timeout_s=args.request_timeout)
     try:
+        if args.stage != "chain" and (args.release or args.run_id):
+            raise LaunchError("--release and --run-id name a chain's run; a single stage takes --job-name")
         if args.stage == "chain":
             if args.recipe or args.set or args.job_name:
                 raise LaunchError("chain: --recipe, --set and --job-name are per stage; set them in the chart values")
             results = launch_chain(
                 backend=args.backend, profile=args.profile, values_files=args.values, value_overrides=args.value,
                 namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-                strict=args.strict, **waits,
+                strict=args.strict, release=args.release, run_id=args.run_id, **waits,
             )
             print(json.dumps([asdict(result) for result in results]))
             return 0
@@ -299,6 +305,9 @@ def cmd_model_check(args: argparse.Namespace) -> int:
 
 # The flag's help is the option's own description (`medo1 config show`), so the two never disagree.
 OUTPUT_DIR_HELP = OutputConfig.model_fields["dir"].description
+RESUME_HELP = ("auto: continue the latest complete checkpoint (a finished run does nothing); none: a fresh start; or a "
+               "checkpoint path. A checkpoint written under another recipe is refused, naming the keys that differ")
+ALLOW_CHANGED_HELP = "a recipe key (or section) the resumed run may change; repeatable (adds to resume.allow_changes)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--config", required=True, help="YAML recipe")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     sft.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
-    sft.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    sft.add_argument("--resume", default="none", help=RESUME_HELP)
+    sft.add_argument("--allow-changed", action="append", default=[], metavar="KEY", help=ALLOW_CHANGED_HELP)
     sft.set_defaults(func=cmd_sft)
 
     rl = stages.add_parser("rl", help="reinforcement learning against a verifier: PPO, GRPO or RLOO")
@@ -337,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--algo", choices=["ppo", "grpo", "rloo"], help="override the recipe's algorithm")
     rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     rl.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
-    rl.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    rl.add_argument("--resume", default="none", help=RESUME_HELP)
+    rl.add_argument("--allow-changed", action="append", default=[], metavar="KEY", help=ALLOW_CHANGED_HELP)
     rl.set_defaults(func=cmd_rl)
 
     translate = stages.add_parser("translate", help="translate SFT / RL / MCQ data with an OpenAI-compatible LLM")
@@ -396,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--recipe", help="the stage's recipe path (in the image for pytorchjob)")
     launch.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     launch.add_argument("--job-name", help="PyTorchJob name (default: the chart's <release>-<stage>)")
+    launch.add_argument("--release", help="chain: the release its jobs are named after, <release>-<stage>-<run id> "
+                        "(default medo1; the chart passes its full name)")
+    launch.add_argument("--run-id", help="chain: names this run; every stage's output goes under "
+                        "<output>/<release>/<run id> and a rerun with the same id continues the run (a Kubernetes UID "
+                        "is cut to its first 8 characters; default: none, the recipes' own paths)")
     launch.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
     launch.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
     launch.add_argument("--poll", type=float, default=DEFAULT_POLL_S, metavar="SECONDS", help="job status poll interval")
@@ -466,6 +482,8 @@ FILESYSTEM_REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.E
 
 
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        exit_with_parent()  # a rank under torchrun stops when torchrun ends, even by SIGKILL
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if is_main_process() or args.verbose else logging.WARNING,

@@ -266,6 +266,14 @@ class OutputConfig(Section):
     """Write a fingerprint of each training batch to DIR/batch_trace.jsonl (to check resumed data order)."""
 
 
+class ResumeConfig(Section):
+    """What a resumed training run may differ in from the checkpoint it continues (`medo1.resume`)."""
+
+    allow_changes: list[str] = []
+    """Recipe keys (or sections: `data`, `train`) allowed to differ from the checkpoint's or the finished run's recipe
+    fingerprint; any other difference refuses the resume, naming the keys. `--allow-changed KEY` adds to it."""
+
+
 class TrainingOptions(Section):
     """Optimizer, schedule, precision and placement options every training stage (SFT, PPO, GRPO, RLOO) shares."""
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from medo1 import k8s
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S
-from medo1.launch.chain import chain_stages
+from medo1.launch.chain import RunScope, chain_stages
 from medo1.launch.grace import apply_grace_period, grace_period_s
 from medo1.launch.chain import launch_chain as _launch_chain
 from medo1.launch.inputs import InputsMissing, StagePlan, check_inputs
@@ -226,14 +226,19 @@ def launch_chain(
     scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S,
     delete_wait_s: float = DEFAULT_DELETE_WAIT_S,
     request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+    release: str | None = None,
+    run_id: str | None = None,
 ) -> list[LaunchResult]:
     """Every enabled stage in order through `launch_stage` (see `medo1.launch.chain`); `timeout_s` is per
     stage, `nproc` applies to the training stages of a local run. `backend` None: the chart value `backend`,
     per stage (`stage_backend`: with `trainjob`, TrainJobs for sft / rl / eval on `trainer`, a TrainerClient,
     and batch Jobs for the others on `client`). Every stage's plan and inputs (`check_chain_inputs`) are
     checked before the first one starts, so a strict chain refuses a stage that does not fit, and any chain a
-    stage whose data or model is missing, before any GPU hour is spent."""
+    stage whose data or model is missing, before any GPU hour is spent. `release` and `run_id` name the jobs
+    `<release>-<stage>-<run id>` and, with a run id, place every stage's output under `<release>/<run id>`
+    (`RunScope`)."""
     values = release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
+    scope = RunScope.of(release, run_id)
 
     def stage_nproc(stage: str) -> int | None:
         return nproc if stage_section(stage) == "stages" else None
@@ -255,4 +260,4 @@ def launch_chain(
     settings = dict(namespace=namespace, timeout_s=timeout_s, poll_s=poll_s, stuck_after_s=stuck_after_s,
                     scale_up_wait_s=scale_up_wait_s, delete_wait_s=delete_wait_s, request_timeout_s=request_timeout_s)
     return _launch_chain(profile=profile, values_files=values_files, value_overrides=value_overrides,
-                         launch=functools.partial(launch, **settings))
+                         launch=functools.partial(launch, **settings), scope=scope)
