@@ -632,7 +632,7 @@ class KubeStandIn:
                 handler._status(404, "NotFound", f'{info.qualified} "{info.name}" not found')
                 return True
             if jobs and (method in ("GET", "DELETE") and info.name or method == "POST" and self._scripted(handler)
-                         or method == "PATCH" and stored is not None):
+                         or method == "PATCH" and stored is not None or method == "GET" and not info.name):
                 return False
             return self._serve_object(handler, method, info, query, jobs is not None)
 
