@@ -7,9 +7,9 @@ the chart (templates, profiles) and of the README. Each becomes checks: `--help`
 subcommand, and an import of everything the subcommand imports, at the top of a module or inside a function
 (`medo1 launch --help` alone never imports helm_python; the launch does), read statically from the sources.
 
-They run once, inside the built images (tests/test_image_build.py): every check in the GPU image, where everything
-must import (vLLM and flash-attn-4 included); in the CPU image every import at once, where only what the CPU lock
-leaves out by design (images/trainer/lock.sh: vLLM, flash-attn-4, CUDA) may be missing, and is reported."""
+They run once, inside the built images (tests/test_image_build.py): in the GPU image every command and every import
+(vLLM and flash-attn-4 included); in the CPU image every import, where only what the CPU lock leaves out by design
+(images/trainer/lock.sh: vLLM, flash-attn-4, CUDA) may be missing, and is reported."""
 
 from __future__ import annotations
 
@@ -289,43 +289,37 @@ print(json.dumps(failed))
 def run_checks(run, gpu_image: bool) -> tuple[list[str], list[str]]:
     """Run the collected checks through `run(argv) -> CompletedProcess`: (failures, imports missing by design).
 
-    GPU image: every command, and each command's imports in a process of their own; nothing may be missing.
-    CPU image: every command's imports in one process; the GPU lock's packages the CPU lock leaves out, and the
-    optional modules the code checks for (with an install hint), may be missing by design."""
+    Every command's imports are tried in one process (each import caught on its own, so one failure hides no
+    other). GPU image: every command runs too, and nothing may be missing. CPU image: the imports only; the GPU
+    lock's packages the CPU lock leaves out, and the optional modules the code checks for (with an install hint),
+    may be missing by design."""
     failures, by_design = [], []
     gpu_distributions = set() if gpu_image else gpu_only_distributions()
 
     def where(sources: list[str]) -> str:
         return f"{sources[0]}" + (f" (and {len(sources) - 1} more)" if len(sources) > 1 else "")
 
-    def check_imports(modules: list[str], source_of) -> None:
-        done = run(["python", "-c", IMPORT_EACH, *modules])
-        assert done.returncode == 0, done.stderr[-2000:]
-        for module, error in json.loads(done.stdout.splitlines()[-1]).items():
-            missing = re.match(r"ModuleNotFoundError: No module named '([^'.]+)", error)
-            if missing and canonicalize_name(missing.group(1)) in gpu_distributions:
-                by_design.append(f"{source_of(module)}: import {module}: {missing.group(1)} is in the GPU image only")
-            elif not gpu_image and missing and module == missing.group(1) and module in optional_modules():
-                by_design.append(f"{source_of(module)}: import {module}: optional, not installed (the code says how to add it)")
-            else:
-                failures.append(f"{source_of(module)}: import {module}: {error}")
-
     found = in_image_commands()
-    if gpu_image:
-        for check, sources in found.items():
-            if check.imports:
-                check_imports(list(check.imports), lambda _, sources=sources: where(sources))
-            else:
-                done = run(list(check.argv))
-                if done.returncode != 0:
-                    failures.append(f"{where(sources)}: `{' '.join(check.argv)}` exited {done.returncode}: "
-                                    f"{done.stderr[-800:]}")
-    else:
-        sources_of: dict[str, list[str]] = {}
-        for check, sources in found.items():
-            for module in check.imports:
-                sources_of.setdefault(module, []).extend(sources)
-        check_imports(sorted(sources_of), lambda module: where(sources_of[module]))
+    sources_of: dict[str, list[str]] = {}
+    for check, sources in found.items():
+        for module in check.imports:
+            sources_of.setdefault(module, []).extend(sources)
+        if check.argv and gpu_image:
+            done = run(list(check.argv))
+            if done.returncode != 0:
+                failures.append(f"{where(sources)}: `{' '.join(check.argv)}` exited {done.returncode}: "
+                                f"{done.stderr[-800:]}")
+    done = run(["python", "-c", IMPORT_EACH, *sorted(sources_of)])
+    assert done.returncode == 0, done.stderr[-2000:]
+    for module, error in json.loads(done.stdout.splitlines()[-1]).items():
+        missing = re.match(r"ModuleNotFoundError: No module named '([^'.]+)", error)
+        if missing and canonicalize_name(missing.group(1)) in gpu_distributions:
+            by_design.append(f"{where(sources_of[module])}: import {module}: {missing.group(1)} is in the GPU image only")
+        elif not gpu_image and missing and module == missing.group(1) and module in optional_modules():
+            by_design.append(f"{where(sources_of[module])}: import {module}: optional, not installed (the code says "
+                             "how to add it)")
+        else:
+            failures.append(f"{where(sources_of[module])}: import {module}: {error}")
     return failures, sorted(set(by_design))
 
 

@@ -198,3 +198,15 @@ def test_lora_export_is_merged_and_loads_without_peft(tiny_model, demo_rows, tmp
         if not torch.equal(p, q)
     ]
     assert changed and all("proj" in name for name in changed)
+
+
+def test_zero3_steps_torchs_fused_adamw_not_a_deepspeed_optimizer(tmp_path):
+    """No "optimizer" in medo1's ZeRO-3 config: DeepSpeed then steps the Trainer's own optimizer (transformers'
+    integrations/deepspeed.py, deepspeed_optim_sched), torch's fused AdamW, named here rather than left to
+    transformers' default. DeepSpeed's FusedAdam would need its CUDA op, which the image does not compile."""
+    from medo1.training_arguments import TRAINER_OPTIMIZER, ZERO3, trainer_arguments
+
+    config = load_config(SFTConfig, TINY_RECIPE, overrides=["train.distributed=deepspeed_zero3"])
+    arguments = trainer_arguments(config.train, config.output, tmp_path, gradient_checkpointing=False)
+    assert "optimizer" not in ZERO3 and arguments["deepspeed"] == ZERO3
+    assert arguments["optim"] == TRAINER_OPTIMIZER == "adamw_torch_fused"
