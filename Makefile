@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch: on this project's machines a local wheel; GPU images pin their own (images/).
+# The image lock's torch release (its CPU build here: on this project's machines a local wheel).
 TORCH_PIN ?= $(shell grep '^torch==' images/trainer/requirements.lock)
 DEEPSPEED_PIN ?= $(shell grep '^deepspeed==' images/trainer/requirements.lock)
 # SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF file in a ~90 MB wheel: the demo's pretrained model.
