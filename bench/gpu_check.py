@@ -5,8 +5,9 @@
 
 Steps, each recorded with its figures or the reason it did not run:
 1. sft_benchmark: `bench.sft` (medo1 SFT, TRL's defaults, the padded loop) on the Qwen2.5-0.5B shape in bf16, with MFU;
-2. varlen_equals_separate: a padding-free row of several sequences (flash-attention varlen on the GPU) gives the
-   same logits as each sequence alone;
+2. varlen_equals_separate: a padding-free row of several sequences gives the same logits, and the same gradients
+   (the attention's backward), as each sequence alone, with the attention the 7B SFT recipe uses on the GPU
+   (flash_attention_4 from flash-attn-4 on Hopper: its varlen kernels; sdpa in the dry run);
 3. zero3_sft_step: `medo1 sft` with train.distributed=deepspeed_zero3, two processes over NCCL (gloo in the dry run);
 4. rollouts: greedy HF `generate` against vLLM on the same prompts (tokens/s, the same tokens), and a PPO update
    through `medo1 rl` with sampling.engine=hf and =vllm;
@@ -109,7 +110,8 @@ def child(kind: str, spec_path: str, result_path: str) -> None:
 
 
 def varlen_logits(spec: dict) -> dict:
-    """Logits of a padding-free row (sequences end to end, positions restarting) against each sequence alone."""
+    """Logits of a padding-free row (sequences end to end, positions restarting) against each sequence alone, and the
+    gradients of the same loss with respect to the input embeddings: training runs the attention's backward too."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -117,21 +119,33 @@ def varlen_logits(spec: dict) -> dict:
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, attn_implementation=spec["attn"]).to(device).eval()
+    model.requires_grad_(False)  # gradients for the inputs only
+    embed = model.get_input_embeddings()
     generator = torch.Generator().manual_seed(0)
     lengths = spec["lengths"]
     sequences = [torch.randint(0, model.config.vocab_size - 1, (n,), generator=generator) for n in lengths]
-    with torch.no_grad():
+
+    def forward(ids: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, d loss / d input embeddings) with loss = sum of the positions' log-sum-exp of the logits."""
+        inputs = embed(ids[None].to(device)).detach().requires_grad_()
         # As in training: no KV cache, which is also what lets transformers read packing from the restarting positions.
-        alone = [model(input_ids=s[None].to(device), use_cache=False).logits[0].float().cpu() for s in sequences]
-        positions = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
-        packed = model(input_ids=torch.cat(sequences)[None].to(device), position_ids=positions, use_cache=False).logits[0]
-        packed = packed.float().cpu()
-    difference = (packed - torch.cat(alone)).abs().max().item()
-    scale = torch.cat(alone).abs().max().item()
-    # bf16 logits carry ~3 significant digits; fp32 on the CPU should agree to rounding.
-    tolerance = 0.02 * scale if cuda else 1e-4 * scale
+        logits = model(inputs_embeds=inputs, position_ids=positions, use_cache=False).logits[0].float()
+        logits.logsumexp(-1).sum().backward()
+        return logits.detach().cpu(), inputs.grad[0].float().cpu()
+
+    alone = [forward(s) for s in sequences]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+    packed, packed_grad = forward(torch.cat(sequences), positions)
+    separate, separate_grad = torch.cat([a for a, _ in alone]), torch.cat([g for _, g in alone])
+    difference, scale = (packed - separate).abs().max().item(), separate.abs().max().item()
+    grad_difference, grad_scale = (packed_grad - separate_grad).abs().max().item(), separate_grad.abs().max().item()
+    # bf16 logits carry ~3 significant digits, bf16 gradients fewer; fp32 on the CPU should agree to rounding.
+    tolerance, grad_tolerance = (0.02 * scale, 0.05 * grad_scale) if cuda else (1e-4 * scale, 1e-4 * grad_scale)
     return {"attn_implementation": spec["attn"], "lengths": lengths, "dtype": str(dtype).removeprefix("torch."),
-            "max_abs_difference": difference, "largest_logit": scale, "tolerance": tolerance, "equal": difference <= tolerance}
+            "max_abs_difference": difference, "largest_logit": scale, "tolerance": tolerance,
+            "gradient_max_abs_difference": grad_difference, "largest_gradient": grad_scale,
+            "gradient_tolerance": grad_tolerance,
+            "equal": difference <= tolerance and grad_difference <= grad_tolerance}
 
 
 def greedy_generation(spec: dict) -> dict:
@@ -311,12 +325,13 @@ def varlen_equals_separate(check: Check) -> dict:
     from medo1.config import StageError
 
     attn = check.attn()
-    if check.cuda and attn != "flash_attention_2":
-        raise StageError("flash-attn is not installed: padding-free varlen cannot be checked (pip install flash-attn)")
+    if check.cuda and not attn.startswith("flash_attention_"):
+        raise StageError("no flash-attention for this GPU: padding-free varlen cannot be checked (the GPU image has "
+                         "flash-attn-4, for Hopper and newer: pip install 'medo1[gpu]')")
     (result,) = run_ranks("varlen", {"model": str(check.model()), "attn": attn, "lengths": [37, 300, 5, 120]},
                           check.work / "varlen", processes=1, cuda=check.cuda)
     if not result["equal"]:
-        raise AssertionError(f"padding-free logits differ from separate sequences: {result}")
+        raise AssertionError(f"padding-free logits or gradients differ from separate sequences: {result}")
     return result
 
 

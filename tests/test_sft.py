@@ -231,3 +231,15 @@ def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_mode
     with pytest.raises(DataError, match=rf"5 row\(s\) longer than data.max_length={limit} tokens \(data.overlong=fail\):"
                                         rf"\n  .*rows\.json row \d+: too long: \d+ tokens > max_length {limit}"):
         prepare_dataset(config(**{"data.overlong": "fail"}), tokenizer, tmp_path / "run")
+
+
+def test_zero3_steps_torchs_fused_adamw_not_a_deepspeed_optimizer(tmp_path):
+    """No "optimizer" in medo1's ZeRO-3 config: DeepSpeed then steps the Trainer's own optimizer (transformers'
+    integrations/deepspeed.py, deepspeed_optim_sched), torch's fused AdamW, named here rather than left to
+    transformers' default. DeepSpeed's FusedAdam would need its CUDA op, which the image does not compile."""
+    from medo1.training_arguments import TRAINER_OPTIMIZER, ZERO3, trainer_arguments
+
+    config = load_config(SFTConfig, TINY_RECIPE, overrides=["train.distributed=deepspeed_zero3"])
+    arguments = trainer_arguments(config.train, config.output, tmp_path, gradient_checkpointing=False)
+    assert "optimizer" not in ZERO3 and arguments["deepspeed"] == ZERO3
+    assert arguments["optim"] == TRAINER_OPTIMIZER == "adamw_torch_fused"

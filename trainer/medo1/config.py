@@ -242,7 +242,8 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights' dtype when loaded; auto: the checkpoint's own."""
     attn_implementation: str | None = None
-    """transformers' attention kernel (eager, sdpa, flash_attention_2); default: transformers' choice."""
+    """transformers' attention kernel: eager, sdpa, flex_attention, flash_attention_4 (flash-attn-4, in the GPU image:
+    padding-free varlen on Hopper and newer), flash_attention_2 (flash-attn, if built); default: transformers' (sdpa)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
 
