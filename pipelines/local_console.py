@@ -211,10 +211,12 @@ class StepConsole(io.TextIOBase):
         self.task, self.started, self.last_progress = task, time.monotonic(), 0.0
         self.tail.clear()
         self.ran.append(task)
+        attempt = self.ran.count(task)
         label = self.label
         self.step_log = self.log_path(label).open("a", encoding="utf-8", buffering=1)
-        self.step_log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} step {label} (task {task})\n")
-        self.say(label, "started")
+        self.step_log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} step {label} (task {task}), attempt {attempt}\n")
+        # The runner retries a failed step as its retry policy allows; a training step resumes from its checkpoint.
+        self.say(label, "started" if attempt == 1 else f"started again (attempt {attempt}: the step's retry policy)")
         if label in TRAINING_STEPS:
             self._watch(self.run_dir / label / "metrics.jsonl", label)
 

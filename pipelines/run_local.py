@@ -158,7 +158,7 @@ def run_local(workspace: Path, run_name: str = "", quick: bool = False, console=
         "artifacts": artifacts(run_dir, arguments["target_language"]),
         "kfp_outputs": str(kfp_root),
         "logs": str(steps.logs),
-        "steps_run": [steps.names.get(name, name) for name in steps.ran],
+        "steps_run": [steps.names.get(name, name) for name in dict.fromkeys(steps.ran)],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

@@ -296,6 +296,8 @@ def test_step_console_shows_a_few_lines_per_step_and_logs_everything(tmp_path):
     steps.write("    medo1: error: data.path: no such file\n")
     # kfp 2.17's local runner logs the failed task, then raises for the pipeline as a whole.
     steps.write("06:11:09.100 - ERROR - Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m\n")
+    steps.write("06:11:20.000 - INFO - Executing task 'train'\n    medo1: error: data.path: no such file\n")  # a retry
+    steps.write("06:11:29.100 - ERROR - Task \x1b[96m'train'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m\n")
     failure = steps.failed("Pipeline \x1b[95m'medo1'\x1b[0m finished with status FAILURE. Inner task failed: 'train'.")
     steps.close_logs()
     shown = console.getvalue()
@@ -306,7 +308,8 @@ def test_step_console_shows_a_few_lines_per_step_and_logs_everything(tmp_path):
     assert lines[6].split()[1:3] == ["artifacts:", "kfp/medo1-2026/translate/"] and shown.count("timed out") == 1
     assert "SFT set 12 kept, 1 rejected, 2 retried; RL set 8 kept, 0 rejected, 0 retried" in shown
     assert "executor_input" not in shown and "Loading weights" not in shown
-    assert "sft        FAILED after" in shown and "    medo1: error: data.path: no such file" in shown
+    assert shown.count("sft        FAILED after") == 2 and "    medo1: error: data.path: no such file" in shown
+    assert "sft        started again (attempt 2: the step's retry policy)" in shown
     assert failure == f"step sft failed; its full log: {run_dir / 'logs' / 'sft.log'}"
     assert "Got executor_input" in (run_dir / "logs" / "translate.log").read_text()
     full = (run_dir / "logs" / "pipeline.log").read_text()
