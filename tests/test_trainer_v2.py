@@ -442,6 +442,8 @@ def test_runtime_container_runs_under_torchrun_with_trainers_env(tiny_model, tmp
 def test_pipeline_training_step_launches_the_algorithms_runtime(kube, tmp_path, monkeypatch):
     """The compiled pipeline's `train` step with backend=trainjob and rl_algorithm=grpo: a TrainJob on
     medo1-grpo through the SDK (kubeconfig: the stand-in), carrying the pipeline's wiring as overrides."""
+    from kfp import dsl
+
     from pipelines.medo1_pipeline import train
 
     # The kubernetes client reads $KUBECONFIG once, at import; this process imported it long ago.
@@ -452,7 +454,8 @@ def test_pipeline_training_step_launches_the_algorithms_runtime(kube, tmp_path, 
         stage="rl", recipe="/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml", model="/checkpoints/runs/run9/sft/export",
         data="/data/medical_o1_verifiable.json", algorithm="grpo", overrides=[], output_dir="/checkpoints/runs/run9/rl",
         backend="trainjob", profile="h100-1node", nodes=1, gpus_per_node=8, data_pvc="medo1-data",
-        checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", job_name="medo1-rl-run9", timeout_hours=1.0)
+        checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", job_name="medo1-rl-run9", timeout_hours=1.0,
+        report=dsl.HTML(uri=str(tmp_path / "report")), metrics=dsl.Metrics(uri=str(tmp_path / "metrics")))
     assert export == "/checkpoints/runs/run9/rl/export"
     (post,) = kube.calls("POST", "trainjobs")
     assert post.body["spec"]["runtimeRef"] == {"name": "medo1-grpo", "kind": "ClusterTrainingRuntime"}
