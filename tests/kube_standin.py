@@ -1,16 +1,21 @@
-"""A local stand-in for the Kubernetes API server, for launcher tests: no cluster exists on this machine.
+"""A local stand-in for the Kubernetes API server, for launcher, Helm and doctor tests: no cluster exists here.
 
-It implements only what the kubernetes client and the Kubeflow SDKs (training, and trainer for Kubeflow
-Trainer v2) call for one PyTorchJob, batch Job or TrainJob: create, get and delete the job (kubeflow.org/v1,
-batch/v1, trainer.kubeflow.org/v1alpha1), list pods by label selector (`k=v` and `k in (a, b)` terms), and
-read (follow) a pod's log, chunked as the API server streams it. Each job plays a script: steps of its
-controller's status (Training Operator v1.9, Trainer v2.3) plus its first pod's main container at that
-point (a TrainJob's: the node-0 pod JobSet creates, labelled as JobSet and the Job controller label it). A job moves one step on per GET of it, but
-not past a running container whose log lines no reader has been sent yet (a real job does not finish
-before its pod has logged). Every request is recorded. Recorded cluster objects (`record`) are served
-read-only, for `medo1 doctor` and the launcher's stuck-pod checks, and access reviews are answered from
-`permissions`. Jobs are listed by label, patched (merge patch of their metadata) and deleted; a Foreground
-deletion ends after `foreground_reads` GETs, or never (pods stuck Terminating on a dead node).
+One request path for every request (`serve_api`), in the real server's order: discovery; RBAC for a
+service-account token (`service_account_token`): a request the Roles and ClusterRoles bound to the account do
+not grant is 403 with the API server's message, the launcher's job create / get / list / patch / delete
+included; access reviews (a SubjectAccessReview needs `create subjectaccessreviews`, a SelfSubjectAccessReview is
+always answered; a cluster admin's are answered from `permissions`); then the object. Any other token is a
+cluster admin's.
+
+Jobs (PyTorchJob kubeflow.org/v1, batch/v1 Job, TrainJob trainer.kubeflow.org/v1alpha1) are what the kubernetes
+client and the Kubeflow SDKs (training, and trainer for Kubeflow Trainer v2) create, read, list by label,
+patch and delete. Each plays a script: steps of its controller's status (Training Operator v1.9, Trainer v2.3)
+plus its first pod's main container at that point (a TrainJob's: the node-0 pod JobSet creates, labelled as
+JobSet and the Job controller label it). A job moves one step on per GET of it, but not past a running container
+whose log lines no reader has been sent yet (a real job does not finish before its pod has logged). Pods are
+listed by label selector (`k=v` and `k in (a, b)` terms), a pod's log read (followed), chunked as the API server
+streams it. A Foreground deletion ends after `foreground_reads` GETs, or never (pods stuck Terminating on a dead
+node). A job created with no script (Helm's) has no controller acting on it.
 
 What the real server does when no controller acts, modelled: a job whose kind has no running controller
 (`controllers`: the kinds that have one) has no status at all and no pods, as a real API server keeps a custom
@@ -20,13 +25,13 @@ controller creates no pod and records what Training Operator v1 and the Job cont
 `Error creating: <the error>` (kubeflow/training-operator pkg/controller.v1/control/pod_control.go; kubernetes
 pkg/controller/controller_utils.go).
 
-It also serves what real Helm and a service account's client meet on a real API server (see `serve_api`):
-discovery (built-in groups and those of the CustomResourceDefinitions recorded), the OpenAPI v3 index that
-tells kubectl / Helm the server validates fields itself, create / apply / patch / replace / delete of any
-object, and the refusals a real server makes: a batch Job's pod template or an immutable ConfigMap's data
-changed (`field is immutable`), and RBAC for service-account tokens (`service_account_token`): a request the
-Roles and ClusterRoles bound to the account do not grant is 403 with the API server's message, a
-SubjectAccessReview needs `create subjectaccessreviews`, a SelfSubjectAccessReview is always answered.
+Every other object: recorded cluster objects (`record`: nodes, CRDs, pods, events, RBAC...) and what clients
+create, kept and served with create / server-side apply / merge patch / replace / delete, with discovery
+(built-in groups and those of the CustomResourceDefinitions recorded) and the OpenAPI v3 index that tells
+kubectl / Helm the server validates fields itself. The refusals a real server makes, for jobs and objects
+alike: a batch Job's pod template or selector, a TrainJob's immutable fields or an immutable ConfigMap's data
+changed (422 `field is immutable`), a replace of an older resourceVersion (409), a strategic merge patch of a
+custom resource (415); a create of a name that exists (409). Every request is recorded (`requests`).
 """
 
 from __future__ import annotations
@@ -53,7 +58,6 @@ import yaml
 JOBS = re.compile(r"^/apis/(?:kubeflow\.org/v1|batch/v1|trainer\.kubeflow\.org/v1alpha1)/namespaces/(?P<ns>[^/]+)/"
                   r"(?:pytorchjobs|jobs|trainjobs)(?:/(?P<name>[^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
-EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events$")
 POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log$")
 IMAGE = "ghcr.io/medo1/trainer:0.1.0"
 STARTED = datetime(2026, 11, 23, 10, 1, tzinfo=timezone.utc)
@@ -61,7 +65,7 @@ PLURALS = {"Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "Per
            "Pod": "pods", "Event": "events", "CustomResourceDefinition": "customresourcedefinitions",
            "LocalQueue": "localqueues", "ConfigMap": "configmaps", "ClusterTrainingRuntime": "clustertrainingruntimes",
            "TrainingRuntime": "trainingruntimes"}
-PLURALS_OF_JOBS = {"PyTorchJob": "/pytorchjobs", "Job": "/jobs", "TrainJob": "/trainjobs"}
+JOB_KINDS = {"pytorchjobs": "PyTorchJob", "jobs": "Job", "trainjobs": "TrainJob"}
 SET_TERM = re.compile(r"^\s*(?P<key>[^\s=!]+)\s+in\s+\((?P<values>[^)]*)\)\s*$")
 
 
@@ -132,6 +136,7 @@ BUILT_IN_RESOURCES = {
     "authentication.k8s.io/v1": [("selfsubjectreviews", "SelfSubjectReview", False)],
 }
 PLURALS.update({kind: plural for resources in BUILT_IN_RESOURCES.values() for plural, kind, _ in resources})
+BUILT_IN_GROUPS = {gv.rpartition("/")[0] for gv in BUILT_IN_RESOURCES}
 PLURALS.update({"ClusterQueue": "clusterqueues", "ResourceFlavor": "resourceflavors", "TrainJob": "trainjobs",
                 "PyTorchJob": "pytorchjobs"})
 RESOURCE_PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
@@ -606,8 +611,11 @@ class KubeStandIn:
         return True
 
     def serve_api(self, handler: Any, method: str, path: str, query: dict[str, list[str]]) -> bool:
-        """Answer a request the scripted jobs, pods and logs do not (False: the caller answers it): discovery,
-        RBAC for service-account callers, access reviews they make, and any other object kept here."""
+        """Answer a request as the API server does, in its order: discovery; then, for every resource request,
+        RBAC for a service-account caller (403 with the server's message); then access reviews, the jobs
+        (`_serve_job`: their scripts play the controllers) and any other object kept here (`_serve_object`).
+        False: the handler answers it (a pod list or log, a path in `forbidden`, a cluster admin's access review,
+        anything else is not found)."""
         with self._api_lock:
             if method == "GET" and self._discovery(handler, path):
                 return True
@@ -626,19 +634,100 @@ class KubeStandIn:
                 return user != ADMIN and self._answer_review(handler, user, info)
             if path in self.forbidden or POD_LOG.match(path) or PODS.match(path):
                 return False
-            jobs = JOBS.match(path)
-            stored = self.jobs.get((info.namespace, info.name)) if jobs else None
-            if stored is not None and PLURALS[stored.body["kind"]] != info.resource:  # jobs are kept by name alone
-                handler._status(404, "NotFound", f'{info.qualified} "{info.name}" not found')
+            if method == "PATCH" and self._unsupported_patch(handler, info):
                 return True
-            if jobs and (method in ("GET", "DELETE") and info.name or method == "POST" and self._scripted(handler)
-                         or method == "PATCH" and stored is not None or method == "GET" and not info.name):
-                return False
-            return self._serve_object(handler, method, info, query, jobs is not None)
+            if JOBS.match(path):
+                return self._serve_job(handler, method, info, query)
+            return self._serve_object(handler, method, info, query)
 
-    def _scripted(self, handler: Any) -> bool:
+    def _unsupported_patch(self, handler: Any, info: RequestInfo) -> bool:
+        """A patch type the server refuses for this resource (a strategic merge patch of a custom resource: 415, as
+        k8s.io/apiserver pkg/endpoints/handlers/patch.go answers it), or one not modelled here (a JSON patch)."""
+        content_type = handler.headers.get("Content-Type", "").split(";")[0].strip()
+        if content_type == "application/strategic-merge-patch+json" and info.group not in BUILT_IN_GROUPS:
+            handler._status(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted "
+                            "media types include: application/json-patch+json, application/merge-patch+json, "
+                            "application/apply-patch+yaml")
+            return True
+        if content_type == "application/json-patch+json":
+            handler._status(500, "InternalError", "the stand-in does not model JSON patches (RFC 6902)")
+            return True
+        return False
+
+    def _serve_job(self, handler: Any, method: str, info: RequestInfo, query: dict[str, list[str]]) -> bool:
+        """A PyTorchJob, batch Job or TrainJob, kept with the script of its controller's status steps (`StoredJob`):
+        created (the next script for its name, else the `*` one, else none: no controller acts, its status stays
+        empty), read (a GET moves it a step on; a Foreground deletion ends after `foreground_reads` GETs), listed,
+        updated like any object (merge patch, server-side apply, replace; the immutable fields refused) and
+        deleted. Jobs are kept by namespace and name alone: another kind's job of that name is not found here."""
+        kind = JOB_KINDS[info.resource]
+        key = (info.namespace, info.name)
+        stored = self.jobs.get(key) if info.name else None
+        if stored is not None and stored.body["kind"] != kind and method != "POST":
+            stored = None
         body = handler.body or {}
-        return bool(self.scripts.get(body.get("metadata", {}).get("name")) or self.scripts.get("*"))
+        if method == "GET" and not info.name:
+            listed = [self._job_view(s) for (namespace, _), s in self.jobs.items()
+                      if namespace == info.namespace and s.body["kind"] == kind]
+            handler._reply(200, {"kind": f"{kind}List", "apiVersion": info.prefix.removeprefix("/apis/"),
+                                 "metadata": {"resourceVersion": "1"}, "items": self._selected(listed, query)})
+            return True
+        if method == "POST":
+            return not info.name and self._create_job(handler, info, body)
+        apply = method == "PATCH" and handler.headers.get("Content-Type", "").startswith(APPLY_PATCH)
+        if stored is None:
+            if apply:  # server-side apply of a job that does not exist yet: created
+                created = self._create_job(handler, info, body)
+                self.applied[f"{self._collection(info)}/{info.name}"] = copy.deepcopy(body)
+                return created
+            handler._status(404, "NotFound", f'{info.qualified} "{info.name}" not found')
+            return True
+        if method == "GET":
+            if stored.body["metadata"].get("deletionTimestamp") and stored.deleting_reads is not None:
+                if stored.deleting_reads == 0:  # its dependents are gone: so is it
+                    del self.jobs[key]
+                    handler._status(404, "NotFound", f'{info.qualified} "{info.name}" not found')
+                    return True
+                stored.deleting_reads -= 1
+            view = self._job_view(stored)
+            self._advance(stored)
+            handler._reply(200, view)
+            return True
+        if method == "DELETE":
+            propagation = body.get("propagationPolicy") or query.get("propagationPolicy", [""])[0]
+            if propagation == "Foreground":  # kept, with the garbage collector's finalizer, until its pods are gone
+                stored.body["metadata"].update(deletionTimestamp=rfc3339(datetime.now(timezone.utc)),
+                                               finalizers=["foregroundDeletion"])
+                stored.deleting_reads = self.foreground_reads
+                handler._reply(200, self._job_view(stored))
+                return True
+            del self.jobs[key]
+            self.applied.pop(f"{self._collection(info)}/{info.name}", None)
+            handler._reply(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                                 "details": {"name": info.name, "group": info.group, "kind": info.resource,
+                                             "uid": stored.body["metadata"]["uid"]}})
+            return True
+        updated = self._updated(handler, method, info, stored.body, body)
+        if updated is not None:
+            updated.pop("status", None)  # the status subresource's: written by the controller (the script) alone
+            stored.body = updated
+            handler._reply(200, self._job_view(stored))
+        return True
+
+    def _create_job(self, handler: Any, info: RequestInfo, body: dict) -> bool:
+        name = body["metadata"].get("name", "")
+        if (info.namespace, name) in self.jobs:
+            handler._status(409, "AlreadyExists", f'{info.qualified} "{name}" already exists')
+            return True
+        script = self.scripts.get(name) or self.scripts.get("*")
+        created = self._server_filled(self._stored(body), info)
+        created.pop("status", None)  # a status subresource: what a create sends is dropped
+        stored = StoredJob(created, script.pop(0) if script else [Step(status={})])
+        self.jobs[(info.namespace, name)] = stored
+        if self.refuse_pods and self._acted_on(stored):
+            self._refused(info.namespace, name, stored)
+        handler._reply(201, created)
+        return True
 
     def _answer_review(self, handler: Any, user: str, info: RequestInfo) -> bool:
         """A service account's access reviews: its own (always allowed to ask) or, with `create subjectaccessreviews`
@@ -699,7 +788,9 @@ class KubeStandIn:
         handler._reply(201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
         return True
 
-    def _serve_object(self, handler: Any, method: str, info: RequestInfo, query: dict[str, list[str]], job: bool) -> bool:
+    def _serve_object(self, handler: Any, method: str, info: RequestInfo, query: dict[str, list[str]]) -> bool:
+        """Any other object: kept as it is created, listed (label and field selectors), read, updated (the
+        immutable fields refused) and deleted; a pod's eviction subresource (`_evict`)."""
         if (info.resource, info.subresource, method) == ("pods", "eviction", "POST"):
             return self._evict(handler, info)
         if info.subresource:
@@ -709,39 +800,50 @@ class KubeStandIn:
             handler._status(404, "NotFound", "the server could not find the requested resource")
             return True
         collection = self._collection(info)
-        stored_jobs = {name: stored for (ns, name), stored in self.jobs.items() if ns == info.namespace} if job else {}
-        items = [s.body for s in stored_jobs.values()] if job else self.recorded.setdefault(collection, [])
+        items = self.recorded.setdefault(collection, [])
         current = next((o for o in items if o["metadata"]["name"] == info.name), None) if info.name else None
         body = handler.body
         if method == "GET" and not info.name:
-            listed = [self._job_view(s) for s in stored_jobs.values()] if job else items
             handler._reply(200, {"kind": f"{kind[0]}List", "apiVersion": info.prefix.removeprefix("/api/").removeprefix("/apis/"),
-                                 "metadata": {"resourceVersion": "1"}, "items": self._selected(listed, query)})
+                                 "metadata": {"resourceVersion": "1"}, "items": self._selected(items, query)})
             return True
         if method == "POST":
-            if info.name:
-                return False
-            return self._create(handler, info, body, items, job)
-        if current is None and not (method == "PATCH" and handler.headers.get("Content-Type", "").startswith(APPLY_PATCH)):
+            return not info.name and self._create(handler, info, body, items)
+        if current is None:
+            if method == "PATCH" and handler.headers.get("Content-Type", "").startswith(APPLY_PATCH):
+                created = self._create(handler, info, body, items)  # server-side apply of a new object: created
+                self.applied[f"{collection}/{info.name}"] = copy.deepcopy(body)
+                return created
             handler._status(404, "NotFound", f'{info.qualified} "{info.name}" not found')
             return True
         if method == "GET":
-            handler._reply(200, self._job_view(stored_jobs[info.name]) if job else current)
+            handler._reply(200, current)
             return True
         if method == "DELETE":
-            items.remove(current) if not job else self.jobs.pop((info.namespace, info.name))
+            items.remove(current)
             self.applied.pop(f"{collection}/{info.name}", None)
             handler._reply(200, current)
             return True
-        if current is None:  # server-side apply of an object that does not exist yet: created
-            self.applied[f"{collection}/{info.name}"] = copy.deepcopy(body)
-            return self._create(handler, info, body, items, job)
+        updated = self._updated(handler, method, info, current, body)
+        if updated is not None:
+            items[items.index(current)] = updated
+            handler._reply(200, updated)
+        return True
+
+    def _updated(self, handler: Any, method: str, info: RequestInfo, current: dict, body: dict) -> dict | None:
+        """`current` replaced (PUT), server-side applied or merge-patched with `body`; None when refused (answered
+        here): a replace of an older resourceVersion (409) or a change to an immutable field (422)."""
+        key = f"{self._collection(info)}/{info.name}"
+        applying = handler.headers.get("Content-Type", "").startswith(APPLY_PATCH)
         if method == "PUT":
+            stale = (body.get("metadata") or {}).get("resourceVersion")
+            if stale and stale != current["metadata"].get("resourceVersion"):
+                handler._status(409, "Conflict", f'Operation cannot be fulfilled on {info.qualified} "{info.name}": the '
+                                "object has been modified; please apply your changes to the latest version and try again")
+                return None
             updated = copy.deepcopy(body)
-        elif handler.headers.get("Content-Type", "").startswith(APPLY_PATCH):
-            key = f"{collection}/{info.name}"
+        elif applying:
             updated = apply_config(current, self.applied.get(key), body)
-            self.applied[key] = copy.deepcopy(body)
         else:
             updated = merge_patch(current, body)
         for server_field in ("uid", "creationTimestamp", "namespace", "generation"):
@@ -752,40 +854,40 @@ class KubeStandIn:
         refusal = immutable_change(current, updated)
         if refusal:
             handler._status(422, "Invalid", refusal)
-            return True
+            return None
+        if applying:
+            self.applied[key] = copy.deepcopy(body)
         updated["metadata"]["resourceVersion"] = str(int(current["metadata"].get("resourceVersion", "1")) + 1)
-        if job:
-            stored_jobs[info.name].body = updated
-        else:
-            items[items.index(current)] = updated
-        handler._reply(200, updated)
-        return True
+        return updated
 
-    def _create(self, handler: Any, info: RequestInfo, body: dict, items: list[dict], job: bool) -> bool:
-        name = body["metadata"].get("name", "")
-        if any(o["metadata"]["name"] == name for o in items):
-            handler._status(409, "AlreadyExists", f'{info.qualified} "{name}" already exists')
-            return True
-        created = self._stored(body)
+    def _server_filled(self, created: dict, info: RequestInfo) -> dict:
+        """What the API server fills in on a create: the namespace of the path and, on a batch Job, the selector
+        and its pods' labels (pkg/registry/batch/job/strategy.go)."""
+        name = created["metadata"].get("name", "")
         if info.namespace and info.resource != "namespaces":
             created["metadata"]["namespace"] = info.namespace
-        if created.get("kind") == "Job":  # what the API server adds to a Job (pkg/registry/batch/job/strategy.go)
+        if created.get("kind") == "Job":
             uid = created["metadata"]["uid"]
             generated = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
                          "controller-uid": uid, "job-name": name}
             created["spec"].setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
             template = created["spec"].setdefault("template", {}).setdefault("metadata", {})
             template["labels"] = {**(template.get("labels") or {}), **generated}
-        if job:  # no controller plays it: its status stays empty
-            self.jobs[(info.namespace, name)] = StoredJob(created, [Step(status={})])
-        else:
-            items.append(created)
+        return created
+
+    def _create(self, handler: Any, info: RequestInfo, body: dict, items: list[dict]) -> bool:
+        name = body["metadata"].get("name", "")
+        if any(o["metadata"]["name"] == name for o in items):
+            handler._status(409, "AlreadyExists", f'{info.qualified} "{name}" already exists')
+            return True
+        created = self._server_filled(self._stored(body), info)
+        items.append(created)
         handler._reply(201, created)
         return True
 
     def start(self) -> KubeStandIn:
         standin = self
-        lock = threading.Lock()
+        lock = self._api_lock
         closing = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
@@ -819,94 +921,46 @@ class KubeStandIn:
             def _not_found(self, what: str) -> None:
                 self._status(404, "NotFound", f"{what} not found")
 
+            def _answer(self, method: str) -> tuple[str, dict] | None:
+                """The request recorded and answered by `serve_api` (None), else its path and query."""
+                path, query = self._record(method)
+                if standin.serve_api(self, method, path, query):
+                    return None
+                if path in standin.forbidden:
+                    info = request_info(method, path, query)
+                    self._status(403, "Forbidden", forbidden_message(self.caller, info) if info else f"cannot get {path}")
+                    return None
+                return path, query
+
             def do_POST(self):
-                path, query = self._record("POST")
-                if standin.serve_api(self, "POST", path, query):
+                if (request := self._answer("POST")) is None:
                     return
+                path, _ = request
                 if path.startswith("/apis/authorization.k8s.io/v1/") and path.endswith("accessreviews"):
                     return self._review(self.body)
-                match = JOBS.match(path)
-                if not match or match["name"]:
-                    return self._not_found(path)
-                body = standin.requests[-1].body
-                name = body["metadata"]["name"]
-                with lock:
-                    if (match["ns"], name) in standin.jobs:
-                        return self._status(409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists')
-                    stored = StoredJob(standin._stored(body), (standin.scripts.get(name) or standin.scripts["*"]).pop(0))
-                    stored.body["metadata"].setdefault("namespace", match["ns"])  # as the API server fills it in
-                    stored.body.pop("status", None)  # a status subresource: what a create sends is dropped
-                    standin.jobs[(match["ns"], name)] = stored
-                    if standin.refuse_pods and standin._acted_on(stored):
-                        standin._refused(match["ns"], name, stored)
-                    return self._reply(201, stored.body)
+                self._not_found(path)
 
             def do_PATCH(self):
-                path, query = self._record("PATCH")
-                if standin.serve_api(self, "PATCH", path, query):
-                    return
-                match = JOBS.match(path)
-                key = (match["ns"], match["name"]) if match and match["name"] else None
-                with lock:
-                    if key not in standin.jobs:
-                        return self._not_found(f'jobs "{key and key[1]}"')
-                    stored = standin.jobs[key]
-                    patch = (standin.requests[-1].body or {}).get("metadata") or {}
-                    metadata = stored.body["metadata"]
-                    for section in ("labels", "annotations"):
-                        if section in patch:
-                            metadata[section] = {**(metadata.get(section) or {}), **patch[section]}
-                    if "ownerReferences" in patch:
-                        metadata["ownerReferences"] = patch["ownerReferences"]
-                    return self._reply(200, standin._job_view(stored))
+                if (request := self._answer("PATCH")) is not None:
+                    self._not_found(request[0])
+
+            def do_PUT(self):
+                if (request := self._answer("PUT")) is not None:
+                    self._not_found(request[0])
 
             def do_DELETE(self):
-                path, query = self._record("DELETE")
-                if standin.serve_api(self, "DELETE", path, query):
-                    return
-                match = JOBS.match(path)
-                key = (match["ns"], match["name"]) if match and match["name"] else None
-                with lock:
-                    if key not in standin.jobs:
-                        return self._not_found(f'pytorchjobs.kubeflow.org "{key and key[1]}"')
-                    stored = standin.jobs[key]
-                    if (standin.requests[-1].body or {}).get("propagationPolicy") == "Foreground":
-                        stored.body["metadata"].update(deletionTimestamp=rfc3339(datetime.now(timezone.utc)),
-                                                       finalizers=["foregroundDeletion"])
-                        stored.deleting_reads = standin.foreground_reads
-                        return self._reply(200, standin._job_view(stored))
-                    del standin.jobs[key]
-                    return self._reply(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                             "details": {"name": key[1], "group": "kubeflow.org", "kind": "pytorchjobs"}})
+                if (request := self._answer("DELETE")) is not None:
+                    self._not_found(request[0])
 
             def do_GET(self):
-                path, query = self._record("GET")
-                if standin.serve_api(self, "GET", path, query):
+                if (request := self._answer("GET")) is None:
                     return
-                if (match := JOBS.match(path)) and match["name"]:
-                    return self._get_job(match["ns"], match["name"])
-                if match:
-                    return self._list_jobs(match["ns"], path, query.get("labelSelector", [""])[0])
+                path, query = request
                 if match := PODS.match(path):
                     return self._list_pods(match["ns"], query.get("labelSelector", [""])[0])
                 if match := POD_LOG.match(path):
                     return self._log(match["ns"], match["pod"], query)
-                if path in standin.forbidden:
-                    info = request_info("GET", path, query)
-                    return self._status(403, "Forbidden", forbidden_message(self.caller, info) if info else f"cannot get {path}")
-                if path in standin.recorded or EVENTS.match(path):  # a collection: a list, empty when nothing's there
-                    items = standin._selected(standin.recorded.get(path, []), query)
-                    return self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
-                collection, _, name = path.rpartition("/")
-                for obj in standin.recorded.get(collection, []):
-                    if obj["metadata"]["name"] == name:
-                        return self._reply(200, obj)
-                return self._not_found(path)
-
-            def do_PUT(self):
-                path, query = self._record("PUT")
-                if not standin.serve_api(self, "PUT", path, query):
-                    self._not_found(path)
+                self._not_found(path)
 
             def _review(self, review: dict) -> None:
                 spec = review["spec"]
@@ -917,29 +971,6 @@ class KubeStandIn:
                 wanted = (attributes.get("verb"), attributes.get("group", ""), resource)
                 allowed = wanted in standin.permissions.get(spec.get("user", ""), set())
                 self._reply(201, {**review, "status": {"allowed": allowed}})
-
-            def _get_job(self, namespace: str, name: str) -> None:
-                with lock:
-                    stored = standin.jobs.get((namespace, name))
-                    if stored is not None and stored.body["metadata"].get("deletionTimestamp") \
-                            and stored.deleting_reads is not None:
-                        if stored.deleting_reads == 0:
-                            del standin.jobs[(namespace, name)]
-                            stored = None
-                        else:
-                            stored.deleting_reads -= 1
-                    if stored is None:
-                        return self._not_found(f'pytorchjobs.kubeflow.org "{name}"')
-                    view = standin._job_view(stored)
-                    standin._advance(stored)
-                return self._reply(200, view)
-
-            def _list_jobs(self, namespace: str, path: str, selector: str) -> None:
-                with lock:
-                    items = [standin._job_view(stored) for (ns, _), stored in standin.jobs.items()
-                             if ns == namespace and path.endswith(PLURALS_OF_JOBS[stored.body["kind"]])
-                             and selected_by(stored.body["metadata"].get("labels"), selector)]
-                self._reply(200, {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items})
 
             def _list_pods(self, namespace: str, selector: str) -> None:
                 with lock:

@@ -106,6 +106,43 @@ def test_the_standin_refuses_a_changed_job_pod_template_and_immutable_configmap_
         422, 'ConfigMap "snap" is invalid: data: Forbidden: field is immutable when `immutable` is set')
 
 
+def test_the_standin_refuses_the_same_for_a_job_its_script_plays(kube):
+    """The jobs a test scripts (the controller's status steps) take the same path as any object: a changed pod
+    template is refused, a stale replace conflicts, a strategic merge patch of a custom resource is unsupported;
+    a metadata patch is applied and the script plays on. Jobs are listed by their own kind only."""
+    from tests.kube_standin import Step
+
+    kube.script("medo1-eval", [Step({"active": 1}), Step({"succeeded": 1})])
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "medo1-eval"},
+           "spec": {"template": {"spec": {"restartPolicy": "Never",
+                                          "containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.0"}]}}}}
+    jobs_path = f"/apis/batch/v1/namespaces/{NS}/jobs"
+    assert request(kube, "POST", jobs_path, job)[0] == 201
+    changed = {"spec": {"template": {"spec": {"containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.1"}]}}}}
+    code, status = request(kube, "PATCH", f"{jobs_path}/medo1-eval", changed, "application/merge-patch+json")
+    assert (code, status["reason"]) == (422, "Invalid")
+    assert status["message"].startswith('Job.batch "medo1-eval" is invalid: spec.template: Invalid value: {')
+    code, patched = request(kube, "PATCH", f"{jobs_path}/medo1-eval", {"metadata": {"labels": {"medo1.io/job": "medo1-eval"}}},
+                            "application/strategic-merge-patch+json")
+    assert code == 200 and patched["metadata"]["labels"]["medo1.io/job"] == "medo1-eval"
+    assert patched["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/medo1/trainer:0.1.0"
+    assert [request(kube, "GET", f"{jobs_path}/medo1-eval")[1]["status"] for _ in range(2)] == [{"active": 1}, {"succeeded": 1}]
+    stale = {**job, "metadata": {**job["metadata"], "resourceVersion": "1"}}
+    code, status = request(kube, "PUT", f"{jobs_path}/medo1-eval", stale)
+    assert (code, status["reason"]) == (409, "Conflict")
+    assert status["message"].startswith('Operation cannot be fulfilled on jobs.batch "medo1-eval": the object has been modified')
+
+    pytorchjobs = f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs"
+    pytorchjob = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "medo1-sft"}, "spec": {}}
+    assert request(kube, "POST", pytorchjobs, pytorchjob)[0] == 201
+    label = {"metadata": {"labels": {"medo1.io/job": "medo1-sft"}}}
+    code, status = request(kube, "PATCH", f"{pytorchjobs}/medo1-sft", label, "application/strategic-merge-patch+json")
+    assert (code, status["reason"]) == (415, "UnsupportedMediaType")
+    assert request(kube, "PATCH", f"{pytorchjobs}/medo1-sft", label, "application/merge-patch+json")[0] == 200
+    assert [j["metadata"]["name"] for j in request(kube, "GET", jobs_path)[1]["items"]] == ["medo1-eval"]
+    assert [j["metadata"]["name"] for j in request(kube, "GET", pytorchjobs)[1]["items"]] == ["medo1-sft"]
+
+
 # ---- issue 26 item 1: helm upgrade -----------------------------------------------------------------------
 
 
