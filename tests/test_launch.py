@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from medo1 import checkpoint, k8s
 from medo1.cli import main
 from medo1.launch import (
@@ -921,6 +922,69 @@ def test_a_failure_a_restart_cannot_cure_is_not_restarted_and_is_marked_on_the_j
     with pytest.raises(JobFailed, match="not restarted: pod .* \\(a restart would fail the same way\\)"):
         launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
     assert len(kube.calls("POST")) == 1
+
+
+def launcher_account(kube, drop_verb: str | None = None) -> str:
+    """The chart's launcher Role and RoleBinding (the plain manifest of h100-1node) in NS, less `drop_verb` on
+    PyTorchJobs; a token of the account they bind (the run pod's), whose every request RBAC checks."""
+    for obj in yaml.safe_load_all((k8s.MANIFESTS_DIR / "h100-1node.yaml").read_text()):
+        if obj and obj["kind"] in ("Role", "RoleBinding"):
+            obj["metadata"]["namespace"] = NS  # as `kubectl apply -n` creates it
+            for rule in obj.get("rules", []):
+                if "pytorchjobs" in rule["resources"] and drop_verb:
+                    rule["verbs"].remove(drop_verb)
+            kube.record(obj)
+    return kube.service_account_token(NS, "medo1")
+
+
+def launch_as(kube, token: str, **options):
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    configuration = Configuration(host=kube.url, api_key={"authorization": f"Bearer {token}"})
+    settings = {"profile": "h100-1node", "job_name": NAME, "namespace": NS, "timeout_s": 30, "poll_s": 0.05} | options
+    return launch_stage("sft", client=TrainingClient(client_configuration=configuration), **settings)
+
+
+def test_the_launcher_as_the_charts_account_replaces_follows_and_marks_a_job_rbac_permitting(kube):
+    """Every request the launcher makes on a job (get, delete, create, list, patch) and its pods, log and events,
+    made with the chart's service account's token, passes RBAC where the chart's Role grants it: an earlier
+    attempt's failed job is deleted and replaced, the new one followed to its failure and marked final."""
+    termination = "medo1: error: data.path /data/medical_o1_sft.json does not exist"
+    run = ContainerRun("3b4c-uid", 0, ["loading /checkpoints/sft"])
+    kube.add_job(expected_job(), [Step(FAILED["status"])])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
+                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    with pytest.raises(JobFailed, match="a restart would fail the same way"):
+        launch_as(kube, launcher_account(kube), value_overrides=["runPolicy.jobRestarts=3"])
+    assert [r.method for r in kube.calls("DELETE") + kube.calls("POST") + kube.calls("PATCH")] == ["DELETE", "POST", "PATCH"]
+    assert kube.jobs[(NS, NAME)].body["metadata"]["annotations"]["medo1.io/final"] == f"pod {NAME}-master-0: {termination}"
+
+
+def test_the_launchers_job_requests_are_refused_where_the_charts_role_does_not_grant_them(kube, caplog):
+    """RBAC applies to the launcher's own job requests as to any other: an account the Role is not bound to may not
+    even read the job (403, the API server's message in one line); a Role without patch leaves the job unmarked
+    (a warning: the mark is advice to later launchers) and the failure still reported."""
+    launcher_account(kube)
+    with pytest.raises(LaunchError) as refused:
+        launch_as(kube, kube.service_account_token(NS, "default"))
+    assert str(refused.value) == (
+        f'could not read PyTorchJob {NS}/{NAME}: 403 pytorchjobs.kubeflow.org "{NAME}" is forbidden: User '
+        f'"system:serviceaccount:{NS}:default" cannot get resource "pytorchjobs" in API group "kubeflow.org" in the '
+        f'namespace "{NS}"')
+    assert kube.calls("POST") == []
+
+    kube.recorded.clear()
+    termination = "medo1: error: data.path /data/medical_o1_sft.json does not exist"
+    run = ContainerRun("5d6e-uid", 0, ["loading /checkpoints/sft"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
+                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    with pytest.raises(JobFailed, match="a restart would fail the same way"):
+        launch_as(kube, launcher_account(kube, drop_verb="patch"), value_overrides=["runPolicy.jobRestarts=3"])
+    assert len(kube.calls("PATCH")) == 1
+    assert kube.jobs[(NS, NAME)].body["metadata"]["annotations"] == {"medo1.io/attempt": "1"}
+    assert (f'could not annotate PyTorchJob {NS}/{NAME}: 403 pytorchjobs.kubeflow.org "{NAME}" is forbidden: User '
+            f'"system:serviceaccount:{NS}:medo1" cannot patch resource "pytorchjobs"') in caplog.text
 
 
 def test_an_out_of_memory_after_training_steps_is_restarted(kube):
