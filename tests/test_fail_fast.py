@@ -104,8 +104,8 @@ def test_the_launch_fails_and_deletes_the_job_when_a_pod_stays_unschedulable():
             kube.record(obj)
         client = TrainingClient(client_configuration=Configuration(host=kube.url))
         with pytest.raises(JobStuck) as failure:
-            launch_stage("sft", client=client, profile="h100-2nodes", job_name=NAME, namespace=NS, timeout_s=60,
-                         poll_s=0.05, stuck_after_s=0.3)
+            launch_stage("sft", backend="pytorchjob", client=client, profile="h100-2nodes", job_name=NAME,
+                         namespace=NS, timeout_s=60, poll_s=0.05, stuck_after_s=0.3)
     finally:
         kube.stop()
     message = str(failure.value)
@@ -189,7 +189,10 @@ def training_client(kube):
 
 
 def launch_on(kube, **options):
-    settings = {"profile": "h100-2nodes", "job_name": NAME, "namespace": NS, "timeout_s": 20, "poll_s": 0.05} | options
+    """The 2-node profile as a PyTorchJob, where users have the v1 operator (the profile's own backend is trainjob,
+    issue 26 item 8; tests/test_trainer_v2.py launches its TrainJobs)."""
+    settings = {"profile": "h100-2nodes", "backend": "pytorchjob", "job_name": NAME, "namespace": NS, "timeout_s": 20,
+                "poll_s": 0.05} | options
     return launch_stage("sft", client=training_client(kube), **settings)
 
 
