@@ -593,7 +593,10 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
     for SFT on medo1-sft, and the upload stage (no Trainer runtime) as the chart's batch Job."""
     from medo1.cli import main
 
-    (tmp_path / "sft" / "export").mkdir(parents=True)  # the SFT export the chain waits for before the next stage
+    # The run Job's UID, which Kubernetes gives the run pod as MEDO1_RUN_ID: the chain's jobs and outputs are this run's.
+    run_uid = "5e6f7a8b-1c2d-4e3f-9a0b-c1d2e3f4a5b6"
+    # The SFT export the chain waits for before the next stage, where this run's SFT writes it (<output>/<release>/<run>).
+    (tmp_path / "sft" / "medo1" / "5e6f7a8b" / "export").mkdir(parents=True)
     cache = tmp_path / "hf-cache" / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "snapshots" / "a09a3545"
     cache.mkdir(parents=True)  # the base model is in the HF cache (no Hub here)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache" / "hub"))
@@ -601,18 +604,22 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
               # The image's recipe, read from this checkout (the chain reads a training stage's output.dir from it).
               "stages": {"sft": {"recipe": str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"),
                                  "set": [f"output.dir={tmp_path / 'sft'}"]}},
-              "jobs": {"upload": {"enabled": True}}}
+              "jobs": {"upload": {"enabled": True, "recipe": str(REPO / "recipes" / "upload.yaml")}}}
     objects = k8s.render_chart(values)
     run = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-run"))
-    chain_values = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-chain"))
+    # The values snapshot the run pod mounts at /etc/medo1 (an immutable ConfigMap named by its content).
+    (snapshot,) = [v["configMap"]["name"] for v in run["spec"]["template"]["spec"]["volumes"] if v["name"] == "chain-values"]
+    chain_values = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == snapshot)
     (tmp_path / "values.yaml").write_text(chain_values["data"]["values.yaml"])
     container = run["spec"]["template"]["spec"]["containers"][0]
-    args = [str(tmp_path / "values.yaml") if a == "/etc/medo1/values.yaml" else a for a in container["args"]]
+    # Kubernetes expands $(VAR) in args from the container's env: the pod's namespace and the run Job's UID.
+    expanded = {"$(MEDO1_NAMESPACE)": NS, "$(MEDO1_RUN_ID)": run_uid, "/etc/medo1/values.yaml": str(tmp_path / "values.yaml")}
+    args = [expanded.get(a, a) for a in container["args"]]
     assert container["command"] == ["medo1"] and args[:2] == ["launch", "chain"] and "--backend" not in args
     monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
                         str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
     kube.script("*", [Step(SUCCEEDED)])
-    kube.script("medo1-upload", [Step({"succeeded": 1, "conditions": [
+    kube.script("medo1-upload-5e6f7a8b", [Step({"succeeded": 1, "conditions": [
         condition("Complete", "CompletionsReached", "", "2026-11-23T12:00:00Z")]})])
 
     assert main([*args, "--poll", "0.05"]) == 0
@@ -620,7 +627,8 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
     (trainjob,) = kube.calls("POST", "trainjobs")
     assert trainjob.body["spec"]["runtimeRef"] == {"name": "medo1-sft", "kind": "ClusterTrainingRuntime"}
     (upload,) = kube.calls("POST", "jobs")
-    assert upload.body["kind"] == "Job" and upload.body["metadata"]["name"] == "medo1-upload"
+    assert trainjob.body["metadata"]["name"] == "medo1-sft-5e6f7a8b"
+    assert upload.body["kind"] == "Job" and upload.body["metadata"]["name"] == "medo1-upload-5e6f7a8b"
     assert kube.calls("POST", "pytorchjobs") == []
     results = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert [(r["stage"], r["backend"]) for r in results] == [("sft", "trainjob"), ("upload", "pytorchjob")]
