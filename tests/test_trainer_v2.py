@@ -285,6 +285,24 @@ def expected_trainjob(timeout_s=30):
     return job
 
 
+def test_a_client_for_the_other_backend_than_the_values_choose_is_a_one_line_error(kube):
+    """The backend comes from the values when none is named (issue 26, item 5), and the Kueue profile's is
+    trainjob (item 8): a caller's v1 TrainingClient there was an AttributeError deep in the launch; now it is
+    refused before anything is sent, naming the client wanted and the backend to pass for this one."""
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    settings = {"profile": "h100-2nodes", "job_name": NAME, "namespace": NS, "timeout_s": 30, "poll_s": 0.05}
+    with pytest.raises(LaunchError) as refused:
+        launch_stage("sft", client=TrainingClient(client_configuration=Configuration(host=kube.url)), **settings)
+    assert str(refused.value) == ("backend trainjob (Kubeflow Trainer v2) needs a TrainerClient (kubeflow.trainer), not a "
+                                  "TrainingClient; for a PyTorchJob with this client pass backend 'pytorchjob'")
+    with pytest.raises(LaunchError, match="^backend pytorchjob needs a TrainingClient .kubeflow.training., not a "
+                                          "TrainerClient; for a TrainJob with this client pass backend 'trainjob'$"):
+        launch_stage("sft", backend="pytorchjob", client=trainer_client(kube), **settings)
+    assert [r for r in kube.requests if r.method != "GET"] == []
+
+
 def test_trainjob_is_created_through_the_sdk_followed_and_succeeds(kube, capsys):
     run = ContainerRun("9f3e-uid", 0, ["loading /checkpoints/sft", "step 1 loss 2.31", "exported /checkpoints/sft/export"],
                        drop_first_connection_after=1)

@@ -95,6 +95,21 @@ def stage_backend(stage: str, backend: str | None, values: dict) -> str:
     return chosen
 
 
+def check_client(backend: str, client: object | None) -> None:
+    """A client given for the backend the stage runs on: a TrainerClient (kubeflow.trainer, which keeps its
+    Kubernetes clients on `.backend`) for trainjob, a TrainingClient (kubeflow.training) for pytorchjob. The
+    backend may come from the values (a profile's `backend`), so a caller's client can be the other one."""
+    if client is None or backend == "local":
+        return
+    trainer = getattr(client, "backend", None) is not None
+    if backend == "trainjob" and not trainer:
+        raise LaunchError(f"backend trainjob (Kubeflow Trainer v2) needs a TrainerClient (kubeflow.trainer), not a "
+                          f"{type(client).__name__}; for a PyTorchJob with this client pass backend 'pytorchjob'")
+    if backend == "pytorchjob" and trainer:
+        raise LaunchError(f"backend pytorchjob needs a TrainingClient (kubeflow.training), not a "
+                          f"{type(client).__name__}; for a TrainJob with this client pass backend 'trainjob'")
+
+
 def _stage_plans(stages: Sequence[str], values: dict) -> list[StagePlan]:
     merged = merge_values(k8s.chart_defaults(), values)
     token_secret = merged["secrets"]["hfToken"]
@@ -176,6 +191,7 @@ def launch_stage(
 
     backend = stage_backend(stage, backend, release_values(profile=profile, values_files=values_files,
                                                            value_overrides=value_overrides))
+    check_client(backend, client)
     waits = dict(scale_up_wait_s=scale_up_wait_s, delete_wait_s=delete_wait_s, request_timeout_s=request_timeout_s)
     if backend == "trainjob":
         from medo1.launch.trainjob import launch_trainjob
