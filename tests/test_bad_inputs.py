@@ -314,7 +314,7 @@ ROWS = [
     Row("data", "unsupported suffix", lambda b: b.validate(b.write("rows.txt", "text")),
         r"rows\.txt: unsupported file type '\.txt'; supported: \.json"),
     Row("data", "a JSON object, not a list", lambda b: b.validate(b.write("obj.json", json.dumps({"data": [o1(0)]}))),
-        r"obj\.json: expected a JSON list of records \(or a \.jsonl file\), got dict"),
+        r"obj\.json: an object of named sets \(data\), not a list of records; name one as \S+obj\.json#SET"),
     Row("data", "broken JSON list",
         lambda b: b.validate(b.write("broken.json", '[\n  {"Question": "q"},\n  {oops}\n]\n')),
         r"broken\.json row 1: invalid JSON at line 3 column 4: Expecting property name"),
@@ -520,7 +520,7 @@ ROWS = [
         r"--timeout -5: must be a finite number of seconds above 0"),
     Row("doctor", "an unknown profile", lambda b: ["doctor", "--profile", "nope"], r"no profile 'nope' in .*; known: "),
     Row("doctor", "the API server's port is closed", kubeconfig_to_a_closed_port,
-        r"cannot reach the Kubernetes API server at https://127\.0\.0\.1:\d+: .*Connection refused"),
+        r"the Kubernetes API server at https://127\.0\.0\.1:\d+ could not be reached \(.*Connection refused\)"),
     Row("upload", "a path for a repo id", lambda b: ["upload", b.model, "--repo-id", "../../etc", "--dry-run"],
         r"repo_id: Value error, '\.\./\.\./etc' is not a Hub repo id"),
     # Issue 28. Leaks: what a real upload would send.

@@ -563,6 +563,8 @@ def test_the_pipelines_doctor_step_checks_the_trainjob_backend(tmp_path, monkeyp
     """The pipeline's first step ran doctor for PyTorchJobs only and skipped it for TrainJobs, the backend for
     Kueue-managed clusters (issue 26, item 8). Now it checks either backend; on this Kueue cluster PyTorchJobs
     would not be managed, and the step says so before any GPU is asked for."""
+    from kfp import dsl
+
     from pipelines.medo1_pipeline import doctor as doctor_step
 
     kube = KubeStandIn().start()
@@ -577,9 +579,10 @@ def test_the_pipelines_doctor_step_checks_the_trainjob_backend(tmp_path, monkeyp
                             str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
         step = dict(profile="h100-2nodes", nodes=2, gpus_per_node=8, data_pvc="medo1-data",
                     checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", allow_unchecked=False)
-        assert doctor_step.python_func(backend="trainjob", **step) == "passed"
+        report = dsl.Markdown(uri=str(tmp_path / "report.md"))
+        assert doctor_step.python_func(backend="trainjob", report=report, **step) == "passed"
         with pytest.raises(RuntimeError, match="not ready for this run"):
-            doctor_step.python_func(backend="pytorchjob", **step)
+            doctor_step.python_func(backend="pytorchjob", report=report, **step)
     finally:
         kube.stop()
     assert "Kueue does not manage kubeflow.org/pytorchjob" in capsys.readouterr().out

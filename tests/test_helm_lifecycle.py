@@ -333,7 +333,10 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
     from medo1.launch.rendering import stage_values
     from medo1.launch.trainjob import build_trainjob
 
-    expected = build_trainjob("sft", stage_values("sft", profile="h100-2nodes"), job_name="medo1-sft", timeout_s=30)
+    from medo1.launch.retries import mark
+
+    expected = mark(build_trainjob("sft", stage_values("sft", profile="h100-2nodes"), job_name="medo1-sft", timeout_s=30),
+                    "medo1-sft", 1, None)
     del expected["metadata"]["namespace"]
     assert post.body == expected
     assert post.body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"

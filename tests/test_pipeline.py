@@ -229,7 +229,7 @@ def test_doctor_table_lists_failures_first_with_their_fix():
 
 def test_plan_of_the_pipeline_defaults_matches_medo1_plan():
     """The plan step plans what the training steps launch: the default cluster run's stages, as `medo1 plan
-    --profile h100-1node` plans them (21.8 GPU-hours), each fitting its GPUs."""
+    --profile h100-1node` plans them (16.2 GPU-hours), each fitting its GPUs."""
     from medo1.launch.rendering import job_values
     from medo1.pipeline_steps import chart_values, plan_markdown, plan_metrics, plan_stages, plan_verdict, stage_overrides
 
@@ -248,7 +248,7 @@ def test_plan_of_the_pipeline_defaults_matches_medo1_plan():
     planned = plan_stages(launches)
     assert [p.plan.model.name for p in planned] == ["Qwen2.5-7B"] * 3  # RL and eval start from the earlier exports
     metrics = plan_metrics(planned)
-    assert metrics["gpu_hours"] == pytest.approx(21.8) and metrics["sft_fits"] == metrics["rl_fits"] == 1.0
+    assert metrics["gpu_hours"] == pytest.approx(16.2) and metrics["sft_fits"] == metrics["rl_fits"] == 1.0
     assert plan_verdict(planned) == "every stage fits its GPUs"
     assert "| rl | 1 node(s) x 8 h100-80gb | Qwen2.5-7B |" in plan_markdown(planned)
     # A stage that cannot be planned is reported, and the verdict says what is not known.
@@ -545,8 +545,9 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
             report = dsl.Markdown(uri=str(tmp_path / "report"))
             try:
                 outcome: str | Exception = pipeline.doctor.python_func(
-                    backend="pytorchjob", profile="h100-2nodes", nodes=2, gpus_per_node=8, data_pvc="medo1-data",
-                    checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", report=report)
+                    backend="trainjob", profile="h100-2nodes", nodes=2, gpus_per_node=8, data_pvc="medo1-data",
+                    checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", allow_unchecked=False,
+                    report=report)
             except RuntimeError as exc:
                 outcome = exc
             return Path(report.path).read_text(), outcome
@@ -555,10 +556,10 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
 
     markdown, outcome = run_doctor(ready_objects())
     assert outcome == "passed" and f"# Doctor: namespace `{NS}`" in markdown and "**0 failed" in markdown
-    markdown, outcome = run_doctor(without(ready_objects(), "CustomResourceDefinition", "pytorchjobs.kubeflow.org"))
+    markdown, outcome = run_doctor(without(ready_objects(), "CustomResourceDefinition", "trainjobs.trainer.kubeflow.org"))
     assert isinstance(outcome, RuntimeError) and "1 check(s) failed" in str(outcome)
     first_row = next(line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line and "check |" not in line)
-    assert first_row.startswith("| CRD pytorchjobs.kubeflow.org | **fail** | not installed | ")
+    assert first_row.startswith("| CRD trainjobs.trainer.kubeflow.org | **fail** | not installed | ")
 
 
 def test_plan_step_with_plan_strict_stops_a_run_that_does_not_fit(tmp_path):
