@@ -111,7 +111,7 @@ def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list,
     from pathlib import Path
 
     from medo1 import k8s
-    from medo1.launch.rendering import job_values, merge_values
+    from medo1.launch.rendering import job_values
     from medo1.pipeline_steps import chart_values, plan_markdown, plan_metrics, plan_stages, plan_verdict, stage_overrides
 
     values = chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc, nodes=nodes,
@@ -137,7 +137,7 @@ def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list,
     for name, value in plan_metrics(planned).items():
         metrics.log_metric(name, value)
     verdict = plan_verdict(planned)
-    strict = plan_strict or merge_values(k8s.chart_defaults(), launches[0][1])["plan"]["strict"]
+    strict = plan_strict or k8s.with_chart_defaults(launches[0][1])["plan"]["strict"]
     if strict and (verdict.startswith("DOES NOT FIT") or verdict.startswith("no plan")):
         raise RuntimeError(f"medo1 plan: {verdict}; not starting the run (plan_strict)")
     return verdict

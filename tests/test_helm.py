@@ -14,6 +14,7 @@ from medo1 import k8s
 from medo1.config import ConfigError
 
 from tests.conftest import REPO, run_medo1
+from tests import manifest_checks
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 PROFILES = k8s.profiles()
@@ -34,7 +35,7 @@ def test_profiles_exist():
 @pytest.mark.parametrize("profile", [None, *PROFILES])
 def test_lint_is_clean(profile):
     values = k8s.load_profile(profile) if profile else None
-    report = lint(k8s.CHART_DIR, values, strict=True, kube_version=f"v{k8s.KUBE_VERSION}")
+    report = lint(k8s.CHART_DIR, values, strict=True, kube_version=f"v{manifest_checks.KUBE_VERSION}")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
@@ -88,9 +89,9 @@ def rendered_cases():
 def test_every_object_validates_and_passes_policy(case, values):
     objects = k8s.render_chart(values)
     assert objects
-    assert k8s.schema_errors(objects, CRDS) == []
+    assert manifest_checks.schema_errors(objects, CRDS) == []
     existing = [v["existingClaim"] for v in values.get("storage", {}).values() if v.get("existingClaim")]
-    assert k8s.policy_violations(objects, existing) == []
+    assert manifest_checks.policy_violations(objects, existing) == []
     for obj in objects:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "medo1" and labels["app.kubernetes.io/instance"] == k8s.RELEASE
@@ -215,24 +216,24 @@ def master(objects):
 
 def test_policy_catches_a_wrong_container_name(objects):
     main_container(master(objects))["name"] = "trainer"
-    assert any("no container named 'pytorch'" in p for p in k8s.policy_violations(objects))
+    assert any("no container named 'pytorch'" in p for p in manifest_checks.policy_violations(objects))
 
 
 def test_policy_catches_gpus_not_matching_processes(objects):
     main_container(master(objects))["resources"]["limits"]["nvidia.com/gpu"] = 4
-    assert any("4 GPUs but 8 processes" in p for p in k8s.policy_violations(objects))
+    assert any("4 GPUs but 8 processes" in p for p in manifest_checks.policy_violations(objects))
 
 
 def test_policy_catches_missing_shm(objects):
     template = master(objects)
     template["spec"]["volumes"] = [v for v in template["spec"]["volumes"] if v["name"] != "dshm"]
     main_container(template)["volumeMounts"] = [m for m in main_container(template)["volumeMounts"] if m["name"] != "dshm"]
-    assert any("/dev/shm" in p for p in k8s.policy_violations(objects))
+    assert any("/dev/shm" in p for p in manifest_checks.policy_violations(objects))
 
 
 def test_policy_catches_an_inline_secret(objects):
     main_container(master(objects))["env"].append({"name": "HF_TOKEN", "value": "hf_plaintext"})
-    assert any("HF_TOKEN holds a secret inline" in p for p in k8s.policy_violations(objects))
+    assert any("HF_TOKEN holds a secret inline" in p for p in manifest_checks.policy_violations(objects))
 
 
 def test_policy_catches_root_latest_and_a_missing_claim(objects):
@@ -240,7 +241,7 @@ def test_policy_catches_root_latest_and_a_missing_claim(objects):
     template["spec"]["securityContext"]["runAsUser"] = 0
     main_container(template)["image"] = "ghcr.io/medo1/trainer:latest"
     template["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = "nowhere"
-    problems = k8s.policy_violations(objects)
+    problems = manifest_checks.policy_violations(objects)
     assert any("non-root" in p for p in problems)
     assert any("fixed tag" in p for p in problems)
     assert any("'nowhere'" in p for p in problems)
@@ -250,14 +251,14 @@ def test_crd_validation_catches_a_bad_pytorchjob(objects):
     job = by_kind(objects, "PyTorchJob")[0]
     job["spec"]["pytorchReplicaSpecs"]["Master"]["replicas"] = "one"
     job["spec"]["runPolicy"]["backoffLimit"] = "3"
-    errors = k8s.schema_errors(objects, CRDS)
+    errors = manifest_checks.schema_errors(objects, CRDS)
     assert any("replicas" in e for e in errors) and any("backoffLimit" in e for e in errors)
 
 
 def test_core_validation_catches_a_bad_pod_template_and_pvc(objects):
     main_container(master(objects))["imagePullPolicy"] = 3
     by_kind(objects, "PersistentVolumeClaim")[0]["spec"]["resourcez"] = {}
-    errors = k8s.schema_errors(objects, CRDS)
+    errors = manifest_checks.schema_errors(objects, CRDS)
     assert any("PyTorchJob/medo1-sft Master" in e and "imagePullPolicy" in e for e in errors)
     assert any("PersistentVolumeClaim" in e for e in errors)
 
@@ -303,7 +304,7 @@ def test_policy_catches_a_job_without_its_container(objects):
     objects = k8s.render_chart(MATRIX["all-jobs"])
     job = by_kind(objects, "Job")[0]
     job["spec"]["template"]["spec"]["containers"][0]["name"] = "main"
-    assert any("no container named 'medo1'" in p for p in k8s.policy_violations(objects))
+    assert any("no container named 'medo1'" in p for p in manifest_checks.policy_violations(objects))
 
 
 # ---- issue 12: a first run on a real cluster -------------------------------------------------------
@@ -323,30 +324,30 @@ def test_helm_installs_every_profile_in_dependency_order(profile):
     TrainingRuntime. Ordered as Helm orders them, nothing comes before what it references; so is the
     checked-in manifest, which `kubectl apply -f` creates in file order."""
     objects = k8s.render_chart(k8s.load_profile(profile))
-    assert k8s.install_order_problems(k8s.helm_install_order(objects)) == []
+    assert manifest_checks.install_order_problems(manifest_checks.helm_install_order(objects)) == []
     import yaml
 
     manifest = [doc for doc in yaml.safe_load_all((k8s.MANIFESTS_DIR / f"{profile}.yaml").read_text()) if doc]
-    assert k8s.install_order_problems(manifest) == []
+    assert manifest_checks.install_order_problems(manifest) == []
 
 
 def test_install_order_catches_a_trainjob_before_its_runtime():
     objects = k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))
-    names = [f"{o['kind']}/{o['metadata']['name']}" for o in k8s.helm_install_order(objects)]
+    names = [f"{o['kind']}/{o['metadata']['name']}" for o in manifest_checks.helm_install_order(objects)]
     assert names.index("TrainingRuntime/medo1-sft") < names.index("TrainJob/medo1-sft")
     # Planted: the runtime as an ordinary release object, not a pre-install hook: Helm sorts it after the TrainJob.
     (runtime,) = by_kind(objects, "TrainingRuntime")
     del runtime["metadata"]["annotations"]
-    assert k8s.install_order_problems(k8s.helm_install_order(objects)) == [
+    assert manifest_checks.install_order_problems(manifest_checks.helm_install_order(objects)) == [
         "TrainJob/medo1-sft is created before TrainingRuntime/medo1-sft, which it needs"]
 
 
 def test_install_order_catches_a_binding_or_a_pod_before_what_it_uses():
-    objects = k8s.helm_install_order(k8s.render_chart(TWO_NODES_JOBS))
+    objects = manifest_checks.helm_install_order(k8s.render_chart(TWO_NODES_JOBS))
     (job,) = by_kind(objects, "PyTorchJob")
     (binding,) = by_kind(objects, "RoleBinding")
     planted = [job, binding] + [o for o in objects if o not in (job, binding)]
-    problems = k8s.install_order_problems(planted)
+    problems = manifest_checks.install_order_problems(planted)
     assert "RoleBinding/medo1-launcher is created before Role/medo1-launcher, which it needs" in problems
     assert "RoleBinding/medo1-launcher is created before ServiceAccount/medo1, which it needs" in problems
     assert "PyTorchJob/medo1-sft is created before PersistentVolumeClaim/medo1-checkpoints, which it needs" in problems
@@ -375,7 +376,7 @@ def test_one_node_profile_runs_its_stages_one_after_another():
     from medo1.launch import build_job, build_pytorchjob
 
     stage_jobs = [build_pytorchjob("sft", values), build_pytorchjob("rl", values), build_job("eval", values)]
-    assert k8s.schema_errors(stage_jobs, CRDS) == [] and k8s.policy_violations([*objects, *stage_jobs]) == []
+    assert manifest_checks.schema_errors(stage_jobs, CRDS) == [] and manifest_checks.policy_violations([*objects, *stage_jobs]) == []
 
 
 def test_each_pod_gets_only_the_secrets_its_stage_reads():
@@ -404,7 +405,7 @@ def test_each_pod_gets_only_the_secrets_its_stage_reads():
 def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(objects):
     env = main_container(master(objects))["env"]
     next(e for e in env if e["name"] == "HF_TOKEN")["valueFrom"]["secretKeyRef"].pop("optional")
-    assert any("HF_TOKEN from Secret hf-token must say whether it is optional" in p for p in k8s.policy_violations(objects))
+    assert any("HF_TOKEN from Secret hf-token must say whether it is optional" in p for p in manifest_checks.policy_violations(objects))
 
 
 def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capability():
@@ -414,7 +415,7 @@ def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capabilit
     network = {"k8s.v1.cni.cncf.io/networks": "ib-sriov-1"}
     values = merge(TWO_NODES_JOBS, {"podAnnotations": network})
     objects = k8s.render_chart(values)
-    assert k8s.policy_violations(objects) == []
+    assert manifest_checks.policy_violations(objects) == []
     for where, template, container in pod_specs(objects):
         assert container["resources"]["limits"]["rdma/ib"] == 1, where
         assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}, where
@@ -423,7 +424,7 @@ def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capabilit
 
 def test_policy_catches_a_capability_pod_security_baseline_forbids(objects):
     main_container(master(objects))["securityContext"]["capabilities"]["add"] = ["IPC_LOCK"]
-    assert any("Pod Security baseline forbids adding the IPC_LOCK capability" in p for p in k8s.policy_violations(objects))
+    assert any("Pod Security baseline forbids adding the IPC_LOCK capability" in p for p in manifest_checks.policy_violations(objects))
 
 
 def test_rdma_with_nccl_infiniband_off_is_refused_and_no_runtime_turns_it_off():
@@ -436,7 +437,7 @@ def test_rdma_with_nccl_infiniband_off_is_refused_and_no_runtime_turns_it_off():
             assert {"name": "NCCL_IB_DISABLE", "value": "1"} not in container["env"], where
     objects = k8s.render_chart(merge(TWO_NODES_JOBS, {"chain": {"enabled": False}}))
     main_container(master(objects))["env"].append({"name": "NCCL_IB_DISABLE", "value": "1"})
-    assert any("RDMA requested with NCCL_IB_DISABLE=1" in p for p in k8s.policy_violations(objects))
+    assert any("RDMA requested with NCCL_IB_DISABLE=1" in p for p in manifest_checks.policy_violations(objects))
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -568,7 +569,7 @@ def test_gang_scheduling_priority_and_deadline_without_kueue():
     assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
     specs = [spec["template"]["spec"] for spec in job["spec"]["pytorchReplicaSpecs"].values()]
     assert [spec["priorityClassName"] for spec in specs] == ["training-high", "training-high"]
-    assert k8s.schema_errors(objects, CRDS) == []
+    assert manifest_checks.schema_errors(objects, CRDS) == []
     defaults = k8s.render_chart({})
     (default_job,) = by_kind(defaults, "PyTorchJob")
     assert "priorityClassName" not in default_job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]

@@ -41,6 +41,7 @@ from medo1.run_lock import RunLock
 
 from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, last_logged_step, run_medo1
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
+from tests import manifest_checks
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 
@@ -130,7 +131,7 @@ def test_launcher_job_is_the_charts_rendering_and_validates():
     rendered = [o for o in k8s.render_chart(values) if o["kind"] == "PyTorchJob" and o["metadata"]["name"] == "medo1-rl"]
     expected = {**rendered[0], "metadata": {**rendered[0]["metadata"], "namespace": k8s.NAMESPACE}}
     assert job == expected
-    assert k8s.schema_errors([job], CRDS) == []
+    assert manifest_checks.schema_errors([job], CRDS) == []
     assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][2] == "rl"
 
 
@@ -266,7 +267,7 @@ def test_pytorchjob_is_created_followed_through_a_restart_and_succeeds(kube, cap
     (post,) = kube.calls("POST")
     assert post.path == f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs"
     assert post.body == expected_job()
-    assert k8s.schema_errors([post.body], CRDS) == []
+    assert manifest_checks.schema_errors([post.body], CRDS) == []
     # Every line once, in order: across the dropped connection (reconnected, duplicates skipped by
     # timestamp) and the container's restart (a new run of the same pod).
     assert capsys.readouterr().out.splitlines() == first.lines + second.lines

@@ -23,6 +23,7 @@ from medo1.launch.trainjob import build_trainjob
 
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
+from tests import manifest_checks
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 RUNTIMES = ["medo1-eval", "medo1-grpo", "medo1-ppo", "medo1-sft"]
@@ -31,7 +32,7 @@ ANCESTOR = "trainer.kubeflow.org/trainjob-ancestor-step"
 
 @functools.cache
 def crd_schema(kind):
-    return k8s.crd_schemas(CRDS)[("trainer.kubeflow.org/v1alpha1", kind)]
+    return manifest_checks.crd_schemas(CRDS)[("trainer.kubeflow.org/v1alpha1", kind)]
 
 
 def runtimes(values=None):
@@ -89,8 +90,8 @@ def test_every_runtime_validates_strictly_against_the_trainer_crds():
                   "runtimes": {"enabled": True, "initializers": {"enabled": initializers}}}
         objects += runtimes(values).values()
     existing = ["medo1-data", "medo1-checkpoints", "medo1-hf-cache"]
-    assert k8s.schema_errors(objects, CRDS) == []
-    assert k8s.policy_violations(objects, existing) == []
+    assert manifest_checks.schema_errors(objects, CRDS) == []
+    assert manifest_checks.policy_violations(objects, existing) == []
     schema = crd_schema("ClusterTrainingRuntime")
     assert [unknown_fields(o, schema) for o in objects] == [[]] * len(objects)
     # Planted: a misspelt field passes the CRD's schema (no additionalProperties) but not this check.
@@ -169,7 +170,7 @@ def test_launcher_trainjobs_validate_and_name_their_runtime():
              ("sft", "medo1-sft", "cpu-smoke", "medo1-sft")]
     jobs = [build_trainjob(stage, stage_values(stage, profile=profile), runtime=runtime, timeout_s=3600)
             for stage, runtime, profile, _ in cases]
-    assert k8s.schema_errors(jobs, CRDS) == []
+    assert manifest_checks.schema_errors(jobs, CRDS) == []
     assert [unknown_fields(job, crd_schema("TrainJob")) for job in jobs] == [[]] * len(jobs)
     assert [job["spec"]["runtimeRef"] for job in jobs] == [{"name": name, "kind": "ClusterTrainingRuntime"}
                                                            for *_, name in cases]
@@ -216,7 +217,7 @@ def test_the_two_node_profile_runs_trainjobs_with_its_node_shape():
     assert pod == {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
                    "terminationGracePeriodSeconds": 610}  # tests/test_grace_period.py
-    assert k8s.schema_errors([job], CRDS) == [] and unknown_fields(job, crd_schema("TrainJob")) == []
+    assert manifest_checks.schema_errors([job], CRDS) == [] and unknown_fields(job, crd_schema("TrainJob")) == []
     # A one-node CPU profile sets no placement, only the grace period.
     (cpu,) = build_trainjob("sft", stage_values("sft", profile="cpu-smoke"))["spec"]["runtimePatches"]
     assert cpu["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"] == {
@@ -314,7 +315,7 @@ def test_trainjob_is_created_through_the_sdk_followed_and_succeeds(kube, capsys)
     (post,) = kube.calls("POST", "trainjobs")
     assert post.path == f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
     assert post.body == expected_trainjob()  # the SDK sent exactly what the launcher asked for
-    assert k8s.schema_errors([post.body], CRDS) == []
+    assert manifest_checks.schema_errors([post.body], CRDS) == []
     # The SDK looked the runtime up: namespaced first, then cluster-scoped.
     looked_up = [r.path for r in kube.requests if "trainingruntimes/medo1-sft" in r.path]
     assert looked_up[:2] == [f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes/medo1-sft",
@@ -480,7 +481,7 @@ def test_pipeline_training_step_launches_the_algorithms_runtime(kube, tmp_path, 
     assert post.body["spec"]["activeDeadlineSeconds"] == 3600
     args = post.body["spec"]["trainer"]["args"]
     assert args[args.index("algo=grpo") - 1] == "--set" and "output.dir=/checkpoints/runs/run9/rl" in args
-    assert k8s.schema_errors([post.body], CRDS) == []
+    assert manifest_checks.schema_errors([post.body], CRDS) == []
 
 
 # ---- the README's Trainer v2 examples ------------------------------------------------------------
@@ -498,7 +499,7 @@ def test_readme_trainjob_yaml_is_valid_on_a_medo1_runtime():
     import yaml
 
     job = yaml.safe_load(readme_block("yaml"))
-    assert k8s.schema_errors([job], CRDS) == []
+    assert manifest_checks.schema_errors([job], CRDS) == []
     assert unknown_fields(job, crd_schema("TrainJob")) == []
     assert job["spec"]["runtimeRef"]["name"] in runtimes()
     assert job["spec"]["trainer"]["env"][0]["name"] == "MEDO1_RECIPE"
@@ -515,7 +516,7 @@ def test_readme_python_creates_and_waits_for_a_trainjob_through_the_sdk(kube, tm
     assert post.body["spec"]["runtimeRef"] == {"name": "medo1-sft", "kind": "ClusterTrainingRuntime"}
     assert post.body["spec"]["trainer"] == {"image": "ghcr.io/medo1/trainer:0.1.0", "numNodes": 2,
                                             "env": [{"name": "MEDO1_RECIPE", "value": "/data/my-sft-recipe.yaml"}]}
-    assert k8s.schema_errors([post.body], CRDS) == []
+    assert manifest_checks.schema_errors([post.body], CRDS) == []
 
 
 # ---- issue 26, item 7: stuck pods, admission, no controller; the SDK's header dump; who manages the job ---------

@@ -19,7 +19,6 @@ from medo1.config import (
     check_output_dir,
     check_output_file,
     check_outputs_apart,
-    check_training_paths,
     describe_options,
     load_config,
     read_yaml_mapping,
@@ -36,6 +35,7 @@ from medo1.launch import (
 )
 from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
 from medo1.runtime import exit_with_parent, is_main_process
+from medo1.training_paths import check_training_paths
 
 
 def _key_values(items: list[str], flag: str, form: str) -> dict[str, str]:

@@ -14,7 +14,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medo1.atomic import check_replaceable
 from medo1.errors import Medo1Error
 
 
@@ -127,29 +126,6 @@ def load_config(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid config from {source}: {problems}") from None
-
-
-def check_training_paths(config: Any, models: dict[str, str | None] | None = None) -> None:
-    """A training config's local paths, checked before torch loads: the model (and tokenizer, and any other model
-    references in `models`, field -> value), the data file, and the output directory."""
-    references = {"model.name_or_path": config.model.name_or_path, "model.tokenizer": config.model.tokenizer}
-    for field, name in (references | (models or {})).items():
-        if name:
-            check_model_reference(name, field)
-    from medo1.data import HUB_PREFIX, DataError, check_hub_prefix_case, parse_hub_source  # builds on this module
-
-    data_path = config.data.path
-    try:
-        parse_hub_source(data_path) if data_path.startswith(HUB_PREFIX) else check_hub_prefix_case(data_path)
-    except DataError as exc:
-        raise ConfigError(f"data.path: {exc}") from None
-    if not data_path.startswith(HUB_PREFIX) and not Path(data_path).expanduser().exists():
-        raise ConfigError(f"data.path: {data_path} does not exist")
-    check_output_dir(config.output.dir)
-    inputs = references | (models or {}) | {"data.path": data_path, "train.deepspeed_config": config.train.deepspeed_config}
-    check_outputs_apart({"output.dir": config.output.dir}, inputs)
-    for name in ("export", "export.partial"):  # replaced at the end of the run: refused now, not after hours
-        check_replaceable(Path(config.output.dir).expanduser() / name, f"output.dir: {name}")
 
 
 # Each stage's top config class, imported only when asked for (the SFT and config modules load without torch).

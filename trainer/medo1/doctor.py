@@ -152,11 +152,11 @@ def profile_needs(*, profile: str | None, values_files: Sequence[str | Path], va
                   namespace: str) -> Needs:
     from medo1.launch import LaunchError
     from medo1.launch.chain import chain_stages
-    from medo1.launch.rendering import merge_values, release_values, stage_job
+    from medo1.launch.rendering import release_values, stage_job
 
     try:
         values = release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
-        merged = merge_values(k8s.chart_defaults(), values)
+        merged = k8s.with_chart_defaults(values)
         objects = k8s.render_chart(values, namespace=namespace)
         # The jobs the launcher creates (the run Job's, the pipeline's): PyTorchJobs and batch Jobs; with the
         # trainjob backend the pods come from the ClusterTrainingRuntime each training stage runs on.

@@ -62,14 +62,13 @@ def plan_stages(launches: Sequence[tuple[str, dict[str, Any]]]) -> list[PlannedS
     on this machine and of no known architecture, a recipe error) is reported, not raised."""
     from medo1 import k8s
     from medo1.config import ConfigError
-    from medo1.launch.rendering import merge_values
     from medo1.plan.check import stage_cluster, stage_config
     from medo1.plan.stages import NothingToSize, local_recipe, plan_stage
 
     planned: list[PlannedStage] = []
     exports: dict[str, str] = {}
     for stage, values in launches:
-        merged = merge_values(k8s.chart_defaults(), values)
+        merged = k8s.with_chart_defaults(values)
         config = stage_config(stage, merged)
         try:
             plan = plan_stage(str(local_recipe(str(config["recipe"]))), cluster=stage_cluster(stage, merged),

@@ -42,7 +42,6 @@ from medo1.launch.pods import DEFAULT_SCALE_UP_WAIT_S, DEFAULT_STUCK_AFTER_S, Jo
 from medo1.launch.preflight import PlanDoesNotFit, check_plan
 from medo1.launch.rendering import (
     BACKENDS,
-    merge_values,
     bound_lifetime,
     build_job,
     build_pytorchjob,
@@ -86,7 +85,7 @@ def stage_backend(stage: str, backend: str | None, values: dict) -> str:
     no runtime for (translate, upload) runs as the chart's batch Job when the backend comes from the values."""
     if backend is not None:
         return backend
-    chosen = merge_values(k8s.chart_defaults(), values).get("backend") or "pytorchjob"
+    chosen = k8s.with_chart_defaults(values).get("backend") or "pytorchjob"
     if chosen == "trainjob":
         from medo1.launch.trainjob import DEFAULT_RUNTIME
 
@@ -111,7 +110,7 @@ def check_client(backend: str, client: object | None) -> None:
 
 
 def _stage_plans(stages: Sequence[str], values: dict) -> list[StagePlan]:
-    merged = merge_values(k8s.chart_defaults(), values)
+    merged = k8s.with_chart_defaults(values)
     token_secret = merged["secrets"]["hfToken"]
     plans = []
     for stage in stages:
@@ -128,7 +127,7 @@ def check_chain_inputs(*, profile: str | None = None, values_files: Sequence[str
     """Every enabled stage's inputs (`medo1.launch.inputs`) for chart values, before anything is created:
     InputsMissing names each missing one. `local`: run here (the volumes' paths are this machine's)."""
     values = release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
-    merged = merge_values(k8s.chart_defaults(), values)
+    merged = k8s.with_chart_defaults(values)
     mounts = [] if local else [merged["storage"][key]["mountPath"] for key in ("data", "checkpoints", "hfCache")]
     check_inputs(_stage_plans(stages or chain_stages(values), values), mounts)
 
@@ -214,7 +213,7 @@ def launch_stage(
         check_plan(stage, values, strict=strict)
     if backend == "local":
         if plan_check:  # the chain checked every stage's inputs already
-            merged = merge_values(k8s.chart_defaults(), values)[stage_section(stage)][stage]
+            merged = k8s.with_chart_defaults(values)[stage_section(stage)][stage]
             check_inputs([StagePlan(stage, merged["recipe"], list(merged.get("set", [])), os.environ.get("HF_TOKEN"))])
         return run_local(stage, job, timeout_s)
     seconds, how = grace_period_s(stage, values)

@@ -27,7 +27,7 @@ from typing import Any
 
 from medo1 import k8s
 from medo1.config import ConfigError, load_config, stage_config_class
-from medo1.launch.rendering import DNS1035_LABEL, MAX_NAME, merge_values, release_values, stage_section
+from medo1.launch.rendering import DNS1035_LABEL, MAX_NAME, release_values, stage_section
 from medo1.launch.waiting import LaunchError, LaunchResult
 
 log = logging.getLogger(__name__)
@@ -95,13 +95,13 @@ class StageRun:
 
 def chain_stages(values: dict[str, Any]) -> list[str]:
     """The enabled stages, in the order they run."""
-    merged = merge_values(k8s.chart_defaults(), values)
+    merged = k8s.with_chart_defaults(values)
     return [stage for stage in CHAIN_ORDER if merged[stage_section(stage)][stage]["enabled"]]
 
 
 def stage_recipe(stage: str, values: dict[str, Any]) -> dict[str, Any]:
     """The stage's recipe after its `set`, with every default filled in, flattened to dotted keys."""
-    config = merge_values(k8s.chart_defaults(), values)[stage_section(stage)][stage]
+    config = k8s.with_chart_defaults(values)[stage_section(stage)][stage]
     try:
         typed = load_config(stage_config_class(stage), config["recipe"], list(config.get("set", [])))
     except ConfigError as exc:

@@ -41,10 +41,9 @@ def floor_s(stage: str, values: dict[str, Any]) -> int:
 def grace_period_s(stage: str, values: dict[str, Any], recipe: str | None = None) -> tuple[int, str]:
     """(seconds, how they were reached) for `stage` as chart `values` (not yet merged) launch it; `recipe`: a
     Trainer v2 runtime's own."""
-    from medo1.launch.rendering import merge_values
     from medo1.plan.check import fit_check
 
-    merged = merge_values(k8s.chart_defaults(), values)
+    merged = k8s.with_chart_defaults(values)
     floor = floor_s(stage, merged)
     check = fit_check(stage, values, recipe=recipe)
     if check is None or check.plan is None:

@@ -66,17 +66,6 @@ def build_job(stage: str, values: dict[str, Any] | None = None, release: str = k
     return _render_one(stage, values or {}, release, namespace)
 
 
-def merge_values(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Values merged as Helm merges them: mappings key by key; anything else, lists too, replaced."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_values(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def read_values(path: str | Path) -> dict[str, Any]:
     try:
         return read_yaml_mapping(path, "values file")
@@ -95,7 +84,7 @@ def release_values(*, profile: str | None = None, values_files: Iterable[str | P
         except ValueError as exc:
             raise LaunchError(str(exc)) from None
     for path in values_files:
-        values = merge_values(values, read_values(path))
+        values = k8s.merge_values(values, read_values(path))
     try:
         return apply_overrides(values, list(value_overrides))
     except ConfigError as exc:
@@ -166,11 +155,11 @@ def job_values(
     if nproc is not None and (backend != "local" or not training):
         raise LaunchError("nproc is for the local backend; pods take their shape from the cluster.* values")
     if backend == "local" and training:
-        values = merge_values(values, {"cluster": {"nodes": 1}})
+        values = k8s.merge_values(values, {"cluster": {"nodes": 1}})
         if nproc is not None:
             if nproc < 1:
                 raise LaunchError(f"nproc must be at least 1, not {nproc}")
-            values = merge_values(values, {"cluster": {"gpusPerNode": 0, "cpuProcsPerNode": nproc}})
+            values = k8s.merge_values(values, {"cluster": {"gpusPerNode": 0, "cpuProcsPerNode": nproc}})
     return values
 
 
@@ -218,4 +207,4 @@ def bound_lifetime(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 def job_restarts(values: dict[str, Any]) -> int:
     """How many times a failed training job is created again (runPolicy.jobRestarts)."""
-    return int(merge_values(k8s.chart_defaults(), values)["runPolicy"]["jobRestarts"])
+    return int(k8s.with_chart_defaults(values)["runPolicy"]["jobRestarts"])

@@ -41,7 +41,7 @@ from medo1.launch.launcherpod import LauncherPod
 from medo1.launch.logs import MasterLogFollower
 from medo1.launch.pods import DEFAULT_SCALE_UP_WAIT_S, DEFAULT_STUCK_AFTER_S
 from medo1.launch.preflight import check_plan
-from medo1.launch.rendering import MAX_NAME, check_job_name, merge_values, stage_section, stage_values
+from medo1.launch.rendering import MAX_NAME, check_job_name, stage_section, stage_values
 from medo1.launch.retries import MANAGER
 from medo1.launch.waiting import LaunchCancelled, LaunchError, LaunchResult, cancel_on_signals
 
@@ -111,7 +111,7 @@ def trainer_client(namespace: str | None, request_timeout_s: float = DEFAULT_REQ
 
 def chart_runtime(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """The chart's ClusterTrainingRuntime `name` as rendered with `values`."""
-    runtimes = [o for o in k8s.render_chart(merge_values(values, {"runtimes": {"enabled": True}}))
+    runtimes = [o for o in k8s.render_chart(k8s.merge_values(values, {"runtimes": {"enabled": True}}))
                 if o["kind"] == RUNTIME_KIND]
     for runtime in runtimes:
         if runtime["metadata"]["name"] == name:
@@ -137,7 +137,7 @@ def build_trainjob(
         raise LaunchError(f"stage {stage!r} has no Trainer v2 runtime (those are {', '.join(DEFAULT_RUNTIME)}); "
                           "run it with --backend pytorchjob")
     runtime = runtime or DEFAULT_RUNTIME[stage]
-    merged = merge_values(k8s.chart_defaults(), values)
+    merged = k8s.with_chart_defaults(values)
     runtime_object = chart_runtime(runtime, values)
     runs = runtime_object["metadata"]["labels"]["app.kubernetes.io/component"]
     if runs != stage:

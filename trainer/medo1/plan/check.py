@@ -107,9 +107,8 @@ def fit_check(stage: str, values: dict[str, Any], *, recipe: str | None = None) 
     the stage's `set`, on its GPUs, at plan.headroom. None when the stage runs nothing of ours on a GPU
     (translate, upload, a CPU run, eval of an endpoint)."""
     from medo1 import k8s
-    from medo1.launch.rendering import merge_values
 
-    values = merge_values(k8s.chart_defaults(), values)
+    values = k8s.with_chart_defaults(values)
     if stage not in PLANNED:
         return None
     cluster = stage_cluster(stage, values)
