@@ -29,7 +29,8 @@ from pydantic import Field, model_validator
 
 from medo1.chat_client import ChatClientConfig, ChatError, Messages, RetryOptions, run_chat
 from medo1.config import StageError
-from medo1.data import FINAL_RESPONSE_HEADER, LoadResult, MCQItem, load_examples
+from medo1.data import LoadResult, MCQItem, load_examples
+from medo1.final_response import answer_text, parse_response
 from medo1.rl.reward_config import AnswerMatchRewardConfig, VerifierRewardConfig
 
 INSTRUCTION = "Answer with the letter of the correct option."
@@ -128,12 +129,6 @@ def _normalise(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def final_response(response: str) -> str:
-    """The text after the last `## Final Response` header, or the whole response without one."""
-    index = response.rfind(FINAL_RESPONSE_HEADER)
-    return response[index + len(FINAL_RESPONSE_HEADER) :] if index >= 0 else response
-
-
 def _explicit_letter(text: str, options: dict[str, str]) -> str | None:
     found = None
     for match in _EXPLICIT.finditer(text):
@@ -194,7 +189,8 @@ def _closest(text: str, options: dict[str, str]) -> str | None:
 def extract_answer(response: str, options: dict[str, str]) -> str | None:
     """One option letter per response, or None when it cannot be parsed.
 
-    Order: text after the last `## Final Response` (else all of it); an explicit "answer is X" /
+    Order: the answer text (`medo1.final_response.answer_text`: the RL reward's final response of a well-formed
+    response; of a malformed one, the text after its last `## Final Response`, else all of it); an explicit "answer is X" /
     "answer: X" (last occurrence; a lower-case letter counts only at the end of its line); a lone
     option letter ("C", "**C**", "C. text", "(C) text", "C) text"; upper-case only unless the
     whole answer is that one letter); the option text contained in the answer; the closest option
@@ -202,7 +198,7 @@ def extract_answer(response: str, options: dict[str, str]) -> str | None:
     """
     if not response or not response.strip():
         return None
-    text = final_response(response).strip()
+    text = answer_text(response)
     if not text:
         return None
     for step in (_explicit_letter, _lone_letter):
@@ -420,8 +416,6 @@ def _score(
     generator: Generator, reward: Any, name: str, loaded: LoadResult, label: str
 ) -> tuple[dict[str, Any], list[str]]:
     """One model on one benchmark: (result, responses.jsonl lines)."""
-    from medo1.rl.rewards import parse_reasoning
-
     items: list[tuple[int, MCQItem]] = [(row, ex) for row, ex in loaded.examples]  # type: ignore[misc]
     responses = generator.generate([build_messages(item) for _, item in items])
     rewards = reward(responses, [item.answer_idx for _, item in items])
@@ -429,7 +423,7 @@ def _score(
     per_item, lines, lengths = [], [], []
     for (row, item), response, value in zip(items, responses, rewards.rewards):
         extracted = extract_answer(response, item.options)
-        format_ok = parse_reasoning(response).format_ok
+        format_ok = parse_response(response).format_ok
         record = {"row": row, "answer_idx": item.answer_idx, "extracted": extracted,
                   "correct": extracted == item.answer_idx, "format_ok": format_ok, "reward": value}
         if count_tokens is not None:

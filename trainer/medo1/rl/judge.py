@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError
 from medo1.config import StageError
-from medo1.rl.rewards import JudgeRewardConfig, RewardOutput, _check_lengths, parse_reasoning
+from medo1.final_response import parse_response
+from medo1.rl.rewards import JudgeRewardConfig, RewardOutput, _check_lengths
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class JudgeReward:
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
         _check_lengths(responses, references)
         cfg = self.config
-        parsed = [parse_reasoning(text) for text in responses]
+        parsed = [parse_response(text) for text in responses]
         asked = [i for i, p in enumerate(parsed) if p.format_ok]
         verdicts = asyncio.run(self._verdicts([parsed[i].answer or "" for i in asked], [references[i] for i in asked]))
         problems = [v for v in verdicts if isinstance(v, str)]
