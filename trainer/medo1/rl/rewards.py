@@ -44,13 +44,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RewardOutput:
-    rewards: list[float]
+    rewards: list[float | None]
+    """None: no reward (a judge's `on_failure: skip`); the response then takes no part in the update."""
     format_ok: list[bool]
     correct: list[bool]
     scores: list[float | None] = field(default_factory=list)
     """Verifier P("True") per response; None where the model was not asked (bad format, or a rule)."""
     failed: list[bool] = field(default_factory=list)
-    """Judge: responses whose verdict could not be had (scored `reward_wrong`); empty for the other rewards."""
+    """Judge: responses whose verdict could not be had; empty for the other rewards."""
+    interrupted: bool = False
+    """Judge: SIGTERM cut the scoring short (the verdicts still missing are failed); the rollout is not trained on."""
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -381,7 +384,9 @@ def trl_reward_funcs(reward: Reward) -> list[Callable[..., list[float]]]:
     """Reward functions for TRL's GRPOTrainer (the dataset needs a `reference` column).
 
     The first returns the reward; the others return the format-ok, correct and (judge) failed flags
-    as 0/1 so that, weighted 0, TRL logs their rates. All share one scoring per batch.
+    as 0/1 so that, weighted 0, TRL logs their rates. All share one scoring per batch. A completion
+    without a reward is None in all four (so a skipped judge verdict is not in `reward_failed`'s rate
+    under TRL: the judge's own warnings count those).
     """
     last: dict[str, Any] = {"key": None, "output": None}
 
@@ -392,18 +397,26 @@ def trl_reward_funcs(reward: Reward) -> list[Callable[..., list[float]]]:
             last["key"], last["output"] = key, reward(texts, list(reference))
         return last["output"]
 
-    def reward_func(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
-        return [float(r) for r in score(completions, reference).rewards]
+    def column(values: list, output: RewardOutput) -> list[float | None]:
+        # A completion without a reward is None in every column: TRL then counts it unscorable (advantage 0, left
+        # out of the group baseline and of the logged means; grpo_trainer.py / rloo_trainer.py).
+        return [None if r is None else float(v) for r, v in zip(output.rewards, values)]
 
-    def format_ok(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
-        return [float(ok) for ok in score(completions, reference).format_ok]
-
-    def correct(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
-        return [float(ok) for ok in score(completions, reference).correct]
-
-    def failed(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
+    def reward_func(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
         output = score(completions, reference)
-        return [float(f) for f in output.failed] or [0.0] * len(output)
+        return column(output.rewards, output)
+
+    def format_ok(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
+        output = score(completions, reference)
+        return column(output.format_ok, output)
+
+    def correct(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
+        output = score(completions, reference)
+        return column(output.correct, output)
+
+    def failed(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
+        output = score(completions, reference)
+        return column(output.failed or [False] * len(output), output)
 
     funcs = [reward_func, format_ok, correct, failed]
     for func, name in zip(funcs, (reward.name, "format_ok", "verifier_true", "reward_failed")):
