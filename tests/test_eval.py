@@ -11,6 +11,7 @@ from medo1.cli import main
 from medo1.eval import (
     EvalConfig,
     EvalError,
+    Generation,
     HFGenerator,
     build_messages,
     extract_answer,
@@ -147,9 +148,10 @@ class ReasoningAnswers:
     def __init__(self, demo_rows):
         self.letters = {row["question"]: row["answer_idx"] for row in demo_rows}
 
-    def generate(self, prompts):
+    def generate(self, prompts, *, samples=1, seed=0):
         letters = [next(v for q, v in self.letters.items() if m[0]["content"].startswith(q)) for m in prompts]
-        return [f"## Thinking\n\nThe findings fit one option.\n\n## Final Response\n\nThe answer is {x}." for x in letters]
+        text = "## Thinking\n\nThe findings fit one option.\n\n## Final Response\n\nThe answer is {}."
+        return [[Generation(text.format(x))] * samples for x in letters]
 
 
 def test_comparison_scores_every_model_on_the_same_held_out_rows(tiny_model, demo_rows, tmp_path):
@@ -171,7 +173,7 @@ def test_comparison_scores_every_model_on_the_same_held_out_rows(tiny_model, dem
     responses = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
     assert sorted({r["model"] for r in responses}) == ["base", "rl"] and len(responses) == 12
     table = (out / "report.md").read_text()
-    assert "| rl | 6/6 | n/a | 100.0 (61.0-100.0) |" in table
+    assert "| rl | 6/6 | n/a | n/a | 1.000 | 100.0 (61.0-100.0) |" in table
     assert "| base | 0/6 |" in table and "expected" in table
 
 
@@ -188,11 +190,15 @@ def test_hf_prompt_uses_chat_template_and_options(tiny_model, demo_rows):
 
     item = parse_mcq(demo_rows[0], PRESETS["mcq"]["en"], None)
     generator = HFGenerator(str(tiny_model), max_new_tokens=2)
+    assert generator.generation_config.do_sample is False
     text = generator.render(build_messages(item))
     assert text.startswith("<|im_start|>") and text.rstrip().endswith("<|im_start|>assistant")
     for letter, option in item.options.items():
         assert f"\n{letter}. {option}" in text
     assert "letter" in text
+    # Sampling as the RL rollouts sample: temperature and top-p only, no top-k.
+    sampling = HFGenerator(str(tiny_model), max_new_tokens=2, temperature=0.7, top_p=0.9).generation_config
+    assert (sampling.do_sample, sampling.temperature, sampling.top_p, sampling.top_k) == (True, 0.7, 0.9, 0)
 
 
 def test_invalid_rows_are_counted_not_fatal(tiny_model, demo_rows, tmp_path):
@@ -343,3 +349,159 @@ def test_a_benchmark_without_a_valid_row_fails_and_invalid_rows_are_shown(demo_r
     assert f"benchmark 'good' ({good}): 2 of 5 row(s) invalid, skipped (all listed in report.json)" in shown
     assert any(m.strip().startswith(f"{good} row 1 (line 2): field 'answer_idx'") for m in shown)
     assert any(m.strip().startswith(f"{good} row 3 (line 4): field 'options'") for m in shown)
+
+
+# --------------------------------------------------------------------------- sampled comparison (issue 30)
+
+
+def test_sampling_settings_are_checked():
+    with pytest.raises(ValidationError, match="need temperature > 0"):
+        EvalConfig(model="m", samples_per_prompt=4)
+    with pytest.raises(ValidationError, match="need temperature > 0"):
+        EvalConfig(model="m", seeds=[0, 1])
+    with pytest.raises(ValidationError, match="must all differ"):
+        EvalConfig(model="m", temperature=1.0, seeds=[0], noise_seeds=[0], compare_with={"sft": "s"})
+    with pytest.raises(ValidationError, match="baseline 'sfT' is none of the models' labels: sft, model"):
+        EvalConfig(model="m", compare_with={"sft": "s"}, baseline="sfT")
+    with pytest.raises(ValidationError, match="noise_seeds re-run the baseline"):
+        EvalConfig(model="m", temperature=1.0, noise_seeds=[1])
+    assert EvalConfig(model="m", compare_with={"base": "b", "sft": "s"}).baseline_label == "sft"
+    assert EvalConfig(model="m", compare_with={"base": "b", "sft": "s"}, baseline="base").baseline_label == "base"
+    assert EvalConfig(model="m").baseline_label is None
+
+
+def test_verifiable_prompts_are_the_rl_stages(tmp_path):
+    from medo1.data import VerifiableProblem
+    from medo1.rl.config import RLConfig
+    from medo1.rl.rollout import load_problems
+
+    system = "You are a careful physician."
+    rl = RLConfig(model={"name_or_path": "m"}, reward={"kind": "answer_match"},
+                  data={"path": str(DEMO_DATA), "format": "verifiable", "limit": 5, "system_prompt": system})
+    problems, _ = load_problems(rl, tmp_path, is_main=False)
+    config = EvalConfig(model="m", format="verifiable", benchmarks={"d": str(DEMO_DATA)}, limit=5, system_prompt=system)
+    from medo1.eval import _load_benchmark, reference_of
+
+    loaded = _load_benchmark(config, str(DEMO_DATA))
+    items = [item for _, item in loaded.examples]
+    assert all(isinstance(item, VerifiableProblem) for item in items)
+    assert [build_messages(item, system) for item in items] == problems.prompts
+    assert [reference_of(item) for item in items] == problems.references
+
+
+def _responses(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+
+
+def test_sampled_comparison_mechanics_with_the_tiny_model(tiny_model, tmp_path):
+    """Two copies of one model under the same seeds give the same responses (a zero gain with a zero-width
+    interval), another seed gives other responses (the noise run), and every count adds up."""
+    out = tmp_path / "eval"
+    config = EvalConfig(model=str(tiny_model), label="rl", compare_with={"sft": str(tiny_model)}, format="verifiable",
+                        benchmarks={"heldout": str(DEMO_DATA)}, start_row=90, limit=4, temperature=1.0,
+                        samples_per_prompt=3, seeds=[5], noise_seeds=[6], max_new_tokens=4, batch_size=4,
+                        output_dir=str(out))
+    report = run_eval(config)
+
+    responses = _responses(out)
+    by_model = {label: [r for r in responses if r["model"] == label] for label in ("rl", "sft", "sft (noise seed 6)")}
+    assert [len(rows) for rows in by_model.values()] == [12, 12, 12] and len(responses) == 36
+    text = {label: [r["response"] for r in rows] for label, rows in by_model.items()}
+    assert text["rl"] == text["sft"]  # the same model under the same seed draws the same samples
+    assert text["sft (noise seed 6)"] != text["sft"]
+    assert any(len(set(text["rl"][i : i + 3])) > 1 for i in range(0, 12, 3))  # a question's samples differ
+    references = [row["Ground-True Answer"] for row in json.loads(DEMO_DATA.read_text())[90:94]]
+    assert [r["reference"] for r in by_model["rl"]] == [ref for ref in references for _ in range(3)]
+    assert [(r["row"], r["sample"], r["seed"]) for r in by_model["rl"][:4]] == [(90, 0, 5), (90, 1, 5), (90, 2, 5), (91, 0, 5)]
+
+    for label in ("rl", "sft"):
+        result = report["comparison"][label]["heldout"]
+        rows = by_model[label]
+        assert (result["n"], result["unique_questions"], result["responses"]) == (4, 4, 12)
+        assert all(0 <= r["tokens"] <= 4 for r in rows)
+        assert result["hit_token_cap"] == sum(r["hit_cap"] for r in rows) == sum(r["tokens"] == 4 for r in rows)
+        assert result["mean_response_tokens"] == pytest.approx(sum(r["tokens"] for r in rows) / 12)
+        assert result["format_ok"] == 0 and result["correct_among_well_formed"] is None  # a random model
+        assert result["reward_mean"] == 0.0 and result["chance"] is None
+    paired = report["paired"]
+    assert paired["baseline"] == "sft" and "bootstrap" in paired["method"]
+    gains = paired["benchmarks"]["heldout"]["models"]["rl"]
+    assert gains["reward"]["difference"] == 0 and gains["reward"]["ci95"] == [0, 0] and gains["reward"]["questions"] == 4
+    assert [run["seed"] for run in paired["benchmarks"]["heldout"]["noise"]] == [6]
+    table = (out / "report.md").read_text()
+    assert "temperature 1.0, top-p 1.0, 3 sample(s) per question under seed(s) 5" in table
+    assert "| rl | +0.000 (+0.000 to +0.000) |" in table and "| sft, seed 6 vs seed 5 (noise) |" in table
+    assert "| rl | 0/12 |" in table
+
+
+class Scripted:
+    """A model whose answers are fixed per question: `answer(index, seed, sample) -> response text`."""
+
+    def __init__(self, answer):
+        self.answer = answer
+
+    def generate(self, prompts, *, samples=1, seed=0):
+        return [[Generation(self.answer(i, seed, s), 40, s == 1) for s in range(samples)] for i in range(len(prompts))]
+
+
+def _reasoned(answer: str) -> str:
+    return f"## Thinking\n\nShort reasoning.\n\n## Final Response\n\n{answer}"
+
+
+def test_paired_gain_and_noise_band_on_scripted_models(tmp_path, monkeypatch, demo_rows):
+    """Answers whose rewards are known exactly: the reported gains, intervals, rates and verdicts are those."""
+    import medo1.eval as evaluation
+
+    references = [row["Ground-True Answer"] for row in demo_rows[100:108]]
+    # rl: every answer in the format; the even questions right (reward 1.0), the odd ones wrong (0.1).
+    rl = Scripted(lambda i, seed, s: _reasoned(references[i]) if i % 2 == 0 else _reasoned("I am not sure."))
+    # sft (the baseline): one sample in the format and wrong (0.1), one out of it (0.0): 0.05 per question; under
+    # the noise seed, question 0's second sample is in the format too (a seed-to-seed difference of 0.05 / 8).
+    sft = Scripted(lambda i, seed, s: _reasoned("I am not sure.") if s == 0 or (seed == 9 and i == 0) else "x")
+    base = Scripted(lambda i, seed, s: "no headers")  # reward 0 everywhere
+    models = {"sft-dir": sft, "base-dir": base}
+    monkeypatch.setattr(evaluation, "make_generator", lambda config, model=None: models[model])
+    out = tmp_path / "eval"
+    config = EvalConfig(model="rl-dir", label="rl", compare_with={"base": "base-dir", "sft": "sft-dir"},
+                        format="verifiable", benchmarks={"heldout": str(DEMO_DATA)}, start_row=100, limit=8,
+                        temperature=1.0, samples_per_prompt=2, seeds=[3], noise_seeds=[9], output_dir=str(out))
+    report = run_eval(config, generator=rl)
+
+    summary = report["comparison"]
+    assert summary["rl"]["heldout"]["format_ok_rate"] == 1.0
+    assert summary["rl"]["heldout"]["correct_among_well_formed"] == 0.5
+    assert summary["rl"]["heldout"]["reward_mean"] == pytest.approx((1.0 + 0.1) / 2)
+    assert summary["sft"]["heldout"]["reward_mean"] == pytest.approx(0.05)
+    assert summary["sft"]["heldout"]["hit_token_cap"] == 8 and summary["sft"]["heldout"]["mean_response_tokens"] == 40
+    heldout = report["paired"]["benchmarks"]["heldout"]
+    rl_gain = heldout["models"]["rl"]
+    assert rl_gain["reward"]["difference"] == pytest.approx(0.55 - 0.05)
+    assert rl_gain["format_ok"]["difference"] == pytest.approx(0.5)
+    assert rl_gain["format_ok"]["ci95"] == pytest.approx([0.5, 0.5])  # the same gain on every question
+    assert rl_gain["correct"]["difference"] == pytest.approx(0.5)
+    low, high = rl_gain["reward"]["ci95"]
+    assert 0 < low < 0.5 < high  # half the questions gain 0.95, half 0.05
+    # The noise run: question 0 gains 0.1 / 2 samples = 0.05 reward; over 8 questions 0.00625.
+    (noise,) = heldout["noise"]
+    assert noise["seed"] == 9 and noise["reward"]["difference"] == pytest.approx(0.05 / 8)
+    assert heldout["noise_band"]["reward"] == pytest.approx(0.05 / 8)
+    assert rl_gain["reward"]["beyond_noise"] is True
+    base_gain = heldout["models"]["base"]
+    assert base_gain["reward"]["difference"] == pytest.approx(-0.05) and base_gain["reward"]["beyond_noise"] is True
+    table = (out / "report.md").read_text()
+    assert "Against sft, question by question" in table
+    assert "| rl | +0.500 (" in table and "| gain beyond the noise |" in table and "| loss beyond the noise |" in table
+    assert "| sft, seed 9 vs seed 3 (noise) | +0.006 (" in table
+
+
+def test_endpoint_sampling_sends_top_p_and_a_seed_per_response(demo_rows, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDO1_TEST_KEY", "test-key")
+    answers = {row["question"]: row["answer_idx"] for row in demo_rows[:3]}
+    with StandIn(mcq_answers=answers) as server:
+        config = endpoint_config(server.base_url, tmp_path / "out", {"demo": str(DEMO_DATA)}, limit=3,
+                                 temperature=0.7, top_p=0.9, samples_per_prompt=2, seeds=[4])
+        report = run_eval(config)
+    assert report["benchmarks"]["demo"]["responses"] == 6 and report["benchmarks"]["demo"]["accuracy"] == 1.0
+    assert sorted(body["seed"] for body in server.bodies) == [8, 8, 8, 9, 9, 9]
+    assert all(body["top_p"] == 0.9 and body["temperature"] == 0.7 for body in server.bodies)
+    assert report["benchmarks"]["demo"]["hit_token_cap"] == 0  # finish_reason "stop" from the stand-in

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from medo1.config import (
     ConfigError,
@@ -169,6 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_model_reference(model, f"compare_with.{label}")
     check_output_dir(config.output_dir, "output_dir")
     report = run_eval(config)
+    print((Path(config.output_dir) / "report.md").read_text(encoding="utf-8"))
     print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
                      | {"average_accuracy": report["average_accuracy"]}))
     return 0

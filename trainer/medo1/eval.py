@@ -1,41 +1,56 @@
-"""MCQ evaluation: prompt, generate (local HF model or OpenAI-compatible endpoint), extract, score.
+"""Evaluation: prompt, generate (local HF model or OpenAI-compatible endpoint), extract, score, compare.
 
-One answer is extracted per response (the published scorer keeps the better of the first and
-last extracted answer, which is optimistic; we do not). Invalid benchmark rows are reported,
-not fatal: they are counted in the report and the first few are logged; a benchmark without a valid
-row stops the run before anything is generated. An endpoint is asked through `medo1.chat_client`
-(retries, timeouts, progress). Outputs under `output_dir`: report.json, report.md, responses.jsonl,
-all three written aside and renamed into place at the end, so a failed run leaves the previous ones whole.
+Two kinds of benchmark (`format`): multiple choice (`mcq`: question, options, answer letter; one option letter is
+extracted per response and scored, as described at `extract_answer`) and the RL stage's open-ended verifiable
+problems (`verifiable`: the `Open-ended Verifiable Question` / `Ground-True Answer` rows, asked exactly as the RL
+stage asks them). Every response of either kind is also scored the way the RL stage scores it: the
+`## Thinking` / `## Final Response` format rule and the reward (`reward`: answer_match, verifier or judge, against
+the correct option letter or the ground-truth answer), with its length in tokens and whether it hit the token cap.
 
-Besides accuracy, each model's answers are scored the way the RL stage scores them: the `## Thinking` /
-`## Final Response` format rule and the reward (`medo1.rl.rewards`, against the correct option letter), with the
-mean response length in tokens. `compare_with` asks other models (the base model, the SFT export) the same questions,
-and report.md puts them side by side, each accuracy with its chance level and 95% Wilson interval.
+Decoding is greedy by default; with `temperature` > 0 each model answers every question `samples_per_prompt`
+times under each of `seeds` (the same seeds for every model). `compare_with` asks other models (the base model,
+the SFT export) the same questions, and each model is compared with `baseline` question by question: the mean
+gain in reward, format-ok rate and correctness with a paired bootstrap 95% interval, beside the seed-to-seed
+noise of the baseline itself (`noise_seeds`). The statistics are in `medo1.eval_stats`.
+
+Invalid benchmark rows are reported, not fatal: they are counted in the report and the first few are logged; a
+benchmark without a valid row stops the run before anything is generated. An endpoint is asked through
+`medo1.chat_client` (retries, timeouts, progress). Outputs under `output_dir`: report.json, report.md,
+responses.jsonl, all three written aside and renamed into place at the end, so a failed run leaves the previous
+ones whole.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-import math
 import os
 import re
 import string
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
 from medo1.chat_client import ChatClientConfig, ChatError, Messages, RetryOptions, run_chat
 from medo1.config import StageError
-from medo1.data import LoadResult, MCQItem, load_examples
+from medo1.data import LoadResult, MCQItem, VerifiableProblem, load_examples
+from medo1.eval_stats import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    PairedDifference,
+    beyond_noise,
+    noise_band,
+    paired_bootstrap,
+    wilson_interval,
+)
 from medo1.final_response import answer_text, parse_response
-from medo1.rl.reward_config import AnswerMatchRewardConfig, VerifierRewardConfig
+from medo1.rl.reward_config import AnswerMatchRewardConfig, JudgeRewardConfig, VerifierRewardConfig
 
 INSTRUCTION = "Answer with the letter of the correct option."
 INVALID_ROWS_SHOWN = 5
-WILSON_Z = 1.96  # two-sided 95%
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +69,43 @@ class EvalConfig(RetryOptions):
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the endpoint's API key (never passed as an argument)."""
     benchmarks: dict[str, str] = Field(default_factory=dict)
-    """Benchmark name -> path of an MCQ JSON / JSONL file."""
+    """Benchmark name -> path of a JSON / JSONL file of `format` rows."""
+    format: Literal["mcq", "verifiable"] = "mcq"
+    """The benchmarks' rows: mcq (question, options, answer letter: MCQ accuracy, and the reward against the letter)
+    or verifiable (the RL stage's open-ended problems with their ground-true answers, asked as the RL stage asks
+    them and scored by the reward)."""
     preset: str | None = None
-    """Field-name preset of the MCQ files (see `medo1 data validate --format mcq`)."""
+    """Field-name preset of the benchmark files (see `medo1 data validate --format FORMAT`)."""
     fields: dict[str, str] = Field(default_factory=dict)
-    """Field name -> column, overriding the preset's (question, options, answer)."""
+    """Field name -> column, overriding the preset's (mcq: question, options, answer_idx, answer; verifiable:
+    question, answer)."""
+    system_prompt: str | None = None
+    """A system message before each question (set it to the RL recipe's `data.system_prompt` to ask the RL
+    stage's prompts)."""
     max_new_tokens: int = Field(2048, ge=1)
-    """Most tokens generated per answer."""
+    """Most tokens generated per answer; answers cut off here are counted per model (`hit_token_cap`)."""
     temperature: float = Field(0.0, ge=0)
     """Sampling temperature; 0 is greedy."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling (temperature > 0): sample from the smallest token set holding this much probability; 1
+    keeps all. Local models sample as the RL rollouts do: no top-k, none of the checkpoint's own decoding
+    defaults."""
+    samples_per_prompt: int = Field(1, ge=1)
+    """Responses per question per seed (temperature > 0); a question's scores are averaged over them."""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    """Sampling seeds: every model answers every question once per seed (`samples_per_prompt` responses each),
+    the same seeds for every model, so that their draws are paired."""
+    noise_seeds: list[int] = Field(default_factory=list)
+    """More seeds the `baseline` model alone is run under, one run each: its difference from its own run under
+    the first of `seeds` is the seed-to-seed noise a gain must exceed."""
+    baseline: str | None = None
+    """The label every other model is compared with, question by question (a `compare_with` label or `label`);
+    None: the last `compare_with` entry (the pipeline's `sft`, the model RL starts from)."""
     repetition_penalty: float = Field(1.0, gt=0)
     """Local models: transformers' repetition penalty (1 is none; above 1 discourages tokens already in the
     prompt or answer). Small models fall into loops under greedy decoding; 1.1-1.2 breaks most of them."""
     batch_size: int = Field(8, ge=1)
-    """Questions generated together with a local model."""
+    """Questions generated together with a local model (each with its `samples_per_prompt` responses)."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N rows of each benchmark (counted from `start_row`)."""
     start_row: int = Field(0, ge=0)
@@ -77,11 +115,12 @@ class EvalConfig(RetryOptions):
     compare_with: dict[str, str] = Field(default_factory=dict)
     """Label -> local model directory (or hub id) asked the same questions with the same settings, one after
     another, e.g. {base: the pretrained model, sft: the SFT export}; report.md compares them with `model`."""
-    reward: AnswerMatchRewardConfig | VerifierRewardConfig = Field(
+    reward: AnswerMatchRewardConfig | VerifierRewardConfig | JudgeRewardConfig = Field(
         default_factory=AnswerMatchRewardConfig, discriminator="kind"
     )
-    """The RL reward each response gets against the correct option letter (`kind: answer_match`, or
-    `kind: verifier` with a verifier model); its mean is reported per model."""
+    """The RL reward each response gets against the correct option letter or the ground-true answer
+    (`kind: answer_match`, `kind: verifier` with a verifier model, or `kind: judge` with a judge endpoint); its
+    mean is reported per model."""
     output_dir: str = Field("runs/eval", min_length=1)
     """Where responses.jsonl, report.json and report.md go."""
     concurrency: int = Field(8, ge=1)
@@ -95,7 +134,24 @@ class EvalConfig(RetryOptions):
             raise ValueError("set exactly one of `model` (local model dir) or `endpoint` (OpenAI-compatible URL)")
         if self.label in self.compare_with:
             raise ValueError(f"compare_with: label {self.label!r} is `model`'s own label; pick another")
+        if self.temperature == 0 and (self.samples_per_prompt > 1 or len(self.seeds) > 1 or self.noise_seeds):
+            raise ValueError("samples_per_prompt > 1, several seeds and noise_seeds need temperature > 0: greedy "
+                             "decoding gives the same answer every time")
+        if len(set(self.seeds)) != len(self.seeds) or set(self.noise_seeds) & set(self.seeds):
+            raise ValueError(f"seeds {self.seeds} and noise_seeds {self.noise_seeds} must all differ")
+        labels = [*self.compare_with, self.label]
+        if self.baseline is not None and self.baseline not in labels:
+            raise ValueError(f"baseline {self.baseline!r} is none of the models' labels: {', '.join(labels)}")
+        if self.noise_seeds and self.baseline_label is None:
+            raise ValueError("noise_seeds re-run the baseline: set compare_with (and baseline)")
         return self
+
+    @property
+    def baseline_label(self) -> str | None:
+        """The model the others are compared with: `baseline`, else the last `compare_with` entry."""
+        if self.baseline is not None:
+            return self.baseline
+        return next(reversed(self.compare_with), None)
 
 
 # --------------------------------------------------------------------------- prompt
@@ -106,8 +162,21 @@ def build_prompt(item: MCQItem) -> str:
     return f"{item.question}\n\n{options}\n\n{INSTRUCTION}"
 
 
-def build_messages(item: MCQItem) -> Messages:
-    return [{"role": "user", "content": build_prompt(item)}]
+def _with_system(system_prompt: str | None, content: str) -> Messages:
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": content}]
+
+
+def build_messages(item: MCQItem | VerifiableProblem, system_prompt: str | None = None) -> Messages:
+    """The chat turn one benchmark row asks: an MCQ item with its options, or a verifiable problem's question
+    alone, as the RL stage's rollouts ask it (`medo1.rl.rollout.load_problems`)."""
+    if isinstance(item, VerifiableProblem):
+        return _with_system(system_prompt, item.question)
+    return _with_system(system_prompt, build_prompt(item))
+
+
+def reference_of(item: MCQItem | VerifiableProblem) -> str:
+    """What the reward compares a response with: the correct option letter, or the ground-true answer."""
+    return item.answer if isinstance(item, VerifiableProblem) else item.answer_idx
 
 
 # --------------------------------------------------------------------------- extraction
@@ -214,17 +283,37 @@ def extract_answer(response: str, options: dict[str, str]) -> str | None:
 # --------------------------------------------------------------------------- generation
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One response: its text, its length in new tokens, and whether it was cut off at `max_new_tokens`."""
+
+    text: str
+    tokens: int | None = None
+    """New tokens before the stop token (None where the backend does not say: an endpoint)."""
+    hit_cap: bool | None = None
+    """Stopped by `max_new_tokens` rather than by a stop token (None where the backend does not say)."""
+
+
 class Generator(Protocol):
-    def generate(self, prompts: list[Messages]) -> list[str]: ...
+    def generate(self, prompts: list[Messages], *, samples: int = 1, seed: int = 0) -> list[list[Generation]]:
+        """`samples` responses to each prompt, in the prompts' order, drawn under `seed`."""
+        ...
 
 
 class HFGenerator:
-    """Local transformers model: chat template, left padding, batches, greedy at temperature 0."""
+    """Local transformers model: chat template, left padding, batches of similar lengths.
 
-    def __init__(self, model_path: str, *, max_new_tokens: int = 2048, temperature: float = 0.0, batch_size: int = 8,
-                 repetition_penalty: float = 1.0):
+    Greedy at temperature 0; otherwise plain temperature / top-p sampling (no top-k), the distribution the RL
+    rollouts sample from (`medo1.rl.engines.HFEngine`), with the checkpoint's generation_config.json ignored so
+    that every model compared decodes alike. The global torch generator is seeded with `seed` before the first
+    batch; with the same prompts and batch size two models draw from the same random stream. The `samples`
+    responses of a prompt share one pass over the prompt (its KV cache is computed once and copied).
+    """
+
+    def __init__(self, model_path: str, *, max_new_tokens: int = 2048, temperature: float = 0.0, top_p: float = 1.0,
+                 batch_size: int = 8, repetition_penalty: float = 1.0):
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, GenerationConfig
 
         from medo1.models import generation_config_for, load_tokenizer, resolve_dtype
 
@@ -234,141 +323,130 @@ class HFGenerator:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=resolve_dtype("auto")).to(self.device)
         self.model.eval()
-        config = generation_config_for(self.tokenizer)
-        config.max_new_tokens = max_new_tokens
-        config.repetition_penalty = repetition_penalty
-        if temperature > 0:
-            config.do_sample = True
-            config.temperature = temperature
-        else:
-            config.do_sample = False
-        self.generation_config = config
+        self.stop_ids = list(generation_config_for(self.tokenizer).eos_token_id)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
+            else {"do_sample": False}
+        self.generation_config = GenerationConfig(
+            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id, **sampling,
+        )
+        self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render(self, messages: Messages) -> str:
         from medo1.tokenize import render_prompt
 
         return render_prompt(self.tokenizer, messages)
 
-    def generate(self, prompts: list[Messages]) -> list[str]:
+    def _generation(self, ids: list[int]) -> Generation:
+        stops = [i for i, token in enumerate(ids) if token in self.stop_ids]
+        length = stops[0] if stops else len(ids)
+        text = self.tokenizer.decode(ids[:length], skip_special_tokens=True)
+        return Generation(text, length, not stops and len(ids) >= self.max_new_tokens)
+
+    def _generate_batch(self, inputs, samples: int):
+        """`samples` continuations of each prompt of the batch (rows prompt-major): the new tokens only."""
+        from transformers import DynamicCache, GenerationConfig
+
+        torch, model = self.torch, self.model
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        kwargs = {}
+        if samples > 1 and ids.shape[1] > 1:
+            # The prompt's KV cache once per prompt, copied for its samples: generate then runs the last prompt
+            # token and the new ones only.
+            # transformers 5.25 names the cache argument `cache`, 5.19 (the GPU image's) `past_key_values`.
+            name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+            cache = DynamicCache(config=model.config)
+            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True, logits_to_keep=1, **{name: cache})
+            cache.batch_repeat_interleave(samples)
+            kwargs[name] = cache
+        ids, mask = ids.repeat_interleave(samples, dim=0), mask.repeat_interleave(samples, dim=0)
+        # `generate` fills whatever the passed config leaves unset from the checkpoint's generation_config.json
+        # (e.g. a top_k or repetition_penalty of its own); an empty one in its place leaves nothing to inherit.
+        kept, model.generation_config = model.generation_config, GenerationConfig()
+        try:
+            output = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.generation_config,
+                                    **kwargs)
+        finally:
+            model.generation_config = kept
+        return output[:, ids.shape[1]:]
+
+    def generate(self, prompts: list[Messages], *, samples: int = 1, seed: int = 0) -> list[list[Generation]]:
+        torch = self.torch
         texts = [self.render(m) for m in prompts]
+        lengths = [len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         # Similar lengths share a batch (less padding); results go back in the callers' order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out: list[str] = [""] * len(texts)
+        order = sorted(range(len(texts)), key=lambda i: lengths[i])
+        out: list[list[Generation]] = [[] for _ in texts]
+        torch.manual_seed(seed)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             inputs = self.tokenizer(
                 [texts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
-            with self.torch.no_grad():
-                output = self.model.generate(**inputs, generation_config=self.generation_config)
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            for i, decoded in zip(chunk, self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                out[i] = decoded
+            with torch.no_grad():
+                new_tokens = self._generate_batch(inputs, samples).tolist()
+            for k, i in enumerate(chunk):
+                out[i] = [self._generation(ids) for ids in new_tokens[k * samples : (k + 1) * samples]]
+            log.info("eval: %d of %d question(s) answered", min(start + self.batch_size, len(order)), len(order))
         return out
 
 
 class EndpointGenerator:
-    """An OpenAI-compatible endpoint, asked through `medo1.chat_client` (retries, timeouts, progress)."""
+    """An OpenAI-compatible endpoint, asked through `medo1.chat_client` (retries, timeouts, progress).
 
-    def __init__(self, client_config: ChatClientConfig, *, max_new_tokens: int = 2048, temperature: float = 0.0):
+    When sampling (temperature > 0) each request carries `top_p` and a `seed` (seed x samples + sample index,
+    so every response of a run has its own; vLLM and OpenAI honour it, best effort)."""
+
+    def __init__(self, client_config: ChatClientConfig, *, max_new_tokens: int = 2048, temperature: float = 0.0,
+                 top_p: float = 1.0):
         self.client_config = client_config
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
+        self.top_p = top_p
 
-    def generate(self, prompts: list[Messages]) -> list[str]:
-        try:
-            answers = run_chat(
-                self.client_config, prompts, max_tokens=self.max_new_tokens, temperature=self.temperature
-            )
-        except ChatError as exc:
-            raise EvalError(str(exc)) from None
-        return [answer.text for answer in answers]
+    def generate(self, prompts: list[Messages], *, samples: int = 1, seed: int = 0) -> list[list[Generation]]:
+        out: list[list[Generation]] = [[] for _ in prompts]
+        for sample in range(samples):
+            params: dict[str, Any] = {"max_tokens": self.max_new_tokens, "temperature": self.temperature}
+            if self.temperature > 0:
+                params |= {"top_p": self.top_p, "seed": seed * samples + sample}
+            try:
+                answers = run_chat(self.client_config, prompts, **params)
+            except ChatError as exc:
+                raise EvalError(str(exc)) from None
+            for responses, answer in zip(out, answers):
+                responses.append(Generation(answer.text, None, answer.finish_reason == "length"))
+        return out
 
 
 def make_generator(config: EvalConfig, model: str | None = None) -> Generator:
     """The generator for `config`'s backend; `model` asks that local model instead (a `compare_with` entry)."""
-    if model is not None:
-        return HFGenerator(
-            model, max_new_tokens=config.max_new_tokens, temperature=config.temperature, batch_size=config.batch_size,
-            repetition_penalty=config.repetition_penalty,
-        )
-    if config.endpoint is not None:
+    if model is None and config.endpoint is not None:
         client_config = config.chat_client_config(
             config.endpoint, config.endpoint_model, config.api_key_env, config.concurrency
         )
-        return EndpointGenerator(client_config, max_new_tokens=config.max_new_tokens, temperature=config.temperature)
-    assert config.model is not None
-    return HFGenerator(
-        config.model,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        batch_size=config.batch_size,
-        repetition_penalty=config.repetition_penalty,
-    )
+        return EndpointGenerator(client_config, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                 top_p=config.top_p)
+    path = model if model is not None else config.model
+    assert path is not None
+    return HFGenerator(path, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                       batch_size=config.batch_size, repetition_penalty=config.repetition_penalty)
 
 
-# --------------------------------------------------------------------------- run
+# --------------------------------------------------------------------------- scoring
 
 
-def wilson_interval(correct: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval of a proportion (Wilson 1927): sound at small n and at 0 or n successes."""
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.1f}"
-
-
-def _markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# Evaluation: {report['model']}",
-        "",
-        "| benchmark | n | accuracy % | unparseable |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, result in report["benchmarks"].items():
-        lines.append(f"| {name} | {result['n']} | {_pct(result['accuracy'])} | {result['unparseable']} |")
-    lines += ["", f"Average accuracy: {_pct(report['average_accuracy'])}%"]
-    invalid = sum(len(r["invalid_rows"]) for r in report["benchmarks"].values())
-    if invalid:
-        lines.append(f"Invalid rows skipped: {invalid} (listed in report.json).")
-    for name in report["benchmarks"]:
-        lines += [
-            "",
-            f"## {name}: the same questions to each model",
-            "",
-            f"| model | format ok | mean response tokens | MCQ accuracy % (95% CI) | chance % | mean {report['reward']} |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for label, benchmarks in report["comparison"].items():
-            r = benchmarks[name]
-            tokens = "n/a" if r["mean_response_tokens"] is None else f"{r['mean_response_tokens']:.0f}"
-            low, high = r["accuracy_ci95"]
-            lines.append(
-                f"| {label} | {r['format_ok']}/{r['n']} | {tokens} | {_pct(r['accuracy'])} ({_pct(low)}-{_pct(high)}) "
-                f"| {_pct(r['chance'])} | {r['reward_mean']:.3f} |"
-            )
-    lines += [
-        "",
-        "Format ok: `## Thinking` and `## Final Response` each exactly once, the RL reward's format rule. "
-        "Chance: the accuracy of guessing one option at random. A 95% interval that contains chance means the "
-        "model's answers are not distinguishable from guessing on these questions; a small model (the 135M demo "
-        "model) is expected there: its training teaches the answer format and style, not medical knowledge.",
-    ]
-    return "\n".join(lines) + "\n"
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _load_benchmark(config: EvalConfig, path: str) -> LoadResult:
     """The benchmark's rows from `start_row` on, at most `limit` of them."""
     end = None if config.limit is None else config.start_row + config.limit
-    result = load_examples(path, "mcq", config.preset, config.fields, limit=end)
+    result = load_examples(path, config.format, config.preset, config.fields, limit=end)
     if config.start_row == 0:
         return result
     if result.rows <= config.start_row:
@@ -378,18 +456,18 @@ def _load_benchmark(config: EvalConfig, path: str) -> LoadResult:
         rows=result.rows - config.start_row,
         examples=[(row, ex) for row, ex in result.examples if row >= config.start_row],
         problems=[p for p in result.problems if p.row >= config.start_row],
+        duplicates=[(row, first) for row, first in result.duplicates if row >= config.start_row],
     )
 
 
-def _check_rows(name: str, result: LoadResult) -> None:
+def _check_rows(name: str, result: LoadResult, format: str) -> None:
     """Log a benchmark's invalid rows (how many, the first few); EvalError when none is valid."""
     if not result.problems and result.examples:
         return
     if not result.examples:
         first = f"; first: {result.problems[0]}" if result.problems else ""
-        raise EvalError(
-            f"benchmark {name!r} ({result.path}): none of its {result.rows} row(s) is a valid MCQ item{first}"
-        )
+        what = "a valid MCQ item" if format == "mcq" else "a valid verifiable problem"
+        raise EvalError(f"benchmark {name!r} ({result.path}): none of its {result.rows} row(s) is {what}{first}")
     log.warning(
         "benchmark %r (%s): %d of %d row(s) invalid, skipped (all listed in report.json)",
         name, result.path, len(result.problems), result.rows,
@@ -412,81 +490,308 @@ def _replace_outputs(out_dir: Path, contents: dict[str, str]) -> None:
         os.replace(aside, final)
 
 
-def _score(
-    generator: Generator, reward: Any, name: str, loaded: LoadResult, label: str
-) -> tuple[dict[str, Any], list[str]]:
-    """One model on one benchmark: (result, responses.jsonl lines)."""
-    items: list[tuple[int, MCQItem]] = [(row, ex) for row, ex in loaded.examples]  # type: ignore[misc]
-    responses = generator.generate([build_messages(item) for _, item in items])
-    rewards = reward(responses, [item.answer_idx for _, item in items])
-    count_tokens = getattr(generator, "count_tokens", None)
-    per_item, lines, lengths = [], [], []
-    for (row, item), response, value in zip(items, responses, rewards.rewards):
-        extracted = extract_answer(response, item.options)
-        format_ok = parse_response(response).format_ok
-        record = {"row": row, "answer_idx": item.answer_idx, "extracted": extracted,
-                  "correct": extracted == item.answer_idx, "format_ok": format_ok, "reward": value}
-        if count_tokens is not None:
-            lengths.append(count_tokens(response))
-        per_item.append(record)
-        line = {"model": label, "benchmark": name, **record, "response": response}
-        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
-    n = len(items)
-    correct = sum(p["correct"] for p in per_item)
-    result = {
-        "path": loaded.path,
-        "n": n,
+@dataclass
+class Benchmark:
+    """One benchmark's valid rows, and which earlier row each repeated question copies (its unit)."""
+
+    name: str
+    loaded: LoadResult
+    items: list[tuple[int, MCQItem | VerifiableProblem]]
+    unit_of: dict[int, int]
+    """Row -> the first row of the same question: the unit every interval counts once."""
+
+    @classmethod
+    def of(cls, name: str, loaded: LoadResult) -> Benchmark:
+        items: list[tuple[int, MCQItem | VerifiableProblem]] = list(loaded.examples)  # type: ignore[arg-type]
+        first = dict(loaded.duplicates)
+        return cls(name, loaded, items, {row: first.get(row, row) for row, _ in items})
+
+    @property
+    def is_mcq(self) -> bool:
+        return self.loaded.format == "mcq"
+
+
+def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: EvalConfig, label: str,
+           seed: int) -> list[dict[str, Any]]:
+    """One model's responses to one benchmark under one seed, each scored: the per-response records."""
+    items = benchmark.items
+    generations = generator.generate([build_messages(item, config.system_prompt) for _, item in items],
+                                     samples=config.samples_per_prompt, seed=seed)
+    flat = [(row, item, sample, g) for (row, item), gens in zip(items, generations) for sample, g in enumerate(gens)]
+    rewards = reward([g.text for *_, g in flat], [reference_of(item) for _, item, _, _ in flat])
+    records = []
+    for (row, item, sample, generation), value, judged_correct in zip(flat, rewards.rewards, rewards.correct):
+        format_ok = parse_response(generation.text).format_ok
+        record: dict[str, Any] = {"row": row, "seed": seed, "sample": sample, "reference": reference_of(item)}
+        if isinstance(item, MCQItem):
+            extracted = extract_answer(generation.text, item.options)
+            record |= {"extracted": extracted, "correct": extracted == item.answer_idx}
+        else:
+            record |= {"extracted": None, "correct": bool(judged_correct)}
+        record |= {"format_ok": format_ok, "reward": value, "tokens": generation.tokens, "hit_cap": generation.hit_cap,
+                   "response": generation.text}
+        records.append(record)
+    log.info("eval: %s on %s, seed %d: mean reward %.3f", label, benchmark.name, seed,
+             sum(rewards.rewards) / max(1, len(rewards.rewards)))
+    return records
+
+
+def unit_means(records: list[dict[str, Any]], unit_of: dict[int, int], key: str) -> dict[int, float]:
+    """Per question (unit), the mean of `key` over its responses (its copies, samples and seeds)."""
+    sums: dict[int, list[float]] = {}
+    for record in records:
+        sums.setdefault(unit_of[record["row"]], []).append(float(record[key]))
+    return {unit: sum(values) / len(values) for unit, values in sums.items()}
+
+
+def summarise(benchmark: Benchmark, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model's scores on one benchmark from its response records."""
+    n_responses = len(records)
+    units = len(set(benchmark.unit_of.values()))
+    correct = sum(r["correct"] for r in records)
+    format_ok = sum(r["format_ok"] for r in records)
+    well_formed_correct = sum(r["correct"] for r in records if r["format_ok"])
+    lengths = [r["tokens"] for r in records if r["tokens"] is not None]
+    capped = [r["hit_cap"] for r in records if r["hit_cap"] is not None]
+    accuracy = correct / n_responses
+    unit_accuracy = unit_means(records, benchmark.unit_of, "correct")
+    items = dict(benchmark.items)
+    chance = None
+    if benchmark.is_mcq:
+        chance = sum(1 / len(items[row].options) for row in benchmark.unit_of) / len(benchmark.unit_of)  # type: ignore[union-attr]
+    return {
+        "path": benchmark.loaded.path,
+        "format": benchmark.loaded.format,
+        "n": len(benchmark.items),
+        "unique_questions": units,
+        "responses": n_responses,
         "correct": correct,
-        "accuracy": correct / n,
-        "accuracy_ci95": list(wilson_interval(correct, n)),
-        "chance": sum(1 / len(item.options) for _, item in items) / n,
-        "unparseable": sum(p["extracted"] is None for p in per_item),
-        "format_ok": sum(p["format_ok"] for p in per_item),
-        "mean_response_tokens": sum(lengths) / n if lengths else None,
-        "reward_mean": sum(rewards.rewards) / n,
-        "invalid_rows": [p.to_dict() for p in loaded.problems],
-        "per_item": per_item,
+        "accuracy": accuracy,
+        # Intervals count each unique question once (`medo1.eval_stats`).
+        "accuracy_ci95": list(wilson_interval(sum(unit_accuracy.values()), units)),
+        "chance": chance,
+        "unparseable": sum((r["extracted"] is None) if benchmark.is_mcq else not r["format_ok"] for r in records),
+        "format_ok": format_ok,
+        "format_ok_rate": format_ok / n_responses,
+        "correct_among_well_formed": well_formed_correct / format_ok if format_ok else None,
+        "mean_response_tokens": sum(lengths) / len(lengths) if lengths else None,
+        "hit_token_cap": sum(capped) if capped else None,
+        "reward_mean": sum(r["reward"] for r in records) / n_responses,
+        "invalid_rows": [p.to_dict() for p in benchmark.loaded.problems],
     }
-    return result, lines
+
+
+PAIRED_METRICS = {"reward": "reward", "format_ok": "format_ok", "correct": "correct"}
+"""Report key -> response-record key of the per-question values compared between models."""
+
+
+def _paired(benchmark: Benchmark, model: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for name, key in PAIRED_METRICS.items():
+        a, b = unit_means(model, benchmark.unit_of, key), unit_means(baseline, benchmark.unit_of, key)
+        units = sorted(b)
+        out[name] = paired_bootstrap([a[u] for u in units], [b[u] for u in units]).to_dict()
+    return out
+
+
+def compare_to_baseline(benchmarks: dict[str, Benchmark], records: dict[str, dict[str, list[dict[str, Any]]]],
+                        noise: dict[int, dict[str, list[dict[str, Any]]]], baseline: str,
+                        first_seed: int) -> dict[str, Any]:
+    """Every model against `baseline`, question by question, and the baseline's seed-to-seed noise.
+
+    `records`: label -> benchmark -> response records (all seeds); `noise`: noise seed -> benchmark -> the
+    baseline's records under that seed, compared with its records under `first_seed`.
+    """
+    result: dict[str, Any] = {
+        "baseline": baseline,
+        "method": f"paired percentile bootstrap over unique questions, {BOOTSTRAP_RESAMPLES} resamples, "
+                  f"generator seed {BOOTSTRAP_SEED}; a question's value is the mean over its responses",
+        "benchmarks": {},
+    }
+    for name, benchmark in benchmarks.items():
+        base = records[baseline][name]
+        first_run = [r for r in base if r["seed"] == first_seed]
+        seed_to_seed = [{"seed": seed, **_paired(benchmark, runs[name], first_run)} for seed, runs in noise.items()]
+        band = {metric: noise_band([PairedDifference(d[metric]["difference"], *d[metric]["ci95"],
+                                                     d[metric]["questions"]) for d in seed_to_seed])
+                for metric in PAIRED_METRICS}
+        models = {}
+        for label, runs in records.items():
+            if label == baseline:
+                continue
+            gains = _paired(benchmark, runs[name], base)
+            for metric, gain in gains.items():
+                low, high = gain["ci95"]
+                gain["beyond_noise"] = beyond_noise(
+                    PairedDifference(gain["difference"], low, high, gain["questions"]), band[metric])
+            models[label] = gains
+        result["benchmarks"][name] = {"models": models, "noise": seed_to_seed, "noise_band": band}
+    return result
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _signed(value: float) -> str:
+    return f"{value:+.3f}"
+
+
+def _difference_cell(d: dict[str, Any]) -> str:
+    low, high = d["ci95"]
+    return f"{_signed(d['difference'])} ({_signed(low)} to {_signed(high)})"
+
+
+def _verdict(gains: dict[str, Any]) -> str:
+    """What the reward difference shows: a gain (or loss) beyond the seed-to-seed noise, or not."""
+    reward = gains["reward"]
+    direction = "gain" if reward["difference"] > 0 else "loss"
+    if reward["beyond_noise"] is True:
+        return f"{direction} beyond the noise"
+    if reward["beyond_noise"] is False and reward["excludes_zero"]:
+        return f"{direction}: interval excludes 0, within the seed-to-seed noise"
+    if reward["excludes_zero"]:
+        return f"{direction}: interval excludes 0 (no seed-to-seed runs)"
+    return "not distinguishable from 0"
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    settings = report["settings"]
+    lines = [
+        f"# Evaluation: {report['model']}",
+        "",
+        "| benchmark | n | accuracy % | unparseable |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, result in report["benchmarks"].items():
+        lines.append(f"| {name} | {result['n']} | {_pct(result['accuracy'])} | {result['unparseable']} |")
+    lines += ["", f"Average accuracy: {_pct(report['average_accuracy'])}%"]
+    invalid = sum(len(r["invalid_rows"]) for r in report["benchmarks"].values())
+    if invalid:
+        lines.append(f"Invalid rows skipped: {invalid} (listed in report.json).")
+    decoding = ("greedy decoding" if settings["temperature"] == 0 else
+                f"temperature {settings['temperature']}, top-p {settings['top_p']}, "
+                f"{settings['samples_per_prompt']} sample(s) per question under seed(s) "
+                f"{', '.join(map(str, settings['seeds']))}")
+    lines += ["", f"Decoding: {decoding}; at most {settings['max_new_tokens']} new tokens."]
+    for name in report["benchmarks"]:
+        mcq = report["benchmarks"][name]["format"] == "mcq"
+        correct_header = "MCQ accuracy % (95% CI) | chance %" if mcq else "correct % (95% CI)"
+        lines += [
+            "",
+            f"## {name}: the same questions to each model",
+            "",
+            f"| model | format ok | mean response tokens | hit token cap | mean {report['reward']} | {correct_header} "
+            "| correct among well-formed % |",
+            "|---|---:|---:|---:|---:|---:|" + ("---:|" if mcq else "") + "---:|",
+        ]
+        for label, benchmarks in report["comparison"].items():
+            r = benchmarks[name]
+            tokens = "n/a" if r["mean_response_tokens"] is None else f"{r['mean_response_tokens']:.0f}"
+            capped = "n/a" if r["hit_token_cap"] is None else f"{r['hit_token_cap']}/{r['responses']}"
+            low, high = r["accuracy_ci95"]
+            correct = f"{_pct(r['accuracy'])} ({_pct(low)}-{_pct(high)})" + (f" | {_pct(r['chance'])}" if mcq else "")
+            lines.append(
+                f"| {label} | {r['format_ok']}/{r['responses']} | {tokens} | {capped} | {r['reward_mean']:.3f} "
+                f"| {correct} | {_pct(r['correct_among_well_formed'])} |"
+            )
+        paired = report.get("paired")
+        if paired:
+            p = paired["benchmarks"][name]
+            lines += [
+                "",
+                f"Against {paired['baseline']}, question by question (95% intervals: {paired['method']}):",
+                "",
+                f"| model | {report['reward']} gain | format-ok rate gain | correct rate gain | reward verdict |",
+                "|---|---:|---:|---:|---|",
+            ]
+            for label, gains in p["models"].items():
+                lines.append(f"| {label} | {_difference_cell(gains['reward'])} | {_difference_cell(gains['format_ok'])} "
+                             f"| {_difference_cell(gains['correct'])} | {_verdict(gains)} |")
+            for run in p["noise"]:
+                lines.append(f"| {paired['baseline']}, seed {run['seed']} vs seed {settings['seeds'][0]} (noise) "
+                             f"| {_difference_cell(run['reward'])} | {_difference_cell(run['format_ok'])} "
+                             f"| {_difference_cell(run['correct'])} | seed-to-seed |")
+    lines += [
+        "",
+        "Format ok: `## Thinking` and `## Final Response` each exactly once, the RL reward's format rule. "
+        "Hit token cap: responses cut off at the new-token limit. Correct among well-formed: of the responses in the "
+        "format, the share with the right answer. Intervals count each unique question once.",
+    ]
+    if any(result["format"] == "mcq" for result in report["benchmarks"].values()):
+        lines.append(
+            "Chance: the accuracy of guessing one option at random. A 95% interval that contains chance means the "
+            "model's answers are not distinguishable from guessing on these questions; a small model (the 135M demo "
+            "model) is expected there: its training teaches the answer format and style, not medical knowledge."
+        )
+    if report.get("paired"):
+        lines.append(
+            "A gain is beyond the noise when its 95% interval excludes 0 and it is larger than the baseline's own "
+            "difference between sampling seeds (the noise rows)."
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- run
 
 
 def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str, Any]:
     """Evaluate every benchmark with `model` and each `compare_with` model; write report.json, report.md and
-    responses.jsonl; return the report (`benchmarks`: `model`'s results; `comparison`: every model's, no per-item)."""
+    responses.jsonl; return the report (`benchmarks`: `model`'s results with its responses in `per_item`;
+    `comparison`: every model's, without; `paired`: the paired comparison with the baseline, when there are
+    several models)."""
     if not config.benchmarks:
         raise EvalError("no benchmarks to score: set benchmarks.NAME=PATH (medo1 eval --benchmark NAME=PATH)")
     out_dir = Path(config.output_dir)
     loaded = {name: _load_benchmark(config, path) for name, path in config.benchmarks.items()}
     for name, result in loaded.items():
-        _check_rows(name, result)
+        _check_rows(name, result, config.format)
+    benchmarks = {name: Benchmark.of(name, result) for name, result in loaded.items()}
     from medo1.rl.rewards import build_reward  # torch: only once the benchmarks are known to be usable
 
     reward = build_reward(config.reward)
     report: dict[str, Any] = {
         "model": config.model if config.model is not None else (config.endpoint_model or config.endpoint),
         "reward": reward.name,
+        "settings": {key: getattr(config, key) for key in (
+            "format", "temperature", "top_p", "samples_per_prompt", "seeds", "noise_seeds", "max_new_tokens")},
         "benchmarks": {},
         "comparison": {},
     }
-    response_lines: list[str] = []
+    baseline = config.baseline_label
+    records: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    noise: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for label, model in [*config.compare_with.items(), (config.label, None)]:
         log.info("eval: %s (%s)", label, model or report["model"])
         if model is not None:
             model_generator = make_generator(config, model)
         else:
             model_generator = generator if generator is not None else make_generator(config)
-        results = {}
-        for name, result in loaded.items():
-            results[name], lines = _score(model_generator, reward, name, result, label)
-            response_lines += lines
+        records[label] = {name: [] for name in benchmarks}
+        for seed in config.seeds:
+            for name, benchmark in benchmarks.items():
+                records[label][name] += _score(model_generator, reward, benchmark, config, label, seed)
+        if label == baseline:
+            for seed in config.noise_seeds:
+                noise[seed] = {name: _score(model_generator, reward, benchmark, config, f"{label} (noise)", seed)
+                               for name, benchmark in benchmarks.items()}
         del model_generator  # one model in memory at a time
-        report["comparison"][label] = {
-            name: {k: v for k, v in r.items() if k not in ("per_item", "invalid_rows")} for name, r in results.items()
-        }
-        if model is None:
-            report["benchmarks"] = results
+        report["comparison"][label] = {name: summarise(benchmarks[name], records[label][name]) for name in benchmarks}
+    report["benchmarks"] = {name: report["comparison"][config.label][name] | {"per_item": records[config.label][name]}
+                            for name in benchmarks}
+    for label in report["comparison"]:
+        for result in report["comparison"][label].values():
+            del result["invalid_rows"]
+    if baseline is not None:
+        report["paired"] = compare_to_baseline(benchmarks, records, noise, baseline, config.seeds[0])
     scored = [r["accuracy"] for r in report["benchmarks"].values()]
     report["average_accuracy"] = sum(scored) / len(scored)
+    response_lines = [
+        json.dumps({"model": label, "benchmark": name, **record}, ensure_ascii=False) + "\n"
+        for label, by_name in records.items() for name, rows in by_name.items() for record in rows
+    ] + [
+        json.dumps({"model": f"{baseline} (noise seed {seed})", "benchmark": name, **record}, ensure_ascii=False) + "\n"
+        for seed, by_name in noise.items() for name, rows in by_name.items() for record in rows
+    ]
     _replace_outputs(
         out_dir,
         {
