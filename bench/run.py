@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from bench import cli_help, data, rl, sft, translate_concurrency
-from bench.common import cpu_model
+from bench import cli_help, data, eval_sampling, rl, sft, translate_concurrency
+from bench.common import cpu_model, measuring
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,6 +53,7 @@ BENCHMARKS = {
     "sft": (sft.measure, sft.summary, False),
     "sft_gpu": (lambda quick: sft.measure(quick, gpu=True), sft.summary, True),
     "rl": (rl.measure, rl.summary, False),
+    "eval_sampling": (eval_sampling.measure, eval_sampling.summary, False),
     "cli_help": (cli_help.measure, cli_help.summary, False),
 }
 
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: skipped, no CUDA device here (on a GPU machine: .venv/bin/python -m bench.run --gpu)")
             print("  GPU targets (SFT >= 2x the padded loop's tokens/s, MFU >= 40% on H100): not measured\n")
             continue
-        result = measure(args.quick)
+        with measuring(name):
+            result = measure(args.quick)
         record = {"benchmark": name, "date": stamp, "quick": args.quick, "environment": env, **result}
         path = args.results / f"{name}-{stamp}.json"
         path.write_text(json.dumps(record, indent=2) + "\n")

@@ -22,6 +22,7 @@ from babel import Locale
 from medo1.translate import TranslateConfig, run_translate
 from medo1.translation_checks import TranslationChecks, detector
 
+from bench.common import measuring
 from pipelines.openai_standin import PHRASEBOOKS, StandIn, fake_translate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,8 @@ def measure(records: int = 48, latency_s: float = 0.25, levels: tuple[int, ...] 
                     target_language="Japanese", base_url=server.base_url, concurrency=concurrency, limit=records,
                 )
                 start = time.perf_counter()
-                summary = run_translate(config, progress=False)
+                with measuring(f"{records} records at concurrency {concurrency}"):
+                    summary = run_translate(config, progress=False)
                 elapsed = time.perf_counter() - start
         finally:
             server.stop()

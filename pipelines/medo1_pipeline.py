@@ -65,68 +65,135 @@ def run_directory(workspace: str, run_name: str, run_id: str) -> NamedTuple("Run
 
 @component
 def doctor(backend: str, profile: str, nodes: int, gpus_per_node: int, data_pvc: str, checkpoints_pvc: str,
-           hf_cache_pvc: str) -> str:
+           hf_cache_pvc: str, allow_unchecked: bool, report: dsl.Output[dsl.Markdown]) -> str:
     """`medo1 doctor` on the namespace the training steps launch into, with their chart values: the run
     fails here, before any GPU is asked for, when a CRD, Secret key, PVC, permission, GPU node or Kueue
-    queue is missing (the table, with the fix for each failure, is in this step's log). A local run has
-    no cluster to check."""
-    if backend != "pytorchjob":
+    queue is missing, or Kueue does not manage the backend's jobs (the table, with the fix for each
+    failure, is this step's Markdown and log), and when a check could not be made with the step's account
+    unless `allow_unchecked`. A local run has no cluster to check."""
+    from pathlib import Path
+
+    from medo1 import doctor as checks
+    from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, bound_requests
+    from medo1.pipeline_steps import chart_values, doctor_markdown, doctor_skipped_markdown
+
+    if backend == "local":
+        Path(report.path).write_text(doctor_skipped_markdown(backend), encoding="utf-8")
         return f"skipped: backend {backend}"
-    import argparse
+    from medo1.launch.kubernetes import default_namespace
 
-    from medo1.doctor import run
-
-    chart_values = [
-        f"storage.data.existingClaim={data_pvc}",
-        f"storage.checkpoints.existingClaim={checkpoints_pvc}",
-        f"storage.hfCache.existingClaim={hf_cache_pvc}",
-        f"cluster.nodes={nodes}",
-        f"cluster.gpusPerNode={gpus_per_node}",
-    ]
-    if run(argparse.Namespace(profile=profile, values=[], value=chart_values, namespace=None, json=False)):
-        raise RuntimeError("medo1 doctor: the namespace is not ready for this run (failures above, each with its fix)")
+    namespace = default_namespace()
+    values = [f"backend={backend}", *chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc,
+                                                 hf_cache_pvc=hf_cache_pvc, nodes=nodes, gpus_per_node=gpus_per_node)]
+    needs = checks.profile_needs(profile=profile or None, values_files=[], value_overrides=values, namespace=namespace)
+    cluster = checks.ClusterReader(bound_requests(checks.api_client(), DEFAULT_REQUEST_TIMEOUT_S))
+    findings = checks.diagnose(cluster, needs)
+    print(checks.table(findings))
+    Path(report.path).write_text(doctor_markdown(findings, namespace), encoding="utf-8")
+    if checks.exit_code(findings, allow_unchecked):
+        failed = sum(f.status == "fail" for f in findings)
+        unchecked = sum(f.status == "unchecked" for f in findings)
+        raise RuntimeError(f"medo1 doctor: {failed} check(s) failed and {unchecked} could not be made: the namespace "
+                           "is not ready for this run (the table above and this step's Markdown give the fix for "
+                           "each; doctor_allow_unchecked accepts what the step's account may not read)")
     return "passed"
 
 
 @component
-def check_data(sft_data: str, rl_data: str) -> NamedTuple("DataPaths", [("sft_data", str), ("rl_data", str)]):
+def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list, rl_overrides: list, eval_overrides: list,
+         base_model: str, sft_data: str, rl_data: str, rl_algorithm: str, run_dir: str, backend: str, profile: str, nodes: int,
+         gpus_per_node: int, data_pvc: str, checkpoints_pvc: str, hf_cache_pvc: str, plan_strict: bool,
+         report: dsl.Output[dsl.Markdown], metrics: dsl.Output[dsl.Metrics]) -> str:
+    """`medo1 plan` of the SFT, RL and eval stages as this run launches them (its recipes, overrides, model and
+    cluster): memory per GPU, time, GPU-hours and checkpoint volume, planned on the source data. With
+    `plan_strict` (or the chart value plan.strict) a stage that does not fit, or that cannot be planned, fails
+    the run here, before SFT starts; otherwise the training steps warn."""
+    from pathlib import Path
+
+    from medo1 import k8s
+    from medo1.launch.rendering import job_values, merge_values
+    from medo1.pipeline_steps import chart_values, plan_markdown, plan_metrics, plan_stages, plan_verdict, stage_overrides
+
+    values = chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc, nodes=nodes,
+                          gpus_per_node=gpus_per_node)
+    # The values a trainjob run's jobs are rendered from are the chart's, as for a PyTorchJob.
+    launch = dict(backend="local" if backend == "local" else "pytorchjob", profile=profile or None,
+                  value_overrides=values, nproc=None if gpus_per_node else 1)
+    sft_export, rl_export = f"{run_dir}/sft/export", f"{run_dir}/rl/export"
+    launches = [
+        ("sft", job_values("sft", recipe=sft_recipe, **launch,
+                           overrides=stage_overrides(sft_overrides, model=base_model, data=sft_data, output_dir=f"{run_dir}/sft"))),
+        ("rl", job_values("rl", recipe=rl_recipe, **launch, overrides=stage_overrides(
+            rl_overrides, model=sft_export, data=rl_data, output_dir=f"{run_dir}/rl", algorithm=rl_algorithm))),
+        # The eval step runs in its own pod, on one GPU (none on a CPU run).
+        ("eval", job_values("eval", recipe=eval_recipe, backend="pytorchjob", profile=profile or None,
+                            value_overrides=[*values, f"jobs.eval.gpus={1 if gpus_per_node else 0}"],
+                            overrides=[*eval_overrides, f"model={rl_export}"])),
+    ]
+    planned = plan_stages(launches)
+    markdown = plan_markdown(planned)
+    print(markdown)
+    Path(report.path).write_text(markdown, encoding="utf-8")
+    for name, value in plan_metrics(planned).items():
+        metrics.log_metric(name, value)
+    verdict = plan_verdict(planned)
+    strict = plan_strict or merge_values(k8s.chart_defaults(), launches[0][1])["plan"]["strict"]
+    if strict and (verdict.startswith("DOES NOT FIT") or verdict.startswith("no plan")):
+        raise RuntimeError(f"medo1 plan: {verdict}; not starting the run (plan_strict)")
+    return verdict
+
+
+@component
+def check_data(sft_data: str, rl_data: str, report: dsl.Output[dsl.Markdown]) -> NamedTuple(
+        "DataPaths", [("sft_data", str), ("rl_data", str)]):
     """Translation skipped: the source files are used as they are, after a format check of every row."""
     from collections import namedtuple
+    from pathlib import Path
 
     from medo1.data import load_examples
+    from medo1.pipeline_steps import data_check_markdown
 
-    for path, data_format in ((sft_data, "medical_o1"), (rl_data, "verifiable")):
+    checked, formats = {}, {"sft": "medical_o1", "rl": "verifiable"}
+    for name, path in (("sft", sft_data), ("rl", rl_data)):
+        data_format = formats[name]
         loaded = load_examples(path, data_format)
         print(f"{path} ({data_format}): {len(loaded.examples)} valid rows, {len(loaded.problems)} invalid")
         for problem in loaded.problems[:10]:
             print(f"  {problem}")
-        if not loaded.examples:
-            raise ValueError(f"{path}: no valid {data_format} rows")
+        checked[name] = (path, len(loaded.examples), [str(p) for p in loaded.problems])
+    Path(report.path).write_text(data_check_markdown(checked), encoding="utf-8")
+    for name, (path, valid, _) in checked.items():
+        if not valid:
+            raise ValueError(f"{path}: no valid {formats[name]} rows")
     return namedtuple("DataPaths", ["sft_data", "rl_data"])(sft_data, rl_data)
 
 
 @component
 def translate(
-    sft_data: str, rl_data: str, target_language: str, base_url: str, model: str, limit: int, run_dir: str
+    sft_data: str, rl_data: str, target_language: str, base_url: str, model: str, limit: int, run_dir: str,
+    summary: dsl.Output[dsl.Markdown], metrics: dsl.Output[dsl.Metrics],
 ) -> NamedTuple("DataPaths", [("sft_data", str), ("rl_data", str)]):
-    """Translate the SFT and RL sets; the key comes from $OPENAI_API_KEY (an existing Secret)."""
-    import json
+    """Translate the SFT and RL sets; the key comes from $OPENAI_API_KEY (an existing Secret). The UI shows the
+    kept / retried / rejected counts by reason (Metrics) and a short summary (Markdown)."""
     from collections import namedtuple
+    from pathlib import Path
 
     from medo1.config import load_config
+    from medo1.pipeline_steps import translation_markdown, translation_metrics
     from medo1.translate import TranslateConfig, run_translate
 
-    outputs = []
-    for path, data_format in ((sft_data, "medical_o1"), (rl_data, "verifiable")):
+    summaries = {}
+    for name, path, data_format in (("sft", sft_data, "medical_o1"), ("rl", rl_data, "verifiable")):
         output = f"{run_dir}/data/{data_format}.{target_language.lower()}.jsonl"
         overrides = [f"input={path}", f"output={output}", f"format={data_format}", f"target_language={target_language}",
                      f"model={model}"]
         overrides += [f"base_url={base_url}"] if base_url else []
         overrides += [f"limit={limit}"] if limit > 0 else []
-        summary = run_translate(load_config(TranslateConfig, None, overrides))
-        print(json.dumps(summary, indent=2, default=str))
-        outputs.append(output)
-    return namedtuple("DataPaths", ["sft_data", "rl_data"])(*outputs)
+        summaries[name] = run_translate(load_config(TranslateConfig, None, overrides))  # prints its summary
+    Path(summary.path).write_text(translation_markdown(summaries), encoding="utf-8")
+    for name, value in translation_metrics(summaries).items():
+        metrics.log_metric(name, value)
+    return namedtuple("DataPaths", ["sft_data", "rl_data"])(summaries["sft"]["output"], summaries["rl"]["output"])
 
 
 @component
@@ -147,37 +214,50 @@ def train(
     hf_cache_pvc: str,
     job_name: str,
     timeout_hours: float,
+    report: dsl.Output[dsl.HTML],
+    metrics: dsl.Output[dsl.Metrics],
     plan_strict: bool = False,
 ) -> str:
     """One training stage through the launcher; returns the export directory. The model, data and output
     paths (and the RL algorithm) are applied after the user's overrides, so the pipeline's wiring wins.
     The launcher plans the stage first: a stage that does not fit its GPUs is a warning in this step's log,
-    or with `plan_strict` fails the step before its job is created."""
-    from medo1.launch import launch_stage
+    or with `plan_strict` fails the step before its job is created. The UI gets the run's report.html
+    (its plots embedded) and its final figures as Metrics."""
+    import shutil
+    import time
+    from pathlib import Path
 
-    chart_values = [
-        f"storage.data.existingClaim={data_pvc}",
-        f"storage.checkpoints.existingClaim={checkpoints_pvc}",
-        f"storage.hfCache.existingClaim={hf_cache_pvc}",
-        f"cluster.nodes={nodes}",
-    ]
-    # gpus_per_node 0 means a CPU run: local torchrun with one process (tiny models, this machine).
-    chart_values += [f"cluster.gpusPerNode={gpus_per_node}"] if gpus_per_node else []
+    from medo1.launch import launch_stage
+    from medo1.pipeline_steps import chart_values, stage_overrides, training_metrics
+    from medo1.report import REPORT_HTML, write_report_safely
+
+    started = time.monotonic()
     launch_stage(
         stage,
         backend=backend,
         profile=profile,
-        value_overrides=chart_values,
+        value_overrides=chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc,
+                                     nodes=nodes, gpus_per_node=gpus_per_node),
         recipe=recipe,
-        overrides=[*overrides, f"model.name_or_path={model}", f"data.path={data}", f"output.dir={output_dir}"]
-        + ([f"algo={algorithm}"] if algorithm else []),
+        overrides=stage_overrides(overrides, model=model, data=data, output_dir=output_dir, algorithm=algorithm),
         job_name=job_name,
         timeout_s=timeout_hours * 3600,
         strict=plan_strict,
+        # gpus_per_node 0 means a CPU run: local torchrun with one process (tiny models, this machine).
         nproc=None if gpus_per_node else 1,
         # Trainer v2: the RL stage's runtime by algorithm (medo1-ppo, medo1-grpo); SFT's is medo1-sft.
         runtime=f"medo1-{algorithm}" if backend == "trainjob" and algorithm else None,
     )
+    wall_time_s = time.monotonic() - started
+    html = Path(output_dir) / REPORT_HTML
+    if not html.is_file():  # the job's rank 0 writes it; a failure to plot there is only a warning
+        write_report_safely(output_dir)
+    if html.is_file():
+        shutil.copyfile(html, report.path)
+    else:
+        Path(report.path).write_text(f"<p>No {REPORT_HTML} in {output_dir}: see this step's log.</p>", encoding="utf-8")
+    for name, value in training_metrics(output_dir, gpus=nodes * gpus_per_node, wall_time_s=wall_time_s).items():
+        metrics.log_metric(name, value)
     return f"{output_dir}/export"
 
 
@@ -205,17 +285,21 @@ def evaluate(model_dir: str, recipe: str, overrides: list, output_dir: str, comp
 
 
 @component
-def upload(model_dir: str, repo_id: str, recipe: str, base_model: str, eval_report: str, dry_run: bool) -> str:
+def upload(model_dir: str, repo_id: str, recipe: str, base_model: str, eval_report: str, dry_run: bool,
+           report: dsl.Output[dsl.Markdown]) -> str:
     """Publish the RL export (token from $HF_TOKEN, an existing Secret); a dry run lists what would be sent."""
     import json
+    from pathlib import Path
 
     from medo1.config import load_config
+    from medo1.pipeline_steps import upload_markdown
     from medo1.upload import UploadConfig, upload
 
     overrides = [f"model_dir={model_dir}", f"repo_id={repo_id}", f"base_model={base_model}",
                  f"eval_report={eval_report}", f"dry_run={str(dry_run).lower()}"]
     result = upload(load_config(UploadConfig, recipe, overrides))
     print(json.dumps({key: value for key, value in result.items() if key != "card"}, indent=2, default=str))
+    Path(report.path).write_text(upload_markdown(result), encoding="utf-8")
     return repo_id
 
 
@@ -235,7 +319,27 @@ def _with_secret(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     return kubernetes.use_secret_as_env(task, secret["name"], {secret["key"]: secret["key"]}, optional=True)
 
 
-@dsl.pipeline(name="medo1", description="Medical reasoning LLM: translate -> SFT -> RL (PPO or GRPO) -> eval -> upload")
+# The run form's parameters by what a user decides, commonest first: the pipeline docstring's `Args:` follow
+# this order (a test checks it) and `python -m pipelines.submit --list` prints them so. The KFP UI itself lists
+# a run form's fields in the compiled spec's key order, which the compiler sorts alphabetically (README).
+PARAMETER_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Start here", ("profile", "sft_data", "rl_data", "target_language", "base_model", "upload_model", "hub_repo", "run_name")),
+    ("Training", ("rl_algorithm", "recipe_dir", "sft_recipe", "rl_recipe", "sft_overrides", "rl_overrides")),
+    ("Evaluation and upload", ("eval_recipe", "eval_overrides", "eval_compare", "min_eval_accuracy", "upload_dry_run",
+                               "upload_recipe")),
+    ("Translation", ("translation_base_url", "translation_model", "translation_limit")),
+    ("Cluster", ("backend", "nodes", "gpus_per_node", "timeout_hours", "plan_strict", "doctor_allow_unchecked")),
+    ("Storage", ("data_pvc", "checkpoints_pvc", "hf_cache_pvc", "workspace")),
+)
+
+
+@dsl.pipeline(
+    name="medo1",
+    description="Medical reasoning LLM: doctor -> plan -> translate -> SFT -> RL (PPO, GRPO or RLOO) -> eval -> upload. "
+    "Start with profile, sft_data, rl_data, target_language, base_model, upload_model and hub_repo; every other "
+    "parameter has a default for the h100-1node profile. Each parameter's description is in the pipeline spec "
+    "(`python -m pipelines.submit --list` prints them, grouped).",
+)
 def medo1_pipeline(
     base_model: str = "Qwen/Qwen2.5-7B-Instruct",
     sft_data: str = "/data/medical_o1_sft.json",
@@ -269,54 +373,142 @@ def medo1_pipeline(
     upload_dry_run: bool = False,
     min_eval_accuracy: float = 0.0,
     eval_compare: bool = False,
+    doctor_allow_unchecked: bool = False,
 ) -> float:
+    """Train a HuatuoGPT-o1-style medical reasoning model and, when asked, publish it.
+
+    Args:
+        profile: Chart profile the training jobs are rendered with (helm/profiles/NAME.yaml in the image):
+            h100-1node (1 node x 8 H100, the default), h100-2nodes, h100-1node-trainjob or cpu-smoke; empty:
+            the chart's defaults. Its cluster shape is replaced by nodes and gpus_per_node. The Secrets the steps
+            read are the h100-1node profile's (compiled in).
+        sft_data: SFT data in the medical-o1 format (Question, Complex_CoT, Response): a JSON, JSONL, Parquet,
+            CSV or Arrow file on the data volume (mounted at /data), or hf://OWNER/NAME?split=S. Default: the
+            published medical-o1 SFT set, copied to /data first.
+        rl_data: RL problems in the verifiable format (Open-ended Verifiable Question, Ground-True Answer), in
+            any form sft_data accepts. Default: the published verifiable problems, copied to /data first.
+        target_language: Language to translate both data sets into before training, in words (e.g. Japanese).
+            Empty (the default): no translation; the source files are format-checked and used as they are.
+        base_model: Model SFT starts from: a Hub id (downloaded into the HF cache volume) or a model folder on a
+            mounted volume. Default: Qwen/Qwen2.5-7B-Instruct, the size the default recipes are tuned for.
+        upload_model: true: publish the RL model to hub_repo when the eval's average accuracy reaches
+            min_eval_accuracy. false (the default): the run ends after the eval.
+        hub_repo: Hub repository to publish to (OWNER/NAME); needed when upload_model is true. The token comes
+            from the profile's hf-token Secret (key HF_TOKEN).
+        run_name: Name of the run's folder under workspace and of its training jobs (1-40 lowercase letters,
+            digits and '-'). Give an earlier run's name to resume it from its last complete checkpoints. Empty
+            (the default): the KFP run id, a fresh run.
+        rl_algorithm: RL algorithm: ppo (medo1's PPO with a value model and the verifier's reward, as
+            published; the default), grpo or rloo (through TRL). Applied over rl_recipe's own algo; with
+            backend trainjob it also picks the ClusterTrainingRuntime medo1-<algorithm> (the chart installs
+            medo1-ppo and medo1-grpo).
+        recipe_dir: Folder holding the recipes named below. Default /opt/medo1/recipes: the recipes in the image.
+        sft_recipe: SFT recipe file in recipe_dir. Default: full fine-tuning of a 7B model on 8 H100s.
+        rl_recipe: RL recipe file in recipe_dir. Default: PPO for a 7B model on 8 H100s; use
+            rl-grpo-qwen2.5-7b-8xh100.yaml with rl_algorithm grpo.
+        sft_overrides: Recipe overrides for SFT as a JSON list of "key=value" strings, e.g.
+            ["train.epochs=1", "train.lr=5e-6"]. The model, data and output folder are the pipeline's and win.
+            Default []: the recipe as it is.
+        rl_overrides: Recipe overrides for RL, as sft_overrides (e.g. ["train.total_episodes=2000"]).
+        eval_recipe: Eval recipe file in recipe_dir: its benchmarks and generation settings. Default
+            eval-mcq.yaml: the medical MCQ benchmarks.
+        eval_overrides: Overrides for the eval recipe, as sft_overrides (e.g. ["limit=200"] for a quick look).
+        eval_compare: true: the base model and the SFT export answer the eval questions too, in one comparison
+            table (three times the eval's time). false (the default): the RL model only.
+        min_eval_accuracy: Average eval accuracy (0 to 1) the RL model must reach to be published. Default 0:
+            any result is published when upload_model is true.
+        upload_dry_run: true: the upload step lists the files and the model card it would send, and sends
+            nothing. false (the default): it publishes.
+        upload_recipe: Upload recipe file in recipe_dir (model card fields, license, private or public).
+        translation_base_url: OpenAI-compatible endpoint that translates (e.g. http://vllm.models:8000/v1).
+            Empty (the default): https://api.openai.com/v1. The key comes from the profile's openai Secret (key
+            OPENAI_API_KEY).
+        translation_model: Model name the translation endpoint serves. Default gpt-4o-mini.
+        translation_limit: Translate only the first N records of each set (a trial run). Default 0: all of them.
+        backend: Where the training stages run: pytorchjob (a PyTorchJob per stage, rendered from the chart;
+            the default), trainjob (a Kubeflow Trainer v2 TrainJob on the chart's ClusterTrainingRuntimes) or
+            local (torchrun inside the step's own pod: small CPU runs only).
+        nodes: Nodes per training job. Default 1.
+        gpus_per_node: GPUs per node of each training job. Default 8; 0: a CPU run (backend local, one process).
+        timeout_hours: Longest a training job may run (its activeDeadlineSeconds; the launcher deletes it
+            then). Time Kueue keeps it suspended does not count. Default 72.
+        plan_strict: true: the plan step fails the run when a stage does not fit its GPUs (or cannot be
+            planned), before any training starts. false (the default): a warning in the plan and in the
+            training step's log.
+        doctor_allow_unchecked: true: the doctor step passes when some checks could not be made with the step's
+            service account (what it may not read is listed with the grant it needs); none may fail. false (the
+            default): a check that could not be made fails the run, as a failed one does.
+        data_pvc: Existing PVC holding the data, mounted at /data in every step and job. Default medo1-data:
+            the chart's claim (install it with helm/profiles/infrastructure.yaml).
+        checkpoints_pvc: Existing PVC for checkpoints, exports and reports (the workspace), mounted at
+            /checkpoints. Default medo1-checkpoints: the chart's claim.
+        hf_cache_pvc: Existing PVC for the Hugging Face cache (models and datasets downloaded once), mounted at
+            /hf-cache. Default medo1-hf-cache: the chart's claim.
+        workspace: Folder on the checkpoints volume that holds one folder per run. Default /checkpoints/runs.
+
+    Returns:
+        The RL model's average eval accuracy (0 to 1).
+    """
     volumes = dict(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc)
-    preflight = _on_volumes(doctor(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, **volumes),
-                            **volumes)
+    preflight = _on_volumes(doctor(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node,
+                                   allow_unchecked=doctor_allow_unchecked, **volumes), **volumes)
     preflight.set_display_name("doctor").set_caching_options(False)
     run = _on_volumes(run_directory(workspace=workspace, run_name=run_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), **volumes)
     run.after(preflight)
-    run.set_caching_options(False)
+    run.set_display_name("run folder").set_caching_options(False)
     run_dir = run.outputs["path"]
 
-    with dsl.If(target_language != "", name="translate"):
+    recipes = dict(sft_recipe=f"{recipe_dir}/{sft_recipe}", rl_recipe=f"{recipe_dir}/{rl_recipe}",
+                   eval_recipe=f"{recipe_dir}/{eval_recipe}")
+    planned = plan(**recipes, sft_overrides=sft_overrides, rl_overrides=rl_overrides, eval_overrides=eval_overrides,
+                   base_model=base_model, sft_data=sft_data, rl_data=rl_data, rl_algorithm=rl_algorithm, run_dir=run_dir,
+                   backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, plan_strict=plan_strict,
+                   **volumes)
+    _on_volumes(planned, **volumes).set_display_name("plan").set_caching_options(False)
+
+    with dsl.If(target_language != "", name="translate (target_language set)"):
         translated = translate(
             sft_data=sft_data, rl_data=rl_data, target_language=target_language, base_url=translation_base_url,
             model=translation_model, limit=translation_limit, run_dir=run_dir,
         )
         _with_secret(translated, "translationApiKey")
         _on_volumes(translated, **volumes).set_retry(2).set_caching_options(False)
-    with dsl.Else(name="keep-source-language"):
+        translated.after(planned)
+    with dsl.Else(name="source language (no target_language)") as keep_source:
         source = _on_volumes(check_data(sft_data=sft_data, rl_data=rl_data), **volumes).set_caching_options(False)
+        source.set_display_name("check data").after(planned)
+    # dsl.If/Else sit in a group KFP names condition-branches-N; the graph shows what it decides instead.
+    keep_source.parent_task_group.display_name = "data: translate or keep the source language"
 
     launcher = dict(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, timeout_hours=timeout_hours,
                     plan_strict=plan_strict, **volumes)
     sft = train(
-        stage="sft", recipe=f"{recipe_dir}/{sft_recipe}", model=base_model,
+        stage="sft", recipe=recipes["sft_recipe"], model=base_model,
         data=dsl.OneOf(translated.outputs["sft_data"], source.outputs["sft_data"]), algorithm="", overrides=sft_overrides,
         output_dir=f"{run_dir}/sft", job_name=f"medo1-sft-{run.outputs['name']}", **launcher,
     )
     rl = train(
-        stage="rl", recipe=f"{recipe_dir}/{rl_recipe}", model=sft.output,
+        stage="rl", recipe=recipes["rl_recipe"], model=sft.outputs["Output"],
         data=dsl.OneOf(translated.outputs["rl_data"], source.outputs["rl_data"]), algorithm=rl_algorithm,
         overrides=rl_overrides, output_dir=f"{run_dir}/rl", job_name=f"medo1-rl-{run.outputs['name']}", **launcher,
     )
-    for task, name in ((sft, "sft"), (rl, f"rl ({rl_algorithm})")):
+    # Display names are fixed when the pipeline compiles: a pipeline parameter in one would show as a placeholder.
+    for task, name in ((sft, "sft"), (rl, "rl")):
         _on_volumes(task, **volumes).set_display_name(name).set_caching_options(False)
         task.set_retry(TRAINING_RETRIES, backoff_duration="60s")
         task.set_cpu_request(LAUNCHER_CPU).set_memory_request(LAUNCHER_MEMORY)
 
     # eval_compare: the base model and the SFT export answer the eval questions too (three times the eval time).
-    scores = evaluate(model_dir=rl.output, recipe=f"{recipe_dir}/{eval_recipe}", overrides=eval_overrides,
-                      output_dir=f"{run_dir}/eval", compare=eval_compare, base_model=base_model, sft_dir=sft.output)
-    _on_volumes(scores, **volumes).set_caching_options(False)
+    scores = evaluate(model_dir=rl.outputs["Output"], recipe=recipes["eval_recipe"], overrides=eval_overrides,
+                      output_dir=f"{run_dir}/eval", compare=eval_compare, base_model=base_model, sft_dir=sft.outputs["Output"])
+    _on_volumes(scores, **volumes).set_display_name("eval").set_caching_options(False)
     scores.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     scores.set_cpu_request("16").set_memory_request("128Gi").set_cpu_limit("16").set_memory_limit("128Gi")
     kubernetes.add_toleration(scores, **GPU_TOLERATION)
 
-    with dsl.If(upload_model == True, name="upload-requested"):
-        with dsl.If(scores.outputs["Output"] >= min_eval_accuracy, name="eval-threshold-met"):
-            published = upload(model_dir=rl.output, repo_id=hub_repo, recipe=f"{recipe_dir}/{upload_recipe}",
+    with dsl.If(upload_model == True, name="upload requested (upload_model)"):
+        with dsl.If(scores.outputs["Output"] >= min_eval_accuracy, name="eval accuracy >= min_eval_accuracy"):
+            published = upload(model_dir=rl.outputs["Output"], repo_id=hub_repo, recipe=f"{recipe_dir}/{upload_recipe}",
                                base_model=base_model, eval_report=f"{run_dir}/eval/report.json", dry_run=upload_dry_run)
             _with_secret(published, "hfToken")
             _on_volumes(published, **volumes).set_retry(2).set_caching_options(False)

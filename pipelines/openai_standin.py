@@ -170,6 +170,12 @@ def fake_translate(value: Any, language: str = "ja", locale_numbers: bool = Fals
     return value
 
 
+class _Server(ThreadingHTTPServer):
+    # A real endpoint takes a burst of connections (translate opens `concurrency`, 16, at once); socketserver's
+    # listen backlog of 5 dropped some on a loaded machine, and the client's 10 s connect timeout expired.
+    request_queue_size = 128
+
+
 class StandIn:
     def __init__(
         self,
@@ -219,7 +225,7 @@ class StandIn:
         """Every chat request's JSON body, in arrival order."""
         self.auth: list[str | None] = []
         """Every chat request's Authorization header (None when absent)."""
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = _Server(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

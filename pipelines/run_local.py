@@ -13,11 +13,15 @@ as the target through the stand-in's passthrough mode (the wiring, checks and re
 on the real text); a real run names a real endpoint and language. `--quick` (the tests) runs the
 same stages on a tiny random model, with the stand-in's word-salad "Japanese" and fewer rows.
 
-It prints where every artifact landed. Running it again with the same `--run-name` resumes: each
-training step continues from its last complete checkpoint.
+The console gets a few lines per step (start, progress, result, where its artifacts are); everything
+the KFP local runner prints, each step's full log included, goes to the run folder's logs/ (pipeline.log
+and one log per step), the KFP artifacts (the Markdown, HTML and Metrics the UI shows) to its kfp/, and a
+summary to its summary.json. Running it again with the same `--run-name` resumes: each training step
+continues from its last complete checkpoint.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,8 +29,10 @@ import time
 import warnings
 from pathlib import Path
 
+from google.protobuf import json_format
 from kfp import local
 
+from pipelines.local_console import StepConsole, display_names
 from pipelines.medo1_pipeline import medo1_pipeline
 from pipelines.openai_standin import StandIn
 
@@ -114,28 +120,47 @@ def demo_model(workspace: Path, quick: bool) -> Path:
     return DEMO_MODEL
 
 
-def run_local(workspace: Path, run_name: str = "", quick: bool = False) -> dict:
+class PipelineFailed(RuntimeError):
+    """A step failed; its log is under the run folder's logs/."""
+
+
+def run_local(workspace: Path, run_name: str = "", quick: bool = False, console=None) -> dict:
+    """Run the pipeline; `console` (default stdout) gets a few lines per step. Raises PipelineFailed when a step fails."""
+    console = console or sys.stdout
     workspace = workspace.resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     run_name = run_name or time.strftime("local-%Y%m%d-%H%M%S")
-    model = demo_model(workspace, quick)
-
-    # The steps name the trainer image; here they run in this Python, which has the same medo1 installed.
-    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom or non-Python base image")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(workspace / "kfp"), raise_on_error=True)
-    started = time.monotonic()
-    with StandIn(api_key="local-standin-key", max_lifetime_s=3 * 3600, passthrough=not quick) as translation_server:
-        os.environ["OPENAI_API_KEY"] = translation_server.api_key  # what the Secret provides in a cluster
-        arguments = local_arguments(workspace, run_name, translation_server.base_url, model, quick)
-        task = medo1_pipeline(**arguments)
     run_dir = workspace / "runs" / run_name
+    kfp_root = run_dir / "kfp"
+    steps = StepConsole(console, run_dir, kfp_root, display_names(json_format.MessageToDict(medo1_pipeline.pipeline_spec)))
+    steps.say("medo1", f"pipeline run {run_name} on this machine (KFP local runner); run folder {run_dir}")
+    steps.say("", f"full logs: {steps.logs}/ (pipeline.log, one per step)")
+    started = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(steps), contextlib.redirect_stderr(steps):
+            model = demo_model(workspace, quick)
+            # The steps name the trainer image; here they run in this Python, which has the same medo1 installed.
+            warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom or non-Python base image")
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root), raise_on_error=True)
+            with StandIn(api_key="local-standin-key", max_lifetime_s=3 * 3600, passthrough=not quick) as translation_server:
+                os.environ["OPENAI_API_KEY"] = translation_server.api_key  # what the Secret provides in a cluster
+                arguments = local_arguments(workspace, run_name, translation_server.base_url, model, quick)
+                try:
+                    task = medo1_pipeline(**arguments)
+                except RuntimeError as exc:
+                    raise PipelineFailed(steps.failed(str(exc))) from None
+    finally:
+        steps.close_logs()
     summary = {
         "run_dir": str(run_dir),
         "seconds": round(time.monotonic() - started, 1),
         "eval_average_accuracy": task.output,
         "artifacts": artifacts(run_dir, arguments["target_language"]),
-        "kfp_outputs": str(workspace / "kfp"),
+        "kfp_outputs": str(kfp_root),
+        "logs": str(steps.logs),
+        "steps_run": [steps.names.get(name, name) for name in dict.fromkeys(steps.ran)],
     }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 
@@ -145,7 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-name", default="", help="reuse a name to resume that run")
     parser.add_argument("--quick", action="store_true", help="a tiny random model, fewer rows and steps (the tests)")
     args = parser.parse_args(argv)
-    summary = run_local(args.workspace, args.run_name, args.quick)
+    try:
+        summary = run_local(args.workspace, args.run_name, args.quick)
+    except PipelineFailed as exc:
+        print(f"medo1 pipeline failed: {exc}", file=sys.stderr)
+        return 1
     if "eval report" in summary["artifacts"]:
         print("\n" + Path(summary["artifacts"]["eval report"]).read_text(encoding="utf-8"))
     if not args.quick:
@@ -153,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmedo1 pipeline finished in {summary['seconds']} s; eval average accuracy {summary['eval_average_accuracy']:.3f}")
     for label, path in summary["artifacts"].items():
         print(f"  {label:<28} {path}")
-    print(f"  {'KFP local outputs':<28} {summary['kfp_outputs']}")
-    print(json.dumps(summary))
+    print(f"  {'KFP artifacts (the UI shows)':<28} {summary['kfp_outputs']}")
+    print(f"  {'full logs':<28} {summary['logs']}")
+    print(f"  {'summary (JSON)':<28} {summary['run_dir']}/summary.json")
     return 0
 
 

@@ -5,29 +5,51 @@
 
 The endpoint comes from $KFP_ENDPOINT and a bearer token, when the endpoint needs one, from
 $KFP_TOKEN (never a flag). `--param` values are typed by the compiled pipeline's own parameter
-declarations, so a misspelt name or a wrong type fails here, not an hour into the run.
+declarations, so a misspelt name or a wrong type fails here, not an hour into the run. `--list` prints
+every parameter with its type, default and description, grouped as a user decides them, commonest first.
 """
 
 import argparse
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipelines.medo1_pipeline import COMPILED
+from pipelines.medo1_pipeline import COMPILED, PARAMETER_GROUPS
 
 
 class ParameterError(ValueError):
     pass
 
 
+def compiled_parameters(compiled: Path = COMPILED) -> dict[str, dict[str, Any]]:
+    """Parameter name -> its declaration (parameterType, defaultValue, description) in the compiled pipeline's root."""
+    spec = next(yaml.safe_load_all(compiled.read_text()))
+    return spec["root"]["inputDefinitions"]["parameters"]
+
+
 def declared_parameters(compiled: Path = COMPILED) -> dict[str, str]:
     """Parameter name -> KFP type (STRING, NUMBER_INTEGER, NUMBER_DOUBLE, BOOLEAN, LIST) of the pipeline's root."""
-    spec = next(yaml.safe_load_all(compiled.read_text()))
-    return {name: p["parameterType"] for name, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+    return {name: p["parameterType"] for name, p in compiled_parameters(compiled).items()}
+
+
+def parameter_listing(compiled: Path = COMPILED, width: int = 100) -> str:
+    """Every parameter by group (PARAMETER_GROUPS), with its type, default and description from the compiled pipeline."""
+    declared = compiled_parameters(compiled)
+    lines = []
+    for title, names in PARAMETER_GROUPS:
+        lines.append(f"{title}:")
+        for name in names:
+            p = declared[name]
+            lines.append(f"  {name} ({p['parameterType'].lower()}, default {json.dumps(p.get('defaultValue'))})")
+            description = " ".join(p.get("description", "").split())
+            lines += textwrap.wrap(description, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def parse_parameters(items: list[str], declared: dict[str, str]) -> dict[str, Any]:
@@ -63,6 +85,7 @@ def parse_parameters(items: list[str], declared: dict[str, str]) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start a run of the compiled medo1 pipeline on Kubeflow Pipelines.")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter")
+    parser.add_argument("--list", action="store_true", help="print the parameters (type, default, description) and exit")
     parser.add_argument("--experiment", default="medo1")
     parser.add_argument("--run-name")
     parser.add_argument("--namespace", help="the Kubeflow profile namespace (multi-user installs)")
@@ -70,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                         "allowed to manage PyTorchJobs: list it in the chart's rbac.pipelineServiceAccounts (the infrastructure "
                         "profile binds default-editor)")
     args = parser.parse_args(argv)
+    if args.list:
+        print(parameter_listing(), end="")
+        return 0
     try:
         arguments = parse_parameters(args.param, declared_parameters())
     except ParameterError as exc:

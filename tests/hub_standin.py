@@ -1,9 +1,13 @@
-"""A local stand-in for the Hugging Face Hub API (huggingface.co), for upload tests.
+"""A local stand-in for the Hugging Face Hub API (huggingface.co), for upload tests and the launcher's input
+checks.
 
 It implements only the endpoints `HfApi.create_repo` and `HfApi.create_commit` call:
 repo creation, README metadata validation, preupload (every file answered as a "regular"
-upload, so no LFS/Xet transfer is needed) and the NDJSON commit endpoint. Every request is
-recorded; the commit endpoint can be told to fail with 503 a number of times first.
+upload, so no LFS/Xet transfer is needed) and the NDJSON commit endpoint; and the read-access check
+`HfApi.auth_check` makes (GET /api/{models,datasets}/OWNER/NAME/auth-check) for the repos in `repos`, refusing
+as the Hub does: a missing repo, or a private one without its token, 401/404 with `X-Error-Code: RepoNotFound`;
+a gated one the token has not been granted, 403 `GatedRepo` (huggingface_hub utils/_http.py hf_raise_for_status
+reads these). Every request is recorded; the commit endpoint can be told to fail with 503 a number of times first.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+AUTH_CHECK = re.compile(r"^/api/(?P<type>models|datasets)/(?P<repo>[^/]+/[^/]+)/auth-check$")
 PREUPLOAD = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/?]+)")
 COMMIT = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/?]+)")
 
@@ -34,6 +39,8 @@ class HubStandIn:
     commits: list[dict] = field(default_factory=list)  # {"repo", "revision", "header", "files": {path: bytes}}
     created: list[dict] = field(default_factory=list)
     fail_commit: int = 0  # answer the next N commit calls with 503
+    repos: dict[str, dict] = field(default_factory=dict)
+    """`model:OWNER/NAME` or `dataset:OWNER/NAME` -> {"private": bool, "gated": bool, "tokens": tokens that may read it}."""
     url: str = ""
 
     def start(self) -> HubStandIn:
@@ -43,10 +50,12 @@ class HubStandIn:
             def log_message(self, *args):  # keep test output quiet
                 pass
 
-            def _reply(self, record: Recorded, status: int, payload: dict) -> None:
+            def _reply(self, record: Recorded, status: int, payload: dict, error_code: str = "") -> None:
                 record.status = status
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                if error_code:
+                    self.send_header("X-Error-Code", error_code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -92,7 +101,20 @@ class HubStandIn:
             def do_GET(self):
                 record = Recorded("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, b"")
                 hub.requests.append(record)
+                if match := AUTH_CHECK.match(self.path.split("?", 1)[0]):
+                    return self._auth_check(record, match["type"][:-1], match["repo"])
                 return self._reply(record, 404, {"error": f"stand-in does not implement GET {self.path}"})
+
+            def _auth_check(self, record: Recorded, repo_type: str, repo_id: str) -> None:
+                repo = hub.repos.get(f"{repo_type}:{repo_id}")
+                token = record.headers.get("authorization", "").removeprefix("Bearer ")
+                readable = repo is not None and (token in repo.get("tokens", ()) or not repo.get("private"))
+                if not readable:
+                    status = 404 if token else 401
+                    return self._reply(record, status, {"error": "Repository not found"}, "RepoNotFound")
+                if repo.get("gated") and token not in repo.get("tokens", ()):
+                    return self._reply(record, 403, {"error": f"Access to model {repo_id} is restricted."}, "GatedRepo")
+                return self._reply(record, 200, {})
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"

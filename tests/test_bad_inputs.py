@@ -16,6 +16,7 @@ and timeouts cut through the stages' own options so that no row waits long.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -187,6 +188,118 @@ def locked(b: Bench) -> Path:
     return folder
 
 
+HF_SHAPED = "hf_" + "Qx7RmZ2pLk9VbN4tWc8YdJ3sHf6G"  # a Hugging Face token's shape (not a real one)
+GITHUB_SHAPED = "ghp_" + "R8mXq2ZpL7vKc4NbT9wYd3JfH6sGa1Ue5Bo0"
+JWT = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJtZWRvMSIsImlhdCI6MTcwMDAwMDAwMH0."
+       "k3Jq9sZrT2mXw8YvN5bLc7Pd1Fh4Ga6Ue0Ro2Ki9Sx")
+SFT_7B_RECIPE = REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"
+
+
+def safetensors_with(metadata: dict | None = None, tensors: dict[str, bytes] | None = None, gap: int = 0) -> bytes:
+    """A safetensors file: F32 tensor `w` (4 bytes), then `tensors` as U8, `gap` stray bytes between them."""
+    header: dict = {"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}
+    data, at = bytes(4) + bytes(gap), 4 + gap
+    for name, content in (tensors or {}).items():
+        header[name] = {"dtype": "U8", "shape": [len(content)], "data_offsets": [at, at + len(content)]}
+        data, at = data + content, at + len(content)
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    encoded = json.dumps(header).encode()
+    return len(encoded).to_bytes(8, "little") + encoded + data
+
+
+def gguf_file(b: Bench, rel: str) -> Path:
+    """A small valid GGUF file (header, one metadata string, one tensor), written by the gguf package."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    path = b.root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = GGUFWriter(str(path), "llama")
+    writer.add_string("tokenizer.chat_template", "{{ messages }}")
+    writer.add_tensor("w", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def import_gguf_into_its_folder(b: Bench) -> list:
+    """`model import-gguf p/X.gguf p`: p also holds other data (issue 28's reproduction)."""
+    b.write("p/data/labels.jsonl", jsonl([{"label": 1}]))
+    return ["model", "import-gguf", gguf_file(b, "p/X.gguf"), b.root / "p"]
+
+
+def cut_gguf(b: Bench) -> list:
+    whole = gguf_file(b, "whole.gguf").read_bytes()
+    return ["model", "import-gguf", b.write("cut.gguf", whole[: len(whole) // 2]), b.root / "imported"]
+
+
+def export_over_a_user_folder(b: Bench) -> list:
+    b.write("workspace/export/notes.txt", "my notes")
+    return b.sft(**{"output.dir": b.root / "workspace"})
+
+
+def value_model_under_the_output(b: Bench) -> list:
+    b.write("vm/value/config.json", json.dumps({"model_type": "qwen2"}))
+    return b.rl(**{"ppo.value_model": b.root / "vm/value", "output.dir": b.root / "vm"})
+
+
+def rejects_linked_to_the_input(b: Bench, kind: str) -> list:
+    source = b.write("in.jsonl", jsonl([o1(0), {"Question": "q"}]))
+    rejects = b.root / "r.jsonl"
+    rejects.symlink_to(source) if kind == "symlink" else os.link(source, rejects)
+    return ["data", "validate", source, "--format", "medical_o1", "--rejects", rejects]
+
+
+def run_dir(b: Bench, metrics: str | bytes) -> Path:
+    b.write("runs/cut/config.yaml", "train: {max_grad_norm: 1.0}\n")
+    b.write("runs/cut/metrics.jsonl", metrics)
+    return b.root / "runs/cut"
+
+
+def parquet(b: Bench, rel: str, columns: list[str]) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = b.root / rel
+    pq.write_table(pa.table({name: [f"{name} {i}" for i in range(3)] for name in columns}), path)
+    return path
+
+
+def kubeconfig_to_a_closed_port(b: Bench) -> list:
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "x",
+              "clusters": [{"name": "c", "cluster": {"server": f"https://127.0.0.1:{free_port()}",
+                                                     "insecure-skip-tls-verify": True}}],
+              "users": [{"name": "u", "user": {"token": "not-a-secret"}}],
+              "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": "ns"}}]}
+    b.env["KUBECONFIG"] = str(b.write("kubeconfig", json.dumps(config)))
+    return ["doctor", "--profile", "cpu-smoke"]
+
+
+def leak(b: Bench, rel: str, content: str | bytes, *secrets: str) -> list:
+    b.secrets += list(secrets)
+    b.write(f"model/{rel}", content)
+    return b.upload()
+
+
+def live_token_in(b: Bench, rel: str, encode) -> list:
+    b.set_env(HF_TOKEN=LIVE_TOKEN)
+    b.write(f"model/{rel}", encode(LIVE_TOKEN))
+    return b.upload()
+
+
+def hard_link_out(b: Bench) -> list:
+    os.link(b.write("outside/creds.json", '{"note": "private"}'), b.model / "extra.json")
+    return b.upload()
+
+
+def fifo_in_the_model(b: Bench) -> list:
+    os.mkfifo(b.model / "stream.json")
+    return b.upload()
+
+
 ROOT = os.geteuid() == 0
 ROWS = [
     # data validate: the earlier rejects file (--rejects) stays as it was.
@@ -201,7 +314,7 @@ ROWS = [
     Row("data", "unsupported suffix", lambda b: b.validate(b.write("rows.txt", "text")),
         r"rows\.txt: unsupported file type '\.txt'; supported: \.json"),
     Row("data", "a JSON object, not a list", lambda b: b.validate(b.write("obj.json", json.dumps({"data": [o1(0)]}))),
-        r"obj\.json: expected a JSON list of records \(or a \.jsonl file\), got dict"),
+        r"obj\.json: an object of named sets \(data\), not a list of records; name one as \S+obj\.json#SET"),
     Row("data", "broken JSON list",
         lambda b: b.validate(b.write("broken.json", '[\n  {"Question": "q"},\n  {oops}\n]\n')),
         r"broken\.json row 1: invalid JSON at line 3 column 4: Expecting property name"),
@@ -318,6 +431,138 @@ ROWS = [
     Row("upload", "missing eval report", lambda b: b.upload("--eval-report", b.root / "no-report.json"),
         r"eval report .*no-report\.json not found"),
     Row("upload", "no repo id", lambda b: ["upload", b.model, "--dry-run"], r"repo_id: Field required"),
+    # Issue 28. Data loss: an output that is an input, or a folder medo1 did not write.
+    Row("data", "rejects file is the input",
+        lambda b: ["data", "validate", p := b.write("in.jsonl", jsonl([o1(0), {"Question": "q"}])),
+                   "--format", "medical_o1", "--rejects", p],
+        r"--rejects: .*in\.jsonl is the data file itself \(.*in\.jsonl\); writing there would replace the input"),
+    Row("data", "rejects file is a symlink to the input", lambda b: rejects_linked_to_the_input(b, "symlink"),
+        r"--rejects: .*r\.jsonl is the data file itself"),
+    Row("data", "rejects file is a hard link of the input", lambda b: rejects_linked_to_the_input(b, "hard link"),
+        r"--rejects: .*r\.jsonl is the data file itself"),
+    Row("translate", "output is the input", lambda b: b.translate(output=b.verifiable_json),
+        r"output: .*verifiable\.json is input itself"),
+    Row("translate", "the default rejects file is the input",
+        lambda b: b.translate(source=b.write("runs/v.rejects.jsonl", jsonl([verifiable(i) for i in range(3)])),
+                              output=b.root / "runs/v.jsonl"),
+        r"rejects: .*v\.rejects\.jsonl is input itself"),
+    Row("translate", "cache folder holds the input", lambda b: b.translate("--set", f"cache_dir={b.root / 'data'}"),
+        r"cache_dir: .*data holds input \(.*verifiable\.json\)"),
+    Row("translate", "rejects file is the output", lambda b: b.translate("--set", f"rejects={b.translated}"),
+        r"rejects: .*ja\.jsonl is also output; give each output its own path"),
+    Row("sft", "output dir holds the data", lambda b: b.sft(**{"output.dir": b.root / "data"}),
+        r"output\.dir: .*data holds data\.path \(.*o1\.json\)"),
+    Row("sft", "output dir is the model", lambda b: b.sft(**{"output.dir": b.model}),
+        r"output\.dir: .*model is model\.name_or_path itself"),
+    Row("sft", "a folder of the user's where the export goes", export_over_a_user_folder,
+        r"output\.dir: export: .*workspace/export is a folder medo1 did not write \(no \.medo1 marker in it\)"),
+    Row("rl", "output dir holds the value model", value_model_under_the_output,
+        r"output\.dir: .*vm holds ppo\.value_model"),
+    Row("eval", "output dir holds the benchmark", lambda b: b.eval("--output-dir", b.root / "data"),
+        r"output_dir: .*data holds benchmarks\.mcq \(.*mcq\.json\)"),
+    Row("model", "import-gguf into the folder holding the GGUF", import_gguf_into_its_folder,
+        r"out: .*p holds source \(.*X\.gguf\)"),
+    Row("model", "import-gguf into a folder medo1 did not write",
+        lambda b: ["model", "import-gguf", gguf_file(b, "X.gguf"), b.root / "data"],
+        r"out: .*data is a folder medo1 did not write"),
+    Row("model", "init-tiny into a folder medo1 did not write", lambda b: ["model", "init-tiny", b.root / "data"],
+        r"out: .*data is a folder medo1 did not write", torch_free=False),
+    # Issue 28. Tracebacks and unclear messages.
+    Row("model", "import-gguf of an empty file", lambda b: ["model", "import-gguf", b.write("e.gguf", b""), b.root / "o"],
+        r"e\.gguf: empty file \(0 bytes\), not a GGUF model"),
+    Row("model", "import-gguf of random bytes",
+        lambda b: ["model", "import-gguf", b.write("r.gguf", bytes(range(256)) * 4), b.root / "o"],
+        r"r\.gguf: not a GGUF file \(it does not start with the GGUF magic bytes\)"),
+    Row("model", "import-gguf of a cut-off file", cut_gguf, r"cut\.gguf: truncated or corrupt GGUF file \(\d+ bytes; "),
+    Row("model", "import-gguf of a missing text file", lambda b: ["model", "import-gguf", "notgguf.txt", b.root / "o"],
+        r"^medo1: error: notgguf\.txt: file not found \(a \.gguf file, or an installed package that ships one\)$"),
+    Row("report", "a cut-off metrics.jsonl",
+        lambda b: ["report", run_dir(b, '{"step": 1, "loss": 2.0}\n{"step": 2, "lo')],
+        r"metrics\.jsonl line 2: not JSON \(at column \d+: Unterminated string\)"),
+    Row("report", "a binary metrics.jsonl", lambda b: ["report", run_dir(b, b"\x89PNG\r\n\x1a\n\x00\xff\xfe")],
+        r"metrics\.jsonl: not UTF-8 text \(byte 0x89 at line 1\); is it the run's own file\?"),
+    Row("report", "a metrics.jsonl row that is a list", lambda b: ["report", run_dir(b, '["step", 1]\n')],
+        r"metrics\.jsonl line 1: expected a JSON object, got list"),
+    Row("report", "a step that is text", lambda b: ["report", run_dir(b, '{"step": "two", "loss": 1.0}\n')],
+        r"metrics\.jsonl line 1: field 'step': expected a number, got \"two\""),
+    Row("report", "not a run directory", lambda b: ["report", b.root / "data"],
+        r"data: not a medo1 run directory \(no metrics\.jsonl, config\.yaml, data_report\.json"),
+    Row("data", "a Hub query field without a value", lambda b: b.validate("hf://owner/name?split"),
+        r"hf://owner/name\?split: malformed query 'split'; a Hub dataset is hf://OWNER/NAME"),
+    Row("data", "a Hub query parameter twice", lambda b: b.validate("hf://owner/name?split=a&split=b"),
+        r"parameter\(s\) split given more than once"),
+    Row("data", "an upper-case Hub prefix", lambda b: b.validate("HF://owner/name"),
+        r"HF://owner/name: the Hub prefix is lower-case: hf://owner/name"),
+    Row("sft", "an upper-case Hub prefix", lambda b: b.sft(**{"data.path": "HF://owner/name"}),
+        r"data\.path: HF://owner/name: the Hub prefix is lower-case"),
+    Row("translate", "parquet with other columns",
+        lambda b: b.translate(source=parquet(b, "cols.parquet", ["prompt", "answer"])),
+        r"3 of 3 record\(s\) failed.*field 'Open-ended Verifiable Question': source: missing \(the row's columns: "
+        r"prompt, answer\)", torch_free=False),
+    Row("translate", "a JSON line cut in a string",
+        lambda b: b.translate(source=b.write("cut.jsonl", jsonl([verifiable(0), verifiable(1)])
+                                             + '{"Open-ended Verifiable Question": "Wh')),
+        r"row 2 \(line 3\): invalid JSON at column \d+: Unterminated string; "),
+    Row("eval", "compare_with a folder that is not a model",
+        lambda b: b.eval("--set", f"compare_with.base={b.write('not-a-model/notes.txt', 'notes').parent}"),
+        r"no tokenizer could be loaded from .*not-a-model: .*it holds no config\.json: point at a model folder, such as "
+        r"a training run's OUTPUT/export$", torch_free=False),
+    Row("plan", "0 nodes", lambda b: ["plan", "--config", SFT_7B_RECIPE, "--nodes", "0"],
+        r"--nodes 0: Input should be greater than or equal to 1"),
+    Row("plan", "negative GPUs", lambda b: ["plan", "--config", SFT_7B_RECIPE, "--gpus-per-node", "-8"],
+        r"--gpus-per-node -8: Input should be greater than or equal to 0"),
+    Row("plan", "headroom 1", lambda b: ["plan", "--config", SFT_7B_RECIPE, "--headroom", "1"],
+        r"--headroom 1\.0: Input should be less than 1"),
+    Row("plan", "MFU NaN and a negative price",
+        lambda b: ["plan", "--config", SFT_7B_RECIPE, "--mfu", "nan", "--price-per-gpu-hour", "-2"],
+        r"--mfu nan: Input should be a finite number; --price-per-gpu-hour -2\.0: Input should be greater than or equal to 0"),
+    Row("launch", "a negative timeout", lambda b: ["launch", "sft", "--backend", "local", "--timeout", "-5"],
+        r"--timeout -5: must be a finite number of seconds above 0"),
+    Row("doctor", "an unknown profile", lambda b: ["doctor", "--profile", "nope"], r"no profile 'nope' in .*; known: "),
+    Row("doctor", "the API server's port is closed", kubeconfig_to_a_closed_port,
+        r"the Kubernetes API server at https://127\.0\.0\.1:\d+ could not be reached \(.*Connection refused\)"),
+    Row("upload", "a path for a repo id", lambda b: ["upload", b.model, "--repo-id", "../../etc", "--dry-run"],
+        r"repo_id: Value error, '\.\./\.\./etc' is not a Hub repo id"),
+    # Issue 28. Leaks: what a real upload would send.
+    Row("upload", "a token in the safetensors metadata",
+        lambda b: leak(b, "model.safetensors", safetensors_with({"note": HF_SHAPED}), HF_SHAPED),
+        r"model\.safetensors: header: what looks like a Hugging Face token"),
+    Row("upload", "a token in a byte tensor",
+        lambda b: leak(b, "model.safetensors", safetensors_with(tensors={"notes": f"push with {HF_SHAPED}".encode()}),
+                       HF_SHAPED),
+        r"model\.safetensors: tensor 'notes': what looks like a Hugging Face token"),
+    Row("upload", "bytes no tensor describes",
+        lambda b: leak(b, "model.safetensors", safetensors_with(tensors={"b": b"abcd"}, gap=64)),
+        r"model\.safetensors: bytes \d+-\d+ are in no tensor"),
+    Row("upload", "a JSON-escaped token", lambda b: leak(b, "extra.json", '{"t": "hf\\u005f' + HF_SHAPED[3:] + '"}',
+                                                          HF_SHAPED),
+        r"extra\.json: line 1: what looks like a Hugging Face token"),
+    Row("upload", "the live token in a UTF-16 file", lambda b: live_token_in(b, "notes.json",
+                                                                             lambda t: json.dumps({"n": t}).encode("utf-16")),
+        r"notes\.json: line 1: the live HF_TOKEN value"),
+    Row("upload", "the live token base64-encoded",
+        lambda b: live_token_in(b, "deploy.json", lambda t: json.dumps(
+            {"data": {"value": base64.b64encode(f"user:{t}".encode()).decode()}})),
+        r"deploy\.json: line 1: the live HF_TOKEN value \(base64-encoded\)"),
+    Row("upload", "the live token in tokenizer.model",
+        lambda b: live_token_in(b, "tokenizer.model", lambda t: b"\n\x0c\n\x05<unk>\x15\x00\x00\x00\x00" + t.encode()),
+        r"tokenizer\.model: line \d+: the live HF_TOKEN value"),
+    Row("upload", "a bearer JWT", lambda b: leak(b, "headers.json", json.dumps({"Authorization": f"Bearer {JWT}"}), JWT),
+        r"headers\.json: line 1: what looks like JSON Web Token \(detect-secrets\)"),
+    Row("upload", "a token in a URL's user-info",
+        lambda b: leak(b, "remote.json", json.dumps({"url": f"https://{GITHUB_SHAPED}@github.com/org/repo"}), GITHUB_SHAPED),
+        r"remote\.json: line 1: what looks like GitHub Token \(detect-secrets\)"),
+    Row("upload", "a password in a connection string",
+        lambda b: leak(b, "db.json", json.dumps({"dsn": "postgresql://admin:Tr0ub4dor@db:5432/x"}), "Tr0ub4dor"),
+        r"db\.json: line 1: what looks like Basic Auth Credentials \(detect-secrets\)"),
+    Row("upload", "a token in a file name", lambda b: leak(b, f"{HF_SHAPED}.json", "{}", HF_SHAPED),
+        r"hf_\*\*\*: the file name holds a Hugging Face token"),
+    Row("upload", "a token in the commit message", lambda b: leak(b, "README.md", "# card\n", HF_SHAPED)
+        + ["--set", f"commit_message=push {HF_SHAPED}"],
+        r"the commit message contains what looks like a Hugging Face token"),
+    Row("upload", "a hard link to a file outside", hard_link_out,
+        r"extra\.json: a hard link to a file with 1 other name\(s\) outside .*model"),
+    Row("upload", "a FIFO in the folder", fifo_in_the_model, r"stream\.json: a FIFO, not a file \(refused unread\)"),
 ]
 
 
@@ -366,7 +611,7 @@ def test_a_bad_input_is_one_clear_error_and_loses_no_earlier_output(bench: Bench
 
 
 def test_the_table_covers_every_stage():
-    stages = ("data", "sft", "rl", "translate", "eval", "upload")
+    stages = ("data", "sft", "rl", "translate", "eval", "upload", "model", "report", "plan", "launch", "doctor")
     counts = {stage: sum(row.stage == stage for row in ROWS) for stage in stages}
     assert sum(counts.values()) == len(ROWS) >= 25
-    assert min(counts.values()) >= 3, counts
+    assert min(counts[stage] for stage in stages[:6]) >= 3, counts

@@ -7,11 +7,12 @@ contender, token counts, padding shares, positive timings); speed ratios never a
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
 
-from bench import data, rl, run, sft
+from bench import data, eval_sampling, rl, run, sft
 
 
 def test_sft_contenders_train_the_same_batches():
@@ -37,11 +38,9 @@ def test_sft_contenders_train_the_same_batches():
     assert contenders["trl_sft_defaults"]["real_token_share"] == contenders["padded_loop"]["real_token_share"]
     assert contenders["medo1_padding_free"]["real_token_share"] == 1.0
     assert contenders["medo1_packed"]["real_token_share"] == 1.0
-    (cpu_target,) = result["targets"]
-    assert cpu_target["required"] == 1.5
-    assert cpu_target["measured"] == contenders["medo1_padding_free"]["vs_padded_loop"]
+    assert result["targets"] == []  # the CPU target (1.5x the padded loop) is retired: no target line on the CPU
     assert "mfu" not in result
-    assert any(line.startswith("target: ") for line in sft.summary(result))
+    assert not any(line.startswith("target: ") for line in sft.summary(result))
     # --quick runs each contender once: the figures say so, and warn that one run cannot show the spread.
     assert result["repetitions"] == 1
     assert all(figures["tokens_per_second_runs"]["runs"] == 1 for figures in contenders.values())
@@ -63,6 +62,20 @@ def test_rl_splits_each_update_into_generation_scoring_training():
     assert len(rl.summary(result)) == 2 + len(result["runs"]) + 1
 
 
+@pytest.mark.slow
+def test_eval_sampling_contenders_give_every_response():
+    result = eval_sampling.measure(quick=True)
+    json.dumps(result)
+    config = result["config"]
+    assert set(result["contenders"]) == {"medo1_shared_prefill", "separate_prompts"}
+    for name, figures in result["contenders"].items():
+        (run_result,) = figures["runs"]
+        assert run_result["responses"] == config["questions"] * config["samples"], name
+        assert run_result["seconds"] > 0 and run_result["cpu_seconds"] > 0, name
+    assert "at least 3" in result["claims"][0]["warning"]
+    assert eval_sampling.summary(result)[0].startswith("eval sampling: tiny random Qwen2")
+
+
 def test_data_stages_cover_every_row():
     result = data.measure(quick=True)
     json.dumps(result)
@@ -82,7 +95,21 @@ def test_runner_writes_one_json_per_benchmark(tmp_path, capsys):
     assert record["benchmark"] == "data" and record["quick"] is True
     assert {"cpu", "cpus", "torch", "transformers", "trl"} <= record["environment"].keys()
     assert "stages" in record
-    assert "rows/s" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "rows/s" in out.out
+    # A progress line when the measurement starts and one when it is done, on stderr beside the figures.
+    progress = [line for line in out.err.splitlines() if line.startswith("bench: ")]
+    assert progress[0] == "bench: data ..." and re.fullmatch(r"bench: data: done in \d+\.\d s", progress[-1])
+
+
+def test_each_interleaved_measurement_shows_progress(capsys):
+    from bench.common import interleaved
+
+    interleaved({"a": lambda repetition: repetition, "b": lambda repetition: -repetition}, 2)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(":")[1].strip() for line in lines if line.endswith(" ...")] == [
+        "a, run 1 of 2 ...", "b, run 1 of 2 ...", "a, run 2 of 2 ...", "b, run 2 of 2 ..."]
+    assert sum(" done in " in line for line in lines) == 4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks how a CPU-only machine skips the GPU benchmark")

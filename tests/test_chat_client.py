@@ -128,3 +128,31 @@ def test_retry_after_header_forms():
     assert ahead is not None and 28 <= ahead <= 30
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: at once
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+def test_an_endpoint_that_never_answers_stops_every_request_after_give_up_after_s():
+    """Issue 28: eval's old defaults waited 6 x 600 s per request on a silent endpoint, translate 6 x 120 s per record.
+    Once nothing has been answered for give_up_after_s, the next failed attempt ends the run in one line."""
+    with StandIn(api_key=KEY, mcq_answers={"Q": "A"}, faults=["hang"] * 40, hang_s=5) as server:
+        started = time.monotonic()
+        with pytest.raises(ChatEndpointError) as error:
+            run_chat(client_config(server.base_url, timeout_s=0.3, max_retries=50, give_up_after_s=1.0,
+                                   concurrency=4), [QUESTION] * 8)
+        elapsed = time.monotonic() - started
+    message = str(error.value)
+    assert "no request answered for" in message and "give_up_after_s=1" in message and "timed out" in message
+    assert "\n" not in message and KEY not in message
+    assert elapsed < 10, elapsed  # 51 attempts of 0.3 s each per request would take over 15 s
+
+
+def test_the_stages_wait_minutes_not_an_hour_by_default():
+    from medo1.eval import EvalConfig
+    from medo1.translate import TranslateConfig
+
+    def worst_case_per_request(config) -> float:
+        return (config.max_retries + 1) * config.timeout_s
+
+    evaluation = EvalConfig(endpoint="http://e/v1", benchmarks={"b": "b.json"})
+    translation = TranslateConfig(input="i.json", output="o.jsonl", target_language="Japanese")
+    assert worst_case_per_request(evaluation) <= 15 * 60 and worst_case_per_request(translation) <= 6 * 60
+    assert evaluation.give_up_after_s == translation.give_up_after_s == 300

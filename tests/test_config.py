@@ -371,3 +371,40 @@ def test_sft_and_rl_share_one_base_for_the_training_options():
     assert issubclass(TrainConfig, TrainingOptions) and issubclass(RLTrainConfig, TrainingOptions)
     assert shared <= set(TrainConfig.model_fields) and shared <= set(RLTrainConfig.model_fields)
     assert RLTrainConfig().learning_rate == 5e-7 and TrainConfig().learning_rate == 5e-6
+
+
+# --------------------------------------------------------------------------- issue 28: a mapping given to --set
+
+
+def test_a_mapping_for_a_section_merges_into_the_recipes_section():
+    """`--set 'train={epochs: 2}'` once replaced the recipe's whole train section (lr 1e-3 became the 5e-6 default)."""
+    from medo1.sft_config import SFTConfig
+
+    recipe = RECIPES / "sft-tiny-cpu.yaml"
+    config = load_config(SFTConfig, recipe, ["train={epochs: 2}"])
+    assert config.train.epochs == 2
+    assert config.train.learning_rate == load_config(SFTConfig, recipe).train.learning_rate == 1e-3
+    assert config.train.per_device_batch_size == 4  # the recipe's, not the default 2
+    nested = load_config(SFTConfig, recipe, ["train={epochs: 3, learning_rate: 2e-4}", "output={save_steps: 7}"])
+    assert (nested.train.epochs, nested.train.learning_rate, nested.output.save_steps) == (3, 2e-4, 7)
+    assert nested.output.dir == load_config(SFTConfig, recipe).output.dir
+
+
+def test_a_mapping_for_a_plain_mapping_field_replaces_it_and_another_reward_kind_replaces_the_reward(tmp_path):
+    from medo1.eval import EvalConfig
+    from medo1.rl.config import RLConfig
+
+    recipe = write(tmp_path, "eval.yaml", "endpoint: http://e/v1\nbenchmarks: {a: a.json, b: b.json}\n")
+    assert load_config(EvalConfig, recipe, ["benchmarks={c: c.json}"]).benchmarks == {"c": "c.json"}
+    rl_recipe = RECIPES / "rl-ppo-tiny-cpu.yaml"
+    verifier = load_config(RLConfig, rl_recipe, ["reward={kind: verifier, model: v}"]).reward
+    assert (verifier.kind, verifier.model) == ("verifier", "v")
+    same_kind = load_config(RLConfig, rl_recipe, ["reward={reward_wrong: 0.2}"]).reward
+    assert same_kind.kind == load_config(RLConfig, rl_recipe).reward.kind and same_kind.reward_wrong == 0.2
+
+
+def test_a_mapping_merges_into_a_section_of_a_toy_config(tmp_path):
+    recipe = write(tmp_path, "r.yaml", "title: t\ntrain: {steps: 5, lr: 0.5}\n")
+    config = load_config(Cfg, recipe, ["train={steps: 9}"])
+    assert (config.train.steps, config.train.lr) == (9, 0.5)
+    assert apply_overrides({"train": {"steps": 5, "lr": 0.5}}, ["train={steps: 9}"]) == {"train": {"steps": 9}}

@@ -95,7 +95,8 @@ def test_medical_o1_es_preset(tmp_path):
 def test_es_preset_on_english_rows_reports_spanish_field(tmp_path):
     result = load_examples(write_json(tmp_path, [good_o1()]), "medical_o1", preset="es")
     assert result.examples == []
-    assert [(p.row, p.field, p.message) for p in result.problems] == [(0, "Pregunta", "missing")]
+    columns = "missing (the row's columns: Question, Complex_CoT, Response)"
+    assert [(p.row, p.field, p.message) for p in result.problems] == [(0, "Pregunta", columns)]
 
 
 def test_fields_override(tmp_path):
@@ -107,7 +108,8 @@ def test_fields_override(tmp_path):
 
 def test_fields_override_missing_column_reported_by_new_name(tmp_path):
     result = load_examples(write_json(tmp_path, [good_o1()]), "medical_o1", fields={"question": "Prompt"})
-    assert [(p.field, p.message) for p in result.problems] == [("Prompt", "missing")]
+    columns = "missing (the row's columns: Question, Complex_CoT, Response)"
+    assert [(p.field, p.message) for p in result.problems] == [("Prompt", columns)]
 
 
 def test_unknown_preset_raises(tmp_path):
@@ -169,23 +171,24 @@ def test_jsonl_bad_rows_give_problems(bad_jsonl):
         (f, 8, 11, "Complex_CoT"),
     ]
     messages = [p.message for p in result.problems]
-    assert messages[0] == "missing"
+    assert messages[0] == "missing (the row's columns: Question, Complex_CoT)"
     assert messages[1] == "empty"
     assert messages[2] == "expected a string, got int"
     assert messages[3] == "expected a string, got list"
-    assert messages[4].startswith("invalid JSON: ")
+    assert messages[4].startswith("invalid JSON at column ")
     assert "column" in messages[4]
     assert messages[5] == "expected a JSON object, got list"
-    assert messages[6] == "missing"
+    assert messages[6] == "missing (null)"
     assert messages[7] == "empty"
 
 
 def test_problem_str_format(bad_jsonl):
     problems = load_examples(bad_jsonl, "medical_o1").problems
-    assert str(problems[0]) == f"{bad_jsonl} row 1 (line 2): field 'Response': missing"
+    missing = "missing (the row's columns: Question, Complex_CoT)"
+    assert str(problems[0]) == f"{bad_jsonl} row 1 (line 2): field 'Response': {missing}"
     assert str(problems[2]) == f"{bad_jsonl} row 3 (line 5): field 'Complex_CoT': expected a string, got int"
     # no field: the field part is left out
-    assert str(problems[4]).startswith(f"{bad_jsonl} row 5 (line 7): invalid JSON: ")
+    assert str(problems[4]).startswith(f"{bad_jsonl} row 5 (line 7): invalid JSON at column ")
 
 
 def test_problem_str_without_line():
@@ -205,7 +208,7 @@ def test_json_list_problems_have_no_line(tmp_path):
     assert result.rows == 4
     assert [row for row, _ in result.examples] == [0]
     assert [(p.row, p.line, p.field, p.message) for p in result.problems] == [
-        (1, None, "Response", "missing"),
+        (1, None, "Response", "missing (the row's columns: Question, Complex_CoT)"),
         (2, None, None, "expected a JSON object, got str"),
         (3, None, None, "expected a JSON object, got int"),
     ]
@@ -273,7 +276,7 @@ def test_a_json_list_read_a_few_bytes_at_a_time_equals_json_loads(tmp_path, monk
 
 @pytest.mark.parametrize(("text", "where"), [
     ('[\n  {"Question": "q"},\n  {oops}\n]\n', " row 1: invalid JSON at line 3 column 4: Expecting property name enclosed in double quotes"),
-    ('[{"a": 1}, {"b": "unterminated]', " row 1: invalid JSON at line 1 column 18: Unterminated string starting at"),
+    ('[{"a": 1}, {"b": "unterminated]', " row 1: invalid JSON at line 1 column 18: Unterminated string"),
     ('[{"a": 1} {"b": 2}]', " row 0: invalid JSON at line 1 column 11: Expecting ',' delimiter"),
     ('[1, 2,]', " row 2: invalid JSON at line 1 column 7: Expecting value"),
     ('[1, 2', " row 1: invalid JSON at line 1 column 6: Expecting ',' delimiter"),
@@ -285,7 +288,7 @@ def test_broken_json_list_names_row_line_and_column_as_json_does(tmp_path, monke
     path.write_text(text)
     with pytest.raises(json.JSONDecodeError) as parsed:
         json.loads(text)
-    assert f"line {parsed.value.lineno} column {parsed.value.colno}: {parsed.value.msg}" in where
+    assert f"line {parsed.value.lineno} column {parsed.value.colno}: {data.json_error_text(parsed.value)}" in where
     for chunk in [1, 4, 1 << 20]:
         monkeypatch.setattr(data, "JSON_CHUNK_BYTES", chunk)
         with pytest.raises(DataError) as err:
@@ -508,8 +511,8 @@ def test_alpaca_system_field(tmp_path):
 @pytest.mark.parametrize(
     "row, field, message",
     [
-        ({"instruction": "I"}, "output", "missing"),
-        ({"output": "O"}, "instruction", "missing"),
+        ({"instruction": "I"}, "output", "missing (the row's columns: instruction)"),
+        ({"output": "O"}, "instruction", "missing (the row's columns: output)"),
         ({"instruction": "I", "output": "O", "input": 3}, "input", "expected a string, got int"),
         ({"instruction": "", "output": "O"}, "instruction", "empty"),
     ],
@@ -613,7 +616,7 @@ def test_enforce_policy_fail_raises_with_count_and_first_problems(bad_jsonl):
         enforce_policy(problems, "fail")
     msg = str(err.value)
     assert msg.startswith("8 invalid row(s)")
-    assert f"{bad_jsonl} row 1 (line 2): field 'Response': missing" in msg
+    assert f"{bad_jsonl} row 1 (line 2): field 'Response': missing (the row's columns: Question, Complex_CoT)" in msg
     assert f"{bad_jsonl} row 3 (line 5): field 'Complex_CoT'" in msg
     assert "on_invalid=skip" in msg
     assert f"{bad_jsonl} row 8 (line 11): field 'Complex_CoT': empty" in msg  # 8 <= 10: all shown

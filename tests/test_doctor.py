@@ -20,9 +20,11 @@ from tests.kube_standin import KubeStandIn
 READY = Path(__file__).parent / "fixtures" / "cluster" / "doctor" / "ready.yaml"
 NS = "team-a"
 LAUNCHER = f"system:serviceaccount:{NS}:medo1"
-LAUNCH_RIGHTS = {("create", "kubeflow.org", "pytorchjobs"), ("get", "kubeflow.org", "pytorchjobs"),
-                 ("delete", "kubeflow.org", "pytorchjobs"), ("list", "", "pods"), ("get", "", "pods/log"),
-                 ("list", "", "events")}
+# What the launcher does with the trainjob backend (medo1.doctor.check_access), granted in the ready namespace.
+LAUNCH_RIGHTS = {("create", "trainer.kubeflow.org", "trainjobs"), ("get", "trainer.kubeflow.org", "trainjobs"),
+                 ("delete", "trainer.kubeflow.org", "trainjobs"), ("list", "", "pods"), ("get", "", "pods/log"),
+                 ("list", "", "events"), ("get", "trainer.kubeflow.org", "trainingruntimes"),
+                 ("get", "trainer.kubeflow.org", "clustertrainingruntimes")}
 
 
 def ready_objects() -> list[dict]:
@@ -89,13 +91,14 @@ def test_a_ready_namespace_passes_every_check(needs, cluster, capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     assert {f["check"]: f["status"] for f in report["findings"]} == {
-        "CRD pytorchjobs.kubeflow.org": "pass",
+        "Kubernetes": "pass", "Kubeflow Trainer": "pass",
+        "CRD clustertrainingruntimes.trainer.kubeflow.org": "pass", "CRD trainjobs.trainer.kubeflow.org": "pass",
         "Secret hf-token key HF_TOKEN": "pass",
         "PVC medo1-checkpoints": "pass", "PVC medo1-data": "pass", "PVC medo1-hf-cache": "pass",
         "access you (the current credentials)": "pass", "access ServiceAccount medo1": "pass",
-        "nodes with 8 free nvidia.com/gpu and 1 rdma/ib": "pass",
+        "nodes with 8 free nvidia.com/gpu and 1 rdma/ib": "pass", "NVIDIA driver": "pass",
         "Istio injection": "pass",
-        "Kueue LocalQueue h100": "pass",
+        "Kueue LocalQueue h100": "pass", "Kueue ClusterQueue h100-cluster": "pass", "Kueue integrations": "pass",
     }
 
 
@@ -107,24 +110,30 @@ def test_the_table_shows_each_failure_with_its_fix_and_exits_1(needs, cluster, c
     assert code == 1
     assert re.search(r"^Secret hf-token key HF_TOKEN +fail +the Secret does not exist;", out, re.MULTILINE)
     assert f"fix: kubectl -n {NS} create secret generic hf-token --from-literal=HF_TOKEN=..." in out
-    assert out.rstrip().endswith("9 pass, 0 warn, 1 fail")
+    assert out.rstrip().endswith("15 pass, 0 warn, 1 fail, 0 unchecked")
 
 
 def test_crd_missing(needs, cluster):
-    findings = doctor.check_crds(cluster(without(ready_objects(), "CustomResourceDefinition", "pytorchjobs.kubeflow.org")), needs)
-    failure = only(findings, "fail")
+    trainer = [o for o in ready_objects() if o["kind"] == "CustomResourceDefinition" and "trainer" in o["metadata"]["name"]]
+    findings = doctor.check_crds(cluster([o for o in ready_objects() if o not in trainer]), needs)
+    assert statuses(findings) == {"CRD clustertrainingruntimes.trainer.kubeflow.org": "fail",
+                                  "CRD trainjobs.trainer.kubeflow.org": "fail"}
+    assert findings[0].detail == "not installed" and "Kubeflow Trainer v2" in findings[0].fix
+    one_node = profile_needs(profile="h100-1node", values_files=[], value_overrides=[], namespace=NS)
+    failure = only(doctor.check_crds(cluster(), one_node), "fail")
     assert (failure.check, failure.detail) == ("CRD pytorchjobs.kubeflow.org", "not installed")
     assert "Training Operator v1" in failure.fix
 
 
 def test_crd_not_served_at_the_version_the_chart_writes(needs, cluster):
     def unserve(crd):
-        crd["spec"]["versions"] = [{"name": "v1", "served": False, "storage": True}]
+        crd["spec"]["versions"] = [{"name": "v1alpha1", "served": False, "storage": True}, {"name": "v1", "served": True}]
 
-    objects = replaced(ready_objects(), "CustomResourceDefinition", "pytorchjobs.kubeflow.org", unserve)
-    failure = only(doctor.check_crds(cluster(objects), needs), "fail")
-    assert failure.detail == "v1 not served (served: none)"
-    assert statuses(doctor.check_crds(cluster(), needs)) == {"CRD pytorchjobs.kubeflow.org": "pass"}
+    objects = replaced(ready_objects(), "CustomResourceDefinition", "trainjobs.trainer.kubeflow.org", unserve)
+    objects = replaced(objects, "CustomResourceDefinition", "clustertrainingruntimes.trainer.kubeflow.org", unserve)
+    failure = [f for f in doctor.check_crds(cluster(objects), needs) if f.check == "CRD trainjobs.trainer.kubeflow.org"][0]
+    assert (failure.status, failure.detail) == ("fail", "v1alpha1 not served (served: v1)")
+    assert set(statuses(doctor.check_crds(cluster(), needs)).values()) == {"pass"}
 
 
 def test_secret_key_missing(needs, cluster):
@@ -146,7 +155,8 @@ def test_read_write_once_claim_for_two_nodes(needs, cluster):
     failure = only(doctor.check_claims(cluster(objects), needs), "fail")
     assert failure.check == "PVC medo1-checkpoints"
     assert failure.detail == "ReadWriteOnce: 2 nodes mount it, which needs ReadWriteMany"
-    assert "storage.checkpoints" in failure.fix
+    assert failure.fix.startswith("use a ReadWriteMany StorageClass for storage.checkpoints: set "
+                                  "storage.checkpoints.storageClass=cephfs and keep accessMode ReadWriteMany")
 
 
 def test_claim_pending_or_missing(needs, cluster):
@@ -155,9 +165,15 @@ def test_claim_pending_or_missing(needs, cluster):
 
     objects = replaced(ready_objects(), "PersistentVolumeClaim", "medo1-data", pending)
     failure = only(doctor.check_claims(cluster(objects), needs), "fail")
-    assert (failure.check, failure.detail) == ("PVC medo1-data", "Pending, not Bound")
-    # Not in the cluster: the chart creates it (existingClaim empty), so its rendered spec is checked.
-    findings = doctor.check_claims(cluster(without(ready_objects(), "PersistentVolumeClaim", "medo1-data")), needs)
+    assert (failure.check, failure.detail) == (
+        "PVC medo1-data", "Pending, not Bound: StorageClass cephfs binds Immediately, so it should have its volume by now")
+    # Not in the cluster: the chart creates it (existingClaim empty), so its rendered spec is checked, on the
+    # default StorageClass (made cephfs here; tests below take GKE's ReadWriteOnce default).
+    def default(storage_class):
+        storage_class["metadata"]["annotations"] = {"storageclass.kubernetes.io/is-default-class": "true"}
+
+    objects = replaced(without(ready_objects(), "StorageClass", "standard-rwo"), "StorageClass", "cephfs", default)
+    findings = doctor.check_claims(cluster(without(objects, "PersistentVolumeClaim", "medo1-data")), needs)
     assert statuses(findings)["PVC medo1-data"] == "pass"
     assert "the chart creates it" in [f for f in findings if f.check == "PVC medo1-data"][0].detail
 
@@ -174,13 +190,13 @@ def test_checkpoints_claim_too_small_for_what_the_recipe_keeps(needs, cluster):
     assert passed.status == "pass" and "holds the 241 GiB" in passed.detail
 
 
-def test_service_account_without_create_on_pytorchjobs(needs, cluster):
+def test_service_account_without_create_on_trainjobs(needs, cluster):
     permissions = ready_permissions()
-    permissions[LAUNCHER].discard(("create", "kubeflow.org", "pytorchjobs"))
+    permissions[LAUNCHER].discard(("create", "trainer.kubeflow.org", "trainjobs"))
     # rbac.create: false renders no Role or RoleBinding; the account's rights are the cluster's alone.
     no_chart_rbac = Needs(needs.values, [o for o in needs.objects if o["kind"] not in ("Role", "RoleBinding")], NS)
     failure = only(doctor.check_access(cluster(permissions=permissions), no_chart_rbac), "fail")
-    assert (failure.check, failure.detail) == ("access ServiceAccount medo1", f"may not create pytorchjobs in {NS}")
+    assert (failure.check, failure.detail) == ("access ServiceAccount medo1", f"may not create trainjobs in {NS}")
     # With the chart's Role it is granted on install: a warning until then.
     assert only(doctor.check_access(cluster(permissions=permissions), needs), "warn").check == "access ServiceAccount medo1"
     assert set(statuses(doctor.check_access(cluster(), needs)).values()) == {"pass"}
@@ -191,7 +207,151 @@ def test_the_caller_without_rights_fails(needs, cluster):
     permissions[""] = {("list", "", "pods")}
     failure = only(doctor.check_access(cluster(permissions=permissions), needs), "fail")
     assert failure.check == "access you (the current credentials)"
-    assert failure.detail.startswith("may not create pytorchjobs, get pytorchjobs, delete pytorchjobs, get pods/log")
+    assert failure.detail.startswith("may not create trainjobs, get trainjobs, delete trainjobs, get pods/log")
+    # Issue 26, item 2: the runtime reads the Kubeflow SDK makes before a TrainJob are checked too.
+    assert failure.detail.endswith("get trainingruntimes medo1-sft, get clustertrainingruntimes medo1-sft in team-a")
+
+
+# ---- issue 26, item 3: doctor as the chart's own service account ------------------------------------------
+
+
+def as_account(objects, profile, account="medo1"):
+    """The stand-in with `objects` and the profile's release installed (its Role and RoleBinding, as Helm
+    creates them); a ClusterReader with `account`'s token: RBAC applies to every read and review."""
+    from kubernetes.client import ApiClient, Configuration
+    from medo1 import k8s
+
+    kube = KubeStandIn().start()
+    for obj in objects:
+        kube.record(obj)
+    for obj in k8s.render_chart(k8s.load_profile(profile), namespace=NS):
+        if obj["kind"] in ("Role", "RoleBinding"):
+            kube.record({**obj, "metadata": {**obj["metadata"], "namespace": NS}})
+    configuration = Configuration(host=kube.url, api_key={"authorization": f"Bearer {kube.service_account_token(NS, account)}"})
+    return kube, ClusterReader(ApiClient(configuration))
+
+
+def test_doctor_as_the_charts_account_says_what_it_could_not_check_and_exits_1(capsys):
+    """Issue 26, item 3: run as the chart's account (the pipeline's first step), doctor printed "warn: not checked:
+    403" for most checks, dropped the access check when one SubjectAccessReview about another account was
+    forbidden, and exited 0. Now the chart's Role lets it read what is in the namespace (claims, the Secrets the
+    values name, the namespace, the LocalQueue); what it still may not read is `unchecked` with the API server's
+    403 and what would grant it; its own access (SelfSubjectAccessReview) is kept; the exit code is 1 unless
+    --allow-unchecked."""
+    kube, reader = as_account(ready_objects(), "h100-1node")
+    try:
+        code = doctor.run(argparse.Namespace(profile="h100-1node", values=[], value=[], namespace=NS, json=True),
+                          client=reader.core.api_client)
+        report = {f["check"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
+        allowed = doctor.run(argparse.Namespace(profile="h100-1node", values=[], value=[], namespace=NS, json=False,
+                                                allow_unchecked=True), client=reader.core.api_client)
+        table = capsys.readouterr().out
+    finally:
+        kube.stop()
+    assert code == 1
+    status = {check: f["status"] for check, f in report.items()}
+    # Read through the chart's Role: the Secrets the values name, the claims, the namespace; CRDs by discovery.
+    assert status["Secret hf-token key HF_TOKEN"] == "pass" and status["Istio injection"] == "pass"
+    assert status["CRD pytorchjobs.kubeflow.org"] == "fail"  # discovery works for everyone; this cluster has none
+    assert status["access you (ServiceAccount medo1)"] == "pass"
+    # Another account: a SubjectAccessReview needs a cluster-scoped grant the namespaced account lacks.
+    pipeline = report["access ServiceAccount default-editor"]
+    assert pipeline["status"] == "unchecked"
+    assert pipeline["detail"] == (
+        "may not ask what it may do (SubjectAccessReview): subjectaccessreviews.authorization.k8s.io is forbidden: "
+        'User "system:serviceaccount:team-a:medo1" cannot create resource "subjectaccessreviews" in API group '
+        '"authorization.k8s.io" at the cluster scope')
+    nodes = report["nodes"]
+    assert (nodes["status"], nodes["detail"]) == ("unchecked", 'cannot be read: nodes is forbidden: User '
+                                                  '"system:serviceaccount:team-a:medo1" cannot list resource "nodes" in API group "" at the cluster scope')
+    assert "runtimes.readers" in nodes["fix"]
+    assert status["PVC medo1-data"] == "pass"  # Bound: no StorageClass to read
+    # No "warn: not checked" any more; the one warning is the optional W&B Secret the profile names.
+    assert [check for check, s in status.items() if s == "warn"] == ["Secret wandb key WANDB_API_KEY"]
+    # --allow-unchecked: still 1, for the missing PyTorchJob CRD; the table counts each status.
+    assert allowed == 1 and table.rstrip().split("\n")[-1].endswith("unchecked")
+
+
+def test_allow_unchecked_exits_0_when_nothing_failed():
+    checked = [doctor.Finding("a", "pass", "")]
+    unchecked = [*checked, doctor.Finding("nodes", "unchecked", "cannot be read: 403")]
+    assert (doctor.exit_code(checked), doctor.exit_code(unchecked), doctor.exit_code(unchecked, allow_unchecked=True)) == (0, 1, 0)
+    assert doctor.exit_code([*unchecked, doctor.Finding("x", "fail", "")], allow_unchecked=True) == 1
+
+
+def test_with_the_platform_grant_the_charts_account_checks_the_cluster(cluster):
+    """The platform install's ClusterRole (runtimes.readers) lets every account read nodes, StorageClasses and
+    Kueue's ClusterQueues: doctor as the chart's account then checks them."""
+    from medo1 import k8s
+
+    platform = [o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"].startswith("ClusterRole")]
+    kube, reader = as_account([*ready_objects(), *platform], "h100-2nodes")
+    try:
+        needs = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=[], namespace=NS)
+        findings = doctor.diagnose(reader, needs)
+    finally:
+        kube.stop()
+    status = statuses(findings)
+    assert status["nodes with 8 allocatable nvidia.com/gpu and 1 rdma/ib"] == "pass"  # other namespaces' pods: not read
+    assert status["PVC medo1-data"] == status["Kueue ClusterQueue h100-cluster"] == "pass"
+    assert status["access you (ServiceAccount medo1)"] == "pass"
+    # Kueue's Configuration lives in kueue-system: not the team's to read.
+    assert status["Kueue integrations"] == "unchecked"
+    assert [f.status for f in findings if f.status not in ("pass", "unchecked")] == []
+
+
+# ---- issue 26, items 4 and 16: claims and their StorageClass ------------------------------------------------
+
+
+def test_a_pending_claim_on_a_wait_for_first_consumer_class_is_normal(needs, cluster):
+    """Issue 26, item 4: doctor failed every Pending claim, though one of a WaitForFirstConsumer class (kind's
+    default, most cloud defaults) stays Pending until the first pod mounts it."""
+    def pending_on(class_name):
+        def change(claim):
+            claim["spec"]["storageClassName"] = class_name
+            claim["status"] = {"phase": "Pending"}
+        return change
+
+    lazy = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "cephfs-lazy"},
+            "provisioner": "rook-ceph.cephfs.csi.ceph.com", "volumeBindingMode": "WaitForFirstConsumer"}
+    objects = replaced([*ready_objects(), lazy], "PersistentVolumeClaim", "medo1-data", pending_on("cephfs-lazy"))
+    finding = [f for f in doctor.check_claims(cluster(objects), needs) if f.check == "PVC medo1-data"][0]
+    assert finding.status == "pass"
+    assert finding.detail == ("200Gi, ReadWriteMany, Pending until the first pod mounts it (StorageClass cephfs-lazy "
+                              "binds WaitForFirstConsumer): normal")
+    # Immediate binding and still Pending: something is wrong.
+    objects = replaced(ready_objects(), "PersistentVolumeClaim", "medo1-data", pending_on("cephfs"))
+    assert only(doctor.check_claims(cluster(objects), needs), "fail").detail.startswith(
+        "Pending, not Bound: StorageClass cephfs binds Immediately")
+    # No class of that name at all.
+    objects = replaced(ready_objects(), "PersistentVolumeClaim", "medo1-data", pending_on("gone"))
+    assert only(doctor.check_claims(cluster(objects), needs), "fail").detail == (
+        "Pending, not Bound: its StorageClass gone does not exist")
+
+
+def test_claims_the_chart_creates_on_a_read_write_once_default_class(cluster):
+    """Issue 26, item 16: every volume asks ReadWriteMany of the default StorageClass, which on GKE / EKS / AKS makes
+    ReadWriteOnce disks only: the claims stay Pending. Doctor names the class and mode to use instead."""
+    objects = [o for o in ready_objects() if o["kind"] != "PersistentVolumeClaim"]
+    two_nodes = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=[], namespace=NS)
+    failure = [f for f in doctor.check_claims(cluster(objects), two_nodes) if f.check == "PVC medo1-checkpoints"][0]
+    assert failure.status == "fail"
+    assert failure.detail == ("asks ReadWriteMany of StorageClass standard-rwo (pd.csi.storage.gke.io), which provisions "
+                              "ReadWriteOnce disks only: it would stay Pending")
+    assert failure.fix == ("set storage.checkpoints.storageClass=cephfs and keep accessMode ReadWriteMany "
+                           "(ReadWriteMany classes here: cephfs (rook-ceph.cephfs.csi.ceph.com))")
+    # No ReadWriteMany class in the cluster: one node may use ReadWriteOnce; two nodes need such a class installed.
+    only_rwo = [o for o in objects if o["metadata"]["name"] != "cephfs"]
+    failure = [f for f in doctor.check_claims(cluster(only_rwo), two_nodes) if f.check == "PVC medo1-data"][0]
+    assert failure.fix.startswith("install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, "
+                                  "CephFS) and set storage.data.storageClass to it: 2 nodes mount the volume at once")
+    one_node = profile_needs(profile="h100-1node", values_files=[], value_overrides=[], namespace=NS)
+    failure = [f for f in doctor.check_claims(cluster(only_rwo), one_node) if f.check == "PVC medo1-data"][0]
+    assert failure.fix.startswith("set storage.data.accessMode=ReadWriteOnce (one node mounts it)")
+    # Naming the class that serves ReadWriteMany: the checks pass.
+    fixed = profile_needs(profile="h100-2nodes", values_files=[], namespace=NS, value_overrides=[
+        f"storage.{key}.storageClass=cephfs" for key in ("data", "checkpoints", "hfCache")])
+    assert set(statuses(doctor.check_claims(cluster(objects), fixed)).values()) == {"pass"}
 
 
 def busy(node_name: str, gpus: int) -> dict:
@@ -224,6 +384,25 @@ def test_nodes_need_the_rdma_device_and_a_tolerated_taint(needs, cluster):
     assert "gpu-01: untolerated taint" in failure.detail
 
 
+def test_the_nvidia_driver_must_be_r580_or_newer(needs, cluster):
+    """Issue 26, item 17: the image's CUDA 13 needs driver R580+; GPU feature discovery labels the node with it."""
+    def driver(major):
+        def change(node):
+            node["metadata"]["labels"]["nvidia.com/cuda.driver-version.major"] = major
+        return change
+
+    assert statuses(doctor.check_nodes(cluster(), needs))["NVIDIA driver"] == "pass"
+    findings = doctor.check_nodes(cluster(replaced(ready_objects(), "Node", "gpu-02", driver("550"))), needs)
+    failure = only(findings, "fail")
+    assert (failure.check, failure.detail) == ("NVIDIA driver", "gpu-02 R550: the trainer image's CUDA 13 needs R580 or newer")
+
+    def unlabelled(node):
+        del node["metadata"]["labels"]["nvidia.com/cuda.driver-version.major"]
+
+    findings = doctor.check_nodes(cluster(replaced(ready_objects(), "Node", "gpu-01", unlabelled)), needs)
+    assert only(findings, "unchecked").detail.startswith("no nvidia.com/cuda.driver-version.major label on gpu-01")
+
+
 def test_istio_injection_warns_when_pods_take_the_sidecar(needs, cluster):
     assert statuses(doctor.check_istio(cluster(), needs)) == {"Istio injection": "pass"}
     sidecars = copy.deepcopy(needs)
@@ -235,22 +414,114 @@ def test_istio_injection_warns_when_pods_take_the_sidecar(needs, cluster):
     assert failure.detail == "does not exist"
 
 
+# ---- issue 26, item 8: Kueue --------------------------------------------------------------------------------
+
+
 def test_kueue_local_queue(needs, cluster):
-    assert statuses(doctor.check_kueue(cluster(), needs)) == {"Kueue LocalQueue h100": "pass"}
+    assert set(statuses(doctor.check_kueue(cluster(), needs)).values()) == {"pass"}
     failure = only(doctor.check_kueue(cluster(without(ready_objects(), "LocalQueue", "h100")), needs), "fail")
     assert failure.detail == f"no LocalQueue h100 in {NS}"
     objects = without(ready_objects(), "CustomResourceDefinition", "localqueues.kueue.x-k8s.io")
+    objects = without(objects, "CustomResourceDefinition", "clusterqueues.kueue.x-k8s.io")
     assert only(doctor.check_kueue(cluster(objects), needs), "fail").detail == "Kueue is not installed"
 
 
-def test_what_the_credentials_may_not_read_is_a_warning_not_a_crash(needs, cluster):
-    """A pipeline step's namespaced account may not list nodes or pods in other namespaces."""
+def kueue_reads(kube) -> list[str]:
+    return [r.path for r in kube.requests if "/kueue.x-k8s.io/" in r.path and r.method == "GET"]
+
+
+def test_kueue_is_read_through_v1beta2_and_v1beta1_only_where_that_is_all_there_is(needs):
+    from kubernetes.client import ApiClient, Configuration
+
+    def serve(objects):
+        kube = KubeStandIn().start()
+        for obj in objects:
+            kube.record(obj)
+        return kube, ClusterReader(ApiClient(Configuration(host=kube.url)))
+
+    kube, reader = serve(ready_objects())
+    try:
+        doctor.check_kueue(reader, needs)
+    finally:
+        kube.stop()
+    assert kueue_reads(kube) == ["/apis/kueue.x-k8s.io/v1beta2/namespaces/team-a/localqueues/h100",
+                                 "/apis/kueue.x-k8s.io/v1beta2/clusterqueues/h100-cluster"]
+
+    def v1beta1_only(obj):
+        if obj["kind"] == "CustomResourceDefinition" and "kueue" in obj["metadata"]["name"]:
+            obj["spec"]["versions"] = [{"name": "v1beta1", "served": True, "storage": True}]
+        elif obj["apiVersion"] == "kueue.x-k8s.io/v1beta2":
+            obj["apiVersion"] = "kueue.x-k8s.io/v1beta1"
+        return obj
+
+    kube, reader = serve([v1beta1_only(o) for o in ready_objects()])
+    try:
+        assert set(statuses(doctor.check_kueue(reader, needs)).values()) == {"pass"}
+    finally:
+        kube.stop()
+    assert kueue_reads(kube) == ["/apis/kueue.x-k8s.io/v1beta1/namespaces/team-a/localqueues/h100",
+                                 "/apis/kueue.x-k8s.io/v1beta1/clusterqueues/h100-cluster"]
+
+
+def test_a_cluster_queue_that_does_not_cover_rdma_never_admits_the_job(needs, cluster):
+    """A ClusterQueue that does not list every resource the pods request (rdma/ib too) leaves the workload
+    inadmissible forever; one whose largest flavor is smaller than the job never admits it either."""
+    def without_rdma(queue):
+        group = queue["spec"]["resourceGroups"][0]
+        group["coveredResources"].remove("rdma/ib")
+        group["flavors"][0]["resources"] = [r for r in group["flavors"][0]["resources"] if r["name"] != "rdma/ib"]
+
+    failure = only(doctor.check_kueue(cluster(replaced(ready_objects(), "ClusterQueue", "h100-cluster", without_rdma)), needs), "fail")
+    assert (failure.check, failure.detail) == (
+        "Kueue ClusterQueue h100-cluster", "does not cover rdma/ib, which the pods request: Kueue never admits the job")
+
+    def one_node_of_gpus(queue):
+        queue["spec"]["resourceGroups"][0]["flavors"][0]["resources"][2]["nominalQuota"] = "8"
+
+    failure = only(doctor.check_kueue(cluster(replaced(ready_objects(), "ClusterQueue", "h100-cluster", one_node_of_gpus)), needs), "fail")
+    assert failure.detail == ("no flavor's nominal quota holds the job (cpu 160, memory 2000Gi, nvidia.com/gpu 16, "
+                              "rdma/ib 2): Kueue never admits it")
+
+
+def test_kueue_must_manage_the_kind_of_job_the_backend_creates(cluster):
+    """Kueue turned off its PyTorchJob integration by default: a PyTorchJob with the queue label then runs with no
+    quota and no gang admission. The fix is the trainjob backend."""
+    pytorchjobs = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=["backend=pytorchjob"], namespace=NS)
+    failure = [f for f in doctor.check_kueue(cluster(), pytorchjobs) if f.check == "Kueue integrations"][0]
+    assert (failure.status, failure.detail) == ("fail", "Kueue does not manage kubeflow.org/pytorchjob (not in "
+                                                "integrations.frameworks): the queue label does nothing for them (no quota, no gang admission)")
+    assert failure.fix.startswith("use backend: trainjob (Kubeflow Trainer v2 TrainJobs")
+    unread = [f for f in doctor.check_kueue(cluster(forbidden={"/api/v1/namespaces/kueue-system/configmaps/kueue-manager-config"}),
+                                            pytorchjobs) if f.check == "Kueue integrations"][0]
+    assert unread.status == "unchecked" and unread.detail.startswith(
+        "Kueue's Configuration cannot be read, so whether it manages kubeflow.org/pytorchjob is unknown")
+
+
+def test_what_the_credentials_may_not_read_is_unchecked_not_a_pass(needs, cluster, capsys):
+    """A pipeline step's namespaced account may not list nodes or pods in other namespaces: the nodes check is
+    `unchecked` (a distinct status, exit 1); without the other namespaces' pods it counts allocatable GPUs."""
     findings = doctor.diagnose(cluster(forbidden={"/api/v1/nodes", "/api/v1/pods"}), needs)
-    warning = only(findings, "warn")
-    assert (warning.check, warning.detail) == ("nodes", "not checked: list_node: 403 forbidden")
+    unchecked = only(findings, "unchecked")
+    assert (unchecked.check, unchecked.detail) == ("nodes", 'cannot be read: nodes is forbidden: User "kubernetes-admin" '
+                                                   'cannot list resource "nodes" in API group "" at the cluster scope')
     assert not [f for f in findings if f.status == "fail"]
+    assert doctor.exit_code(findings) == 1 and doctor.exit_code(findings, allow_unchecked=True) == 0
     findings = doctor.check_nodes(cluster(forbidden={"/api/v1/pods"}), needs)
-    assert statuses(findings) == {"nodes with 8 allocatable nvidia.com/gpu and 1 rdma/ib": "pass"}
+    assert statuses(findings) == {"nodes with 8 allocatable nvidia.com/gpu and 1 rdma/ib": "pass", "NVIDIA driver": "pass"}
+
+
+def test_versions_kubernetes_and_trainer(needs, cluster):
+    """Issue 26, item 17: the minimum versions (Kubernetes 1.28 for the chart, Trainer v2.3 for its runtimes)."""
+    findings = doctor.check_versions(cluster(), needs)
+    assert [(f.check, f.status, f.detail) for f in findings] == [
+        ("Kubernetes", "pass", "v1.36.2 (the chart needs 1.28+)"),
+        ("Kubeflow Trainer", "pass", "v2.3.0 (the runtimes need v2.3+)")]
+
+    def old(config_map):
+        config_map["data"]["kubeflow_trainer_version"] = "v2.1.0"
+
+    failure = only(doctor.check_versions(cluster(replaced(ready_objects(), "ConfigMap", "kubeflow-trainer-public", old)), needs), "fail")
+    assert failure.detail == "v2.1.0: the chart's runtimes need v2.3+"
 
 
 @pytest.mark.slow
@@ -259,7 +530,7 @@ def test_the_cli_reads_the_kubeconfig_namespace_and_exits_1_on_a_missing_crd(tmp
 
     kube = KubeStandIn().start()
     try:
-        for obj in without(ready_objects(), "CustomResourceDefinition", "pytorchjobs.kubeflow.org"):
+        for obj in without(ready_objects(), "CustomResourceDefinition", "trainjobs.trainer.kubeflow.org"):
             kube.record(obj)
         kube.permissions = ready_permissions()
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
@@ -270,18 +541,48 @@ def test_the_cli_reads_the_kubeconfig_namespace_and_exits_1_on_a_missing_crd(tmp
     report = json.loads(result.stdout)
     assert report["namespace"] == NS
     failed = [f for f in report["findings"] if f["status"] == "fail"]
-    assert [(f["check"], f["detail"]) for f in failed] == [("CRD pytorchjobs.kubeflow.org", "not installed")]
+    assert [(f["check"], f["detail"]) for f in failed] == [("CRD trainjobs.trainer.kubeflow.org", "not installed")]
 
 
 def test_trainjob_profile_needs_the_trainer_v2_crds(cluster):
     trainjob = profile_needs(profile="h100-1node-trainjob", values_files=[], value_overrides=[], namespace=NS)
-    findings = doctor.check_crds(cluster(), trainjob)
+    trainer = [o for o in ready_objects() if o["kind"] == "CustomResourceDefinition" and "trainer" in o["metadata"]["name"]]
+    findings = doctor.check_crds(cluster([o for o in ready_objects() if o not in trainer]), trainjob)
     assert statuses(findings) == {"CRD trainjobs.trainer.kubeflow.org": "fail",
                                   "CRD trainingruntimes.trainer.kubeflow.org": "fail"}
     assert "Kubeflow Trainer v2" in findings[0].fix
-    trainer_crds = [{"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                     "metadata": {"name": f"{plural}.trainer.kubeflow.org"},
-                     "spec": {"versions": [{"name": "v1alpha1", "served": True, "storage": True}]}}
-                    for plural in ("trainjobs", "trainingruntimes")]
-    passed = doctor.check_crds(cluster([*ready_objects(), *trainer_crds]), trainjob)
+    runtimes = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                "metadata": {"name": "trainingruntimes.trainer.kubeflow.org"},
+                "spec": {"group": "trainer.kubeflow.org", "names": {"kind": "TrainingRuntime", "plural": "trainingruntimes"},
+                         "scope": "Namespaced", "versions": [{"name": "v1alpha1", "served": True, "storage": True}]}}
+    passed = doctor.check_crds(cluster([*ready_objects(), runtimes]), trainjob)
     assert set(statuses(passed).values()) == {"pass"}
+
+
+def test_the_pipelines_doctor_step_checks_the_trainjob_backend(tmp_path, monkeypatch, capsys):
+    """The pipeline's first step ran doctor for PyTorchJobs only and skipped it for TrainJobs, the backend for
+    Kueue-managed clusters (issue 26, item 8). Now it checks either backend; on this Kueue cluster PyTorchJobs
+    would not be managed, and the step says so before any GPU is asked for."""
+    from kfp import dsl
+
+    from pipelines.medo1_pipeline import doctor as doctor_step
+
+    kube = KubeStandIn().start()
+    try:
+        for obj in ready_objects():
+            kube.record(obj)
+        kube.permissions = ready_permissions()
+        from kubernetes.config import kube_config
+
+        # The kubernetes client reads $KUBECONFIG once, when imported: point its default there instead.
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
+                            str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+        step = dict(profile="h100-2nodes", nodes=2, gpus_per_node=8, data_pvc="medo1-data",
+                    checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", allow_unchecked=False)
+        report = dsl.Markdown(uri=str(tmp_path / "report.md"))
+        assert doctor_step.python_func(backend="trainjob", report=report, **step) == "passed"
+        with pytest.raises(RuntimeError, match="not ready for this run"):
+            doctor_step.python_func(backend="pytorchjob", report=report, **step)
+    finally:
+        kube.stop()
+    assert "Kueue does not manage kubeflow.org/pytorchjob" in capsys.readouterr().out

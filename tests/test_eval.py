@@ -129,9 +129,10 @@ def test_eval_tiny_model_end_to_end(tiny_model, tmp_path):
     assert len(responses) == 8 and all(isinstance(r["response"], str) for r in responses)
     assert any(r["response"] for r in responses)  # 16 new tokens decoded, not an empty echo
     table = (out / "report.md").read_text().splitlines()
-    header = table.index("| benchmark | n | accuracy % | unparseable |")
+    header = table.index("| benchmark | n | unique | accuracy % (medo1) | strict % (medo1) | unparseable |")
     assert table[header + 1].startswith("|---")
-    assert table[header + 2].startswith(f"| demo | 8 | {100 * result['accuracy']:.1f} | {result['unparseable']} |")
+    accuracy = f"{100 * result['accuracy']:.1f}"
+    assert table[header + 2].startswith(f"| demo | 8 | 8 | {accuracy} | {accuracy} | {result['unparseable']} |")
 
 
 def test_wilson_interval():
@@ -286,7 +287,8 @@ def test_endpoint_faults_and_timeout_are_retried_through_the_shared_client(demo_
     faults = ["hang", "500", "malformed-json", "429-seconds"]
     with StandIn(mcq_answers=answers, faults=faults, retry_after_s=0.2, hang_s=5) as server:
         config = endpoint_config(
-            server.base_url, tmp_path / "out", {"demo": str(DEMO_DATA)}, limit=3, concurrency=1, timeout_s=0.5
+            server.base_url, tmp_path / "out", {"demo": str(DEMO_DATA)}, limit=3, concurrency=1, timeout_s=0.5,
+            max_retries=len(faults),  # one question meets every fault in turn
         )
         report = run_eval(config)
     assert report["benchmarks"]["demo"]["accuracy"] == 1.0
@@ -505,3 +507,69 @@ def test_endpoint_sampling_sends_top_p_and_a_seed_per_response(demo_rows, tmp_pa
     assert sorted(body["seed"] for body in server.bodies) == [8, 8, 8, 9, 9, 9]
     assert all(body["top_p"] == 0.9 and body["temperature"] == 0.7 for body in server.bodies)
     assert report["benchmarks"]["demo"]["hit_token_cap"] == 0  # finish_reason "stop" from the stand-in
+
+
+# --------------------------------------------------------------------------- engines: vLLM (a CPU stand-in) and HF
+
+
+def _demo_prompts(n: int) -> list:
+    rows = json.loads(DEMO_DATA.read_text())[90 : 90 + n]
+    return [[{"role": "user", "content": row["Open-ended Verifiable Question"]}] for row in rows]
+
+
+@pytest.mark.slow
+def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch):
+    from medo1.eval import EvalVLLMSettings, VLLMGenerator
+
+    from tests import vllm_standin
+
+    vllm_standin.install(monkeypatch)
+    prompts = _demo_prompts(3)
+    hf = HFGenerator(str(tiny_model), max_new_tokens=6).generate(prompts)
+    engine = VLLMGenerator(str(tiny_model), EvalVLLMSettings(max_num_seqs=64), max_new_tokens=6)
+    vllm = engine.generate(prompts)
+    assert [[(g.text, g.tokens, g.hit_cap) for g in gens] for gens in vllm] == \
+        [[(g.text, g.tokens, g.hit_cap) for g in gens] for gens in hf]
+    (llm,) = vllm_standin.StandInLLM.instances
+    assert llm.kwargs["max_num_seqs"] == 64 and llm.kwargs["gpu_memory_utilization"] == 0.8
+    assert llm.requests == 3  # every prompt handed over in one call
+
+    sampled = VLLMGenerator(str(tiny_model), EvalVLLMSettings(), max_new_tokens=3, temperature=1.0)
+    first, again, other = (sampled.generate(prompts[:2], samples=3, seed=s) for s in (4, 4, 5))
+    assert [len(gens) for gens in first] == [3, 3]
+    assert first == again and first != other  # each prompt's seed alone decides its samples
+    assert any(len({g.text for g in gens}) > 1 for gens in first)
+
+
+def test_vllm_refusal_is_one_line(tiny_model, monkeypatch):
+    from medo1.eval import EvalVLLMSettings, VLLMGenerator
+
+    from tests import vllm_standin
+
+    vllm_standin.install(monkeypatch)
+    engine = VLLMGenerator(str(tiny_model), EvalVLLMSettings(max_model_len=8), max_new_tokens=4)
+    with pytest.raises(EvalError, match=r"^vLLM refused a request: The decoder prompt \(length \d+\) is longer than "
+                                        r"the maximum model length of 8\.") as error:
+        engine.generate(_demo_prompts(1))
+    assert "\n" not in str(error.value)
+
+
+def test_auto_engine_is_vllm_where_it_runs_and_hf_elsewhere(tiny_model, tmp_path, monkeypatch):
+    import torch
+    from medo1.eval import resolve_engine
+
+    config = EvalConfig(model=str(tiny_model), format="verifiable", benchmarks={"d": str(DEMO_DATA)}, start_row=90,
+                        limit=2, max_new_tokens=4, output_dir=str(tmp_path / "out"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_engine(config) == "hf"  # the CPU: no GPU
+    with pytest.raises(EvalError, match="engine=vllm cannot run here: no CUDA GPU is visible; use engine=hf"):
+        resolve_engine(config.model_copy(update={"engine": "vllm"}))
+
+    from tests import vllm_standin
+
+    vllm_standin.install(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU where vLLM imports: the stand-in runs it
+    report = run_eval(config)
+    assert report["settings"]["engine"] == "vllm" and len(vllm_standin.StandInLLM.instances) == 1
+    assert report["benchmarks"]["d"]["responses"] == 2
+    assert resolve_engine(config.model_copy(update={"engine": "hf"})) == "hf"

@@ -104,8 +104,8 @@ def test_the_launch_fails_and_deletes_the_job_when_a_pod_stays_unschedulable():
             kube.record(obj)
         client = TrainingClient(client_configuration=Configuration(host=kube.url))
         with pytest.raises(JobStuck) as failure:
-            launch_stage("sft", client=client, profile="h100-2nodes", job_name=NAME, namespace=NS, timeout_s=60,
-                         poll_s=0.05, stuck_after_s=0.3)
+            launch_stage("sft", backend="pytorchjob", client=client, profile="h100-2nodes", job_name=NAME,
+                         namespace=NS, timeout_s=60, poll_s=0.05, stuck_after_s=0.3)
     finally:
         kube.stop()
     message = str(failure.value)
@@ -137,7 +137,7 @@ class Replay:
     def sleep(self, seconds):
         self.now += seconds
 
-    def check_pods(self):
+    def check_pods(self, job):
         self.pod_checks += 1
 
 
@@ -169,3 +169,133 @@ def test_the_timeout_still_runs_once_kueue_has_admitted_the_job():
     with pytest.raises(JobTimedOut):
         wait_for_job(replay.read, 60, 10, clock=lambda: replay.now, sleep=replay.sleep)
     assert replay.now == 50 + 60
+
+
+# ---- issue 26, items 6, 9 and 10: no controller, the cluster autoscaler, admission refusing the pods ----------
+
+QUOTA = ("exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
+         "limited: requests.nvidia.com/gpu=4")
+CREATED = {"conditions": [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated",
+                           "lastTransitionTime": "2026-11-23T10:00:00Z"}]}
+SUCCEEDED = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded",
+                             "lastTransitionTime": "2026-11-23T11:00:00Z"}]}
+
+
+def training_client(kube):
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    return TrainingClient(client_configuration=Configuration(host=kube.url))
+
+
+def launch_on(kube, **options):
+    """The 2-node profile as a PyTorchJob, where users have the v1 operator (the profile's own backend is trainjob,
+    issue 26 item 8; tests/test_trainer_v2.py launches its TrainJobs)."""
+    settings = {"profile": "h100-2nodes", "backend": "pytorchjob", "job_name": NAME, "namespace": NS, "timeout_s": 20,
+                "poll_s": 0.05} | options
+    return launch_stage("sft", client=training_client(kube), **settings)
+
+
+def autoscaler_event(reason: str, message: str, at: str) -> dict:
+    """As kubernetes/autoscaler cluster-autoscaler/processors/status/eventing_scale_up_processor.go records it."""
+    return {"apiVersion": "v1", "kind": "Event", "type": "Normal", "reason": reason, "message": message,
+            "metadata": {"name": f"{NAME}-worker-0.{reason.lower()}", "namespace": NS},
+            "involvedObject": {"kind": "Pod", "name": f"{NAME}-worker-0", "namespace": NS},
+            "source": {"component": "cluster-autoscaler"}, "firstTimestamp": at, "lastTimestamp": at}
+
+
+def test_a_job_no_controller_acts_on_fails_after_stuck_after_naming_the_missing_operator():
+    kube = KubeStandIn(controllers={"Job"}).start()  # the PyTorchJob CRD is installed, the operator is not running
+    kube.script(NAME, [Step(CREATED)])  # what the operator would write, were it running
+    try:
+        with pytest.raises(JobStuck) as failure:
+            launch_on(kube, stuck_after_s=0.3)
+    finally:
+        kube.stop()
+    message = str(failure.value)
+    assert (f"PyTorchJob {NS}/{NAME}: NoController: no controller is acting on this job (is the Kubeflow training "
+            "operator running?): it has no status, no conditions and no pods") in message
+    assert "fix: check that the controller is installed and running" in message
+    assert [d.path for d in kube.calls("DELETE")] == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{NAME}"]
+
+
+def test_pods_admission_refuses_fail_the_launch_at_once_with_the_admission_message():
+    kube = KubeStandIn(refuse_pods=QUOTA).start()
+    kube.script(NAME, [Step(CREATED)])  # the operator marks it Created and records FailedCreatePod, again and again
+    try:
+        with pytest.raises(JobStuck) as failure:
+            launch_on(kube)  # the default --stuck-after (300 s): the refusal does not wait for it
+    finally:
+        kube.stop()
+    message = str(failure.value)
+    assert message.startswith(f"PyTorchJob {NS}/{NAME}: refused:\n")
+    assert (f'PyTorchJob {NS}/{NAME}: FailedCreatePod: Error creating: pods "{NAME}-master-0" is forbidden: {QUOTA}'
+            in message)
+    assert FIX["FailedCreatePod"] in message and message.endswith("deleted it")
+
+
+def test_an_unschedulable_pod_waits_while_the_autoscaler_adds_a_node():
+    kube = KubeStandIn().start()
+    kube.script(NAME, [*[Step(CREATED)] * 40, Step(SUCCEEDED)])  # scheduled once the node is up
+    for obj in recorded("unschedulable")["items"]:
+        kube.record(obj)
+    kube.record(autoscaler_event("TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]",
+                                 "2026-11-23T10:00:20Z"))
+    try:
+        result = launch_on(kube, stuck_after_s=0.3, scale_up_wait_s=60)
+    finally:
+        kube.stop()
+    assert result.state.phase == "Succeeded" and kube.calls("DELETE") == []
+    assert [r.query["fieldSelector"] for r in kube.calls("GET", "events")[:2]] == [["type=Warning"],
+                                                                                 ["source=cluster-autoscaler"]]
+
+
+def test_an_unschedulable_pod_no_scale_up_is_coming_for_fails_after_stuck_after_with_the_autoscalers_reason():
+    kube = KubeStandIn().start()
+    kube.script(NAME, [Step(CREATED)])
+    for obj in recorded("unschedulable")["items"]:
+        kube.record(obj)
+    kube.record(autoscaler_event("TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 2)}]",
+                                 "2026-11-23T10:00:20Z"))
+    kube.record(autoscaler_event("NotTriggerScaleUp", "pod didn't trigger scale-up: 1 max node group size reached",
+                                 "2026-11-23T10:09:00Z"))  # the newer verdict wins
+    try:
+        with pytest.raises(JobStuck) as failure:
+            launch_on(kube, stuck_after_s=0.3, scale_up_wait_s=60)
+    finally:
+        kube.stop()
+    assert ("Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu. preemption: 0/12 nodes are "
+            "available: 12 No preemption victims found for incoming pod.; cluster autoscaler: pod didn't trigger "
+            "scale-up: 1 max node group size reached") in str(failure.value)
+
+
+def test_the_scale_up_wait_is_bounded_and_a_provisioning_request_counts_as_a_scale_up():
+    pods, events = split(recorded("unschedulable")["items"])
+    clock = Clock()
+    stuck = StuckPods(300, clock, scale_up_wait_s=1800)
+    scaling = [*events, autoscaler_event("TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]",
+                                         "2026-11-23T10:00:20Z")]
+    stuck.check(pods, scaling)
+    clock.now = 1799
+    stuck.check(pods, scaling)
+    clock.now = 1800
+    with pytest.raises(JobStuck, match="stuck for over 1800 s"):
+        stuck.check(pods, scaling)
+
+    provisioned = copy.deepcopy(pods)
+    provisioned[0]["metadata"]["annotations"] = {"autoscaling.x-k8s.io/consume-provisioning-request": "medo1-sft-prov-1"}
+    (problem,) = pod_problems(provisioned[0], events, scale_up_wait_s=1800)
+    assert problem.grace_s == 1800 and problem.message.endswith("waiting for the nodes of ProvisioningRequest medo1-sft-prov-1")
+    (plain,) = pod_problems(pods[0], events, scale_up_wait_s=1800)
+    assert plain.grace_s is None  # no autoscaler says a node is coming: --stuck-after
+
+
+def test_the_default_scale_up_wait_is_documented_and_long_enough_for_a_gpu_node_to_boot():
+    from medo1.cli import build_parser
+    from medo1.launch.pods import DEFAULT_SCALE_UP_WAIT_S
+
+    assert DEFAULT_SCALE_UP_WAIT_S >= 20 * 60
+    args = build_parser().parse_args(["launch", "sft"])
+    assert args.scale_up_wait == DEFAULT_SCALE_UP_WAIT_S
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert "--scale-up-wait" in readme and "TriggeredScaleUp" in readme

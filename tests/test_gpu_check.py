@@ -53,6 +53,9 @@ def test_dry_run_runs_every_step_and_the_plan_predicts_measured_memory(tmp_path)
     assert rollouts["vllm"] == "dry run on the CPU: vLLM needs a CUDA GPU"
     assert rollouts["generation"]["hf"]["tokens_per_second"] > 0
     assert all(speed > 0 for speed in rollouts["ppo"]["hf"]["generated_tokens_per_second"])
+    evaluation = steps["eval_engines"]
+    assert evaluation["vllm"] == "dry run on the CPU: vLLM needs a CUDA GPU" and list(evaluation["engines"]) == ["hf"]
+    assert evaluation["engines"]["hf"]["generated_tokens"] > 0 and evaluation["engines"]["hf"]["tokens_per_second"] > 0
     memory = {entry["run"]: entry for entry in record["memory"]}
     assert set(memory) == {"sft full (1 process)", "sft lora (1 process)", "zero3 rl (2 processes)", "ppo hf (1 process)"}
     for run, entry in memory.items():

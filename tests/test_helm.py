@@ -135,21 +135,28 @@ def test_rbac_is_namespaced_and_minimal():
     assert not [o for o in objects if o["kind"].startswith("Cluster")]
     (role,) = by_kind(objects, "Role")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "jobs", "jobs/status", "pods",
-                         "pods/log", "events"}
+    assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "trainingruntimes", "jobs",
+                         "jobs/status", "pods", "pods/log", "events", "persistentvolumeclaims", "namespaces", "localqueues"}
     (events,) = [rule for rule in role["rules"] if rule["resources"] == ["events"]]
     assert events["verbs"] == ["list"]  # the launcher's stuck-pod check reads Warning events, nothing more
     assert all("*" not in rule["verbs"] for rule in role["rules"])
+    reads = [rule for rule in role["rules"] if rule["resources"] in (["trainingruntimes"], ["persistentvolumeclaims"],
+                                                                     ["namespaces"], ["localqueues"])]
+    assert all(rule["verbs"] == ["get"] for rule in reads)
     (binding,) = by_kind(objects, "RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == ["medo1"]
+    # Secrets: get on those the values name, no others (doctor checks their keys); none named, no rule.
+    named = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Role")[0]["rules"]
+    assert [rule for rule in named if rule["resources"] == ["secrets"]] == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["hf-token", "openai", "wandb"]}]
 
 
 def test_pipeline_service_accounts_may_launch_jobs():
     objects = k8s.render_chart({"rbac": {"pipelineServiceAccounts": ["default-editor", "pipeline-runner"]}}, namespace="team-a")
     (binding,) = by_kind(objects, "RoleBinding")
-    assert [(s["name"], s["namespace"]) for s in binding["subjects"]] == [
-        ("medo1", "team-a"), ("default-editor", "team-a"), ("pipeline-runner", "team-a")
-    ]
+    # No namespace: the subjects are in the binding's own (tests/test_helm_lifecycle.py applies it in another).
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name}
+                                   for name in ("medo1", "default-editor", "pipeline-runner")]
 
 
 def test_trainjob_backend_renders_runtime_and_job():
@@ -192,8 +199,9 @@ def test_a_refused_chart_value_is_one_line_from_the_launcher():
 # ---- planted mistakes: each check must catch one ----------------------------------------------------
 
 
-# The h100-2nodes profile with its jobs rendered in the release (no run Job creating them).
-TWO_NODES_JOBS = merge(k8s.load_profile("h100-2nodes"), {"chain": {"enabled": False}})
+# The h100-2nodes profile's shape with its jobs rendered in the release (no run Job creating them), as
+# PyTorchJobs (the profile itself runs TrainJobs, for Kueue: tests/test_trainer_v2.py).
+TWO_NODES_JOBS = merge(k8s.load_profile("h100-2nodes"), {"chain": {"enabled": False}, "backend": "pytorchjob"})
 
 
 @pytest.fixture
@@ -326,9 +334,9 @@ def test_install_order_catches_a_trainjob_before_its_runtime():
     objects = k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))
     names = [f"{o['kind']}/{o['metadata']['name']}" for o in k8s.helm_install_order(objects)]
     assert names.index("TrainingRuntime/medo1-sft") < names.index("TrainJob/medo1-sft")
-    # Planted: the TrainJob as an ordinary release object, as before: Helm sorts it before the runtime.
-    (job,) = by_kind(objects, "TrainJob")
-    del job["metadata"]["annotations"]
+    # Planted: the runtime as an ordinary release object, not a pre-install hook: Helm sorts it after the TrainJob.
+    (runtime,) = by_kind(objects, "TrainingRuntime")
+    del runtime["metadata"]["annotations"]
     assert k8s.install_order_problems(k8s.helm_install_order(objects)) == [
         "TrainJob/medo1-sft is created before TrainingRuntime/medo1-sft, which it needs"]
 
@@ -387,8 +395,10 @@ def test_each_pod_gets_only_the_secrets_its_stage_reads():
         "eval": {"HF_TOKEN": hf},
         "upload": {"HF_TOKEN": hf},
     }
+    # The chain's run pod: the HF token only, to check before the first job that the stages' Hub ids are readable.
     (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Job")
-    assert not [e for e in run["spec"]["template"]["spec"]["containers"][0]["env"] if "valueFrom" in e]
+    assert [e for e in run["spec"]["template"]["spec"]["containers"][0]["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})] == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": hf}}]
 
 
 def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(objects):
@@ -397,23 +407,46 @@ def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(object
     assert any("HF_TOKEN from Secret hf-token must say whether it is optional" in p for p in k8s.policy_violations(objects))
 
 
-def test_rdma_pods_get_ipc_lock_and_network_annotations():
-    """Finding 5: RDMA without IPC_LOCK, and no way to ask for a Multus / SR-IOV network."""
+def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capability():
+    """Finding 5: RDMA pods need the device and a way to ask for a Multus / SR-IOV network. Issue 26, item 16:
+    they got IPC_LOCK, which does nothing for uid 1000 and which Pod Security's baseline level forbids; RDMA's
+    pinned memory needs the node's memlock limit instead (values.yaml cluster.rdma)."""
     network = {"k8s.v1.cni.cncf.io/networks": "ib-sriov-1"}
     values = merge(TWO_NODES_JOBS, {"podAnnotations": network})
     objects = k8s.render_chart(values)
     assert k8s.policy_violations(objects) == []
     for where, template, container in pod_specs(objects):
         assert container["resources"]["limits"]["rdma/ib"] == 1, where
-        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}, where
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}, where
         assert template["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] == "ib-sriov-1", where
-    for where, _, container in pod_specs(k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))):
-        assert "add" not in container["securityContext"]["capabilities"], where  # no RDMA, nothing added
 
 
-def test_policy_catches_rdma_without_ipc_lock(objects):
-    main_container(master(objects))["securityContext"]["capabilities"].pop("add")
-    assert any("RDMA requested without the IPC_LOCK capability" in p for p in k8s.policy_violations(objects))
+def test_policy_catches_a_capability_pod_security_baseline_forbids(objects):
+    main_container(master(objects))["securityContext"]["capabilities"]["add"] = ["IPC_LOCK"]
+    assert any("Pod Security baseline forbids adding the IPC_LOCK capability" in p for p in k8s.policy_violations(objects))
+
+
+def test_rdma_with_nccl_infiniband_off_is_refused_and_no_runtime_turns_it_off():
+    """Issue 26, item 16: the cluster runtimes set NCCL_IB_DISABLE=1 (the chart's default) while the README runs
+    them on 2 nodes over InfiniBand. No default turns InfiniBand off now, and RDMA with it off is refused."""
+    with pytest.raises(ConfigError, match=r'cluster.rdma asks for an InfiniBand / RoCE device but nccl.NCCL_IB_DISABLE is "1"'):
+        k8s.render_chart(merge(TWO_NODES_JOBS, {"nccl": {"NCCL_IB_DISABLE": "1"}}))
+    for profile in PROFILES:
+        for where, _, container in pod_specs(k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))):
+            assert {"name": "NCCL_IB_DISABLE", "value": "1"} not in container["env"], where
+    objects = k8s.render_chart(merge(TWO_NODES_JOBS, {"chain": {"enabled": False}}))
+    main_container(master(objects))["env"].append({"name": "NCCL_IB_DISABLE", "value": "1"})
+    assert any("RDMA requested with NCCL_IB_DISABLE=1" in p for p in k8s.policy_violations(objects))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_volumes_are_not_chowned_at_every_pod_start(profile):
+    """Issue 26, item 16: fsGroup made the kubelet change the group of every file of the 2 TiB checkpoint volume
+    at each pod start; OnRootMismatch does it only when the volume's root does not have the group yet."""
+    pods = list(pod_specs(k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))))
+    assert pods or profile == "infrastructure"
+    for where, template, _ in pods:
+        assert template["spec"]["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch", where
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -493,10 +526,13 @@ def test_one_pod_loss_on_two_nodes_restarts_the_whole_job():
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_pod_has_the_checkpoint_grace_period(profile):
-    """600 s covers writing a 7B ZeRO-3 checkpoint after SIGTERM (the arithmetic is in values.yaml)."""
+    """600 s covers writing a 7B ZeRO-3 SFT checkpoint after SIGTERM, 1200 s the PPO one (the arithmetic is in
+    values.yaml; the launcher sizes its own jobs: tests/test_grace_period.py)."""
     values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}})
-    specs = [template["spec"] for obj in k8s.render_chart(values) for _, template in k8s.pod_templates(obj)]
-    assert all(spec["terminationGracePeriodSeconds"] == 600 for spec in specs)  # none: infrastructure only
+    specs = {f"{obj['metadata']['name']} {where}": template["spec"]["terminationGracePeriodSeconds"]
+             for obj in k8s.render_chart(values) for where, template in k8s.pod_templates(obj)}
+    rl = [where for where in specs if any(name in where for name in ("-rl", "medo1-ppo", "medo1-grpo"))]
+    assert all(seconds == (1200 if where in rl else 600) for where, seconds in specs.items()), specs
     assert k8s.chart_defaults()["terminationGracePeriodSeconds"] == 600
 
 
@@ -504,7 +540,8 @@ def test_every_pod_has_the_checkpoint_grace_period(profile):
 def test_torchrun_gives_its_workers_the_grace_period_to_save(profile):
     """torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
     otherwise: a 7B preemption save needs most of the pod's grace period, and torchrun must exit inside it."""
-    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}, "terminationGracePeriodSeconds": 900})
+    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}, "terminationGracePeriodSeconds": 900,
+                                               "stages": {"rl": {"terminationGracePeriodSeconds": 900}}})
     pods = list(pod_specs(k8s.render_chart(values)))
     assert pods or profile == "infrastructure"
     for where, template, container in pods:

@@ -4,15 +4,19 @@ alone and as the chain of stages the chart's run Job drives."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from medo1 import checkpoint, k8s
 from medo1.cli import main
 from medo1.launch import (
@@ -32,8 +36,10 @@ from medo1.launch import (
     stage_values,
     wait_for_job,
 )
+from medo1.launch.grace import apply_grace_period, grace_period_s
+from medo1.run_lock import RunLock
 
-from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, run_medo1
+from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, last_logged_step, run_medo1
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
@@ -217,12 +223,24 @@ def kube():
     standin.stop()
 
 
-def expected_job(name=NAME, namespace=NS, timeout_s=30):
+def launched(job, attempt=1, base=None):
+    """A job as the launcher creates it: managed by medo1 (not Helm), labelled with the name asked for, its
+    attempt counted on it (medo1.launch.retries)."""
+    metadata = job["metadata"]
+    metadata["labels"] = {**metadata["labels"], "app.kubernetes.io/managed-by": "medo1",
+                          "medo1.io/job": base or metadata["name"]}
+    metadata["annotations"] = {"medo1.io/attempt": str(attempt)}
+    return job
+
+
+def expected_job(name=NAME, namespace=NS, timeout_s=30, attempt=1):
     job = build_pytorchjob("sft", k8s.load_profile("h100-1node"), namespace=namespace)
     job["metadata"]["name"] = name
+    # The grace period for the stage's checkpoint (tests/test_grace_period.py).
+    apply_grace_period(job, grace_period_s("sft", k8s.load_profile("h100-1node"))[0])
     # The launcher bounds the job's life by its own timeout, so a dead launcher frees the GPUs then.
     job["spec"]["runPolicy"]["activeDeadlineSeconds"] = int(timeout_s)
-    return job
+    return launched(job, attempt)
 
 
 def launch(kube, **options):
@@ -268,7 +286,8 @@ def test_pytorchjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
 
     message = str(failed.value)
     assert message.startswith(f"PyTorchJob {NS}/{NAME}: job failed: PyTorchJobFailed: ")
-    assert "reached the specified backoff limit\nlast 3 lines of the Master pod log:\n" in message
+    assert ("reached the specified backoff limit\nnot restarted: that was attempt 1 of 1 (runPolicy.jobRestarts=0)\n"
+            "last 3 lines of the Master pod log:\n") in message
     assert message.endswith("\n".join(run.lines))
     assert failed.value.state == job_state(FAILED)
     assert kube.calls("DELETE") == []  # kept for inspection; a retry of the step replaces it
@@ -302,7 +321,7 @@ def test_a_failed_job_from_an_earlier_attempt_is_replaced(kube, capsys):
     # Read (Failed), delete, still there (foreground deletion), gone, create.
     assert calls[:5] == [("GET", NAME), ("DELETE", NAME), ("GET", NAME), ("GET", NAME), ("POST", "pytorchjobs")]
     assert kube.calls("DELETE")[0].body["propagationPolicy"] == "Foreground"
-    assert kube.calls("POST")[0].body == expected_job()
+    assert kube.calls("POST")[0].body == expected_job(attempt=2)
     assert capsys.readouterr().out.splitlines() == run.lines
 
 
@@ -359,13 +378,16 @@ def test_local_backend_runs_the_stage_under_torchrun(tiny_model, tmp_path):
 
 @pytest.mark.slow
 def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model, tmp_path):
-    missing = tmp_path / "no-such-data.json"
-    done = run_medo1(local_launch_args(tiny_model, tmp_path / "sft", "--set", f"data.path={missing}"), timeout=300)
+    # A data file that is there (the launcher's input check passes) but is not what the stage reads: the
+    # ranks start and fail.
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    done = run_medo1(local_launch_args(tiny_model, tmp_path / "sft", "--set", f"data.path={broken}"), timeout=300)
     assert done.returncode == 2
     error = done.stderr.splitlines()
     start = error.index(next(line for line in error if line.startswith("medo1: error: local sft run exited with code 1")))
     assert error[start + 1].startswith("last ") and error[start + 1].endswith(" lines of its output:")
-    assert any(str(missing) in line for line in error[start + 2:])
+    assert any(str(broken) in line for line in error[start + 2:])
 
 
 # ---- issue 12, finding 9: a failed training job is restarted whole -------------------------------
@@ -382,7 +404,7 @@ def test_a_failed_training_job_is_restarted_whole_and_resumes(kube, capsys):
     assert result.state.phase == "Succeeded" and result.restarts == 1 and result.action == "created"
     # Deleted in the foreground (every pod gone) before the same job is created again.
     assert [d.body["propagationPolicy"] for d in kube.calls("DELETE")] == ["Foreground"]
-    assert [p.body for p in kube.calls("POST")] == [expected_job(), expected_job()]
+    assert [p.body for p in kube.calls("POST")] == [expected_job(), expected_job(attempt=2)]
     assert capsys.readouterr().out.splitlines() == first.lines + second.lines
 
 
@@ -403,9 +425,11 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
     recipes = {}
     for stage in ("sft", "rl"):
         recipes[stage] = tmp_path / f"{stage}.yaml"
-        recipes[stage].write_text(f"output:\n  dir: {tmp_path / stage}\n")
+        reward = "reward: {kind: answer_match}\n" if stage == "rl" else ""
+        recipes[stage].write_text(f"model: {{name_or_path: m}}\ndata: {{path: d}}\n{reward}"
+                                  f"output:\n  dir: {tmp_path / stage}\n")
     values = {"stages": {stage: {"enabled": True, "recipe": str(recipe)} for stage, recipe in recipes.items()},
-              "jobs": {"eval": {"enabled": True, "recipe": str(recipes["rl"])}}}
+              "jobs": {"eval": {"enabled": True, "recipe": str(REPO / "recipes" / "eval-demo-cpu.yaml")}}}
     values_file = tmp_path / "values.yaml"
     values_file.write_text(json.dumps(values))
     launched = []
@@ -424,6 +448,99 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
     with pytest.raises(LaunchError, match="rl succeeded but its export"):
         chain(values_files=[values_file], launch=launch_without_export)
     assert launched == ["sft", "sft", "rl"]  # eval never started
+
+
+# ---- issue 26 item 11, issue 28 item 11: jobs and outputs scoped to the release and the run ----------
+
+
+def chain_of_two_stages(tmp_path, tiny_model) -> tuple[Path, Path]:
+    """Values for an SFT -> RL chain whose RL recipe starts from the SFT export as its recipe places it."""
+    checkpoints = tmp_path / "checkpoints"
+    (tmp_path / "sft.yaml").write_text(json.dumps({
+        "model": {"name_or_path": str(tiny_model)}, "data": {"path": str(DEMO_DATA)},
+        "output": {"dir": str(checkpoints / "sft")}}))
+    (tmp_path / "rl.yaml").write_text(json.dumps({
+        "model": {"name_or_path": str(checkpoints / "sft" / "export")}, "data": {"path": str(DEMO_DATA)},
+        "reward": {"kind": "answer_match"}, "output": {"dir": str(checkpoints / "rl")}}))
+    stages = {stage: {"enabled": True, "recipe": str(tmp_path / f"{stage}.yaml")} for stage in ("sft", "rl")}
+    values = {"cluster": {"gpusPerNode": 0}, "stages": stages}
+    (tmp_path / "values.yaml").write_text(json.dumps(values))
+    return tmp_path / "values.yaml", checkpoints
+
+
+def run_release_chain(kube, values_file, checkpoints, release, run_id):
+    """The chart's run Job for `release`: every stage's job succeeds and writes its export where the run puts it."""
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    from medo1.launch import launch_chain
+
+    short = run_id[:8]
+    for stage in ("sft", "rl"):
+        run = ContainerRun(f"{stage}-{short}-uid", 0, [f"{stage} done"])
+        kube.script(f"{release}-{stage}-{short}",
+                    [Step(CREATED["status"]), Step(SUCCEEDED["status"], run, exit_code=0)])
+        (checkpoints / stage / release / short / "export").mkdir(parents=True, exist_ok=True)
+    client = TrainingClient(client_configuration=Configuration(host=kube.url))
+    return launch_chain(values_files=[values_file], namespace=NS, client=client, timeout_s=30, poll_s=0.05,
+                        release=release, run_id=run_id)
+
+
+def test_two_releases_and_a_reinstall_never_share_a_chains_jobs_or_folders(kube, tiny_model, tmp_path, capsys):
+    """The chain named every job medo1-<stage>: a second release in the namespace attached to the first one's
+    jobs, and a reinstall found medo1-sft succeeded and skipped SFT, its RL then reading the old SFT export."""
+    values_file, checkpoints = chain_of_two_stages(tmp_path, tiny_model)
+    first_uid, second_uid = "3f2a9c1e-5b7d-4e2a-9c1f-0a1b2c3d4e5f", "7c0d4e8a-1f2b-4c3d-8e9f-a0b1c2d3e4f5"
+
+    first = run_release_chain(kube, values_file, checkpoints, "team-a-medo1", first_uid)
+    other = run_release_chain(kube, values_file, checkpoints, "team-b-medo1", first_uid)  # same id, other release
+    reinstall = run_release_chain(kube, values_file, checkpoints, "team-a-medo1", second_uid)
+    retried = run_release_chain(kube, values_file, checkpoints, "team-a-medo1", second_uid)  # its run pod again
+
+    created = [post.body["metadata"]["name"] for post in kube.calls("POST")]
+    assert created == ["team-a-medo1-sft-3f2a9c1e", "team-a-medo1-rl-3f2a9c1e", "team-b-medo1-sft-3f2a9c1e",
+                       "team-b-medo1-rl-3f2a9c1e", "team-a-medo1-sft-7c0d4e8a", "team-a-medo1-rl-7c0d4e8a"]
+    assert [r.action for r in first + other + reinstall] == ["created"] * 6
+    assert [r.action for r in retried] == ["already-succeeded"] * 2
+    # Each run's stages write under <output>/<release>/<run>, and RL starts from that run's SFT export.
+    args = {post.body["metadata"]["name"]: post.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+        "containers"][0]["args"] for post in kube.calls("POST")}
+    sft_out = checkpoints / "sft" / "team-b-medo1" / "3f2a9c1e"
+    assert args["team-b-medo1-sft-3f2a9c1e"][-2:] == ["--set", f'output.dir="{sft_out}"']
+    assert args["team-b-medo1-rl-3f2a9c1e"][-4:] == [
+        "--set", f'model.name_or_path="{sft_out / "export"}"',
+        "--set", f'output.dir="{checkpoints / "rl" / "team-b-medo1" / "3f2a9c1e"}"']
+
+
+def test_the_charts_run_job_names_its_chain_after_the_release_and_the_run_jobs_uid():
+    from medo1.cli import build_parser
+    from medo1.launch.chain import RunScope
+
+    names = []
+    for release in ("team-a", "team-b"):
+        (run,) = [o for o in k8s.render_chart(k8s.load_profile("h100-1node"), release, NS) if o["kind"] == "Job"]
+        container = run["spec"]["template"]["spec"]["containers"][0]
+        (run_id,) = [e for e in container["env"] if e["name"] == "MEDO1_RUN_ID"]
+        assert run_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/controller-uid']"
+        # Kubernetes expands $(MEDO1_RUN_ID) in args; the Job controller's label is the Job's UID.
+        args = [a.replace("$(MEDO1_RUN_ID)", "0f9e8d7c-6b5a-4c3d-2e1f-0a9b8c7d6e5f") for a in container["args"]]
+        parsed = build_parser().parse_args(args)
+        names.append(RunScope.of(parsed.release, parsed.run_id).job_name("sft"))
+    assert names == ["team-a-medo1-sft-0f9e8d7c", "team-b-medo1-sft-0f9e8d7c"]
+    named = {**k8s.load_profile("h100-1node"), "chain": {"enabled": True, "runId": "exp3"}}
+    (run,) = [o for o in k8s.render_chart(named) if o["kind"] == "Job"]
+    assert run["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--run-id", "exp3"]
+
+
+@pytest.mark.parametrize("release,run_id,problem", [
+    ("Team-A", None, "release 'Team-A'"), ("medo1", "exp_3", "run id 'exp_3'"),
+    ("a" * 40, "x" * 12, "is too long"),
+])
+def test_release_and_run_names_the_cluster_would_refuse_are_refused(release, run_id, problem):
+    from medo1.launch.chain import RunScope
+
+    with pytest.raises(LaunchError, match=problem):
+        RunScope.of(release, run_id).job_name("translate")
 
 
 @pytest.mark.slow
@@ -508,6 +625,65 @@ def test_ctrl_c_on_a_local_launch_stops_it_with_one_clean_message(tiny_model, tm
     assert len(after) <= 20, (seen, after)  # was about 140: every rank's traceback
 
 
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Live (not zombie) processes whose command line holds `text`: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if entry.name.isdigit() and text in cmdline and state not in ("Z", "X"):
+            found[int(entry.name)] = cmdline
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target,signum,nproc", [
+    ("launcher", signal.SIGKILL, 2),  # kill -9 of `medo1 launch`
+    ("launcher", signal.SIGHUP, 1),  # the terminal closed
+    ("torchrun", signal.SIGKILL, 1),  # torchrun itself gone: its ranks run in sessions of their own
+])
+def test_no_rank_outlives_its_local_launcher(tiny_model, tmp_path, target, signum, nproc):
+    """Issue 28 item 9: killing the local launcher left torchrun and its ranks training, and a relaunch then wrote
+    to the same run folder beside them."""
+    import time
+
+    out = tmp_path / "sft"
+    # Quiet ranks, as in a long run between log lines: a rank that prints into the dead launcher's pipe stops on the
+    # broken pipe, one that does not print goes on. The batch trace shows training under way, past step 1 (logged).
+    quiet = [f"output.{key}=100000" for key in ("save_steps", "logging_steps")]
+    args = local_launch_args(tiny_model, out, *[a for o in ["train.max_steps=100000", "data.limit=2",
+                                                             "output.batch_trace=true", *quiet] for a in ("--set", o)],
+                             "--nproc", str(nproc))
+    launcher = subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not last_logged_step(out / "batch-trace-rank0.jsonl", 2):
+            assert launcher.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        running = processes_mentioning(str(out))
+        torchrun = [pid for pid, cmd in running.items() if "/torchrun " in cmd]
+        ranks = [pid for pid, cmd in running.items() if " -m medo1 sft " in cmd and pid not in torchrun]
+        assert len(ranks) == nproc and len(torchrun) == 1, running
+        os.kill(launcher.pid if target == "launcher" else torchrun[0], signum)
+        signalled = time.time()
+        while processes_mentioning(str(out)) and time.time() < signalled + 60:
+            time.sleep(0.2)
+        left = processes_mentioning(str(out))
+        assert not left, f"still running {time.time() - signalled:.0f} s after the {signum.name}: {left}"
+    finally:
+        for pid in processes_mentioning(str(out)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        launcher.wait()
+    # A relaunch writes alone: the lock was released, or left by a rank that is gone and is taken over.
+    with RunLock(out):
+        pass
+
+
 def test_the_job_stops_by_itself_when_its_launcher_dies(kube):
     """Finding 8: a pipeline step pod that dies left its PyTorchJob holding GPUs; the job's own deadline
     is now the launcher's timeout, so the operator stops it even with no launcher left."""
@@ -535,7 +711,7 @@ def test_a_single_pod_stage_runs_as_the_charts_batch_job(kube, capsys):
     assert result.state.phase == "Succeeded" and result.action == "created"
     (post,) = kube.calls("POST", "jobs")
     assert post.path == f"/apis/batch/v1/namespaces/{NS}/jobs"
-    expected = build_job("eval", k8s.load_profile("h100-1node"), namespace=NS)
+    expected = launched(build_job("eval", k8s.load_profile("h100-1node"), namespace=NS))
     expected["spec"]["activeDeadlineSeconds"] = 30
     assert post.body == expected and expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert capsys.readouterr().out.splitlines() == run.lines
@@ -658,3 +834,306 @@ def test_a_local_cpu_launch_is_not_planned(caplog):
     values = job_values("sft", backend="local", profile="h100-1node", overrides=[LLAMA_70B], nproc=1)
     check_plan("sft", values, strict=True)
     assert caplog.records == []
+
+
+# ---- issue 26, item 12: the run Job owns what it launches; an evicted launcher leaves training running -------
+
+RUN_POD = "medo1-run-x8k2f"
+RUN_JOB = {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "5b0e7a52-run-job-uid",
+           "controller": True, "blockOwnerDeletion": True}
+
+
+def run_pod(disruption=None):
+    """The chart's run pod as the API server has it; `disruption`: its DisruptionTarget condition's reason (the
+    API server sets it before deleting a pod for an eviction, kubernetes staging/src/k8s.io/api/core/v1/types.go)."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": RUN_POD, "namespace": NS, "ownerReferences": [RUN_JOB]},
+           "status": {"phase": "Running", "conditions": []}}
+    if disruption:
+        pod["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disruption,
+                                            "message": "Eviction API: evicting", "lastTransitionTime": "2026-11-23T10:30:00Z"})
+    return pod
+
+
+def test_jobs_launched_from_the_run_pod_are_owned_by_the_run_job(kube, monkeypatch):
+    """helm uninstall deletes the run Job; the garbage collector then deletes what it owns, whatever became of the
+    run pod's own cleanup (Helm deletes its RBAC at the same time)."""
+    kube.record(run_pod())
+    monkeypatch.setenv("MEDO1_POD_NAME", RUN_POD)
+    kube.script(NAME, [Step(SUCCEEDED["status"])])
+    launch(kube)
+    (post,) = kube.calls("POST")
+    assert post.body["metadata"]["ownerReferences"] == [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "5b0e7a52-run-job-uid"}]
+    assert post.body["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "medo1"
+
+
+@pytest.mark.slow
+def test_an_evicted_launcher_leaves_its_job_running_and_the_next_one_attaches(kube, tmp_path, monkeypatch):
+    name = "medo1-sft-drained"
+    run = ContainerRun("3c4d-uid", 0, ["step 1 loss 2.31"])
+    kube.script(name, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(RUNNING["status"], run),
+                       Step(SUCCEEDED["status"], run, exit_code=0)])
+    kube.record(run_pod(disruption="EvictionByEvictionAPI"))  # kubectl drain of the run pod's node
+    monkeypatch.setenv("MEDO1_POD_NAME", RUN_POD)
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    returncode, out, err = sigterm_while_following(
+        ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO)
+    assert returncode == 128 + signal.SIGTERM, err
+    assert ("cancelled by SIGTERM: this pod is being evicted (EvictionByEvictionAPI: Eviction API: evicting); left "
+            f"PyTorchJob {NS}/{name} running: the launcher that replaces this pod attaches to it") in err
+    assert kube.calls("DELETE") == [] and (NS, name) in kube.jobs
+    # The run Job's next pod: the same launch, attached to the job, which finishes.
+    result = launch(kube, job_name=name)
+    assert result.action == "attached" and result.state.phase == "Succeeded"
+    assert len(kube.calls("POST")) == 1
+
+
+# ---- issue 26, item 13: one owner of restarts; what a restart cannot cure is not restarted ---------------------
+
+
+def test_a_retried_launcher_does_not_add_restarts_to_a_job_that_used_them(kube):
+    """The pipeline's step retries and the run Job's backoff restart the launcher, not the training: a job failed
+    on its last allowed attempt (3 restarts used) is reported, not created a 5th time."""
+    kube.add_job(expected_job(attempt=4), [Step(FAILED["status"])])
+    with pytest.raises(JobFailed) as failed:
+        launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
+    message = str(failed.value)
+    assert "not restarted: that was attempt 4 of 4 (runPolicy.jobRestarts=3)" in message
+    assert f"to start it over, delete it (kubectl delete pytorchjob -n {NS} {NAME}) and launch again" in message
+    assert kube.calls("POST") == [] and kube.calls("DELETE") == []
+
+
+@pytest.mark.parametrize("termination", [
+    "medo1: error: data.path /data/medical_o1_sft.json does not exist",
+    "medo1: out of memory before the first training step: CUDA out of memory. Tried to allocate 2.00 GiB",
+])
+def test_a_failure_a_restart_cannot_cure_is_not_restarted_and_is_marked_on_the_job(kube, termination):
+    run = ContainerRun("9e8f-uid", 0, ["loading /checkpoints/sft", "Traceback (most recent call last):"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
+                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    with pytest.raises(JobFailed) as failed:
+        launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
+    assert (f"not restarted: pod {NAME}-master-0: {termination} (a restart would fail the same way)"
+            in str(failed.value))
+    assert len(kube.calls("POST")) == 1 and kube.calls("DELETE") == []
+    (patch,) = kube.calls("PATCH")
+    assert patch.body == {"metadata": {"annotations": {"medo1.io/final": f"pod {NAME}-master-0: {termination}"}}}
+    # A retried step finds the mark and starts nothing.
+    with pytest.raises(JobFailed, match="not restarted: pod .* \\(a restart would fail the same way\\)"):
+        launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
+    assert len(kube.calls("POST")) == 1
+
+
+def launcher_account(kube, drop_verb: str | None = None) -> str:
+    """The chart's launcher Role and RoleBinding (the plain manifest of h100-1node) in NS, less `drop_verb` on
+    PyTorchJobs; a token of the account they bind (the run pod's), whose every request RBAC checks."""
+    for obj in yaml.safe_load_all((k8s.MANIFESTS_DIR / "h100-1node.yaml").read_text()):
+        if obj and obj["kind"] in ("Role", "RoleBinding"):
+            obj["metadata"]["namespace"] = NS  # as `kubectl apply -n` creates it
+            for rule in obj.get("rules", []):
+                if "pytorchjobs" in rule["resources"] and drop_verb:
+                    rule["verbs"].remove(drop_verb)
+            kube.record(obj)
+    return kube.service_account_token(NS, "medo1")
+
+
+def launch_as(kube, token: str, **options):
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    configuration = Configuration(host=kube.url, api_key={"authorization": f"Bearer {token}"})
+    settings = {"profile": "h100-1node", "job_name": NAME, "namespace": NS, "timeout_s": 30, "poll_s": 0.05} | options
+    return launch_stage("sft", client=TrainingClient(client_configuration=configuration), **settings)
+
+
+def test_the_launcher_as_the_charts_account_replaces_follows_and_marks_a_job_rbac_permitting(kube):
+    """Every request the launcher makes on a job (get, delete, create, list, patch) and its pods, log and events,
+    made with the chart's service account's token, passes RBAC where the chart's Role grants it: an earlier
+    attempt's failed job is deleted and replaced, the new one followed to its failure and marked final."""
+    termination = "medo1: error: data.path /data/medical_o1_sft.json does not exist"
+    run = ContainerRun("3b4c-uid", 0, ["loading /checkpoints/sft"])
+    kube.add_job(expected_job(), [Step(FAILED["status"])])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
+                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    with pytest.raises(JobFailed, match="a restart would fail the same way"):
+        launch_as(kube, launcher_account(kube), value_overrides=["runPolicy.jobRestarts=3"])
+    assert [r.method for r in kube.calls("DELETE") + kube.calls("POST") + kube.calls("PATCH")] == ["DELETE", "POST", "PATCH"]
+    assert kube.jobs[(NS, NAME)].body["metadata"]["annotations"]["medo1.io/final"] == f"pod {NAME}-master-0: {termination}"
+
+
+def test_the_launchers_job_requests_are_refused_where_the_charts_role_does_not_grant_them(kube, caplog):
+    """RBAC applies to the launcher's own job requests as to any other: an account the Role is not bound to may not
+    even read the job (403, the API server's message in one line); a Role without patch leaves the job unmarked
+    (a warning: the mark is advice to later launchers) and the failure still reported."""
+    launcher_account(kube)
+    with pytest.raises(LaunchError) as refused:
+        launch_as(kube, kube.service_account_token(NS, "default"))
+    assert str(refused.value) == (
+        f'could not read PyTorchJob {NS}/{NAME}: 403 pytorchjobs.kubeflow.org "{NAME}" is forbidden: User '
+        f'"system:serviceaccount:{NS}:default" cannot get resource "pytorchjobs" in API group "kubeflow.org" in the '
+        f'namespace "{NS}"')
+    assert kube.calls("POST") == []
+
+    kube.recorded.clear()
+    termination = "medo1: error: data.path /data/medical_o1_sft.json does not exist"
+    run = ContainerRun("5d6e-uid", 0, ["loading /checkpoints/sft"])
+    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
+                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    with pytest.raises(JobFailed, match="a restart would fail the same way"):
+        launch_as(kube, launcher_account(kube, drop_verb="patch"), value_overrides=["runPolicy.jobRestarts=3"])
+    assert len(kube.calls("PATCH")) == 1
+    assert kube.jobs[(NS, NAME)].body["metadata"]["annotations"] == {"medo1.io/attempt": "1"}
+    assert (f'could not annotate PyTorchJob {NS}/{NAME}: 403 pytorchjobs.kubeflow.org "{NAME}" is forbidden: User '
+            f'"system:serviceaccount:{NS}:medo1" cannot patch resource "pytorchjobs"') in caplog.text
+
+
+def test_an_out_of_memory_after_training_steps_is_restarted(kube):
+    late = "medo1: out of memory after 212 training step(s): CUDA out of memory. Tried to allocate 2.00 GiB"
+    first = ContainerRun("5a6b-uid", 0, ["step 212 loss 1.2"])
+    second = ContainerRun("7c8d-uid", 0, ["resuming from checkpoint-200"])
+    kube.script(NAME, [Step(RUNNING["status"], first), Step(FAILED["status"], first, exit_code=1, message=late)])
+    kube.script(NAME, [Step(RUNNING["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+    result = launch(kube, value_overrides=["runPolicy.jobRestarts=1"])
+    assert result.restarts == 1 and result.state.phase == "Succeeded"
+
+
+def test_the_cli_leaves_its_error_in_the_termination_message(tmp_path, monkeypatch, capsys):
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("MEDO1_TERMINATION_LOG", str(termination_log))
+    assert main(["sft", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert termination_log.read_text() == capsys.readouterr().err.strip()
+    assert termination_log.read_text().startswith("medo1: error: ")
+
+
+def test_an_out_of_memory_is_told_apart_by_whether_a_training_step_finished(monkeypatch):
+    import torch
+    from medo1 import preemption, termination
+
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+    monkeypatch.setattr(preemption, "_steps_completed", 0)
+    assert termination.message_for(oom) == ("medo1: out of memory before the first training step: CUDA out of memory. "
+                                            "Tried to allocate 2.00 GiB")
+    preemption.stop_agreed()  # a step boundary
+    assert termination.message_for(oom).startswith("medo1: out of memory after 1 training step(s): ")
+    assert termination.message_for(RuntimeError("NCCL watchdog timeout")) is None
+
+
+def test_readme_says_who_retries_what():
+    section = (REPO / "README.md").read_text().split("### Who retries what", 1)[1].split("\n#", 1)[0]
+    for layer in ("runPolicy.jobRestarts", "medo1.io/attempt", "set_retry", "chain.backoffLimit", "medo1.io/final"):
+        assert layer in section, layer
+
+
+# ---- issue 26, item 14: a replaced job whose pods hang Terminating on a dead node ------------------------------
+
+
+def test_a_replacement_is_created_under_new_pod_names_when_the_old_pods_never_finish_terminating(caplog):
+    kube = KubeStandIn(foreground_reads=None).start()  # the dead node's kubelet never confirms the pods are gone
+    try:
+        first = ContainerRun("1d2e-uid", 0, ["step 40 loss 1.9", "NCCL watchdog timeout: rank 3 unreachable"])
+        second = ContainerRun("3f4a-uid", 0, ["resuming from checkpoint-40", "exported /checkpoints/sft/export"])
+        kube.script(NAME, [Step(RUNNING["status"], first), Step(FAILED["status"], first, exit_code=1)])
+        kube.script(f"{NAME}-r2", [Step(RUNNING["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+        caplog.set_level(logging.WARNING, logger="medo1.launch")
+        result = launch(kube, value_overrides=["runPolicy.jobRestarts=1"], delete_wait_s=0.3)
+        assert result.job_name == f"{NAME}-r2" and result.restarts == 1 and result.state.phase == "Succeeded"
+        assert [d.body["propagationPolicy"] for d in kube.calls("DELETE")] == ["Foreground"]
+        assert kube.calls("POST")[1].body == expected_job(f"{NAME}-r2", attempt=2) | {"metadata": {
+            **expected_job(f"{NAME}-r2", attempt=2)["metadata"], "labels": {
+                **expected_job(f"{NAME}-r2", attempt=2)["metadata"]["labels"], "medo1.io/job": NAME}}}
+        assert (f"PyTorchJob {NS}/{NAME} is still being deleted after 0 s, waiting on {NAME}-master-0 (node gpu-node-1) "
+                f"stuck Terminating (a dead or unreachable node?); creating attempt 2 as PyTorchJob {NS}/{NAME}-r2") in caplog.text
+        # A retried launcher finds the replacement by the name it asked for.
+        again = launch(kube)
+        assert again.action == "already-succeeded" and again.job_name == f"{NAME}-r2" and len(kube.calls("POST")) == 2
+    finally:
+        kube.stop()
+
+
+# ---- issue 28, items 7 and 17: an API server that never answers; a missing recipe on the local backend --------
+
+
+class SilentServer:
+    """Accepts connections and never answers, as a hung API server (or a black-holed load balancer) does."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)
+        self.held = []
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.held.append(connection)
+
+    def close(self):
+        self.socket.close()
+        for connection in self.held:
+            connection.close()
+
+
+@pytest.fixture
+def silent(tmp_path):
+    server = SilentServer()
+    standin = KubeStandIn(url=server.url)  # only for its kubeconfig
+    yield server, standin.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+    server.close()
+
+
+def medo1_against(kubeconfig, *args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, **popen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["launch", "sft", "--profile", "h100-1node"], ["doctor", "--profile", "h100-1node"]])
+def test_an_api_server_that_never_answers_is_one_error_line_within_the_request_timeout(silent, command):
+    server, kubeconfig = silent
+    process = medo1_against(kubeconfig, *command, "--namespace", NS, "--request-timeout", "1")
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 2, err
+    assert err.splitlines()[-1].startswith("medo1: error: ")
+    assert f"the Kubernetes API server at {server.url} did not answer within 1.0 s" in err.splitlines()[-1]
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_api_server_never_answers_exits_within_seconds(silent):
+    server, kubeconfig = silent
+    process = medo1_against(kubeconfig, "launch", "sft", "--profile", "h100-1node", "--namespace", NS,
+                            "--request-timeout", "600")
+    try:
+        deadline = time.monotonic() + 60
+        while not server.held:  # its first request is waiting for an answer
+            assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.splitlines()[-1] == "medo1: cancelled by SIGTERM; nothing had been created"
+    assert took < 10, took
+
+
+def test_a_local_launch_with_a_missing_recipe_is_one_error_line_before_any_rank_starts(tmp_path, capsys):
+    missing = tmp_path / "no-such-recipe.yaml"
+    assert main(["launch", "sft", "--backend", "local", "--recipe", str(missing), "--nproc", "2"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"medo1: error: stage sft: recipe {missing} not found"]
+    assert captured.out == ""

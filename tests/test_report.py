@@ -11,7 +11,7 @@ import pytest
 from matplotlib.image import imread
 from medo1.config import load_config
 from medo1.metrics import read_metrics
-from medo1.report import FIGURES, build_figures, write_report, write_report_safely
+from medo1.report import FIGURES, ReportError, build_figures, write_report, write_report_safely
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.sft import SFTConfig, run_sft
@@ -89,7 +89,8 @@ def test_cli_report_adds_the_eval_comparison(sft_run, tmp_path):
     for name in ("metrics.jsonl", "data_report.json", "config.yaml"):
         (run_dir / name).write_text((sft_run / name).read_text())
     (run_dir / "report").mkdir()
-    (run_dir / "report" / "stale.png").write_bytes(PNG_SIGNATURE)
+    (run_dir / "report" / "kl.png").write_bytes(PNG_SIGNATURE)  # an earlier report's figure this run does not draw
+    (run_dir / "report" / "holiday.png").write_bytes(PNG_SIGNATURE + b"mine")  # not medo1's: never deleted
     # The shape medo1.eval.run_eval writes, for the base model and the trained one.
     for where, accuracy in (("base", 0.25), ("trained", 0.5)):
         report = {"model": f"runs/{where}", "benchmarks": {"medqa": {
@@ -101,6 +102,8 @@ def test_cli_report_adds_the_eval_comparison(sft_run, tmp_path):
     result = run_medo1(["report", str(run_dir)], launcher=NO_TORCH_LAUNCHER)
     assert result.returncode == 0, result.stderr
     assert "torch not imported" in result.stdout  # plots from metrics.jsonl need neither torch nor transformers
+    assert (run_dir / "report" / "holiday.png").read_bytes() == PNG_SIGNATURE + b"mine"
+    (run_dir / "report" / "holiday.png").unlink()
     check_report(run_dir, SFT_FIGURES | {"eval_accuracy"})
     html = (run_dir / "report.html").read_text()
     assert "eval/base/report.json" in html and "eval/trained/report.json" in html
@@ -117,6 +120,20 @@ def test_a_broken_metrics_file_only_warns_at_the_end_of_training(tmp_path, caplo
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     with caplog.at_level(logging.WARNING, logger="medo1.report"):
         assert write_report_safely(tmp_path) is None
-    assert re.search(r"could not write the run report in .*: JSONDecodeError", caplog.text)
-    with pytest.raises(json.JSONDecodeError):
+    assert re.search(r"could not write the run report in .*: ReportError: .*metrics\.jsonl line 2: not JSON", caplog.text)
+    with pytest.raises(ReportError, match=r"metrics\.jsonl line 2: not JSON \(at column 13: Unterminated string\)"):
         write_report(tmp_path)
+
+
+def test_an_empty_metrics_file_is_named_empty_not_missing(tmp_path, caplog):
+    (tmp_path / "metrics.jsonl").write_text("")
+    with caplog.at_level(logging.WARNING, logger="medo1.report"):
+        html = write_report(tmp_path).read_text()
+    assert "metrics.jsonl is empty: the run has logged no step yet." in html and "missing" not in html
+    assert "is empty" in caplog.text
+
+
+def test_the_data_report_warnings_head_the_data_section(tmp_path):
+    (tmp_path / "data_report.json").write_text(json.dumps({"rows": 4, "warnings": ["3 of 4 valid row(s) (75%) ..."]}))
+    html = write_report(tmp_path).read_text()
+    assert '<p class="warning">Warning: 3 of 4 valid row(s) (75%) ...</p>' in html

@@ -244,8 +244,10 @@ def test_sharded_ppo_on_two_processes_writes_complete_checkpoints_and_resumes(ti
     assert all(torch.equal(exported[k], v) for k, v in load_file(last / "policy" / "model.safetensors").items())
     assert [m["episodes"] for m in read_metrics(out / "metrics.jsonl")] == [8, 16]
 
-    # One more update, from checkpoint-2's weights, optimizer and schedule state.
-    resumed = run_medo1(ppo_cli(tiny_model, problems, out, distributed, 24), launcher=torchrun("medo1"))
+    # One more update, from checkpoint-2's weights, optimizer and schedule state: a longer run than the recipe the
+    # finished run was trained under, which resume refuses unless the changed key is named.
+    resumed = run_medo1(ppo_cli(tiny_model, problems, out, distributed, 24) + ["--allow-changed", "train.total_episodes"],
+                        launcher=torchrun("medo1"))
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"resuming from {last}" in resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["final_step"] == 3

@@ -198,3 +198,48 @@ def test_lora_export_is_merged_and_loads_without_peft(tiny_model, demo_rows, tmp
         if not torch.equal(p, q)
     ]
     assert changed and all("proj" in name for name in changed)
+
+
+@pytest.mark.slow
+def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_model, demo_rows, tmp_path, caplog):
+    """Issue 28: 92% of the rows dropped as over-long once showed only as an INFO line."""
+    from medo1.data import DataError, load_from_config
+    from medo1.models import load_tokenizer
+    from medo1.sft import prepare_dataset
+    from medo1.tokenize import encode_sft
+
+    data = tmp_path / "rows.json"
+    data.write_text(json.dumps(demo_rows[:8]))  # full demo rows: hundreds of tokens each
+    tokenizer = load_tokenizer(tiny_model)
+
+    def config(**extra):
+        overrides = sft_overrides(tiny_model, data, tmp_path / "run", **{"data.max_length": limit, **extra})
+        return load_config(SFTConfig, TINY_RECIPE, overrides)
+
+    limit = 100_000
+    _, whole = prepare_dataset(config(), tokenizer, tmp_path / "run")
+    assert whole["warnings"] == [] and whole["dropped_overlong"] == 0
+    limit = sorted(encode_sft(tokenizer, load_from_config(config().data).examples, 100_000).lengths)[2]  # 5 of 8 over
+
+    with caplog.at_level("WARNING", logger="medo1.sft"):
+        _, report = prepare_dataset(config(), tokenizer, tmp_path / "run")
+    dropped = report["dropped_overlong"]
+    assert dropped > 0.25 * report["valid"] and report["trained_examples"] == report["valid"] - dropped
+    (warning,) = report["warnings"]
+    assert dropped == 5 and warning.startswith(f"5 of 8 valid row(s) (62%) are longer than data.max_length={limit}")
+    assert warning in caplog.text and json.loads((tmp_path / "run" / "data_report.json").read_text())["warnings"] == [warning]
+    with pytest.raises(DataError, match=rf"5 row\(s\) longer than data.max_length={limit} tokens \(data.overlong=fail\):"
+                                        rf"\n  .*rows\.json row \d+: too long: \d+ tokens > max_length {limit}"):
+        prepare_dataset(config(**{"data.overlong": "fail"}), tokenizer, tmp_path / "run")
+
+
+def test_zero3_steps_torchs_fused_adamw_not_a_deepspeed_optimizer(tmp_path):
+    """No "optimizer" in medo1's ZeRO-3 config: DeepSpeed then steps the Trainer's own optimizer (transformers'
+    integrations/deepspeed.py, deepspeed_optim_sched), torch's fused AdamW, named here rather than left to
+    transformers' default. DeepSpeed's FusedAdam would need its CUDA op, which the image does not compile."""
+    from medo1.training_arguments import TRAINER_OPTIMIZER, ZERO3, trainer_arguments
+
+    config = load_config(SFTConfig, TINY_RECIPE, overrides=["train.distributed=deepspeed_zero3"])
+    arguments = trainer_arguments(config.train, config.output, tmp_path, gradient_checkpointing=False)
+    assert "optimizer" not in ZERO3 and arguments["deepspeed"] == ZERO3
+    assert arguments["optim"] == TRAINER_OPTIMIZER == "adamw_torch_fused"

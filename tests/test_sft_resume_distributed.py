@@ -121,14 +121,18 @@ def sft_losses(out: Path) -> list[tuple[int, float]]:
 @pytest.mark.parametrize("distributed", ["fsdp", "deepspeed_zero3"])
 def test_sharded_sft_on_two_processes_matches_one_process(tiny_model, demo_rows, tmp_path, distributed):
     """The 7B recipes' ZeRO-3 (and FSDP) SFT: 2 gloo processes of 2 rows each train like 1 process of 4 rows.
-    ZeRO-3 partitions the model at load time, so DeepSpeed's communicator must be up before the model loads."""
+    ZeRO-3 partitions the model at load time, so DeepSpeed's communicator must be up before the model loads.
+    Both step torch's fused AdamW (medo1.training_arguments.TRAINER_OPTIMIZER): DeepSpeed builds no optimizer op
+    (the image compiles none) in torch's extension folder. (On the CPU it builds its shared-memory collective,
+    deepspeed_shm_comm, where a C++ compiler is found; its CUDA accelerator has none.)"""
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 8)
+    extensions = tmp_path / "torch-extensions"
 
     def run(out: Path, launcher: list[str] | None, **settings) -> list[tuple[int, float]]:
         overrides = sft_overrides(tiny_model, data, out, **{"train.max_steps": 2, "output.save_steps": 100,
                                                              "output.export": "false", **settings})
         done = run_medo1(["sft", "--config", TINY_RECIPE] + [a for o in overrides for a in ("--set", o)],
-                         env={"PYTHONUNBUFFERED": "1"}, launcher=launcher)
+                         env={"PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(extensions)}, launcher=launcher)
         assert done.returncode == 0, done.stderr[-4000:]
         return sft_losses(out)
 
@@ -138,3 +142,5 @@ def test_sharded_sft_on_two_processes_matches_one_process(tiny_model, demo_rows,
     sharded = run(tmp_path / distributed, torchrun, **{"train.per_device_batch_size": 2, "train.distributed": distributed})
     assert [step for step, _ in sharded] == [step for step, _ in single] == [1, 2]
     assert [loss for _, loss in sharded] == pytest.approx([loss for _, loss in single], rel=1e-5)
+    built = [path.name for path in extensions.iterdir()] if extensions.exists() else []
+    assert not [name for name in built if "adam" in name], built

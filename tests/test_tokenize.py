@@ -313,7 +313,8 @@ def test_validation_report_without_tokenizer_and_with_problems(tmp_path):
     assert "tokens" not in report
     assert (report["rows"], report["valid"], report["invalid"]) == (2, 1, 1)
     assert report["problems"] == [
-        {"file": str(path), "row": 1, "line": 2, "field": "Complex_CoT", "problem": "missing"}
+        {"file": str(path), "row": 1, "line": 2, "field": "Complex_CoT",
+         "problem": "missing (the row's columns: Question)"}
     ]
 
 

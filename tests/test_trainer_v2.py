@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from medo1 import checkpoint, k8s
-from medo1.launch import JobFailed, LaunchError, LaunchResult, job_state, launch_stage
+from medo1.launch import JobFailed, JobStuck, LaunchError, LaunchResult, job_state, launch_stage
 from medo1.launch.rendering import stage_values
 from medo1.launch.trainjob import build_trainjob
 
@@ -73,8 +74,11 @@ def unknown_fields(obj, schema, path=""):
 def test_runtimes_are_off_by_default_and_the_platform_profile_renders_only_them():
     assert not [o for o in k8s.render_chart({}) if o["kind"] == "ClusterTrainingRuntime"]
     objects = k8s.render_chart(k8s.load_profile("trainer-v2-runtimes"))
-    assert sorted(o["metadata"]["name"] for o in objects) == RUNTIMES
-    assert {o["kind"] for o in objects} == {"ClusterTrainingRuntime"}
+    runtimes_rendered = [o for o in objects if o["kind"] == "ClusterTrainingRuntime"]
+    assert sorted(o["metadata"]["name"] for o in runtimes_rendered) == RUNTIMES
+    # Besides them only who may read them (runtimes.readers; tests/test_helm_lifecycle.py launches as a team's account).
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in objects if o not in runtimes_rendered) == [
+        ("ClusterRole", "medo1-cluster-reader"), ("ClusterRoleBinding", "medo1-cluster-reader")]
     assert all("namespace" not in o["metadata"] for o in objects)  # cluster-scoped
 
 
@@ -174,7 +178,7 @@ def test_launcher_trainjobs_validate_and_name_their_runtime():
 
 def test_launcher_trainjob_picks_the_recipe_and_the_shape():
     grpo = build_trainjob("rl", stage_values("rl", profile="h100-2nodes"), runtime="medo1-grpo")
-    assert grpo["spec"]["trainer"]["env"] == [{"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}]
+    assert grpo["spec"]["trainer"]["env"][0] == {"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}
     assert grpo["spec"]["trainer"]["numNodes"] == 2
     assert grpo["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
     mine = build_trainjob("sft", stage_values("sft", recipe="/data/my.yaml", overrides=["train.max_steps=5"]))
@@ -190,6 +194,33 @@ def test_launcher_trainjob_picks_the_recipe_and_the_shape():
         build_trainjob("upload", {})
     with pytest.raises(LaunchError, match="too long: JobSet would name its first pod's host"):
         build_trainjob("sft", {}, job_name="a" * 56)
+
+
+def test_the_two_node_profile_runs_trainjobs_with_its_node_shape():
+    """Issue 26, item 8: Kueue no longer manages PyTorchJobs by default, so the Kueue profile (h100-2nodes) runs
+    Trainer v2 TrainJobs. The platform's ClusterTrainingRuntime was installed with its own values (one node, no
+    RDMA, no GPU node selector), so the TrainJob carries the profile's shape: each node's GPUs and InfiniBand
+    device, NCCL with InfiniBand on, and the H100 node selector and GPU toleration as a runtime patch."""
+    values = stage_values("sft", profile="h100-2nodes")
+    assert values["backend"] == "trainjob"
+    job = build_trainjob("sft", values)
+    trainer = job["spec"]["trainer"]
+    node = {"cpu": "80", "memory": "1000Gi", "nvidia.com/gpu": "8", "rdma/ib": "1"}
+    assert trainer["resourcesPerNode"] == {"limits": node, "requests": node}
+    assert {"name": "NCCL_IB_DISABLE", "value": "0"} in trainer["env"]
+    (patch,) = job["spec"]["runtimePatches"]
+    assert patch["manager"] == "trainer.kubeflow.org/kubeflow-sdk"
+    (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = replicated["template"]["spec"]["template"]["spec"]
+    assert replicated["name"] == "node"
+    assert pod == {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                   "terminationGracePeriodSeconds": 610}  # tests/test_grace_period.py
+    assert k8s.schema_errors([job], CRDS) == [] and unknown_fields(job, crd_schema("TrainJob")) == []
+    # A one-node CPU profile sets no placement, only the grace period.
+    (cpu,) = build_trainjob("sft", stage_values("sft", profile="cpu-smoke"))["spec"]["runtimePatches"]
+    assert cpu["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"] == {
+        "terminationGracePeriodSeconds": 600}
 
 
 # ---- the SDK path against the stand-in API server -----------------------------------------------
@@ -248,7 +279,28 @@ def launch(kube, **options):
 def expected_trainjob(timeout_s=30):
     job = build_trainjob("sft", stage_values("sft", profile="h100-1node"), job_name=NAME, namespace=NS, timeout_s=timeout_s)
     del job["metadata"]["namespace"]  # in the path, not the body
+    # As the launcher creates it (medo1.launch.retries): its name asked for as a label, its attempt counted.
+    job["metadata"]["labels"]["medo1.io/job"] = NAME
+    job["metadata"]["annotations"] = {"medo1.io/attempt": "1"}
     return job
+
+
+def test_a_client_for_the_other_backend_than_the_values_choose_is_a_one_line_error(kube):
+    """The backend comes from the values when none is named (issue 26, item 5), and the Kueue profile's is
+    trainjob (item 8): a caller's v1 TrainingClient there was an AttributeError deep in the launch; now it is
+    refused before anything is sent, naming the client wanted and the backend to pass for this one."""
+    from kubeflow.training import TrainingClient
+    from kubernetes.client import Configuration
+
+    settings = {"profile": "h100-2nodes", "job_name": NAME, "namespace": NS, "timeout_s": 30, "poll_s": 0.05}
+    with pytest.raises(LaunchError) as refused:
+        launch_stage("sft", client=TrainingClient(client_configuration=Configuration(host=kube.url)), **settings)
+    assert str(refused.value) == ("backend trainjob (Kubeflow Trainer v2) needs a TrainerClient (kubeflow.trainer), not a "
+                                  "TrainingClient; for a PyTorchJob with this client pass backend 'pytorchjob'")
+    with pytest.raises(LaunchError, match="^backend pytorchjob needs a TrainingClient .kubeflow.training., not a "
+                                          "TrainerClient; for a TrainJob with this client pass backend 'trainjob'$"):
+        launch_stage("sft", backend="pytorchjob", client=trainer_client(kube), **settings)
+    assert [r for r in kube.requests if r.method != "GET"] == []
 
 
 def test_trainjob_is_created_through_the_sdk_followed_and_succeeds(kube, capsys):
@@ -289,17 +341,18 @@ def test_trainjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
     assert len(kube.calls("POST", "trainjobs")) == 1  # JobSet restarts it, not the launcher
 
 
-def test_a_failed_trainjob_from_an_earlier_attempt_is_replaced(kube, capsys):
+def test_a_failed_trainjob_from_an_earlier_attempt_is_not_created_again(kube, capsys):
+    """Issue 26 item 13: JobSet restarted it (failurePolicy.maxRestarts); a retried step (pipeline retry, the run
+    Job's next pod) reports the failure instead of starting the whole job again with as many restarts."""
     earlier = {**expected_trainjob(), "metadata": {**expected_trainjob()["metadata"], "namespace": NS}}
     kube.add_job(earlier, [Step(FAILED)])
-    run = ContainerRun("77aa-uid", 0, ["resuming from checkpoint-40", "exported"])
-    kube.script(NAME, [Step(RUNNING, run), Step(SUCCEEDED, run, exit_code=0)])
-    result = launch(kube)
-    assert result.action == "recreated"
-    (delete,) = kube.calls("DELETE", "trainjobs")
-    assert delete.body["propagationPolicy"] == "Foreground"
-    assert len(kube.calls("POST", "trainjobs")) == 1
-    assert capsys.readouterr().out.splitlines() == run.lines
+    with pytest.raises(JobFailed) as failure:
+        launch(kube)
+    message = str(failure.value)
+    assert message.startswith(f"TrainJob {NS}/{NAME}: job failed: ReachedMaxRestarts: ")
+    assert ("not created again: its JobSet (failurePolicy.maxRestarts) restarts it, not the launcher; to start it "
+            f"over, delete it (kubectl delete trainjob -n {NS} {NAME}) and launch again") in message
+    assert kube.calls("POST", "trainjobs") == [] and kube.calls("DELETE", "trainjobs") == []
 
 
 @pytest.mark.parametrize("status,action", [(RUNNING, "attached"), (SUCCEEDED, "already-succeeded")])
@@ -407,6 +460,8 @@ def test_runtime_container_runs_under_torchrun_with_trainers_env(tiny_model, tmp
 def test_pipeline_training_step_launches_the_algorithms_runtime(kube, tmp_path, monkeypatch):
     """The compiled pipeline's `train` step with backend=trainjob and rl_algorithm=grpo: a TrainJob on
     medo1-grpo through the SDK (kubeconfig: the stand-in), carrying the pipeline's wiring as overrides."""
+    from kfp import dsl
+
     from pipelines.medo1_pipeline import train
 
     # The kubernetes client reads $KUBECONFIG once, at import; this process imported it long ago.
@@ -417,7 +472,8 @@ def test_pipeline_training_step_launches_the_algorithms_runtime(kube, tmp_path, 
         stage="rl", recipe="/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml", model="/checkpoints/runs/run9/sft/export",
         data="/data/medical_o1_verifiable.json", algorithm="grpo", overrides=[], output_dir="/checkpoints/runs/run9/rl",
         backend="trainjob", profile="h100-1node", nodes=1, gpus_per_node=8, data_pvc="medo1-data",
-        checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", job_name="medo1-rl-run9", timeout_hours=1.0)
+        checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", job_name="medo1-rl-run9", timeout_hours=1.0,
+        report=dsl.HTML(uri=str(tmp_path / "report")), metrics=dsl.Metrics(uri=str(tmp_path / "metrics")))
     assert export == "/checkpoints/runs/run9/rl/export"
     (post,) = kube.calls("POST", "trainjobs")
     assert post.body["spec"]["runtimeRef"] == {"name": "medo1-grpo", "kind": "ClusterTrainingRuntime"}
@@ -460,3 +516,137 @@ def test_readme_python_creates_and_waits_for_a_trainjob_through_the_sdk(kube, tm
     assert post.body["spec"]["trainer"] == {"image": "ghcr.io/medo1/trainer:0.1.0", "numNodes": 2,
                                             "env": [{"name": "MEDO1_RECIPE", "value": "/data/my-sft-recipe.yaml"}]}
     assert k8s.schema_errors([post.body], CRDS) == []
+
+
+# ---- issue 26, item 7: stuck pods, admission, no controller; the SDK's header dump; who manages the job ---------
+
+QUOTA = ("exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
+         "limited: requests.nvidia.com/gpu=4")
+
+
+def unschedulable_node_pod(name):
+    """JobSet's pod for node 0 of TrainJob `name`, Pending: no node has the GPUs."""
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-node-0-0-8wzq2", "namespace": NS,
+                         "labels": {"jobset.sigs.k8s.io/jobset-name": name, "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                                    "batch.kubernetes.io/job-completion-index": "0"}},
+            "spec": {"containers": [{"name": "node", "image": "ghcr.io/medo1/trainer:0.1.0"}]},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                "lastTransitionTime": "2026-11-23T10:00:01Z"}]}}
+
+
+def test_a_trainjob_pod_stuck_unschedulable_fails_after_stuck_after(kube):
+    kube.script(NAME, [Step(RUNNING)])
+    kube.record(unschedulable_node_pod(NAME))
+    with pytest.raises(JobStuck) as failure:
+        launch(kube, stuck_after_s=0.3)
+    message = str(failure.value)
+    assert f"TrainJob {NS}/{NAME}: stuck for over 0 s:\npod {NAME}-node-0-0-8wzq2: Unschedulable: 0/3 nodes" in message
+    assert message.endswith("deleted it")
+    (delete,) = kube.calls("DELETE", "trainjobs")
+    assert delete.path.endswith(f"/trainjobs/{NAME}")
+    assert [f"jobset.sigs.k8s.io/jobset-name={NAME}"] in [r.query.get("labelSelector") for r in kube.calls("GET", "pods")]
+
+
+@pytest.mark.parametrize("refused", [True, False], ids=["admission-refuses-pods", "no-trainer-controller"])
+def test_a_trainjob_whose_pods_never_come_fails_with_the_reason(refused):
+    standin = KubeStandIn(refuse_pods=QUOTA) if refused else KubeStandIn(controllers={"PyTorchJob", "Job"})
+    standin.start()
+    for runtime in runtimes().values():
+        standin.record(runtime)
+    standin.script(NAME, [Step(RUNNING if refused else CREATED)])
+    try:
+        with pytest.raises(JobStuck) as failure:
+            launch(standin, stuck_after_s=0.3)
+    finally:
+        standin.stop()
+    message = str(failure.value)
+    if refused:  # JobSet's child Job records the Job controller's FailedCreate
+        assert f'FailedCreatePod: Error creating: pods "{NAME}-node-0-0-5tq8r" is forbidden: {QUOTA}' in message
+    else:
+        assert ("NoController: no controller is acting on this job (is the Kubeflow Trainer controller (and JobSet's) "
+                "running?)") in message
+
+
+def test_trainjobs_are_managed_by_medo1_and_owned_by_the_run_job(kube, monkeypatch):
+    """Not `app.kubernetes.io/managed-by: Helm`: Helm does not manage them. In the chart's run pod the TrainJob
+    is owned by the run Job (issue 26 item 12), set right after the SDK creates it."""
+    run_job = {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "7d3c1e0a-run-job-uid",
+               "controller": True, "blockOwnerDeletion": True}
+    kube.record({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "medo1-run-x8k2f", "namespace": NS,
+                                                                 "ownerReferences": [run_job]}})
+    monkeypatch.setenv("MEDO1_POD_NAME", "medo1-run-x8k2f")
+    kube.script(NAME, [Step(SUCCEEDED)])
+    launch(kube)
+    (post,) = kube.calls("POST", "trainjobs")
+    assert post.body["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "medo1"
+    (patch,) = kube.calls("PATCH", "trainjobs")
+    assert patch.body == {"metadata": {"ownerReferences": [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "7d3c1e0a-run-job-uid"}]}}
+
+
+def test_the_sdks_version_check_does_not_dump_http_headers(kube, tmp_path, monkeypatch, caplog):
+    """A namespaced account cannot read kubeflow-system: the SDK logged the whole 403 response, headers included."""
+    from medo1.launch.trainjob import trainer_client as launcher_trainer_client
+
+    kube.recorded.pop("/api/v1/namespaces/kubeflow-system/configmaps")
+    kube.forbidden.add("/api/v1/namespaces/kubeflow-system/configmaps/kubeflow-trainer-public")
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+                        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+    caplog.set_level(logging.DEBUG)
+    client = launcher_trainer_client(NS)
+    assert client.backend.namespace == NS
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert "HTTP response headers" not in caplog.text
+    assert any(r.path == "/api/v1/namespaces/kubeflow-system/configmaps/kubeflow-trainer-public" for r in kube.requests)
+
+
+# ---- issue 26, item 5: the chart's run Job with backend trainjob creates TrainJobs -------------------------------
+
+
+def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path, monkeypatch, capsys):
+    """The run Job's own command (`launch chain --values ...`, no --backend) on the chain's ConfigMap values: a TrainJob
+    for SFT on medo1-sft, and the upload stage (no Trainer runtime) as the chart's batch Job."""
+    from medo1.cli import main
+
+    # The run Job's UID, which Kubernetes gives the run pod as MEDO1_RUN_ID: the chain's jobs and outputs are this run's.
+    run_uid = "5e6f7a8b-1c2d-4e3f-9a0b-c1d2e3f4a5b6"
+    # The SFT export the chain waits for before the next stage, where this run's SFT writes it (<output>/<release>/<run>).
+    (tmp_path / "sft" / "medo1" / "5e6f7a8b" / "export").mkdir(parents=True)
+    cache = tmp_path / "hf-cache" / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "snapshots" / "a09a3545"
+    cache.mkdir(parents=True)  # the base model is in the HF cache (no Hub here)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache" / "hub"))
+    values = {**k8s.load_profile("h100-1node-trainjob"), "chain": {"enabled": True},
+              # The image's recipe, read from this checkout (the chain reads a training stage's output.dir from it).
+              "stages": {"sft": {"recipe": str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"),
+                                 "set": [f"output.dir={tmp_path / 'sft'}"]}},
+              "jobs": {"upload": {"enabled": True, "recipe": str(REPO / "recipes" / "upload.yaml")}}}
+    objects = k8s.render_chart(values)
+    run = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-run"))
+    # The values snapshot the run pod mounts at /etc/medo1 (an immutable ConfigMap named by its content).
+    (snapshot,) = [v["configMap"]["name"] for v in run["spec"]["template"]["spec"]["volumes"] if v["name"] == "chain-values"]
+    chain_values = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == snapshot)
+    (tmp_path / "values.yaml").write_text(chain_values["data"]["values.yaml"])
+    container = run["spec"]["template"]["spec"]["containers"][0]
+    # Kubernetes expands $(VAR) in args from the container's env: the pod's namespace and the run Job's UID.
+    expanded = {"$(MEDO1_NAMESPACE)": NS, "$(MEDO1_RUN_ID)": run_uid, "/etc/medo1/values.yaml": str(tmp_path / "values.yaml")}
+    args = [expanded.get(a, a) for a in container["args"]]
+    assert container["command"] == ["medo1"] and args[:2] == ["launch", "chain"] and "--backend" not in args
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+                        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+    kube.script("*", [Step(SUCCEEDED)])
+    kube.script("medo1-upload-5e6f7a8b", [Step({"succeeded": 1, "conditions": [
+        condition("Complete", "CompletionsReached", "", "2026-11-23T12:00:00Z")]})])
+
+    assert main([*args, "--poll", "0.05"]) == 0
+
+    (trainjob,) = kube.calls("POST", "trainjobs")
+    assert trainjob.body["spec"]["runtimeRef"] == {"name": "medo1-sft", "kind": "ClusterTrainingRuntime"}
+    (upload,) = kube.calls("POST", "jobs")
+    assert trainjob.body["metadata"]["name"] == "medo1-sft-5e6f7a8b"
+    assert upload.body["kind"] == "Job" and upload.body["metadata"]["name"] == "medo1-upload-5e6f7a8b"
+    assert kube.calls("POST", "pytorchjobs") == []
+    results = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [(r["stage"], r["backend"]) for r in results] == [("sft", "trainjob"), ("upload", "pytorchjob")]

@@ -229,3 +229,50 @@ def test_bench_reports_checks_per_second_on_demo_rows():
     assert [row["language"] for row in result["results"]] == ["Spanish", "Japanese"]
     for row in result["results"]:
         assert row["records"] == 6 and row["rejected"] == 0 and row["records_per_second"] > 0
+
+
+# ------------------------------------------------------------------------------- issue 28: all-short records
+
+
+def short_mcq_records() -> list[dict]:
+    """MCQ records from real demo rows whose every field is under MIN_CHECKED_WORDS words: a short question and
+    four real ground-truth answers as options."""
+    rows = [row for row in json.loads(DEMO_DATA.read_text()) if len(row["Ground-True Answer"].split()) < 6]
+    records = []
+    for start in range(0, 40, 4):
+        options = {letter: row["Ground-True Answer"] for letter, row in zip("ABCD", rows[start : start + 4])}
+        records.append({"question": "Which of these is the most likely diagnosis?", "options": options,
+                        "answer_idx": "A"})
+    return records
+
+
+@pytest.mark.parametrize("language", ["Japanese", "Spanish", "Russian"])
+def test_a_short_record_sent_back_untranslated_is_rejected(language):
+    checks = TranslationChecks(language)
+    for record in short_mcq_records():
+        payload = {"question": record["question"], "options": record["options"]}
+        problems = checks.problems(payload, payload)
+        assert reasons(problems) == {"language"}, (language, record)
+        assert "record: " in problems[0] and f"not translated to {checks.name}" in problems[0]
+
+
+def test_a_short_record_translated_or_keeping_names_passes():
+    source = {"question": "Which drug is first-line?", "options": {"A": "Metformin", "B": "Insulin glargine"}}
+    japanese = {"question": "第一選択薬はどれですか？", "options": {"A": "Metformin", "B": "インスリングラルギン"}}
+    assert TranslationChecks("Japanese").problems(source, japanese) == []
+    assert TranslationChecks("Japanese").problems(source, japanese | {"question": "第一選択薬は?"}) == []
+    spanish = {"question": "¿Qué fármaco es de primera línea?", "options": {"A": "Metformin", "B": "Insulina glargina"}}
+    assert TranslationChecks("Spanish").problems(source, spanish) == []
+    # Units and abbreviations are kept as written: a record of them alone is not "untranslated".
+    assert TranslationChecks("German").problems({"q": "5 mg IV"}, {"q": "5 mg IV"}) == []
+
+
+def test_an_untranslated_mcq_set_fails_the_translate_run(tmp_path):
+    source = tmp_path / "mcq.json"
+    source.write_text(json.dumps(short_mcq_records()))
+    with StandIn(api_key=KEY, passthrough=True, max_lifetime_s=60) as server:
+        with pytest.raises(TranslateError, match=r"6 of 10 record\(s\) failed.*row 0: .*record: no Japanese \(Jpan\) letter"):
+            run_translate(TranslateConfig(input=str(source), output=str(tmp_path / "ja.jsonl"), format="mcq",
+                                          target_language="Japanese", base_url=server.base_url, backoff_s=0.01,
+                                          validation_retries=0, concurrency=1, max_failure_ratio=0.5), progress=False)
+    assert not (tmp_path / "ja.jsonl").exists()

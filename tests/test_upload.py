@@ -9,12 +9,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
+import re
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
 import yaml
 from medo1 import upload as up
+from medo1.atomic import DIR_MARKER
 from medo1.upload import UploadConfig, UploadError, UploadRefused, plan_upload, upload
 
 from tests.hub_standin import HubStandIn
@@ -66,7 +70,7 @@ def make_config(model_dir: Path, **extra) -> UploadConfig:
 def test_plan_sends_allowlisted_files_and_a_full_card(export_dir: Path, report: Path, tiny_model: Path):
     plan = plan_upload(make_config(export_dir, eval_report=str(report)))
 
-    expected = sorted([p.name for p in tiny_model.iterdir()] + ["README.md"])
+    expected = sorted([p.name for p in tiny_model.iterdir() if p.name != DIR_MARKER] + ["README.md"])
     assert sorted(plan.file_names()) == expected
     assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= set(expected)
     sizes = {f.path: f.size for f in plan.files}
@@ -369,7 +373,7 @@ def test_a_legit_export_with_secrets_in_the_environment_is_accepted(export_dir: 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "Lm4" * 10)
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2)
     plan = plan_upload(make_config(export_dir, dry_run=True))
-    assert sorted(plan.file_names()) == sorted([p.name for p in tiny_model.iterdir()] + ["README.md"])
+    assert sorted(plan.file_names()) == sorted([p.name for p in tiny_model.iterdir() if p.name != DIR_MARKER] + ["README.md"])
 
 
 def test_a_broken_symlink_and_an_unreadable_file_are_refused(export_dir: Path, tmp_path: Path):
@@ -404,3 +408,77 @@ def test_the_card_template_ships_in_the_wheel(tmp_path: Path):
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = zipfile.ZipFile(next(tmp_path.glob("medo1-*.whl")))
     assert wheel.read(f"medo1/{up.CARD_TEMPLATE}") == (repo / "trainer/medo1" / up.CARD_TEMPLATE).read_bytes()
+
+
+# ------------------------------------------------------------------------------- issue 28: leak variants
+
+LIVE = "LiveValue-9c1e7a3f5b2d8e4a6c0f"
+
+
+@pytest.mark.parametrize("name, encode", [
+    ("utf8-bom.json", lambda t: b"\xef\xbb\xbf" + json.dumps({"n": t}).encode()),
+    ("utf16-le-no-bom.json", lambda t: json.dumps({"n": t}).encode("utf-16-le")),
+    ("utf16-be.json", lambda t: json.dumps({"n": t}).encode("utf-16")[2:].decode("utf-16-le").encode("utf-16-be")),
+    ("utf32.json", lambda t: json.dumps({"n": t}).encode("utf-32")),
+    ("escaped.json", lambda t: json.dumps({"n": "".join(f"\\u{ord(c):04x}" for c in t)}).replace("\\\\", "\\").encode()),
+    ("split-escape.json", lambda t: ('{"n": "' + t[:5] + "\\u" + f"{ord(t[5]):04x}" + t[6:] + '"}').encode()),
+    ("basic-auth.json", lambda t: json.dumps({"h": "Basic " + base64.b64encode(f"me:{t}".encode()).decode()}).encode()),
+    ("urlsafe.json", lambda t: json.dumps({"h": base64.urlsafe_b64encode(f"xx{t}".encode()).decode()}).encode()),
+    ("percent.json", lambda t: json.dumps({"u": "https://h/?k=" + "".join(f"%{b:02X}" for b in t.encode())}).encode()),
+])
+def test_the_live_token_is_found_however_a_reader_would_decode_it(export_dir: Path, monkeypatch, name, encode):
+    monkeypatch.setenv("HF_TOKEN", LIVE)
+    (export_dir / name).write_bytes(encode(LIVE))
+    with pytest.raises(UploadRefused, match=rf"{re.escape(name)}: line 1: the live HF_TOKEN value") as info:
+        plan_upload(make_config(export_dir, dry_run=True))
+    assert LIVE not in str(info.value)
+
+
+def test_escaped_url_syntax_and_opaque_tokens_in_urls_and_headers_are_found():
+    found = lambda text: [what for _, what in up.find_secrets_decoded(text, {})]  # noqa: E731
+    assert "what looks like Basic Auth Credentials (detect-secrets)" in found('{"u": "postgres:\\/\\/admin:pw@db"}')
+    assert "what looks like a token in a URL's user-info" in found('{"u": "https://x9Kq2mZ7pL4vR8tW3nYb@git.example"}')
+    assert "what looks like a bearer token" in found("Authorization: Bearer x9Kq2mZ7pL4vR8tW3nYb5c")
+    assert found('{"u": "https://huggingface.co/Qwen/Qwen2.5-7B", "a": "Bearer of bad news"}') == []
+
+
+def test_hard_links_inside_the_folder_are_fine_and_special_files_are_refused_unread(export_dir: Path, tmp_path: Path):
+    os.link(export_dir / "config.json", export_dir / "config-copy.json")
+    assert "config-copy.json" in up._all_files(export_dir)
+    os.mkfifo(export_dir / "pipe.json")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(export_dir / "sock.json"))
+        with pytest.raises(UploadRefused) as info:
+            up._all_files(export_dir)
+    assert "pipe.json: a FIFO, not a file (refused unread)" in str(info.value)
+    assert "sock.json: a socket, not a file (refused unread)" in str(info.value)
+
+
+def test_a_gguf_file_in_the_folder_is_never_sent(export_dir: Path):
+    (export_dir / "model.gguf").write_bytes(b"GGUF" + b"\x00" * 8 + b"hf_" + b"Qx7RmZ2pLk9VbN4tWc8Y")
+    plan = plan_upload(make_config(export_dir, dry_run=True))
+    assert "model.gguf" not in plan.file_names()
+    assert {s.path: s.reason for s in plan.skipped}["model.gguf"] == "not on the upload allowlist"
+
+
+@pytest.mark.parametrize("leak", ["metadata", "hard link", "fifo"])
+def test_a_real_upload_with_a_leak_sends_nothing_to_the_hub(export_dir: Path, tmp_path: Path, monkeypatch, leak):
+    """The Hub stand-in sees no request at all: the refusal comes before the repo is created."""
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    if leak == "metadata":
+        weights = export_dir / "model.safetensors"
+        save_file(load_file(weights), weights, metadata={"format": "pt", "pushed_with": "hf_" + "Qx7RmZ2pLk9VbN4tWc8Y"})
+    elif leak == "hard link":
+        (tmp_path / "notes.json").write_text("{}")
+        os.link(tmp_path / "notes.json", export_dir / "notes.json")
+    else:
+        os.mkfifo(export_dir / "notes.json")
+    hub = HubStandIn().start()
+    try:
+        with pytest.raises(UploadRefused):
+            upload(make_config(export_dir, endpoint=hub.url))
+    finally:
+        hub.stop()
+    assert hub.requests == [] and hub.commits == []

@@ -11,7 +11,9 @@ HTTP date, RFC 9110 section 10.2.3) wins, cut to `max_retry_after_s`. Not retrie
 the same; any other 4xx fails that one request with `ChatError`.
 
 Progress: every retry logs one line (the reason, attempt k of n, the wait), and while requests wait
-longer than `progress_after_s` for an answer, a line says how many and for how long.
+longer than `progress_after_s` for an answer, a line says how many and for how long. When no request has
+been answered for `give_up_after_s` (300 s) and one fails again, every request stops with `ChatEndpointError`:
+a dead or silent endpoint ends a run within minutes whatever the number of records.
 
 The key is read from the environment variable named by `api_key_env`, sent as a bearer token, and
 replaced by `***` in every error and log line. Errors are one line each.
@@ -74,6 +76,10 @@ class RetryOptions(Section):
     """Longest wait honoured from a Retry-After header; a longer one is cut to this."""
     progress_after_s: float = Field(30.0, gt=0)
     """Log a line when requests have waited this many seconds for an answer, and again every as many seconds."""
+    give_up_after_s: float = Field(300.0, gt=0)
+    """Fail the run (one line) when no request has been answered for this many seconds while requests keep failing
+    with timeouts, broken connections or 5xx: an endpoint that is down or never answers ends the run in minutes,
+    not after every request's retries."""
 
     def chat_client_config(
         self, base_url: str, model: str | None, api_key_env: str, concurrency: int
@@ -150,6 +156,8 @@ class ChatClient:
         """Ticket of each attempt in flight -> when it started (monotonic)."""
         self._http: httpx.AsyncClient | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._last_answer = time.monotonic()
+        """When a request last got a completion (or the client started)."""
 
     @property
     def has_key(self) -> bool:
@@ -211,8 +219,16 @@ class ChatClient:
             self.stats.requests += 1
             outcome = await self._attempt(body)
             if isinstance(outcome, Completion):
+                self._last_answer = time.monotonic()
                 return outcome
             last, retry_after = outcome
+            silent = time.monotonic() - self._last_answer
+            if silent >= self.config.give_up_after_s:
+                raise ChatEndpointError(
+                    f"{self.url}: no request answered for {silent:.0f} s "
+                    f"(give_up_after_s={self.config.give_up_after_s:g}); last: {last}; the endpoint is down, "
+                    f"overloaded or slower than timeout_s={self.config.timeout_s:g}"
+                )
             if attempt < attempts:
                 delay = self._delay(attempt, retry_after)
                 log.warning("%s: %s; attempt %d of %d in %.1f s", self.url, last, attempt + 1, attempts, delay)

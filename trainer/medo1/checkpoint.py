@@ -107,18 +107,21 @@ class SaveAtEnd(TrainerCallback):
 
 
 class MarkedCheckpoints:
-    """Mixin for a transformers Trainer: mark each checkpoint complete once every rank has written it,
-    then keep the newest `keep_checkpoints` complete ones (the Trainer's own rotation is off)."""
+    """Mixin for a transformers Trainer: mark each checkpoint complete once every rank has written it (the marker
+    holding `marker_info`: the recipe fingerprint, `medo1.resume`), then keep the newest `keep_checkpoints` complete
+    ones (the Trainer's own rotation is off)."""
 
-    def __init__(self, *args, keep_checkpoints: int, **kwargs):
+    def __init__(self, *args, keep_checkpoints: int, marker_info: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.keep_checkpoints = keep_checkpoints
+        self.marker_info = marker_info or {}
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         self.accelerator.wait_for_everyone()
         if self.is_world_process_zero():
             path = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            mark_complete(path, step=self.state.global_step, world_size=self.accelerator.num_processes)
+            mark_complete(path, step=self.state.global_step, world_size=self.accelerator.num_processes,
+                          **self.marker_info)
             rotate(self.args.output_dir, self.keep_checkpoints)
         self.accelerator.wait_for_everyone()

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
+from medo1 import termination
 from medo1.config import (
     ConfigError,
     OutputConfig,
     check_model_reference,
     check_output_dir,
     check_output_file,
+    check_outputs_apart,
     check_training_paths,
     describe_options,
     load_config,
@@ -23,8 +27,15 @@ from medo1.config import (
 )
 from medo1.data import PRESETS
 from medo1.errors import Medo1Error
-from medo1.launch import DEFAULT_POLL_S, DEFAULT_STUCK_AFTER_S, DEFAULT_TIMEOUT_S
-from medo1.runtime import is_main_process
+from medo1.launch import (
+    DEFAULT_POLL_S,
+    DEFAULT_REQUEST_TIMEOUT_S,
+    DEFAULT_SCALE_UP_WAIT_S,
+    DEFAULT_STUCK_AFTER_S,
+    DEFAULT_TIMEOUT_S,
+)
+from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
+from medo1.runtime import exit_with_parent, is_main_process
 
 
 def _key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
@@ -47,6 +58,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         check_model_reference(args.tokenizer, "--tokenizer")
     if args.rejects:
         check_output_file(args.rejects, "--rejects")
+        check_outputs_apart({"--rejects": args.rejects}, {"the data file": args.path, "--tokenizer": args.tokenizer})
     loaded = load_examples(
         args.path, args.format, args.preset, _key_values(args.field, "--field", "NAME=COLUMN"), args.system_prompt,
         duplicates=args.duplicates,
@@ -86,15 +98,19 @@ def _training_config(args: argparse.Namespace, config_class, extra_overrides: li
     overrides = list(args.set) + extra_overrides
     if args.output_dir:
         overrides.append(f"output.dir={args.output_dir}")
-    return load_config(config_class, args.config, overrides)
+    config = load_config(config_class, args.config, overrides)
+    if args.allow_changed:
+        config.resume.allow_changes = [*config.resume.allow_changes, *args.allow_changed]
+    return config
 
 
 def _run_training(config, run, resume: str) -> int:
-    """Runs the stage; prints where the outputs landed (rank 0)."""
+    """Runs the stage; prints where the outputs landed (rank 0), and whether the run had finished before."""
     result = run(config, resume=resume)
     if is_main_process():
         export = str(result.export_dir) if result.export_dir else None
-        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export}))
+        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export,
+                          "already_finished": result.already_finished}))
     return 0
 
 
@@ -160,7 +176,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from medo1.eval import EvalConfig, run_eval
 
-    flags = {"model": args.model, "endpoint": args.endpoint, "output_dir": args.output_dir, "limit": args.limit}
+    flags = {"model": args.model, "endpoint": args.endpoint, "output_dir": args.output_dir, "limit": args.limit,
+             "preset": args.preset}
     benchmarks = _key_values(args.benchmark, "--benchmark", "NAME=PATH")
     flags.update({f"benchmarks.{name}": path for name, path in benchmarks.items()})
     config = _config_stage(args, EvalConfig, flags)
@@ -169,6 +186,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for label, model in config.compare_with.items():
         check_model_reference(model, f"compare_with.{label}")
     check_output_dir(config.output_dir, "output_dir")
+    inputs = {f"benchmarks.{name}": path for name, path in config.benchmarks.items()} | {"model": config.model}
+    inputs |= {f"compare_with.{label}": model for label, model in config.compare_with.items()}
+    inputs |= {f"reward.{key}": getattr(config.reward, key, None) for key in ("model", "tokenizer")}
+    check_outputs_apart({"output_dir": config.output_dir}, inputs)
     report = run_eval(config)
     print((Path(config.output_dir) / "report.md").read_text(encoding="utf-8"))
     print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
@@ -189,19 +210,37 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_launch_numbers(args: argparse.Namespace) -> None:
+    """The launcher's waits: finite, positive (--stuck-after 0 switches its check off)."""
+    for flag, value, least in (("--timeout", args.timeout, 0), ("--poll", args.poll, 0), ("--stuck-after", args.stuck_after, None),
+                               ("--scale-up-wait", args.scale_up_wait, 0), ("--delete-wait", args.delete_wait, 0),
+                               ("--request-timeout", args.request_timeout, 0)):
+        bad = not math.isfinite(value) or (value < 0 if least is None else value <= least)
+        if bad:
+            raise ConfigError(f"{flag} {value:g}: must be a finite number of seconds above 0"
+                              + (" (or 0 to turn it off)" if least is None else ""))
+    if args.nproc is not None and args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: must be at least 1")
+
+
 def cmd_launch(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from medo1.launch import LaunchCancelled, LaunchError, launch_chain, launch_stage
 
+    _check_launch_numbers(args)
+    waits = dict(stuck_after_s=args.stuck_after or None, scale_up_wait_s=args.scale_up_wait,
+                 delete_wait_s=args.delete_wait, request_timeout_s=args.request_timeout)
     try:
+        if args.stage != "chain" and (args.release or args.run_id):
+            raise LaunchError("--release and --run-id name a chain's run; a single stage takes --job-name")
         if args.stage == "chain":
             if args.recipe or args.set or args.job_name:
                 raise LaunchError("chain: --recipe, --set and --job-name are per stage; set them in the chart values")
             results = launch_chain(
                 backend=args.backend, profile=args.profile, values_files=args.values, value_overrides=args.value,
                 namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-                stuck_after_s=args.stuck_after or None, strict=args.strict,
+                strict=args.strict, release=args.release, run_id=args.run_id, **waits,
             )
             print(json.dumps([asdict(result) for result in results]))
             return 0
@@ -209,12 +248,15 @@ def cmd_launch(args: argparse.Namespace) -> int:
             args.stage, backend=args.backend, profile=args.profile, values_files=args.values,
             value_overrides=args.value, recipe=args.recipe, overrides=args.set, job_name=args.job_name,
             namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-            keep_on_timeout=args.keep_on_timeout, stuck_after_s=args.stuck_after or None, runtime=args.runtime,
-            strict=args.strict,
+            keep_on_timeout=args.keep_on_timeout, runtime=args.runtime, strict=args.strict, **waits,
         )
     except LaunchCancelled as exc:
         print(f"medo1: {exc}", file=sys.stderr)
-        return 128 + exc.signum
+        # Cancelled means now: do not wait at exit for a request thread an unanswering API server holds.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(128 + exc.signum)
     print(json.dumps(asdict(result)))
     return 0
 
@@ -249,11 +291,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from medo1.report import write_report
 
-    try:
-        print(write_report(args.run_dir))
-    except FileNotFoundError as exc:
-        print(f"medo1: error: {exc}", file=sys.stderr)
-        return 2
+    print(write_report(args.run_dir))
     return 0
 
 
@@ -267,6 +305,9 @@ def cmd_model_check(args: argparse.Namespace) -> int:
 
 # The flag's help is the option's own description (`medo1 config show`), so the two never disagree.
 OUTPUT_DIR_HELP = OutputConfig.model_fields["dir"].description
+RESUME_HELP = ("auto: continue the latest complete checkpoint (a finished run does nothing); none: a fresh start; or a "
+               "checkpoint path. A checkpoint written under another recipe is refused, naming the keys that differ")
+ALLOW_CHANGED_HELP = "a recipe key (or section) the resumed run may change; repeatable (adds to resume.allow_changes)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--config", required=True, help="YAML recipe")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     sft.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
-    sft.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    sft.add_argument("--resume", default="none", help=RESUME_HELP)
+    sft.add_argument("--allow-changed", action="append", default=[], metavar="KEY", help=ALLOW_CHANGED_HELP)
     sft.set_defaults(func=cmd_sft)
 
     rl = stages.add_parser("rl", help="reinforcement learning against a verifier: PPO, GRPO or RLOO")
@@ -305,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--algo", choices=["ppo", "grpo", "rloo"], help="override the recipe's algorithm")
     rl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     rl.add_argument("--output-dir", help=f"sets output.dir: {OUTPUT_DIR_HELP}")
-    rl.add_argument("--resume", default="none", help="auto (latest complete checkpoint), none, or a checkpoint path")
+    rl.add_argument("--resume", default="none", help=RESUME_HELP)
+    rl.add_argument("--allow-changed", action="append", default=[], metavar="KEY", help=ALLOW_CHANGED_HELP)
     rl.set_defaults(func=cmd_rl)
 
     translate = stages.add_parser("translate", help="translate SFT / RL / MCQ data with an OpenAI-compatible LLM")
@@ -329,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     evaluate.add_argument("--model", help="local Hugging Face model directory")
     evaluate.add_argument("--endpoint", help="OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
-    evaluate.add_argument("--benchmark", action="append", default=[], metavar="NAME=PATH", help="an MCQ file to score")
+    evaluate.add_argument("--benchmark", action="append", default=[], metavar="NAME=PATH",
+                          help="a file to score; FILE#SET for one set of a JSON file of named sets, which given "
+                               "whole is one benchmark per set (the published HuatuoGPT-o1 eval_data.json)")
+    evaluate.add_argument("--preset", choices=["huatuo"],
+                          help="a published protocol: huatuo = HuatuoGPT-o1's prompt, decoding, scorer and table")
     evaluate.add_argument("--limit", type=int, help="score only the first N rows of each benchmark")
     evaluate.add_argument("--output-dir")
     evaluate.set_defaults(func=cmd_eval)
@@ -349,8 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     launch = stages.add_parser("launch", help="run a stage as the chart's job (PyTorchJob / Job), or here")
     launch.add_argument("stage", help="a stage of the chart (sft, rl, translate, eval, upload), or `chain`: every "
                         "enabled stage in order, each after the one before has a complete export")
-    launch.add_argument("--backend", choices=["pytorchjob", "trainjob", "local"], default="pytorchjob",
-                        help="trainjob: a Kubeflow Trainer v2 TrainJob on one of the chart's ClusterTrainingRuntimes")
+    launch.add_argument("--backend", choices=["pytorchjob", "trainjob", "local"],
+                        help="default: the chart value `backend` (pytorchjob unless the values say trainjob); trainjob: "
+                             "a Kubeflow Trainer v2 TrainJob on one of the chart's ClusterTrainingRuntimes")
     launch.add_argument("--runtime", help="trainjob: the ClusterTrainingRuntime (default medo1-sft, medo1-ppo for rl, "
                         "medo1-eval; medo1-grpo runs the GRPO recipe)")
     launch.add_argument("--profile", help="chart values from helm/profiles/NAME.yaml")
@@ -359,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--recipe", help="the stage's recipe path (in the image for pytorchjob)")
     launch.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     launch.add_argument("--job-name", help="PyTorchJob name (default: the chart's <release>-<stage>)")
+    launch.add_argument("--release", help="chain: the release its jobs are named after, <release>-<stage>-<run id> "
+                        "(default medo1; the chart passes its full name)")
+    launch.add_argument("--run-id", help="chain: names this run; every stage's output goes under "
+                        "<output>/<release>/<run id> and a rerun with the same id continues the run (a Kubernetes UID "
+                        "is cut to its first 8 characters; default: none, the recipes' own paths)")
     launch.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
     launch.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
     launch.add_argument("--poll", type=float, default=DEFAULT_POLL_S, metavar="SECONDS", help="job status poll interval")
@@ -367,6 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--stuck-after", type=float, default=DEFAULT_STUCK_AFTER_S, metavar="SECONDS",
                         help="fail once a pod has been stuck this long (missing Secret or image, failed mount, "
                              "Unschedulable); 0: wait on it until the timeout")
+    launch.add_argument("--scale-up-wait", type=float, default=DEFAULT_SCALE_UP_WAIT_S, metavar="SECONDS",
+                        help="how long an Unschedulable pod may wait while the cluster autoscaler adds a node for it "
+                             "(TriggeredScaleUp, a ProvisioningRequest): a GPU node takes minutes to boot")
+    launch.add_argument("--delete-wait", type=float, default=DEFAULT_DELETE_WAIT_S, metavar="SECONDS",
+                        help="how long a failed job's deletion is waited on before its restart is created under "
+                             "another name (pods stuck Terminating on a dead node)")
+    launch.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+                        help="how long any Kubernetes API call waits for an answer")
     launch.add_argument("--strict", action="store_true",
                         help="refuse (exit 3, nothing created) when the stage's plan does not fit its GPUs or none can "
                              "be made; without it, a warning (chart value plan.strict does the same)")
@@ -415,7 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What the file system answers a user can act on (a folder they may not write, a full or read-only disk): one line,
+# not a traceback, wherever in a stage it happens.
+FILESYSTEM_REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
 def main(argv: list[str] | None = None) -> int:
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        exit_with_parent()  # a rank under torchrun stops when torchrun ends, even by SIGKILL
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if is_main_process() or args.verbose else logging.WARNING,
@@ -427,10 +495,25 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - interpreter shutdown flushes stdout once more
         return 0
     except Medo1Error as exc:
+        termination.record(exc)
         if args.debug:
             raise
         print(f"medo1: error: {exc}", file=sys.stderr)  # a list of bad rows follows on its own lines
         return exc.exit_code
+    except OSError as exc:
+        if exc.errno not in FILESYSTEM_REFUSALS:
+            termination.record(exc)
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        refusal = ConfigError(f"{where}{exc.strerror} (check the path's owner, permissions and free space)")
+        termination.record(refusal)  # a restart cannot cure it either
+        if args.debug:
+            raise
+        print(f"medo1: error: {refusal}", file=sys.stderr)
+        return refusal.exit_code
+    except BaseException as exc:  # a bug or out of memory: its traceback follows; the pod says which
+        termination.record(exc)
+        raise
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from medo1.atomic import check_replaceable
 from medo1.errors import Medo1Error
 
 
@@ -46,7 +47,38 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw) if raw != "" else ""
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def _field_annotation(model: type[BaseModel] | None, path: list[str]) -> Any:
+    """The annotation of the field at `path` under `model` (None where the path leaves the typed sections)."""
+    annotation: Any = model
+    for part in path:
+        sections = [annotation] if _section_class(annotation) else _section_variants(annotation)
+        field = next((s.model_fields[part] for s in sections if part in s.model_fields), None)
+        if field is None:
+            return None
+        annotation = field.annotation
+    return annotation
+
+
+def _merge(base: dict[str, Any], value: dict[str, Any], annotation: Any) -> dict[str, Any]:
+    """`value` merged into the section `base`, key by key, sub-sections merged in turn; a section chosen by its
+    `kind` (the rewards) is replaced when `value` names another kind."""
+    if _section_variants(annotation) and value.get("kind", base.get("kind")) != base.get("kind"):
+        return dict(value)
+    merged = dict(base)
+    for key, item in value.items():
+        inner = _field_annotation(annotation, [key])
+        is_section = _section_class(inner) or _section_variants(inner)
+        if is_section and isinstance(item, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], item, inner)
+        else:
+            merged[key] = item
+    return merged
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Apply `key.path=value` overrides to a recipe's mapping. With the config `model`, a mapping given for a
+    section (`--set 'train={epochs: 2}'`) merges into the recipe's section, keys it leaves out keeping the recipe's
+    values; a mapping for a plain mapping field (`benchmarks`) replaces it."""
     for item in overrides:
         path, value = parse_override(item)
         node = data
@@ -57,6 +89,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             elif not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
+        annotation = _field_annotation(model, path) if model is not None else None
+        existing = node.get(path[-1])
+        if (_section_class(annotation) or _section_variants(annotation)) and isinstance(value, dict) \
+                and isinstance(existing, dict):
+            value = _merge(existing, value, annotation)
         node[path[-1]] = value
     return data
 
@@ -82,7 +119,7 @@ def load_config(
     if recipe is not None:
         source = str(recipe)
         data = read_yaml_mapping(recipe, "recipe")
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], model)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -99,17 +136,20 @@ def check_training_paths(config: Any, models: dict[str, str | None] | None = Non
     for field, name in (references | (models or {})).items():
         if name:
             check_model_reference(name, field)
-    from medo1.data import HUB_PREFIX, DataError, parse_hub_source  # medo1.data builds on this module
+    from medo1.data import HUB_PREFIX, DataError, check_hub_prefix_case, parse_hub_source  # builds on this module
 
     data_path = config.data.path
-    if data_path.startswith(HUB_PREFIX):
-        try:
-            parse_hub_source(data_path)
-        except DataError as exc:
-            raise ConfigError(f"data.path: {exc}") from None
-    elif not Path(data_path).expanduser().exists():
+    try:
+        parse_hub_source(data_path) if data_path.startswith(HUB_PREFIX) else check_hub_prefix_case(data_path)
+    except DataError as exc:
+        raise ConfigError(f"data.path: {exc}") from None
+    if not data_path.startswith(HUB_PREFIX) and not Path(data_path).expanduser().exists():
         raise ConfigError(f"data.path: {data_path} does not exist")
     check_output_dir(config.output.dir)
+    inputs = references | (models or {}) | {"data.path": data_path, "train.deepspeed_config": config.train.deepspeed_config}
+    check_outputs_apart({"output.dir": config.output.dir}, inputs)
+    for name in ("export", "export.partial"):  # replaced at the end of the run: refused now, not after hours
+        check_replaceable(Path(config.output.dir).expanduser() / name, f"output.dir: {name}")
 
 
 # Each stage's top config class, imported only when asked for (the SFT and config modules load without torch).
@@ -202,7 +242,8 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Weights' dtype when loaded; auto: the checkpoint's own."""
     attn_implementation: str | None = None
-    """transformers' attention kernel (eager, sdpa, flash_attention_2); default: transformers' choice."""
+    """transformers' attention kernel: eager, sdpa, flex_attention, flash_attention_4 (flash-attn-4, in the GPU image:
+    padding-free varlen on Hopper and newer), flash_attention_2 (flash-attn, if built); default: transformers' (sdpa)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
 
@@ -224,6 +265,14 @@ class OutputConfig(Section):
     """Also report metrics to these trackers."""
     batch_trace: bool = False
     """Write a fingerprint of each training batch to DIR/batch_trace.jsonl (to check resumed data order)."""
+
+
+class ResumeConfig(Section):
+    """What a resumed training run may differ in from the checkpoint it continues (`medo1.resume`)."""
+
+    allow_changes: list[str] = []
+    """Recipe keys (or sections: `data`, `train`) allowed to differ from the checkpoint's or the finished run's recipe
+    fingerprint; any other difference refuses the resume, naming the keys. `--allow-changed KEY` adds to it."""
 
 
 class TrainingOptions(Section):
@@ -292,3 +341,37 @@ def check_output_dir(directory: str, field: str = "output.dir") -> None:
         raise ConfigError(f"{field}: {directory} cannot be created: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{field}: {directory} is not writable ({existing} is read-only)")
+
+
+def _where(path: str | Path) -> tuple[Path, tuple[int, int] | None]:
+    """(resolved path, (device, inode) when it exists): one file under two names (a symlink, `..`, a hard link)
+    compares equal."""
+    resolved = Path(path).expanduser().resolve()
+    try:
+        stat = resolved.stat()
+    except OSError:
+        return resolved, None
+    return resolved, (stat.st_dev, stat.st_ino)
+
+
+def check_outputs_apart(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
+    """Refuse, before anything is read or written, an output path (file or folder) that resolves to one of the
+    stage's inputs or to a folder holding one, and two outputs that resolve to the same path. Keys name the
+    option (`--rejects`, `output.dir`); an input that is not on this machine (None, a Hub id, `hf://`) is skipped."""
+    local_inputs = {field: _where(path) for field, path in inputs.items()
+                    if path and not str(path).startswith("hf://") and os.path.lexists(Path(path).expanduser())}
+    seen: dict[Path, str] = {}
+    for field, path in outputs.items():
+        if not path:
+            continue
+        out, out_id = _where(path)
+        for input_field, (source, source_id) in local_inputs.items():
+            if out == source or (out_id is not None and out_id == source_id):
+                raise ConfigError(f"{field}: {path} is {input_field} itself ({inputs[input_field]}); "
+                                  "writing there would replace the input: give another path")
+            if source.is_relative_to(out):
+                raise ConfigError(f"{field}: {path} holds {input_field} ({inputs[input_field]}); outputs go "
+                                  "to a path that holds no input: give another one")
+        if out in seen:
+            raise ConfigError(f"{field}: {path} is also {seen[out]}; give each output its own path")
+        seen[out] = field

@@ -85,8 +85,10 @@ class DataConfig(Section):
     """A system message put before each prompt."""
     max_length: int = Field(8192, ge=1)
     """Most tokens per example (prompt and completion)."""
-    overlong: Literal["drop", "truncate"] = "drop"
-    """An example longer than max_length: drop it (to the rejects file) or truncate its completion."""
+    overlong: Literal["drop", "truncate", "fail"] = "drop"
+    """An example longer than max_length: drop it (to the rejects file), truncate its completion, or fail the run
+    naming the rows. Drops above OVERLONG_WARNING_RATIO (25%) of the valid rows warn on the console and in the run
+    report."""
     on_invalid: Literal["fail", "skip"] = "fail"
     """An invalid row: fail the run naming file, row and field, or skip it to the rejects file."""
     limit: int | None = Field(None, ge=1)
@@ -200,12 +202,24 @@ class HubSource:
     revision: str | None = None
 
 
+HUB_FORM = "a Hub dataset is hf://OWNER/NAME[?config=C&split=S&revision=R]"
+
+
 def parse_hub_source(text: str) -> HubSource:
     parts = urlsplit(text)
     repo_id = f"{parts.netloc}{parts.path}".strip("/")
     if parts.scheme != "hf" or repo_id.count("/") != 1 or parts.fragment:
-        raise DataError(f"{text}: a Hub dataset is hf://OWNER/NAME[?config=C&split=S&revision=R]")
-    query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)))
+        raise DataError(f"{text}: {HUB_FORM}")
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:  # a field without `=`, an empty field (`&&`)
+        pairs = [("", "")]
+    if any(not key for key, _ in pairs):
+        raise DataError(f"{text}: malformed query {parts.query!r}; {HUB_FORM}")
+    query = dict(pairs)
+    if len(query) < len(pairs):
+        repeated = sorted({key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1})
+        raise DataError(f"{text}: parameter(s) {', '.join(repeated)} given more than once")
     unknown = set(query) - set(HUB_QUERY_KEYS)
     if unknown:
         known = ", ".join(HUB_QUERY_KEYS)
@@ -213,6 +227,17 @@ def parse_hub_source(text: str) -> HubSource:
     if any(not value for value in query.values()):
         raise DataError(f"{text}: empty parameter value")
     return HubSource(repo_id, query.get("config"), query.get("split", "train"), query.get("revision"))
+
+
+def check_hub_prefix_case(text: str) -> None:
+    """Refuse `HF://owner/name` (read as a local path it would be `HF:/owner/name: file not found`)."""
+    if text[: len(HUB_PREFIX)].lower() == HUB_PREFIX:
+        raise DataError(f"{text}: the Hub prefix is lower-case: hf://{text[len(HUB_PREFIX):]}")
+
+
+def json_error_text(exc: json.JSONDecodeError) -> str:
+    """json's message without its dangling ` at` ("Unterminated string starting at"): the position follows it."""
+    return re.sub(r"(?: starting)? at$", "", exc.msg)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -253,7 +278,7 @@ def _iter_jsonl(path: Path) -> Iterator[Record]:
             try:
                 yield row, line_no, json.loads(line), None
             except json.JSONDecodeError as exc:
-                yield row, line_no, line.rstrip("\n"), f"invalid JSON: {exc.msg} at column {exc.colno}"
+                yield row, line_no, line.rstrip("\n"), f"invalid JSON at column {exc.colno}: {json_error_text(exc)}"
             row += 1
 
 
@@ -316,7 +341,7 @@ class _JsonText:
                 cut = exc.msg.startswith("Unterminated string") or exc.pos > len(self.text) - _CUT_MARGIN
                 if cut and self.more():
                     continue
-                raise self.error(exc.msg, exc.pos, row) from None
+                raise self.error(json_error_text(exc), exc.pos, row) from None
             if end > len(self.text) - _CUT_MARGIN and self.more():
                 continue
             self.pos = end
@@ -330,8 +355,72 @@ class _JsonText:
         return DataError(f"{where}: invalid JSON at line {line} column {column}: {message}")
 
 
-def _iter_json_list(path: Path) -> Iterator[Record]:
-    """The rows of a top-level JSON array, decoded one at a time as the file is read in chunks (never held whole).
+def _array_rows(text: _JsonText) -> Iterator[Record]:
+    """The rows of the JSON array whose `[` is at `text.pos`, one at a time; `pos` is left after its `]`."""
+    text.pos += 1
+    row = 0
+    if text.next_char() == "]":
+        text.pos += 1
+        return
+    while True:
+        text.next_char()
+        yield row, None, text.value(row), None
+        after = text.next_char()
+        if after == "]":
+            text.pos += 1
+            return
+        if after != ",":
+            raise text.error("Expecting ',' delimiter", text.pos, row)
+        text.pos += 1
+        row += 1
+
+
+def _object_members(text: _JsonText) -> Iterator[str]:
+    """The keys of the JSON object whose `{` is at `text.pos`; after each key is yielded `pos` is on its value,
+    which the caller reads (or skips) before asking for the next key. `pos` is left after the `}`."""
+    text.pos += 1
+    if text.next_char() == "}":
+        text.pos += 1
+        return
+    while True:
+        if text.next_char() != '"':
+            raise text.error("Expecting property name enclosed in double quotes", text.pos)
+        key = text.value(None)
+        if text.next_char() != ":":
+            raise text.error("Expecting ':' delimiter", text.pos)
+        text.pos += 1
+        text.next_char()
+        yield key
+        after = text.next_char()
+        if after == "}":
+            text.pos += 1
+            return
+        if after != ",":
+            raise text.error("Expecting ',' delimiter", text.pos)
+        text.pos += 1
+
+
+def json_sets(path: str | Path) -> dict[str, int] | None:
+    """A JSON file holding named sets, one object {set name: [rows]} (as the published HuatuoGPT-o1 eval file):
+    each set's name and row count, in file order; None when the file's top level is not an object of lists."""
+    path = Path(path)
+    if path.suffix.lower() != ".json" or not path.is_file() or path.stat().st_size == 0:
+        return None
+    sets: dict[str, int] = {}
+    with path.open("rb") as handle:
+        text = _JsonText(path, handle)
+        if text.next_char() != "{":
+            return None
+        for key in _object_members(text):
+            if text.next_char() != "[":
+                return None
+            sets[key] = sum(1 for _ in _array_rows(text))
+    return sets or None
+
+
+def _iter_json_list(path: Path, key: str | None = None) -> Iterator[Record]:
+    """The rows of a top-level JSON array (or, with `key`, of the array under that key of a top-level object),
+    decoded one at a time as the file is read in chunks (never held whole).
 
     Broken JSON stops the read with the line and column (and the row it is in), as `json.loads` would name them.
     """
@@ -340,27 +429,26 @@ def _iter_json_list(path: Path) -> Iterator[Record]:
         first = text.next_char()
         if not first:
             return
+        if key is not None:
+            if first != "{":
+                raise DataError(f"{path}#{key}: the file's top level is not an object of named sets")
+            names = []
+            for name in _object_members(text):
+                if name == key and text.next_char() == "[":
+                    yield from _array_rows(text)
+                    return
+                names.append(name)
+                text.value(None)
+            raise DataError(f"{path}: no set {key!r}; its sets: {', '.join(names) or '(none)'}")
         if first != "[":
             loaded = text.value(None)
             if text.next_char():
                 raise text.error("Extra data", text.pos)
+            if isinstance(loaded, dict) and loaded and all(isinstance(v, list) for v in loaded.values()):
+                raise DataError(f"{path}: an object of named sets ({', '.join(loaded)}), not a list of records; "
+                                f"name one as {path}#SET")
             raise DataError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(loaded).__name__}")
-        text.pos += 1
-        row = 0
-        if text.next_char() == "]":
-            text.pos += 1
-        else:
-            while True:
-                text.next_char()
-                yield row, None, text.value(row), None
-                after = text.next_char()
-                if after == "]":
-                    text.pos += 1
-                    break
-                if after != ",":
-                    raise text.error("Expecting ',' delimiter", text.pos, row)
-                text.pos += 1
-                row += 1
+        yield from _array_rows(text)
         if text.next_char():
             raise text.error("Extra data", text.pos)
 
@@ -414,8 +502,18 @@ def _hub_rows(source: HubSource) -> Iterable[dict]:
     return load_dataset(source.repo_id, source.config, split=source.split, revision=source.revision)
 
 
-def iter_records(path: str | Path) -> Iterator[Record]:
-    """Yield (row, line, record, parse_error) for every row of a source (see the module docstring).
+def split_set(source: str) -> tuple[str, str | None]:
+    """`FILE#SET` -> (FILE, SET): one named set of a JSON file of sets (`json_sets`); any other source -> (it, None).
+    A file whose own name holds `#` is read as that file."""
+    path, sep, key = source.rpartition("#")
+    if not sep or not key or source.startswith(HUB_PREFIX) or Path(source).exists():
+        return source, None
+    return path, key
+
+
+def iter_records(path: str | Path, key: str | None = None) -> Iterator[Record]:
+    """Yield (row, line, record, parse_error) for every row of a source (see the module docstring); with `key`,
+    of the set of that name in a JSON file of named sets ({set name: [rows]}).
 
     `line` is the 1-based line of a JSONL row, else None; `parse_error` is set for a JSONL line that
     is not JSON (the record is then the line's text).
@@ -425,6 +523,7 @@ def iter_records(path: str | Path) -> Iterator[Record]:
         source = parse_hub_source(text)
         yield from _iter_dataset(text, lambda: _hub_rows(source))
         return
+    check_hub_prefix_case(text)
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -434,20 +533,34 @@ def iter_records(path: str | Path) -> Iterator[Record]:
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl", *ARROW_FILE_KINDS):
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; supported: {SUPPORTED_SOURCES}")
+    if key is not None and suffix != ".json":
+        raise DataError(f"{path}#{key}: only a .json file holds named sets")
     if path.stat().st_size == 0:
         return
     if suffix == ".jsonl":
         yield from _iter_jsonl(path)
     elif suffix == ".json":
-        yield from _iter_json_list(path)
+        yield from _iter_json_list(path, key)
     else:
         yield from _iter_dataset(str(path), lambda: _stream_file(path, ARROW_FILE_KINDS[suffix]))
+
+
+MAX_COLUMNS_SHOWN = 12
+
+
+def _missing(record: dict[str, Any], key: str) -> FieldProblem:
+    """`key` missing from `record`, naming the columns it has (a file with the wrong columns, or the wrong preset)."""
+    if key in record:
+        return FieldProblem(key, "missing (null)")
+    names = [str(name) for name in record]
+    shown = ", ".join(names[:MAX_COLUMNS_SHOWN]) + (", ..." if len(names) > MAX_COLUMNS_SHOWN else "")
+    return FieldProblem(key, f"missing (the row's columns: {shown or 'none'})")
 
 
 def _text(record: dict[str, Any], key: str, *, required: bool = True) -> str:
     if key not in record or record[key] is None:
         if required:
-            raise FieldProblem(key, "missing")
+            raise _missing(record, key)
         return ""
     value = record[key]
     if not isinstance(value, str):
@@ -482,7 +595,7 @@ def parse_sharegpt(record: dict, fields: dict[str, str], system_prompt: str | No
     key = fields["conversations"]
     turns = record.get(key)
     if turns is None:
-        raise FieldProblem(key, "missing")
+        raise _missing(record, key)
     if not isinstance(turns, list) or not turns:
         raise FieldProblem(key, "expected a non-empty list of turns")
     messages: list[dict[str, str]] = []
@@ -515,7 +628,7 @@ def parse_mcq(record: dict, fields: dict[str, str], system_prompt: str | None) -
     question = _text(record, fields["question"])
     options = record.get(fields["options"])
     if options is None:
-        raise FieldProblem(fields["options"], "missing")
+        raise _missing(record, fields["options"])
     if not isinstance(options, dict) or not options:
         raise FieldProblem(fields["options"], "expected a non-empty object of letter -> option text")
     for letter, text in options.items():
@@ -545,27 +658,30 @@ def load_examples(
     system_prompt: str | None = None,
     limit: int | None = None,
     duplicates: Literal["keep", "reject"] = "keep",
+    key: str | None = None,
 ) -> LoadResult:
+    """The valid examples of a source and its problems; `key` names one set of a JSON file of named sets."""
     if format not in PARSERS:
         raise DataError(f"unknown format {format!r}; known: {', '.join(PARSERS)}")
     mapping = resolve_fields(format, preset, fields or {})
     parse = PARSERS[format]
-    result = LoadResult(path=str(path), format=format, rows=0)
+    source = f"{path}#{key}" if key is not None else str(path)
+    result = LoadResult(path=source, format=format, rows=0)
     seen: dict[bytes, int] = {}
-    for row, line, record, parse_error in iter_records(path):
+    for row, line, record, parse_error in iter_records(path, key):
         if limit is not None and row >= limit:
             break
         result.rows += 1
         result.raw[row] = record
         if parse_error is not None:
-            problem = Problem(str(path), row, None, parse_error, line)
+            problem = Problem(source, row, None, parse_error, line)
         elif not isinstance(record, dict):
-            problem = Problem(str(path), row, None, f"expected a JSON object, got {type(record).__name__}", line)
+            problem = Problem(source, row, None, f"expected a JSON object, got {type(record).__name__}", line)
         else:
             try:
                 example = parse(record, mapping, system_prompt)
             except FieldProblem as exc:
-                problem = Problem(str(path), row, exc.field, exc.message, line)
+                problem = Problem(source, row, exc.field, exc.message, line)
             else:
                 first = seen.setdefault(_fingerprint(example), row)
                 if first != row:
@@ -573,10 +689,10 @@ def load_examples(
                 if first == row or duplicates == "keep":
                     result.examples.append((row, example))
                     continue
-                problem = Problem(str(path), row, None, f"duplicate of row {first}", line)
+                problem = Problem(source, row, None, f"duplicate of row {first}", line)
         result.problems.append(problem)
     if result.rows == 0:
-        raise DataError(f"{path}: no rows")
+        raise DataError(f"{source}: no rows")
     return result
 
 
@@ -601,6 +717,31 @@ def write_rejects(path: str | Path, problems: list[Problem], raw: dict[int, Any]
         atomic_write_text(path, "".join(line + "\n" for line in lines))
     except OSError as exc:
         raise DataError(f"{path}: cannot write the rejects file ({exc.strerror or exc})") from None
+
+
+OVERLONG_WARNING_RATIO = 0.25
+"""Share of the valid rows dropped as over-long above which a run warns: a max_length far below the data's lengths."""
+
+
+def overlong_warning(dropped: int, valid: int, max_length: int) -> str | None:
+    """The warning for `dropped` of `valid` rows dropped as longer than `max_length`, when above the ratio."""
+    if not valid or dropped <= OVERLONG_WARNING_RATIO * valid:
+        return None
+    return (f"{dropped} of {valid} valid row(s) ({dropped / valid:.0%}) are longer than data.max_length={max_length} "
+            f"tokens and were dropped (more than {OVERLONG_WARNING_RATIO:.0%}): raise data.max_length, set "
+            "data.overlong=truncate, or data.overlong=fail to stop instead")
+
+
+def enforce_overlong(dropped: list[Problem], overlong: str, max_length: int) -> None:
+    """With `overlong=fail`, over-long rows stop the run with a message naming them."""
+    if not dropped or overlong != "fail":
+        return
+    shown = "\n  ".join(str(p) for p in dropped[:10])
+    more = f"\n  ... and {len(dropped) - 10} more" if len(dropped) > 10 else ""
+    raise DataError(
+        f"{len(dropped)} row(s) longer than data.max_length={max_length} tokens (data.overlong=fail):\n  {shown}{more}\n"
+        "Raise data.max_length, or set data.overlong=drop or truncate."
+    )
 
 
 def enforce_policy(problems: list[Problem], on_invalid: str) -> None:

@@ -3,13 +3,20 @@ in seconds instead of after hours of queued 8x H100 time. What is checked follow
 objects a profile renders (every enabled stage's job, as the launcher renders it) name the Secrets and
 keys, the claims, the service accounts, the node selector and tolerations, and the Kueue queue.
 
-Checks: the Kubeflow CRDs the backend creates (served at the version the chart writes); each Secret
-and key a pod references; each claim exists, is Bound, has the access mode the job needs (ReadWriteMany
-when several nodes mount it) and, for the checkpoints claim, room for the checkpoints the recipes keep
-(sized by `medo1.plan`); the caller and the launcher service accounts may create the jobs and read
-pods, logs and events (SelfSubjectAccessReview, SubjectAccessReview); enough schedulable nodes match
-the selector and tolerations with the GPUs (and RDMA devices) free; Istio sidecar injection (warn); the
-Kueue LocalQueue.
+Checks: the API server's version and the Kubeflow APIs the backend creates (served at the version the
+chart writes, read through discovery, which every account may read), Trainer's version; each Secret and
+key a pod references; each claim exists, is Bound (or Pending on a WaitForFirstConsumer StorageClass,
+which is normal), has the access mode the job needs (ReadWriteMany when several nodes mount it; which
+StorageClass provides it when the default does not) and, for the checkpoints claim, room for the
+checkpoints the recipes keep (sized by `medo1.plan`); the caller and the launcher service accounts may
+create the jobs and read what the launcher reads (SelfSubjectAccessReview, SubjectAccessReview); enough
+schedulable nodes match the selector and tolerations with the GPUs (and RDMA devices) free, and their
+NVIDIA driver is R580 or newer; Istio sidecar injection (warn); the Kueue LocalQueue, the ClusterQueue
+behind it covering every resource the pods request, and Kueue managing the kind of job the backend creates.
+
+A check the credentials may not make (a namespaced account reading nodes or Kueue's configuration) is
+`unchecked`, with the API server's 403 and what would grant it: not a pass, and the exit code is 1
+unless `--allow-unchecked`.
 
 Raises DoctorError (one line) for values that do not render or a cluster that cannot be reached.
 """
@@ -25,8 +32,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from medo1 import k8s
 from medo1.config import ConfigError, StageError
+from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, bound_requests, describe_unanswered
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,35 @@ JOB_RESOURCES = {"pytorchjob": ("kubeflow.org", "pytorchjobs"), "trainjob": ("tr
 # What a launcher does (medo1.launch): create, follow and delete its job; read the pods, their log and
 # the Warning events (the stuck-pod checks).
 READS = [("list", "", "pods"), ("get", "", "pods/log"), ("list", "", "events")]
-KUEUE_QUEUE = ("kueue.x-k8s.io", "v1beta1", "localqueues")
+# The Kubeflow SDK reads the namespaced TrainingRuntime, then the ClusterTrainingRuntime (cluster-scoped) of the
+# runtime's name before it creates a TrainJob (kubeflow 0.5 kubeflow/trainer/backends/kubernetes/backend.py get_runtime).
+RUNTIME_READS = [("get", "trainer.kubeflow.org", "trainingruntimes"), ("get", "trainer.kubeflow.org", "clustertrainingruntimes")]
+CLUSTER_SCOPED = {"clustertrainingruntimes"}
+KUEUE_GROUP = "kueue.x-k8s.io"
+# v1beta2 first (v1beta1 is deprecated); v1beta1 only where it is all the server serves.
+KUEUE_VERSIONS = ("v1beta2", "v1", "v1beta1")
+# The Kueue Helm chart's Configuration (kubernetes-sigs/kueue charts/kueue/templates/manager/manager-config.yaml:
+# <release>-manager-config, key controller_manager_config.yaml; release `kueue` in kueue-system by its docs).
+KUEUE_CONFIG = ("kueue-system", "kueue-manager-config", "controller_manager_config.yaml")
+# Kueue's integration names (integrations.frameworks) for the kinds a backend creates and the batch Jobs.
+KUEUE_FRAMEWORKS = {"PyTorchJob": "kubeflow.org/pytorchjob", "TrainJob": "trainer.kubeflow.org/trainjob", "Job": "batch/job"}
+# Trainer publishes its version for the SDK (kubeflow/sdk reads this ConfigMap key); the chart's runtimes are
+# written for Trainer v2.3.
+TRAINER_PUBLIC = ("kubeflow-system", "kubeflow-trainer-public", "kubeflow_trainer_version")
+TRAINER_MINIMUM = (2, 3)
+KUBERNETES_MINIMUM = (1, 28)  # helm/medo1/Chart.yaml kubeVersion
+# The NVIDIA driver's major version as GPU feature discovery labels a node (NVIDIA/k8s-device-plugin, GFD labels;
+# the second is its deprecated form). CUDA 13 (the trainer image's user-space libraries) needs R580 or newer.
+DRIVER_LABELS = ("nvidia.com/cuda.driver-version.major", "nvidia.com/cuda.driver.major")
+DRIVER_MINIMUM = 580
+DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
+# Provisioners that make block disks, mountable ReadWriteOnce only (the GKE, EKS and AKS defaults, kind's), and
+# provisioners of shared file systems that serve ReadWriteMany.
+RWO_ONLY_PROVISIONERS = {"pd.csi.storage.gke.io", "kubernetes.io/gce-pd", "ebs.csi.aws.com", "kubernetes.io/aws-ebs",
+                         "disk.csi.azure.com", "kubernetes.io/azure-disk", "rancher.io/local-path",
+                         "cinder.csi.openstack.org"}
+RWX_PROVISIONERS = ("filestore.csi.storage.gke.io", "lustre.csi.storage.gke.io", "efs.csi.aws.com", "fsx.csi.aws.com",
+                    "file.csi.azure.com", "kubernetes.io/azure-file", "nfs.csi.k8s.io", "cephfs.csi.ceph.com")
 ISTIO_OPT_OUT = "sidecar.istio.io/inject"
 ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 STORAGE_KEY = {"data": "data", "checkpoints": "checkpoints", "hf-cache": "hfCache"}
@@ -52,14 +90,15 @@ class DoctorError(StageError):
 
 
 class Forbidden(DoctorError):
-    """The credentials may not read something (a namespaced pipeline account reading nodes or CRDs)."""
+    """The credentials may not read something (a namespaced pipeline account reading nodes): its message is the
+    API server's 403."""
 
 
 @dataclass(frozen=True)
 class Finding:
     check: str
     status: str
-    """pass, warn or fail."""
+    """pass, warn, fail, or unchecked: the credentials could not make the check (not a pass)."""
     detail: str
     fix: str = ""
 
@@ -74,6 +113,16 @@ def _fail(check: str, detail: str, fix: str) -> Finding:
 
 def _warn(check: str, detail: str, fix: str) -> Finding:
     return Finding(check, "warn", detail, fix)
+
+
+def _unchecked(check: str, detail: str, fix: str) -> Finding:
+    return Finding(check, "unchecked", detail, fix)
+
+
+# What grants a read a namespaced account lacks: the team release's Role or the platform install.
+GRANTS = ("the chart's launcher Role grants the namespaced reads; the platform install "
+          "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) the cluster-scoped ones; or run doctor as "
+          "a cluster admin (--allow-unchecked accepts what cannot be checked)")
 
 
 # ---- what the profile needs, from its rendering -----------------------------------------------------
@@ -109,9 +158,20 @@ def profile_needs(*, profile: str | None, values_files: Sequence[str | Path], va
         values = release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
         merged = merge_values(k8s.chart_defaults(), values)
         objects = k8s.render_chart(values, namespace=namespace)
-        if merged["backend"] == "pytorchjob":  # the jobs the launcher creates (the run Job's, the pipeline's)
-            objects += [stage_job(stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
-                                  namespace=namespace) for stage in chain_stages(values)]
+        # The jobs the launcher creates (the run Job's, the pipeline's): PyTorchJobs and batch Jobs; with the
+        # trainjob backend the pods come from the ClusterTrainingRuntime each training stage runs on.
+        rendered_trainjobs = any(o["kind"] == "TrainJob" for o in objects)  # the chart's own (chain off)
+        for stage in chain_stages(values):
+            if merged["backend"] == "trainjob" and stage in ("sft", "rl"):
+                if rendered_trainjobs:
+                    continue
+                from medo1.launch.trainjob import DEFAULT_RUNTIME, build_trainjob, chart_runtime
+
+                objects += [chart_runtime(DEFAULT_RUNTIME[stage], values),
+                            build_trainjob(stage, values, namespace=namespace)]
+            else:
+                objects.append(stage_job(stage, profile=profile, values_files=values_files,
+                                         value_overrides=value_overrides, namespace=namespace))
     except (LaunchError, ValueError) as exc:
         raise DoctorError(f"chart values: {exc}") from None
     return Needs(merged, objects, namespace)
@@ -121,32 +181,69 @@ def profile_needs(*, profile: str | None, values_files: Sequence[str | Path], va
 
 
 class ClusterReader:
-    """GETs and access reviews through the real kubernetes client, as camelCase dicts; None for 404."""
+    """GETs, discovery and access reviews through the real kubernetes client, as camelCase dicts; None for 404;
+    Forbidden (the API server's message) for 403."""
 
     def __init__(self, api_client: Any):
         from kubernetes import client
 
         self.core = client.CoreV1Api(api_client)
-        self.extensions = client.ApiextensionsV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
+        self.custom_objects = client.CustomObjectsApi(api_client)
+        self.storage = client.StorageV1Api(api_client)
         self.authorization = client.AuthorizationV1Api(api_client)
+        self.authentication = client.AuthenticationV1Api(api_client)
+        self.apis = client.ApisApi(api_client)
+        self.version = client.VersionApi(api_client)
 
     @staticmethod
     def _read(call: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         from kubernetes.client.rest import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             response = call(*args, _preload_content=False, **kwargs)
+        except HTTPError as exc:  # no answer in time (medo1.launch.apicalls bounds every call), or no connection
+            host = call.__self__.api_client.configuration.host
+            raise DoctorError(describe_unanswered(exc, host) or f"reading the cluster: {exc}") from None
         except ApiException as exc:
             if exc.status == 404:
                 return None
+            try:
+                message = json.loads(exc.body)["message"]
+            except (TypeError, ValueError, KeyError):
+                message = f"{call.__name__}: {exc.status} {exc.reason}"
             if exc.status == 403:
-                raise Forbidden(f"{call.__name__}: 403 forbidden") from None
-            raise DoctorError(f"reading the cluster: {exc.status} {exc.reason}") from None
+                raise Forbidden(message) from None
+            raise DoctorError(f"reading the cluster: {exc.status} {message}") from None
+        except HTTPError as exc:
+            raise DoctorError(f"reading the cluster: {exc}") from None
         return json.loads(response.data)
 
-    def crd(self, name: str) -> dict[str, Any] | None:
-        return self._read(self.extensions.read_custom_resource_definition, name)
+    @functools.cached_property
+    def _groups(self) -> dict[str, list[str]]:
+        """API group -> the versions the server serves (discovery: every authenticated account may read it)."""
+        listing = self._read(self.apis.get_api_versions) or {}
+        return {g["name"]: [v["version"] for v in g.get("versions", [])] for g in listing.get("groups", [])}
+
+    def served_versions(self, group: str) -> list[str]:
+        return self._groups.get(group, [])
+
+    def serves(self, group: str, version: str, plural: str) -> bool:
+        """Whether discovery lists `plural` at group/version (a group can be served without every kind)."""
+        if version not in self.served_versions(group):
+            return False
+        api_client = self.apis.api_client
+
+        def discover(**kwargs: Any) -> Any:
+            return api_client.call_api(f"/apis/{group}/{version}", "GET", auth_settings=["BearerToken"],
+                                       _return_http_data_only=True, **kwargs)
+
+        discover.__name__ = f"discovery of {group}/{version}"
+        listing = self._read(discover) or {}
+        return any(r.get("name") == plural for r in listing.get("resources", []))
+
+    def server_version(self) -> str:
+        return (self._read(self.version.get_code) or {}).get("gitVersion", "")
 
     def secret(self, name: str, namespace: str) -> dict[str, Any] | None:
         return self._read(self.core.read_namespaced_secret, name, namespace)
@@ -157,20 +254,45 @@ class ClusterReader:
     def namespace(self, name: str) -> dict[str, Any] | None:
         return self._read(self.core.read_namespace, name)
 
+    def config_map(self, name: str, namespace: str) -> dict[str, Any] | None:
+        return self._read(self.core.read_namespaced_config_map, name, namespace)
+
     def nodes(self) -> list[dict[str, Any]]:
         return (self._read(self.core.list_node) or {}).get("items", [])
 
     def pods_everywhere(self) -> list[dict[str, Any]]:
         return (self._read(self.core.list_pod_for_all_namespaces) or {}).get("items", [])
 
-    def local_queue(self, name: str, namespace: str) -> dict[str, Any] | None:
-        group, version, plural = KUEUE_QUEUE
-        return self._read(self.custom.get_namespaced_custom_object, group, version, namespace, plural, name)
+    def storage_classes(self) -> list[dict[str, Any]]:
+        return (self._read(self.storage.list_storage_class) or {}).get("items", [])
 
-    def allowed(self, verb: str, group: str, resource: str, namespace: str, user: str | None = None) -> bool:
-        """SelfSubjectAccessReview (user None: whoever runs this) or SubjectAccessReview about `user`."""
+    def custom(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        if namespace is None:
+            return self._read(self.custom_objects.get_cluster_custom_object, group, version, plural, name)
+        return self._read(self.custom_objects.get_namespaced_custom_object, group, version, namespace, plural, name)
+
+    def local_queue(self, name: str, namespace: str, version: str = "v1beta2") -> dict[str, Any] | None:
+        return self.custom(KUEUE_GROUP, version, "localqueues", name, namespace)
+
+    def whoami(self) -> str | None:
+        """The caller's user name (SelfSubjectReview, Kubernetes 1.28+); None where it cannot be asked."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+        try:
+            review = self._read(self.authentication.create_self_subject_review, body)
+        except DoctorError:
+            return None
+        return (((review or {}).get("status") or {}).get("userInfo") or {}).get("username")
+
+    def allowed(self, verb: str, group: str, resource: str, namespace: str, user: str | None = None,
+                name: str = "") -> bool:
+        """SelfSubjectAccessReview (user None: whoever runs this) or SubjectAccessReview about `user`; a
+        cluster-scoped resource is asked without a namespace; `name` for a grant limited to some names."""
         resource, _, subresource = resource.partition("/")
-        attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}
+        attributes = {"verb": verb, "group": group, "resource": resource}
+        if resource not in CLUSTER_SCOPED:
+            attributes["namespace"] = namespace
+        if name:
+            attributes["name"] = name
         if subresource:
             attributes["subresource"] = subresource
         if user is None:
@@ -187,24 +309,63 @@ class ClusterReader:
 # ---- the checks -----------------------------------------------------------------------------------------
 
 
+def version_tuple(text: str) -> tuple[int, ...]:
+    """`v1.36.2`, `v2.3.0-rc.1` -> (1, 36, 2), (2, 3, 0)."""
+    numbers = []
+    for part in text.lstrip("v").split("-")[0].split("+")[0].split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
+
+
+def check_versions(cluster: ClusterReader, needs: Needs) -> list[Finding]:
+    """The API server's version (the chart's kubeVersion) and, for the trainjob backend, Trainer's."""
+    server = cluster.server_version()
+    findings = []
+    if version_tuple(server)[:2] >= KUBERNETES_MINIMUM:
+        findings.append(_pass("Kubernetes", f"{server} (the chart needs {'.'.join(map(str, KUBERNETES_MINIMUM))}+)"))
+    else:
+        findings.append(_fail("Kubernetes", f"{server or 'unknown'}: the chart needs {'.'.join(map(str, KUBERNETES_MINIMUM))}+",
+                              "upgrade the cluster"))
+    if needs.values["backend"] != "trainjob" and not needs.created("TrainJob"):
+        return findings
+    namespace, name, key = TRAINER_PUBLIC
+    check = "Kubeflow Trainer"
+    try:
+        published = cluster.config_map(name, namespace)
+    except Forbidden as exc:
+        return [*findings, _unchecked(check, f"its version cannot be read: {exc}", GRANTS)]
+    version = ((published or {}).get("data") or {}).get(key)
+    minimum = "v" + ".".join(map(str, TRAINER_MINIMUM))
+    if not version:
+        findings.append(_warn(check, f"no version published ({namespace}/{name} key {key}); the runtimes need {minimum}+",
+                              f"check the Trainer install: kubectl -n {namespace} get deploy -o wide"))
+    elif version_tuple(version)[:2] < TRAINER_MINIMUM:
+        findings.append(_fail(check, f"{version}: the chart's runtimes need {minimum}+", f"upgrade Kubeflow Trainer to {minimum}+"))
+    else:
+        findings.append(_pass(check, f"{version} (the runtimes need {minimum}+)"))
+    return findings
+
+
 def check_crds(cluster: ClusterReader, needs: Needs) -> list[Finding]:
+    """Each Kubeflow API the jobs use, served at the chart's version: read through discovery (no RBAC needed)."""
     kinds = {"PyTorchJob"} if needs.values["backend"] == "pytorchjob" else {"TrainJob"}
-    kinds |= {o["kind"] for o in needs.objects if o.get("kind") in CRDS}
+    kinds |= {o["kind"] for o in needs.objects if o.get("kind") in CRDS and o["kind"] != "ClusterTrainingRuntime"}
     kinds |= {o["spec"]["runtimeRef"].get("kind", "ClusterTrainingRuntime")
               for o in needs.objects if o.get("kind") == "TrainJob"}
     findings = []
     for kind in sorted(kinds):
         name, version = CRDS[kind]
+        group = name.split(".", 1)[1]
         check = f"CRD {name}"
-        crd = cluster.crd(name)
-        if crd is None:
+        served = cluster.served_versions(group)
+        if not served or (version in served and not cluster.serves(group, version, name.split(".", 1)[0])):
             install = ("the Kubeflow Training Operator v1 (kubectl apply --server-side -k "
                        "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.3\")"
                        if kind == "PyTorchJob" else "Kubeflow Trainer v2 (its manifests or Helm chart)")
             findings.append(_fail(check, "not installed", f"install {install}, or ask the cluster admin to"))
-            continue
-        served = [v["name"] for v in crd["spec"].get("versions", []) if v.get("served")]
-        if version in served:
+        elif version in served:
             findings.append(_pass(check, f"{version} served"))
         else:
             findings.append(_fail(check, f"{version} not served (served: {', '.join(served) or 'none'})",
@@ -300,33 +461,87 @@ def quantity_bytes(quantity: str) -> float:
     return parse_memory(quantity) * 2**30
 
 
+def storage_class_of(spec: dict[str, Any], classes: list[dict[str, Any]]) -> tuple[str, dict[str, Any] | None]:
+    """(the class name a claim gets, the StorageClass or None when there is none by that name): its own
+    storageClassName, else the cluster's default class; "" names none (a statically provisioned volume)."""
+    name = spec.get("storageClassName")
+    if name is None:
+        default = next((c for c in classes if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS) == "true"), None)
+        return (default["metadata"]["name"], default) if default else ("", None)
+    return name, next((c for c in classes if c["metadata"]["name"] == name), None)
+
+
+def serves_read_write_many(storage_class: dict[str, Any]) -> bool:
+    return storage_class.get("provisioner", "").endswith(RWX_PROVISIONERS)
+
+
+def read_write_many_advice(key: str, nodes: int, classes: list[dict[str, Any]]) -> str:
+    """Which StorageClass and access mode to use for storage.KEY when the one it gets gives ReadWriteOnce only."""
+    shared = [c for c in classes if serves_read_write_many(c)]
+    if shared:
+        names = ", ".join(f"{c['metadata']['name']} ({c['provisioner']})" for c in shared)
+        return (f"set storage.{key}.storageClass={shared[0]['metadata']['name']} and keep accessMode ReadWriteMany "
+                f"(ReadWriteMany classes here: {names})")
+    if nodes == 1:
+        return (f"set storage.{key}.accessMode=ReadWriteOnce (one node mounts it), or install a ReadWriteMany "
+                "StorageClass (Filestore, EFS, Azure Files, NFS, CephFS)")
+    return (f"install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, CephFS) and set "
+            f"storage.{key}.storageClass to it: {nodes} nodes mount the volume at once")
+
+
 def check_claims(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     nodes = int(needs.values["cluster"]["nodes"])
     findings = []
     created = needs.created("PersistentVolumeClaim")
+    try:
+        classes, classes_unread = cluster.storage_classes(), ""
+    except Forbidden as exc:
+        classes, classes_unread = [], str(exc)
     for claim_name, volume in sorted(claim_names(needs).items()):
+        key = STORAGE_KEY.get(volume, volume)
         check = f"PVC {claim_name}"
         claim = cluster.claim(claim_name, needs.namespace)
-        if claim is None and claim_name in created:
-            spec = created[claim_name]["spec"]
-            modes, size, where = spec.get("accessModes", []), spec["resources"]["requests"]["storage"], "the chart creates it"
-        elif claim is None:
-            key = STORAGE_KEY.get(volume, volume)
+        unbound = claim is None or (claim.get("status") or {}).get("phase", "Pending") != "Bound"
+        if claim is None and claim_name not in created:
             findings.append(_fail(check, "does not exist", f"create it, or set storage.{key}.existingClaim to one that "
                                   "exists (or leave it empty: the chart creates one)"))
             continue
+        spec = created[claim_name]["spec"] if claim is None else claim["spec"]
+        class_name, storage_class = storage_class_of(spec, classes)
+        modes, size = spec.get("accessModes", []), spec["resources"]["requests"]["storage"]
+        if claim is None:
+            where = "the chart creates it"
+        elif not unbound:
+            modes = claim["status"].get("accessModes") or modes
+            size, where = claim["status"].get("capacity", {}).get("storage", "0"), "Bound"
         else:
             phase = (claim.get("status") or {}).get("phase", "Pending")
-            if phase != "Bound":
-                findings.append(_fail(check, f"{phase}, not Bound", f"kubectl -n {needs.namespace} describe pvc "
+            if phase == "Pending" and classes_unread:
+                findings.append(_unchecked(check, "Pending; normal only if its StorageClass binds WaitForFirstConsumer, "
+                                           f"which cannot be read: {classes_unread}", GRANTS))
+                continue
+            if phase == "Pending" and storage_class and storage_class.get("volumeBindingMode") == "WaitForFirstConsumer":
+                where = f"Pending until the first pod mounts it (StorageClass {class_name} binds WaitForFirstConsumer): normal"
+            else:
+                why = (f"StorageClass {class_name} binds Immediately, so it should have its volume by now" if storage_class
+                       else f"its StorageClass {class_name} does not exist" if class_name
+                       else "no StorageClass provisions it and no PersistentVolume matches it")
+                findings.append(_fail(check, f"{phase}, not Bound: {why}", f"kubectl -n {needs.namespace} describe pvc "
                                       f"{claim_name}: its StorageClass must provision it (or a PV must match it)"))
                 continue
-            modes = claim["status"].get("accessModes") or claim["spec"].get("accessModes", [])
-            size, where = claim["status"].get("capacity", {}).get("storage", "0"), "Bound"
+        if unbound and classes_unread and "ReadWriteMany" in modes:
+            findings.append(_unchecked(check, f"{where}; whether its StorageClass serves ReadWriteMany cannot be read: "
+                                       f"{classes_unread}", GRANTS))
+            continue
+        if unbound and "ReadWriteMany" in modes and storage_class and storage_class.get("provisioner") in RWO_ONLY_PROVISIONERS:
+            findings.append(_fail(check, f"asks ReadWriteMany of StorageClass {class_name} ({storage_class['provisioner']}), "
+                                  "which provisions ReadWriteOnce disks only: it would stay Pending",
+                                  read_write_many_advice(key, nodes, classes)))
+            continue
         if nodes > 1 and "ReadWriteMany" not in modes:
             findings.append(_fail(check, f"{', '.join(modes)}: {nodes} nodes mount it, which needs ReadWriteMany",
-                                  "use a ReadWriteMany StorageClass (NFS, CephFS, Lustre, Filestore, EFS, Azure Files) "
-                                  f"for storage.{STORAGE_KEY.get(volume, volume)}"))
+                                  f"use a ReadWriteMany StorageClass for storage.{key}: "
+                                  + read_write_many_advice(key, nodes, classes)))
             continue
         if volume == "checkpoints":
             needed = needs.checkpoints
@@ -360,23 +575,42 @@ def chart_grants(needs: Needs, account: str) -> bool:
 
 
 def check_access(cluster: ClusterReader, needs: Needs) -> list[Finding]:
-    group, jobs = JOB_RESOURCES[needs.values["backend"]]
-    wanted = [("create", group, jobs), ("get", group, jobs), ("delete", group, jobs), *READS]
+    """What you and each launcher account may do. Your own answers (SelfSubjectAccessReview, always allowed) are
+    kept when asking about another account (SubjectAccessReview, cluster-scoped) is forbidden: that account is then
+    unchecked, unless you are it."""
+    backend = needs.values["backend"]
+    group, jobs = JOB_RESOURCES[backend]
+    wanted = [(verb, api_group, resource, "") for verb, api_group, resource in
+              [("create", group, jobs), ("get", group, jobs), ("delete", group, jobs), *READS]]
+    if backend == "trainjob":
+        runtimes = sorted({o["spec"]["runtimeRef"]["name"] for o in needs.objects if o.get("kind") == "TrainJob"})
+        wanted += [(verb, api_group, resource, runtime) for runtime in runtimes for verb, api_group, resource in RUNTIME_READS]
+    me = cluster.whoami()
+    accounts = {f"system:serviceaccount:{needs.namespace}:{a}": a for a in launcher_accounts(needs)}
+    subjects: list[tuple[str, str | None]] = [
+        (f"you (ServiceAccount {accounts[me]})" if me in accounts else "you (the current credentials)", None)]
+    subjects += [(f"ServiceAccount {a}", user) for user, a in accounts.items() if user != me]
     findings = []
-    subjects: list[tuple[str, str | None]] = [("you (the current credentials)", None)]
-    subjects += [(f"ServiceAccount {a}", f"system:serviceaccount:{needs.namespace}:{a}") for a in launcher_accounts(needs)]
     for who, user in subjects:
-        denied = [f"{verb} {resource}" for verb, api_group, resource in wanted
-                  if not cluster.allowed(verb, api_group, resource, needs.namespace, user)]
         check = f"access {who}"
+        try:
+            denied = [f"{verb} {resource}" + (f" {name}" if name else "") for verb, api_group, resource, name in wanted
+                      if not cluster.allowed(verb, api_group, resource, needs.namespace, user, name)]
+        except Forbidden as exc:
+            findings.append(_unchecked(check, f"may not ask what it may do (SubjectAccessReview): {exc}",
+                                       f"run doctor as that account (medo1 doctor in its pod, the pipeline's first step "
+                                       f"does) or as an admin"))
+            continue
         if not denied:
-            findings.append(_pass(check, f"may {', '.join(f'{v} {r}' for v, _, r in wanted)}"))
+            findings.append(_pass(check, f"may {', '.join(dict.fromkeys(f'{v} {r}' for v, _, r, _ in wanted))}"))
         elif user and chart_grants(needs, user.rsplit(":", 1)[1]):
             findings.append(_warn(check, f"may not yet {', '.join(denied)}; the chart's Role grants it on install",
                                   "install the chart (helm install) before launching"))
         else:
             fix = (f"bind a Role with those verbs to it (the chart's rbac.create, rbac.pipelineServiceAccounts), "
                    f"or kubectl -n {needs.namespace} create rolebinding ... --role=<release>-launcher")
+            if any(resource == "clustertrainingruntimes" for resource in (d.split()[1] for d in denied)):
+                fix += "; get on clustertrainingruntimes comes from the platform install (runtimes.readers)"
             findings.append(_fail(check, f"may not {', '.join(denied)} in {needs.namespace}", fix))
     return findings
 
@@ -417,7 +651,7 @@ def check_nodes(cluster: ClusterReader, needs: Needs) -> list[Finding]:
             for name, amount in requests.items():
                 used.setdefault(node, {}).setdefault(name, 0.0)
                 used[node][name] += float(amount) if str(amount).isdigit() else 0.0
-    matching, fitting, reasons = 0, [], []
+    matching, fitting, reasons, drivers = 0, [], [], {}
     for node in cluster.nodes():
         name, labels = node["metadata"]["name"], node["metadata"].get("labels") or {}
         if node.get("spec", {}).get("unschedulable") or any(labels.get(k) != v for k, v in selector.items()):
@@ -427,6 +661,7 @@ def check_nodes(cluster: ClusterReader, needs: Needs) -> list[Finding]:
             reasons.append(f"{name}: untolerated taint")
             continue
         matching += 1
+        drivers[name] = next((labels[label] for label in DRIVER_LABELS if labels.get(label)), None)
         allocatable = node.get("status", {}).get("allocatable") or {}
         free = int(allocatable.get(resource, 0)) - used.get(name, {}).get(resource, 0)
         if free < gpus:
@@ -438,11 +673,32 @@ def check_nodes(cluster: ClusterReader, needs: Needs) -> list[Finding]:
             continue
         fitting.append(name)
     detail = f"{len(fitting)} of {matching} nodes matching the selector and tolerations fit ({nodes_wanted} needed)"
+    driver = check_driver(drivers)
     if len(fitting) >= nodes_wanted:
-        return [_pass(check, detail)]
+        return [_pass(check, detail), *driver]
     fix = ("wait for GPUs to free up (with kueue.queueName the job queues for them), lower cluster.nodes or "
            "cluster.gpusPerNode, or fix cluster.nodeSelector / tolerations")
-    return [_fail(check, detail + (f": {'; '.join(reasons[:6])}" if reasons else ""), fix)]
+    return [_fail(check, detail + (f": {'; '.join(reasons[:6])}" if reasons else ""), fix), *driver]
+
+
+def check_driver(drivers: dict[str, str | None]) -> list[Finding]:
+    """The NVIDIA driver of the GPU nodes the job may land on, from GPU feature discovery's labels: the image's
+    CUDA 13 libraries need R580 or newer."""
+    check = "NVIDIA driver"
+    if not drivers:
+        return []
+    unknown = sorted(name for name, major in drivers.items() if not (major or "").isdigit())
+    old = sorted(f"{name} R{major}" for name, major in drivers.items() if (major or "").isdigit() and int(major) < DRIVER_MINIMUM)
+    if old:
+        return [_fail(check, f"{', '.join(old)}: the trainer image's CUDA 13 needs R{DRIVER_MINIMUM} or newer",
+                      f"upgrade the driver on those nodes (GPU operator: driver.version), or keep the job off them "
+                      "with cluster.nodeSelector")]
+    if unknown:
+        return [_unchecked(check, f"no {DRIVER_LABELS[0]} label on {', '.join(unknown)} (GPU feature discovery does not run "
+                           f"there): the trainer image's CUDA 13 needs R{DRIVER_MINIMUM} or newer",
+                           "nvidia-smi on a node shows the driver; the NVIDIA GPU operator labels nodes with it")]
+    majors = sorted({f"R{major}" for major in drivers.values()})
+    return [_pass(check, f"{', '.join(majors)} on {len(drivers)} node(s) (CUDA 13 needs R{DRIVER_MINIMUM}+)")]
 
 
 def check_istio(cluster: ClusterReader, needs: Needs) -> list[Finding]:
@@ -462,44 +718,159 @@ def check_istio(cluster: ClusterReader, needs: Needs) -> list[Finding]:
                   f"keep podLabels / podAnnotations {ISTIO_OPT_OUT}: \"false\" (the chart's default)")]
 
 
+def quantity(value: Any) -> float:
+    """A Kubernetes quantity (`80`, `500m`, `1000Gi`, `1.5T`) as a number of base units."""
+    text = str(value)
+    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40), ("Pi", 2**50), ("m", 1e-3),
+                           ("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12), ("P", 1e15)):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def workload_requests(needs: Needs) -> dict[str, float]:
+    """What one training job asks Kueue for: every node pod's requests times cluster.nodes (cpu, memory, the GPUs
+    and the RDMA devices, as the chart renders them)."""
+    shape = needs.values["cluster"]
+    per_pod = {"cpu": quantity(shape["cpu"]), "memory": quantity(shape["memory"])}
+    if int(shape["gpusPerNode"]) > 0:
+        per_pod[shape["gpuResource"]] = float(shape["gpusPerNode"])
+    if shape["rdma"]["enabled"]:
+        per_pod[shape["rdma"]["resource"]] = float(shape["rdma"]["count"])
+    return {name: amount * int(shape["nodes"]) for name, amount in per_pod.items()}
+
+
+def kueue_managed_kinds(needs: Needs) -> list[str]:
+    """The kinds of job the run creates with the queue label: the backend's training jobs, and batch Jobs for
+    translate / eval / upload."""
+    kinds = ["TrainJob" if needs.values["backend"] == "trainjob" else "PyTorchJob"]
+    if any(job.get("enabled") for job in needs.values["jobs"].values()):
+        kinds.append("Job")
+    return kinds
+
+
 def check_kueue(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     queue = needs.values["kueue"]["queueName"]
     if not queue:
         return [_pass("Kueue LocalQueue", "not used (kueue.queueName empty)")]
     check = f"Kueue LocalQueue {queue}"
-    if cluster.crd("localqueues.kueue.x-k8s.io") is None:
+    served = cluster.served_versions(KUEUE_GROUP)
+    version = next((v for v in KUEUE_VERSIONS if v in served), None)
+    if version is None:
         return [_fail(check, "Kueue is not installed", "install Kueue, or leave kueue.queueName empty")]
-    if cluster.local_queue(queue, needs.namespace) is None:
+    try:
+        local_queue = cluster.local_queue(queue, needs.namespace, version)
+    except Forbidden as exc:
+        return [_unchecked(check, f"cannot be read: {exc}", GRANTS)]
+    if local_queue is None:
         return [_fail(check, f"no LocalQueue {queue} in {needs.namespace}",
                       f"create a LocalQueue {queue} in {needs.namespace} pointing at a ClusterQueue with GPU quota, "
                       "or set kueue.queueName to an existing one (kubectl get localqueues)")]
-    return [_pass(check, "exists")]
+    cluster_queue_name = local_queue.get("spec", {}).get("clusterQueue", "")
+    findings = [_pass(check, f"exists ({KUEUE_GROUP}/{version}), ClusterQueue {cluster_queue_name}")]
+    findings += check_cluster_queue(cluster, needs, version, cluster_queue_name)
+    findings += check_kueue_integrations(cluster, needs)
+    return findings
 
 
-CHECKS = [check_crds, check_secrets, check_claims, check_access, check_nodes, check_istio, check_kueue]
+def check_cluster_queue(cluster: ClusterReader, needs: Needs, version: str, name: str) -> list[Finding]:
+    """The ClusterQueue covers every resource the pods request (one that is not covered leaves the workload
+    inadmissible forever) and one flavor of each resource group has the quota for the whole job
+    (kubernetes-sigs/kueue apis/kueue/v1beta2/clusterqueue_types.go: resourceGroups[].coveredResources,
+    flavors[].resources[].nominalQuota)."""
+    check = f"Kueue ClusterQueue {name}"
+    try:
+        cluster_queue = cluster.custom(KUEUE_GROUP, version, "clusterqueues", name)
+    except Forbidden as exc:
+        return [_unchecked(check, f"cannot be read, so whether it covers the job's resources is unknown: {exc}", GRANTS)]
+    if cluster_queue is None:
+        return [_fail(check, "does not exist: the LocalQueue points at nothing", "ask the Kueue admin to create it")]
+    needed = workload_requests(needs)
+    groups = cluster_queue.get("spec", {}).get("resourceGroups") or []
+    covered = {r for group in groups for r in group.get("coveredResources", [])}
+    missing = [r for r in needed if r not in covered]
+    if missing:
+        return [_fail(check, f"does not cover {', '.join(missing)}, which the pods request: Kueue never admits the job",
+                      f"add {', '.join(missing)} to a resourceGroup's coveredResources (with quota in its flavors)")]
+    short = []
+    for group in groups:
+        wanted = {r: needed[r] for r in group.get("coveredResources", []) if r in needed}
+        if not wanted:
+            continue
+        quotas = [{r["name"]: quantity(r.get("nominalQuota", 0)) for r in flavor.get("resources", [])}
+                  for flavor in group.get("flavors", [])]
+        if not any(all(quota.get(r, 0) >= amount for r, amount in wanted.items()) for quota in quotas):
+            short.append(", ".join(f"{r} {amount / 2**30:g}Gi" if r == "memory" else f"{r} {amount:g}"
+                                   for r, amount in wanted.items()))
+    if short:
+        borrowing = cluster_queue["spec"].get("cohortName")
+        detail = f"no flavor's nominal quota holds the job ({'; '.join(short)})"
+        fix = "raise the nominalQuota of a flavor, or lower cluster.nodes / the pod's requests"
+        if borrowing:
+            return [_warn(check, f"{detail}; it may borrow from cohort {borrowing}", fix)]
+        return [_fail(check, f"{detail}: Kueue never admits it", fix)]
+    return [_pass(check, f"covers {', '.join(needed)} with quota for the whole job")]
+
+
+def check_kueue_integrations(cluster: ClusterReader, needs: Needs) -> list[Finding]:
+    """Kueue manages only the kinds its Configuration lists (integrations.frameworks): for any other the queue label
+    does nothing (no quota, no gang admission). Kueue turned its PyTorchJob integration off by default in mid-2026
+    (kubernetes-sigs/kueue PR 12606, charts/kueue/values.yaml); trainer.kubeflow.org/trainjob stays on."""
+    namespace, name, key = KUEUE_CONFIG
+    check = "Kueue integrations"
+    wanted = [KUEUE_FRAMEWORKS[kind] for kind in kueue_managed_kinds(needs)]
+    try:
+        config_map = cluster.config_map(name, namespace)
+    except Forbidden as exc:
+        return [_unchecked(check, f"Kueue's Configuration cannot be read, so whether it manages {', '.join(wanted)} is "
+                           f"unknown: {exc}", f"ask the Kueue admin (kubectl -n {namespace} get configmap {name}) "
+                           "whether integrations.frameworks lists them, or run doctor as an admin")]
+    if config_map is None or key not in (config_map.get("data") or {}):
+        return [_unchecked(check, f"no {namespace}/{name} ({key}): Kueue's Configuration is elsewhere here, so whether it "
+                           f"manages {', '.join(wanted)} is unknown", "ask the Kueue admin for its integrations.frameworks")]
+    try:
+        configuration = yaml.safe_load(config_map["data"][key]) or {}
+    except yaml.YAMLError as exc:
+        return [_unchecked(check, f"{namespace}/{name} {key} is not YAML: {exc}".splitlines()[0], "ask the Kueue admin")]
+    enabled = set((configuration.get("integrations") or {}).get("frameworks") or [])
+    off = [framework for framework in wanted if framework not in enabled]
+    if not off:
+        return [_pass(check, f"Kueue manages {', '.join(wanted)}")]
+    fix = "ask the Kueue admin to add them to integrations.frameworks"
+    if KUEUE_FRAMEWORKS["PyTorchJob"] in off:
+        fix = (f"use backend: trainjob (Kubeflow Trainer v2 TrainJobs, which Kueue manages as "
+               f"{KUEUE_FRAMEWORKS['TrainJob']}; the h100-2nodes profile does), or {fix}")
+    return [_fail(check, f"Kueue does not manage {', '.join(off)} (not in integrations.frameworks): the queue label "
+                  "does nothing for them (no quota, no gang admission)", fix)]
+
+
+CHECKS = [check_versions, check_crds, check_secrets, check_claims, check_access, check_nodes, check_istio, check_kueue]
 
 
 def diagnose(cluster: ClusterReader, needs: Needs) -> list[Finding]:
-    """Every check; one the credentials may not read becomes a warning, not a crash."""
+    """Every check; one the credentials may not make is `unchecked`, with the API server's 403: not a pass."""
     findings = []
     for check in CHECKS:
         try:
             findings += check(cluster, needs)
         except Forbidden as exc:
             name = check.__name__.removeprefix("check_")
-            findings.append(_warn(name, f"not checked: {exc}", "run `medo1 doctor` with credentials that may read it "
-                                  "(a cluster admin's), or ask the admin"))
+            findings.append(_unchecked(name, f"cannot be read: {exc}", GRANTS))
     return findings
+
+
+STATUSES = ("pass", "warn", "fail", "unchecked")
 
 
 def table(findings: list[Finding]) -> str:
     width = max(len(f.check) for f in findings)
-    lines = [f"{'check':<{width}}  status  detail"]
+    status_width = max(len(s) for s in STATUSES)
+    lines = [f"{'check':<{width}}  {'status':<{status_width}}  detail"]
     for f in findings:
-        lines.append(f"{f.check:<{width}}  {f.status:<6}  {f.detail}")
+        lines.append(f"{f.check:<{width}}  {f.status:<{status_width}}  {f.detail}")
         if f.fix:
-            lines.append(f"{'':<{width}}          fix: {f.fix}")
-    counts = {status: sum(f.status == status for f in findings) for status in ("pass", "warn", "fail")}
+            lines.append(f"{'':<{width}}  {'':<{status_width}}  fix: {f.fix}")
+    counts = {status: sum(f.status == status for f in findings) for status in STATUSES}
     lines.append(", ".join(f"{n} {status}" for status, n in counts.items()))
     return "\n".join(lines)
 
@@ -524,20 +895,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)")
     parser.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
     parser.add_argument("--json", action="store_true", help="the findings as JSON")
+    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
+                        help="how long any Kubernetes API call waits for an answer")
+    parser.add_argument("--allow-unchecked", action="store_true",
+                        help="exit 0 although some checks could not be made with these credentials (none may fail)")
+
+
+def exit_code(findings: list[Finding], allow_unchecked: bool = False) -> int:
+    """1 when a check fails, or one could not be made and that is not allowed; else 0."""
+    failed = any(f.status == "fail" for f in findings)
+    return 1 if failed or (not allow_unchecked and any(f.status == "unchecked" for f in findings)) else 0
 
 
 def run(args: argparse.Namespace, client: Any = None) -> int:
-    """Exit code 1 when any check fails."""
-    client = client or api_client()
+    """Exit code 1 when any check fails or, without --allow-unchecked, could not be made."""
+    if args.profile:
+        k8s.load_profile(args.profile)  # a profile that is not there is the first thing to say, before any cluster
+    client = bound_requests(client or api_client(), getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT_S))
     namespace = args.namespace
     if not namespace:
         from medo1.launch.kubernetes import default_namespace
 
         namespace = default_namespace()
     needs = profile_needs(profile=args.profile, values_files=args.values, value_overrides=args.value, namespace=namespace)
-    findings = diagnose(ClusterReader(client), needs)
+    from urllib3.exceptions import HTTPError
+
+    try:
+        findings = diagnose(ClusterReader(client), needs)
+    except (HTTPError, OSError) as exc:  # a closed port, a refused or reset connection, a name that does not resolve
+        host = getattr(getattr(client, "configuration", None), "host", "the API server")
+        reason = getattr(exc, "reason", None) or exc
+        raise DoctorError(f"cannot reach the Kubernetes API server at {host}: {type(reason).__name__}: "
+                          f"{str(reason).split(': ', 1)[-1]}") from None
     if args.json:
         print(json.dumps({"namespace": namespace, "findings": [asdict(f) for f in findings]}, indent=2))
     else:
         print(table(findings))
-    return 1 if any(f.status == "fail" for f in findings) else 0
+    return exit_code(findings, getattr(args, "allow_unchecked", False))

@@ -13,6 +13,10 @@ the SFT export) the same questions, and each model is compared with `baseline` q
 gain in reward, format-ok rate and correctness with a paired bootstrap 95% interval, beside the seed-to-seed
 noise of the baseline itself (`noise_seeds`). The statistics are in `medo1.eval_stats`.
 
+The HuatuoGPT-o1 paper's evaluation (`preset: huatuo`, `medo1.eval_published`): its eval file read as published
+(one benchmark per set), its prompt and decoding, its scorer reported beside medo1's strict one, and report.md in
+the paper's table layouts. Local models generate with HF `generate` or, on a GPU, an offline vLLM engine (`engine`).
+
 Invalid benchmark rows are reported, not fatal: they are counted in the report and the first few are logged; a
 benchmark without a valid row stops the run before anything is generated. An endpoint is asked through
 `medo1.chat_client` (retries, timeouts, progress). Outputs under `output_dir`: report.json, report.md,
@@ -28,6 +32,7 @@ import logging
 import os
 import re
 import string
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -35,8 +40,34 @@ from typing import Any, Literal, Protocol
 from pydantic import Field, model_validator
 
 from medo1.chat_client import ChatClientConfig, ChatError, Messages, RetryOptions, run_chat
-from medo1.config import StageError
-from medo1.data import LoadResult, MCQItem, VerifiableProblem, load_examples
+from medo1.config import Section, StageError
+from medo1.data import (
+    DataError,
+    LoadResult,
+    MCQItem,
+    VerifiableProblem,
+    iter_records,
+    json_sets,
+    load_examples,
+    split_set,
+)
+from medo1.eval_published import (
+    HUATUO_PRESET,
+    PAPER_SETS,
+    TABLE1_COLUMNS,
+    TABLE2_COLUMNS,
+    HuatuoAnswer,
+    HuatuoScore,
+    PaperSet,
+    huatuo_answers,
+    huatuo_prompt,
+    huatuo_set_score,
+    normalise_question,
+    paper_average,
+    paper_cell,
+    paper_set,
+    postprocess,
+)
 from medo1.eval_stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -59,6 +90,22 @@ class EvalError(StageError):
     """An evaluation that cannot go on (the endpoint keeps failing, a benchmark without a valid row)."""
 
 
+class EvalVLLMSettings(Section):
+    """The offline vLLM engine of `medo1 eval` (one per model evaluated, released before the next loads)."""
+
+    gpu_memory_utilization: float = Field(0.8, gt=0.0, le=1.0)
+    """Share of each GPU vLLM may take for the weights and the KV cache (0.8 leaves `medo1 plan`'s 10% headroom
+    and allocator slack free on the GPU)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs the model is split over."""
+    max_model_len: int | None = None
+    """Prompt + answer tokens per sequence; default: the model's own limit. A prompt that leaves no room for
+    `max_new_tokens` is refused by vLLM, with this number in the message."""
+    max_num_seqs: int | None = Field(None, ge=1)
+    """Most sequences decoded together (vLLM's continuous batch); None: vLLM's default (1024 for offline use on an
+    80 GB-class GPU), fewer where the KV cache holds fewer."""
+
+
 class EvalConfig(RetryOptions):
     model: str | None = None
     """Local Hugging Face model directory (or hub id)."""
@@ -69,16 +116,33 @@ class EvalConfig(RetryOptions):
     api_key_env: str = "OPENAI_API_KEY"
     """Environment variable holding the endpoint's API key (never passed as an argument)."""
     benchmarks: dict[str, str] = Field(default_factory=dict)
-    """Benchmark name -> path of a JSON / JSONL file of `format` rows."""
+    """Benchmark name -> a data source of `format` rows (JSON / JSONL / Parquet / CSV file, hf://...); `FILE#SET`
+    for one set of a JSON file of named sets ({set name: [rows]}, as the published HuatuoGPT-o1 eval_data.json); such
+    a file given whole is one benchmark per set, each named by its set."""
     format: Literal["mcq", "verifiable"] = "mcq"
     """The benchmarks' rows: mcq (question, options, answer letter: MCQ accuracy, and the reward against the letter)
     or verifiable (the RL stage's open-ended problems with their ground-true answers, asked as the RL stage asks
     them and scored by the reward)."""
-    preset: str | None = None
-    """Field-name preset of the benchmark files (see `medo1 data validate --format FORMAT`)."""
     fields: dict[str, str] = Field(default_factory=dict)
-    """Field name -> column, overriding the preset's (mcq: question, options, answer_idx, answer; verifiable:
-    question, answer)."""
+    """Field name -> column, overriding the format's default names (mcq: question, options, answer_idx, answer;
+    verifiable: question `Open-ended Verifiable Question`, answer `Ground-True Answer`)."""
+    preset: Literal["huatuo"] | None = None
+    """A published evaluation protocol; huatuo: HuatuoGPT-o1's (prompt huatuo, temperature 0.5, top_p 0.9,
+    max_new_tokens 2000, one sample, scorer huatuo, table paper). Any of those settings given explicitly wins."""
+    prompt: Literal["medo1", "huatuo", "huatuo_strict"] = "medo1"
+    """MCQ user turn: medo1 (question, options, "Answer with the letter of the correct option."), or the published
+    HuatuoGPT-o1 prompts byte for byte: huatuo, huatuo_strict (asks for "The answer is A.")."""
+    scorer: Literal["medo1", "huatuo"] = "medo1"
+    """How an MCQ answer is read for the headline accuracy: medo1 (one strict extraction; an unparsed answer is
+    wrong) or huatuo (the published scorer: always some option, the better of first-found and last-found per set,
+    empty responses left out). Both are always reported."""
+    table: Literal["benchmarks", "paper"] = "benchmarks"
+    """report.md's first table: one row per benchmark, or the paper's Table 1 layout (MedQA | MedMCQA | PubMedQA |
+    Health | Biology | Genetics | Molecular Biology | Avg) and Table 2 layout, one row per model."""
+    subjects: dict[str, str] = Field(default_factory=dict)
+    """Published set (key or benchmark name) -> the original dataset with each question's subject, for the paper's
+    split columns: MMLU-Pro (`category`: health, biology; e.g. hf://TIGER-Lab/MMLU-Pro?split=test) and GPQA
+    (`Subdomain`: Genetics, Molecular Biology; e.g. a gpqa_extended.csv). Matched by question text."""
     system_prompt: str | None = None
     """A system message before each question (set it to the RL recipe's `data.system_prompt` to ask the RL
     stage's prompts)."""
@@ -105,7 +169,13 @@ class EvalConfig(RetryOptions):
     """Local models: transformers' repetition penalty (1 is none; above 1 discourages tokens already in the
     prompt or answer). Small models fall into loops under greedy decoding; 1.1-1.2 breaks most of them."""
     batch_size: int = Field(8, ge=1)
-    """Questions generated together with a local model (each with its `samples_per_prompt` responses)."""
+    """Questions generated together with a local model by HF generate (each with its `samples_per_prompt`
+    responses); vLLM schedules its own batches."""
+    engine: Literal["auto", "hf", "vllm"] = "auto"
+    """Local models: hf (transformers generate) or vllm (offline batched generation with continuous batching, the
+    GPU image's vLLM); auto: vllm where a CUDA GPU is visible and vLLM imports, else hf."""
+    vllm: EvalVLLMSettings = Field(default_factory=lambda: EvalVLLMSettings())
+    """The vLLM engine's settings (`engine: vllm`, or auto on a GPU)."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N rows of each benchmark (counted from `start_row`)."""
     start_row: int = Field(0, ge=0)
@@ -125,8 +195,18 @@ class EvalConfig(RetryOptions):
     """Where responses.jsonl, report.json and report.md go."""
     concurrency: int = Field(8, ge=1)
     """Endpoint requests in flight at once."""
-    timeout_s: float = Field(600.0, gt=0)
+    timeout_s: float = Field(300.0, gt=0)
     """Seconds one endpoint request may take (a long reasoning answer from a busy server) before it is retried."""
+    max_retries: int = Field(2, ge=0)
+    """Retries of one endpoint request (timeouts, 429 / 5xx, broken connections): at most 3 x 300 s per question,
+    and the run stops once no request has been answered for `give_up_after_s` (300 s)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "huatuo":
+            data = HUATUO_PRESET | data
+        return data
 
     @model_validator(mode="after")
     def _one_backend(self) -> EvalConfig:
@@ -166,12 +246,16 @@ def _with_system(system_prompt: str | None, content: str) -> Messages:
     return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": content}]
 
 
-def build_messages(item: MCQItem | VerifiableProblem, system_prompt: str | None = None) -> Messages:
-    """The chat turn one benchmark row asks: an MCQ item with its options, or a verifiable problem's question
-    alone, as the RL stage's rollouts ask it (`medo1.rl.rollout.load_problems`)."""
+def build_messages(item: MCQItem | VerifiableProblem, system_prompt: str | None = None,
+                   prompt: str = "medo1") -> Messages:
+    """The chat turn one benchmark row asks: an MCQ item with its options in the `prompt` style (medo1's, or a
+    published one: `medo1.eval_published.HUATUO_PROMPTS`), or a verifiable problem's question alone, as the RL
+    stage's rollouts ask it (`medo1.rl.rollout.load_problems`)."""
     if isinstance(item, VerifiableProblem):
         return _with_system(system_prompt, item.question)
-    return _with_system(system_prompt, build_prompt(item))
+    if prompt == "medo1":
+        return _with_system(system_prompt, build_prompt(item))
+    return _with_system(system_prompt, huatuo_prompt(prompt, item.question, item.options))
 
 
 def reference_of(item: MCQItem | VerifiableProblem) -> str:
@@ -422,6 +506,94 @@ class EndpointGenerator:
         return out
 
 
+class VLLMGenerator:
+    """A local model in an offline vLLM engine (continuous batching, paged KV cache): every prompt of a run is
+    handed to vLLM at once. The prompt is the same chat-template text the HF path renders, as token ids; decoding
+    uses the same stop tokens, temperature, top-p (no top-k) and repetition penalty. Each prompt gets its own
+    sampling seed (seed x 1,000,003 + its index), so runs are reproducible and every model compared draws with the
+    same seeds; its `samples` responses come from one request (vLLM's `n`)."""
+
+    def __init__(self, model_path: str, settings: EvalVLLMSettings, *, max_new_tokens: int = 2048,
+                 temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
+        from vllm import LLM
+
+        from medo1.models import generation_config_for, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_path)
+        self.stop_ids = list(generation_config_for(self.tokenizer).eos_token_id)
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.repetition_penalty = repetition_penalty
+        self.llm = LLM(model=model_path, tokenizer=model_path, dtype="auto",
+                       tensor_parallel_size=settings.tensor_parallel_size,
+                       gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
+                       seed=0, **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}))
+
+    def render(self, messages: Messages) -> str:
+        from medo1.tokenize import render_prompt
+
+        return render_prompt(self.tokenizer, messages)
+
+    def _params(self, samples: int, seed: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(n=samples, temperature=self.temperature, top_p=self.top_p if self.temperature > 0 else 1.0,
+                              max_tokens=self.max_new_tokens, stop_token_ids=self.stop_ids,
+                              repetition_penalty=self.repetition_penalty, seed=seed)
+
+    def generate(self, prompts: list[Messages], *, samples: int = 1, seed: int = 0) -> list[list[Generation]]:
+        ids = [self.tokenizer(self.render(m), add_special_tokens=False)["input_ids"] for m in prompts]
+        params = [self._params(samples, seed * 1_000_003 + index) for index in range(len(prompts))]
+        try:
+            outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids], sampling_params=params, use_tqdm=False)
+        except ValueError as exc:  # vLLM's refusal of a request (a prompt longer than max_model_len, ...)
+            raise EvalError(f"vLLM refused a request: {str(exc).splitlines()[0]}") from None
+        out = []
+        for output in outputs:
+            responses = []
+            for completion in output.outputs:
+                # vLLM keeps the stop token at the end of a stopped response.
+                tokens = list(completion.token_ids)
+                if tokens and tokens[-1] in self.stop_ids:
+                    tokens = tokens[:-1]
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                responses.append(Generation(text, len(tokens), completion.finish_reason == "length"))
+            out.append(responses)
+        log.info("eval: %d question(s) answered by vLLM", len(prompts))
+        return out
+
+
+def vllm_available() -> str | None:
+    """Why vLLM cannot generate here (None: it can): it needs a CUDA GPU and a `vllm` that imports."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible"
+    if importlib.util.find_spec("vllm") is None:
+        from medo1.rl.engines import vllm_install_command
+
+        return f"vLLM is not installed ({vllm_install_command()})"
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a broken install fails in many ways (CUDA libraries, versions)
+        return f"vLLM does not import ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return None
+
+
+def resolve_engine(config: EvalConfig) -> str:
+    """The engine a local model runs on: `engine`, with auto resolved (vllm where it can run, else hf); EvalError
+    when `engine: vllm` cannot run here."""
+    if config.engine == "hf":
+        return "hf"
+    reason = vllm_available()
+    if reason is None:
+        return "vllm"
+    if config.engine == "vllm":
+        raise EvalError(f"engine=vllm cannot run here: {reason}; use engine=hf (or auto)")
+    return "hf"
+
+
 def make_generator(config: EvalConfig, model: str | None = None) -> Generator:
     """The generator for `config`'s backend; `model` asks that local model instead (a `compare_with` entry)."""
     if model is None and config.endpoint is not None:
@@ -432,6 +604,9 @@ def make_generator(config: EvalConfig, model: str | None = None) -> Generator:
                                  top_p=config.top_p)
     path = model if model is not None else config.model
     assert path is not None
+    if resolve_engine(config) == "vllm":
+        return VLLMGenerator(path, config.vllm, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                             top_p=config.top_p, repetition_penalty=config.repetition_penalty)
     return HFGenerator(path, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                        batch_size=config.batch_size, repetition_penalty=config.repetition_penalty)
 
@@ -443,14 +618,34 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def _load_benchmark(config: EvalConfig, path: str) -> LoadResult:
+def benchmark_sources(benchmarks: dict[str, str]) -> dict[str, tuple[str, str | None]]:
+    """Benchmark name -> (source, set): a JSON file of named sets given whole (no `#SET`) becomes one benchmark per
+    set, each named by its set (the published eval_data.json: MedQA_USLME_test, ..., GPQA_Medical_test)."""
+    sources: dict[str, tuple[str, str | None]] = {}
+    for name, text in benchmarks.items():
+        path, key = split_set(text)
+        sets = json_sets(path) if key is None else None
+        if not sets:
+            expanded = {name: (path, key)}
+        else:
+            expanded = {set_name: (path, set_name) for set_name in sets}
+            log.info("benchmark %r (%s): %d sets: %s", name, path, len(sets),
+                     ", ".join(f"{set_name} ({rows} rows)" for set_name, rows in sets.items()))
+        for new_name, source in expanded.items():
+            if new_name in sources:
+                raise EvalError(f"benchmarks: {new_name!r} named twice ({benchmarks[name]} and an earlier benchmark)")
+            sources[new_name] = source
+    return sources
+
+
+def _load_benchmark(config: EvalConfig, path: str, key: str | None = None) -> LoadResult:
     """The benchmark's rows from `start_row` on, at most `limit` of them."""
     end = None if config.limit is None else config.start_row + config.limit
-    result = load_examples(path, config.format, config.preset, config.fields, limit=end)
+    result = load_examples(path, config.format, None, config.fields, limit=end, key=key)
     if config.start_row == 0:
         return result
     if result.rows <= config.start_row:
-        raise EvalError(f"benchmark {path}: start_row {config.start_row} but it has {result.rows} row(s)")
+        raise EvalError(f"benchmark {result.path}: start_row {config.start_row} but it has {result.rows} row(s)")
     return replace(
         result,
         rows=result.rows - config.start_row,
@@ -492,30 +687,66 @@ def _replace_outputs(out_dir: Path, contents: dict[str, str]) -> None:
 
 @dataclass
 class Benchmark:
-    """One benchmark's valid rows, and which earlier row each repeated question copies (its unit)."""
+    """One benchmark's valid rows, which earlier row each repeated question copies (its unit), and its notes."""
 
     name: str
     loaded: LoadResult
     items: list[tuple[int, MCQItem | VerifiableProblem]]
     unit_of: dict[int, int]
     """Row -> the first row of the same question: the unit every interval counts once."""
+    notes: list[str]
 
     @classmethod
-    def of(cls, name: str, loaded: LoadResult) -> Benchmark:
+    def of(cls, name: str, loaded: LoadResult, config: EvalConfig) -> Benchmark:
         items: list[tuple[int, MCQItem | VerifiableProblem]] = list(loaded.examples)  # type: ignore[arg-type]
         first = dict(loaded.duplicates)
-        return cls(name, loaded, items, {row: first.get(row, row) for row, _ in items})
+        benchmark = cls(name, loaded, items, {row: first.get(row, row) for row, _ in items}, [])
+        benchmark.notes = benchmark._notes(config)
+        return benchmark
 
     @property
     def is_mcq(self) -> bool:
         return self.loaded.format == "mcq"
 
+    @property
+    def copies(self) -> str | None:
+        """How the rows repeat questions ("78 unique x 5"), or None when every question is asked once."""
+        counts = Counter(self.unit_of.values())
+        if len(counts) == len(self.unit_of):
+            return None
+        if len(set(counts.values())) == 1:
+            return f"{len(counts)} unique x {next(iter(counts.values()))}"
+        return f"{len(self.unit_of)} rows, {len(counts)} unique questions"
+
+    def _notes(self, config: EvalConfig) -> list[str]:
+        notes = []
+        published = paper_set(self.name)
+        if published is not None:
+            notes.append(published.note)
+        if self.copies:
+            notes.append(f"{self.copies}: intervals count each unique question once")
+            if config.temperature == 0:
+                notes.append("greedy decoding answers every copy of a question alike: the copies are one run, not "
+                             "several (the paper sampled 5 runs at temperature 0.5; set temperature > 0)")
+        return notes
+
+
+def _mcq_record(generation: Generation, item: MCQItem) -> dict[str, Any]:
+    """Both scorers' reading of an MCQ response: medo1's strict extraction and the published one."""
+    extracted = extract_answer(generation.text, item.options)
+    empty = not postprocess(generation.text)  # the published evaluation leaves empty responses out
+    answer = None if empty else huatuo_answers(generation.text, item.options)
+    return {"extracted": extracted, "strict_correct": extracted == item.answer_idx,
+            "huatuo_first": answer and answer.first, "huatuo_last": answer and answer.last,
+            "huatuo_kind": answer and answer.kind}
+
 
 def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: EvalConfig, label: str,
            seed: int) -> list[dict[str, Any]]:
-    """One model's responses to one benchmark under one seed, each scored: the per-response records."""
+    """One model's responses to one benchmark under one seed, each scored: the per-response records (MCQ:
+    `correct` is set by `apply_scorer` once all of a model's responses to the benchmark are in)."""
     items = benchmark.items
-    generations = generator.generate([build_messages(item, config.system_prompt) for _, item in items],
+    generations = generator.generate([build_messages(item, config.system_prompt, config.prompt) for _, item in items],
                                      samples=config.samples_per_prompt, seed=seed)
     flat = [(row, item, sample, g) for (row, item), gens in zip(items, generations) for sample, g in enumerate(gens)]
     rewards = reward([g.text for *_, g in flat], [reference_of(item) for _, item, _, _ in flat])
@@ -524,8 +755,7 @@ def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: Eval
         format_ok = parse_response(generation.text).format_ok
         record: dict[str, Any] = {"row": row, "seed": seed, "sample": sample, "reference": reference_of(item)}
         if isinstance(item, MCQItem):
-            extracted = extract_answer(generation.text, item.options)
-            record |= {"extracted": extracted, "correct": extracted == item.answer_idx}
+            record |= _mcq_record(generation, item)
         else:
             record |= {"extracted": None, "correct": bool(judged_correct)}
         record |= {"format_ok": format_ok, "reward": value, "tokens": generation.tokens, "hit_cap": generation.hit_cap,
@@ -536,6 +766,27 @@ def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: Eval
     return records
 
 
+def huatuo_score(records: list[dict[str, Any]]) -> HuatuoScore:
+    """The published score of a set of MCQ responses (the better of every first-found and every last-found)."""
+    return huatuo_set_score(
+        (None if r["huatuo_first"] is None else HuatuoAnswer(r["huatuo_first"], r["huatuo_last"], r["huatuo_kind"]),
+         r["reference"]) for r in records
+    )
+
+
+def apply_scorer(benchmark: Benchmark, records: list[dict[str, Any]], scorer: str) -> None:
+    """Set each MCQ record's `correct` by the headline scorer: medo1's strict reading, or the published one (the
+    set's pick of first- or last-found; an empty response counts as wrong here, and is left out of its score)."""
+    if not benchmark.is_mcq:
+        return
+    pick = huatuo_score(records).pick if scorer == "huatuo" else None
+    for record in records:
+        if scorer == "medo1":
+            record["correct"] = record["strict_correct"]
+        else:
+            record["correct"] = pick is not None and (record[f"huatuo_{pick}"] or "").lower() == record["reference"].lower()
+
+
 def unit_means(records: list[dict[str, Any]], unit_of: dict[int, int], key: str) -> dict[int, float]:
     """Per question (unit), the mean of `key` over its responses (its copies, samples and seeds)."""
     sums: dict[int, list[float]] = {}
@@ -544,41 +795,130 @@ def unit_means(records: list[dict[str, Any]], unit_of: dict[int, int], key: str)
     return {unit: sum(values) / len(values) for unit, values in sums.items()}
 
 
-def summarise(benchmark: Benchmark, records: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise(benchmark: Benchmark, records: list[dict[str, Any]], scorer: str) -> dict[str, Any]:
     """One model's scores on one benchmark from its response records."""
     n_responses = len(records)
     units = len(set(benchmark.unit_of.values()))
-    correct = sum(r["correct"] for r in records)
     format_ok = sum(r["format_ok"] for r in records)
     well_formed_correct = sum(r["correct"] for r in records if r["format_ok"])
     lengths = [r["tokens"] for r in records if r["tokens"] is not None]
     capped = [r["hit_cap"] for r in records if r["hit_cap"] is not None]
-    accuracy = correct / n_responses
     unit_accuracy = unit_means(records, benchmark.unit_of, "correct")
     items = dict(benchmark.items)
-    chance = None
+    result: dict[str, Any] = {"path": benchmark.loaded.path, "format": benchmark.loaded.format,
+                              "n": len(benchmark.items), "unique_questions": units, "copies": benchmark.copies,
+                              "responses": n_responses}
     if benchmark.is_mcq:
-        chance = sum(1 / len(items[row].options) for row in benchmark.unit_of) / len(benchmark.unit_of)  # type: ignore[union-attr]
-    return {
-        "path": benchmark.loaded.path,
-        "format": benchmark.loaded.format,
-        "n": len(benchmark.items),
-        "unique_questions": units,
-        "responses": n_responses,
-        "correct": correct,
-        "accuracy": accuracy,
+        published = huatuo_score(records)
+        strict = sum(r["strict_correct"] for r in records)
+        headline = published.accuracy if scorer == "huatuo" else strict / n_responses
+        result |= {
+            "scorer": scorer,
+            "correct": sum(r["correct"] for r in records),
+            "accuracy": headline if headline is not None else 0.0,
+            "strict_accuracy": strict / n_responses,
+            "unparseable": sum(r["extracted"] is None for r in records),
+            "huatuo": {"accuracy": published.accuracy, "first_accuracy": published.first_accuracy,
+                       "last_accuracy": published.last_accuracy, "pick": published.pick,
+                       "scored": published.scored, "dropped_empty": published.dropped_empty},
+            "chance": sum(1 / len(items[row].options) for row in benchmark.unit_of) / len(benchmark.unit_of),  # type: ignore[union-attr]
+        }
+    else:
+        correct = sum(r["correct"] for r in records)
+        result |= {"scorer": "reward", "correct": correct, "accuracy": correct / n_responses, "chance": None,
+                   # No final answer to read: the response is out of the format.
+                   "unparseable": n_responses - format_ok}
+    result |= {
         # Intervals count each unique question once (`medo1.eval_stats`).
         "accuracy_ci95": list(wilson_interval(sum(unit_accuracy.values()), units)),
-        "chance": chance,
-        "unparseable": sum((r["extracted"] is None) if benchmark.is_mcq else not r["format_ok"] for r in records),
         "format_ok": format_ok,
         "format_ok_rate": format_ok / n_responses,
         "correct_among_well_formed": well_formed_correct / format_ok if format_ok else None,
         "mean_response_tokens": sum(lengths) / len(lengths) if lengths else None,
         "hit_token_cap": sum(capped) if capped else None,
         "reward_mean": sum(r["reward"] for r in records) / n_responses,
+        "notes": benchmark.notes,
         "invalid_rows": [p.to_dict() for p in benchmark.loaded.problems],
     }
+    return result
+
+
+def load_subjects(benchmark: Benchmark, published: PaperSet, source: str | None) -> tuple[dict[int, str], str]:
+    """Row -> subject (MMLU-Pro `category`, GPQA `Subdomain`) for a published set the paper splits, from the rows'
+    own field or else from `source` (the original dataset, matched by question text); and a note on the match."""
+    field = published.subject_field
+    assert field is not None and published.question_field is not None
+    raw = benchmark.loaded.raw
+    own = {row: raw[row][field] for row, _ in benchmark.items
+           if isinstance(raw.get(row), dict) and isinstance(raw[row].get(field), str)}
+    if len(own) == len(benchmark.items):
+        return own, f"{benchmark.name}: subjects from its rows' own `{field}`"
+    if source is None:
+        return {}, (f"{benchmark.name} cannot be split into {' / '.join(c for c, _ in published.split)}: its rows carry "
+                    f"no `{field}`; set subjects.{published.key}=<the original dataset> (a file or hf://...)")
+    path, key = split_set(source)
+    by_question: dict[str, str] = {}
+    try:
+        for _, _, record, _ in iter_records(path, key):
+            if isinstance(record, dict):
+                question, subject = record.get(published.question_field), record.get(field)
+                if isinstance(question, str) and isinstance(subject, str):
+                    by_question.setdefault(normalise_question(question), subject)
+    except DataError as exc:
+        raise EvalError(f"subjects.{published.key}: {exc}") from None
+    subjects = {row: by_question[q] for row, item in benchmark.items
+                if (q := normalise_question(item.question)) in by_question}
+    wanted = {value for _, value in published.split}
+    others = sum(subject not in wanted for subject in subjects.values())
+    note = (f"{benchmark.name}: {len(subjects)} of {len(benchmark.items)} rows matched a `{field}` in {source}"
+            + (f"; {len(benchmark.items) - len(subjects)} unmatched" if len(subjects) < len(benchmark.items) else "")
+            + (f"; {others} of another {field}" if others else "")
+            + (", left out of the split columns" if len(subjects) < len(benchmark.items) or others else ""))
+    if not by_question:
+        raise EvalError(f"subjects.{published.key}: {source} has no rows with `{published.question_field}` and "
+                        f"`{field}`")
+    return subjects, note
+
+
+def _set_score(records: list[dict[str, Any]], scorer: str) -> float | None:
+    """A column's score in percent: the published score, or medo1's strict accuracy."""
+    if not records:
+        return None
+    if scorer == "huatuo":
+        accuracy = huatuo_score(records).accuracy
+        return None if accuracy is None else 100 * accuracy
+    return 100 * sum(r["strict_correct"] for r in records) / len(records)
+
+
+def paper_tables(benchmarks: dict[str, Benchmark], records: dict[str, dict[str, list[dict[str, Any]]]],
+                 subjects: dict[str, dict[int, str]], scorer: str) -> dict[str, Any]:
+    """Each model's cells in the paper's Table 1 layout (with its Avg) and Table 2 layout, and why any is missing.
+    A split column is scored as a set of its own (the published scorer's first/last pick per column)."""
+    by_set = {published.key: name for name in benchmarks if (published := paper_set(name)) is not None}
+    models: dict[str, Any] = {}
+    missing: list[str] = []
+    for label, by_name in records.items():
+        table1: dict[str, float | None] = dict.fromkeys(TABLE1_COLUMNS)
+        table2: dict[str, float | None] = dict.fromkeys(TABLE2_COLUMNS)
+        for published in PAPER_SETS:
+            name = by_set.get(published.key)
+            if name is None:
+                continue
+            rows = by_name[name]
+            table2[published.column] = _set_score(rows, scorer)
+            if not published.split:
+                table1[published.column] = table2[published.column]
+            elif name in subjects:
+                for column, value in published.split:
+                    table1[column] = _set_score([r for r in rows if subjects[name].get(r["row"]) == value], scorer)
+        models[label] = {"table1": table1, "average": paper_average([table1[c] for c in TABLE1_COLUMNS]),
+                         "table2": table2}
+    for published in PAPER_SETS:
+        if published.key not in by_set:
+            missing.append(f"{published.key} not evaluated: {' / '.join(c for c, _ in published.split) or published.column} "
+                           f"n/a (give the published file, or {published.aliases[0]}=FILE)")
+    return {"scorer": scorer, "table1_columns": list(TABLE1_COLUMNS), "table2_columns": list(TABLE2_COLUMNS),
+            "models": models, "notes": missing}
 
 
 PAIRED_METRICS = {"reward": "reward", "format_ok": "format_ok", "correct": "correct"}
@@ -654,17 +994,50 @@ def _verdict(gains: dict[str, Any]) -> str:
     return "not distinguishable from 0"
 
 
+def _paper_markdown(report: dict[str, Any]) -> list[str]:
+    tables = report["paper_table"]
+    scorer = ("the published HuatuoGPT-o1 scorer (`huatuo`: the better of first- and last-found answers per column, "
+              "empty answers left out)" if tables["scorer"] == "huatuo" else
+              "medo1's strict scorer (`medo1`: one extracted answer, an unparsed one wrong)")
+    columns1, columns2 = tables["table1_columns"], tables["table2_columns"]
+    lines = [
+        "## The paper's Table 1 layout",
+        "",
+        f"Scored by {scorer}; percent, one decimal. Avg: the plain mean of the seven columns (n/a unless all seven "
+        "are scored).",
+        "",
+        "| model | " + " | ".join(columns1) + " | Avg |",
+        "|---|" + "---:|" * (len(columns1) + 1),
+    ]
+    for label, model in tables["models"].items():
+        cells = [paper_cell(model["table1"][c]) for c in columns1]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {paper_cell(model['average'])} |")
+    lines += ["", "Table 2 layout (MMLU-Pro and GPQA each over all their questions):", "",
+              "| model | " + " | ".join(columns2) + " |", "|---|" + "---:|" * len(columns2)]
+    for label, model in tables["models"].items():
+        lines.append(f"| {label} | " + " | ".join(paper_cell(model["table2"][c]) for c in columns2) + " |")
+    notes = tables["notes"]
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    return lines + [""]
+
+
 def _markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
-    lines = [
-        f"# Evaluation: {report['model']}",
-        "",
-        "| benchmark | n | accuracy % | unparseable |",
-        "|---|---:|---:|---:|",
+    lines = [f"# Evaluation: {report['model']}", ""]
+    if report.get("paper_table"):
+        lines += _paper_markdown(report)
+    mcq_any = any(result["format"] == "mcq" for result in report["benchmarks"].values())
+    scorer = settings["scorer"] if mcq_any else "reward"
+    lines += [
+        f"| benchmark | n | unique | accuracy % ({scorer}) | strict % (medo1) | unparseable |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, result in report["benchmarks"].items():
-        lines.append(f"| {name} | {result['n']} | {_pct(result['accuracy'])} | {result['unparseable']} |")
-    lines += ["", f"Average accuracy: {_pct(report['average_accuracy'])}%"]
+        strict = _pct(result.get("strict_accuracy"))
+        lines.append(f"| {name} | {result['n']} | {result['unique_questions']} | {_pct(result['accuracy'])} | {strict} "
+                     f"| {result['unparseable']} |")
+    lines += ["", f"Average accuracy over these benchmarks: {_pct(report['average_accuracy'])}%"]
     invalid = sum(len(r["invalid_rows"]) for r in report["benchmarks"].values())
     if invalid:
         lines.append(f"Invalid rows skipped: {invalid} (listed in report.json).")
@@ -672,7 +1045,12 @@ def _markdown(report: dict[str, Any]) -> str:
                 f"temperature {settings['temperature']}, top-p {settings['top_p']}, "
                 f"{settings['samples_per_prompt']} sample(s) per question under seed(s) "
                 f"{', '.join(map(str, settings['seeds']))}")
-    lines += ["", f"Decoding: {decoding}; at most {settings['max_new_tokens']} new tokens."]
+    protocol = f"preset {settings['preset']}; " if settings["preset"] else ""
+    lines += ["", f"Decoding: {protocol}{decoding}; at most {settings['max_new_tokens']} new tokens; "
+                  f"prompt {settings['prompt']}; engine {settings['engine']}."]
+    lines += [f"- {note}" for note in report["notes"]]
+    for name, result in report["benchmarks"].items():
+        lines += [f"- {name}: {note}" for note in result["notes"] if not note.startswith(name)]
     for name in report["benchmarks"]:
         mcq = report["benchmarks"][name]["format"] == "mcq"
         correct_header = "MCQ accuracy % (95% CI) | chance %" if mcq else "correct % (95% CI)"
@@ -717,11 +1095,14 @@ def _markdown(report: dict[str, Any]) -> str:
         "Hit token cap: responses cut off at the new-token limit. Correct among well-formed: of the responses in the "
         "format, the share with the right answer. Intervals count each unique question once.",
     ]
-    if any(result["format"] == "mcq" for result in report["benchmarks"].values()):
+    if mcq_any:
         lines.append(
-            "Chance: the accuracy of guessing one option at random. A 95% interval that contains chance means the "
-            "model's answers are not distinguishable from guessing on these questions; a small model (the 135M demo "
-            "model) is expected there: its training teaches the answer format and style, not medical knowledge."
+            "Accuracy: by the scorer named in the header; strict (medo1): one answer extracted per response, an "
+            "unparseable one counted wrong; huatuo (published): some option always read, the better of every "
+            "first-found and every last-found answer per set. Chance: the accuracy of guessing one option at random. A "
+            "95% interval that contains chance means the model's answers are not distinguishable from guessing on "
+            "these questions; a small model (the 135M demo model) is expected there: its training teaches the answer "
+            "format and style, not medical knowledge."
         )
     if report.get("paired"):
         lines.append(
@@ -734,18 +1115,48 @@ def _markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- run
 
 
+def _protocol_notes(config: EvalConfig) -> list[str]:
+    """Where a run that names a published protocol departs from it."""
+    if config.preset != "huatuo":
+        return []
+    changed = [f"{key} {getattr(config, key)} (published: {value})" for key, value in HUATUO_PRESET.items()
+               if getattr(config, key) != value]
+    if not changed:
+        return []
+    note = "preset huatuo with these settings changed, so the numbers are not the published protocol's: " + ", ".join(changed)
+    log.warning("eval: %s", note)
+    return [note]
+
+
 def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str, Any]:
     """Evaluate every benchmark with `model` and each `compare_with` model; write report.json, report.md and
     responses.jsonl; return the report (`benchmarks`: `model`'s results with its responses in `per_item`;
     `comparison`: every model's, without; `paired`: the paired comparison with the baseline, when there are
-    several models)."""
+    several models; `paper_table` with `table: paper`)."""
     if not config.benchmarks:
         raise EvalError("no benchmarks to score: set benchmarks.NAME=PATH (medo1 eval --benchmark NAME=PATH)")
     out_dir = Path(config.output_dir)
-    loaded = {name: _load_benchmark(config, path) for name, path in config.benchmarks.items()}
+    sources = benchmark_sources(config.benchmarks)
+    loaded = {name: _load_benchmark(config, path, key) for name, (path, key) in sources.items()}
     for name, result in loaded.items():
         _check_rows(name, result, config.format)
-    benchmarks = {name: Benchmark.of(name, result) for name, result in loaded.items()}
+    benchmarks = {name: Benchmark.of(name, result, config) for name, result in loaded.items()}
+    for benchmark in benchmarks.values():
+        if benchmark.copies and config.temperature == 0:
+            log.warning("benchmark %r: %s decoded greedily: its copies are one run repeated", benchmark.name,
+                        benchmark.copies)
+    engine = resolve_engine(config) if config.model is not None or config.compare_with else "endpoint"
+    notes = _protocol_notes(config)
+    subjects: dict[str, dict[int, str]] = {}
+    if config.table == "paper" and config.format == "mcq":
+        for name, benchmark in benchmarks.items():
+            published = paper_set(name)
+            if published is not None and published.split:
+                source = config.subjects.get(published.key, config.subjects.get(name))
+                rows, note = load_subjects(benchmark, published, source)
+                notes.append(note)
+                if rows:
+                    subjects[name] = rows
     from medo1.rl.rewards import build_reward  # torch: only once the benchmarks are known to be usable
 
     reward = build_reward(config.reward)
@@ -753,7 +1164,9 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
         "model": config.model if config.model is not None else (config.endpoint_model or config.endpoint),
         "reward": reward.name,
         "settings": {key: getattr(config, key) for key in (
-            "format", "temperature", "top_p", "samples_per_prompt", "seeds", "noise_seeds", "max_new_tokens")},
+            "format", "preset", "prompt", "scorer", "temperature", "top_p", "samples_per_prompt", "seeds",
+            "noise_seeds", "max_new_tokens")} | {"engine": engine},
+        "notes": notes,
         "benchmarks": {},
         "comparison": {},
     }
@@ -775,7 +1188,12 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
                 noise[seed] = {name: _score(model_generator, reward, benchmark, config, f"{label} (noise)", seed)
                                for name, benchmark in benchmarks.items()}
         del model_generator  # one model in memory at a time
-        report["comparison"][label] = {name: summarise(benchmarks[name], records[label][name]) for name in benchmarks}
+        for name, benchmark in benchmarks.items():
+            apply_scorer(benchmark, records[label][name], config.scorer)
+            for by_name in (noise.values() if label == baseline else ()):
+                apply_scorer(benchmark, by_name[name], config.scorer)
+        report["comparison"][label] = {name: summarise(benchmarks[name], records[label][name], config.scorer)
+                                       for name in benchmarks}
     report["benchmarks"] = {name: report["comparison"][config.label][name] | {"per_item": records[config.label][name]}
                             for name in benchmarks}
     for label in report["comparison"]:
@@ -783,6 +1201,8 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
             del result["invalid_rows"]
     if baseline is not None:
         report["paired"] = compare_to_baseline(benchmarks, records, noise, baseline, config.seeds[0])
+    if config.table == "paper" and config.format == "mcq":
+        report["paper_table"] = paper_tables(benchmarks, records, subjects, config.scorer)
     scored = [r["accuracy"] for r in report["benchmarks"].values()]
     report["average_accuracy"] = sum(scored) / len(scored)
     response_lines = [

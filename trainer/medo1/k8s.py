@@ -27,6 +27,9 @@ NAMESPACE = "medo1"
 MAIN_CONTAINER = {"PyTorchJob": "pytorch", "TrainingRuntime": "node", "ClusterTrainingRuntime": "node", "Job": "medo1"}
 # Trainer v2 names an initializer's replicated job and its container alike (kubeflow/trainer pkg/constants/constants.go).
 TRAINER_INITIALIZERS = ("dataset-initializer", "model-initializer")
+# What Pod Security's baseline level lets a container add (kubernetes.io/docs/concepts/security/pod-security-standards).
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+                         "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
 SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIALS?)($|_)", re.IGNORECASE)
 # Helm's InstallOrder (helm/helm pkg/release/util/kind_sorter.go, Helm 4; pkg/releaseutil/kind_sorter.go
 # in Helm 3): kinds in this list are installed in this order; any other kind (a CRD instance) after all
@@ -106,7 +109,8 @@ def _needs(obj: dict[str, Any]) -> list[tuple[str, str]]:
     if kind == "RoleBinding":
         needs.append((obj["roleRef"]["kind"], obj["roleRef"]["name"]))
         needs += [("ServiceAccount", s["name"]) for s in obj.get("subjects", []) if s.get("kind") == "ServiceAccount"]
-    for _, template in pod_templates(obj):
+    # A runtime is a template: it creates no pod, so it needs nothing its pods mount to exist yet.
+    for _, template in [] if kind in ("TrainingRuntime", "ClusterTrainingRuntime") else pod_templates(obj):
         pod = template.get("spec", {})
         if pod.get("serviceAccountName"):
             needs.append(("ServiceAccount", pod["serviceAccountName"]))
@@ -158,7 +162,7 @@ def render_chart(
 def manifest_text(objects: list[dict[str, Any]], profile: str) -> str:
     header = (
         f"# Rendered from helm/medo1 with helm/profiles/{profile}.yaml by `make manifests`. Do not edit:\n"
-        "# change the chart or the profile and regenerate. Apply with `kubectl apply -n medo1 -f`.\n"
+        "# change the chart or the profile and regenerate. Apply with `kubectl apply -n NAMESPACE -f`.\n"
     )
     return header + "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in objects)
 
@@ -284,6 +288,8 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
                     problems.append(f"{cwhere}: privilege escalation must be off")
                 if "ALL" not in security.get("capabilities", {}).get("drop", []):
                     problems.append(f"{cwhere}: capabilities must drop ALL")
+                for added in set(security.get("capabilities", {}).get("add", [])) - BASELINE_CAPABILITIES:
+                    problems.append(f"{cwhere}: Pod Security baseline forbids adding the {added} capability")
                 for env in container.get("env", []):
                     if SECRET_NAME.search(env.get("name", "")) and "value" in env:
                         problems.append(f"{cwhere}: env {env['name']} holds a secret inline; use secretKeyRef")
@@ -300,8 +306,9 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
                     continue
                 limits = container.get("resources", {}).get("limits", {})
                 gpus = next((int(v) for k, v in limits.items() if k.endswith("/gpu")), None)
-                if any(k.startswith("rdma/") for k in limits) and "IPC_LOCK" not in security.get("capabilities", {}).get("add", []):
-                    problems.append(f"{cwhere}: RDMA requested without the IPC_LOCK capability (memory registration is capped by memlock)")
+                env = {e.get("name"): e.get("value") for e in container.get("env", [])}
+                if any(k.startswith("rdma/") for k in limits) and env.get("NCCL_IB_DISABLE") == "1":
+                    problems.append(f"{cwhere}: RDMA requested with NCCL_IB_DISABLE=1 (NCCL would not use it)")
                 if template.get("metadata", {}).get("annotations", {}).get("sidecar.istio.io/inject") == "true":
                     problems.append(f"{cwhere}: an Istio sidecar keeps the pod running after training ends")
                 shm = volumes.get(mounts.get("/dev/shm", ""), {}).get("emptyDir")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from medo1.atomic import check_replaceable, new_dir, replace_dir
 from medo1.config import ConfigError
 from medo1.tokenize import end_of_turn_ids
 
@@ -33,8 +33,11 @@ def load_tokenizer(path: str | Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as exc:  # not a tokenizer: no files, unreadable files, an unknown kind
-        reason = str(exc).strip().splitlines()[0].rstrip(": ") if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"no tokenizer could be loaded from {path}: {reason}") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__  # whole: transformers' messages run over lines
+        hint = ""
+        if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+            hint = " -- it holds no config.json: point at a model folder, such as a training run's OUTPUT/export"
+        raise ConfigError(f"no tokenizer could be loaded from {path}: {reason}{hint}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -53,8 +56,10 @@ def init_tiny_model(
     max_positions: int = 4096,
     seed: int = 0,
 ) -> Path:
-    """A randomly initialised Qwen2 model with the real Qwen tokenizer, saved as an HF directory."""
+    """A randomly initialised Qwen2 model with the real Qwen tokenizer, saved as an HF directory (written aside and
+    renamed into place; an existing `out_dir` must be one medo1 wrote, or empty)."""
     out_dir = Path(out_dir)
+    check_replaceable(out_dir, "out")
     tokenizer = load_tokenizer(bundled_qwen_tokenizer_dir())
     vocab = -(-len(tokenizer) // 64) * 64
     config = Qwen2Config(
@@ -72,9 +77,10 @@ def init_tiny_model(
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = generation_config_for(tokenizer)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    staging = new_dir(out_dir.with_name(out_dir.name + ".partial"), "tiny model")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    return replace_dir(staging, out_dir)
 
 
 def generation_config_for(tokenizer) -> GenerationConfig:
@@ -136,12 +142,6 @@ def merge_lora_export(base_model: str, adapter_dir: str | Path, export_dir: str 
     write_export_extras(export_dir, tokenizer)
 
 
-def clear_dir(path: str | Path) -> None:
-    path = Path(path)
-    if path.exists():
-        shutil.rmtree(path)
-
-
 def export_from_trainer(trainer, tokenizer, output_dir: Path, lora_base: str | None = None) -> Path:
     """Consolidated safetensors + tokenizer + chat template + generation config, renamed into place.
 
@@ -150,7 +150,7 @@ def export_from_trainer(trainer, tokenizer, output_dir: Path, lora_base: str | N
     """
     final, staging = output_dir / "export", output_dir / "export.partial"
     if trainer.is_world_process_zero():
-        clear_dir(staging)
+        new_dir(staging, "export")
     trainer.accelerator.wait_for_everyone()
     if lora_base is not None:
         adapter_dir = output_dir / "adapter"
@@ -162,8 +162,7 @@ def export_from_trainer(trainer, tokenizer, output_dir: Path, lora_base: str | N
         if trainer.is_world_process_zero():
             write_export_extras(staging, tokenizer)
     if trainer.is_world_process_zero():
-        clear_dir(final)
-        staging.rename(final)
+        replace_dir(staging, final)
     trainer.accelerator.wait_for_everyone()
     return final
 

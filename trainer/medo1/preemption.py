@@ -35,6 +35,7 @@ log = logging.getLogger("medo1.preemption")
 PREEMPTED_EXIT_CODE = 128 + signal.SIGTERM
 
 _requested = threading.Event()
+_steps_completed = 0
 
 
 class Preempted(SystemExit):
@@ -82,10 +83,18 @@ def stop_requested() -> bool:
 def stop_agreed(device: torch.device | str = "cpu") -> bool:
     """Collective when several ranks run: True on every rank once any rank has had a SIGTERM. Call it on every
     rank at the same step boundary; `device` is where the process group's backend reduces (cuda for NCCL)."""
+    global _steps_completed
+    _steps_completed += 1
     flag = torch.tensor([1.0 if _requested.is_set() else 0.0], device=device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return bool(flag.item() > 0)
+
+
+def completed_steps() -> int:
+    """Training steps this process has finished (step boundaries `stop_agreed` has seen): 0 means a failure came
+    before the first step (`medo1.termination` reports an out-of-memory there as one a restart cannot cure)."""
+    return _steps_completed
 
 
 class StopOnSigterm(TrainerCallback):

@@ -25,7 +25,8 @@ from pathlib import Path
 import yaml
 
 from medo1.atomic import atomic_write_bytes, atomic_write_text
-from medo1.metrics import read_metrics
+from medo1.data import json_error_text
+from medo1.errors import Medo1Error
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +193,12 @@ def find_eval_reports(run_dir: Path) -> list[tuple[str, dict]]:
         for path in sorted(run_dir.glob(pattern)):
             try:
                 report = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
                 log.warning("skipping eval report %s: %s", path, exc)
                 continue
-            if isinstance(report, dict) and isinstance(report.get("benchmarks"), dict):
+            benchmarks = report.get("benchmarks") if isinstance(report, dict) else None
+            if isinstance(benchmarks, dict) and all(
+                    isinstance(b, dict) and isinstance(b.get("accuracy"), (int, float)) for b in benchmarks.values()):
                 found.append((str(path.relative_to(run_dir)), report))
     return found
 
@@ -246,20 +249,84 @@ def _without_per_item(report: dict) -> dict:
 
 STYLE = """body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left;
-vertical-align:top}th{background:#f4f4f4}img{max-width:100%}pre{background:#f8f8f8;padding:.8em;overflow:auto}"""
+vertical-align:top}th{background:#f4f4f4}img{max-width:100%}.warning{color:#a40;font-weight:bold}pre{background:#f8f8f8;padding:.8em;overflow:auto}"""
+
+
+class ReportError(Medo1Error):
+    """A run directory whose files cannot be reported on (missing, not UTF-8, not JSON, wrongly typed)."""
+
+
+RUN_FILES = ("metrics.jsonl", "config.yaml", "data_report.json")
+
+
+def _text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ReportError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
+                          "is it the run's own file?") from None
+
+
+def load_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl's rows; ReportError naming the line for one that is not a JSON object with an integer `step`
+    and a numeric `time` (where present), as medo1's stages write them."""
+    rows = []
+    for number, line in enumerate(_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ReportError(f"{path} line {number}: not JSON (at column {exc.colno}: {json_error_text(exc)}); a line cut off "
+                              "by a kill is dropped when the run resumes, or delete it") from None
+        if not isinstance(row, dict):
+            raise ReportError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
+        for key, kinds in (("step", (int,)), ("time", (int, float))):
+            value = row.get(key)
+            if key in row and (isinstance(value, bool) or not isinstance(value, kinds)):
+                raise ReportError(f"{path} line {number}: field '{key}': expected a number, got {json.dumps(value)}")
+        rows.append(row)
+    return rows
+
+
+def _json_file(path: Path) -> dict:
+    try:
+        loaded = json.loads(_text(path))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not JSON (at line {exc.lineno} column {exc.colno}: {json_error_text(exc)})") from None
+    if not isinstance(loaded, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
+    return loaded
+
+
+def _max_grad_norm(path: Path, text: str) -> float | None:
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ReportError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    train = config.get("train") if isinstance(config, dict) else None
+    value = train.get("max_grad_norm") if isinstance(train, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """Write RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path."""
+    """Write RUN_DIR/report.html and RUN_DIR/report/*.png; returns the HTML path. ReportError (one line) for a
+    missing run directory or a run file that cannot be read."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run directory")
-    metrics = read_metrics(run_dir / "metrics.jsonl")
+        raise ReportError(f"{run_dir}: no such run directory")
+    if not any((run_dir / name).is_file() for name in RUN_FILES) and not find_eval_reports(run_dir):
+        raise ReportError(f"{run_dir}: not a medo1 run directory (no {', '.join(RUN_FILES)} and no eval report.json "
+                          "in a folder below it); give a training stage's output.dir")
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics = load_metrics(metrics_path) if metrics_path.is_file() else []
     plots_dir = run_dir / PLOTS_DIR
     plots_dir.mkdir(exist_ok=True)
     config = run_dir / "config.yaml"
-    config_text = config.read_text(encoding="utf-8") if config.exists() else None
-    max_grad_norm = (yaml.safe_load(config_text) or {}).get("train", {}).get("max_grad_norm") if config_text else None
+    config_text = _text(config) if config.is_file() else None
+    max_grad_norm = _max_grad_norm(config, config_text) if config_text else None
     figures = [(spec.name, spec.question, figure) for spec, figure in build_figures(metrics, max_grad_norm)]
     evals = find_eval_reports(run_dir)
     if evals:
@@ -268,13 +335,20 @@ def write_report(run_dir: str | Path) -> Path:
     parts = [f"<h1>medo1 run report</h1><p>Run directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>"]
     summary = next((row for row in reversed(metrics) if "train_runtime" in row), None)
     if summary:
-        finished = datetime.fromtimestamp(summary.pop("time", 0), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        try:
+            finished = datetime.fromtimestamp(summary.pop("time", 0), timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        except (OverflowError, ValueError, OSError):  # a time no calendar holds
+            finished = "unknown"
         parts.append("<h2>Summary</h2>" + _table({"finished": finished, **summary}))
     parts.append("<h2>Training curves</h2>")
     if not metrics:
-        parts.append("<p>No metrics.jsonl in this run directory.</p>")
-    for stale in set(plots_dir.glob("*.png")) - {plots_dir / f"{name}.png" for name, _, _ in figures}:
-        stale.unlink()  # from an earlier report of this directory
+        why = "is empty: the run has logged no step yet" if metrics_path.is_file() else "is missing from this run directory"
+        log.warning("%s %s", metrics_path, why)
+        parts.append(f"<p>metrics.jsonl {why}.</p>")
+    ours = {f"{spec.name}.png" for spec in FIGURES} | {"eval_accuracy.png"}
+    drawn = {f"{name}.png" for name, _, _ in figures}
+    for stale in ours - drawn:  # from an earlier report of this directory; other files there are not ours
+        (plots_dir / stale).unlink(missing_ok=True)
     for name, question, figure in figures:
         data = _png_bytes(figure)
         atomic_write_bytes(plots_dir / f"{name}.png", data)
@@ -285,8 +359,11 @@ def write_report(run_dir: str | Path) -> Path:
             f'src="data:image/png;base64,{embedded}"></a>'
         )
     data_report = run_dir / "data_report.json"
-    if data_report.exists():
-        parts.append("<h2>Data</h2>" + _table(json.loads(data_report.read_text(encoding="utf-8"))))
+    if data_report.is_file():
+        data = _json_file(data_report)
+        warnings = data.get("warnings") if isinstance(data.get("warnings"), list) else []
+        parts.append("<h2>Data</h2>" + "".join(f'<p class="warning">Warning: {html.escape(str(w))}</p>' for w in warnings)
+                     + _table(data))
     for where, report in evals:
         parts.append(f"<h2>Evaluation: <code>{html.escape(where)}</code></h2>")
         parts.append(_table({name: {k: b.get(k) for k in ("n", "accuracy", "unparseable")}

@@ -25,10 +25,16 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import dump_config
-from medo1.data import DataError, enforce_policy, load_from_config, write_rejects
+from medo1.data import (
+    DataError,
+    enforce_overlong,
+    enforce_policy,
+    load_from_config,
+    overlong_warning,
+    write_rejects,
+)
 from medo1.metrics_callback import JsonlMetrics
 from medo1.models import (
     export_from_trainer,
@@ -39,6 +45,7 @@ from medo1.models import (
 )
 from medo1.preemption import StopOnSigterm, sigterm_stops_training
 from medo1.report import write_report_safely
+from medo1.resume import RunStart, open_run
 from medo1.runtime import is_main_process, rank
 from medo1.sft_config import SFTConfig
 from medo1.tokenize import encode_sft, length_stats
@@ -53,6 +60,8 @@ class SFTResult:
     final_step: int
     export_dir: Path | None
     data_report: dict
+    already_finished: bool = False
+    """The run had finished before: nothing was trained or written."""
 
 
 def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dataset, dict]:
@@ -62,6 +71,10 @@ def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dat
     rejects_path = output_dir / "rejects.jsonl"
     enforce_policy(loaded.problems, data.on_invalid)
     encoded = encode_sft(tokenizer, loaded.examples, data.max_length, data.overlong, source=data.path)
+    enforce_overlong(encoded.dropped, data.overlong, data.max_length)
+    warning = overlong_warning(len(encoded.dropped), len(loaded.examples), data.max_length)
+    if warning:
+        log.warning("%s", warning)
     report = {
         "path": data.path,
         "format": data.format,
@@ -73,6 +86,7 @@ def prepare_dataset(config: SFTConfig, tokenizer, output_dir: Path) -> tuple[Dat
         "truncated": encoded.truncated,
         "trained_examples": len(encoded.input_ids),
         "tokens": length_stats(encoded.lengths, data.max_length),
+        "warnings": [warning] if warning else [],
     }
     rejected = loaded.problems + encoded.dropped
     if is_main_process():
@@ -189,11 +203,23 @@ def peft_config(config: SFTConfig):
 
 
 def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
-    output_dir = Path(config.output.dir)
-    resume_from = checkpoint.resolve_resume(output_dir, resume)
-    if is_main_process() and resume != "none":
-        for moved in checkpoint.set_aside_incomplete(output_dir):
-            log.warning("set aside incomplete checkpoint %s", moved)
+    with open_run(config, resume, "sft") as run:
+        if run.finished is not None:
+            return finished_result(run)
+        return _train(config, run)
+
+
+def finished_result(run: RunStart) -> SFTResult:
+    """The result of a run that had already finished, read back from its folder (nothing is written)."""
+    export = run.finished.get("export")
+    report_path = run.output_dir / "data_report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    return SFTResult(run.output_dir, int(run.finished.get("final_step") or 0),
+                     run.output_dir / export if export else None, report, already_finished=True)
+
+
+def _train(config: SFTConfig, run: RunStart) -> SFTResult:
+    output_dir, resume_from = run.output_dir, run.resume_from
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.name_or_path)
     dataset, report = prepare_dataset(config, tokenizer, output_dir)
     if is_main_process():
@@ -219,6 +245,7 @@ def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
         peft_config=peft_config(config),
         callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd(), stopper],
         keep_checkpoints=config.output.keep,
+        marker_info=run.marker_info,
         batch_trace=trace,
     )
     if resume_from is not None:
@@ -232,4 +259,5 @@ def run_sft(config: SFTConfig, resume: str = "none") -> SFTResult:
         export_dir = export_from_trainer(trainer, tokenizer, output_dir, lora_base=lora_base)
     if is_main_process():
         write_report_safely(output_dir)  # report.html with the curves, for clusters without W&B
+    run.finish(trainer.state.global_step, export_dir)
     return SFTResult(output_dir, trainer.state.global_step, export_dir, report)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from medo1.config import ModelConfig, OutputConfig, Section, TrainingOptions
+from medo1.config import ModelConfig, OutputConfig, ResumeConfig, Section, TrainingOptions
 from medo1.data import DataConfig
 
 
@@ -54,3 +54,5 @@ class SFTConfig(Section):
     """Optimizer, schedule, batching and placement."""
     output: OutputConfig = OutputConfig()
     """Checkpoints, metrics and the export."""
+    resume: ResumeConfig = ResumeConfig()
+    """Recipe changes a resumed run may make (`--resume auto` refuses any other)."""

@@ -80,8 +80,8 @@ def encode_sft(
 ) -> EncodedSFT:
     """Tokenize prompt + completion + end-of-turn; labels are -100 on the prompt.
 
-    Over-long rows are dropped (and reported) or cut to `max_length`. A cut row keeps no
-    end-of-turn label, so the model is never taught to stop mid-answer.
+    Over-long rows are dropped (and reported; `overlong="fail"` reports them the same way, for the caller to stop
+    on) or cut to `max_length`. A cut row keeps no end-of-turn label, so the model is never taught to stop mid-answer.
     """
     eot = end_of_turn_ids(tokenizer)
     token_chars = longest_token_chars(tokenizer)
@@ -95,7 +95,7 @@ def encode_sft(
         labels = [IGNORE_INDEX] * len(p_ids) + c_ids + eot
         out.lengths.append(len(ids))
         if len(ids) > max_length:
-            if overlong == "drop" or len(p_ids) >= max_length:
+            if overlong != "truncate" or len(p_ids) >= max_length:
                 detail = f" (the prompt alone is {len(p_ids)})" if len(p_ids) >= max_length else ""
                 out.dropped.append(
                     Problem(source, row, None, f"too long: {len(ids)} tokens{detail} > max_length {max_length}")

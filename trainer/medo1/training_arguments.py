@@ -11,7 +11,10 @@ from medo1.config import OutputConfig, TrainingOptions
 
 
 # medo1's DeepSpeed ZeRO-3 config for `train.distributed=deepspeed_zero3`; "auto" entries are filled in from the
-# stage's config (by transformers for SFT and GRPO, by `medo1.rl.sharding.zero3_config` for PPO).
+# stage's config (by transformers for SFT and GRPO, by `medo1.rl.sharding.zero3_config` for PPO). No "optimizer"
+# entry: DeepSpeed then steps the optimizer it is given (transformers' integrations/deepspeed.py,
+# deepspeed_optim_sched: the Trainer's own, TRAINER_OPTIMIZER below; PPO's torch AdamW), so no DeepSpeed op (FusedAdam,
+# CPUAdam) is ever built: the image compiles none, and a pod could not JIT-build one (no C++ compiler in it).
 ZERO3 = {
     "bf16": {"enabled": "auto"},
     "zero_optimization": {
@@ -28,6 +31,11 @@ ZERO3 = {
     "train_batch_size": "auto",
     "train_micro_batch_size_per_gpu": "auto",
 }
+
+
+# torch's fused AdamW (one kernel for all parameters, on CUDA and the CPU), which transformers 5.19 picks by default
+# with torch >= 2.8 (training_args.py, default_optim); named so that a change of that default changes nothing here.
+TRAINER_OPTIMIZER = "adamw_torch_fused"
 
 
 def use_bf16(precision: str, on_gpu: bool) -> bool:
@@ -74,6 +82,7 @@ def trainer_arguments(train: TrainingOptions, output: OutputConfig, output_dir: 
         "warmup_steps": train.warmup_ratio,
         "weight_decay": train.weight_decay,
         "max_grad_norm": train.max_grad_norm,
+        "optim": TRAINER_OPTIMIZER,
         "per_device_train_batch_size": train.per_device_batch_size,
         "gradient_accumulation_steps": train.gradient_accumulation_steps,
         "seed": train.seed,

@@ -38,7 +38,7 @@ from pydantic import Field
 
 from medo1.atomic import atomic_write_text
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError, RetryOptions
-from medo1.config import StageError
+from medo1.config import StageError, check_outputs_apart
 from medo1.translation_checks import TranslationChecks
 from medo1.data import (
     PARSERS,
@@ -110,6 +110,12 @@ class TranslateConfig(RetryOptions):
     """Default: OUTPUT with suffix .rejects.jsonl."""
     temperature: float | None = Field(0.0, ge=0)
     """Sampling temperature; None leaves it to the endpoint."""
+    timeout_s: float = Field(90.0, gt=0)
+    """Seconds one request may take (a record's whole translation) before it is abandoned and retried."""
+    max_retries: int = Field(3, ge=0)
+    """Retries of one record's request after HTTP 408 / 429 / 5xx, a timeout, a broken connection or a malformed
+    answer: at most 4 x 90 s per record on an endpoint that does not answer, and the run stops once none has
+    answered for `give_up_after_s`."""
     reject_warning_ratio: float = Field(0.10, ge=0, le=1)
     """The summary warns when more than this share of the valid source records got no translation that
     passed the checks (a wrong prompt, model or target_language); invalid source rows do not count."""
@@ -359,6 +365,9 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
         raise TranslateError(str(exc)) from None
     if not client.has_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
         raise TranslateError(f"set ${config.api_key_env} to the API key for {base_url}")
+    cache_dir, rejects_path = default_paths(config)
+    check_outputs_apart({"output": config.output, "rejects": rejects_path, "cache_dir": cache_dir},
+                        {"input": config.input})
     try:
         items, problems, raw, rows = load_items(config)
     except DataError as exc:
@@ -368,7 +377,6 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
     allowed_failures = int(config.max_failure_ratio * rows)
     if len(problems) > allowed_failures:  # the input alone fails the run: ask for nothing
         raise TranslateError(failure_message(config, problems, rows, allowed_failures, len(items), None))
-    cache_dir, rejects_path = default_paths(config)
     cache = Cache(cache_dir)
     mapping = resolve_fields(config.format, config.preset, config.fields)
     options_column = mapping.get("options") if config.format == "mcq" else None

@@ -28,6 +28,15 @@ Japanese source text, every two characters count as one word), after removing th
 name, a lone number or an option like "B. Aspirin" is therefore never language-checked. Kanji-only
 text cannot tell Japanese from Chinese: for a Japanese target, a field without kana that reads as
 Chinese passes.
+
+Records whose fields are all short are still checked, as a whole: when no field of a record is long enough for
+the field check, the record fails if (1) for a target written in another script than the Latin one (CLDR's
+likely script: Japanese, Chinese, Korean, Cyrillic, Arabic, Hebrew, Greek, Thai, Indic scripts, ...) its source has
+`MIN_SCRIPT_WORDS` Latin words or more and no field of the translation has a letter of that script; (2) every field
+of the translation is the source's own text (the record came back untranslated); or (3) its fields together reach
+`MIN_CHECKED_WORDS` words and the translation, read as one text, is not in the target language. An MCQ set sent back
+in English for Japanese fails (1) and (2), as does one for Spanish (2). Options kept as written ("B. Aspirin")
+in a record whose question was translated pass.
 """
 
 from __future__ import annotations
@@ -91,6 +100,24 @@ CJK_NUMBER_RE = re.compile(
 CJK_CHAR_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
 KANA_RE = re.compile(r"[\u3040-\u30ff]")
 WORD_RE = re.compile(r"[^\W\d_]{2,}")
+
+
+MIN_SCRIPT_WORDS = 2
+"""Latin words (units and all-capital abbreviations aside) in a short record's source from which its translation
+must show the target's script (non-Latin targets) and must not be the source's own text."""
+# Scripts a target language is written in (CLDR likely-subtags script code) -> the Unicode character-name prefixes of
+# their letters. Latin-script targets have none: their check is the language identification.
+SCRIPT_LETTERS = {
+    "Jpan": ("HIRAGANA", "KATAKANA", "CJK UNIFIED IDEOGRAPH"), "Hans": ("CJK UNIFIED IDEOGRAPH",),
+    "Hant": ("CJK UNIFIED IDEOGRAPH",), "Kore": ("HANGUL",), "Cyrl": ("CYRILLIC",), "Arab": ("ARABIC",),
+    "Hebr": ("HEBREW",), "Grek": ("GREEK",), "Thai": ("THAI",), "Deva": ("DEVANAGARI",), "Beng": ("BENGALI",),
+    "Taml": ("TAMIL",), "Telu": ("TELUGU",), "Knda": ("KANNADA",), "Mlym": ("MALAYALAM",), "Gujr": ("GUJARATI",),
+    "Guru": ("GURMUKHI",), "Geor": ("GEORGIAN",), "Armn": ("ARMENIAN",), "Ethi": ("ETHIOPIC",), "Khmr": ("KHMER",),
+    "Laoo": ("LAO",), "Mymr": ("MYANMAR",), "Sinh": ("SINHALA",),
+}
+# Languages commonly written in more than one script: only a script named in the target (sr_Latn, sr-Cyrl) counts.
+MULTI_SCRIPT_LANGUAGES = frozenset({"sr", "bs", "uz", "az", "kk", "ku", "mn", "pa", "sd", "ks"})
+LATIN_WORD_RE = re.compile(r"[A-Za-z\u00c0-\u024f]{2,}")
 
 
 class TranslationCheckError(StageError):
@@ -157,6 +184,22 @@ def lingua_language(locale: Locale) -> Language:
         raise TranslationCheckError(
             f"target language {locale.english_name!r}: the language detector (lingua) has no model for it"
         ) from None
+
+
+def target_script(locale: Locale) -> str | None:
+    """The script `locale` is written in (CLDR likely subtags), or None when it is Latin or not one script."""
+    from babel.core import get_global
+
+    script = locale.script
+    if script is None and locale.language not in MULTI_SCRIPT_LANGUAGES:
+        likely = get_global("likely_subtags").get(locale.language, "")
+        script = next((part for part in likely.split("_")[1:] if len(part) == 4), None)
+    return script if script in SCRIPT_LETTERS else None
+
+
+def has_script(text: str, script: str) -> bool:
+    prefixes = SCRIPT_LETTERS[script]
+    return any(ch.isalpha() and unicodedata.name(ch, "").startswith(prefixes) for ch in text)
 
 
 @functools.cache
@@ -304,6 +347,7 @@ class TranslationChecks:
         self.locale = resolve_locale(target_language)
         self.language = lingua_language(self.locale)
         self.name = self.language.name.title()
+        self.script = target_script(self.locale)
 
     def problems(self, source: dict[str, Any], translated: Any) -> list[CheckProblem]:
         """Problems of a translation of `source` (a payload of column -> text, or options dict)."""
@@ -331,7 +375,32 @@ class TranslationChecks:
                     continue
             for (path, src), (_, out) in zip(_strings(src_value, key), _strings(out_value, key)):
                 problems.extend(self.field_problems(path, src, out))
+        if not problems:
+            problems.extend(self.record_problems(source, translated))
         return problems
+
+    def record_problems(self, source: dict[str, Any], translated: dict[str, Any]) -> Iterator[CheckProblem]:
+        """A record whose every field is under MIN_CHECKED_WORDS, judged as a whole (see the module docstring)."""
+        pairs = [(src, out) for key, value in source.items()
+                 for (_, src), (_, out) in zip(_strings(value, key), _strings(translated[key], key))
+                 if isinstance(src, str) and isinstance(out, str)]
+        if not pairs or any(checked_words(src) >= MIN_CHECKED_WORDS for src, _ in pairs):
+            return  # the long fields were checked one by one
+        if self.locale.language == SOURCE_LOCALE.language:
+            return
+        src_text = "\n".join(_without_markers(src) for src, _ in pairs)
+        out_text = "\n".join(_without_markers(out) for _, out in pairs)
+        latin_words = sum(word.lower() not in CANONICAL_UNITS and not word.isupper()  # mg, HbA1c's kin: kept as written
+                          for word in LATIN_WORD_RE.findall(src_text))
+        if self.script and latin_words >= MIN_SCRIPT_WORDS and not has_script(out_text, self.script):
+            yield CheckProblem("language", f"record: no {self.name} ({self.script}) letter in any field of the "
+                                           f"translation (not translated to {self.name})")
+        elif latin_words >= MIN_SCRIPT_WORDS and all(src.strip() == out.strip() for src, out in pairs):
+            yield CheckProblem("language", f"record: every field is the source's own text (not translated to {self.name})")
+        elif checked_words(src_text) >= MIN_CHECKED_WORDS:
+            problem = self.language_problem("record", src_text, out_text)
+            if problem:
+                yield problem
 
     def field_problems(self, path: str, src: str, out: Any) -> Iterator[CheckProblem]:
         if not isinstance(out, str):

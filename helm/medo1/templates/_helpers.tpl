@@ -92,7 +92,7 @@ reads (stageSecrets), each optional as `secrets` says. Call with (list $ "sft").
 seconds (default 30, torch/distributed/run.py --shutdown-timeout): the preemption save (medo1.preemption)
 gets the pod's grace period, less 30 s for torchrun itself to exit. */}}
 - name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-  value: {{ max 30 (sub (int .Values.terminationGracePeriodSeconds) 30) | quote }}
+  value: {{ max 30 (sub (int (include "medo1.gracePeriod" (list $root $stage))) 30) | quote }}
 {{- range $name, $value := .Values.nccl }}
 - name: {{ $name }}
   value: {{ $value | quote }}
@@ -129,15 +129,23 @@ annotations:
 {{- end }}
 {{- end -}}
 
-{{/* The container securityContext; RDMA adds IPC_LOCK (memory registration pins pages beyond memlock). */}}
-{{- define "medo1.containerSecurityContext" -}}
-{{- $security := deepCopy .Values.securityContext -}}
-{{- if .Values.cluster.rdma.enabled -}}
-{{- $capabilities := $security.capabilities | default dict -}}
-{{- $_ := set $capabilities "add" (append ($capabilities.add | default list) "IPC_LOCK" | uniq) -}}
-{{- $_ := set $security "capabilities" $capabilities -}}
+{{/* The run pod's metadata: a pod's, and what tells the cluster autoscaler and Karpenter not to evict it to
+consolidate nodes (cluster-autoscaler FAQ "What types of pods can prevent CA from removing a node?";
+karpenter.sh/do-not-disrupt): its training job runs on without it, but a run pod evicted for nothing costs
+a re-attach. A node drain is held back by the PodDisruptionBudget (templates/run-pdb.yaml). */}}
+{{- define "medo1.runPodMetadata" -}}
+{{- $metadata := include "medo1.podMetadata" (list . "run") | fromYaml -}}
+{{- $evict := dict "cluster-autoscaler.kubernetes.io/safe-to-evict" "false" "karpenter.sh/do-not-disrupt" "true" -}}
+{{- $_ := set $metadata "annotations" (merge $evict ($metadata.annotations | default dict)) -}}
+{{ toYaml $metadata }}
 {{- end -}}
-{{ toYaml $security }}
+
+{{/* The container securityContext. RDMA adds no capability (values.yaml cluster.rdma: the node's memlock limit). */}}
+{{- define "medo1.containerSecurityContext" -}}
+{{- if and .Values.cluster.rdma.enabled (eq (toString (index (.Values.nccl | default dict) "NCCL_IB_DISABLE")) "1") -}}
+{{- fail "cluster.rdma asks for an InfiniBand / RoCE device but nccl.NCCL_IB_DISABLE is \"1\": NCCL would not use it; remove it" -}}
+{{- end -}}
+{{ toYaml .Values.securityContext }}
 {{- end -}}
 
 {{- define "medo1.resources" -}}
@@ -175,10 +183,22 @@ requests:
     sizeLimit: {{ .Values.cluster.shmSize }}
 {{- end -}}
 
-{{/* Pod-level settings shared by every training pod. */}}
+{{/* A stage's SIGTERM-to-SIGKILL time: its own terminationGracePeriodSeconds (stages.* / jobs.*), else the
+chart's. The launcher sizes it from the stage's checkpoint instead (medo1.launch.grace), with this as the floor.
+Call with (list $ "sft"). */}}
+{{- define "medo1.gracePeriod" -}}
+{{- $root := index . 0 -}}
+{{- $stage := index . 1 -}}
+{{- $config := or (index $root.Values.stages $stage) (index $root.Values.jobs $stage) | default dict -}}
+{{- $config.terminationGracePeriodSeconds | default $root.Values.terminationGracePeriodSeconds -}}
+{{- end -}}
+
+{{/* Pod-level settings shared by every stage pod. Call with (list $ "sft"). */}}
 {{- define "medo1.podSpecCommon" -}}
+{{- $stage := index . 1 -}}
+{{- with index . 0 -}}
 serviceAccountName: {{ include "medo1.serviceAccountName" . }}
-terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+terminationGracePeriodSeconds: {{ include "medo1.gracePeriod" (list . $stage) }}
 {{- with .Values.scheduling.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
@@ -204,6 +224,7 @@ automountServiceAccountToken: false
 volumes:
 {{ include "medo1.volumes" . | trim | indent 2 }}
 {{- end -}}
+{{- end -}}
 
 {{/* The training container. Call with (list $ "sft" "pytorch"); the last item is the container name. */}}
 {{- define "medo1.trainingContainer" -}}
@@ -224,4 +245,21 @@ volumes:
 {{ include "medo1.containerSecurityContext" $root | indent 4 }}
   volumeMounts:
 {{ include "medo1.volumeMounts" $root | trim | indent 4 }}
+{{- end -}}
+
+{{/* A job as the cluster holds it: on `helm upgrade` a job that exists is rendered back unchanged, its live
+spec, so an upgrade neither changes a run in progress (a batch Job's pod template is immutable anyway) nor
+creates it again; the new values apply to jobs created afterwards (values.yaml, "Upgrades"). `lookup` reads
+the cluster only in `helm install` / `upgrade`: `helm template` renders afresh. Call with the live object. */}}
+{{- define "medo1.kept" -}}
+apiVersion: {{ .apiVersion }}
+kind: {{ .kind }}
+metadata:
+  name: {{ .metadata.name }}
+  {{- with .metadata.labels }}
+  labels:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  {{- toYaml .spec | nindent 2 }}
 {{- end -}}

@@ -1,6 +1,9 @@
 """The local backend: the stage's container command run on this machine (a training stage under the
 torchrun beside this Python, with what the operator would inject; a single-pod stage as the `medo1`
-command beside it), its output relayed, Ctrl-C / SIGTERM stopping the whole process group."""
+command beside it), its output relayed, Ctrl-C / SIGTERM / SIGHUP (the terminal closed) stopping the whole
+process group. The run never outlives the launcher: Linux sends it SIGTERM when the launcher ends, even by
+`kill -9` (PR_SET_PDEATHSIG), and torchrun's ranks get the same from torchrun (`medo1.runtime.exit_with_parent`);
+SIGTERM makes a training stage checkpoint and stop, as on preemption."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from medo1.launch.waiting import (
     cancel_on_signals,
     tail_text,
 )
+from medo1.runtime import parent_death_signal
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +108,38 @@ def _stop_process_group(process: subprocess.Popen, signum: int) -> None:
         process.wait()
 
 
+@contextlib.contextmanager
+def _hangup_cancels() -> Iterator[None]:
+    """SIGHUP (the launcher's terminal closed) cancels the run as SIGTERM does, instead of ending the launcher
+    before it has stopped the run. Main thread only, as for `cancel_on_signals`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def cancel(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # once: the stop is under way
+        raise LaunchCancelled(signum)
+
+    previous = signal.signal(signal.SIGHUP, cancel)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def run_local(stage: str, job: dict[str, Any], timeout_s: float) -> LaunchResult:
     command, env = local_command(job)
     log.info("running %s here: %s", stage, shlex.join(command))
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     quiet = threading.Event()
     process = None
-    with cancel_on_signals():
+    with cancel_on_signals(), _hangup_cancels():
         try:
-            # A process group of its own, so that a signal reaches torchrun and its workers alike.
+            # A process group of its own, so that a signal reaches torchrun and its workers alike; SIGTERM to it
+            # when this launcher ends, however it ends.
             process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+                                       stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+                                       preexec_fn=parent_death_signal(signal.SIGTERM, os.getpid()))
             relay = threading.Thread(target=_relay, args=(process.stdout, tail, quiet), name="local-output", daemon=True)
             relay.start()
             try:
@@ -128,7 +153,8 @@ def run_local(stage: str, job: dict[str, Any], timeout_s: float) -> LaunchResult
         except LaunchCancelled as exc:
             quiet.set()
             if process is not None:
-                _stop_process_group(process, exc.signum)
+                # A closed terminal stops the run as a preemption does: each rank checkpoints, then exits.
+                _stop_process_group(process, signal.SIGTERM if exc.signum == signal.SIGHUP else exc.signum)
             raise LaunchCancelled(exc.signum, f"{exc}; stopped the local {stage} run") from None
     if code != 0:
         raise JobFailed(f"local {stage} run exited with code {code}{tail_text(tail, 'its output')}",

@@ -1,30 +1,54 @@
 """The trainjob backend (Kubeflow Trainer v2): the stage as a TrainJob on one of the chart's
 ClusterTrainingRuntimes (`medo1-sft`, `medo1-ppo`, `medo1-grpo`, `medo1-eval`), created through the
 Kubeflow SDK's TrainerClient (`kubeflow.trainer`), its node-0 pod's log followed, its status waited on;
-safe to retry and cancelled as the PyTorchJob backend is (`medo1.launch.kubernetes`).
+safe to retry, cancelled, failed fast on stuck pods (JobSet labels every pod of the TrainJob with
+`jobset.sigs.k8s.io/jobset-name`) and owned by the chart's run Job as the PyTorchJob backend is
+(`medo1.launch.kubernetes`).
 
 What the launch asks for is a TrainJob dict (validated in the tests against the Trainer CRDs); the SDK
 builds the same body from it: `train(runtime=..., trainer=CustomTrainerContainer(image, num_nodes, env),
 options=[Name, Labels, TrainerArgs, ActiveDeadlineSeconds])`. The recipe is the env MEDO1_RECIPE (the
 runtime's args read `$(MEDO1_RECIPE)`), the recipe overrides `--set` args. A failed job is not created
 again here: the runtime's JobSet restarts it whole (failurePolicy.maxRestarts = runPolicy.jobRestarts).
+
+The SDK's client logs a warning with the whole HTTP response (headers included) when it cannot read Trainer's
+version ConfigMap in kubeflow-system, which a namespaced account never can: that becomes one debug line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
 import math
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from medo1 import k8s
-from medo1.launch.kubernetes import ClusterJobs, _api_status, _submit, _wait_and_follow, cancelled
+from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, bound_requests, bounded_construction
+from medo1.launch.grace import SHUTDOWN_ENV, grace_period_s
+from medo1.launch.kubernetes import (
+    DEFAULT_DELETE_WAIT_S,
+    ClusterJobs,
+    Policy,
+    _api_message,
+    _api_status,
+    cancelled,
+    follow_until_done,
+)
+from medo1.launch.launcherpod import LauncherPod
 from medo1.launch.logs import MasterLogFollower
+from medo1.launch.pods import DEFAULT_SCALE_UP_WAIT_S, DEFAULT_STUCK_AFTER_S
 from medo1.launch.preflight import check_plan
 from medo1.launch.rendering import MAX_NAME, check_job_name, merge_values, stage_section, stage_values
+from medo1.launch.retries import MANAGER
 from medo1.launch.waiting import LaunchCancelled, LaunchError, LaunchResult, cancel_on_signals
 
 if TYPE_CHECKING:
     from kubeflow.trainer import TrainerClient
+
+log = logging.getLogger(__name__)
 
 
 # kubeflow/sdk kubeflow/trainer/constants/constants.py (GROUP, VERSION, TRAINJOB_PLURAL).
@@ -33,6 +57,7 @@ RUNTIME_KIND = "ClusterTrainingRuntime"
 # Stages with a runtime, and the runtime a stage gets when none is named.
 DEFAULT_RUNTIME = {"sft": "medo1-sft", "rl": "medo1-ppo", "eval": "medo1-eval"}
 RECIPE_ENV = "MEDO1_RECIPE"
+SDK_PATCH_MANAGER = "trainer.kubeflow.org/kubeflow-sdk"
 # JobSet names the first node pod's host `<trainjob>-node-0-0` (Trainer's PET_MASTER_ADDR, kubeflow/trainer
 # pkg/runtime/framework/plugins/torch/torch.go), a DNS label of at most 63 characters.
 MASTER_HOST_SUFFIX = "-node-0-0"
@@ -42,17 +67,46 @@ NODE0_SELECTOR = ("jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/repl
                   "batch.kubernetes.io/job-completion-index=0")
 
 
-def trainer_client(namespace: str | None) -> TrainerClient:
+# kubeflow/sdk kubeflow/trainer/backends/kubernetes/backend.py, KubernetesBackend.verify_backend.
+SDK_BACKEND_LOGGER = "kubeflow.trainer.backends.kubernetes.backend"
+VERSION_WARNING = "Trainer control-plane version info is not available"
+
+
+class _VersionWarningToDebug(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith(VERSION_WARNING):
+            logging.getLogger(__name__).debug("the SDK could not read Trainer's version ConfigMap (not needed)")
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def quiet_version_check() -> Iterator[None]:
+    """While a TrainerClient is made: its version-ConfigMap warning (an HTTP response dump) as one debug line."""
+    sdk_log = logging.getLogger(SDK_BACKEND_LOGGER)
+    quiet = _VersionWarningToDebug()
+    sdk_log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        sdk_log.removeFilter(quiet)
+
+
+def trainer_client(namespace: str | None, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> TrainerClient:
     """A TrainerClient on the in-cluster config inside a pod, else the kubeconfig, for `namespace`
-    (default: the SDK's: the pod's service-account namespace, else the kubeconfig context's)."""
+    (default: the SDK's: the pod's service-account namespace, else the kubeconfig context's); its requests
+    bounded by `request_timeout_s`."""
     from kubeflow.common.types import KubernetesBackendConfig
     from kubeflow.trainer import TrainerClient
     from kubernetes.config import ConfigException
 
     try:
-        return TrainerClient(KubernetesBackendConfig(namespace=namespace))
+        with quiet_version_check(), bounded_construction(request_timeout_s):
+            client = TrainerClient(KubernetesBackendConfig(namespace=namespace))
     except ConfigException as exc:
         raise LaunchError(f"no Kubernetes configuration: {exc}") from None
+    bound_requests(client.backend.core_api.api_client, request_timeout_s)
+    return client
 
 
 def chart_runtime(name: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +159,15 @@ def build_trainjob(
     recipe = stage_config["recipe"]
     if recipe == k8s.chart_defaults()[stage_section(stage)][stage]["recipe"]:
         recipe = next(e["value"] for e in container["env"] if e["name"] == RECIPE_ENV)
-    trainer["env"] = [{"name": RECIPE_ENV, "value": str(recipe)}]
+    # The NCCL settings (InfiniBand on for the 2-node profile) and, for a training stage, the node shape the
+    # values give: the platform's runtime was installed with its own values (one node, no RDMA).
+    trainer["env"] = [{"name": RECIPE_ENV, "value": str(recipe)},
+                      *({"name": name, "value": str(value)} for name, value in (merged.get("nccl") or {}).items())]
     trainer["args"] = args
-    labels = {"app.kubernetes.io/part-of": "medo1", "app.kubernetes.io/component": stage}
+    if training:
+        trainer["resourcesPerNode"] = {"limits": node_resources(merged), "requests": node_resources(merged)}
+    labels = {"app.kubernetes.io/part-of": "medo1", "app.kubernetes.io/component": stage,
+              "app.kubernetes.io/managed-by": MANAGER}
     if merged.get("kueue", {}).get("queueName"):
         labels["kueue.x-k8s.io/queue-name"] = merged["kueue"]["queueName"]
     name = job_name or f"{k8s.RELEASE}-{stage}"
@@ -117,6 +177,15 @@ def build_trainjob(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"runtimeRef": {"name": runtime, "kind": RUNTIME_KIND}, "trainer": trainer},
     }
+    placement = {key: merged["cluster"][field] for key, field in
+                 (("nodeSelector", "nodeSelector"), ("tolerations", "tolerations"), ("affinity", "affinity"))
+                 if merged["cluster"].get(field)}
+    # The grace period for the stage's own checkpoint (medo1.launch.grace), and torchrun's shutdown timeout with it.
+    seconds, how = grace_period_s(stage, values, recipe=str(recipe))
+    log.info("grace period (SIGTERM to SIGKILL): %s", how)
+    placement["terminationGracePeriodSeconds"] = seconds
+    trainer["env"].append({"name": SHUTDOWN_ENV, "value": str(max(30, seconds - 30))})
+    job["spec"]["runtimePatches"] = [runtime_patch(placement)]
     deadlines = [d for d in (merged["runPolicy"].get("activeDeadlineSeconds"),
                              timeout_s and max(1, math.ceil(timeout_s))) if d]
     if deadlines:
@@ -128,12 +197,32 @@ def build_trainjob(
     return job
 
 
+def node_resources(values: dict[str, Any]) -> dict[str, str]:
+    """A training node's requests (= limits) as the chart renders them (helm/medo1/templates/_helpers.tpl
+    medo1.resources): cpu, memory, the GPUs and, with cluster.rdma, the RDMA devices."""
+    shape = values["cluster"]
+    resources = {"cpu": str(shape["cpu"]), "memory": str(shape["memory"])}
+    if int(shape["gpusPerNode"]) > 0:
+        resources[shape["gpuResource"]] = str(shape["gpusPerNode"])
+    if shape["rdma"]["enabled"]:
+        resources[shape["rdma"]["resource"]] = str(shape["rdma"]["count"])
+    return resources
+
+
+def runtime_patch(pod_spec: dict[str, Any]) -> dict[str, Any]:
+    """A TrainJob runtimePatches entry setting `pod_spec` fields on the runtime's `node` pods, under the manager
+    name the Kubeflow SDK's RuntimePatch option uses (kubeflow/trainer/options/kubernetes.py)."""
+    return {"manager": SDK_PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
+        {"name": "node", "template": {"spec": {"template": {"spec": pod_spec}}}}]}}}}
+
+
 class TrainJobs(ClusterJobs):
     """A TrainJob through the Kubeflow SDK's TrainerClient; reads and the node-0 pod's log through the
     SDK backend's Kubernetes client (the SDK's own TrainJob type keeps no condition reason or message)."""
 
     kind = "TrainJob"
     container = k8s.MAIN_CONTAINER[RUNTIME_KIND]
+    _custom = (GROUP, VERSION, PLURAL)
 
     def __init__(self, client: TrainerClient, name: str, namespace: str):
         # ClusterJobs reads `core_api` off its client: the SDK's KubernetesBackend holds it.
@@ -151,7 +240,7 @@ class TrainJobs(ClusterJobs):
 
     def _create(self, job: dict[str, Any]) -> None:
         from kubeflow.trainer import CustomTrainerContainer
-        from kubeflow.trainer.options import ActiveDeadlineSeconds, Labels, Name, TrainerArgs
+        from kubeflow.trainer.options import ActiveDeadlineSeconds, Annotations, Labels, Name, TrainerArgs
 
         spec = job["spec"]
         runtime_name = spec["runtimeRef"]["name"]
@@ -161,14 +250,30 @@ class TrainJobs(ClusterJobs):
             if _api_status(exc) == 404:
                 raise LaunchError(f"no runtime {runtime_name!r} on the cluster: the platform team installs the "
                                   "ClusterTrainingRuntimes once (helm/profiles/trainer-v2-runtimes.yaml)") from None
+            if _api_status(exc) == 403:
+                # The SDK reads the namespaced TrainingRuntime, then on a 404 the ClusterTrainingRuntime.
+                raise LaunchError(f"may not read the runtime {runtime_name!r}: {_api_message(exc)}; the chart's "
+                                  "launcher Role grants get on trainingruntimes in the namespace, the platform install "
+                                  "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) get on its "
+                                  "ClusterTrainingRuntimes") from None
             raise
         trainer = spec["trainer"]
         container = CustomTrainerContainer(image=trainer["image"], num_nodes=trainer.get("numNodes"),
-                                           env={e["name"]: e["value"] for e in trainer["env"]})
-        options = [Name(self.name), Labels(job["metadata"]["labels"]), TrainerArgs(trainer["args"])]
+                                           env={e["name"]: e["value"] for e in trainer["env"]},
+                                           resources_per_node=(trainer.get("resourcesPerNode") or {}).get("limits"))
+        metadata = job["metadata"]
+        options = [Name(self.name), Labels(metadata["labels"]), TrainerArgs(trainer["args"])]
+        if metadata.get("annotations"):
+            options.append(Annotations(metadata["annotations"]))
         if "activeDeadlineSeconds" in spec:
             options.append(ActiveDeadlineSeconds(spec["activeDeadlineSeconds"]))
+        if spec.get("runtimePatches"):
+            options.append(_runtime_patches(spec["runtimePatches"]))
         self.trainer.train(runtime=runtime, trainer=container, options=options)
+        if metadata.get("ownerReferences"):
+            # The SDK's train() takes no owner: set right after (a launcher killed in between leaves it unowned,
+            # still bounded by its activeDeadlineSeconds).
+            self._patch({"metadata": {"ownerReferences": metadata["ownerReferences"]}})
 
     def _delete(self, propagation: str) -> None:
         if propagation == "Background":
@@ -192,35 +297,53 @@ class TrainJobs(ClusterJobs):
             raise RuntimeError(f"listing the pods of {self.where}: {exc}") from exc
 
 
+def _runtime_patches(patches: list[dict[str, Any]]) -> Any:
+    """An SDK option (called as option(job_spec, trainer, backend), like the SDK's RuntimePatch) adding the
+    TrainJob's runtimePatches as they are: the SDK's PodSpecPatch has no field for some of the pod spec fields
+    the CRD's patch allows (terminationGracePeriodSeconds)."""
+
+    def option(job_spec: dict[str, Any], trainer: Any, backend: Any) -> None:
+        job_spec.setdefault("spec", {}).setdefault("runtimePatches", []).extend(copy.deepcopy(patches))
+
+    return option
+
+
 def run_trainjob(stage: str, job: dict[str, Any], client: TrainerClient, timeout_s: float, poll_s: float,
-                 keep_on_timeout: bool) -> LaunchResult:
-    """Create the TrainJob (or attach to / replace an earlier attempt's, as `run_on_cluster` does), follow
-    node 0's log, wait. SIGTERM / SIGINT delete it."""
+                 keep_on_timeout: bool, stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S, *,
+                 scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S, delete_wait_s: float = DEFAULT_DELETE_WAIT_S,
+                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> LaunchResult:
+    """Create the TrainJob (or attach to an earlier attempt's, as `run_on_cluster` does), follow node 0's log,
+    wait; a pod stuck for `stuck_after_s` fails it (None: waits). SIGTERM / SIGINT delete it (not when this
+    launcher's pod is being evicted). A failed TrainJob is not created again: JobSet restarted it already."""
+    bound_requests(client.backend.core_api.api_client, request_timeout_s)
     jobs = TrainJobs(client, job["metadata"]["name"], job["metadata"]["namespace"])
     deadline = time.monotonic() + timeout_s
     followers: list[MasterLogFollower] = []
+    launcher = None
     with cancel_on_signals():
         try:
-            action, state = _submit(jobs, job, deadline, poll_s)
-            if state is None:
-                # No stuck-pod checks yet: medo1.launch.pods knows no TrainJob pod selector.
-                state = _wait_and_follow(jobs, deadline, poll_s, keep_on_timeout, followers, None)
+            launcher = LauncherPod.find(client.backend.core_api, jobs.namespace)
+            policy = Policy(0, delete_wait_s, launcher.owner if launcher else None,
+                            restarted_by="its JobSet (failurePolicy.maxRestarts)")
+            action, state, _ = follow_until_done(jobs, job, policy, deadline, poll_s, keep_on_timeout, followers,
+                                                 stuck_after_s, scale_up_wait_s)
         except LaunchCancelled as exc:
-            raise cancelled(jobs, followers, exc) from None
+            raise cancelled(jobs, followers, exc, launcher) from None
     return LaunchResult(stage, "trainjob", jobs.name, jobs.namespace, state, action)
 
 
 def launch_trainjob(stage: str, *, runtime: str | None, profile: str | None, values_files: Any, value_overrides: Any,
                     recipe: str | None, overrides: Any, job_name: str | None, namespace: str | None, timeout_s: float,
                     poll_s: float, keep_on_timeout: bool, client: TrainerClient | None, strict: bool,
-                    plan_check: bool) -> LaunchResult:
+                    plan_check: bool, stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
+                    **waits: float) -> LaunchResult:
     """`launch_stage` for backend trainjob; the plan checked is the runtime's recipe's."""
     values = stage_values(stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
                           recipe=recipe, overrides=overrides)
-    client = client or trainer_client(namespace)
+    client = client or trainer_client(namespace, waits.get("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S))
     job = build_trainjob(stage, values, runtime=runtime, job_name=job_name,
                          namespace=namespace or client.backend.namespace, timeout_s=timeout_s)
     if plan_check:
         check_plan(stage, values, strict=strict,
                    recipe=next(e["value"] for e in job["spec"]["trainer"]["env"] if e["name"] == RECIPE_ENV))
-    return run_trainjob(stage, job, client, timeout_s, poll_s, keep_on_timeout)
+    return run_trainjob(stage, job, client, timeout_s, poll_s, keep_on_timeout, stuck_after_s, **waits)

@@ -102,10 +102,10 @@ def wait_for_job(
     poll_s: float = DEFAULT_POLL_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-    check_pods: Callable[[], None] | None = None,
+    check_pods: Callable[[dict[str, Any]], None] | None = None,
 ) -> JobState:
     """Poll until Succeeded (returned) or Failed (JobFailed with the job's reason) or timeout (JobTimedOut).
-    `check_pods` runs at each poll of a job that is not done (it raises to end the wait, as
+    `check_pods` runs with the job at each poll of a job that is not done (it raises to end the wait, as
     `medo1.launch.pods` does for a stuck pod). Time the job spends suspended by Kueue, waiting for
     admission, does not count against `timeout_s`."""
     deadline = clock() + timeout_s
@@ -137,7 +137,7 @@ def wait_for_job(
         if state.phase == "Failed":
             raise JobFailed(f"job failed: {state.reason or 'no reason given'}: {state.message}".rstrip(": "), state)
         if check_pods is not None and not queue:
-            check_pods()
+            check_pods(job)
         if clock() >= deadline:
             raise JobTimedOut(
                 f"job still {state.phase} after {timeout_s:.0f} s (restarted {restarts} time(s)); last: "

@@ -6,6 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from pydantic import ConfigDict, Field
+
+from medo1.config import Section
 from medo1.plan.memory import GIB
 from medo1.plan.stages import StagePlan
 
@@ -82,7 +85,11 @@ def time_lines(plan: StagePlan) -> list[str]:
             lines.append(f"  rollout: {time['rollout_tokens_per_second_per_gpu']:,} tokens/s per GPU ({time['rollout_source']}): "
                          f"{time['rollout_hours']} h; training and scoring {time['training_and_scoring_hours']} h")
     elif plan.stage == "eval":
-        lines.append(f"  eval: {time['rows']:,} rows x {time['new_tokens']}; " + "; ".join(time["sources"]))
+        lines.append(f"  eval: {time['rows']:,} rows, {time['responses']:,} responses ({time['models']} model(s)) x "
+                     f"{time['new_tokens']}, engine {time['engine']}; " + "; ".join(time["sources"]))
+        if "minutes" in time:
+            lines.append(f"  decoding: {time['tokens_per_second']:,} tokens/s with {time['sequences_in_flight']} sequences "
+                         f"in flight ({time['bound']} bound): {time['minutes']} min")
     if "hours" in time:
         source = f", {time['utilisation_source']}" if "utilisation" in time else ""
         lines.append(f"  time: {time['hours']} h = {time['gpu_hours']} GPU-hours{source}")
@@ -125,10 +132,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+class PlanOptions(Section):
+    """`medo1 plan`'s numeric options, bounded here so that nonsense is one line, never a plan that "fits"."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+    nodes: int | None = Field(None, ge=1)
+    """--nodes: nodes of the cluster."""
+    gpus_per_node: int | None = Field(None, ge=0)
+    """--gpus-per-node: GPUs per node; 0 plans a CPU run."""
+    headroom: float = Field(0.10, ge=0, lt=1)
+    """--headroom: share of GPU memory to leave free."""
+    mfu: float | None = Field(None, gt=0, le=1)
+    """--mfu: share of the GPUs' bf16 peak a training step uses."""
+    price_per_gpu_hour: float | None = Field(None, ge=0)
+    """--price-per-gpu-hour: cost of one GPU-hour."""
+
+
+def check_options(args: argparse.Namespace) -> PlanOptions:
+    from pydantic import ValidationError
+
+    from medo1.config import ConfigError
+
+    try:
+        return PlanOptions.model_validate({name: getattr(args, name) for name in PlanOptions.model_fields})
+    except ValidationError as exc:
+        problems = "; ".join(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg']}"
+                             for err in exc.errors())
+        raise ConfigError(problems) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from medo1.config import ConfigError
     from medo1.plan.pipeline import plan_pipeline, plan_recipe
 
+    check_options(args)
     options = {"architecture": args.architecture, "verifier_architecture": args.verifier_architecture,
                "headroom": args.headroom, "utilisation": args.mfu}
     if args.config:

@@ -28,7 +28,6 @@ PROMPT_TOKENS = 256
 # tokens per example with the Qwen chat template (measured on the demo rows: mean 696). Their longest row is
 # not known here, so micro-batches are sized at data.max_length (the worst case the stage admits).
 PUBLISHED_DATA = {"medical_o1_sft.json": {"rows": 19_700, "mean_tokens": 696}}
-PUBLISHED_BENCHMARK_ROWS = {"medqa": 1273, "medmcqa": 4183, "pubmedqa": 1000, "mmlu_pro_medical": 1535, "gpqa_medical": 390}
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,10 @@ def gpu_from_values(values: dict[str, Any], gpu_name: str | None = None) -> GPU:
 
 def cluster_from_values(values: dict[str, Any], gpu_name: str | None = None) -> Cluster:
     cluster = values["cluster"]
+    for key, least in (("nodes", 1), ("gpusPerNode", 0), ("cpuProcsPerNode", 1)):
+        value = cluster.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"cluster.{key}: {value!r} is not a whole number of at least {least}")
     gpus = int(cluster.get("gpusPerNode", 0))
     gpu = gpu_from_values(values, gpu_name) if gpus else None
     return Cluster(int(cluster.get("nodes", 1)), gpus, gpu, int(cluster.get("cpuProcsPerNode", 1)),
@@ -317,10 +320,17 @@ def rl_breakdown(config, shape: ModelShape, verifier: ModelShape | None, cluster
 
 
 def eval_breakdown(config, shape: ModelShape, cluster: Cluster) -> mem.Breakdown:
+    """HF generate: the weights and the KV cache of `batch_size` questions (times their samples); vLLM (the engine on
+    a GPU unless `engine: hf`): the share of the GPU it is given for both (`vllm.gpu_memory_utilization`)."""
     cuda = cluster.gpu is not None
+    if cuda and config.engine != "hf" and cluster.capacity:
+        breakdown = mem.Breakdown(resident={})
+        breakdown.phases["generation"] = {"vLLM (gpu_memory_utilization)": config.vllm.gpu_memory_utilization * cluster.capacity}
+        return breakdown
     dtype = 2 if cuda else 4
     breakdown = mem.Breakdown(resident={"weights": shape.parameters * dtype})
-    breakdown.phases["generation"] = {"KV cache": mem.kv_cache(shape, config.batch_size, PROMPT_TOKENS + config.max_new_tokens, dtype)}
+    sequences = config.batch_size * config.samples_per_prompt
+    breakdown.phases["generation"] = {"KV cache": mem.kv_cache(shape, sequences, PROMPT_TOKENS + config.max_new_tokens, dtype)}
     return breakdown
 
 
@@ -617,28 +627,73 @@ def rl_time(config, shape: ModelShape, verifier: ModelShape | None, cluster: Clu
     return result
 
 
-def eval_time(config, shape: ModelShape, cluster: Cluster) -> dict[str, Any]:
-    from medo1.data import load_examples
+def eval_rows(config) -> tuple[int, list[str]]:
+    """Rows the eval recipe scores (each benchmark's, cut by `limit`) and where each count comes from: the file when
+    it is on this machine (a file of named sets counted per set), else the published size by name."""
+    from medo1.data import json_sets, load_examples, split_set
+    from medo1.eval_published import PAPER_SETS, PUBLISHED_EVAL_FILE, paper_set
 
     rows, sources = 0, []
-    for name, path in config.benchmarks.items():
-        if Path(path).is_file():
-            count = len(load_examples(path, "mcq", config.preset).examples)
-            sources.append(f"{name}: {count} rows ({path})")
-        elif name in PUBLISHED_BENCHMARK_ROWS:
-            count = PUBLISHED_BENCHMARK_ROWS[name]
-            sources.append(f"{name}: {count} rows (published size)")
+    for name, text in config.benchmarks.items():
+        path, key = split_set(text)
+        sets = json_sets(path) if key is None else None
+        if sets:
+            counts = sets
+        elif Path(path).is_file():
+            counts = {name: len(load_examples(path, config.format, None, config.fields, key=key).examples)}
+        elif key is None and Path(path).name == PUBLISHED_EVAL_FILE:
+            counts = {s.key: s.rows for s in PAPER_SETS}
         else:
-            sources.append(f"{name}: not on this machine, left out")
-            count = 0
-        rows += min(count, config.limit or count)
-    result: dict[str, Any] = {"rows": rows, "sources": sources, "new_tokens": f"{config.max_new_tokens} each (upper bound)"}
+            published = paper_set(key or name)
+            counts = {name: published.rows if published else 0}
+        for set_name, count in counts.items():
+            where = path if Path(path).is_file() else ("published size" if count else "not on this machine, left out")
+            sources.append(f"{set_name}: {count} rows ({where})")
+            rows += max(0, min(count - config.start_row, config.limit or count))
+    return rows, sources
+
+
+EVAL_KV_SHARE = 0.9
+"""Of the GPU memory vLLM is given (`vllm.gpu_memory_utilization`), the share left to the KV cache once the weights
+are in is taken as this much of the remainder (activations and CUDA graphs take the rest)."""
+VLLM_DEFAULT_MAX_SEQS = 1024
+"""vLLM's own default number of sequences in flight for offline `LLM` use on an 80 GB-class GPU."""
+
+
+def eval_time(config, shape: ModelShape, cluster: Cluster) -> dict[str, Any]:
+    """Upper bound of the eval's time: every response runs to `max_new_tokens`. Decoding reads the weights and the
+    KV cache once per step (bandwidth bound) and does 2 x parameters FLOPs per sequence (compute bound); a step takes
+    the longer of the two. vLLM keeps as many sequences in flight as its KV cache holds (up to `vllm.max_num_seqs`);
+    HF generate runs `batch_size` questions (times their samples) at a time."""
+    rows, sources = eval_rows(config)
+    models = 1 + len(config.compare_with)
+    responses = rows * config.samples_per_prompt * (models * len(config.seeds) + len(config.noise_seeds))
+    # On the GPU image vLLM imports: `engine: auto` is vLLM there.
+    engine = "hf" if config.engine == "hf" else "vllm"
+    result: dict[str, Any] = {"rows": rows, "sources": sources, "models": models, "responses": responses,
+                              "engine": engine, "new_tokens": f"{config.max_new_tokens} each (upper bound)"}
     if cluster.gpu is None:
         result["note"] = "CPU run: no time estimate"
         return result
-    per_gpu = decode_tokens_per_second(shape, cluster.gpu, config.batch_size, PROMPT_TOKENS + config.max_new_tokens, "hf")
-    hours = rows * config.max_new_tokens / per_gpu / 3600
-    result.update({"tokens_per_second": round(per_gpu), "hours": round(hours, 2), "gpu_hours": round(hours, 2)})
+    context = PROMPT_TOKENS + config.max_new_tokens
+    gpus = config.vllm.tensor_parallel_size if engine == "vllm" else 1
+    if engine == "vllm":
+        budget = cluster.gpu.memory_gib * 2**30 * gpus * config.vllm.gpu_memory_utilization - 2 * shape.parameters
+        kv_tokens = max(0.0, budget * EVAL_KV_SHARE) / shape.kv_cache_bytes_per_token(2)
+        sequences = max(1, min(config.vllm.max_num_seqs or VLLM_DEFAULT_MAX_SEQS, int(kv_tokens / (context / 2)),
+                               responses or 1))
+    else:
+        sequences = max(1, min(config.batch_size * config.samples_per_prompt, responses or 1))
+    memory_bound = decode_tokens_per_second(shape, cluster.gpu, sequences, context, engine) * gpus
+    measured, source = measured_utilisation(cluster.gpu)
+    compute_bound = gpus * cluster.gpu.peak_bf16_flops * measured / (2 * shape.parameters)
+    per_second = min(memory_bound, compute_bound)
+    seconds = responses * config.max_new_tokens / per_second
+    result.update({"sequences_in_flight": sequences, "tokens_per_second": round(per_second),
+                   "bound": "memory bandwidth" if memory_bound <= compute_bound else "compute",
+                   "utilisation": measured, "utilisation_source": source,
+                   "minutes": round(seconds / 60, 1), "hours": round(seconds / 3600, 2),
+                   "gpu_hours": round(seconds * gpus / 3600, 2)})
     return result
 
 

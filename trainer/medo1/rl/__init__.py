@@ -17,6 +17,6 @@ def run_rl(config, resume: str = "none"):
     from medo1.report import write_report_safely
     from medo1.runtime import is_main_process
 
-    if is_main_process():
+    if is_main_process() and not result.already_finished:
         write_report_safely(result.output_dir)
     return result

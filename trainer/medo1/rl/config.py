@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from medo1.config import ModelConfig, OutputConfig, Section, TrainingOptions
+from medo1.config import ModelConfig, OutputConfig, ResumeConfig, Section, TrainingOptions
 from medo1.data import DataConfig
 from medo1.rl.reward_config import RewardConfig
 
@@ -175,6 +175,8 @@ class RLConfig(Section):
     """Optimizer, schedule, episode budget and placement."""
     output: OutputConfig = OutputConfig()
     """Checkpoints, metrics and the export."""
+    resume: ResumeConfig = ResumeConfig()
+    """Recipe changes a resumed run may make (`--resume auto` refuses any other)."""
 
     @model_validator(mode="after")
     def _mini_batches_split_evenly(self) -> RLConfig:

@@ -17,15 +17,15 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from medo1 import checkpoint
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import dump_config
 from medo1.metrics_callback import JsonlMetrics
 from medo1.models import export_from_trainer, load_tokenizer
 from medo1.preemption import StopOnSigterm, sigterm_stops_training
+from medo1.resume import RunStart, open_run
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import SamplerGapError, require_vllm
-from medo1.rl.ppo import RLResult
+from medo1.rl.ppo import RLResult, finished_result
 from medo1.rl.rewards import build_reward, trl_reward_funcs
 from medo1.rl.rollout import load_problems, pad_right_for_export
 from medo1.rl.sharding import require_backend
@@ -108,12 +108,15 @@ def run_grpo(config: RLConfig, resume: str = "none") -> RLResult:
     if config.sampling.engine == "vllm":
         require_vllm()
     require_backend(config.train)
-    output_dir = Path(config.output.dir)
-    resume_from = checkpoint.resolve_resume(output_dir, resume)
+    with open_run(config, resume, "rl") as run:
+        if run.finished is not None:
+            return finished_result(run)
+        return _train(config, run)
+
+
+def _train(config: RLConfig, run: RunStart) -> RLResult:
+    output_dir, resume_from = run.output_dir, run.resume_from
     main = is_main_process()
-    if main and resume != "none":
-        for moved in checkpoint.set_aside_incomplete(output_dir):
-            log.warning("set aside incomplete checkpoint %s", moved)
     reward = build_reward(config.reward, device="cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.name_or_path)
     problems, _ = load_problems(config, output_dir, main)
@@ -144,6 +147,7 @@ def run_grpo(config: RLConfig, resume: str = "none") -> RLResult:
         callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd(), stopper,
                    SamplerGapCheck(config.sampling.vllm.max_logprob_gap)],
         keep_checkpoints=config.output.keep,
+        marker_info=run.marker_info,
     )
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
@@ -152,4 +156,5 @@ def run_grpo(config: RLConfig, resume: str = "none") -> RLResult:
     stopper.raise_if_stopped_early(trainer)
     pad_right_for_export(tokenizer)  # TRL pads prompts on the left
     export_dir = export_from_trainer(trainer, tokenizer, output_dir) if config.output.export else None
+    run.finish(trainer.state.global_step, export_dir)
     return RLResult(output_dir, trainer.state.global_step, export_dir)

@@ -37,9 +37,11 @@ from transformers import (
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from medo1 import checkpoint, preemption
+from medo1.atomic import new_dir, replace_dir
 from medo1.config import dump_config
 from medo1.metrics import append_jsonl, keep_metrics_through
-from medo1.models import clear_dir, load_tokenizer, write_export_extras
+from medo1.models import load_tokenizer, write_export_extras
+from medo1.resume import RunStart, open_run
 from medo1.rl import ppo_math
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import SamplerGapError, build_engine, require_vllm
@@ -64,6 +66,8 @@ class RLResult:
     output_dir: Path
     final_step: int
     export_dir: Path | None
+    already_finished: bool = False
+    """The run had finished before: nothing was trained or written."""
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -116,19 +120,13 @@ def epoch_orders(seed: int, update: int, size: int, epochs: int) -> list[torch.T
 
 
 class PPOTrainer:
-    def __init__(self, config: RLConfig, resume: str = "none"):
-        # Missing optional libraries stop the run here, before any model is loaded.
-        if config.sampling.engine == "vllm":
-            require_vllm()
-        require_backend(config.train)
+    def __init__(self, config: RLConfig, run: RunStart):
         self.config = config
-        self.output_dir = Path(config.output.dir)
+        self.run = run
+        self.output_dir = run.output_dir
         self.ranks = init_ranks()
         self.is_main = self.ranks.is_main
-        self.resume_from = checkpoint.resolve_resume(self.output_dir, resume)
-        if self.is_main and resume != "none":
-            for moved in checkpoint.set_aside_incomplete(self.output_dir):
-                log.warning("set aside incomplete checkpoint %s", moved)
+        self.resume_from = run.resume_from
         set_seed(config.train.seed + self.ranks.rank)
         device = self.ranks.device
         # The reward loads first: a verifier that cannot load fails here, before any model is built; and it
@@ -208,7 +206,7 @@ class PPOTrainer:
         torch.save(rng, directory / f"rng-rank{self.ranks.rank}.pt")
         self.ranks.barrier()
         if self.is_main:
-            checkpoint.mark_complete(directory, step=update, world_size=self.ranks.world)
+            checkpoint.mark_complete(directory, step=update, world_size=self.ranks.world, **self.run.marker_info)
             checkpoint.rotate(self.output_dir, self.config.output.keep)
         self.ranks.barrier()
 
@@ -397,6 +395,7 @@ class PPOTrainer:
             except RolloutInterrupted:
                 self._stop_mid_rollout()
         export_dir = self.export() if out.export else None
+        self.run.finish(self.total_updates, export_dir)
         return RLResult(self.output_dir, self.total_updates, export_dir)
 
     def _stop_mid_rollout(self) -> None:
@@ -466,16 +465,29 @@ class PPOTrainer:
         final, staging = self.output_dir / "export", self.output_dir / "export.partial"
         state = self.policy.full_state_dict()
         if self.is_main:
-            clear_dir(staging)
+            new_dir(staging, "export")
             self.policy.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
             pad_right_for_export(self.tokenizer)
             write_export_extras(staging, self.tokenizer)
-            clear_dir(final)
-            staging.rename(final)
+            replace_dir(staging, final)
         self.ranks.barrier()
         return final
 
 
+def finished_result(run: RunStart) -> RLResult:
+    """The result of a run that had already finished, read back from its record (nothing is written)."""
+    export = run.finished.get("export")
+    return RLResult(run.output_dir, int(run.finished.get("final_step") or 0),
+                    run.output_dir / export if export else None, already_finished=True)
+
+
 def run_ppo(config: RLConfig, resume: str = "none") -> RLResult:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return PPOTrainer(config, resume).train()
+    # Missing optional libraries stop the run here, before any model is loaded.
+    if config.sampling.engine == "vllm":
+        require_vllm()
+    require_backend(config.train)
+    with open_run(config, resume, "rl") as run:
+        if run.finished is not None:
+            return finished_result(run)
+        return PPOTrainer(config, run).train()
