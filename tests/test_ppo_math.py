@@ -127,3 +127,54 @@ def test_policy_gradient_points_toward_positive_advantages():
     loss.backward()
     assert logits.grad[0, 0] < 0 < logits.grad[0, 1]  # descent raises logp of the good token, lowers the bad
     assert logits.grad[0, 2] == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_importance_weights_modes_match_plain_per_token_and_per_sequence_ratios(seed):
+    """The modes and bounds of TRL 1.16's vllm_importance_sampling_* on a ragged batch, computed by hand."""
+    lengths, mask, t, _ = ragged_batch(seed)
+    trainer, sampler = t["a"], t["b"]
+    for mode in ppo_math.IMPORTANCE_SAMPLING_MODES:
+        weights = ppo_math.importance_weights(trainer, sampler, mask, mode, clip_max=2.0, clip_min=0.5)
+        for row, n in enumerate(lengths):
+            seq_ratio = math.exp(sum(float(trainer[row, k] - sampler[row, k]) for k in range(n)))
+            for k in range(weights.size(1)):
+                got = float(weights[row, k])
+                if k >= n:
+                    assert got == 0.0
+                    continue
+                ratio = seq_ratio if mode.startswith("sequence") else math.exp(float(trainer[row, k] - sampler[row, k]))
+                if mode.endswith("truncate"):
+                    expected = min(max(ratio, 0.5), 2.0)
+                else:
+                    expected = ratio if 0.5 <= ratio <= 2.0 else 0.0
+                assert got == pytest.approx(expected, rel=1e-5), (mode, row, k)
+
+
+def test_importance_weights_of_a_known_gap_and_nan_sampler_logprobs():
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    trainer = torch.tensor([[-1.0, -2.0, -0.5, 0.0]])
+    sampler = trainer - 0.3  # the sampler gave each token 0.3 nats less
+    weights = ppo_math.importance_weights(trainer, sampler, mask, "token_truncate", clip_max=3.0)
+    assert weights[0, :3].tolist() == pytest.approx([math.exp(0.3)] * 3) and weights[0, 3] == 0
+    assert ppo_math.importance_weights(trainer, trainer - 2.0, mask, "token_truncate", 3.0)[0, :3].tolist() == [3.0] * 3
+    assert ppo_math.importance_weights(trainer, trainer - 2.0, mask, "token_mask", 3.0)[0, :3].tolist() == [0.0] * 3
+    sampler[0, 1] = float("nan")  # vLLM could not score this token: no correction there, and no gap
+    weights = ppo_math.importance_weights(trainer, sampler, mask, "token_truncate", clip_max=3.0)
+    assert weights[0, 1] == pytest.approx(1.0)
+    gap_mean, gap_max = ppo_math.logprob_gap(trainer, sampler, mask)
+    assert float(gap_mean) == pytest.approx(0.3) and float(gap_max) == pytest.approx(0.3)
+
+
+def test_importance_weights_scale_each_tokens_policy_loss():
+    lengths, mask, t, _ = ragged_batch(3)
+    old, new, advantages = t["a"], t["a"] + 0.05 * t["b"], t["c"]
+    plain, _ = ppo_math.clipped_policy_loss(new, old, advantages, mask, 0.2)
+    ones = ppo_math.clipped_policy_loss(new, old, advantages, mask, 0.2, weights=torch.ones_like(mask))[0]
+    assert float(ones) == pytest.approx(float(plain))
+    weights = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0))
+    weighted, _ = ppo_math.clipped_policy_loss(new, old, advantages, mask, 0.2, weights=weights)
+    ratio = torch.exp(new - old)
+    per_token = torch.maximum(-advantages * ratio, -advantages * torch.clamp(ratio, 0.8, 1.2))
+    expected = sum(float(per_token[r, k] * weights[r, k]) for r, n in enumerate(lengths) for k in range(n))
+    assert float(weighted) == pytest.approx(expected / sum(lengths), rel=1e-5)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from medo1.data import reasoning_target
+from medo1.final_response import answer_text, parse_response
 from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
 from medo1.rl.rewards import (
     AnswerMatchReward,
@@ -31,7 +32,6 @@ from medo1.rl.rewards import (
     VerifierReward,
     VerifierRewardConfig,
     build_reward,
-    parse_reasoning,
     trl_reward_funcs,
 )
 from pydantic import TypeAdapter, ValidationError
@@ -158,15 +158,15 @@ def verifier_no(verifier_dirs) -> VerifierReward:
     ],
     ids=["good", "wrong", "two-finals", "two-thinkings", "none", "no-blank-line", "empty-answer", "header-in-cot"],
 )
-def test_parse_reasoning(text, ok, answer):
-    parsed = parse_reasoning(text)
+def test_parse_response(text, ok, answer):
+    parsed = parse_response(text)
     assert parsed.format_ok is ok
     assert parsed.answer == answer
 
 
 def test_parse_reasoning_on_real_sft_targets(demo_rows):
     for row in demo_rows[:20]:
-        parsed = parse_reasoning(reasoning_target(row["Complex_CoT"], row["Response"]))
+        parsed = parse_response(reasoning_target(row["Complex_CoT"], row["Response"]))
         assert parsed.format_ok
         assert parsed.answer == row["Response"].strip()
 
@@ -257,7 +257,7 @@ def test_verifier_prompt_is_the_published_one_byte_for_byte(verifier_no):
     assert verifier_no.tokenizer.decode(ids) == prompt
     # The answer is the stripped text after "## Final Response\n\n", as published.
     response = reasoning_target(COT, "  Start metformin.  \n")
-    assert verifier_no.format_prompt(parse_reasoning(response).answer, "Metformin 500 mg") == PUBLISHED_VERIFIER_INPUT
+    assert verifier_no.format_prompt(parse_response(response).answer, "Metformin 500 mg") == PUBLISHED_VERIFIER_INPUT
 
 
 def test_verifier_tokenizes_without_special_tokens(tmp_path):

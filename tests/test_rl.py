@@ -12,16 +12,21 @@ the last four of 16 steps.
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
+import time
 
 import pytest
 import torch
-from medo1 import checkpoint
+from medo1 import checkpoint, preemption
 from medo1.config import load_config
 from medo1.metrics import read_metrics
+from medo1.rl import ppo as ppo_module
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
+from medo1.rl.engines import HFEngine, SamplerGapError, Samples, response_mask
+from medo1.rl.rewards import RewardOutput
 from medo1.sft import SFTConfig, run_sft
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -238,6 +243,7 @@ def test_grpo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path)
     assert "rewards/format_ok/mean" in last and "rewards/verifier_true/mean" in last
     assert [s for s, _ in checkpoint.list_checkpoints(result.output_dir)] == [16]
     assert AutoModelForCausalLM.from_pretrained(result.export_dir) is not None
+    assert AutoTokenizer.from_pretrained(result.export_dir).padding_side == "right"  # TRL's rollouts pad left
 
 
 @pytest.mark.parametrize(
@@ -295,3 +301,178 @@ def test_compact_response_logprobs_match_the_fused_head_with_ragged_responses(ti
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5)
     for key, grad in results[False][2].items():
         torch.testing.assert_close(results[True][2][key], grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Samples from another engine than the trained policy (vLLM): stand-ins on the CPU
+
+
+class OffsetSampler(HFEngine):
+    """Stands in for vLLM: samples with HF generate on the policy and reports the sampler's log-probs of the drawn
+    tokens minus a known offset per rollout (as a sampler with other kernels, or other weights, would)."""
+
+    def __init__(self, *args, offsets: list[float]):
+        super().__init__(*args)
+        self.offsets, self.rollouts = offsets, 0
+
+    def generate(self, prompt):
+        out = self.sample(prompt, output_scores=True, return_dict_in_generate=True)
+        responses = out.sequences[:, prompt["input_ids"].shape[1] :]
+        mask = response_mask(responses, self.stop_ids)
+        scores = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.scores], dim=1)
+        logprobs = scores.gather(-1, responses[..., None]).squeeze(-1) * mask
+        offset = self.offsets[min(self.rollouts, len(self.offsets) - 1)]
+        self.rollouts += 1
+        return Samples(responses.masked_fill(mask == 0, self.tokenizer.pad_token_id), mask, (logprobs - offset) * mask,
+                       weights_pushed=True)
+
+
+class OtherWeightsSampler(HFEngine):
+    """Stands in for vLLM whose weight push failed: it samples from other weights than the policy's (here the
+    model before SFT) and reports their log-probs."""
+
+    def __init__(self, *args, weights):
+        super().__init__(*args)
+        self.other = ppo_module.load_policy(str(weights), self.sampling.temperature, trainable=False)
+
+    @torch.no_grad()
+    def generate(self, prompt):
+        out = self.other.generate(**prompt, generation_config=self.generation_config(), output_scores=True,
+                                  return_dict_in_generate=True)
+        responses = out.sequences[:, prompt["input_ids"].shape[1] :]
+        mask = response_mask(responses, self.stop_ids)
+        scores = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.scores], dim=1)
+        logprobs = scores.gather(-1, responses[..., None]).squeeze(-1) * mask
+        return Samples(responses.masked_fill(mask == 0, self.tokenizer.pad_token_id), mask, logprobs, True)
+
+
+def with_sampler(monkeypatch, make):
+    def build_engine(config, policy, tokenizer, placement, ranks, policy_path, max_batch):
+        return make(policy, tokenizer, config.sampling, placement, ranks)
+
+    monkeypatch.setattr(ppo_module, "build_engine", build_engine)
+
+
+def test_ppo_measures_corrects_and_stops_on_the_sampler_logprob_gap(toy_policy, toy_problems, tmp_path, monkeypatch):
+    # Rollout 1: 0.3 nats per token below the trainer's (importance weight e^0.3); rollout 2: 1.5 below (e^1.5 = 4.5,
+    # truncated to the cap 3); rollout 3: 2.5 below, over the 2.0 limit: the run stops before training on it.
+    with_sampler(monkeypatch, lambda *args: OffsetSampler(*args, offsets=[0.3, 1.5, 2.5]))
+    extra = {"train.total_episodes": 32, "sampling.vllm.max_logprob_gap": 2.0}
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run", **extra))
+    with pytest.raises(SamplerGapError, match=r"by 2\.5\d* nats .* at update 3 right after a weight push.*"
+                                              r"max_logprob_gap=2"):
+        run_rl(config)
+    first, second = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert first["sampler_logprob_gap_mean"] == pytest.approx(0.3, abs=1e-3)
+    assert first["sampler_logprob_gap_max"] == pytest.approx(0.3, abs=1e-3)
+    assert first["importance_weight_mean"] == pytest.approx(math.exp(0.3), rel=1e-3)
+    assert first["importance_weight_clipped_fraction"] == 0.0
+    assert second["sampler_logprob_gap_mean"] == pytest.approx(1.5, abs=1e-3)
+    assert second["importance_weight_mean"] == pytest.approx(3.0, rel=1e-6)  # e^1.5 truncated at the cap
+    assert second["importance_weight_clipped_fraction"] == 1.0
+
+
+def test_ppo_stops_when_the_sampler_samples_from_other_weights(toy_policy, toy_problems, tiny_model, tmp_path,
+                                                              monkeypatch):
+    with_sampler(monkeypatch, lambda *args: OtherWeightsSampler(*args, weights=tiny_model))
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run"))
+    with pytest.raises(SamplerGapError, match=r"at update 1 right after a weight push.*failed or stale weight push"):
+        run_rl(config)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained on those samples
+
+
+def test_critic_warmup_trains_the_value_model_alone_and_the_logged_lr_is_the_steps_own(toy_policy, toy_problems,
+                                                                                        tmp_path):
+    # 4 updates of 2 optimizer steps (2 PPO epochs); the first 2 train the value model only. The policy's linear
+    # schedule spans its 4 steps: lr, 3/4 lr, 1/2 lr, 1/4 lr; each update logs the mean rate of its own steps.
+    lr = 1e-3
+    extra = {"train.total_episodes": 32, "ppo.critic_warmup_updates": 2, "ppo.value_head_init": "zero",
+             "train.lr_scheduler": "linear", "train.learning_rate": lr}
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run", **extra))
+    result = run_rl(config)
+    metrics = read_metrics(result.output_dir / "metrics.jsonl")
+    assert [m["learning_rate"] for m in metrics] == pytest.approx([0.0, 0.0, lr * 7 / 8, lr * 3 / 8])
+    # The policy is still the reference when updates 2 and 3 sample (KL 0); it moved in update 3.
+    assert [m["kl"] == 0.0 for m in metrics] == [True, True, True, False]
+    assert all(m["grad_norm"] == 0.0 for m in metrics[:2]) and all(m["grad_norm"] > 0 for m in metrics[2:])
+    assert AutoTokenizer.from_pretrained(result.export_dir).padding_side == "right"
+
+
+def test_zero_value_head_option(toy_policy, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(toy_policy)
+    fresh = ppo_module.load_value_model(str(toy_policy), tokenizer.pad_token_id, zero_new_head=True)
+    assert all(float(p.abs().sum()) == 0.0 for p in fresh.classifier.score.parameters())
+    default = ppo_module.load_value_model(str(toy_policy), tokenizer.pad_token_id)
+    assert float(default.classifier.score.weight.abs().sum()) > 0
+    # A checkpoint that has a trained head keeps it.
+    default.classifier.save_pretrained(tmp_path / "value")
+    tokenizer.save_pretrained(tmp_path / "value")
+    kept = ppo_module.load_value_model(str(tmp_path / "value"), tokenizer.pad_token_id, zero_new_head=True)
+    assert torch.equal(kept.classifier.score.weight, default.classifier.score.weight)
+
+
+def test_a_response_without_reward_takes_no_part_in_the_update(toy_policy, toy_problems, tmp_path):
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run"))
+    trainer = ppo_module.PPOTrainer(config)
+
+    def half_skipped(texts, references):
+        rewards = [None if k % 2 == 0 else 1.0 for k in range(len(texts))]
+        return RewardOutput(rewards=rewards, format_ok=[True] * len(texts), correct=[r == 1.0 for r in rewards])
+
+    trainer.reward = half_skipped
+    batch = trainer.rollout(list(range(8)))
+    skipped = torch.arange(8) % 2 == 0
+    assert float(batch["mask"][skipped].abs().sum()) == 0.0 and float(batch["mask"][~skipped].sum()) > 0
+    assert float((batch["advantages"][skipped]).abs().sum()) == 0.0
+    assert float(batch["stats"]["reward_mean"]) == 1.0  # over the rewarded responses only
+
+
+class HangingJudge:
+    """The judge stand-in answering until the run has logged its first update, then never again (an endpoint that
+    accepts connections and hangs)."""
+
+    def __init__(self, standin_class, metrics, **kwargs):
+        judge = self
+
+        class Standin(standin_class):
+            def _answer_mcq(self, request):
+                if metrics.exists():
+                    with self.lock:
+                        judge.hanging += 1
+                    while not self._stopped:
+                        time.sleep(0.1)
+                    return 503, {}, {"error": {"message": "shutting down"}}
+                return super()._answer_mcq(request)
+
+        self.hanging = 0
+        self.standin = Standin(**kwargs)
+
+
+def test_sigterm_while_the_judge_never_answers_checkpoints_and_exits_at_once(toy_policy, toy_problems, tmp_path):
+    """Issue 28: a judge that never answers kept the run stepping for ~10 minutes after SIGTERM (6 attempts x 120 s).
+    With the judge's own defaults (120 s per attempt, 5 retries) the run now exits within seconds, with the
+    checkpoint of its last finished update."""
+    from tests.test_judge_reward import JudgeStandIn
+
+    out = tmp_path / "run"
+    judge = HangingJudge(JudgeStandIn, out / "metrics.jsonl", api_key="judge-secret", max_lifetime_s=900)
+    signalled = {}
+
+    def hanging():
+        if judge.hanging:
+            signalled["at"] = time.monotonic()
+            return judge.hanging
+        return None
+
+    with judge.standin as standin:
+        extra = {"reward.kind": "judge", "reward.base_url": standin.base_url, "reward.model": "judge",
+                 "reward.api_key_env": "MEDO1_TEST_JUDGE_KEY", "train.total_episodes": 32}
+        code, _, stderr = signal_when([sys.executable, "-m", "medo1", *as_cli(rl_overrides(toy_policy, toy_problems,
+                                      out, **extra))], hanging, signal.SIGTERM,
+                                      env={"MEDO1_TEST_JUDGE_KEY": "judge-secret"}, timeout=600)
+        exited_after = time.monotonic() - signalled["at"]
+    assert code == preemption.PREEMPTED_EXIT_CODE, stderr
+    assert exited_after < 60, exited_after  # not one 120 s attempt waited out, let alone 6
+    assert "SIGTERM while the reward was being scored" in stderr
+    assert checkpoint.latest_complete(out) == out / "checkpoint-1"
+    assert [m["step"] for m in read_metrics(out / "metrics.jsonl")] == [1]

@@ -63,6 +63,7 @@ def test_checkpoint_generation_config_does_not_change_sampling(checkpoints):
         assert engine.policy.model.generation_config.repetition_penalty == (1.05 if name == "hub" else None)
         torch.manual_seed(0)
         sampled[name] = engine.generate(prompt)
+        assert sampled[name].logprobs is None  # the hf engine samples from the trained policy itself
         # What a plain `generate(**kwargs)` call does: the checkpoint's repetition penalty sneaks in.
         torch.manual_seed(0)
         inherited[name] = engine.policy.model.generate(
@@ -80,7 +81,7 @@ def test_sampled_token_logprobs_match_the_rollout_logprobs(checkpoints):
     prompt = encode_prompts(tokenizer, PROMPTS, "cpu")
     engine = engine_for(checkpoints["hub"], tokenizer)
     torch.manual_seed(1)
-    responses, mask = engine.generate(prompt)
+    responses, mask, _, _ = engine.generate(prompt)
     torch.manual_seed(1)
     out = engine.sample(prompt, output_scores=True, return_dict_in_generate=True)
     prompt_len = prompt["input_ids"].shape[1]

@@ -116,7 +116,7 @@ def generate_on_ranks(model_dir: str, out_dir: str, distributed: str) -> None:
                           placement, ranks)
         assert engine.synced
         torch.manual_seed(SEED)
-        results[gather] = engine.generate(rank_prompts(tokenizer, ranks.rank))
+        results[gather] = tuple(engine.generate(rank_prompts(tokenizer, ranks.rank))[:2])
     torch.save(results, Path(out_dir) / f"rank{ranks.rank}.pt")
 
 
@@ -134,7 +134,7 @@ def test_synced_generation_with_ragged_stops_matches_a_single_process(stopping_m
     lengths = {}
     for rank in (0, 1):
         torch.manual_seed(SEED)
-        expected_responses, expected_mask = engine.generate(rank_prompts(tokenizer, rank))
+        expected_responses, expected_mask = engine.generate(rank_prompts(tokenizer, rank))[:2]
         sharded = torch.load(tmp_path / f"rank{rank}.pt")
         for gather in (False, True):
             responses, mask = sharded[gather]

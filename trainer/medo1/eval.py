@@ -42,7 +42,6 @@ from pydantic import Field, model_validator
 from medo1.chat_client import ChatClientConfig, ChatError, Messages, RetryOptions, run_chat
 from medo1.config import Section, StageError
 from medo1.data import (
-    FINAL_RESPONSE_HEADER,
     DataError,
     LoadResult,
     MCQItem,
@@ -78,6 +77,7 @@ from medo1.eval_stats import (
     paired_bootstrap,
     wilson_interval,
 )
+from medo1.final_response import answer_text, parse_response
 from medo1.rl.reward_config import AnswerMatchRewardConfig, JudgeRewardConfig, VerifierRewardConfig
 
 INSTRUCTION = "Answer with the letter of the correct option."
@@ -282,12 +282,6 @@ def _normalise(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def final_response(response: str) -> str:
-    """The text after the last `## Final Response` header, or the whole response without one."""
-    index = response.rfind(FINAL_RESPONSE_HEADER)
-    return response[index + len(FINAL_RESPONSE_HEADER) :] if index >= 0 else response
-
-
 def _explicit_letter(text: str, options: dict[str, str]) -> str | None:
     found = None
     for match in _EXPLICIT.finditer(text):
@@ -348,7 +342,8 @@ def _closest(text: str, options: dict[str, str]) -> str | None:
 def extract_answer(response: str, options: dict[str, str]) -> str | None:
     """One option letter per response, or None when it cannot be parsed.
 
-    Order: text after the last `## Final Response` (else all of it); an explicit "answer is X" /
+    Order: the answer text (`medo1.final_response.answer_text`: the RL reward's final response of a well-formed
+    response; of a malformed one, the text after its last `## Final Response`, else all of it); an explicit "answer is X" /
     "answer: X" (last occurrence; a lower-case letter counts only at the end of its line); a lone
     option letter ("C", "**C**", "C. text", "(C) text", "C) text"; upper-case only unless the
     whole answer is that one letter); the option text contained in the answer; the closest option
@@ -356,7 +351,7 @@ def extract_answer(response: str, options: dict[str, str]) -> str | None:
     """
     if not response or not response.strip():
         return None
-    text = final_response(response).strip()
+    text = answer_text(response)
     if not text:
         return None
     for step in (_explicit_letter, _lone_letter):
@@ -750,8 +745,6 @@ def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: Eval
            seed: int) -> list[dict[str, Any]]:
     """One model's responses to one benchmark under one seed, each scored: the per-response records (MCQ:
     `correct` is set by `apply_scorer` once all of a model's responses to the benchmark are in)."""
-    from medo1.rl.rewards import parse_reasoning
-
     items = benchmark.items
     generations = generator.generate([build_messages(item, config.system_prompt, config.prompt) for _, item in items],
                                      samples=config.samples_per_prompt, seed=seed)
@@ -759,7 +752,7 @@ def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: Eval
     rewards = reward([g.text for *_, g in flat], [reference_of(item) for _, item, _, _ in flat])
     records = []
     for (row, item, sample, generation), value, judged_correct in zip(flat, rewards.rewards, rewards.correct):
-        format_ok = parse_reasoning(generation.text).format_ok
+        format_ok = parse_response(generation.text).format_ok
         record: dict[str, Any] = {"row": row, "seed": seed, "sample": sample, "reference": reference_of(item)}
         if isinstance(item, MCQItem):
             record |= _mcq_record(generation, item)

@@ -75,6 +75,11 @@ def sigterm_stops_training() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def stop_requested() -> bool:
+    """This process has had a SIGTERM (local, not agreed: for cutting its own waits short, e.g. remote retries)."""
+    return _requested.is_set()
+
+
 def stop_agreed(device: torch.device | str = "cpu") -> bool:
     """Collective when several ranks run: True on every rank once any rank has had a SIGTERM. Call it on every
     rank at the same step boundary; `device` is where the process group's backend reduces (cuda for NCCL)."""

@@ -23,6 +23,31 @@ class VLLMSettings(Section):
     """Release vLLM's weights and KV cache while training (sleep level 2); the policy is pushed again before each rollout."""
     max_model_len: int | None = None
     """Prompt + response tokens per sequence; default: the model's own limit."""
+    importance_sampling: Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "off"] = (
+        "token_truncate"
+    )
+    """Correction for vLLM sampling from its own kernels' distribution, not exactly the trainer's: each token's
+    policy loss is weighted by pi_trainer / pi_vllm of the sampled token (token_*) or of the whole response
+    (sequence_*), clipped to [importance_sampling_min, importance_sampling_max] (*_truncate) or zeroed outside it
+    (*_mask); off: none. TRL 1.16's `vllm_importance_sampling_mode` (trl/trainer/grpo_config.py): PPO and GRPO
+    (passed to TRL); TRL's RLOOTrainer has no such correction."""
+    importance_sampling_max: float = Field(3.0, gt=0.0)
+    """Upper bound of the importance weights (TRL's `vllm_importance_sampling_clip_max`, default 3)."""
+    importance_sampling_min: float | None = Field(None, ge=0.0)
+    """Lower bound of the importance weights; None: none (TRL's `vllm_importance_sampling_clip_min`)."""
+    max_logprob_gap: float = Field(0.5, gt=0.0)
+    """The run stops when the mean |log pi_trainer - log pi_vllm| per sampled token of a rollout is above this
+    (nats): vLLM then samples from other weights than the policy's (a weight push that failed or went stale, a
+    wrong checkpoint), far beyond kernel rounding. PPO checks every rollout, GRPO every logged step (TRL's
+    `sampling/sampling_logp_difference/mean`, logged while `importance_sampling` is not off). PPO logs the gap's
+    mean and max every update (`sampler_logprob_gap_mean`, `sampler_logprob_gap_max`)."""
+
+    @model_validator(mode="after")
+    def _bounds_in_order(self) -> VLLMSettings:
+        low, high = self.importance_sampling_min, self.importance_sampling_max
+        if low is not None and low >= high:
+            raise ValueError(f"importance_sampling_min ({low}) must be below importance_sampling_max ({high})")
+        return self
 
 
 class SamplingConfig(Section):
@@ -66,6 +91,14 @@ class PPOSettings(Section):
     """Mini-batches each rollout batch is split into per pass; must divide `train.gradient_accumulation_steps`."""
     whiten_rewards: bool = False
     """Normalise rewards to zero mean and unit variance per batch."""
+    critic_warmup_updates: int = Field(0, ge=0)
+    """Rollout batches, from the first, on which only the value model trains (verl's `critic_warmup`): a fresh
+    value head knows nothing, and advantages computed from it move the policy at random. The policy's learning-rate
+    schedule spans the updates after them."""
+    value_head_init: Literal["default", "zero"] = "default"
+    """A value head that is not in the checkpoint (the policy checkpoint, or a model without a trained score
+    head): default: transformers' random initialisation; zero: all weights 0, so every value starts at 0 and the
+    first advantages are the rewards' own (no random baseline)."""
 
 
 class GRPOSettings(Section):
@@ -79,6 +112,11 @@ class GRPOSettings(Section):
     """How TRL's GRPOTrainer aggregates token losses: grpo (per-sequence mean), dapo (TRL's default: over the active
     tokens of the whole accumulated batch), dr_grpo (over a constant, `sampling.response_length`), bnpo (over the
     active tokens of the local batch)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """How a completion's advantage (its reward minus its group's mean) is scaled, TRL's `scale_rewards`
+    (trl/trainer/grpo_config.py): group (TRL's default: divided by the group's reward std), batch (by the whole
+    batch's std), none (not scaled: Dr. GRPO's definition, which drops the per-group std because it weights
+    questions by how uncertain the group is)."""
 
 
 class RLOOSettings(Section):
@@ -95,7 +133,9 @@ class RLTrainConfig(TrainingOptions):
     """RL training options: the shared ones (RL's own defaults) plus the episode budget and the held-out share."""
 
     total_episodes: int = Field(20000, ge=1)
-    """Sampled completions over the whole run (the run's length)."""
+    """Sampled completions over the whole run (the run's length). An episode is one response to one prompt: PPO
+    samples one per prompt, so it sees `total_episodes` prompt draws; GRPO and RLOO sample `num_generations` per
+    prompt, so they see `total_episodes / num_generations` (the 7B recipes: PPO 20,000 problems, GRPO 2,500)."""
     learning_rate: float = Field(5e-7, gt=0.0)
     """Peak learning rate (AdamW)."""
     lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"

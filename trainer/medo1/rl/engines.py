@@ -2,7 +2,8 @@
 
 Both engines sample with the same settings (temperature, top-p, no top-k, `response_length` new
 tokens at most), stop each response at the chat template's end-of-turn token or eos, and return
-right-padded responses with a 0/1 mask covering each response up to and including its stop token.
+`Samples`: right-padded responses, a 0/1 mask covering each response up to and including its stop
+token, and, from vLLM, the sampler's own log-prob of each sampled token.
 
 - `HFEngine`: `generate` on the training policy itself. Under sharded training every rank keeps
   stepping until all ranks are done (`synced_gpus`): each forward gathers weights from all ranks,
@@ -10,7 +11,11 @@ right-padded responses with a 0/1 mask covering each response up to and includin
   gathers the policy once per rollout instead.
 - `VLLMEngine`: a vLLM engine in the same process (per rank, or per tensor-parallel group), loaded
   from the policy checkpoint and sent the policy's weights again after every PPO update; with
-  `sampling.vllm.sleep` it hands its GPU memory back while the models train.
+  `sampling.vllm.sleep` it hands its GPU memory back while the models train. Its kernels (bf16) are
+  not the trainer's, so the tokens it samples come from a slightly different distribution than the
+  one PPO's ratio assumes, and a weight push that failed or went stale would make it a very different
+  one: it returns its log-probs (after temperature and top-p, vLLM's `processed_logprobs`, as TRL's
+  colocated engine asks for) for PPO to measure the gap and correct it (`medo1.rl.ppo_math.importance_weights`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager, nullcontext
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -43,9 +48,34 @@ def vllm_install_command() -> str:
     return f"pip install '{pins[0] if pins else 'vllm'}'"
 
 
+class Samples(NamedTuple):
+    responses: torch.Tensor
+    """(batch, length) token ids, right-padded with the pad id."""
+    mask: torch.Tensor
+    """(batch, length) 1 for each response token up to and including its stop token."""
+    logprobs: torch.Tensor | None = None
+    """(batch, length) the sampler's log-prob of each sampled token (0 outside `mask`); None where the sampler is
+    the training policy itself (hf)."""
+    weights_pushed: bool = False
+    """The sampler was sent the policy's weights just before this rollout."""
+
+
+class SamplerGapError(StageError):
+    """vLLM's log-probs of the tokens it sampled are far from the trainer's: it samples from other weights."""
+
+    def __init__(self, gap: float, limit: float, step: int, pushed: bool | None = None):
+        pushed_note = {True: " right after a weight push", False: " without a weight push", None: ""}[pushed]
+        super().__init__(
+            f"vLLM's log-probs differ from the trainer's by {gap:.3f} nats per sampled token (mean) at update "
+            f"{step}{pushed_note}, above sampling.vllm.max_logprob_gap={limit:g}: the rollout engine does not sample "
+            "from the policy being trained (a failed or stale weight push, or another checkpoint); stopping rather "
+            "than training on those samples"
+        )
+
+
 class RolloutEngine(Protocol):
-    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompts (input_ids, attention_mask) -> (responses, mask), both (batch, length)."""
+    def generate(self, prompt: dict[str, torch.Tensor]) -> Samples:
+        """Left-padded prompts (input_ids, attention_mask) -> the sampled responses."""
         ...
 
     def policy_updated(self) -> None:
@@ -117,11 +147,11 @@ class HFEngine:
                 **prompt, generation_config=self.generation_config(), synced_gpus=self.synced, **outputs
             )
 
-    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, prompt: dict[str, torch.Tensor]) -> Samples:
         output = self.sample(prompt)
         responses = output[:, prompt["input_ids"].shape[1] :]
         mask = response_mask(responses, self.stop_ids)
-        return responses.masked_fill(mask == 0, self.tokenizer.pad_token_id), mask
+        return Samples(responses.masked_fill(mask == 0, self.tokenizer.pad_token_id), mask)
 
     def policy_updated(self) -> None:
         """Nothing to do: generation reads the live policy."""
@@ -156,6 +186,9 @@ class VLLMEngine:
             enable_sleep_mode=settings.sleep,
             distributed_executor_backend="external_launcher",
             seed=seed + ranks.rank // tp,  # the ranks of one engine must sample alike
+            # Log-probs after temperature and top-p, the distribution the tokens were drawn from (TRL's colocated
+            # engine asks for the same, trl/generation/vllm_generation.py); the default is the raw model's.
+            logprobs_mode="processed_logprobs",
         )
         self.params = SamplingParams(
             n=1,
@@ -163,6 +196,7 @@ class VLLMEngine:
             top_p=sampling.top_p,
             max_tokens=sampling.response_length,
             stop_token_ids=self.stop_ids,
+            logprobs=0,  # the sampled token's log-prob only
         )
         self.weights_stale = False
         if settings.sleep:
@@ -188,7 +222,7 @@ class VLLMEngine:
         self.weights_stale = True
 
     @torch.no_grad()
-    def generate(self, prompt: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, prompt: dict[str, torch.Tensor]) -> Samples:
         ids = [row[keep.bool()].tolist() for row, keep in zip(prompt["input_ids"], prompt["attention_mask"])]
         if self.tp_group is not None:
             groups: list[list[list[int]]] = [[] for _ in range(self.tp_size)]
@@ -197,7 +231,8 @@ class VLLMEngine:
             ids_all = [p for group in groups for p in group]
         else:
             share, ids_all = 0, ids
-        if self.weights_stale:
+        pushed = self.weights_stale
+        if pushed:
             self._push_weights()
         if self.sleep:
             self._wake_up("kv_cache")
@@ -211,11 +246,22 @@ class VLLMEngine:
         width = max(1, max(len(t) for t in tokens))
         responses = torch.full((len(tokens), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(tokens), width), dtype=torch.long)
-        for row, t in enumerate(tokens):
+        logprobs = torch.zeros((len(tokens), width), dtype=torch.float32)
+        for row, (t, out) in enumerate(zip(tokens, mine)):
             responses[row, : len(t)] = torch.tensor(t, dtype=torch.long)
             mask[row, : len(t)] = 1
+            logprobs[row, : len(t)] = torch.tensor(sampled_logprobs(t, out.outputs[0].logprobs), dtype=torch.float32)
         device = prompt["input_ids"].device
-        return responses.to(device), mask.to(device)
+        return Samples(responses.to(device), mask.to(device), logprobs.to(device), pushed)
+
+
+def sampled_logprobs(tokens: list[int], per_token: list | None) -> list[float]:
+    """The log-prob vLLM reports for each sampled token (with `logprobs=0`, a {token id: Logprob} per position
+    holding the sampled token). A NaN, which vLLM gives where it could not score a token, is read as NaN, and the
+    trainer then takes its own log-prob there (no correction, no gap)."""
+    if per_token is None:
+        raise StageError("vLLM returned no log-probs although they were requested (SamplingParams.logprobs=0)")
+    return [float(position[token].logprob) for token, position in zip(tokens, per_token)]
 
 
 def build_engine(config, policy: TrainedModel, tokenizer, placement: Placement, ranks: Ranks, policy_path: str,

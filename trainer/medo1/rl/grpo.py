@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
@@ -23,10 +24,10 @@ from medo1.models import export_from_trainer, load_tokenizer
 from medo1.preemption import StopOnSigterm, sigterm_stops_training
 from medo1.resume import RunStart, open_run
 from medo1.rl.config import RLConfig
-from medo1.rl.engines import require_vllm
+from medo1.rl.engines import SamplerGapError, require_vllm
 from medo1.rl.ppo import RLResult, finished_result
 from medo1.rl.rewards import build_reward, trl_reward_funcs
-from medo1.rl.rollout import load_problems
+from medo1.rl.rollout import load_problems, pad_right_for_export
 from medo1.rl.sharding import require_backend
 from medo1.runtime import is_main_process, world_size
 from medo1.training_arguments import trainer_arguments
@@ -66,13 +67,34 @@ def _shared_arguments(config: RLConfig, output_dir: Path, world_size: int) -> di
 
 
 def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOConfig:
-    grpo = config.grpo
+    grpo, vllm = config.grpo, config.sampling.vllm
     return GRPOConfig(
         **_shared_arguments(config, output_dir, world_size),
         num_generations=grpo.num_generations,
         beta=grpo.beta,
         loss_type=grpo.loss_type,
+        scale_rewards=grpo.scale_rewards,
+        vllm_importance_sampling_correction=vllm.importance_sampling != "off",
+        vllm_importance_sampling_mode="token_truncate" if vllm.importance_sampling == "off" else vllm.importance_sampling,
+        vllm_importance_sampling_clip_max=vllm.importance_sampling_max,
+        vllm_importance_sampling_clip_min=vllm.importance_sampling_min,
     )
+
+
+# What TRL's GRPOTrainer logs as the mean |log pi_trainer - log pi_vllm| of the sampled tokens (grpo_trainer.py).
+SAMPLER_GAP_KEY = "sampling/sampling_logp_difference/mean"
+
+
+class SamplerGapCheck(TrainerCallback):
+    """Stops the run when vLLM's log-probs are far from the trainer's (`sampling.vllm.max_logprob_gap`)."""
+
+    def __init__(self, limit: float):
+        self.limit = limit
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        gap = (logs or {}).get(SAMPLER_GAP_KEY)
+        if gap is not None and gap > self.limit:
+            raise SamplerGapError(gap, self.limit, state.global_step)
 
 
 def rloo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> RLOOConfig:
@@ -109,14 +131,21 @@ def _train(config: RLConfig, run: RunStart) -> RLResult:
     trainer_class, arguments = (
         (Medo1RLOOTrainer, rloo_arguments) if config.algo == "rloo" else (Medo1GRPOTrainer, grpo_arguments)
     )
+    args = arguments(config, output_dir, world_size())
+    if main:
+        generations = config.rloo.num_generations if config.algo == "rloo" else config.grpo.num_generations
+        completions = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
+        log.info("%s: %d steps, %d completions (episodes) = %d prompts x %d generations each", config.algo,
+                 args.max_steps, completions, completions // generations, generations)
     stopper = StopOnSigterm()
     trainer = trainer_class(
         model=config.model.name_or_path,
         reward_funcs=trl_reward_funcs(reward),
-        args=arguments(config, output_dir, world_size()),
+        args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd(), stopper],
+        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd(), stopper,
+                   SamplerGapCheck(config.sampling.vllm.max_logprob_gap)],
         keep_checkpoints=config.output.keep,
         marker_info=run.marker_info,
     )
@@ -125,6 +154,7 @@ def _train(config: RLConfig, run: RunStart) -> RLResult:
     with sigterm_stops_training():
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     stopper.raise_if_stopped_early(trainer)
+    pad_right_for_export(tokenizer)  # TRL pads prompts on the left
     export_dir = export_from_trainer(trainer, tokenizer, output_dir) if config.output.export else None
     run.finish(trainer.state.global_step, export_dir)
     return RLResult(output_dir, trainer.state.global_step, export_dir)

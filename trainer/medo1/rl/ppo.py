@@ -7,6 +7,12 @@ from TRL's fused LM head. One update: sample a rollout batch per rank, score it 
 value passes), compute KL-penalised rewards, GAE and whitened advantages, then `ppo_epochs` passes of
 clipped policy and value losses over `num_mini_batches` mini-batches of `per_device_batch_size`
 micro-batches; policy and value each have their own optimizer and gradient clipping.
+
+Samples from vLLM come with the sampler's log-probs: their gap to the trainer's is logged, weights each token's
+policy loss (truncated importance sampling, `sampling.vllm.importance_sampling`) and stops the run when it shows
+that vLLM samples from other weights (`sampling.vllm.max_logprob_gap`). A sample without a reward (a judge's
+`on_failure: skip`) takes no part in the update. For the first `ppo.critic_warmup_updates` rollout batches only
+the value model trains.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from medo1.models import load_tokenizer, write_export_extras
 from medo1.resume import RunStart, open_run
 from medo1.rl import ppo_math
 from medo1.rl.config import RLConfig
-from medo1.rl.engines import build_engine, require_vllm
+from medo1.rl.engines import SamplerGapError, build_engine, require_vllm
 from medo1.rl.rewards import build_reward
 from medo1.rl.rollout import (
     TokenValueModel,
@@ -46,6 +52,7 @@ from medo1.rl.rollout import (
     episode_indices,
     full_sequence,
     load_problems,
+    pad_right_for_export,
     response_logprobs,
     response_values,
 )
@@ -82,11 +89,22 @@ def load_policy(path: str, temperature: float, trainable: bool):
     return model
 
 
-def load_value_model(path: str, pad_token_id: int) -> TokenValueModel:
-    classifier = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+def load_value_model(path: str, pad_token_id: int, zero_new_head: bool = False) -> TokenValueModel:
+    """The value model; with `zero_new_head`, a score head that the checkpoint lacks starts at zero."""
+    classifier, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch.float32, output_loading_info=True
+    )
     classifier.config.pad_token_id = pad_token_id
     disable_dropout(classifier)
+    if zero_new_head and any(key.startswith("score.") for key in info.get("missing_keys") or []):
+        with torch.no_grad():
+            for parameter in classifier.score.parameters():
+                parameter.zero_()
     return TokenValueModel(classifier)
+
+
+class RolloutInterrupted(Exception):
+    """SIGTERM arrived while a remote reward (a judge) was scoring: the rollout cannot be trained on."""
 
 
 def micro_batches(indices: torch.Tensor, size: int):
@@ -122,7 +140,8 @@ class PPOTrainer:
         train, ppo = config.train, config.ppo
         self.per_rank_batch = train.per_device_batch_size * train.gradient_accumulation_steps
         self.total_updates = max(1, train.total_episodes // (self.per_rank_batch * self.ranks.world))
-        optimizer_steps = self.total_updates * ppo.ppo_epochs * ppo.num_mini_batches
+        steps_per_update = ppo.ppo_epochs * ppo.num_mini_batches
+        self.warmup_updates = min(ppo.critic_warmup_updates, self.total_updates)
         self.placement = build_placement(
             train, self.ranks, train.gradient_accumulation_steps // ppo.num_mini_batches, config.model.name_or_path
         )
@@ -132,22 +151,28 @@ class PPOTrainer:
             str(self.resume_from / "value") if self.resume_from else (ppo.value_model or config.model.name_or_path)
         )
         make_optimizer = functools.partial(torch.optim.AdamW, lr=train.learning_rate, weight_decay=train.weight_decay)
-        make_scheduler = functools.partial(
-            get_scheduler,
-            train.lr_scheduler,
-            num_warmup_steps=math.ceil(train.warmup_ratio * optimizer_steps),
-            num_training_steps=optimizer_steps,
-        )
+
+        def make_scheduler(optimizer, updates: int):
+            steps = max(1, updates * steps_per_update)
+            return get_scheduler(train.lr_scheduler, optimizer, num_warmup_steps=math.ceil(train.warmup_ratio * steps),
+                                 num_training_steps=steps)
+
         temperature = self.temperature = config.sampling.temperature
         # One model at a time, each placed before the next loads: under FSDP a model is whole in host memory
         # only until it is sharded.
         policy = load_policy(policy_path, temperature, trainable=True)
-        value = load_value_model(value_path, self.tokenizer.pad_token_id)
+        value = load_value_model(value_path, self.tokenizer.pad_token_id, zero_new_head=ppo.value_head_init == "zero")
         if config.model.gradient_checkpointing:
             for model in (policy, value.classifier):
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.policy = self.placement.trained(policy, make_optimizer, make_scheduler)
-        self.value = self.placement.trained(value, make_optimizer, make_scheduler)
+        # The policy's schedule spans the updates after the critic warm-up; the value model's, every update.
+        policy_updates = self.total_updates - self.warmup_updates
+        self.policy = self.placement.trained(
+            policy, make_optimizer, functools.partial(make_scheduler, updates=policy_updates)
+        )
+        self.value = self.placement.trained(
+            value, make_optimizer, functools.partial(make_scheduler, updates=self.total_updates)
+        )
         self.ref = self.placement.frozen(load_policy(config.model.name_or_path, temperature, trainable=False))
         self.engine = build_engine(
             config, self.policy, self.tokenizer, self.placement, self.ranks, policy_path, self.per_rank_batch
@@ -210,10 +235,14 @@ class PPOTrainer:
         prompt = encode_prompts(self.tokenizer, [self.problems.prompts[i] for i in indices], device)
         self.policy.eval()
         self.value.eval()
-        responses, mask = self.engine.generate(prompt)
+        samples = self.engine.generate(prompt)
+        responses, mask = samples.responses, samples.mask
         t1 = time.perf_counter()
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         scored = self.reward(texts, [self.problems.references[i] for i in indices])
+        # Collective: a judge cut short by SIGTERM on any rank stops every rank before the next collective pass.
+        if self._any_rank(scored.interrupted):
+            raise RolloutInterrupted
         prompt_len = prompt["input_ids"].shape[1]
         sequence = full_sequence(prompt, responses, mask)
         with self.placement.autocast():
@@ -223,24 +252,30 @@ class PPOTrainer:
         logprobs, ref_logprobs, values = logprobs.float(), ref_logprobs.float(), values.float()
         t2 = time.perf_counter()
         fmask = mask.float()
-        scores = torch.tensor(scored.rewards, device=device, dtype=torch.float32)
+        # A response without a reward (`on_failure: skip`) is left out of the update: no advantage, no value target.
+        has_reward = torch.tensor([r is not None for r in scored.rewards], device=device, dtype=torch.float32)
+        train_mask = fmask * has_reward[:, None]
+        scores = torch.tensor([0.0 if r is None else r for r in scored.rewards], device=device, dtype=torch.float32)
         rewards, kl = ppo_math.kl_penalized_rewards(scores, logprobs, ref_logprobs, fmask, self.config.ppo.kl_coef)
         if self.config.ppo.whiten_rewards:
-            rewards = ppo_math.masked_whiten(rewards, fmask, shift_mean=False)
+            rewards = ppo_math.masked_whiten(rewards, train_mask, shift_mean=False)
         advantages, returns = ppo_math.generalized_advantages(
             rewards, values, fmask, self.config.ppo.gamma, self.config.ppo.lam
         )
-        advantages = ppo_math.masked_whiten(advantages, fmask)
+        advantages = ppo_math.masked_whiten(advantages, train_mask)
+        sampler_stats, is_weights = self._sampler_correction(samples, logprobs, train_mask)
         return {
             "sequence": sequence,
             "prompt_len": prompt_len,
-            "mask": fmask,
+            "mask": train_mask,
             "logprobs": logprobs,
+            "is_weights": is_weights,
             "values": values,
             "advantages": advantages,
             "returns": returns,
             "stats": {
-                "reward_mean": scores.mean(),
+                **sampler_stats,
+                "reward_mean": (scores * has_reward).sum() / has_reward.sum().clamp(min=1),
                 "format_ok_rate": torch.tensor(scored.format_ok, dtype=torch.float32, device=device).mean(),
                 "verifier_true_rate": torch.tensor(scored.correct, dtype=torch.float32, device=device).mean(),
                 "reward_failure_rate": torch.tensor(scored.failed or [False] * len(scored), dtype=torch.float32,
@@ -252,13 +287,40 @@ class PPOTrainer:
             },
             "time_generation": t1 - t0,
             "time_scoring": t2 - t1,
+            "weights_pushed": samples.weights_pushed,
         }
+
+    def _any_rank(self, flag: bool) -> bool:
+        """Collective: whether `flag` is set on any rank."""
+        return bool(self.ranks.max(torch.tensor([float(flag)], device=self.ranks.device))[0] > 0)
+
+    def _sampler_correction(self, samples, logprobs: torch.Tensor, mask: torch.Tensor):
+        """The sampler/trainer log-prob gap and the importance weights of the samples (None without sampler
+        log-probs: the hf engine samples from the trained policy itself)."""
+        if samples.logprobs is None:
+            return {}, None
+        settings = self.config.sampling.vllm
+        sampler = samples.logprobs.float()
+        gap_mean, gap_max = ppo_math.logprob_gap(logprobs, sampler, mask)
+        stats = {"sampler_logprob_gap_mean": gap_mean, "sampler_logprob_gap_max": gap_max}
+        if settings.importance_sampling == "off":
+            return stats, None
+        weights = ppo_math.importance_weights(
+            logprobs, sampler, mask, settings.importance_sampling,
+            settings.importance_sampling_max, settings.importance_sampling_min,
+        )
+        raw = torch.exp(torch.nan_to_num(logprobs - sampler, nan=0.0))
+        stats["importance_weight_mean"] = ppo_math.masked_mean(weights, mask)
+        stats["importance_weight_clipped_fraction"] = ppo_math.masked_mean((weights != raw).float(), mask)
+        return stats, weights
 
     def train_on(self, batch: dict, update: int) -> dict[str, torch.Tensor]:
         ppo, micro = self.config.ppo, self.config.train.per_device_batch_size
+        train_policy = update >= self.warmup_updates  # the critic warm-up trains the value model alone
         self.policy.train()
         self.value.train()
         sums: dict[str, float] = {}
+        rates: list[float] = []
         count = 0
         for order in epoch_orders(self.config.train.seed, update, batch["mask"].size(0), ppo.ppo_epochs):
             for mini in torch.chunk(order, ppo.num_mini_batches):
@@ -273,29 +335,40 @@ class PPOTrainer:
                                 self.policy.module, sequence, batch["prompt_len"], mask, self.temperature
                             )
                             values = response_values(self.value.module, sequence, batch["prompt_len"])
+                        is_weights = batch["is_weights"]
                         pg_loss, pg_stats = ppo_math.clipped_policy_loss(
-                            logprobs.float(), batch["logprobs"][idx], batch["advantages"][idx], mask, ppo.cliprange
+                            logprobs.float(), batch["logprobs"][idx], batch["advantages"][idx], mask, ppo.cliprange,
+                            weights=None if is_weights is None else is_weights[idx],
                         )
                         vf_loss, vf_stats = ppo_math.clipped_value_loss(
                             values.float(), batch["values"][idx], batch["returns"][idx], mask, ppo.cliprange_value
                         )
                         # Separate graphs: each backward reaches only its own model.
-                        self.policy.backward(pg_loss)
+                        if train_policy:
+                            self.policy.backward(pg_loss)
                         self.value.backward(ppo.vf_coef * vf_loss)
                     for key, value in {"policy_loss": pg_loss, "value_loss": vf_loss, **pg_stats, **vf_stats}.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach())
                     count += 1
-                sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.policy.step()
+                if train_policy:
+                    rates.append(self.policy.learning_rate())  # the rate this step uses: the scheduler steps after
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + self.policy.step()
                 self.value.step()
         optimizer_steps = ppo.ppo_epochs * ppo.num_mini_batches
         stats = {k: torch.tensor(v / (optimizer_steps if k == "grad_norm" else count)) for k, v in sums.items()}
-        stats["learning_rate"] = torch.tensor(self.policy.learning_rate())
+        # The mean rate of this update's policy steps; 0 while the critic warms up (the policy does not step).
+        stats["learning_rate"] = torch.tensor(sum(rates) / len(rates) if rates else 0.0)
+        stats.setdefault("grad_norm", torch.tensor(0.0))
         return stats
 
     def _reduce(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The mean over ranks; for keys ending in `_max`, the maximum. Every rank passes the same keys."""
         keys = sorted(stats)
+        if not keys:
+            return {}
         stacked = torch.stack([stats[k].float().to(self.ranks.device) for k in keys])
-        return {k: float(v) for k, v in zip(keys, self.ranks.mean(stacked))}
+        means, maxima = self.ranks.mean(stacked), self.ranks.max(stacked)
+        return {k: float(top if k.endswith("_max") else mean) for k, mean, top in zip(keys, means, maxima)}
 
     def evaluate(self) -> float | None:
         eval_set = self.problems.eval
@@ -317,15 +390,41 @@ class PPOTrainer:
         if self.is_main:
             keep_metrics_through(metrics_path, self.start_update)  # the interrupted run's entries past the checkpoint
         with preemption.sigterm_stops_training():
-            self._updates(metrics_path)
+            try:
+                self._updates(metrics_path)
+            except RolloutInterrupted:
+                self._stop_mid_rollout()
         export_dir = self.export() if out.export else None
         self.run.finish(self.total_updates, export_dir)
         return RLResult(self.output_dir, self.total_updates, export_dir)
 
+    def _stop_mid_rollout(self) -> None:
+        """SIGTERM cut a rollout's scoring short: write the checkpoint of the last finished update, then exit as
+        a preemption does."""
+        done = self.completed_updates
+        if done > self.start_update:
+            self.save_checkpoint(done)
+            where = self.output_dir / f"checkpoint-{done}"
+        else:  # nothing trained since the start or the resume point: that is the checkpoint
+            where = self.resume_from or "none (no update finished; a rerun starts from the beginning)"
+        stopped = preemption.Preempted(where, done)
+        log.warning("SIGTERM while the reward was being scored: %s", stopped)
+        raise stopped
+
+    def _check_sampler_gap(self, record: dict, update: int, pushed: bool) -> None:
+        gap = record.get("sampler_logprob_gap_mean")
+        limit = self.config.sampling.vllm.max_logprob_gap
+        # Reduced over ranks, so every rank decides alike.
+        if gap is not None and gap > limit:
+            raise SamplerGapError(gap, limit, update + 1, pushed)
+
     def _updates(self, metrics_path: Path) -> None:
         out = self.config.output
+        self.completed_updates = self.start_update
         for update in range(self.start_update, self.total_updates):
             batch = self.rollout(self._rank_batch(update))
+            gap = self._reduce({k: v for k, v in batch["stats"].items() if k.startswith("sampler_logprob_gap")})
+            self._check_sampler_gap(gap, update, batch["weights_pushed"])
             t0 = time.perf_counter()
             train_stats = self.train_on(batch, update)
             self.engine.policy_updated()
@@ -342,13 +441,15 @@ class PPOTrainer:
             )
             if self.config.train.eval_steps and (update + 1) % self.config.train.eval_steps == 0:
                 record["eval_reward_mean"] = self.evaluate()
+            self.completed_updates = update + 1
             if self.is_main:
                 append_jsonl(metrics_path, record)
                 if (update + 1) % out.logging_steps == 0 or update == 0:
                     log.info(
-                        "update %d/%d reward %.3f format_ok %.2f kl %.4f policy_loss %.4f value_loss %.4f",
+                        "update %d/%d reward %.3f format_ok %.2f kl %.4f policy_loss %.4f value_loss %.4f%s",
                         update + 1, self.total_updates, record["reward_mean"], record["format_ok_rate"],
                         record["kl"], record["policy_loss"], record["value_loss"],
+                        " (critic warm-up: value model only)" if update < self.warmup_updates else "",
                     )
             last = update + 1 == self.total_updates
             # Every rank reaches this check after the same update: one agreed answer, so all save together.
@@ -366,6 +467,7 @@ class PPOTrainer:
         if self.is_main:
             new_dir(staging, "export")
             self.policy.model.save_pretrained(staging, state_dict=state, safe_serialization=True)
+            pad_right_for_export(self.tokenizer)
             write_export_extras(staging, self.tokenizer)
             replace_dir(staging, final)
         self.ranks.barrier()

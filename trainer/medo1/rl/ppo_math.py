@@ -5,6 +5,8 @@ Every reduction is masked, so ragged responses padded on the right contribute on
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -64,12 +66,19 @@ def generalized_advantages(
 
 
 def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate; `weights` (importance weights of off-policy samples) scale each token's term."""
     ratio = torch.exp(logprobs - old_logprobs)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    per_token = torch.maximum(unclipped, clipped)
+    loss = masked_mean(per_token if weights is None else per_token * weights, mask)
     stats = {
         "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
         "approx_kl": 0.5 * masked_mean((logprobs - old_logprobs) ** 2, mask),
@@ -85,3 +94,47 @@ def clipped_value_loss(
     clipped_error = (clipped_values - returns) ** 2
     loss = 0.5 * masked_mean(torch.maximum(unclipped_error, clipped_error), mask)
     return loss, {"value_clip_fraction": masked_mean((clipped_error > unclipped_error).float(), mask)}
+
+
+IMPORTANCE_SAMPLING_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def importance_weights(
+    trainer_logprobs: torch.Tensor,
+    sampler_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    clip_max: float | None,
+    clip_min: float | None = None,
+) -> torch.Tensor:
+    """Importance weights of responses sampled by another engine (vLLM) than the trainer's policy.
+
+    ratio = pi_trainer / pi_sampler of each sampled token (`token_*`) or of the whole response (`sequence_*`, one
+    ratio for all its tokens); `*_truncate` clips it to [clip_min, clip_max], `*_mask` sets it to 0 outside that
+    range. The modes and bounds are TRL 1.16's `vllm_importance_sampling_*` (trl/trainer/grpo_config.py,
+    applied in grpo_trainer.py as a factor on each token's loss). A NaN sampler log-prob (vLLM could not score the
+    token) counts as no gap. Zero outside `mask`.
+    """
+    if mode not in IMPORTANCE_SAMPLING_MODES:
+        raise ValueError(f"importance sampling mode {mode!r}: one of {', '.join(IMPORTANCE_SAMPLING_MODES)}")
+    diff = torch.nan_to_num((trainer_logprobs - sampler_logprobs) * mask, nan=0.0)
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=1, keepdim=True)
+    ratio = torch.exp(diff)
+    if mode.endswith("truncate"):
+        ratio = torch.clamp(ratio, min=clip_min, max=clip_max)
+    else:
+        low = -math.inf if clip_min is None else clip_min
+        high = math.inf if clip_max is None else clip_max
+        ratio = ratio.masked_fill((ratio < low) | (ratio > high), 0.0)
+    return ratio.expand_as(mask) * mask
+
+
+def logprob_gap(trainer_logprobs: torch.Tensor, sampler_logprobs: torch.Tensor, mask: torch.Tensor):
+    """(mean, max) of |trainer - sampler| log-prob over the response tokens, leaving out NaN sampler values."""
+    gap = (trainer_logprobs - sampler_logprobs).abs()
+    valid = mask.bool() & ~torch.isnan(gap)
+    if not valid.any():
+        zero = torch.zeros((), device=gap.device)
+        return zero, zero
+    return gap[valid].mean(), gap[valid].max()

@@ -2,8 +2,9 @@
 
 Per response, as published for HuatuoGPT-o1:
 
-1. Format: the text must contain `## Thinking` exactly once and `## Final Response\\n\\n` exactly
-   once; otherwise it gets `reward_bad_format` (0.0) and is not scored further.
+1. Format (`medo1.final_response`, the parser the eval uses too): the text must contain `## Thinking` exactly
+   once and `## Final Response\\n\\n` exactly once; otherwise it gets `reward_bad_format` (0.0) and is not
+   scored further.
 2. The answer is the text after `## Final Response`, stripped (an empty answer is still scored).
 3. `VerifierReward`: a 2-class sequence classifier with its own tokenizer reads a prompt holding
    the answer and the reference; P("True") > threshold (0.4) gives `reward_correct` (1.0),
@@ -28,8 +29,9 @@ from typing import Any
 import torch
 
 from medo1.config import ConfigError, check_model_reference
-from medo1.data import FINAL_RESPONSE_HEADER, THINKING_HEADER
 from medo1.errors import Medo1Error
+from medo1.final_response import parse_response
+from medo1.rl import answer_match
 from medo1.rl.reward_config import (
     AnswerMatchRewardConfig,
     JudgeRewardConfig,
@@ -39,44 +41,19 @@ from medo1.rl.reward_config import (
 
 logger = logging.getLogger(__name__)
 
-FINAL_RESPONSE_MARKER = FINAL_RESPONSE_HEADER + "\n\n"
-
-
-
-# --------------------------------------------------------------------------------------------
-# Format rule
-
-
-@dataclass(frozen=True)
-class ParsedResponse:
-    format_ok: bool
-    answer: str | None
-
-
-def parse_reasoning(text: str) -> ParsedResponse:
-    """Apply the published format rule and pull out the final answer.
-
-    Well formed means `## Thinking` occurs exactly once and `## Final Response\\n\\n` occurs
-    exactly once (plain substring counts). The answer is everything after `## Final Response`,
-    with surrounding whitespace stripped; it may be empty.
-    """
-    if text.count(THINKING_HEADER) != 1 or text.count(FINAL_RESPONSE_MARKER) != 1:
-        return ParsedResponse(format_ok=False, answer=None)
-    # `## Final Response` may also occur without the blank line after it (e.g. "## Final Responses"
-    # or "## Final Response:"); the answer starts after the one occurrence that has it.
-    answer = text.split(FINAL_RESPONSE_MARKER, 1)[1].strip()
-    return ParsedResponse(format_ok=True, answer=answer)
-
 
 @dataclass
 class RewardOutput:
-    rewards: list[float]
+    rewards: list[float | None]
+    """None: no reward (a judge's `on_failure: skip`); the response then takes no part in the update."""
     format_ok: list[bool]
     correct: list[bool]
     scores: list[float | None] = field(default_factory=list)
     """Verifier P("True") per response; None where the model was not asked (bad format, or a rule)."""
     failed: list[bool] = field(default_factory=list)
-    """Judge: responses whose verdict could not be had (scored `reward_wrong`); empty for the other rewards."""
+    """Judge: responses whose verdict could not be had; empty for the other rewards."""
+    interrupted: bool = False
+    """Judge: SIGTERM cut the scoring short (the verdicts still missing are failed); the rollout is not trained on."""
 
     def __len__(self) -> int:
         return len(self.rewards)
@@ -234,7 +211,7 @@ class VerifierReward:
 
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
         _check_lengths(responses, references)
-        parsed = [parse_reasoning(text) for text in responses]
+        parsed = [parse_response(text) for text in responses]
         todo = [i for i, p in enumerate(parsed) if p.format_ok]
         probs = self.probabilities([parsed[i].answer or "" for i in todo], [references[i] for i in todo])
         scores: list[float | None] = [None] * len(responses)
@@ -324,41 +301,6 @@ def named_options(answer: str) -> set[str]:
     return named
 
 
-# Stated final answers: "The answer is X.", "Final answer: X", up to the end of the sentence or line.
-_STATED_ANSWER = re.compile(r"(?i:\banswer)\s*(?:(?i:is|would be)\b|:)\s*(.+?)\s*(?:\.(?=\s|$)|\n|$)")
-# Words that offer alternatives instead of one answer.
-_HEDGES = re.compile(
-    r"\b(?:or|either|versus|vs|and/or|possibly|perhaps|maybe|alternatively)\b|(?<=\w)\s*/\s*(?=\w)", re.IGNORECASE
-)
-_LIST_SPLIT = re.compile(r"[,;\n•]|(?:^|\n)\s*(?:[-*]|\d+[.)])\s+|\band\b", re.IGNORECASE)
-_SHORT_ITEM_WORDS = 3
-
-
-def final_answer(answer: str) -> str | None:
-    """The one final answer a free-text response gives, or None where it gives several.
-
-    Where the response states its answer ("The answer is X.", "Final answer: X"), only the stated
-    text counts; statements of different answers give None. Otherwise the whole text is the answer.
-    """
-    stated = {normalize_answer(m) for m in _STATED_ANSWER.findall(answer)}
-    stated.discard("")
-    if len(stated) > 1:
-        return None
-    if stated:
-        return _STATED_ANSWER.search(answer).group(1)
-    return answer
-
-
-def offers_alternatives(answer: str) -> bool:
-    """Whether the answer hedges ("X or Y", "either", "X/Y", "possibly") or lists three or more short
-    items ("X, Y, Z", bullet lists): several candidate answers instead of one."""
-    if _HEDGES.search(answer):
-        return True
-    items = [normalize_answer(item) for item in _LIST_SPLIT.split(answer)]
-    short = [item for item in items if item and len(item.split()) <= _SHORT_ITEM_WORDS]
-    return len(short) >= 3
-
-
 class AnswerMatchReward:
     """Rule-based reward with the verifier's reward values, for teams without a verifier model.
 
@@ -369,16 +311,15 @@ class AnswerMatchReward:
     * A multiple-choice reference, a single letter A-E (optionally bracketed or with a full stop),
       is judged by the option letters the answer names (`named_options`): correct when that is
       exactly the reference's letter. "vitamin B" names no option; "B or C" names two.
-    * Any other reference: the final answer (`final_answer`: the stated answer where the response
-      states one, else all of it) and the reference are normalised (Unicode NFKC, lowercase,
-      punctuation turned into spaces, the articles a/an/the dropped, whitespace collapsed); the
-      answer is correct when the reference equals it or occurs inside it as a whole-word span
-      ("metformin" matches "Start metformin, 500 mg daily." but not "metforminum"), and it offers
-      no alternatives (`offers_alternatives`: "or", "either", "X/Y", "possibly", lists of three or
-      more short items).
+    * Any other reference: `medo1.rl.answer_match`: the reference must be the one answer the response states
+      (its stated answer, "The answer is X", or else its first sentence), whole words, not negated ("Not X",
+      "X is contraindicated", "Xではなく"), not among other candidates ("X and Y", "X, Y", "X/Y", lists), not
+      hedged ("possibly X", "X or Y") and not followed by bare alternatives in other sentences; in the
+      languages the translation stage produces too.
 
-    An empty reference never matches. Gaming attempts this rejects are in tests/test_rewards.py; a
-    verifier remains the stronger judge of free-text answers.
+    An empty reference never matches. The honest and gaming answers this is tested on are in
+    tests/test_answer_match.py and tests/test_reward_hacking.py; a verifier remains the stronger judge of
+    free-text answers.
     """
 
     name = "answer_match_reward"
@@ -391,21 +332,12 @@ class AnswerMatchReward:
         letter = _mcq_letter(reference)
         if letter is not None:
             return named_options(answer) == {letter}
-        ref = normalize_answer(reference)
-        final = final_answer(answer)
-        if not ref or final is None:
-            return False
-        ans = normalize_answer(final)
-        if ans == ref:
-            return True
-        # A reference that itself says "X or Y" or lists items is not the answer hedging.
-        rest = re.sub(re.escape(reference.strip()), "REFERENCE", final, flags=re.IGNORECASE)
-        return f" {ref} " in f" {ans} " and not offers_alternatives(rest)
+        return answer_match.matches(answer, reference)
 
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
         _check_lengths(responses, references)
         cfg = self.config
-        parsed = [parse_reasoning(text) for text in responses]
+        parsed = [parse_response(text) for text in responses]
         correct = [p.format_ok and self.matches(p.answer or "", ref) for p, ref in zip(parsed, references)]
         rewards = [
             cfg.reward_bad_format if not p.format_ok else cfg.reward_correct if ok else cfg.reward_wrong
@@ -452,7 +384,9 @@ def trl_reward_funcs(reward: Reward) -> list[Callable[..., list[float]]]:
     """Reward functions for TRL's GRPOTrainer (the dataset needs a `reference` column).
 
     The first returns the reward; the others return the format-ok, correct and (judge) failed flags
-    as 0/1 so that, weighted 0, TRL logs their rates. All share one scoring per batch.
+    as 0/1 so that, weighted 0, TRL logs their rates. All share one scoring per batch. A completion
+    without a reward is None in all four (so a skipped judge verdict is not in `reward_failed`'s rate
+    under TRL: the judge's own warnings count those).
     """
     last: dict[str, Any] = {"key": None, "output": None}
 
@@ -463,18 +397,26 @@ def trl_reward_funcs(reward: Reward) -> list[Callable[..., list[float]]]:
             last["key"], last["output"] = key, reward(texts, list(reference))
         return last["output"]
 
-    def reward_func(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
-        return [float(r) for r in score(completions, reference).rewards]
+    def column(values: list, output: RewardOutput) -> list[float | None]:
+        # A completion without a reward is None in every column: TRL then counts it unscorable (advantage 0, left
+        # out of the group baseline and of the logged means; grpo_trainer.py / rloo_trainer.py).
+        return [None if r is None else float(v) for r, v in zip(output.rewards, values)]
 
-    def format_ok(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
-        return [float(ok) for ok in score(completions, reference).format_ok]
-
-    def correct(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
-        return [float(ok) for ok in score(completions, reference).correct]
-
-    def failed(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list[float]:
+    def reward_func(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
         output = score(completions, reference)
-        return [float(f) for f in output.failed] or [0.0] * len(output)
+        return column(output.rewards, output)
+
+    def format_ok(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
+        output = score(completions, reference)
+        return column(output.format_ok, output)
+
+    def correct(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
+        output = score(completions, reference)
+        return column(output.correct, output)
+
+    def failed(prompts: list[Any], completions: list[Any], reference: list[str], **kwargs: Any) -> list:
+        output = score(completions, reference)
+        return column(output.failed or [False] * len(output), output)
 
     funcs = [reward_func, format_ok, correct, failed]
     for func, name in zip(funcs, (reward.name, "format_ok", "verifier_true", "reward_failed")):
@@ -486,7 +428,6 @@ __all__ = [
     "AnswerMatchReward",
     "AnswerMatchRewardConfig",
     "JudgeRewardConfig",
-    "ParsedResponse",
     "RewardConfig",
     "RewardLoadError",
     "RewardOutput",
@@ -494,6 +435,5 @@ __all__ = [
     "VerifierRewardConfig",
     "build_reward",
     "normalize_answer",
-    "parse_reasoning",
     "trl_reward_funcs",
 ]

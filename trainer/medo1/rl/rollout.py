@@ -81,6 +81,16 @@ def encode_prompts(tokenizer, prompts: list[list[dict[str, str]]], device) -> di
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def pad_right_for_export(tokenizer) -> None:
+    """Leave the tokenizer padding on the right, as users of the export expect. Setting `padding_side` is not
+    enough: a fast tokenizer's backend keeps the padding of its last batch call (the rollouts pad prompts on the
+    left), `save_pretrained` writes it into tokenizer.json, and `from_pretrained` reads it back as left padding."""
+    tokenizer.padding_side = "right"
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and getattr(backend, "padding", None) is not None:
+        backend.no_padding()
+
+
 def full_sequence(prompt: dict[str, torch.Tensor], responses: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     attention = torch.cat([prompt["attention_mask"], mask], dim=1)
     return {

@@ -59,6 +59,13 @@ class Ranks:
         dist.all_reduce(values)
         return values / self.world
 
+    def max(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world == 1:
+            return values
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return values
+
 
 def init_ranks() -> Ranks:
     """This process's place under torchrun (or a lone process); joins the process group when there are peers."""
