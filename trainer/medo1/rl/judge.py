@@ -31,7 +31,8 @@ from medo1 import preemption
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError
 from medo1.config import StageError
 from medo1.final_response import parse_response
-from medo1.rl.rewards import JudgeRewardConfig, RewardOutput, _check_lengths
+from medo1.rl.reward_config import JudgeRewardConfig
+from medo1.rl.reward_output import RewardOutput, check_lengths
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class JudgeReward:
         return verdicts, interrupted
 
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
-        _check_lengths(responses, references)
+        check_lengths(responses, references)
         cfg = self.config
         parsed = [parse_response(text) for text in responses]
         asked = [i for i, p in enumerate(parsed) if p.format_ok]

@@ -23,7 +23,6 @@ import logging
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,36 +37,15 @@ from medo1.rl.reward_config import (
     RewardConfig,
     VerifierRewardConfig,
 )
+from medo1.rl.reward_output import RewardOutput, check_lengths
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class RewardOutput:
-    rewards: list[float | None]
-    """None: no reward (a judge's `on_failure: skip`); the response then takes no part in the update."""
-    format_ok: list[bool]
-    correct: list[bool]
-    scores: list[float | None] = field(default_factory=list)
-    """Verifier P("True") per response; None where the model was not asked (bad format, or a rule)."""
-    failed: list[bool] = field(default_factory=list)
-    """Judge: responses whose verdict could not be had; empty for the other rewards."""
-    interrupted: bool = False
-    """Judge: SIGTERM cut the scoring short (the verdicts still missing are failed); the rollout is not trained on."""
-
-    def __len__(self) -> int:
-        return len(self.rewards)
 
 
 class RewardLoadError(Medo1Error, RuntimeError):
     """The reward model could not be set up; raised at start-up, never at the first scoring call."""
 
 
-
-
-def _check_lengths(responses: Sequence[str], references: Sequence[str]) -> None:
-    if len(responses) != len(references):
-        raise ValueError(f"{len(responses)} responses but {len(references)} references")
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +170,7 @@ class VerifierReward:
     @torch.no_grad()
     def probabilities(self, answers: Sequence[str], references: Sequence[str]) -> list[float]:
         """P("True") for each (answer, reference) pair, in batches of `batch_size`."""
-        _check_lengths(answers, references)
+        check_lengths(answers, references)
         encoded = [self.encode(a, r) for a, r in zip(answers, references)]
         step = 1 if self._one_at_a_time else self.config.batch_size
         pad_id = self.model.config.pad_token_id
@@ -210,7 +188,7 @@ class VerifierReward:
         return probs
 
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
-        _check_lengths(responses, references)
+        check_lengths(responses, references)
         parsed = [parse_response(text) for text in responses]
         todo = [i for i, p in enumerate(parsed) if p.format_ok]
         probs = self.probabilities([parsed[i].answer or "" for i in todo], [references[i] for i in todo])
@@ -335,7 +313,7 @@ class AnswerMatchReward:
         return answer_match.matches(answer, reference)
 
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
-        _check_lengths(responses, references)
+        check_lengths(responses, references)
         cfg = self.config
         parsed = [parse_response(text) for text in responses]
         correct = [p.format_ok and self.matches(p.answer or "", ref) for p, ref in zip(parsed, references)]
