@@ -37,7 +37,7 @@ from medo1 import checkpoint, k8s
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.test_image_env import in_image_commands, run_checks
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.image]
 BASE_IMAGE = "localhost/medo1-bookworm-base"
 REGISTRY = "localhost/medo1-test"
 TAG = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]  # as the Makefile's TAG
