@@ -412,8 +412,11 @@ def test_zero_value_head_option(toy_policy, tmp_path):
 
 
 def test_a_response_without_reward_takes_no_part_in_the_update(toy_policy, toy_problems, tmp_path):
+    from medo1.resume import open_run
+
     config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run"))
-    trainer = ppo_module.PPOTrainer(config)
+    with open_run(config, "none", "rl") as run:
+        trainer = ppo_module.PPOTrainer(config, run)
 
     def half_skipped(texts, references):
         rewards = [None if k % 2 == 0 else 1.0 for k in range(len(texts))]
