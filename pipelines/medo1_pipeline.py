@@ -105,14 +105,24 @@ def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list,
          gpus_per_node: int, data_pvc: str, checkpoints_pvc: str, hf_cache_pvc: str, plan_strict: bool,
          report: dsl.Output[dsl.Markdown], metrics: dsl.Output[dsl.Metrics]) -> str:
     """`medo1 plan` of the SFT, RL and eval stages as this run launches them (its recipes, overrides, model and
-    cluster): memory per GPU, time, GPU-hours and checkpoint volume, planned on the source data. With
+    cluster): memory per GPU, time, GPU-hours and checkpoint volume, planned on the source data. Every stage's
+    inputs are checked first (data files, local model folders, Hub ids in the cache or readable with the run's
+    HF token, as `medo1 launch chain` checks them): a missing one fails the run here, one line each. With
     `plan_strict` (or the chart value plan.strict) a stage that does not fit, or that cannot be planned, fails
     the run here, before SFT starts; otherwise the training steps warn."""
     from pathlib import Path
 
     from medo1 import k8s
     from medo1.launch.rendering import job_values
-    from medo1.pipeline_steps import chart_values, plan_markdown, plan_metrics, plan_stages, plan_verdict, stage_overrides
+    from medo1.pipeline_steps import (
+        check_launch_inputs,
+        chart_values,
+        plan_markdown,
+        plan_metrics,
+        plan_stages,
+        plan_verdict,
+        stage_overrides,
+    )
 
     values = chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc, nodes=nodes,
                           gpus_per_node=gpus_per_node)
@@ -130,6 +140,7 @@ def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list,
                             value_overrides=[*values, f"jobs.eval.gpus={1 if gpus_per_node else 0}"],
                             overrides=[*eval_overrides, f"model={rl_export}"])),
     ]
+    check_launch_inputs(launches, mounts=[] if backend == "local" else ["/data", "/checkpoints", "/hf-cache"])
     planned = plan_stages(launches)
     markdown = plan_markdown(planned)
     print(markdown)
@@ -464,6 +475,7 @@ def medo1_pipeline(
                    base_model=base_model, sft_data=sft_data, rl_data=rl_data, rl_algorithm=rl_algorithm, run_dir=run_dir,
                    backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, plan_strict=plan_strict,
                    **volumes)
+    _with_secret(planned, "hfToken")  # the Hub ids it checks are read with the token the stages get
     _on_volumes(planned, **volumes).set_display_name("plan").set_caching_options(False)
 
     with dsl.If(target_language != "", name="translate (target_language set)"):

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kfp import local
 from medo1 import k8s
+from medo1.launch.inputs import InputsMissing
 
 from pipelines import medo1_pipeline as pipeline
 from pipelines.submit import ParameterError, declared_parameters, parse_parameters
@@ -562,10 +563,63 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
     assert first_row.startswith("| CRD trainjobs.trainer.kubeflow.org | **fail** | not installed | ")
 
 
-def test_plan_step_with_plan_strict_stops_a_run_that_does_not_fit(tmp_path):
+def hf_cache_holding(root: Path, *repo_ids: str) -> Path:
+    """An HF hub cache (HF_HUB_CACHE) in which each model has a snapshot, as a filled hf-cache volume has."""
+    for repo_id in repo_ids:
+        (root / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "0").mkdir(parents=True)
+    return root
+
+
+def plan_step(tmp_path, name: str, **arguments) -> tuple[str, str | Exception]:
+    """The pipeline's plan step as KFP runs it: its Markdown report and its return value (or the error it raised)."""
+    from kfp import dsl
+
+    report = dsl.Markdown(uri=str(tmp_path / f"{name}.md"))
+    step = dict(sft_recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml",
+                rl_recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml", eval_recipe="/opt/medo1/recipes/eval-mcq.yaml",
+                sft_overrides=[], rl_overrides=[], eval_overrides=[], base_model="Qwen/Qwen2.5-7B-Instruct",
+                sft_data="/data/sft.json", rl_data="/data/rl.json", rl_algorithm="ppo", run_dir="/checkpoints/runs/r1",
+                backend="pytorchjob", profile="h100-1node", nodes=1, gpus_per_node=1, data_pvc="d", checkpoints_pvc="c",
+                hf_cache_pvc="h", plan_strict=False, report=report, metrics=dsl.Metrics(uri=str(tmp_path / f"{name}-metrics")))
+    try:
+        outcome: str | Exception = pipeline.plan.python_func(**(step | arguments))
+    except RuntimeError as exc:
+        outcome = exc
+    return (Path(report.path).read_text() if Path(report.path).exists() else ""), outcome
+
+
+def test_plan_step_checks_every_stages_inputs_before_sft(tmp_path, monkeypatch):
+    """Issue 25, item 4: the pipeline's first steps checked no stage's inputs, so a missing verifier or data file
+    failed the RL stage after hours of SFT. The plan step now checks them as `medo1 launch chain` does: a Hub id
+    the hf-cache volume lacks, with the Hub out of reach, and a data file that is not there are one line each,
+    naming the stage and the fix, and the run stops before SFT."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_holding(tmp_path / "hub", "Qwen/Qwen2.5-7B-Instruct")))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the Hub cannot be asked: only the cache counts
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    present = tmp_path / "sft.json"
+    present.write_text("[]")
+    _, outcome = plan_step(tmp_path, "missing", backend="local", sft_data=str(present), rl_data=str(tmp_path / "rl.json"),
+                           eval_overrides=[f"benchmarks.huatuo={present}"], run_dir=str(tmp_path / "run"))
+    assert isinstance(outcome, InputsMissing), outcome
+    lines = str(outcome).splitlines()
+    assert any(line.startswith(f"stage rl: data.path {tmp_path / 'rl.json'}: does not exist") for line in lines), lines
+    assert any(line.startswith("stage rl: reward.model FreedomIntelligence/medical_o1_verifier_3B: not in the HF cache")
+               and "HF_HUB_OFFLINE is set" in line for line in lines), lines
+    assert not any("Qwen/Qwen2.5-7B-Instruct" in line or "export" in line for line in lines), lines  # cached; written
+    (tmp_path / "rl.json").write_text("[]")
+    hf_cache_holding(tmp_path / "hub", "FreedomIntelligence/medical_o1_verifier_3B")
+    _, outcome = plan_step(tmp_path, "present", backend="local", sft_data=str(present), rl_data=str(tmp_path / "rl.json"),
+                           eval_overrides=[f"benchmarks.huatuo={present}"], run_dir=str(tmp_path / "run"))
+    assert isinstance(outcome, str), outcome
+
+
+def test_plan_step_with_plan_strict_stops_a_run_that_does_not_fit(tmp_path, monkeypatch):
     """The 7B recipes on one H100: the plan step's table says which stage does not fit, and with plan_strict the
     run stops there, before SFT; without it the step passes and the training steps warn."""
     from kfp import dsl
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_holding(tmp_path / "hub", "Qwen/Qwen2.5-7B-Instruct",
+                                                            "FreedomIntelligence/medical_o1_verifier_3B")))
 
     def plan(strict: bool) -> tuple[str, str | Exception]:
         report = dsl.Markdown(uri=str(tmp_path / f"plan-{strict}.md"))

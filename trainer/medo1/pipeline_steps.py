@@ -55,6 +55,27 @@ class PlannedStage:
     problem: str = ""
 
 
+def check_launch_inputs(launches: Sequence[tuple[str, dict[str, Any]]], *, mounts: Sequence[str]) -> None:
+    """Every stage's inputs as the run launches them (`medo1.launch.inputs`, as `medo1 launch chain` checks a
+    chain's): data files, local model folders, and Hub ids in the HF cache or readable with $HF_TOKEN. A missing one
+    raises InputsMissing, one line each naming the stage, the path or id and the fix, before any stage starts;
+    what an earlier stage writes (the SFT export the RL stage reads) is not checked. `mounts`: the step's volume
+    paths (a path under one that is not mounted here is not checked); none on a local run."""
+    import os
+
+    from medo1 import k8s
+    from medo1.launch.inputs import StagePlan, check_inputs
+    from medo1.launch.rendering import stage_section
+    from medo1.plan.stages import local_recipe
+
+    plans = []
+    for stage, values in launches:
+        config = k8s.with_chart_defaults(values)[stage_section(stage)][stage]
+        plans.append(StagePlan(stage, str(local_recipe(config["recipe"])), list(config.get("set", [])),
+                               os.environ.get("HF_TOKEN")))
+    check_inputs(plans, mounts)
+
+
 def plan_stages(launches: Sequence[tuple[str, dict[str, Any]]]) -> list[PlannedStage]:
     """Memory, time and checkpoint size of each (stage, chart values as `medo1.launch.rendering.job_values` gives
     them), in order: the plan the launcher's pre-flight checks, with the time estimate too. A stage that starts
