@@ -136,8 +136,7 @@ def test_rbac_is_namespaced_and_minimal():
     assert not [o for o in objects if o["kind"].startswith("Cluster")]
     (role,) = by_kind(objects, "Role")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"pytorchjobs", "pytorchjobs/status", "trainjobs", "trainjobs/status", "trainingruntimes", "jobs",
-                         "jobs/status", "pods", "pods/log", "events", "persistentvolumeclaims", "namespaces", "localqueues"}
+    assert resources == {"pytorchjobs", "trainjobs", "trainingruntimes", "jobs", "pods", "pods/log", "events", "persistentvolumeclaims", "namespaces", "localqueues"}
     (events,) = [rule for rule in role["rules"] if rule["resources"] == ["events"]]
     assert events["verbs"] == ["list"]  # the launcher's stuck-pod check reads Warning events, nothing more
     assert all("*" not in rule["verbs"] for rule in role["rules"])
