@@ -340,14 +340,16 @@ def test_claims_the_chart_creates_on_a_read_write_once_default_class(cluster):
                               "ReadWriteOnce disks only: it would stay Pending")
     assert failure.fix == ("set storage.checkpoints.storageClass=cephfs and keep accessMode ReadWriteMany "
                            "(ReadWriteMany classes here: cephfs (rook-ceph.cephfs.csi.ceph.com))")
-    # No ReadWriteMany class in the cluster: one node may use ReadWriteOnce; two nodes need such a class installed.
+    # No ReadWriteMany class in the cluster: two nodes need one installed; on one node too the run pod, eval and
+    # pipeline steps mount the claims from other nodes, so ReadWriteOnce is advised only with that condition.
     only_rwo = [o for o in objects if o["metadata"]["name"] != "cephfs"]
     failure = [f for f in doctor.check_claims(cluster(only_rwo), two_nodes) if f.check == "PVC medo1-data"][0]
     assert failure.fix.startswith("install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, "
                                   "CephFS) and set storage.data.storageClass to it: 2 nodes mount the volume at once")
     one_node = profile_needs(profile="h100-1node", values_files=[], value_overrides=[], namespace=NS)
     failure = [f for f in doctor.check_claims(cluster(only_rwo), one_node) if f.check == "PVC medo1-data"][0]
-    assert failure.fix.startswith("set storage.data.accessMode=ReadWriteOnce (one node mounts it)")
+    assert failure.fix.startswith("install a ReadWriteMany StorageClass")
+    assert "accessMode=ReadWriteOnce works only if every pod that mounts the volume" in failure.fix
     # Naming the class that serves ReadWriteMany: the checks pass.
     fixed = profile_needs(profile="h100-2nodes", values_files=[], namespace=NS, value_overrides=[
         f"storage.{key}.storageClass=cephfs" for key in ("data", "checkpoints", "hfCache")])

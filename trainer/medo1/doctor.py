@@ -483,8 +483,13 @@ def read_write_many_advice(key: str, nodes: int, classes: list[dict[str, Any]]) 
         return (f"set storage.{key}.storageClass={shared[0]['metadata']['name']} and keep accessMode ReadWriteMany "
                 f"(ReadWriteMany classes here: {names})")
     if nodes == 1:
-        return (f"set storage.{key}.accessMode=ReadWriteOnce (one node mounts it), or install a ReadWriteMany "
-                "StorageClass (Filestore, EFS, Azure Files, NFS, CephFS)")
+        # One training node is not one mounting node: the chain's run pod, the eval and upload Jobs and the
+        # pipeline's steps mount the same claims from wherever they are scheduled (a ReadWriteOnce volume attached
+        # to another node fails them with Multi-Attach).
+        return ("install a ReadWriteMany StorageClass (Filestore, EFS, Azure Files, NFS, CephFS) and set "
+                f"storage.{key}.storageClass to it; storage.{key}.accessMode=ReadWriteOnce works only if every pod "
+                "that mounts the volume (training, the chain's run pod, eval and upload, pipeline steps) runs on "
+                "that one node")
     return (f"install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, CephFS) and set "
             f"storage.{key}.storageClass to it: {nodes} nodes mount the volume at once")
 
