@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-log = logging.getLogger("medo1.preemption")
+log = logging.getLogger(__name__)
 
 # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM. A PyTorchJob with `restartPolicy: ExitCode`
 # restarts a pod on exit codes 128-255 (retryable) and fails the job on 1-127 (permanent); `OnFailure` restarts on

@@ -51,7 +51,7 @@ from medo1.sft_config import SFTConfig
 from medo1.tokenize import encode_sft, length_stats
 from medo1.training_arguments import trainer_arguments
 
-log = logging.getLogger("medo1.sft")
+log = logging.getLogger(__name__)
 
 
 @dataclass

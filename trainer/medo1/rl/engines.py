@@ -33,7 +33,7 @@ from medo1.config import StageError
 from medo1.models import generation_config_for
 from medo1.rl.sharding import Placement, Ranks, TrainedModel
 
-log = logging.getLogger("medo1.rl.engines")
+log = logging.getLogger(__name__)
 
 
 

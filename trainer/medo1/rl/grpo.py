@@ -32,7 +32,7 @@ from medo1.rl.sharding import require_backend
 from medo1.runtime import is_main_process, world_size
 from medo1.training_arguments import trainer_arguments
 
-log = logging.getLogger("medo1.grpo")
+log = logging.getLogger(__name__)
 
 
 class Medo1GRPOTrainer(MarkedCheckpoints, GRPOTrainer):

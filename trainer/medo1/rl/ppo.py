@@ -58,7 +58,7 @@ from medo1.rl.rollout import (
 )
 from medo1.rl.sharding import build_placement, init_ranks, require_backend
 
-log = logging.getLogger("medo1.ppo")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from medo1.config import StageError
 from medo1.training_arguments import ZERO3, use_bf16
 
-log = logging.getLogger("medo1.rl.sharding")
+log = logging.getLogger(__name__)
 
 MakeOptimizer = Callable[[Iterator[nn.Parameter]], torch.optim.Optimizer]
 MakeScheduler = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
