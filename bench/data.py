@@ -21,7 +21,7 @@ def measure(quick: bool = False) -> dict:
     from datasets import Dataset
     from medo1.data import DataConfig, load_from_config
     from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
-    from medo1.tokenize import encode_sft
+    from medo1.tokenization import encode_sft
     from trl import pack_dataset
 
     rows = 200 if quick else 2000

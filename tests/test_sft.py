@@ -206,7 +206,7 @@ def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_mode
     from medo1.data import DataError, load_from_config
     from medo1.models import load_tokenizer
     from medo1.sft import prepare_dataset
-    from medo1.tokenize import encode_sft
+    from medo1.tokenization import encode_sft
 
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(demo_rows[:8]))  # full demo rows: hundreds of tokens each

@@ -1,4 +1,4 @@
-"""Unit tests for medo1.tokenize and medo1.validate with the real Qwen tokenizer and demo data."""
+"""Unit tests for medo1.tokenization and medo1.validate with the real Qwen tokenizer and demo data."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from medo1.data import ChatExample, load_examples
 from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
-from medo1.tokenize import (
+from medo1.tokenization import (
     IGNORE_INDEX,
     encode_sft,
     end_of_turn_ids,

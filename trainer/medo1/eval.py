@@ -418,7 +418,7 @@ class HFGenerator:
         self.batch_size = batch_size
 
     def render(self, messages: Messages) -> str:
-        from medo1.tokenize import render_prompt
+        from medo1.tokenization import render_prompt
 
         return render_prompt(self.tokenizer, messages)
 
@@ -529,7 +529,7 @@ class VLLMGenerator:
                        seed=0, **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}))
 
     def render(self, messages: Messages) -> str:
-        from medo1.tokenize import render_prompt
+        from medo1.tokenization import render_prompt
 
         return render_prompt(self.tokenizer, messages)
 

@@ -4,7 +4,7 @@ What we take from TRL / transformers: the training loop, gradient accumulation, 
 (no full-vocabulary logits kept), padding-free and packed batching, DeepSpeed / FSDP through
 accelerate, W&B / TensorBoard reporting, and resuming with the same seeded data order.
 Where we diverge, and why:
-- tokenization and loss masks are ours (`medo1.tokenize`), so the trained prompt is exactly the
+- tokenization and loss masks are ours (`medo1.tokenization`), so the trained prompt is exactly the
   inference prompt and every dropped or cut row is reported;
 - checkpoints get a completion marker and our own rotation (`medo1.checkpoint`): transformers
   writes checkpoints in place and picks the highest-numbered directory on resume, complete or not;
@@ -48,7 +48,7 @@ from medo1.report import write_report_safely
 from medo1.resume import RunStart, open_run
 from medo1.runtime import is_main_process, rank
 from medo1.sft_config import SFTConfig
-from medo1.tokenize import encode_sft, length_stats
+from medo1.tokenization import encode_sft, length_stats
 from medo1.training_arguments import trainer_arguments
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def training_arguments(config: SFTConfig, output_dir: Path) -> TRLSFTConfig:
         max_steps=train.max_steps,
         logging_first_step=True,
         dataloader_num_workers=train.dataloader_workers,
-        # Rows are already within data.max_length (medo1.tokenize); TRL only needs it as the pack size.
+        # Rows are already within data.max_length (medo1.tokenization); TRL only needs it as the pack size.
         max_length=config.data.max_length if train.batching == "packed" else None,
         packing=train.batching == "packed",
         packing_strategy="bfd",

@@ -118,7 +118,7 @@ def sft_data(config, shape: ModelShape, tokenize: bool = True) -> dict[str, Any]
         tokenizer = local_tokenizer(config.model.tokenizer or config.model.name_or_path, shape)
         if tokenizer is not None:
             from medo1.data import load_from_config
-            from medo1.tokenize import encode_sft
+            from medo1.tokenization import encode_sft
 
             loaded = load_from_config(config.data)
             encoded = encode_sft(tokenizer, loaded.examples, config.data.max_length, config.data.overlong, source=config.data.path)

@@ -22,7 +22,7 @@ from medo1.data import (
     write_rejects,
 )
 from medo1.models import fused_head_is_compact
-from medo1.tokenize import render_prompt
+from medo1.tokenization import render_prompt
 
 
 @dataclass
