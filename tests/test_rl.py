@@ -246,31 +246,32 @@ def test_grpo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path)
     assert AutoTokenizer.from_pretrained(result.export_dir).padding_side == "right"  # TRL's rollouts pad left
 
 
-@pytest.mark.parametrize(
-    "algo, extra",
-    [
-        ("grpo", {"grpo.loss_type": "grpo"}),
-        ("grpo", {"grpo.loss_type": "dr_grpo"}),
-        ("grpo", {"grpo.loss_type": "bnpo"}),
-        ("rloo", {}),
-    ],
-    ids=["grpo", "dr_grpo", "bnpo", "rloo"],
-)
-def test_trl_loss_variants_raise_mean_reward(toy_policy, toy_problems, tmp_path, algo, extra):
-    """Each GRPO loss aggregation TRL offers, and RLOO through TRL's RLOOTrainer, on the toy task."""
-    overrides = {f"{algo}.num_generations": 8, "train.total_episodes": 96, **extra}  # 12 steps of one problem x 8
-    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / algo, algo, **overrides))
+def test_rloo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path):
+    """RLOO through TRL's RLOOTrainer on the toy task: the reward rises (the one such test for RLOO; GRPO's is
+    test_grpo_through_trl_raises_mean_reward, PPO's test_ppo_raises_mean_reward_on_the_toy_task)."""
+    overrides = {"rloo.num_generations": 8, "train.total_episodes": 96}  # 12 steps of one problem x 8
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "rloo", "rloo", **overrides))
     result = run_rl(config)
-    # The arguments the TRL trainer ran with, as it saved them in its checkpoint.
     args = torch.load(result.output_dir / "checkpoint-12" / "training_args.bin", weights_only=False)
-    assert type(args).__name__ == ("RLOOConfig" if algo == "rloo" else "GRPOConfig")
-    assert args.disable_dropout and args.num_generations == 8
-    if algo == "grpo":
-        assert args.loss_type == extra["grpo.loss_type"]
+    assert type(args).__name__ == "RLOOConfig" and args.disable_dropout and args.num_generations == 8
     rewards = [m["reward"] for m in read_metrics(result.output_dir / "metrics.jsonl") if "reward" in m]
     assert len(rewards) == 12
     early, late = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
     assert late >= 0.6 and late >= early + 0.2, rewards
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "bnpo"])
+def test_each_grpo_loss_aggregation_reaches_trl_and_trains_two_steps(toy_policy, toy_problems, tmp_path, loss_type):
+    """Every GRPO loss aggregation TRL offers besides its default (dapo, whose reward rise
+    test_grpo_through_trl_raises_mean_reward shows) reaches GRPOTrainer and trains: two steps with a finite loss,
+    checkpointed with the arguments TRL ran with."""
+    overrides = {"grpo.num_generations": 8, "train.total_episodes": 16, "grpo.loss_type": loss_type}
+    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / loss_type, "grpo", **overrides))
+    result = run_rl(config)
+    args = torch.load(result.output_dir / "checkpoint-2" / "training_args.bin", weights_only=False)
+    assert type(args).__name__ == "GRPOConfig" and args.loss_type == loss_type and args.num_generations == 8
+    losses = [m["loss"] for m in read_metrics(result.output_dir / "metrics.jsonl") if "loss" in m]
+    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses), losses
 
 
 def test_compact_response_logprobs_match_the_fused_head_with_ragged_responses(tiny_model):
