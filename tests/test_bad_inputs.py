@@ -607,7 +607,7 @@ def test_a_bad_input_is_one_clear_error_and_loses_no_earlier_output(bench: Bench
     lost = [name for name, content in before.items() if after.get(name) != content]
     assert not lost, f"earlier output lost or changed: {lost}"
     assert not [secret for secret in bench.secrets if secret in output], "a secret value was printed"
-    assert elapsed < 20, elapsed  # a bound against the default 120 s x 6 waits, not a benchmark
+    assert elapsed < 45, elapsed  # a bound against the default 120 s x 6 waits (loose: CI runs it beside the image builds)
 
 
 def test_the_table_covers_every_stage():
