@@ -102,7 +102,7 @@ def make_image(target: str, base_image: str, directory: Path = REPO, tag: str = 
     (image, seconds, buildah's output)."""
     started = time.monotonic()
     done = subprocess.run(["make", target, f"BASE_IMAGE={base_image}", f"REGISTRY={REGISTRY}", f"TAG={tag}",
-                           "DOCKER_ENGINE="], cwd=directory, capture_output=True, text=True, timeout=2400)
+                           "DOCKER_ENGINE="], cwd=directory, capture_output=True, text=True, timeout=3600)  # cold, beside the suite
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return f"{REGISTRY}/trainer:{tag}{'-cpu' if target == 'image-cpu' else ''}", seconds, done.stdout + done.stderr
