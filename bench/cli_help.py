@@ -11,8 +11,21 @@ import subprocess
 import sys
 import time
 
-COMMANDS = [[], ["sft"], ["rl"], ["translate"], ["eval"], ["upload"], ["launch"], ["data", "validate"],
-            ["config", "show"], ["plan"], ["doctor"], ["report"], ["model", "init-tiny"]]
+COMMANDS = [
+    [],
+    ["sft"],
+    ["rl"],
+    ["translate"],
+    ["eval"],
+    ["upload"],
+    ["launch"],
+    ["data", "validate"],
+    ["config", "show"],
+    ["plan"],
+    ["doctor"],
+    ["report"],
+    ["model", "init-tiny"],
+]
 
 
 def seconds(command: list[str], repeats: int) -> float:
@@ -27,8 +40,10 @@ def seconds(command: list[str], repeats: int) -> float:
 
 def measure(quick: bool) -> dict:
     repeats = 1 if quick else 3
-    rows = [{"command": " ".join(["medo1", *command, "--help"]), "seconds": round(seconds(command, repeats), 3)}
-            for command in COMMANDS]
+    rows = [
+        {"command": " ".join(["medo1", *command, "--help"]), "seconds": round(seconds(command, repeats), 3)}
+        for command in COMMANDS
+    ]
     return {"repeats": repeats, "results": rows, "slowest_s": max(row["seconds"] for row in rows)}
 
 

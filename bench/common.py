@@ -62,7 +62,12 @@ def run_child(module: str, spec: dict, work_dir: Path, *, hide_gpu: bool, timeou
         env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.run(
         [sys.executable, "-m", module, str(spec_path), str(result_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if proc.returncode != 0 or not result_path.exists():
         raise RuntimeError(f"{module} {spec_path} exited {proc.returncode}:\n{proc.stderr[-6000:]}")
@@ -154,8 +159,14 @@ def median_and_spread(values: list[float]) -> dict:
 
     median = statistics.median(values)
     spread = max(values) - min(values)
-    return {"median": round(median, 4), "min": round(min(values), 4), "max": round(max(values), 4),
-            "spread": round(spread, 4), "relative_spread": round(spread / median, 4) if median else None, "runs": len(values)}
+    return {
+        "median": round(median, 4),
+        "min": round(min(values), 4),
+        "max": round(max(values), 4),
+        "spread": round(spread, 4),
+        "relative_spread": round(spread / median, 4) if median else None,
+        "runs": len(values),
+    }
 
 
 def claim_check(claim: str, ratios: list[float]) -> dict:
@@ -170,6 +181,8 @@ def claim_check(claim: str, ratios: list[float]) -> dict:
     if len(ratios) < 3:
         figures["warning"] = f"{claim}: only {len(ratios)} run(s); at least 3 are needed to judge the spread"
     elif figures["spread"] > difference:
-        figures["warning"] = (f"{claim}: spread over {len(ratios)} runs ({figures['min']}..{figures['max']}) is wider than "
-                              f"the difference claimed ({figures['median']} vs 1.0): noise could explain it")
+        figures["warning"] = (
+            f"{claim}: spread over {len(ratios)} runs ({figures['min']}..{figures['max']}) is wider than "
+            f"the difference claimed ({figures['median']} vs 1.0): noise could explain it"
+        )
     return figures

@@ -53,25 +53,44 @@ def _measure(config: dict, model: Path, model_name: str) -> dict:
                 out = generator.generate([p for p in prompts for _ in range(samples)], samples=1, seed=0)
             seconds, cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
             slots = questions * samples * config["new_tokens"]
-            return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
-                    "token_slots_per_second": round(slots / seconds, 1),
-                    "responses": sum(len(gens) for gens in out)}
+            return {
+                "seconds": round(seconds, 3),
+                "cpu_seconds": round(cpu_seconds, 3),
+                "token_slots_per_second": round(slots / seconds, 1),
+                "responses": sum(len(gens) for gens in out),
+            }
+
         return once
 
     results = interleaved({"medo1_shared_prefill": run(True), "separate_prompts": run(False)}, config["repetitions"])
-    contenders = {name: {"runs": runs, "seconds": median_and_spread([r["seconds"] for r in runs]),
-                         "cpu_seconds": median_and_spread([r["cpu_seconds"] for r in runs])}
-                  for name, runs in results.items()}
-    ratios = [b["cpu_seconds"] / a["cpu_seconds"] for a, b in zip(results["medo1_shared_prefill"], results["separate_prompts"])]
-    return {"model": model_name, "config": config, "repetitions": config["repetitions"], "contenders": contenders,
-            "claims": [claim_check("CPU seconds, separate prompts over shared prefill", ratios)]}
+    contenders = {
+        name: {
+            "runs": runs,
+            "seconds": median_and_spread([r["seconds"] for r in runs]),
+            "cpu_seconds": median_and_spread([r["cpu_seconds"] for r in runs]),
+        }
+        for name, runs in results.items()
+    }
+    ratios = [
+        b["cpu_seconds"] / a["cpu_seconds"]
+        for a, b in zip(results["medo1_shared_prefill"], results["separate_prompts"])
+    ]
+    return {
+        "model": model_name,
+        "config": config,
+        "repetitions": config["repetitions"],
+        "contenders": contenders,
+        "claims": [claim_check("CPU seconds, separate prompts over shared prefill", ratios)],
+    }
 
 
 def summary(result: dict) -> list[str]:
     config = result["config"]
-    lines = [f"eval sampling: {result['model']}, {config['questions']} questions x {config['samples']} samples x "
-             f"{config['new_tokens']} new tokens (median of {result['repetitions']})",
-             f"{'contender':<22} {'seconds':>9} {'CPU seconds':>12}"]
+    lines = [
+        f"eval sampling: {result['model']}, {config['questions']} questions x {config['samples']} samples x "
+        f"{config['new_tokens']} new tokens (median of {result['repetitions']})",
+        f"{'contender':<22} {'seconds':>9} {'CPU seconds':>12}",
+    ]
     for name, figures in result["contenders"].items():
         lines.append(f"{name:<22} {figures['seconds']['median']:>9} {figures['cpu_seconds']['median']:>12}")
     lines += [f"WARNING: {claim['warning']}" for claim in result["claims"] if claim["warning"]]

@@ -88,10 +88,13 @@ def child(kind: str, spec_path: str, result_path: str) -> None:
         # Every module the run imports is imported before the measurement starts: module code is not the step's memory.
         import deepspeed  # noqa: F401
         import peft  # noqa: F401
+
         from medo1.config import load_config
         from medo1.metrics import read_metrics
-        from medo1.rl import ppo  # noqa: F401
-        from medo1.rl import run_rl
+        from medo1.rl import (
+            ppo,  # noqa: F401
+            run_rl,
+        )
         from medo1.rl.config import RLConfig
         from medo1.sft import SFTConfig, run_sft
 
@@ -101,7 +104,11 @@ def child(kind: str, spec_path: str, result_path: str) -> None:
             outcome = run_sft(config)
         else:
             outcome = run_rl(config)
-            updates = [m for m in read_metrics(Path(outcome.output_dir) / "metrics.jsonl") if "generated_tokens_per_second" in m]
+            updates = [
+                m
+                for m in read_metrics(Path(outcome.output_dir) / "metrics.jsonl")
+                if "generated_tokens_per_second" in m
+            ]
             result["generated_tokens_per_second"] = [m["generated_tokens_per_second"] for m in updates]
         result["final_step"] = outcome.final_step
     result.update(memory.result() if kind != "varlen" else {})
@@ -118,7 +125,11 @@ def varlen_logits(spec: dict) -> dict:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, attn_implementation=spec["attn"]).to(device).eval()
+    model = (
+        AutoModelForCausalLM.from_pretrained(spec["model"], dtype=dtype, attn_implementation=spec["attn"])
+        .to(device)
+        .eval()
+    )
     model.requires_grad_(False)  # gradients for the inputs only
     embed = model.get_input_embeddings()
     generator = torch.Generator().manual_seed(0)
@@ -141,21 +152,31 @@ def varlen_logits(spec: dict) -> dict:
     grad_difference, grad_scale = (packed_grad - separate_grad).abs().max().item(), separate_grad.abs().max().item()
     # bf16 logits carry ~3 significant digits, bf16 gradients fewer; fp32 on the CPU should agree to rounding.
     tolerance, grad_tolerance = (0.02 * scale, 0.05 * grad_scale) if cuda else (1e-4 * scale, 1e-4 * grad_scale)
-    return {"attn_implementation": spec["attn"], "lengths": lengths, "dtype": str(dtype).removeprefix("torch."),
-            "max_abs_difference": difference, "largest_logit": scale, "tolerance": tolerance,
-            "gradient_max_abs_difference": grad_difference, "largest_gradient": grad_scale,
-            "gradient_tolerance": grad_tolerance,
-            "equal": difference <= tolerance and grad_difference <= grad_tolerance}
+    return {
+        "attn_implementation": spec["attn"],
+        "lengths": lengths,
+        "dtype": str(dtype).removeprefix("torch."),
+        "max_abs_difference": difference,
+        "largest_logit": scale,
+        "tolerance": tolerance,
+        "gradient_max_abs_difference": grad_difference,
+        "largest_gradient": grad_scale,
+        "gradient_tolerance": grad_tolerance,
+        "equal": difference <= tolerance and grad_difference <= grad_tolerance,
+    }
 
 
 def greedy_generation(spec: dict) -> dict:
     """Greedy tokens and tokens/s of one engine on the demo problems' prompts."""
     import torch
+
     from medo1.models import load_tokenizer
 
     tokenizer = load_tokenizer(spec["model"])
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
-             for q in spec["questions"]]
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        for q in spec["questions"]
+    ]
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     new_tokens = spec["new_tokens"]
     if spec["engine"] == "vllm":
@@ -176,10 +197,16 @@ def greedy_generation(spec: dict) -> dict:
         model = model.to("cuda" if cuda else "cpu").eval()
         tokenizer.padding_side = "left"
         batch = tokenizer.pad({"input_ids": prompts}, return_tensors="pt").to(model.device)
-        settings = {"do_sample": False, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens,
-                    "pad_token_id": tokenizer.pad_token_id}
+        settings = {
+            "do_sample": False,
+            "max_new_tokens": new_tokens,
+            "min_new_tokens": new_tokens,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
         with torch.no_grad():
-            model.generate(**tokenizer.pad({"input_ids": prompts[:1]}, return_tensors="pt").to(model.device), **settings)
+            model.generate(
+                **tokenizer.pad({"input_ids": prompts[:1]}, return_tensors="pt").to(model.device), **settings
+            )
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -187,15 +214,22 @@ def greedy_generation(spec: dict) -> dict:
             if cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - start
-        tokens = output[:, batch["input_ids"].shape[1]:].tolist()
+        tokens = output[:, batch["input_ids"].shape[1] :].tolist()
     generated = sum(len(t) for t in tokens)
-    return {"engine": spec["engine"], "sequences": len(prompts), "generated_tokens": generated, "seconds": round(seconds, 3),
-            "tokens_per_second": round(generated / seconds, 1), "tokens": tokens}
+    return {
+        "engine": spec["engine"],
+        "sequences": len(prompts),
+        "generated_tokens": generated,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(generated / seconds, 1),
+        "tokens": tokens,
+    }
 
 
 def eval_generation(spec: dict) -> dict:
     """`medo1 eval`'s generator for one engine on the recipe's questions: decoding tokens/s after a warm-up."""
     import torch
+
     from medo1.config import load_config
     from medo1.eval import EvalConfig, _load_benchmark, benchmark_sources, build_messages, make_generator
 
@@ -212,15 +246,21 @@ def eval_generation(spec: dict) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     generated = sum(g.tokens or 0 for gens in generations for g in gens)
-    return {"engine": spec["engine"], "sequences": len(prompts), "generated_tokens": generated,
-            "seconds": round(seconds, 3), "tokens_per_second": round(generated / seconds, 1)}
+    return {
+        "engine": spec["engine"],
+        "sequences": len(prompts),
+        "generated_tokens": generated,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(generated / seconds, 1),
+    }
 
 
 # ---- parent -------------------------------------------------------------------------------------
 
 
-def run_ranks(kind: str, spec: dict, work: Path, *, processes: int, cuda: bool, timeout: int = 900,
-              torchrun: bool = False) -> list[dict]:
+def run_ranks(
+    kind: str, spec: dict, work: Path, *, processes: int, cuda: bool, timeout: int = 900, torchrun: bool = False
+) -> list[dict]:
     """`python -m bench.gpu_check --child KIND` in `processes` ranks (under torchrun when more than one, or when
     asked: DeepSpeed wants the distributed environment even for one rank); their results."""
     work.mkdir(parents=True, exist_ok=True)
@@ -228,8 +268,18 @@ def run_ranks(kind: str, spec: dict, work: Path, *, processes: int, cuda: bool, 
     spec_path.write_text(json.dumps(spec))
     module = ["-m", "bench.gpu_check", "--child", kind, str(spec_path), str(result_path)]
     if processes > 1 or torchrun:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
-                   "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *module]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(processes),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(free_port()),
+            *module,
+        ]
     else:
         command = [sys.executable, *module]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
@@ -238,8 +288,11 @@ def run_ranks(kind: str, spec: dict, work: Path, *, processes: int, cuda: bool, 
         # 32 MiB and keeping them), so the resident set follows the live tensors, as torch's allocated peak does on a GPU.
         env.update(CUDA_VISIBLE_DEVICES="", MALLOC_MMAP_THRESHOLD_="65536")
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    results = [json.loads(Path(f"{result_path}.rank{r}").read_text()) for r in range(processes)
-               if Path(f"{result_path}.rank{r}").exists()]
+    results = [
+        json.loads(Path(f"{result_path}.rank{r}").read_text())
+        for r in range(processes)
+        if Path(f"{result_path}.rank{r}").exists()
+    ]
     if proc.returncode != 0 or len(results) != processes:
         raise RuntimeError(f"{kind} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return results
@@ -301,12 +354,21 @@ class Check:
         # The GPU figure is torch's allocated peak (tensors only): compare it with the plan's tensors.
         predicted = plan.breakdown.tensors / 2**20
         peak = max(result["peak_memory_mb"] for result in measured)
-        entry = {"run": run, "predicted_mb": round(predicted, 1), "measured_mb": peak,
-                 "ratio": round(predicted / peak, 3) if peak > 0 else None,
-                 "within_tolerance": abs(predicted - peak) <= MEMORY_TOLERANCE * peak,
-                 "memory_method": measured[0]["memory_method"], "predicted_parts_mb": {
-                     name: round(value / 2**20, 1) for name, value in
-                     {**plan.breakdown.resident, **plan.breakdown.phases.get(plan.breakdown.peak_phase or "", {})}.items()}}
+        entry = {
+            "run": run,
+            "predicted_mb": round(predicted, 1),
+            "measured_mb": peak,
+            "ratio": round(predicted / peak, 3) if peak > 0 else None,
+            "within_tolerance": abs(predicted - peak) <= MEMORY_TOLERANCE * peak,
+            "memory_method": measured[0]["memory_method"],
+            "predicted_parts_mb": {
+                name: round(value / 2**20, 1)
+                for name, value in {
+                    **plan.breakdown.resident,
+                    **plan.breakdown.phases.get(plan.breakdown.peak_phase or "", {}),
+                }.items()
+            },
+        }
         self.memory.append(entry)
         return entry
 
@@ -314,11 +376,15 @@ class Check:
 def sft_benchmark(check: Check) -> dict:
     from bench import sft
 
-    shape = sft.SHAPES[("cpu", True)] if check.dry_run else replace(sft.SHAPES[("cuda", False)], rows=96, warmup_steps=2,
-                                                                      measured_steps=8)
+    shape = (
+        sft.SHAPES[("cpu", True)]
+        if check.dry_run
+        else replace(sft.SHAPES[("cuda", False)], rows=96, warmup_steps=2, measured_steps=8)
+    )
     result = sft.measure(quick=check.dry_run, gpu=check.cuda, shape=shape, repetitions=1)
     return {key: result[key] for key in ("device_name", "config", "contenders", "targets") if key in result} | (
-        {"mfu": result["mfu"]} if "mfu" in result else {})
+        {"mfu": result["mfu"]} if "mfu" in result else {}
+    )
 
 
 def varlen_equals_separate(check: Check) -> dict:
@@ -326,10 +392,17 @@ def varlen_equals_separate(check: Check) -> dict:
 
     attn = check.attn()
     if check.cuda and not attn.startswith("flash_attention_"):
-        raise StageError("no flash-attention for this GPU: padding-free varlen cannot be checked (the GPU image has "
-                         "flash-attn-4, for Hopper and newer: pip install 'medo1[gpu]')")
-    (result,) = run_ranks("varlen", {"model": str(check.model()), "attn": attn, "lengths": [37, 300, 5, 120]},
-                          check.work / "varlen", processes=1, cuda=check.cuda)
+        raise StageError(
+            "no flash-attention for this GPU: padding-free varlen cannot be checked (the GPU image has "
+            "flash-attn-4, for Hopper and newer: pip install 'medo1[gpu]')"
+        )
+    (result,) = run_ranks(
+        "varlen",
+        {"model": str(check.model()), "attn": attn, "lengths": [37, 300, 5, 120]},
+        check.work / "varlen",
+        processes=1,
+        cuda=check.cuda,
+    )
     if not result["equal"]:
         raise AssertionError(f"padding-free logits or gradients differ from separate sequences: {result}")
     return result
@@ -342,10 +415,24 @@ def sft_recipe(check: Check, out: Path, overrides: dict, same_row: bool = False)
 
     rows = demo_sft_rows(1 if same_row else 64, short=check.dry_run) * (64 if same_row else 1)
     rows = write_rows(rows, check.work / f"sft-rows{'-same' if same_row else ''}.json")
-    recipe = apply_overrides(read_yaml_mapping(SFT_RECIPE, "recipe"), [f"{k}={v}" for k, v in {
-        "model.name_or_path": check.model(), "model.attn_implementation": check.attn(), "data.path": rows,
-        "data.limit": "null", "data.max_length": 1024, "train.max_steps": 2, "output.dir": out, "output.export": "false",
-        "output.save_steps": 1000, **overrides}.items()])
+    recipe = apply_overrides(
+        read_yaml_mapping(SFT_RECIPE, "recipe"),
+        [
+            f"{k}={v}"
+            for k, v in {
+                "model.name_or_path": check.model(),
+                "model.attn_implementation": check.attn(),
+                "data.path": rows,
+                "data.limit": "null",
+                "data.max_length": 1024,
+                "train.max_steps": 2,
+                "output.dir": out,
+                "output.export": "false",
+                "output.save_steps": 1000,
+                **overrides,
+            }.items()
+        ],
+    )
     path = out.parent / f"{out.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(recipe))  # JSON is YAML
@@ -366,27 +453,59 @@ def zero3_sft_step(check: Check) -> dict:
         recipe = ppo_recipe(check, check.work / "zero3" / "run", {"train.distributed": "deepspeed_zero3"})
         kind, stage = "ppo", "rl"
     else:
-        recipe = sft_recipe(check, check.work / "zero3" / "run", {"train.distributed": "deepspeed_zero3",
-                                                                  "train.per_device_batch_size": 2, "train.precision": "bf16"})
+        recipe = sft_recipe(
+            check,
+            check.work / "zero3" / "run",
+            {"train.distributed": "deepspeed_zero3", "train.per_device_batch_size": 2, "train.precision": "bf16"},
+        )
         kind, stage = "sft", "sft"
-    results = run_ranks(kind, {"recipe": str(recipe)}, check.work / "zero3", processes=processes, cuda=check.cuda,
-                        torchrun=True)
+    results = run_ranks(
+        kind, {"recipe": str(recipe)}, check.work / "zero3", processes=processes, cuda=check.cuda, torchrun=True
+    )
     memory = check.compare_memory(f"zero3 {stage} ({processes} processes)", recipe, stage, processes, results)
-    return {"processes": processes, "why": why, "stage": stage, "final_step": results[0]["final_step"],
-            "peak_memory_mb_per_rank": [r["peak_memory_mb"] for r in results], "memory": memory}
+    return {
+        "processes": processes,
+        "why": why,
+        "stage": stage,
+        "final_step": results[0]["final_step"],
+        "peak_memory_mb_per_rank": [r["peak_memory_mb"] for r in results],
+        "memory": memory,
+    }
 
 
 def ppo_recipe(check: Check, out: Path, overrides: dict) -> Path:
     from medo1.config import apply_overrides, read_yaml_mapping
 
-    problems = [{"Open-ended Verifiable Question": f"Case {i}: is the lesion benign? Reply yes or no.", "Ground-True Answer": "yes"}
-                for i in range(16)]
+    problems = [
+        {
+            "Open-ended Verifiable Question": f"Case {i}: is the lesion benign? Reply yes or no.",
+            "Ground-True Answer": "yes",
+        }
+        for i in range(16)
+    ]
     data = write_rows(problems, check.work / "problems.json")
-    recipe = apply_overrides(read_yaml_mapping(PPO_RECIPE, "recipe"), [f"{k}={v}" for k, v in {
-        "model.name_or_path": check.model(), "data.path": data, "data.limit": "null", "sampling.response_length": 16,
-        "sampling.temperature": GREEDY_TEMPERATURE, "train.total_episodes": 8, "train.per_device_batch_size": 2,
-        "train.gradient_accumulation_steps": 2, "train.eval_fraction": 0.0, "train.warmup_ratio": 0.0, "output.dir": out,
-        "output.save_steps": 1000, "output.export": "false", **overrides}.items()])
+    recipe = apply_overrides(
+        read_yaml_mapping(PPO_RECIPE, "recipe"),
+        [
+            f"{k}={v}"
+            for k, v in {
+                "model.name_or_path": check.model(),
+                "data.path": data,
+                "data.limit": "null",
+                "sampling.response_length": 16,
+                "sampling.temperature": GREEDY_TEMPERATURE,
+                "train.total_episodes": 8,
+                "train.per_device_batch_size": 2,
+                "train.gradient_accumulation_steps": 2,
+                "train.eval_fraction": 0.0,
+                "train.warmup_ratio": 0.0,
+                "output.dir": out,
+                "output.save_steps": 1000,
+                "output.export": "false",
+                **overrides,
+            }.items()
+        ],
+    )
     path = out.parent / f"{out.name}.yaml"
     out.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(recipe))
@@ -397,27 +516,44 @@ def rollouts(check: Check) -> dict:
     """Greedy HF against vLLM on the same prompts, then a PPO update through `medo1 rl` with each engine."""
     skipped = vllm_unavailable(check.cuda)
     engines = ["hf"] + ([] if skipped else ["vllm"])
-    questions = [row["Question"][:300] for row in json.loads(DEMO.read_text())[:8 if check.dry_run else 32]]
+    questions = [row["Question"][:300] for row in json.loads(DEMO.read_text())[: 8 if check.dry_run else 32]]
     spec = {"model": str(check.model()), "questions": questions, "new_tokens": 16 if check.dry_run else 256}
-    generation = {engine: run_ranks("generate", {**spec, "engine": engine}, check.work / f"generate-{engine}", processes=1,
-                                    cuda=check.cuda)[0] for engine in engines}
-    result: dict = {"vllm": skipped or "measured", "generation": {e: {k: v for k, v in g.items() if k != "tokens"}
-                                                                  for e, g in generation.items()}}
+    generation = {
+        engine: run_ranks(
+            "generate", {**spec, "engine": engine}, check.work / f"generate-{engine}", processes=1, cuda=check.cuda
+        )[0]
+        for engine in engines
+    }
+    result: dict = {
+        "vllm": skipped or "measured",
+        "generation": {e: {k: v for k, v in g.items() if k != "tokens"} for e, g in generation.items()},
+    }
     if "vllm" in generation:
         pairs = list(zip(generation["hf"]["tokens"], generation["vllm"]["tokens"]))
         same = sum(a == b for a, b in pairs)
         agreeing = sum(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in pairs)
-        result["same_tokens"] = {"identical_sequences": same, "sequences": len(pairs),
-                                 "agreeing_prefix_tokens": agreeing, "tokens": sum(len(a) for a, _ in pairs),
-                                 "note": "bf16 kernels differ between engines: greedy paths may part after a near-tie"}
-        result["vllm_speedup"] = round(generation["vllm"]["tokens_per_second"] / generation["hf"]["tokens_per_second"], 2)
+        result["same_tokens"] = {
+            "identical_sequences": same,
+            "sequences": len(pairs),
+            "agreeing_prefix_tokens": agreeing,
+            "tokens": sum(len(a) for a, _ in pairs),
+            "note": "bf16 kernels differ between engines: greedy paths may part after a near-tie",
+        }
+        result["vllm_speedup"] = round(
+            generation["vllm"]["tokens_per_second"] / generation["hf"]["tokens_per_second"], 2
+        )
     result["ppo"] = {}
     for engine in engines:
-        recipe = ppo_recipe(check, check.work / f"ppo-{engine}" / "run", {"sampling.engine": engine,
-                                                                           "sampling.response_length": 16 if check.dry_run else 256})
+        recipe = ppo_recipe(
+            check,
+            check.work / f"ppo-{engine}" / "run",
+            {"sampling.engine": engine, "sampling.response_length": 16 if check.dry_run else 256},
+        )
         (run,) = run_ranks("ppo", {"recipe": str(recipe)}, check.work / f"ppo-{engine}", processes=1, cuda=check.cuda)
-        result["ppo"][engine] = {"generated_tokens_per_second": run["generated_tokens_per_second"],
-                                 "memory": check.compare_memory(f"ppo {engine} (1 process)", recipe, "rl", 1, [run])}
+        result["ppo"][engine] = {
+            "generated_tokens_per_second": run["generated_tokens_per_second"],
+            "memory": check.compare_memory(f"ppo {engine} (1 process)", recipe, "rl", 1, [run]),
+        }
     return result
 
 
@@ -427,12 +563,21 @@ EVAL_RECIPE = REPO / "recipes" / "eval-mcq.yaml"
 def eval_recipe(check: Check, engine: str, questions: int, new_tokens: int) -> Path:
     """An eval recipe on the check's model: the demo's MCQ rows as published-shape questions, the huatuo preset's
     prompt and decoding, `new_tokens` at most (the random-weights model on the GPU runs every answer to the cap)."""
-    rows = [{k: row[k] for k in ("question", "options", "answer_idx", "answer")} for row in json.loads(DEMO.read_text())]
+    rows = [
+        {k: row[k] for k in ("question", "options", "answer_idx", "answer")} for row in json.loads(DEMO.read_text())
+    ]
     rows = (rows * (questions // len(rows) + 1))[:questions]
     data = write_rows(rows, check.work / f"eval-questions-{questions}.json")
-    recipe = {"model": str(check.model()), "benchmarks": {"MedQA_USLME_test": str(data)}, "preset": "huatuo",
-              "max_new_tokens": new_tokens, "engine": engine, "batch_size": 64,
-              "vllm": {"gpu_memory_utilization": 0.5}, "output_dir": str(check.work / "eval-out")}
+    recipe = {
+        "model": str(check.model()),
+        "benchmarks": {"MedQA_USLME_test": str(data)},
+        "preset": "huatuo",
+        "max_new_tokens": new_tokens,
+        "engine": engine,
+        "batch_size": 64,
+        "vllm": {"gpu_memory_utilization": 0.5},
+        "output_dir": str(check.work / "eval-out"),
+    }
     path = check.work / f"eval-{engine}.yaml"
     path.write_text(json.dumps(recipe))
     return path
@@ -448,8 +593,13 @@ def eval_engines(check: Check) -> dict:
     result: dict = {"vllm": skipped or "measured", "engines": {}}
     for engine in engines:
         recipe = eval_recipe(check, engine, questions, new_tokens)
-        (run,) = run_ranks("eval_generate", {"recipe": str(recipe), "engine": engine}, check.work / f"eval-{engine}",
-                           processes=1, cuda=check.cuda)
+        (run,) = run_ranks(
+            "eval_generate",
+            {"recipe": str(recipe), "engine": engine},
+            check.work / f"eval-{engine}",
+            processes=1,
+            cuda=check.cuda,
+        )
         entry = {k: run[k] for k in ("sequences", "generated_tokens", "seconds", "tokens_per_second")}
         if check.cuda:
             planned = plan_stage(str(recipe), cluster=check.cluster(1), stage="eval", check_fixes=False).time
@@ -457,24 +607,39 @@ def eval_engines(check: Check) -> dict:
             planned_step = in_flight / planned["tokens_per_second"]
             # The random-weights model runs every answer to the cap: a decoding step per new token and wave.
             measured_step = run["seconds"] / (new_tokens * -(-run["sequences"] // in_flight))
-            entry.update({"planned_tokens_per_second": planned["tokens_per_second"],
-                          "planned_step_ms": round(1000 * planned_step, 3), "measured_step_ms": round(1000 * measured_step, 3),
-                          "step_overhead_ms": round(1000 * max(0.0, measured_step - planned_step), 3)})
+            entry.update(
+                {
+                    "planned_tokens_per_second": planned["tokens_per_second"],
+                    "planned_step_ms": round(1000 * planned_step, 3),
+                    "measured_step_ms": round(1000 * measured_step, 3),
+                    "step_overhead_ms": round(1000 * max(0.0, measured_step - planned_step), 3),
+                }
+            )
         result["engines"][engine] = entry
     if check.cuda:
         # A decoding step of the 7B model: the plan's (bandwidth or compute bound) plus the fixed per-step cost
         # (scheduling, kernel launches, sampling) measured here on the small model, where the bound is tiny.
         engine = engines[-1]
-        published = plan_stage(str(EVAL_RECIPE), cluster=check.cluster(1), stage="eval", architecture="Qwen2.5-7B",
-                               check_fixes=False, overrides=[f"engine={engine}"]).time
+        published = plan_stage(
+            str(EVAL_RECIPE),
+            cluster=check.cluster(1),
+            stage="eval",
+            architecture="Qwen2.5-7B",
+            check_fixes=False,
+            overrides=[f"engine={engine}"],
+        ).time
         step = published["sequences_in_flight"] / published["tokens_per_second"]
         overhead = result["engines"][engine]["step_overhead_ms"] / 1000
         result["published_sets"] = {
-            "recipe": str(EVAL_RECIPE.relative_to(REPO)), "architecture": "Qwen2.5-7B", "engine": engine,
-            "rows": published["rows"], "max_new_tokens": 2000, "planned_minutes": published["minutes"],
+            "recipe": str(EVAL_RECIPE.relative_to(REPO)),
+            "architecture": "Qwen2.5-7B",
+            "engine": engine,
+            "rows": published["rows"],
+            "max_new_tokens": 2000,
+            "planned_minutes": published["minutes"],
             "projected_minutes": round(published["minutes"] * (step + overhead) / step, 1),
             "note": "upper bound: every answer runs to the 2,000-token cap; the plan's step time plus the per-step "
-                    "overhead measured on this GPU",
+            "overhead measured on this GPU",
         }
     return result
 
@@ -483,8 +648,9 @@ def sft_memory(check: Check) -> dict:
     """Full fine-tuning and LoRA through `medo1 sft`, one process: measured peak against the plan's."""
     result = {}
     for name, overrides in (("full", {}), ("lora", {"lora.enabled": "true", "lora.dropout": 0.0})):
-        recipe = sft_recipe(check, check.work / f"sft-{name}" / "run", {"train.per_device_batch_size": 4, **overrides},
-                            same_row=True)
+        recipe = sft_recipe(
+            check, check.work / f"sft-{name}" / "run", {"train.per_device_batch_size": 4, **overrides}, same_row=True
+        )
         runs = run_ranks("sft", {"recipe": str(recipe)}, check.work / f"sft-{name}", processes=1, cuda=check.cuda)
         result[name] = check.compare_memory(f"sft {name} (1 process)", recipe, "sft", 1, runs)
     return result
@@ -505,8 +671,13 @@ def run_check(dry_run: bool, only: list[str] | None = None) -> dict:
 
     from bench.run import environment
 
-    record: dict = {"benchmark": "gpu_check", "dry_run": dry_run, "date": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-                    "environment": environment(), "steps": {}}
+    record: dict = {
+        "benchmark": "gpu_check",
+        "dry_run": dry_run,
+        "date": datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+        "environment": environment(),
+        "steps": {},
+    }
     if not dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu-check needs a CUDA GPU; on the CPU run it with --dry-run")
     started = time.perf_counter()
@@ -519,7 +690,11 @@ def run_check(dry_run: bool, only: list[str] | None = None) -> dict:
             try:
                 outcome = {"status": "ok", **step(check)}
             except Exception as exc:  # a failed step is recorded and counted; the others still run
-                outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+                outcome = {
+                    "status": "failed",
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()[-3000:],
+                }
             outcome["seconds"] = round(time.perf_counter() - step_started, 1)
             record["steps"][name] = outcome
             print(step_line(name, outcome), flush=True)
@@ -536,33 +711,49 @@ def step_line(name: str, outcome: dict) -> str:
 
 
 def summary(record: dict) -> list[str]:
-    lines = [f"gpu-check{' --dry-run' if record['dry_run'] else ''}: {len(record['steps'])} steps in {record['seconds']} s, "
-             f"{len(record['failed'])} failed"]
+    lines = [
+        f"gpu-check{' --dry-run' if record['dry_run'] else ''}: {len(record['steps'])} steps in {record['seconds']} s, "
+        f"{len(record['failed'])} failed"
+    ]
     lines.append(f"{'memory: run':<36} {'predicted MB':>12} {'measured MB':>12} {'ratio':>6}  method")
     for entry in record["memory"]:
-        lines.append(f"{entry['run']:<36} {entry['predicted_mb']:>12} {entry['measured_mb']:>12} {entry['ratio']:>6}  "
-                     f"{entry['memory_method']}")
+        lines.append(
+            f"{entry['run']:<36} {entry['predicted_mb']:>12} {entry['measured_mb']:>12} {entry['ratio']:>6}  "
+            f"{entry['memory_method']}"
+        )
     rollout = record["steps"].get("rollouts", {})
     if rollout.get("status") == "ok":
         for engine, figures in rollout["generation"].items():
-            lines.append(f"rollouts {engine}: {figures['tokens_per_second']} tokens/s greedy ({figures['sequences']} sequences)")
+            lines.append(
+                f"rollouts {engine}: {figures['tokens_per_second']} tokens/s greedy ({figures['sequences']} sequences)"
+            )
         if "same_tokens" in rollout:
             same = rollout["same_tokens"]
-            lines.append(f"rollouts hf vs vllm: {same['identical_sequences']}/{same['sequences']} identical, "
-                         f"{same['agreeing_prefix_tokens']}/{same['tokens']} tokens before the first difference")
+            lines.append(
+                f"rollouts hf vs vllm: {same['identical_sequences']}/{same['sequences']} identical, "
+                f"{same['agreeing_prefix_tokens']}/{same['tokens']} tokens before the first difference"
+            )
         else:
             lines.append(f"rollouts vllm: skipped ({rollout['vllm']})")
     evaluation = record["steps"].get("eval_engines", {})
     if evaluation.get("status") == "ok":
         for engine, figures in evaluation["engines"].items():
-            planned = (f", plan {figures['planned_tokens_per_second']} tokens/s, step {figures['measured_step_ms']} ms "
-                       f"measured / {figures['planned_step_ms']} ms planned" if "planned_tokens_per_second" in figures else "")
-            lines.append(f"eval {engine}: {figures['tokens_per_second']} tokens/s ({figures['sequences']} questions){planned}")
+            planned = (
+                f", plan {figures['planned_tokens_per_second']} tokens/s, step {figures['measured_step_ms']} ms "
+                f"measured / {figures['planned_step_ms']} ms planned"
+                if "planned_tokens_per_second" in figures
+                else ""
+            )
+            lines.append(
+                f"eval {engine}: {figures['tokens_per_second']} tokens/s ({figures['sequences']} questions){planned}"
+            )
         if "published_sets" in evaluation:
             published = evaluation["published_sets"]
-            lines.append(f"eval of the published sets ({published['rows']:,} rows, {published['max_new_tokens']}-token cap, "
-                         f"{published['architecture']}, {published['engine']}): {published['projected_minutes']} min "
-                         f"projected (plan: {published['planned_minutes']} min; {published['note']})")
+            lines.append(
+                f"eval of the published sets ({published['rows']:,} rows, {published['max_new_tokens']}-token cap, "
+                f"{published['architecture']}, {published['engine']}): {published['projected_minutes']} min "
+                f"projected (plan: {published['planned_minutes']} min; {published['note']})"
+            )
         if evaluation["vllm"] != "measured":
             lines.append(f"eval vllm: skipped ({evaluation['vllm']})")
     return lines
@@ -585,7 +776,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="the same steps on the CPU with tiny shapes")
-    parser.add_argument("--only", action="append", default=[], choices=list(STEPS), help="run only this step (repeatable)")
+    parser.add_argument(
+        "--only", action="append", default=[], choices=list(STEPS), help="run only this step (repeatable)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON record goes")
     args = parser.parse_args(argv)
     record = run_check(args.dry_run, args.only)

@@ -45,15 +45,23 @@ def measure(quick: bool = False) -> dict:
         for engine in engines:
             for algo in ("ppo", "grpo"):
                 name = f"{algo}_{engine}"
-                spec = {"model": str(model), "data": str(problems), "algo": algo, "engine": engine,
-                        "updates": updates, "response_length": response_length, "out": str(tmp / name / "run")}
+                spec = {
+                    "model": str(model),
+                    "data": str(problems),
+                    "algo": algo,
+                    "engine": engine,
+                    "updates": updates,
+                    "response_length": response_length,
+                    "out": str(tmp / name / "run"),
+                }
                 # HF generate runs on the CPU, like the tiny recipe; vLLM needs the GPU.
                 with measuring(f"{name}, {updates} update(s)"):
                     runs[name] = run_figures(run_child("bench.rl", spec, tmp / name, hide_gpu=engine == "hf"))
     return {
         "config": {
             "recipe": str(RECIPE.relative_to(REPO)),
-            "problems": "the recipe's (the demo set's verifiable problems)" + (", questions cut short (--quick)" if quick else ""),
+            "problems": "the recipe's (the demo set's verifiable problems)"
+            + (", questions cut short (--quick)" if quick else ""),
             "model": "tiny Qwen2 (medo1.models.init_tiny_model), random weights",
             "device": "cpu (hf engine)",
             "updates": updates,
@@ -118,8 +126,9 @@ def summary(result: dict) -> list[str]:
 
 def timed_grpo_trainer():
     """medo1's GRPO trainer class, timing generation, the rollout and each optimizer step."""
-    from medo1.rl.grpo import Medo1GRPOTrainer
     from transformers import TrainerCallback
+
+    from medo1.rl.grpo import Medo1GRPOTrainer
 
     class StepTimer(TrainerCallback):
         def __init__(self, trainer):

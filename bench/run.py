@@ -77,8 +77,13 @@ def environment() -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", action="append", default=[], metavar="NAME[,NAME]",
-                        help=f"run only these benchmarks: {', '.join(BENCHMARKS)}")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help=f"run only these benchmarks: {', '.join(BENCHMARKS)}",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny step counts (checks the wiring, not the speed)")
     parser.add_argument("--gpu", action="store_true", help="run the GPU SFT benchmark alone; fails without CUDA")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON files go")

@@ -139,8 +139,10 @@ def attention_implementation(gpu: bool) -> str:
     if not gpu:
         return "sdpa"
     hopper = torch.cuda.get_device_capability()[0] >= 9
-    for distribution, implementation, usable in (("flash-attn-4", "flash_attention_4", hopper),
-                                                 ("flash-attn", "flash_attention_2", True)):
+    for distribution, implementation, usable in (
+        ("flash-attn-4", "flash_attention_4", hopper),
+        ("flash-attn", "flash_attention_2", True),
+    ):
         try:
             metadata.version(distribution)
         except metadata.PackageNotFoundError:
@@ -201,7 +203,8 @@ def contender_figures(raw: dict, warmup: int) -> dict:
         "real_token_share": round(real / batch, 4),
         "lowest_micro_batch_real_token_share": round(min(mb["real_tokens"] / mb["batch_tokens"] for mb in micro), 4),
         "examples_per_step": [sum(len(mb["examples"]) for mb in step["micro_batches"]) for step in measured]
-        if known else None,
+        if known
+        else None,
         "step_seconds": [round(b["end_time"] - a["end_time"], 3) for a, b in zip(steps[warmup - 1 :], measured)],
         **{key: raw[key] for key in ("peak_memory_mb", "peak_rss_mb", "memory_method") if key in raw},
     }
@@ -223,13 +226,19 @@ def summarise(raw: dict[str, list[dict]], shape: Shape, *, device: str, params: 
         contenders[name] = figures
     for name in MATCHED:
         contenders[name]["same_batches_as_trl_sft_defaults"] = all(
-            fingerprints(run) == fingerprints(reference) for run, reference in zip(raw[name], raw[REFERENCE]))
+            fingerprints(run) == fingerprints(reference) for run, reference in zip(raw[name], raw[REFERENCE])
+        )
     ours = contenders["medo1_padding_free"]
     if ours["same_batches_as_trl_sft_defaults"]:
         ours["examples_per_step"] = contenders[REFERENCE]["examples_per_step"]
     # Ratios pair each run with the padded loop's run of the same repetition (the same stretch of machine load).
-    ratios = {name: [run["tokens_per_second"] / padded["tokens_per_second"] for run, padded in zip(runs[name], runs["padded_loop"])]
-              for name in CONTENDERS}
+    ratios = {
+        name: [
+            run["tokens_per_second"] / padded["tokens_per_second"]
+            for run, padded in zip(runs[name], runs["padded_loop"])
+        ]
+        for name in CONTENDERS
+    }
     for name, figures in contenders.items():
         figures["vs_padded_loop"] = round(median_and_spread(ratios[name])["median"], 2)
     device_name = raw[REFERENCE][0]["device_name"]
@@ -354,7 +363,11 @@ def medo1_config(spec: dict, batching: str):
                 "seed": SEED,
             },
             "output": {
-                "dir": spec["out"], "save_steps": 10**9, "keep": 1, "export": False, "logging_steps": 1,
+                "dir": spec["out"],
+                "save_steps": 10**9,
+                "keep": 1,
+                "export": False,
+                "logging_steps": 1,
                 "batch_trace": True,
             },
         }
@@ -394,12 +407,13 @@ def first_index(sequences: list[list[int]]) -> dict[tuple[int, ...], int]:
 
 
 def run_trl_defaults(spec: dict, memory: PeakMemory) -> list[dict]:
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
     from medo1.metrics import read_metrics
     from medo1.metrics_callback import JsonlMetrics
     from medo1.models import load_tokenizer
     from medo1.sft import load_model, prepare_dataset
-    from trl import SFTConfig as TRLSFTConfig
-    from trl import SFTTrainer
 
     class RecordingSFTTrainer(SFTTrainer):
         """SFTTrainer unchanged, noting the examples and tokens of each micro-batch it trains on."""
@@ -518,4 +532,3 @@ def run_contender(spec: dict) -> dict:
 
 if __name__ == "__main__":
     child_main(run_contender)
-

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from babel import Locale
-from medo1.translate import TranslateConfig, run_translate
-from medo1.translation_checks import TranslationChecks, detector
 
 from bench.common import measuring
+from medo1.translate import TranslateConfig, run_translate
+from medo1.translation_checks import TranslationChecks, detector
 from pipelines.openai_standin import PHRASEBOOKS, StandIn, fake_translate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,8 +37,13 @@ def measure(records: int = 48, latency_s: float = 0.25, levels: tuple[int, ...] 
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 config = TranslateConfig(
-                    input=str(DEMO), output=str(Path(tmp) / "out.jsonl"), format="verifiable",
-                    target_language="Japanese", base_url=server.base_url, concurrency=concurrency, limit=records,
+                    input=str(DEMO),
+                    output=str(Path(tmp) / "out.jsonl"),
+                    format="verifiable",
+                    target_language="Japanese",
+                    base_url=server.base_url,
+                    concurrency=concurrency,
+                    limit=records,
                 )
                 start = time.perf_counter()
                 with measuring(f"{records} records at concurrency {concurrency}"):
@@ -46,13 +51,25 @@ def measure(records: int = 48, latency_s: float = 0.25, levels: tuple[int, ...] 
                 elapsed = time.perf_counter() - start
         finally:
             server.stop()
-        rows.append({"concurrency": concurrency, "records": summary["records"], "translated": summary["translated"],
-                     "seconds": round(elapsed, 3), "records_per_second": round(summary["records"] / elapsed, 2)})
+        rows.append(
+            {
+                "concurrency": concurrency,
+                "records": summary["records"],
+                "translated": summary["translated"],
+                "seconds": round(elapsed, 3),
+                "records_per_second": round(summary["records"] / elapsed, 2),
+            }
+        )
     base = rows[0]["records_per_second"]
     for row in rows:
         row["speedup_vs_sequential"] = round(row["records_per_second"] / base, 2)
-    return {"benchmark": "translate_concurrency", "latency_s": latency_s, "records": records, "results": rows,
-            "checks": measure_checks()}
+    return {
+        "benchmark": "translate_concurrency",
+        "latency_s": latency_s,
+        "records": records,
+        "results": rows,
+        "checks": measure_checks(),
+    }
 
 
 def measure_checks(records: int | None = None, languages: tuple[str, ...] = tuple(PHRASEBOOKS)) -> dict:
@@ -69,8 +86,14 @@ def measure_checks(records: int | None = None, languages: tuple[str, ...] = tupl
         start = time.perf_counter()
         rejected = sum(bool(checks.problems(payload, answer)) for payload, answer in zip(payloads, answers))
         elapsed = time.perf_counter() - start
-        rows.append({"language": checks.name, "records": len(payloads), "rejected": rejected,
-                     "seconds": round(elapsed, 3), "records_per_second": round(len(payloads) / elapsed, 1),
-                     "characters_per_second": round(sum(len(json.dumps(a, ensure_ascii=False)) for a in answers)
-                                                    / elapsed)})
+        rows.append(
+            {
+                "language": checks.name,
+                "records": len(payloads),
+                "rejected": rejected,
+                "seconds": round(elapsed, 3),
+                "records_per_second": round(len(payloads) / elapsed, 1),
+                "characters_per_second": round(sum(len(json.dumps(a, ensure_ascii=False)) for a in answers) / elapsed),
+            }
+        )
     return {"fields": list(fields), "language_models_load_s": round(load_s, 3), "results": rows}

@@ -59,9 +59,14 @@ def training_progress(row: dict[str, Any]) -> str | None:
     """One metrics.jsonl row as a progress line, or None for the end-of-run summary row."""
     if "step" not in row or "train_runtime" in row:
         return None
-    parts = [("loss", "loss {:.3f}", 1), ("mean_token_accuracy", "token accuracy {:.1f}%", 100),
-             ("reward_mean", "reward {:.3f}", 1), ("reward", "reward {:.3f}", 1),
-             ("format_ok_rate", "format ok {:.0f}%", 100), ("kl", "kl {:.4f}", 1)]
+    parts = [
+        ("loss", "loss {:.3f}", 1),
+        ("mean_token_accuracy", "token accuracy {:.1f}%", 100),
+        ("reward_mean", "reward {:.3f}", 1),
+        ("reward", "reward {:.3f}", 1),
+        ("format_ok_rate", "format ok {:.0f}%", 100),
+        ("kl", "kl {:.4f}", 1),
+    ]
     shown = [text.format(row[key] * scale) for key, text, scale in parts if isinstance(row.get(key), (int, float))]
     return f"step {row['step']}: " + ", ".join(shown) if shown else None
 
@@ -81,22 +86,38 @@ def step_result(label: str, output: dict[str, Any]) -> str:
             if artifact.get("name") == "metrics":
                 metrics.update(artifact.get("metadata", {}))
     if label in TRAINING_STEPS:
-        shown = [("loss", "loss {}"), ("token_accuracy", "token accuracy {}"), ("reward", "reward {}"),
-                 ("format_ok", "format ok {}"), ("kl", "kl {}"), ("tokens_per_second", "{} tokens/s"),
-                 ("generated_tokens_per_second", "{} generated tokens/s"), ("train_time_s", "{} s training")]
+        shown = [
+            ("loss", "loss {}"),
+            ("token_accuracy", "token accuracy {}"),
+            ("reward", "reward {}"),
+            ("format_ok", "format ok {}"),
+            ("kl", "kl {}"),
+            ("tokens_per_second", "{} tokens/s"),
+            ("generated_tokens_per_second", "{} generated tokens/s"),
+            ("train_time_s", "{} s training"),
+        ]
         return ", ".join(text.format(_figure(key, metrics[key])) for key, text in shown if key in metrics)
     if label == "translate":
-        return "; ".join(f"{name.upper()} set {metrics[f'{name}_kept']:.0f} kept, {metrics[f'{name}_rejected']:.0f} rejected, "
-                         f"{metrics[f'{name}_validation_retries']:.0f} retried" for name in ("sft", "rl")
-                         if f"{name}_kept" in metrics)
+        return "; ".join(
+            f"{name.upper()} set {metrics[f'{name}_kept']:.0f} kept, {metrics[f'{name}_rejected']:.0f} rejected, "
+            f"{metrics[f'{name}_validation_retries']:.0f} retried"
+            for name in ("sft", "rl")
+            if f"{name}_kept" in metrics
+        )
     if label == "plan":
-        memory = ", ".join(f"{key.removesuffix('_memory_gib')} {value:.2f} GiB" for key, value in metrics.items()
-                           if key.endswith("_memory_gib"))
+        memory = ", ".join(
+            f"{key.removesuffix('_memory_gib')} {value:.2f} GiB"
+            for key, value in metrics.items()
+            if key.endswith("_memory_gib")
+        )
         hours = f"; {metrics['gpu_hours']} GPU-hours" if metrics.get("gpu_hours") else ""
         return f"{params.get('Output', '')}{hours}; memory per GPU or process: {memory}"
     if label == "eval" and metrics:
-        models = ", ".join(f"{key.split('_', 1)[0]} {value:.1%}" for key, value in metrics.items()
-                           if key.endswith("_accuracy") and key != "average_accuracy")
+        models = ", ".join(
+            f"{key.split('_', 1)[0]} {value:.1%}"
+            for key, value in metrics.items()
+            if key.endswith("_accuracy") and key != "average_accuracy"
+        )
         return f"average accuracy {metrics.get('average_accuracy', 0.0):.1%} ({models})"
     if "path" in params:
         return str(params["path"])
@@ -214,7 +235,9 @@ class StepConsole(io.TextIOBase):
         attempt = self.ran.count(task)
         label = self.label
         self.step_log = self.log_path(label).open("a", encoding="utf-8", buffering=1)
-        self.step_log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} step {label} (task {task}), attempt {attempt}\n")
+        self.step_log.write(
+            f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} step {label} (task {task}), attempt {attempt}\n"
+        )
         # The runner retries a failed step as its retry policy allows; a training step resumes from its checkpoint.
         self.say(label, "started" if attempt == 1 else f"started again (attempt {attempt}: the step's retry policy)")
         if label in TRAINING_STEPS:

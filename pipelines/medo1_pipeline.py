@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
+
 from medo1 import k8s
 
 COMPILED = Path(__file__).with_suffix(".yaml")
@@ -48,7 +49,9 @@ component = dsl.component(base_image=IMAGE, install_kfp_package=False)
 
 
 @component
-def run_directory(workspace: str, run_name: str, run_id: str) -> NamedTuple("RunDirectory", [("path", str), ("name", str)]):
+def run_directory(workspace: str, run_name: str, run_id: str) -> NamedTuple(
+    "RunDirectory", [("path", str), ("name", str)]
+):
     """The run's folder on the checkpoints volume: `run_name` when given (to resume an earlier run), else the run id."""
     import re
     from collections import namedtuple
@@ -64,8 +67,17 @@ def run_directory(workspace: str, run_name: str, run_id: str) -> NamedTuple("Run
 
 
 @component
-def doctor(backend: str, profile: str, nodes: int, gpus_per_node: int, data_pvc: str, checkpoints_pvc: str,
-           hf_cache_pvc: str, allow_unchecked: bool, report: dsl.Output[dsl.Markdown]) -> str:
+def doctor(
+    backend: str,
+    profile: str,
+    nodes: int,
+    gpus_per_node: int,
+    data_pvc: str,
+    checkpoints_pvc: str,
+    hf_cache_pvc: str,
+    allow_unchecked: bool,
+    report: dsl.Output[dsl.Markdown],
+) -> str:
     """`medo1 doctor` on the namespace the training steps launch into, with their chart values: the run
     fails here, before any GPU is asked for, when a CRD, Secret key, PVC, permission, GPU node or Kueue
     queue is missing, or Kueue does not manage the backend's jobs (the table, with the fix for each
@@ -83,8 +95,16 @@ def doctor(backend: str, profile: str, nodes: int, gpus_per_node: int, data_pvc:
     from medo1.launch.kubernetes import default_namespace
 
     namespace = default_namespace()
-    values = [f"backend={backend}", *chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc,
-                                                 hf_cache_pvc=hf_cache_pvc, nodes=nodes, gpus_per_node=gpus_per_node)]
+    values = [
+        f"backend={backend}",
+        *chart_values(
+            data_pvc=data_pvc,
+            checkpoints_pvc=checkpoints_pvc,
+            hf_cache_pvc=hf_cache_pvc,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+        ),
+    ]
     needs = checks.profile_needs(profile=profile or None, values_files=[], value_overrides=values, namespace=namespace)
     cluster = checks.ClusterReader(bound_requests(checks.api_client(), DEFAULT_REQUEST_TIMEOUT_S))
     findings = checks.diagnose(cluster, needs)
@@ -93,17 +113,38 @@ def doctor(backend: str, profile: str, nodes: int, gpus_per_node: int, data_pvc:
     if checks.exit_code(findings, allow_unchecked):
         failed = sum(f.status == "fail" for f in findings)
         unchecked = sum(f.status == "unchecked" for f in findings)
-        raise RuntimeError(f"medo1 doctor: {failed} check(s) failed and {unchecked} could not be made: the namespace "
-                           "is not ready for this run (the table above and this step's Markdown give the fix for "
-                           "each; doctor_allow_unchecked accepts what the step's account may not read)")
+        raise RuntimeError(
+            f"medo1 doctor: {failed} check(s) failed and {unchecked} could not be made: the namespace "
+            "is not ready for this run (the table above and this step's Markdown give the fix for "
+            "each; doctor_allow_unchecked accepts what the step's account may not read)"
+        )
     return "passed"
 
 
 @component
-def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list, rl_overrides: list, eval_overrides: list,
-         base_model: str, sft_data: str, rl_data: str, rl_algorithm: str, run_dir: str, backend: str, profile: str, nodes: int,
-         gpus_per_node: int, data_pvc: str, checkpoints_pvc: str, hf_cache_pvc: str, plan_strict: bool,
-         report: dsl.Output[dsl.Markdown], metrics: dsl.Output[dsl.Metrics]) -> str:
+def plan(
+    sft_recipe: str,
+    rl_recipe: str,
+    eval_recipe: str,
+    sft_overrides: list,
+    rl_overrides: list,
+    eval_overrides: list,
+    base_model: str,
+    sft_data: str,
+    rl_data: str,
+    rl_algorithm: str,
+    run_dir: str,
+    backend: str,
+    profile: str,
+    nodes: int,
+    gpus_per_node: int,
+    data_pvc: str,
+    checkpoints_pvc: str,
+    hf_cache_pvc: str,
+    plan_strict: bool,
+    report: dsl.Output[dsl.Markdown],
+    metrics: dsl.Output[dsl.Metrics],
+) -> str:
     """`medo1 plan` of the SFT, RL and eval stages as this run launches them (its recipes, overrides, model and
     cluster): memory per GPU, time, GPU-hours and checkpoint volume, planned on the source data. Every stage's
     inputs are checked first (data files, local model folders, Hub ids in the cache or readable with the run's
@@ -115,8 +156,8 @@ def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list,
     from medo1 import k8s
     from medo1.launch.rendering import job_values
     from medo1.pipeline_steps import (
-        check_launch_inputs,
         chart_values,
+        check_launch_inputs,
         plan_markdown,
         plan_metrics,
         plan_stages,
@@ -124,21 +165,54 @@ def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list,
         stage_overrides,
     )
 
-    values = chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc, nodes=nodes,
-                          gpus_per_node=gpus_per_node)
+    values = chart_values(
+        data_pvc=data_pvc,
+        checkpoints_pvc=checkpoints_pvc,
+        hf_cache_pvc=hf_cache_pvc,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+    )
     # The values a trainjob run's jobs are rendered from are the chart's, as for a PyTorchJob.
-    launch = dict(backend="local" if backend == "local" else "pytorchjob", profile=profile or None,
-                  value_overrides=values, nproc=None if gpus_per_node else 1)
+    launch = dict(
+        backend="local" if backend == "local" else "pytorchjob",
+        profile=profile or None,
+        value_overrides=values,
+        nproc=None if gpus_per_node else 1,
+    )
     sft_export, rl_export = f"{run_dir}/sft/export", f"{run_dir}/rl/export"
     launches = [
-        ("sft", job_values("sft", recipe=sft_recipe, **launch,
-                           overrides=stage_overrides(sft_overrides, model=base_model, data=sft_data, output_dir=f"{run_dir}/sft"))),
-        ("rl", job_values("rl", recipe=rl_recipe, **launch, overrides=stage_overrides(
-            rl_overrides, model=sft_export, data=rl_data, output_dir=f"{run_dir}/rl", algorithm=rl_algorithm))),
+        (
+            "sft",
+            job_values(
+                "sft",
+                recipe=sft_recipe,
+                **launch,
+                overrides=stage_overrides(sft_overrides, model=base_model, data=sft_data, output_dir=f"{run_dir}/sft"),
+            ),
+        ),
+        (
+            "rl",
+            job_values(
+                "rl",
+                recipe=rl_recipe,
+                **launch,
+                overrides=stage_overrides(
+                    rl_overrides, model=sft_export, data=rl_data, output_dir=f"{run_dir}/rl", algorithm=rl_algorithm
+                ),
+            ),
+        ),
         # The eval step runs in its own pod, on one GPU (none on a CPU run).
-        ("eval", job_values("eval", recipe=eval_recipe, backend="pytorchjob", profile=profile or None,
-                            value_overrides=[*values, f"jobs.eval.gpus={1 if gpus_per_node else 0}"],
-                            overrides=[*eval_overrides, f"model={rl_export}"])),
+        (
+            "eval",
+            job_values(
+                "eval",
+                recipe=eval_recipe,
+                backend="pytorchjob",
+                profile=profile or None,
+                value_overrides=[*values, f"jobs.eval.gpus={1 if gpus_per_node else 0}"],
+                overrides=[*eval_overrides, f"model={rl_export}"],
+            ),
+        ),
     ]
     check_launch_inputs(launches, mounts=[] if backend == "local" else ["/data", "/checkpoints", "/hf-cache"])
     planned = plan_stages(launches)
@@ -156,7 +230,8 @@ def plan(sft_recipe: str, rl_recipe: str, eval_recipe: str, sft_overrides: list,
 
 @component
 def check_data(sft_data: str, rl_data: str, report: dsl.Output[dsl.Markdown]) -> NamedTuple(
-        "DataPaths", [("sft_data", str), ("rl_data", str)]):
+    "DataPaths", [("sft_data", str), ("rl_data", str)]
+):
     """Translation skipped: the source files are used as they are, after a format check of every row."""
     from collections import namedtuple
     from pathlib import Path
@@ -181,8 +256,15 @@ def check_data(sft_data: str, rl_data: str, report: dsl.Output[dsl.Markdown]) ->
 
 @component
 def translate(
-    sft_data: str, rl_data: str, target_language: str, base_url: str, model: str, limit: int, run_dir: str,
-    summary: dsl.Output[dsl.Markdown], metrics: dsl.Output[dsl.Metrics],
+    sft_data: str,
+    rl_data: str,
+    target_language: str,
+    base_url: str,
+    model: str,
+    limit: int,
+    run_dir: str,
+    summary: dsl.Output[dsl.Markdown],
+    metrics: dsl.Output[dsl.Metrics],
 ) -> NamedTuple("DataPaths", [("sft_data", str), ("rl_data", str)]):
     """Translate the SFT and RL sets; the key comes from $OPENAI_API_KEY (an existing Secret). The UI shows the
     kept / retried / rejected counts by reason (Metrics) and a short summary (Markdown)."""
@@ -196,8 +278,13 @@ def translate(
     summaries = {}
     for name, path, data_format in (("sft", sft_data, "medical_o1"), ("rl", rl_data, "verifiable")):
         output = f"{run_dir}/data/{data_format}.{target_language.lower()}.jsonl"
-        overrides = [f"input={path}", f"output={output}", f"format={data_format}", f"target_language={target_language}",
-                     f"model={model}"]
+        overrides = [
+            f"input={path}",
+            f"output={output}",
+            f"format={data_format}",
+            f"target_language={target_language}",
+            f"model={model}",
+        ]
         overrides += [f"base_url={base_url}"] if base_url else []
         overrides += [f"limit={limit}"] if limit > 0 else []
         summaries[name] = run_translate(load_config(TranslateConfig, None, overrides))  # prints its summary
@@ -247,8 +334,13 @@ def train(
         stage,
         backend=backend,
         profile=profile,
-        value_overrides=chart_values(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc,
-                                     nodes=nodes, gpus_per_node=gpus_per_node),
+        value_overrides=chart_values(
+            data_pvc=data_pvc,
+            checkpoints_pvc=checkpoints_pvc,
+            hf_cache_pvc=hf_cache_pvc,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+        ),
         recipe=recipe,
         overrides=stage_overrides(overrides, model=model, data=data, output_dir=output_dir, algorithm=algorithm),
         job_name=job_name,
@@ -273,8 +365,17 @@ def train(
 
 
 @component
-def evaluate(model_dir: str, recipe: str, overrides: list, output_dir: str, compare: bool, base_model: str,
-             sft_dir: str, metrics: dsl.Output[dsl.Metrics], report: dsl.Output[dsl.Markdown]) -> float:
+def evaluate(
+    model_dir: str,
+    recipe: str,
+    overrides: list,
+    output_dir: str,
+    compare: bool,
+    base_model: str,
+    sft_dir: str,
+    metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.Markdown],
+) -> float:
     """MCQ accuracy, format-ok rate, response length and reward of the RL export (with `compare`, of the base
     model and the SFT export too, on the same questions); the UI shows the metrics and the Markdown report."""
     import shutil
@@ -296,8 +397,15 @@ def evaluate(model_dir: str, recipe: str, overrides: list, output_dir: str, comp
 
 
 @component
-def upload(model_dir: str, repo_id: str, recipe: str, base_model: str, eval_report: str, dry_run: bool,
-           report: dsl.Output[dsl.Markdown]) -> str:
+def upload(
+    model_dir: str,
+    repo_id: str,
+    recipe: str,
+    base_model: str,
+    eval_report: str,
+    dry_run: bool,
+    report: dsl.Output[dsl.Markdown],
+) -> str:
     """Publish the RL export (token from $HF_TOKEN, an existing Secret); a dry run lists what would be sent."""
     import json
     from pathlib import Path
@@ -306,8 +414,13 @@ def upload(model_dir: str, repo_id: str, recipe: str, base_model: str, eval_repo
     from medo1.pipeline_steps import upload_markdown
     from medo1.upload import UploadConfig, upload
 
-    overrides = [f"model_dir={model_dir}", f"repo_id={repo_id}", f"base_model={base_model}",
-                 f"eval_report={eval_report}", f"dry_run={str(dry_run).lower()}"]
+    overrides = [
+        f"model_dir={model_dir}",
+        f"repo_id={repo_id}",
+        f"base_model={base_model}",
+        f"eval_report={eval_report}",
+        f"dry_run={str(dry_run).lower()}",
+    ]
     result = upload(load_config(UploadConfig, recipe, overrides))
     print(json.dumps({key: value for key, value in result.items() if key != "card"}, indent=2, default=str))
     Path(report.path).write_text(upload_markdown(result), encoding="utf-8")
@@ -317,8 +430,14 @@ def upload(model_dir: str, repo_id: str, recipe: str, base_model: str, eval_repo
 def _on_volumes(task: dsl.PipelineTask, data_pvc, checkpoints_pvc, hf_cache_pvc) -> dsl.PipelineTask:
     """Every step: the shared volumes, the HF cache on its PVC, and the chart's non-root user."""
     pod = k8s.chart_defaults()["podSecurityContext"]
-    kubernetes.set_security_context(task, run_as_user=pod["runAsUser"], run_as_group=pod["runAsGroup"], run_as_non_root=True)
-    for claim, mount in ((data_pvc, MOUNTS["data"]), (checkpoints_pvc, MOUNTS["checkpoints"]), (hf_cache_pvc, MOUNTS["hf_cache"])):
+    kubernetes.set_security_context(
+        task, run_as_user=pod["runAsUser"], run_as_group=pod["runAsGroup"], run_as_non_root=True
+    )
+    for claim, mount in (
+        (data_pvc, MOUNTS["data"]),
+        (checkpoints_pvc, MOUNTS["checkpoints"]),
+        (hf_cache_pvc, MOUNTS["hf_cache"]),
+    ):
         kubernetes.mount_pvc(task, pvc_name=claim, mount_path=mount)
     task.set_env_variable("HF_HOME", MOUNTS["hf_cache"])
     return task
@@ -334,10 +453,15 @@ def _with_secret(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
 # this order (a test checks it) and `python -m pipelines.submit --list` prints them so. The KFP UI itself lists
 # a run form's fields in the compiled spec's key order, which the compiler sorts alphabetically (README).
 PARAMETER_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Start here", ("profile", "sft_data", "rl_data", "target_language", "base_model", "upload_model", "hub_repo", "run_name")),
+    (
+        "Start here",
+        ("profile", "sft_data", "rl_data", "target_language", "base_model", "upload_model", "hub_repo", "run_name"),
+    ),
     ("Training", ("rl_algorithm", "recipe_dir", "sft_recipe", "rl_recipe", "sft_overrides", "rl_overrides")),
-    ("Evaluation and upload", ("eval_recipe", "eval_overrides", "eval_compare", "min_eval_accuracy", "upload_dry_run",
-                               "upload_recipe")),
+    (
+        "Evaluation and upload",
+        ("eval_recipe", "eval_overrides", "eval_compare", "min_eval_accuracy", "upload_dry_run", "upload_recipe"),
+    ),
     ("Translation", ("translation_base_url", "translation_model", "translation_limit")),
     ("Cluster", ("backend", "nodes", "gpus_per_node", "timeout_hours", "plan_strict", "doctor_allow_unchecked")),
     ("Storage", ("data_pvc", "checkpoints_pvc", "hf_cache_pvc", "workspace")),
@@ -461,27 +585,59 @@ def medo1_pipeline(
         The RL model's average eval accuracy (0 to 1).
     """
     volumes = dict(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, hf_cache_pvc=hf_cache_pvc)
-    preflight = _on_volumes(doctor(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node,
-                                   allow_unchecked=doctor_allow_unchecked, **volumes), **volumes)
+    preflight = _on_volumes(
+        doctor(
+            backend=backend,
+            profile=profile,
+            nodes=nodes,
+            gpus_per_node=gpus_per_node,
+            allow_unchecked=doctor_allow_unchecked,
+            **volumes,
+        ),
+        **volumes,
+    )
     preflight.set_display_name("doctor").set_caching_options(False)
-    run = _on_volumes(run_directory(workspace=workspace, run_name=run_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), **volumes)
+    run = _on_volumes(
+        run_directory(workspace=workspace, run_name=run_name, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER), **volumes
+    )
     run.after(preflight)
     run.set_display_name("run folder").set_caching_options(False)
     run_dir = run.outputs["path"]
 
-    recipes = dict(sft_recipe=f"{recipe_dir}/{sft_recipe}", rl_recipe=f"{recipe_dir}/{rl_recipe}",
-                   eval_recipe=f"{recipe_dir}/{eval_recipe}")
-    planned = plan(**recipes, sft_overrides=sft_overrides, rl_overrides=rl_overrides, eval_overrides=eval_overrides,
-                   base_model=base_model, sft_data=sft_data, rl_data=rl_data, rl_algorithm=rl_algorithm, run_dir=run_dir,
-                   backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, plan_strict=plan_strict,
-                   **volumes)
+    recipes = dict(
+        sft_recipe=f"{recipe_dir}/{sft_recipe}",
+        rl_recipe=f"{recipe_dir}/{rl_recipe}",
+        eval_recipe=f"{recipe_dir}/{eval_recipe}",
+    )
+    planned = plan(
+        **recipes,
+        sft_overrides=sft_overrides,
+        rl_overrides=rl_overrides,
+        eval_overrides=eval_overrides,
+        base_model=base_model,
+        sft_data=sft_data,
+        rl_data=rl_data,
+        rl_algorithm=rl_algorithm,
+        run_dir=run_dir,
+        backend=backend,
+        profile=profile,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        plan_strict=plan_strict,
+        **volumes,
+    )
     _with_secret(planned, "hfToken")  # the Hub ids it checks are read with the token the stages get
     _on_volumes(planned, **volumes).set_display_name("plan").set_caching_options(False)
 
     with dsl.If(target_language != "", name="translate (target_language set)"):
         translated = translate(
-            sft_data=sft_data, rl_data=rl_data, target_language=target_language, base_url=translation_base_url,
-            model=translation_model, limit=translation_limit, run_dir=run_dir,
+            sft_data=sft_data,
+            rl_data=rl_data,
+            target_language=target_language,
+            base_url=translation_base_url,
+            model=translation_model,
+            limit=translation_limit,
+            run_dir=run_dir,
         )
         _with_secret(translated, "translationApiKey")
         _on_volumes(translated, **volumes).set_retry(2).set_caching_options(False)
@@ -492,17 +648,36 @@ def medo1_pipeline(
     # dsl.If/Else sit in a group KFP names condition-branches-N; the graph shows what it decides instead.
     keep_source.parent_task_group.display_name = "data: translate or keep the source language"
 
-    launcher = dict(backend=backend, profile=profile, nodes=nodes, gpus_per_node=gpus_per_node, timeout_hours=timeout_hours,
-                    plan_strict=plan_strict, **volumes)
+    launcher = dict(
+        backend=backend,
+        profile=profile,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        timeout_hours=timeout_hours,
+        plan_strict=plan_strict,
+        **volumes,
+    )
     sft = train(
-        stage="sft", recipe=recipes["sft_recipe"], model=base_model,
-        data=dsl.OneOf(translated.outputs["sft_data"], source.outputs["sft_data"]), algorithm="", overrides=sft_overrides,
-        output_dir=f"{run_dir}/sft", job_name=f"medo1-sft-{run.outputs['name']}", **launcher,
+        stage="sft",
+        recipe=recipes["sft_recipe"],
+        model=base_model,
+        data=dsl.OneOf(translated.outputs["sft_data"], source.outputs["sft_data"]),
+        algorithm="",
+        overrides=sft_overrides,
+        output_dir=f"{run_dir}/sft",
+        job_name=f"medo1-sft-{run.outputs['name']}",
+        **launcher,
     )
     rl = train(
-        stage="rl", recipe=recipes["rl_recipe"], model=sft.outputs["Output"],
-        data=dsl.OneOf(translated.outputs["rl_data"], source.outputs["rl_data"]), algorithm=rl_algorithm,
-        overrides=rl_overrides, output_dir=f"{run_dir}/rl", job_name=f"medo1-rl-{run.outputs['name']}", **launcher,
+        stage="rl",
+        recipe=recipes["rl_recipe"],
+        model=sft.outputs["Output"],
+        data=dsl.OneOf(translated.outputs["rl_data"], source.outputs["rl_data"]),
+        algorithm=rl_algorithm,
+        overrides=rl_overrides,
+        output_dir=f"{run_dir}/rl",
+        job_name=f"medo1-rl-{run.outputs['name']}",
+        **launcher,
     )
     # Display names are fixed when the pipeline compiles: a pipeline parameter in one would show as a placeholder.
     for task, name in ((sft, "sft"), (rl, "rl")):
@@ -511,17 +686,30 @@ def medo1_pipeline(
         task.set_cpu_request(LAUNCHER_CPU).set_memory_request(LAUNCHER_MEMORY)
 
     # eval_compare: the base model and the SFT export answer the eval questions too (three times the eval time).
-    scores = evaluate(model_dir=rl.outputs["Output"], recipe=recipes["eval_recipe"], overrides=eval_overrides,
-                      output_dir=f"{run_dir}/eval", compare=eval_compare, base_model=base_model, sft_dir=sft.outputs["Output"])
+    scores = evaluate(
+        model_dir=rl.outputs["Output"],
+        recipe=recipes["eval_recipe"],
+        overrides=eval_overrides,
+        output_dir=f"{run_dir}/eval",
+        compare=eval_compare,
+        base_model=base_model,
+        sft_dir=sft.outputs["Output"],
+    )
     _on_volumes(scores, **volumes).set_display_name("eval").set_caching_options(False)
     scores.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
     scores.set_cpu_request("16").set_memory_request("128Gi").set_cpu_limit("16").set_memory_limit("128Gi")
     kubernetes.add_toleration(scores, **GPU_TOLERATION)
 
-    with dsl.If(upload_model == True, name="upload requested (upload_model)"):
+    with dsl.If(upload_model == True, name="upload requested (upload_model)"):  # noqa: E712 (a KFP condition)
         with dsl.If(scores.outputs["Output"] >= min_eval_accuracy, name="eval accuracy >= min_eval_accuracy"):
-            published = upload(model_dir=rl.outputs["Output"], repo_id=hub_repo, recipe=f"{recipe_dir}/{upload_recipe}",
-                               base_model=base_model, eval_report=f"{run_dir}/eval/report.json", dry_run=upload_dry_run)
+            published = upload(
+                model_dir=rl.outputs["Output"],
+                repo_id=hub_repo,
+                recipe=f"{recipe_dir}/{upload_recipe}",
+                base_model=base_model,
+                eval_report=f"{run_dir}/eval/report.json",
+                dry_run=upload_dry_run,
+            )
             _with_secret(published, "hfToken")
             _on_volumes(published, **volumes).set_retry(2).set_caching_options(False)
     return scores.outputs["Output"]

@@ -81,31 +81,53 @@ class Phrasebook:
 
 
 PHRASEBOOKS = {
-    "ja": Phrasebook("ja", tuple(
-        "患者 は 症状 について を が 必要 治療 の ため に と 痛み 可能性 があります 血液 から 場合 して います "
-        "でした これ また そして ある する なる いる ので よう こと もの です ます しかし".split()
-    ), ideographic=True, myriads=True),
-    "zh": Phrasebook("zh", tuple(
-        "患者 的 症状 检查 诊断 治疗 出现 发热 疼痛 可能 需要 进行 因为 所以 我们 这个 没有 还是 医生 血液 "
-        "这些 认为 应该 就是 已经 了 和 在 是 对".split()
-    ), ideographic=True, myriads=True),
-    "es": Phrasebook("es", tuple(
-        "el los las del según también señal año pequeño mujer hombre niño después enfermedad evaluación "
-        "corazón sangre dolor fiebre paciente presenta tratamiento diagnóstico médico pero como está puede más "
-        "usted".split()
-    )),
-    "pt": Phrasebook("pt", tuple(
-        "não então avaliação coração são melhor tenho você também pelo pela muito isso está uma doença exame "
-        "informação paciente apresenta dor febre sangue médico mas pode mais homem mulher criança".split()
-    )),
-    "de": Phrasebook("de", tuple(
-        "der die das und nicht mit ist bei eine Patient zeigt Schmerzen Fieber Behandlung Diagnose Blut "
-        "Arzt auch wird werden sich nach über können Untersuchung Herz zwischen möglich weil durch".split()
-    )),
-    "fr": Phrasebook("fr", tuple(
-        "le la les des est avec pour une dans pas patient présente douleur fièvre traitement diagnostic "
-        "sang médecin aussi peut être chez selon après cœur examen très leur ainsi qui".split()
-    )),
+    "ja": Phrasebook(
+        "ja",
+        tuple(
+            "患者 は 症状 について を が 必要 治療 の ため に と 痛み 可能性 があります 血液 から 場合 して います "
+            "でした これ また そして ある する なる いる ので よう こと もの です ます しかし".split()
+        ),
+        ideographic=True,
+        myriads=True,
+    ),
+    "zh": Phrasebook(
+        "zh",
+        tuple(
+            "患者 的 症状 检查 诊断 治疗 出现 发热 疼痛 可能 需要 进行 因为 所以 我们 这个 没有 还是 医生 血液 "
+            "这些 认为 应该 就是 已经 了 和 在 是 对".split()
+        ),
+        ideographic=True,
+        myriads=True,
+    ),
+    "es": Phrasebook(
+        "es",
+        tuple(
+            "el los las del según también señal año pequeño mujer hombre niño después enfermedad evaluación "
+            "corazón sangre dolor fiebre paciente presenta tratamiento diagnóstico médico pero como está puede más "
+            "usted".split()
+        ),
+    ),
+    "pt": Phrasebook(
+        "pt",
+        tuple(
+            "não então avaliação coração são melhor tenho você também pelo pela muito isso está uma doença exame "
+            "informação paciente apresenta dor febre sangue médico mas pode mais homem mulher criança".split()
+        ),
+    ),
+    "de": Phrasebook(
+        "de",
+        tuple(
+            "der die das und nicht mit ist bei eine Patient zeigt Schmerzen Fieber Behandlung Diagnose Blut "
+            "Arzt auch wird werden sich nach über können Untersuchung Herz zwischen möglich weil durch".split()
+        ),
+    ),
+    "fr": Phrasebook(
+        "fr",
+        tuple(
+            "le la les des est avec pour une dans pas patient présente douleur fièvre traitement diagnostic "
+            "sang médecin aussi peut être chez selon après cœur examen très leur ainsi qui".split()
+        ),
+    ),
 }
 MARKER = re.compile(r"(## Thinking|## Final Response)")
 TOKEN = re.compile(

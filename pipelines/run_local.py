@@ -83,9 +83,18 @@ def local_arguments(workspace: Path, run_name: str, translation_url: str, base_m
     }
     if quick:
         arguments.update(QUICK)
-        arguments.update({"target_language": "Japanese", "translation_model": "standin", "sft_recipe": "sft-tiny-cpu.yaml",
-                          "sft_data": str(DEMO_DATA), "rl_algorithm": "ppo", "rl_recipe": "rl-ppo-tiny-cpu.yaml",
-                          "eval_recipe": "eval-demo-cpu.yaml", "hub_repo": "medo1/tiny-demo"})
+        arguments.update(
+            {
+                "target_language": "Japanese",
+                "translation_model": "standin",
+                "sft_recipe": "sft-tiny-cpu.yaml",
+                "sft_data": str(DEMO_DATA),
+                "rl_algorithm": "ppo",
+                "rl_recipe": "rl-ppo-tiny-cpu.yaml",
+                "eval_recipe": "eval-demo-cpu.yaml",
+                "hub_repo": "medo1/tiny-demo",
+            }
+        )
         arguments["eval_overrides"] = [f"benchmarks.demo_mcq={DEMO_DATA}", *QUICK["eval_overrides"]]
     return arguments
 
@@ -135,7 +144,9 @@ def run_local(workspace: Path, run_name: str = "", quick: bool = False, console=
     run_name = run_name or time.strftime("local-%Y%m%d-%H%M%S")
     run_dir = workspace / "runs" / run_name
     kfp_root = run_dir / "kfp"
-    steps = StepConsole(console, run_dir, kfp_root, display_names(json_format.MessageToDict(medo1_pipeline.pipeline_spec)))
+    steps = StepConsole(
+        console, run_dir, kfp_root, display_names(json_format.MessageToDict(medo1_pipeline.pipeline_spec))
+    )
     steps.say("medo1", f"pipeline run {run_name} on this machine (KFP local runner); run folder {run_dir}")
     steps.say("", f"full logs: {steps.logs}/ (pipeline.log, one per step)")
     started = time.monotonic()
@@ -143,9 +154,13 @@ def run_local(workspace: Path, run_name: str = "", quick: bool = False, console=
         with contextlib.redirect_stdout(steps), contextlib.redirect_stderr(steps):
             model = demo_model(workspace, quick)
             # The steps name the trainer image; here they run in this Python, which has the same medo1 installed.
-            warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom or non-Python base image")
+            warnings.filterwarnings(
+                "ignore", message="You may be attemping to run a task that uses custom or non-Python base image"
+            )
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(kfp_root), raise_on_error=True)
-            with StandIn(api_key="local-standin-key", max_lifetime_s=3 * 3600, passthrough=not quick) as translation_server:
+            with StandIn(
+                api_key="local-standin-key", max_lifetime_s=3 * 3600, passthrough=not quick
+            ) as translation_server:
                 os.environ["OPENAI_API_KEY"] = translation_server.api_key  # what the Secret provides in a cluster
                 arguments = local_arguments(workspace, run_name, translation_server.base_url, model, quick)
                 try:
@@ -182,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + Path(summary["artifacts"]["eval report"]).read_text(encoding="utf-8"))
     if not args.quick:
         print("Translation ran through the stand-in's passthrough (English to English): a stand-in cannot translate.")
-    print(f"\nmedo1 pipeline finished in {summary['seconds']} s; eval average accuracy {summary['eval_average_accuracy']:.3f}")
+    print(
+        f"\nmedo1 pipeline finished in {summary['seconds']} s; eval average accuracy {summary['eval_average_accuracy']:.3f}"
+    )
     for label, path in summary["artifacts"].items():
         print(f"  {label:<28} {path}")
     print(f"  {'KFP artifacts (the UI shows)':<28} {summary['kfp_outputs']}")

@@ -59,7 +59,9 @@ def parse_parameters(items: list[str], declared: dict[str, str]) -> dict[str, An
         if not sep:
             raise ParameterError(f"--param {item!r}: expected NAME=VALUE")
         if name not in declared:
-            raise ParameterError(f"--param {name}: the pipeline has no such parameter; known: {', '.join(sorted(declared))}")
+            raise ParameterError(
+                f"--param {name}: the pipeline has no such parameter; known: {', '.join(sorted(declared))}"
+            )
         kind = declared[name]
         try:
             if kind == "NUMBER_INTEGER":
@@ -85,13 +87,18 @@ def parse_parameters(items: list[str], declared: dict[str, str]) -> dict[str, An
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Start a run of the compiled medo1 pipeline on Kubeflow Pipelines.")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a pipeline parameter")
-    parser.add_argument("--list", action="store_true", help="print the parameters (type, default, description) and exit")
+    parser.add_argument(
+        "--list", action="store_true", help="print the parameters (type, default, description) and exit"
+    )
     parser.add_argument("--experiment", default="medo1")
     parser.add_argument("--run-name")
     parser.add_argument("--namespace", help="the Kubeflow profile namespace (multi-user installs)")
-    parser.add_argument("--service-account", help="run the steps as this service account (default: KFP's); it must be "
-                        "allowed to manage PyTorchJobs: list it in the chart's rbac.pipelineServiceAccounts (the infrastructure "
-                        "profile binds default-editor)")
+    parser.add_argument(
+        "--service-account",
+        help="run the steps as this service account (default: KFP's); it must be "
+        "allowed to manage PyTorchJobs: list it in the chart's rbac.pipelineServiceAccounts (the infrastructure "
+        "profile binds default-editor)",
+    )
     args = parser.parse_args(argv)
     if args.list:
         print(parameter_listing(), end="")
@@ -108,10 +115,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import kfp
 
-    client = kfp.Client(host=endpoint, existing_token=os.environ.get("KFP_TOKEN"), namespace=args.namespace or "kubeflow")
+    client = kfp.Client(
+        host=endpoint, existing_token=os.environ.get("KFP_TOKEN"), namespace=args.namespace or "kubeflow"
+    )
     run = client.create_run_from_pipeline_package(
-        str(COMPILED), arguments=arguments, run_name=args.run_name, experiment_name=args.experiment,
-        namespace=args.namespace, service_account=args.service_account,
+        str(COMPILED),
+        arguments=arguments,
+        run_name=args.run_name,
+        experiment_name=args.experiment,
+        namespace=args.namespace,
+        service_account=args.service_account,
     )
     print(json.dumps({"run_id": run.run_id, "arguments": arguments, "endpoint": endpoint}))
     return 0

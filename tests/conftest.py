@@ -17,8 +17,11 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DATA = REPO / "examples" / "data" / "medical_o1_demo.json"
 # The vLLM release the GPU image locks: the `gpu` extra's pin, which the start-up error tells users to install.
-GPU_VLLM_PIN = next(r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
-                    if r.startswith("vllm=="))
+GPU_VLLM_PIN = next(
+    r
+    for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    if r.startswith("vllm==")
+)
 TINY_RECIPE = REPO / "recipes" / "sft-tiny-cpu.yaml"
 
 
@@ -71,7 +74,8 @@ def free_port() -> int:
 
 # Runs the CLI in a fresh interpreter (as run_medo1's launcher) and prints whether torch got imported on the way.
 NO_TORCH_LAUNCHER = [
-    sys.executable, "-c",
+    sys.executable,
+    "-c",
     "import sys; from medo1.cli import main; rc = main(sys.argv[1:]); "
     "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(rc)",
 ]
@@ -103,12 +107,21 @@ def kill_after_checkpoint(args: list, checkpoint_dir: Path, timeout: float = 300
         proc.wait()
 
 
-def signal_when(cmd: list, ready, signum: int, env: dict | None = None, timeout: float = 300) -> tuple[int, object, str]:
+def signal_when(
+    cmd: list, ready, signum: int, env: dict | None = None, timeout: float = 300
+) -> tuple[int, object, str]:
     """Start CMD in a session of its own, send `signum` to that process only (as the kubelet sends SIGTERM to a
     container's first process) once `ready()` returns a value, and wait for it to exit.
     Returns the exit code, what `ready()` returned and the end of stderr."""
-    proc = subprocess.Popen([str(a) for a in cmd], cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(a) for a in cmd],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.time() + timeout
     try:
         while (seen := ready()) is None:

@@ -76,7 +76,9 @@ class HubStandIn:
                     return self._reply(record, 200, {"errors": [], "warnings": []})
                 if match := PREUPLOAD.match(path):
                     files = json.loads(body)["files"]
-                    answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files]
+                    answer = [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None} for f in files
+                    ]
                     return self._reply(record, 200, {"files": answer, "commitOid": "0" * 40})
                 if match := COMMIT.match(path):
                     if hub.fail_commit > 0:
@@ -91,7 +93,9 @@ class HubStandIn:
                         elif line["key"] != "header":
                             return self._reply(record, 400, {"error": f"unsupported operation {line['key']}"})
                     header = next(line["value"] for line in lines if line["key"] == "header")
-                    hub.commits.append({"repo": match["repo"], "revision": match["rev"], "header": header, "files": files})
+                    hub.commits.append(
+                        {"repo": match["repo"], "revision": match["rev"], "header": header, "files": files}
+                    )
                     oid = f"{len(hub.commits):040x}"
                     return self._reply(
                         record, 200, {"commitUrl": f"{hub.url}/{match['repo']}/commit/{oid}", "commitOid": oid}

@@ -55,16 +55,27 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-JOBS = re.compile(r"^/apis/(?:kubeflow\.org/v1|batch/v1|trainer\.kubeflow\.org/v1alpha1)/namespaces/(?P<ns>[^/]+)/"
-                  r"(?:pytorchjobs|jobs|trainjobs)(?:/(?P<name>[^/]+))?$")
+JOBS = re.compile(
+    r"^/apis/(?:kubeflow\.org/v1|batch/v1|trainer\.kubeflow\.org/v1alpha1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?:pytorchjobs|jobs|trainjobs)(?:/(?P<name>[^/]+))?$"
+)
 PODS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods$")
 POD_LOG = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/log$")
 IMAGE = "ghcr.io/medo1/trainer:0.1.0"
 STARTED = datetime(2026, 11, 23, 10, 1, tzinfo=timezone.utc)
-PLURALS = {"Node": "nodes", "Namespace": "namespaces", "Secret": "secrets", "PersistentVolumeClaim": "persistentvolumeclaims",
-           "Pod": "pods", "Event": "events", "CustomResourceDefinition": "customresourcedefinitions",
-           "LocalQueue": "localqueues", "ConfigMap": "configmaps", "ClusterTrainingRuntime": "clustertrainingruntimes",
-           "TrainingRuntime": "trainingruntimes"}
+PLURALS = {
+    "Node": "nodes",
+    "Namespace": "namespaces",
+    "Secret": "secrets",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
+    "Pod": "pods",
+    "Event": "events",
+    "CustomResourceDefinition": "customresourcedefinitions",
+    "LocalQueue": "localqueues",
+    "ConfigMap": "configmaps",
+    "ClusterTrainingRuntime": "clustertrainingruntimes",
+    "TrainingRuntime": "trainingruntimes",
+}
 JOB_KINDS = {"pytorchjobs": "PyTorchJob", "jobs": "Job", "trainjobs": "TrainJob"}
 SET_TERM = re.compile(r"^\s*(?P<key>[^\s=!]+)\s+in\s+\((?P<values>[^)]*)\)\s*$")
 
@@ -119,34 +130,59 @@ def rfc3339nano(moment: datetime, nanoseconds: int) -> str:
 # Built-in resource types (group/version -> (plural, kind, namespaced)); CustomResourceDefinitions recorded
 # (or created) add theirs, at every version they serve.
 BUILT_IN_RESOURCES = {
-    "v1": [("namespaces", "Namespace", False), ("nodes", "Node", False), ("pods", "Pod", True),
-           ("secrets", "Secret", True), ("configmaps", "ConfigMap", True), ("serviceaccounts", "ServiceAccount", True),
-           ("persistentvolumeclaims", "PersistentVolumeClaim", True), ("events", "Event", True),
-           ("services", "Service", True)],
+    "v1": [
+        ("namespaces", "Namespace", False),
+        ("nodes", "Node", False),
+        ("pods", "Pod", True),
+        ("secrets", "Secret", True),
+        ("configmaps", "ConfigMap", True),
+        ("serviceaccounts", "ServiceAccount", True),
+        ("persistentvolumeclaims", "PersistentVolumeClaim", True),
+        ("events", "Event", True),
+        ("services", "Service", True),
+    ],
     "batch/v1": [("jobs", "Job", True)],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget", True)],
-    "rbac.authorization.k8s.io/v1": [("roles", "Role", True), ("rolebindings", "RoleBinding", True),
-                                     ("clusterroles", "ClusterRole", False),
-                                     ("clusterrolebindings", "ClusterRoleBinding", False)],
+    "rbac.authorization.k8s.io/v1": [
+        ("roles", "Role", True),
+        ("rolebindings", "RoleBinding", True),
+        ("clusterroles", "ClusterRole", False),
+        ("clusterrolebindings", "ClusterRoleBinding", False),
+    ],
     "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)],
     "storage.k8s.io/v1": [("storageclasses", "StorageClass", False)],
     "apiextensions.k8s.io/v1": [("customresourcedefinitions", "CustomResourceDefinition", False)],
-    "authorization.k8s.io/v1": [("selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
-                                ("subjectaccessreviews", "SubjectAccessReview", False)],
+    "authorization.k8s.io/v1": [
+        ("selfsubjectaccessreviews", "SelfSubjectAccessReview", False),
+        ("subjectaccessreviews", "SubjectAccessReview", False),
+    ],
     "authentication.k8s.io/v1": [("selfsubjectreviews", "SelfSubjectReview", False)],
 }
 PLURALS.update({kind: plural for resources in BUILT_IN_RESOURCES.values() for plural, kind, _ in resources})
 BUILT_IN_GROUPS = {gv.rpartition("/")[0] for gv in BUILT_IN_RESOURCES}
-PLURALS.update({"ClusterQueue": "clusterqueues", "ResourceFlavor": "resourceflavors", "TrainJob": "trainjobs",
-                "PyTorchJob": "pytorchjobs"})
-RESOURCE_PATH = re.compile(r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
-                           r"(?:/namespaces/(?P<ns>[^/]+))?(?:/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?)?$")
+PLURALS.update(
+    {
+        "ClusterQueue": "clusterqueues",
+        "ResourceFlavor": "resourceflavors",
+        "TrainJob": "trainjobs",
+        "PyTorchJob": "pytorchjobs",
+    }
+)
+RESOURCE_PATH = re.compile(
+    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
+    r"(?:/namespaces/(?P<ns>[^/]+))?(?:/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[^/]+))?)?)?$"
+)
 CRDS_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 ADMIN = "kubernetes-admin"
 # What every authenticated user may do (the system:basic-user ClusterRole): ask what it may do itself.
-BASIC_USER_RULES = [{"apiGroups": ["authorization.k8s.io"], "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
-                     "verbs": ["create"]},
-                    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]}]
+BASIC_USER_RULES = [
+    {
+        "apiGroups": ["authorization.k8s.io"],
+        "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"],
+        "verbs": ["create"],
+    },
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["selfsubjectreviews"], "verbs": ["create"]},
+]
 APPLY_PATCH = "application/apply-patch+yaml"
 
 
@@ -182,7 +218,12 @@ def request_info(method: str, path: str, query: dict[str, list[str]]) -> Request
         resource, name = "namespaces", namespace
     if not resource:
         return None
-    verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete" if name else "deletecollection"}.get(method)
+    verb = {
+        "POST": "create",
+        "PUT": "update",
+        "PATCH": "patch",
+        "DELETE": "delete" if name else "deletecollection",
+    }.get(method)
     if method == "GET":
         verb = "watch" if flag(query, "watch") else ("get" if name else "list")
     return RequestInfo(verb or method.lower(), group, version, resource, match["sub"] or "", namespace, name)
@@ -194,16 +235,22 @@ def forbidden_message(user: str, info: RequestInfo) -> str:
     resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
     scope = f'in the namespace "{info.namespace}"' if info.namespace else "at the cluster scope"
     reason = f'User "{user}" cannot {info.verb} resource "{resource}" in API group "{info.group}" {scope}'
-    return f'{info.qualified} "{info.name}" is forbidden: {reason}' if info.name else f"{info.qualified} is forbidden: {reason}"
+    return (
+        f'{info.qualified} "{info.name}" is forbidden: {reason}'
+        if info.name
+        else f"{info.qualified} is forbidden: {reason}"
+    )
 
 
 def rule_allows(rule: dict, info: RequestInfo) -> bool:
     """One PolicyRule against a request (k8s.io/kubernetes plugin/pkg/auth/authorizer/rbac RuleAllows)."""
     resource = info.resource + (f"/{info.subresource}" if info.subresource else "")
-    return (any(v in ("*", info.verb) for v in rule.get("verbs", []))
-            and any(g in ("*", info.group) for g in rule.get("apiGroups", []))
-            and any(r in ("*", resource) for r in rule.get("resources", []))
-            and (not rule.get("resourceNames") or info.name in rule["resourceNames"]))
+    return (
+        any(v in ("*", info.verb) for v in rule.get("verbs", []))
+        and any(g in ("*", info.group) for g in rule.get("apiGroups", []))
+        and any(r in ("*", resource) for r in rule.get("resources", []))
+        and (not rule.get("resourceNames") or info.name in rule["resourceNames"])
+    )
 
 
 def subject_matches(subject: dict, user: str, groups: list[str], binding_namespace: str) -> bool:
@@ -248,7 +295,9 @@ def apply_config(live, previous, applied):
         if key not in applied:
             result.pop(key, None)
     for key, value in applied.items():
-        result[key] = apply_config(result.get(key), (previous or {}).get(key) if isinstance(previous, dict) else None, value)
+        result[key] = apply_config(
+            result.get(key), (previous or {}).get(key) if isinstance(previous, dict) else None, value
+        )
     return result
 
 
@@ -296,8 +345,12 @@ def sigterm_while_following(args: list[str], kubeconfig: Path, run: ContainerRun
     """Run `medo1 ARGS` against the stand-in and send it SIGTERM (a KFP cancel) once it is waiting on the job and
     following its log (the first line of `run` sent): (exit code, stdout, stderr)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "medo1", *args], cwd=cwd, env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "medo1", *args],
+        cwd=cwd,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -409,24 +462,32 @@ class KubeStandIn:
 
         selector = query.get("labelSelector", [""])[0]
         fields = [t.split("=", 1) for t in query.get("fieldSelector", [""])[0].split(",") if t]
-        return [o for o in items if selected_by(o["metadata"].get("labels"), selector)
-                and all(str(value(o, k)) == v for k, v in fields)]
+        return [
+            o
+            for o in items
+            if selected_by(o["metadata"].get("labels"), selector) and all(str(value(o, k)) == v for k, v in fields)
+        ]
 
     def write_kubeconfig(self, path: Path, namespace: str, token: str = "standin-token") -> Path:
         """A kubeconfig for the stand-in: a cluster admin's, or a service account's with its `token`."""
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "standin",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "standin",
             "clusters": [{"name": "standin", "cluster": {"server": self.url}}],
             "users": [{"name": "launcher", "user": {"token": token}}],
-            "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "launcher", "namespace": namespace}}],
+            "contexts": [
+                {"name": "standin", "context": {"cluster": "standin", "user": "launcher", "namespace": namespace}}
+            ],
         }
         path.write_text(yaml.safe_dump(config))
         return path
 
     def _stored(self, body: dict) -> dict:
         body = json.loads(json.dumps(body))
-        body["metadata"].update(uid=str(uuid.uuid4()), generation=1, resourceVersion="1",
-                                creationTimestamp=rfc3339(STARTED))
+        body["metadata"].update(
+            uid=str(uuid.uuid4()), generation=1, resourceVersion="1", creationTimestamp=rfc3339(STARTED)
+        )
         return body
 
     def _acted_on(self, stored: StoredJob) -> bool:
@@ -442,19 +503,43 @@ class KubeStandIn:
         """The controller's attempt to create the job's first pod, refused by admission: its Warning event."""
         kind = stored.body["kind"]
         pod = self.pod_name(name, stored)
-        involved = {"kind": kind, "name": name, "namespace": namespace, "uid": stored.body["metadata"]["uid"],
-                    "apiVersion": stored.body["apiVersion"]}
+        involved = {
+            "kind": kind,
+            "name": name,
+            "namespace": namespace,
+            "uid": stored.body["metadata"]["uid"],
+            "apiVersion": stored.body["apiVersion"],
+        }
         reason = "FailedCreatePod" if kind == "PyTorchJob" else "FailedCreate"
         if kind == "TrainJob":  # JobSet's child Job for node 0 fails to create its pod
-            involved = {"kind": "Job", "name": f"{name}-node-0", "namespace": namespace, "uid": str(uuid.uuid4()),
-                        "apiVersion": "batch/v1"}
-        self.record({"apiVersion": "v1", "kind": "Event",
-                     "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
-                     "type": "Warning", "reason": reason, "involvedObject": involved,
-                     "message": f'Error creating: pods "{pod}" is forbidden: {self.refuse_pods}',
-                     "source": {"component": {"PyTorchJob": "pytorchjob-controller", "Job": "job-controller",
-                                              "TrainJob": "job-controller"}[kind]},
-                     "firstTimestamp": rfc3339(STARTED), "lastTimestamp": rfc3339(STARTED), "count": 1})
+            involved = {
+                "kind": "Job",
+                "name": f"{name}-node-0",
+                "namespace": namespace,
+                "uid": str(uuid.uuid4()),
+                "apiVersion": "batch/v1",
+            }
+        self.record(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                "type": "Warning",
+                "reason": reason,
+                "involvedObject": involved,
+                "message": f'Error creating: pods "{pod}" is forbidden: {self.refuse_pods}',
+                "source": {
+                    "component": {
+                        "PyTorchJob": "pytorchjob-controller",
+                        "Job": "job-controller",
+                        "TrainJob": "job-controller",
+                    }[kind]
+                },
+                "firstTimestamp": rfc3339(STARTED),
+                "lastTimestamp": rfc3339(STARTED),
+                "count": 1,
+            }
+        )
 
     def _advance(self, stored: StoredJob) -> None:
         if not self._acted_on(stored):
@@ -466,7 +551,9 @@ class KubeStandIn:
 
     @staticmethod
     def pod_name(name: str, stored: StoredJob) -> str:
-        return {"PyTorchJob": f"{name}-master-0", "TrainJob": f"{name}-node-0-0-5tq8r"}.get(stored.body["kind"], f"{name}-7xk2p")
+        return {"PyTorchJob": f"{name}-master-0", "TrainJob": f"{name}-node-0-0-5tq8r"}.get(
+            stored.body["kind"], f"{name}-7xk2p"
+        )
 
     def _pod(self, namespace: str, name: str, stored: StoredJob) -> dict | None:
         step = stored.step
@@ -498,24 +585,46 @@ class KubeStandIn:
             container = "node"
         run = step.run
         running = step.exit_code is None
-        state = ({"running": {"startedAt": rfc3339(STARTED)}} if running else
-                 {"terminated": {"exitCode": step.exit_code, "reason": "Completed" if step.exit_code == 0 else "Error",
-                                 "startedAt": rfc3339(STARTED), "finishedAt": rfc3339(STARTED + timedelta(hours=1)),
-                                 **({"message": step.message} if step.message else {})}})
-        metadata = {"name": self.pod_name(name, stored), "namespace": namespace, "uid": run.pod_uid, "labels": labels,
-                    "creationTimestamp": rfc3339(STARTED)}
+        state = (
+            {"running": {"startedAt": rfc3339(STARTED)}}
+            if running
+            else {
+                "terminated": {
+                    "exitCode": step.exit_code,
+                    "reason": "Completed" if step.exit_code == 0 else "Error",
+                    "startedAt": rfc3339(STARTED),
+                    "finishedAt": rfc3339(STARTED + timedelta(hours=1)),
+                    **({"message": step.message} if step.message else {}),
+                }
+            }
+        )
+        metadata = {
+            "name": self.pod_name(name, stored),
+            "namespace": namespace,
+            "uid": run.pod_uid,
+            "labels": labels,
+            "creationTimestamp": rfc3339(STARTED),
+        }
         if stored.body["metadata"].get("deletionTimestamp"):  # the garbage collector deletes a job's pods first
             metadata["deletionTimestamp"] = stored.body["metadata"]["deletionTimestamp"]
         return {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": metadata,
             "spec": {"containers": [{"name": container, "image": IMAGE}], "nodeName": "gpu-node-1"},
             "status": {
                 "phase": "Running" if running or step.exit_code != 0 else "Succeeded",
-                "containerStatuses": [{
-                    "name": container, "image": IMAGE, "imageID": f"{IMAGE}@sha256:{'0' * 64}", "ready": running,
-                    "started": running, "restartCount": run.restart_count, "state": state,
-                }],
+                "containerStatuses": [
+                    {
+                        "name": container,
+                        "image": IMAGE,
+                        "imageID": f"{IMAGE}@sha256:{'0' * 64}",
+                        "ready": running,
+                        "started": running,
+                        "restartCount": run.restart_count,
+                        "state": state,
+                    }
+                ],
             },
         }
 
@@ -538,7 +647,12 @@ class KubeStandIn:
             for version in spec.get("versions", []):
                 if version.get("served", True):
                     served.setdefault(f"{spec['group']}/{version['name']}", []).append(
-                        (spec["names"]["plural"], spec["names"]["kind"], spec.get("scope", "Namespaced") == "Namespaced"))
+                        (
+                            spec["names"]["plural"],
+                            spec["names"]["kind"],
+                            spec.get("scope", "Namespaced") == "Namespaced",
+                        )
+                    )
         return served
 
     def rbac_allows(self, user: str, info: RequestInfo) -> bool:
@@ -549,15 +663,22 @@ class KubeStandIn:
             return True
         bindings = [(b, "") for b in self.recorded.get(f"{rbac}/clusterrolebindings", [])]
         if info.namespace:
-            bindings += [(b, info.namespace) for b in self.recorded.get(f"{rbac}/namespaces/{info.namespace}/rolebindings", [])]
+            bindings += [
+                (b, info.namespace) for b in self.recorded.get(f"{rbac}/namespaces/{info.namespace}/rolebindings", [])
+            ]
         for binding, namespace in bindings:
             if not any(subject_matches(s, user, groups, namespace) for s in binding.get("subjects") or []):
                 continue
             ref = binding["roleRef"]
-            roles = (self.recorded.get(f"{rbac}/namespaces/{namespace}/roles", []) if ref["kind"] == "Role"
-                     else self.recorded.get(f"{rbac}/clusterroles", []))
+            roles = (
+                self.recorded.get(f"{rbac}/namespaces/{namespace}/roles", [])
+                if ref["kind"] == "Role"
+                else self.recorded.get(f"{rbac}/clusterroles", [])
+            )
             for role in roles:
-                if role["metadata"]["name"] == ref["name"] and any(rule_allows(r, info) for r in role.get("rules") or []):
+                if role["metadata"]["name"] == ref["name"] and any(
+                    rule_allows(r, info) for r in role.get("rules") or []
+                ):
                     return True
         return False
 
@@ -574,16 +695,35 @@ class KubeStandIn:
                 if "/" in gv:
                     group, version = gv.split("/")
                     groups.setdefault(group, []).append(version)
-            handler._reply(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                {"name": group, "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in versions],
-                 "preferredVersion": {"groupVersion": f"{group}/{versions[0]}", "version": versions[0]}}
-                for group, versions in groups.items()]})
+            handler._reply(
+                200,
+                {
+                    "kind": "APIGroupList",
+                    "apiVersion": "v1",
+                    "groups": [
+                        {
+                            "name": group,
+                            "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in versions],
+                            "preferredVersion": {"groupVersion": f"{group}/{versions[0]}", "version": versions[0]},
+                        }
+                        for group, versions in groups.items()
+                    ],
+                },
+            )
         elif path == "/openapi/v3":
             # Every group/version's document says the server validates fields itself (fieldValidation), so
             # kubectl and Helm send fieldValidation=Strict instead of validating against OpenAPI v2 here.
-            handler._reply(200, {"paths": {("api/v1" if gv == "v1" else f"apis/{gv}"): {
-                "serverRelativeURL": f"/openapi/v3/{'api/v1' if gv == 'v1' else 'apis/' + gv}?hash={len(resources)}"}
-                for gv, resources in served.items()}})
+            handler._reply(
+                200,
+                {
+                    "paths": {
+                        ("api/v1" if gv == "v1" else f"apis/{gv}"): {
+                            "serverRelativeURL": f"/openapi/v3/{'api/v1' if gv == 'v1' else 'apis/' + gv}?hash={len(resources)}"
+                        }
+                        for gv, resources in served.items()
+                    }
+                },
+            )
         elif path.startswith("/openapi/v3/"):
             gv = path.removeprefix("/openapi/v3/").removeprefix("apis/").removeprefix("api/")
             if gv not in served:
@@ -592,22 +732,59 @@ class KubeStandIn:
             prefix = "/api/v1" if gv == "v1" else f"/apis/{gv}"
             paths = {}
             for plural, kind, namespaced in served[gv]:
-                where = f"{prefix}/namespaces/{{namespace}}/{plural}/{{name}}" if namespaced else f"{prefix}/{plural}/{{name}}"
-                paths[where] = {"patch": {
-                    "x-kubernetes-group-version-kind": {"group": group, "version": version or gv, "kind": kind},
-                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-                    "responses": {"200": {"description": "OK"}}}}
-            handler._reply(200, {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.2"},
-                                 "paths": paths, "components": {"schemas": {}}})
+                where = (
+                    f"{prefix}/namespaces/{{namespace}}/{plural}/{{name}}"
+                    if namespaced
+                    else f"{prefix}/{plural}/{{name}}"
+                )
+                paths[where] = {
+                    "patch": {
+                        "x-kubernetes-group-version-kind": {"group": group, "version": version or gv, "kind": kind},
+                        "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "OK"}},
+                    }
+                }
+            handler._reply(
+                200,
+                {
+                    "openapi": "3.0.0",
+                    "info": {"title": "Kubernetes", "version": "v1.36.2"},
+                    "paths": paths,
+                    "components": {"schemas": {}},
+                },
+            )
         else:
             match = re.match(r"^/(?:api/(v1)|apis/([^/]+/[^/]+))$", path)
             gv = match and (match[1] or match[2])
             if not gv or gv not in served:
                 return False
-            handler._reply(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": [
-                {"name": plural, "singularName": kind.lower(), "namespaced": namespaced, "kind": kind,
-                 "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]}
-                for plural, kind, namespaced in served[gv]]})
+            handler._reply(
+                200,
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": gv,
+                    "resources": [
+                        {
+                            "name": plural,
+                            "singularName": kind.lower(),
+                            "namespaced": namespaced,
+                            "kind": kind,
+                            "verbs": [
+                                "create",
+                                "delete",
+                                "deletecollection",
+                                "get",
+                                "list",
+                                "patch",
+                                "update",
+                                "watch",
+                            ],
+                        }
+                        for plural, kind, namespaced in served[gv]
+                    ],
+                },
+            )
         return True
 
     def serve_api(self, handler: Any, method: str, path: str, query: dict[str, list[str]]) -> bool:
@@ -628,7 +805,9 @@ class KubeStandIn:
                 return True
             if info.resource == "selfsubjectreviews":  # who am I
                 groups = service_account_groups(user) if user != ADMIN else ["system:masters", "system:authenticated"]
-                handler._reply(201, {**(handler.body or {}), "status": {"userInfo": {"username": user, "groups": groups}}})
+                handler._reply(
+                    201, {**(handler.body or {}), "status": {"userInfo": {"username": user, "groups": groups}}}
+                )
                 return True
             if info.group == "authorization.k8s.io":
                 return user != ADMIN and self._answer_review(handler, user, info)
@@ -645,9 +824,13 @@ class KubeStandIn:
         k8s.io/apiserver pkg/endpoints/handlers/patch.go answers it), or one not modelled here (a JSON patch)."""
         content_type = handler.headers.get("Content-Type", "").split(";")[0].strip()
         if content_type == "application/strategic-merge-patch+json" and info.group not in BUILT_IN_GROUPS:
-            handler._status(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted "
-                            "media types include: application/json-patch+json, application/merge-patch+json, "
-                            "application/apply-patch+yaml")
+            handler._status(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted "
+                "media types include: application/json-patch+json, application/merge-patch+json, "
+                "application/apply-patch+yaml",
+            )
             return True
         if content_type == "application/json-patch+json":
             handler._status(500, "InternalError", "the stand-in does not model JSON patches (RFC 6902)")
@@ -667,10 +850,20 @@ class KubeStandIn:
             stored = None
         body = handler.body or {}
         if method == "GET" and not info.name:
-            listed = [self._job_view(s) for (namespace, _), s in self.jobs.items()
-                      if namespace == info.namespace and s.body["kind"] == kind]
-            handler._reply(200, {"kind": f"{kind}List", "apiVersion": info.prefix.removeprefix("/apis/"),
-                                 "metadata": {"resourceVersion": "1"}, "items": self._selected(listed, query)})
+            listed = [
+                self._job_view(s)
+                for (namespace, _), s in self.jobs.items()
+                if namespace == info.namespace and s.body["kind"] == kind
+            ]
+            handler._reply(
+                200,
+                {
+                    "kind": f"{kind}List",
+                    "apiVersion": info.prefix.removeprefix("/apis/"),
+                    "metadata": {"resourceVersion": "1"},
+                    "items": self._selected(listed, query),
+                },
+            )
             return True
         if method == "POST":
             return not info.name and self._create_job(handler, info, body)
@@ -696,16 +889,29 @@ class KubeStandIn:
         if method == "DELETE":
             propagation = body.get("propagationPolicy") or query.get("propagationPolicy", [""])[0]
             if propagation == "Foreground":  # kept, with the garbage collector's finalizer, until its pods are gone
-                stored.body["metadata"].update(deletionTimestamp=rfc3339(datetime.now(timezone.utc)),
-                                               finalizers=["foregroundDeletion"])
+                stored.body["metadata"].update(
+                    deletionTimestamp=rfc3339(datetime.now(timezone.utc)), finalizers=["foregroundDeletion"]
+                )
                 stored.deleting_reads = self.foreground_reads
                 handler._reply(200, self._job_view(stored))
                 return True
             del self.jobs[key]
             self.applied.pop(f"{self._collection(info)}/{info.name}", None)
-            handler._reply(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                                 "details": {"name": info.name, "group": info.group, "kind": info.resource,
-                                             "uid": stored.body["metadata"]["uid"]}})
+            handler._reply(
+                200,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {
+                        "name": info.name,
+                        "group": info.group,
+                        "kind": info.resource,
+                        "uid": stored.body["metadata"]["uid"],
+                    },
+                },
+            )
             return True
         updated = self._updated(handler, method, info, stored.body, body)
         if updated is not None:
@@ -736,9 +942,15 @@ class KubeStandIn:
         spec = review.get("spec") or {}
         attributes = spec.get("resourceAttributes") or {}
         subject = user if info.resource == "selfsubjectaccessreviews" else spec.get("user", "")
-        asked = RequestInfo(attributes.get("verb", ""), attributes.get("group", ""), attributes.get("version", ""),
-                            attributes.get("resource", ""), attributes.get("subresource", ""),
-                            attributes.get("namespace", ""), attributes.get("name", ""))
+        asked = RequestInfo(
+            attributes.get("verb", ""),
+            attributes.get("group", ""),
+            attributes.get("version", ""),
+            attributes.get("resource", ""),
+            attributes.get("subresource", ""),
+            attributes.get("namespace", ""),
+            attributes.get("name", ""),
+        )
         handler._reply(201, {**review, "status": {"allowed": self.rbac_allows(subject, asked)}})
         return True
 
@@ -748,8 +960,14 @@ class KubeStandIn:
 
     def _kind(self, info: RequestInfo) -> tuple[str, bool] | None:
         gv = f"{info.group}/{info.version}" if info.group else "v1"
-        served = next(((kind, namespaced) for plural, kind, namespaced in self.served_resources().get(gv, [])
-                       if plural == info.resource), None)
+        served = next(
+            (
+                (kind, namespaced)
+                for plural, kind, namespaced in self.served_resources().get(gv, [])
+                if plural == info.resource
+            ),
+            None,
+        )
         recorded = self.recorded.get(self._collection(info))  # objects recorded without their CRD
         return served or (recorded and (recorded[0]["kind"], bool(info.namespace))) or None
 
@@ -769,20 +987,41 @@ class KubeStandIn:
             return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
         for budget in self.recorded.get(f"/apis/policy/v1/namespaces/{info.namespace}/poddisruptionbudgets", []):
-            selector = ",".join(f"{k}={v}" for k, v in budget["spec"].get("selector", {}).get("matchLabels", {}).items())
+            selector = ",".join(
+                f"{k}={v}" for k, v in budget["spec"].get("selector", {}).get("matchLabels", {}).items()
+            )
             if not selected_by(pod["metadata"].get("labels"), selector):
                 continue
             if not ready(pod) and budget["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow":
                 continue
             healthy = sum(ready(p) for p in pods if selected_by(p["metadata"].get("labels"), selector))
-            desired = healthy - int(budget["spec"].get("maxUnavailable", healthy)) if "maxUnavailable" in budget["spec"] \
+            desired = (
+                healthy - int(budget["spec"].get("maxUnavailable", healthy))
+                if "maxUnavailable" in budget["spec"]
                 else int(budget["spec"].get("minAvailable", 0))
+            )
             if healthy - 1 < desired:
-                handler._reply(429, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                     "message": "Cannot evict pod as it would violate the pod's disruption budget.",
-                                     "reason": "TooManyRequests", "code": 429, "details": {"causes": [{
-                                         "reason": "DisruptionBudget", "message": f"The disruption budget "
-                                         f"{budget['metadata']['name']} needs {desired} healthy pods and has {healthy} currently"}]}})
+                handler._reply(
+                    429,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": "Cannot evict pod as it would violate the pod's disruption budget.",
+                        "reason": "TooManyRequests",
+                        "code": 429,
+                        "details": {
+                            "causes": [
+                                {
+                                    "reason": "DisruptionBudget",
+                                    "message": f"The disruption budget "
+                                    f"{budget['metadata']['name']} needs {desired} healthy pods and has {healthy} currently",
+                                }
+                            ]
+                        },
+                    },
+                )
                 return True
         pods.remove(pod)
         handler._reply(201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
@@ -804,8 +1043,15 @@ class KubeStandIn:
         current = next((o for o in items if o["metadata"]["name"] == info.name), None) if info.name else None
         body = handler.body
         if method == "GET" and not info.name:
-            handler._reply(200, {"kind": f"{kind[0]}List", "apiVersion": info.prefix.removeprefix("/api/").removeprefix("/apis/"),
-                                 "metadata": {"resourceVersion": "1"}, "items": self._selected(items, query)})
+            handler._reply(
+                200,
+                {
+                    "kind": f"{kind[0]}List",
+                    "apiVersion": info.prefix.removeprefix("/api/").removeprefix("/apis/"),
+                    "metadata": {"resourceVersion": "1"},
+                    "items": self._selected(items, query),
+                },
+            )
             return True
         if method == "POST":
             return not info.name and self._create(handler, info, body, items)
@@ -838,8 +1084,12 @@ class KubeStandIn:
         if method == "PUT":
             stale = (body.get("metadata") or {}).get("resourceVersion")
             if stale and stale != current["metadata"].get("resourceVersion"):
-                handler._status(409, "Conflict", f'Operation cannot be fulfilled on {info.qualified} "{info.name}": the '
-                                "object has been modified; please apply your changes to the latest version and try again")
+                handler._status(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {info.qualified} "{info.name}": the '
+                    "object has been modified; please apply your changes to the latest version and try again",
+                )
                 return None
             updated = copy.deepcopy(body)
         elif applying:
@@ -868,8 +1118,12 @@ class KubeStandIn:
             created["metadata"]["namespace"] = info.namespace
         if created.get("kind") == "Job":
             uid = created["metadata"]["uid"]
-            generated = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
-                         "controller-uid": uid, "job-name": name}
+            generated = {
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+            }
             created["spec"].setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
             template = created["spec"].setdefault("template", {}).setdefault("metadata", {})
             template["labels"] = {**(template.get("labels") or {}), **generated}
@@ -915,8 +1169,18 @@ class KubeStandIn:
                 self.wfile.write(data)
 
             def _status(self, code: int, reason: str, message: str) -> None:
-                self._reply(code, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                   "message": message, "reason": reason, "code": code})
+                self._reply(
+                    code,
+                    {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "metadata": {},
+                        "status": "Failure",
+                        "message": message,
+                        "reason": reason,
+                        "code": code,
+                    },
+                )
 
             def _not_found(self, what: str) -> None:
                 self._status(404, "NotFound", f"{what} not found")
@@ -928,7 +1192,9 @@ class KubeStandIn:
                     return None
                 if path in standin.forbidden:
                     info = request_info(method, path, query)
-                    self._status(403, "Forbidden", forbidden_message(self.caller, info) if info else f"cannot get {path}")
+                    self._status(
+                        403, "Forbidden", forbidden_message(self.caller, info) if info else f"cannot get {path}"
+                    )
                     return None
                 return path, query
 
@@ -974,16 +1240,26 @@ class KubeStandIn:
 
             def _list_pods(self, namespace: str, selector: str) -> None:
                 with lock:
-                    pods = [standin._pod(ns, name, stored) for (ns, name), stored in standin.jobs.items() if ns == namespace]
+                    pods = [
+                        standin._pod(ns, name, stored) for (ns, name), stored in standin.jobs.items() if ns == namespace
+                    ]
                 items = [p for p in pods if p and selected_by(p["metadata"]["labels"], selector)]
                 recorded = standin.recorded.get(f"/api/v1/namespaces/{namespace}/pods", [])
                 items += standin._selected(recorded, {"labelSelector": [selector]})
-                self._reply(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items})
+                self._reply(
+                    200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+                )
 
             def _log(self, namespace: str, pod: str, query: dict) -> None:
                 with lock:
-                    stored = next((s for (ns, name), s in standin.jobs.items()
-                                   if ns == namespace and pod == standin.pod_name(name, s) and s.step.run), None)
+                    stored = next(
+                        (
+                            s
+                            for (ns, name), s in standin.jobs.items()
+                            if ns == namespace and pod == standin.pod_name(name, s) and s.step.run
+                        ),
+                        None,
+                    )
                     if stored is None:
                         return self._not_found(f'pods "{pod}"')
                     run = stored.step.run

@@ -9,16 +9,31 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from medo1 import k8s
 
 KUBE_VERSION = "1.33.0"
 # Trainer v2 names an initializer's replicated job and its container alike (kubeflow/trainer pkg/constants/constants.go).
 TRAINER_INITIALIZERS = ("dataset-initializer", "model-initializer")
 # What Pod Security's baseline level lets a container add (kubernetes.io/docs/concepts/security/pod-security-standards).
-BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
-                         "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+}
 SECRET_NAME = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|APIKEY|CREDENTIALS?)($|_)", re.IGNORECASE)
 HOOK = "helm.sh/hook"
+
 
 def _helm_kind_key(obj: dict[str, Any]) -> tuple[int, str]:
     """Helm's lessByKind: known kinds by InstallOrder, unknown kinds last and by kind name (a stable sort
@@ -36,7 +51,9 @@ def helm_install_order(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]
     weight, then kind, in pkg/action/hooks.go)."""
     phases: dict[str, list[dict[str, Any]]] = {"pre-install": [], "main": [], "post-install": []}
     for obj in objects:
-        hooks = [h.strip() for h in obj.get("metadata", {}).get("annotations", {}).get(HOOK, "").split(",") if h.strip()]
+        hooks = [
+            h.strip() for h in obj.get("metadata", {}).get("annotations", {}).get(HOOK, "").split(",") if h.strip()
+        ]
         phase = next((h for h in hooks if h in ("pre-install", "post-install")), "main" if not hooks else None)
         if phase is not None:
             phases[phase].append(obj)
@@ -45,8 +62,11 @@ def helm_install_order(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]
         weight = obj["metadata"].get("annotations", {}).get("helm.sh/hook-weight", "0")
         return int(weight), _helm_kind_key(obj)
 
-    return [*sorted(phases["pre-install"], key=hook_key), *sorted(phases["main"], key=_helm_kind_key),
-            *sorted(phases["post-install"], key=hook_key)]
+    return [
+        *sorted(phases["pre-install"], key=hook_key),
+        *sorted(phases["main"], key=_helm_kind_key),
+        *sorted(phases["post-install"], key=hook_key),
+    ]
 
 
 def _needs(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -81,7 +101,9 @@ def install_order_problems(ordered: list[dict[str, Any]]) -> list[str]:
     for index, obj in enumerate(ordered):
         for need in _needs(obj):
             if position.get(need, -1) > index:
-                problems.append(f"{obj['kind']}/{obj['metadata']['name']} is created before {need[0]}/{need[1]}, which it needs")
+                problems.append(
+                    f"{obj['kind']}/{obj['metadata']['name']} is created before {need[0]}/{need[1]}, which it needs"
+                )
     return problems
 
 
@@ -124,7 +146,10 @@ def schema_errors(objects: Iterable[dict[str, Any]], crd_dir: Path, kube_version
             for err in validator.iter_errors(obj):
                 errors.append(f"{where}: {err.message} at {'.'.join(str(p) for p in err.absolute_path)}")
             for pod_where, template in k8s.pod_templates(obj):
-                core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}, pod_where)
+                core(
+                    {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template},
+                    pod_where,
+                )
         elif obj.get("apiVersion", "").endswith(".kubeflow.org/v1") or "kubeflow.org" in obj.get("apiVersion", ""):
             errors.append(f"{where}: no CRD for {key} in {crd_dir}")
         else:
@@ -165,7 +190,9 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
             for volume in volumes.values():
                 claim = volume.get("persistentVolumeClaim", {}).get("claimName")
                 if claim is not None and claim not in claims:
-                    problems.append(f"{where}: volume {volume['name']!r} uses PVC {claim!r}, which is neither rendered nor declared existing")
+                    problems.append(
+                        f"{where}: volume {volume['name']!r} uses PVC {claim!r}, which is neither rendered nor declared existing"
+                    )
             nproc = _nproc(obj, objects)
             if obj["kind"] == "PyTorchJob" and nproc is None:
                 problems.append(f"{where}: spec.nprocPerNode must be a number of processes")
@@ -192,8 +219,10 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
                 for var in container.get("env", []):
                     ref = var.get("valueFrom", {}).get("secretKeyRef")
                     if ref is not None and "optional" not in ref:
-                        problems.append(f"{cwhere}: env {var['name']} from Secret {ref.get('name')} must say whether it is "
-                                        "optional (a missing required Secret holds the pod in CreateContainerConfigError)")
+                        problems.append(
+                            f"{cwhere}: env {var['name']} from Secret {ref.get('name')} must say whether it is "
+                            "optional (a missing required Secret holds the pod in CreateContainerConfigError)"
+                        )
                 if container.get("name") != expected:
                     continue
                 limits = container.get("resources", {}).get("limits", {})
@@ -205,9 +234,9 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
                     problems.append(f"{cwhere}: an Istio sidecar keeps the pod running after training ends")
                 shm = volumes.get(mounts.get("/dev/shm", ""), {}).get("emptyDir")
                 if (gpus or nproc) and (not shm or shm.get("medium") != "Memory"):
-                    problems.append(f"{cwhere}: /dev/shm must be a memory-backed emptyDir (NCCL needs more than 64 MiB)")
+                    problems.append(
+                        f"{cwhere}: /dev/shm must be a memory-backed emptyDir (NCCL needs more than 64 MiB)"
+                    )
                 if gpus is not None and nproc is not None and gpus != nproc:
                     problems.append(f"{cwhere}: {gpus} GPUs but {nproc} processes per node")
     return problems
-
-

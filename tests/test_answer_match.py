@@ -8,6 +8,7 @@ other candidates, hedged, split over sentences), score `reward_wrong`."""
 from __future__ import annotations
 
 import pytest
+
 from medo1.data import reasoning_target
 from medo1.eval import extract_answer
 from medo1.final_response import answer_text, parse_response
@@ -205,8 +206,11 @@ def test_the_whole_reward_on_the_tables(demo_rows):
 
 @pytest.mark.parametrize(
     "answer, reference",
-    [("Not metformin.", "metformin"), ("Metformin is contraindicated here; give insulin.", "metformin"),
-     ("metformin and insulin", "metformin")],
+    [
+        ("Not metformin.", "metformin"),
+        ("Metformin is contraindicated here; give insulin.", "metformin"),
+        ("metformin and insulin", "metformin"),
+    ],
 )
 def test_the_issue_examples_are_wrong(answer, reference):
     out = AnswerMatchReward()([reasoning_target(COT, answer)], [reference])

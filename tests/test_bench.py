@@ -31,7 +31,9 @@ def test_sft_contenders_train_the_same_batches():
         assert figures["peak_memory_mb"] > 0 and figures["memory_method"], name
     matched = [contenders[name] for name in sft.MATCHED]
     assert all(figures["same_batches_as_trl_sft_defaults"] for figures in matched)
-    assert all(figures["examples_per_step"] == [config["examples_per_step"]] * config["measured_steps"] for figures in matched)
+    assert all(
+        figures["examples_per_step"] == [config["examples_per_step"]] * config["measured_steps"] for figures in matched
+    )
     assert len({figures["real_tokens"] for figures in matched}) == 1
     # Padded batches carry padding; padding-free and packed ones carry none.
     assert contenders["padded_loop"]["real_token_share"] < 1
@@ -108,7 +110,11 @@ def test_each_interleaved_measurement_shows_progress(capsys):
     interleaved({"a": lambda repetition: repetition, "b": lambda repetition: -repetition}, 2)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(":")[1].strip() for line in lines if line.endswith(" ...")] == [
-        "a, run 1 of 2 ...", "b, run 1 of 2 ...", "a, run 2 of 2 ...", "b, run 2 of 2 ..."]
+        "a, run 1 of 2 ...",
+        "b, run 1 of 2 ...",
+        "a, run 2 of 2 ...",
+        "b, run 2 of 2 ...",
+    ]
     assert sum(" done in " in line for line in lines) == 4
 
 
@@ -125,11 +131,17 @@ def test_contenders_run_interleaved_and_a_claim_inside_its_spread_warns():
     from bench.common import claim_check, interleaved, median_and_spread
 
     order = []
-    results = interleaved({name: (lambda r, name=name: order.append(name) or (name, r)) for name in "ABC"}, repetitions=3)
+    results = interleaved(
+        {name: (lambda r, name=name: order.append(name) or (name, r)) for name in "ABC"}, repetitions=3
+    )
     assert order == list("ABCABCABC")
     assert results["B"] == [("B", 0), ("B", 1), ("B", 2)]
     figures = median_and_spread([1.0, 1.5, 1.2])
-    assert figures["median"] == 1.2 and figures["spread"] == 0.5 and figures["relative_spread"] == pytest.approx(0.5 / 1.2, abs=1e-4)
+    assert (
+        figures["median"] == 1.2
+        and figures["spread"] == 0.5
+        and figures["relative_spread"] == pytest.approx(0.5 / 1.2, abs=1e-4)
+    )
     # The machine: 1.06x idle, 0.88x under load: the spread (0.18) is wider than the claimed difference.
     noisy = claim_check("medo1 vs padded", [1.06, 0.88, 1.02])
     assert noisy["median"] == 1.02 and "wider than the difference" in noisy["warning"]

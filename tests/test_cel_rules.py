@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medo1 import k8s
 from medo1.launch.rendering import build_pytorchjob, stage_values
 from medo1.launch.trainjob import build_trainjob
-
 from tests.conftest import REPO
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
@@ -126,15 +126,25 @@ def rendered_objects():
     """Every Kubeflow object the chart renders for each profile and a matrix of values, the TrainJobs
     the launcher sends through the SDK, and the README's TrainJob."""
     cases = {f"profile:{p}": k8s.load_profile(p) for p in k8s.profiles()}
-    cases |= {"trainjob-backend-two-nodes": {"backend": "trainjob", "cluster": {"nodes": 2}, "stages": {"rl": {"enabled": True}}},
-              "runtimes-with-initializers": {"runtimes": {"enabled": True, "initializers": {"enabled": True}}},
-              "pytorchjob-two-nodes": {"cluster": {"nodes": 2}, "kueue": {"queueName": "h100"}}}
+    cases |= {
+        "trainjob-backend-two-nodes": {
+            "backend": "trainjob",
+            "cluster": {"nodes": 2},
+            "stages": {"rl": {"enabled": True}},
+        },
+        "runtimes-with-initializers": {"runtimes": {"enabled": True, "initializers": {"enabled": True}}},
+        "pytorchjob-two-nodes": {"cluster": {"nodes": 2}, "kueue": {"queueName": "h100"}},
+    }
     for case, values in cases.items():
         for obj in k8s.render_chart(values):
             if obj["kind"] in RULES:
                 yield f"{case} {obj['kind']}/{obj['metadata']['name']}", obj
-    for stage, runtime, profile in [("sft", None, "h100-1node"), ("rl", "medo1-grpo", "h100-2nodes"), ("eval", None, None),
-                                    ("sft", None, "cpu-smoke")]:
+    for stage, runtime, profile in [
+        ("sft", None, "h100-1node"),
+        ("rl", "medo1-grpo", "h100-2nodes"),
+        ("eval", None, None),
+        ("sft", None, "cpu-smoke"),
+    ]:
         job = build_trainjob(stage, stage_values(stage, profile=profile), runtime=runtime, timeout_s=3600)
         yield f"launcher TrainJob {stage} on {job['spec']['runtimeRef']['name']}", job
     section = (REPO / "README.md").read_text().split("## Kubeflow Trainer v2\n", 1)[1].split("\n## ", 1)[0]
@@ -150,7 +160,11 @@ def test_the_fixture_crds_are_the_shared_ones_and_have_rules():
         for path in shared.glob("*.yaml"):
             assert (CRDS / path.name).read_bytes() == path.read_bytes()
     assert {kind: len(rules) for kind, rules in RULES.items()} == {
-        "PyTorchJob": 1, "ClusterTrainingRuntime": 12, "TrainingRuntime": 12, "TrainJob": 20}
+        "PyTorchJob": 1,
+        "ClusterTrainingRuntime": 12,
+        "TrainingRuntime": 12,
+        "TrainJob": 20,
+    }
     import cel
 
     for rules in RULES.values():
@@ -192,21 +206,29 @@ def set_at(obj: dict, path: tuple[str, ...], value) -> None:
 # Planted violations of the rules that do not compare with oldSelf, by rule text: (path, value) pairs
 # put into a rendered object of the rule's kind.
 PLANTED = {
-    "[has(self.torch), has(self.mpi), has(self.jax), has(self.xgboost),has(self.flux)].filter(x, x).size() <= 1":
-        [(("spec", "mlPolicy", "mpi"), {"numProcPerNode": 8})],
+    "[has(self.torch), has(self.mpi), has(self.jax), has(self.xgboost),has(self.flux)].filter(x, x).size() <= 1": [
+        (("spec", "mlPolicy", "mpi"), {"numProcPerNode": 8})
+    ],
     "self >= 1": None,  # per path, below: numProcPerNode of flux / mpi / the TrainJob's trainer
-    "!self.exists(c, c == 'node')":
-        [(("spec", "mlPolicy", "torch", "envInjection"), {"targets": [{"jobName": "node", "containerNames": ["node"]}]})],
-    "!(has(self.startupPolicy) && self.startupPolicy.startupPolicyOrder == 'InOrder' && self.replicatedJobs.exists(x, has(x.dependsOn)))":
-        [(("spec", "template", "spec", "startupPolicy"), {"startupPolicyOrder": "InOrder"}),
-         (("spec", "template", "spec", "replicatedJobs", "[]", "dependsOn"), [{"name": "node", "status": "Ready"}])],
-    "self.templates.all(t, !has(t.metadata.namespace) || size(t.metadata.namespace) == 0)":
-        [(("spec", "template", "spec", "volumeClaimPolicies"), [{"templates": [{"metadata": {"name": "w", "namespace": "other"}}]}])],
+    "!self.exists(c, c == 'node')": [
+        (("spec", "mlPolicy", "torch", "envInjection"), {"targets": [{"jobName": "node", "containerNames": ["node"]}]})
+    ],
+    "!(has(self.startupPolicy) && self.startupPolicy.startupPolicyOrder == 'InOrder' && self.replicatedJobs.exists(x, has(x.dependsOn)))": [
+        (("spec", "template", "spec", "startupPolicy"), {"startupPolicyOrder": "InOrder"}),
+        (("spec", "template", "spec", "replicatedJobs", "[]", "dependsOn"), [{"name": "node", "status": "Ready"}]),
+    ],
+    "self.templates.all(t, !has(t.metadata.namespace) || size(t.metadata.namespace) == 0)": [
+        (
+            ("spec", "template", "spec", "volumeClaimPolicies"),
+            [{"templates": [{"metadata": {"name": "w", "namespace": "other"}}]}],
+        )
+    ],
     "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')": [(("metadata", "name"), "Medo1_SFT")],
     "size(self.metadata.name) <= 63": [(("metadata", "name"), "m" * 64)],
     "self == '' || self.matches('^[A-Za-z][A-Za-z0-9+.-]*://.+$')": None,  # per path: a storageUri without a scheme
-    "self in ['trainer.kubeflow.org/trainjob-controller', 'kueue.x-k8s.io/multikueue']":
-        [(("spec", "managedBy"), "someone/else")],
+    "self in ['trainer.kubeflow.org/trainjob-controller', 'kueue.x-k8s.io/multikueue']": [
+        (("spec", "managedBy"), "someone/else")
+    ],
     "has(self.lastUpdatedTime)": [(("status", "trainerStatus"), {"progressPercentage": 40})],
 }
 
@@ -262,4 +284,5 @@ def test_pytorchjob_queue_is_immutable_on_update():
     moved["spec"]["runPolicy"]["schedulingPolicy"]["queue"] = "a100"
     assert violations(moved, old=job) == [
         "PyTorchJob.spec.runPolicy.schedulingPolicy.queue at spec/runPolicy/schedulingPolicy/queue: "
-        "spec.runPolicy.schedulingPolicy.queue is immutable"]
+        "spec.runPolicy.schedulingPolicy.queue is immutable"
+    ]

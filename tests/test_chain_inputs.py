@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
+
 from medo1.cli import main
 from medo1.config import load_config
 from medo1.launch import InputsMissing, launch_chain
 from medo1.rl.config import RLConfig
-
 from tests.conftest import DEMO_DATA, REPO
 from tests.hub_standin import HubStandIn
 from tests.kube_standin import KubeStandIn, Step
@@ -23,8 +23,16 @@ from tests.kube_standin import KubeStandIn, Step
 VERIFIER = "FreedomIntelligence/medical_o1_verifier_3B"
 SEVEN_B_RL = ["rl-ppo-qwen2.5-7b-8xh100.yaml", "rl-grpo-qwen2.5-7b-8xh100.yaml"]
 NS = "team-c"
-SUCCEEDED = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded",
-                             "lastTransitionTime": "2026-11-23T11:00:00Z"}]}
+SUCCEEDED = {
+    "conditions": [
+        {
+            "type": "Succeeded",
+            "status": "True",
+            "reason": "PyTorchJobSucceeded",
+            "lastTransitionTime": "2026-11-23T11:00:00Z",
+        }
+    ]
+}
 
 
 @pytest.mark.parametrize("recipe", SEVEN_B_RL)
@@ -50,10 +58,12 @@ def test_the_verifier_loads_by_its_hub_id_through_the_hf_cache(tmp_path):
     from tests.test_rewards import save_verifier
 
     save_verifier(hf_cache_entry(tmp_path / "hf-cache" / "hub", VERIFIER), 0.6)
-    script = ("from medo1.rl.reward_config import VerifierRewardConfig\n"
-              "from medo1.rl.rewards import VerifierReward\n"
-              f"reward = VerifierReward(VerifierRewardConfig(model={VERIFIER!r}))\n"
-              "print(reward.true_index, type(reward.model).__name__)\n")
+    script = (
+        "from medo1.rl.reward_config import VerifierRewardConfig\n"
+        "from medo1.rl.rewards import VerifierReward\n"
+        f"reward = VerifierReward(VerifierRewardConfig(model={VERIFIER!r}))\n"
+        "print(reward.true_index, type(reward.model).__name__)\n"
+    )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -76,11 +86,25 @@ def chain_values(tmp_path, verifier: str, secret: str = "") -> os.PathLike:
         "storage": {key: {"mountPath": str(folder)} for key, folder in volumes.items()},
         "secrets": {"hfToken": {"name": secret, "key": "HF_TOKEN"}},
         "stages": {
-            "sft": {"enabled": True, "recipe": str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"), "set": [
-                f"model.name_or_path={base}", f"data.path={volumes['data'] / 'sft.json'}", f"output.dir={sft_out}"]},
-            "rl": {"enabled": True, "recipe": str(REPO / "recipes" / "rl-ppo-qwen2.5-7b-8xh100.yaml"), "set": [
-                f"model.name_or_path={sft_out / 'export'}", f"data.path={volumes['data'] / 'rl.json'}",
-                f"reward.model={verifier}", f"output.dir={rl_out}"]},
+            "sft": {
+                "enabled": True,
+                "recipe": str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"),
+                "set": [
+                    f"model.name_or_path={base}",
+                    f"data.path={volumes['data'] / 'sft.json'}",
+                    f"output.dir={sft_out}",
+                ],
+            },
+            "rl": {
+                "enabled": True,
+                "recipe": str(REPO / "recipes" / "rl-ppo-qwen2.5-7b-8xh100.yaml"),
+                "set": [
+                    f"model.name_or_path={sft_out / 'export'}",
+                    f"data.path={volumes['data'] / 'rl.json'}",
+                    f"reward.model={verifier}",
+                    f"output.dir={rl_out}",
+                ],
+            },
         },
     }
     path = tmp_path / "values.yaml"
@@ -153,11 +177,16 @@ def test_a_hub_id_neither_cached_nor_readable_is_refused_before_the_first_job(tm
     finally:
         kube.stop()
     assert kube.requests == []
-    who = "no token (the stage gets none: set secrets.hfToken)" if case == "no-token-for-the-stage" else "the stage's token"
+    who = (
+        "no token (the stage gets none: set secrets.hfToken)"
+        if case == "no-token-for-the-stage"
+        else "the stage's token"
+    )
     assert str(refused.value) == (
         f"stage rl: reward.model {verifier}: not in the HF cache ({tmp_path / 'hf-cache' / 'hub'}), and {hub.url} has no "
         f"such model readable with {who}; fix: check the id; a private repo needs a token that can read it "
-        "(secrets.hfToken)")
+        "(secrets.hfToken)"
+    )
 
 
 def test_a_hub_id_in_the_hf_cache_needs_no_hub(tmp_path, hub, monkeypatch):

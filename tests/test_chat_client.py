@@ -9,6 +9,7 @@ import logging
 import time
 
 import pytest
+
 from medo1.chat_client import (
     ChatClient,
     ChatClientConfig,
@@ -17,7 +18,6 @@ from medo1.chat_client import (
     retry_after_seconds,
     run_chat,
 )
-
 from pipelines.openai_standin import StandIn
 from tests.conftest import free_port
 
@@ -136,8 +136,10 @@ def test_an_endpoint_that_never_answers_stops_every_request_after_give_up_after_
     with StandIn(api_key=KEY, mcq_answers={"Q": "A"}, faults=["hang"] * 40, hang_s=5) as server:
         started = time.monotonic()
         with pytest.raises(ChatEndpointError) as error:
-            run_chat(client_config(server.base_url, timeout_s=0.3, max_retries=50, give_up_after_s=1.0,
-                                   concurrency=4), [QUESTION] * 8)
+            run_chat(
+                client_config(server.base_url, timeout_s=0.3, max_retries=50, give_up_after_s=1.0, concurrency=4),
+                [QUESTION] * 8,
+            )
         elapsed = time.monotonic() - started
     message = str(error.value)
     assert "no request answered for" in message and "give_up_after_s=1" in message and "timed out" in message

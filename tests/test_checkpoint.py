@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from medo1.atomic import atomic_write_text
 from medo1.checkpoint import (
     COMPLETE_MARKER,
@@ -235,9 +236,10 @@ def test_resume_error_is_value_error():
 
 
 def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):
+    from transformers import TrainerState
+
     from medo1.metrics import read_metrics
     from medo1.metrics_callback import JsonlMetrics
-    from transformers import TrainerState
 
     path = tmp_path / "metrics.jsonl"
     entries = [{"step": s, "loss": 10.0 - s} for s in range(1, 7)]
@@ -252,7 +254,6 @@ def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):
 @pytest.mark.slow
 def test_a_killed_and_resumed_sft_run_logs_each_step_once(tiny_model, demo_rows, tmp_path):
     from medo1.metrics import read_metrics
-
     from tests.conftest import TINY_RECIPE, kill_after_checkpoint, run_medo1, sft_overrides, write_short_rows
 
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 16)

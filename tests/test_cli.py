@@ -28,7 +28,18 @@ def set_args(overrides: list[str]) -> list[str]:
 
 def test_validate_demo_json_report(tiny_model):
     done = run_medo1(
-        ["data", "validate", DEMO_DATA, "--format", "medical_o1", "--tokenizer", tiny_model, "--max-length", "1024", "--json"]
+        [
+            "data",
+            "validate",
+            DEMO_DATA,
+            "--format",
+            "medical_o1",
+            "--tokenizer",
+            tiny_model,
+            "--max-length",
+            "1024",
+            "--json",
+        ]
     )
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -71,7 +82,9 @@ def test_sft_fails_on_bad_rows_naming_file_row_field(tiny_model, demo_rows, tmp_
     out = tmp_path / "run"
     done = run_medo1(["sft", "--config", TINY_RECIPE] + set_args(sft_overrides(tiny_model, data, out)))
     assert done.returncode == 2
-    assert f"medo1: error: 1 invalid row(s):\n  {data} row 2: field 'Response': expected a string, got int" in done.stderr
+    assert (
+        f"medo1: error: 1 invalid row(s):\n  {data} row 2: field 'Response': expected a string, got int" in done.stderr
+    )
     assert "data.on_invalid=skip" in done.stderr
     assert not list(out.glob("checkpoint-*"))
 
@@ -121,8 +134,22 @@ def test_translate_cli_against_a_local_openai_standin(tmp_path):
     try:
         out = tmp_path / "ja.jsonl"
         done = run_medo1(
-            ["translate", DEMO_DATA, "--output", out, "--format", "verifiable", "--target-language", "Japanese",
-             "--base-url", server.base_url, "--limit", "3", "--concurrency", "2"],
+            [
+                "translate",
+                DEMO_DATA,
+                "--output",
+                out,
+                "--format",
+                "verifiable",
+                "--target-language",
+                "Japanese",
+                "--base-url",
+                server.base_url,
+                "--limit",
+                "3",
+                "--concurrency",
+                "2",
+            ],
             env={"OPENAI_API_KEY": "cli-key"},
         )
     finally:
@@ -136,8 +163,19 @@ def test_translate_cli_against_a_local_openai_standin(tmp_path):
 
 def test_eval_cli_on_the_tiny_model(tiny_model, tmp_path):
     done = run_medo1(
-        ["eval", "--model", tiny_model, "--benchmark", f"demo={DEMO_DATA}", "--limit", "4",
-         "--set", "max_new_tokens=8", "--output-dir", tmp_path / "eval"]
+        [
+            "eval",
+            "--model",
+            tiny_model,
+            "--benchmark",
+            f"demo={DEMO_DATA}",
+            "--limit",
+            "4",
+            "--set",
+            "max_new_tokens=8",
+            "--output-dir",
+            tmp_path / "eval",
+        ]
     )
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout.strip().splitlines()[-1])
@@ -176,7 +214,10 @@ def fail_fast_cases(tmp_path: Path) -> list[tuple[dict, str]]:
         ({"lora.dropout": 1.5}, "lora.dropout: Input should be less than 1"),
         ({"output.save_steps": 0}, "output.save_steps: Input should be greater than or equal to 1"),
         ({"model.name_or_path": "./no-such-model"}, "model.name_or_path: ./no-such-model does not exist"),
-        ({"model.name_or_path": str(tmp_path / "missing")}, f"model.name_or_path: {tmp_path / 'missing'} does not exist"),
+        (
+            {"model.name_or_path": str(tmp_path / "missing")},
+            f"model.name_or_path: {tmp_path / 'missing'} does not exist",
+        ),
         ({"model.name_or_path": str(a_file)}, "is a file, not a model directory"),
         ({"data.path": str(tmp_path / "rows.json")}, "data.path: "),
         ({"output.dir": str(a_file)}, f"output.dir: {a_file} is a file, not a directory"),
@@ -190,8 +231,11 @@ def test_sft_refuses_bad_values_and_paths_in_one_line_before_torch_loads(tmp_pat
     for case, expected in fail_fast_cases(tmp_path):
         values = {"model.name_or_path": model, "data.path": DEMO_DATA, "output.dir": tmp_path / "run"} | case
         started = time.monotonic()
-        done = run_medo1(["sft", "--config", TINY_RECIPE, *set_args([f"{k}={v}" for k, v in values.items()])],
-                         launcher=NO_TORCH_LAUNCHER, timeout=60)
+        done = run_medo1(
+            ["sft", "--config", TINY_RECIPE, *set_args([f"{k}={v}" for k, v in values.items()])],
+            launcher=NO_TORCH_LAUNCHER,
+            timeout=60,
+        )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2, (case, done.stderr)
         assert len(lines) == 1 and lines[0].startswith("medo1: error: ") and expected in lines[0], (case, lines)
@@ -221,19 +265,28 @@ def test_a_hub_id_stays_allowed_but_a_typo_under_a_local_folder_does_not(tmp_pat
         check_model_reference("runs/tiny-modle", "model.name_or_path")
 
 
-@pytest.mark.parametrize(("case", "expected"), [
-    ({"ppo.value_model": "NO_VALUE_MODEL"}, "ppo.value_model: NO_VALUE_MODEL does not exist (and is not a Hub id owner/name)"),
-    ({"train.learning_rate": -1}, "train.learning_rate: Input should be greater than 0"),
-    ({"reward.kind": "verifier", "reward.model": "./no-verifier"}, "reward.model: ./no-verifier does not exist"),
-])
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            {"ppo.value_model": "NO_VALUE_MODEL"},
+            "ppo.value_model: NO_VALUE_MODEL does not exist (and is not a Hub id owner/name)",
+        ),
+        ({"train.learning_rate": -1}, "train.learning_rate: Input should be greater than 0"),
+        ({"reward.kind": "verifier", "reward.model": "./no-verifier"}, "reward.model: ./no-verifier does not exist"),
+    ],
+)
 def test_rl_refuses_bad_values_and_paths_in_one_line_before_torch_loads(tmp_path, case, expected):
     model = tmp_path / "model"
     model.mkdir()
     missing = str(tmp_path / "no-value-model")
     case = {key: str(value).replace("NO_VALUE_MODEL", missing) for key, value in case.items()}
     values = {"model.name_or_path": model, "data.path": DEMO_DATA, "output.dir": tmp_path / "run"} | case
-    done = run_medo1(["rl", "--config", "recipes/rl-ppo-tiny-cpu.yaml",
-                      *set_args([f"{k}={v}" for k, v in values.items()])], launcher=NO_TORCH_LAUNCHER, timeout=120)
+    done = run_medo1(
+        ["rl", "--config", "recipes/rl-ppo-tiny-cpu.yaml", *set_args([f"{k}={v}" for k, v in values.items()])],
+        launcher=NO_TORCH_LAUNCHER,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("medo1: error: "), lines
@@ -261,22 +314,40 @@ def test_every_user_error_class_derives_from_the_root():
     from medo1.translate import TranslateError
     from medo1.upload import UploadError
 
-    for error in (ChatError, ResumeError, ConfigError, StageError, DataError, EvalError, LaunchError,
-                  RewardLoadError, TranslateError, UploadError):
+    for error in (
+        ChatError,
+        ResumeError,
+        ConfigError,
+        StageError,
+        DataError,
+        EvalError,
+        LaunchError,
+        RewardLoadError,
+        TranslateError,
+        UploadError,
+    ):
         assert issubclass(error, Medo1Error), error
 
 
 def test_importing_the_cli_loads_neither_torch_nor_transformers():
-    probe = ("import sys, medo1.cli; "
-             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
+    probe = (
+        "import sys, medo1.cli; "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("stage, recipe", [
-    ("sft", TINY_RECIPE), ("rl", "recipes/rl-ppo-tiny-cpu.yaml"), ("translate", "recipes/translate-ja.yaml"),
-    ("eval", "recipes/eval-mcq.yaml"), ("upload", "recipes/upload.yaml"),
-])
+@pytest.mark.parametrize(
+    "stage, recipe",
+    [
+        ("sft", TINY_RECIPE),
+        ("rl", "recipes/rl-ppo-tiny-cpu.yaml"),
+        ("translate", "recipes/translate-ja.yaml"),
+        ("eval", "recipes/eval-mcq.yaml"),
+        ("upload", "recipes/upload.yaml"),
+    ],
+)
 def test_config_show_prints_every_option_with_type_default_recipe_value_and_description(stage, recipe):
     from medo1.config import describe_options, stage_config_class
 
@@ -294,4 +365,7 @@ def test_config_show_prints_every_option_with_type_default_recipe_value_and_desc
 
 def test_config_show_shows_the_recipe_value_beside_the_default():
     done = run_medo1(["config", "show", "sft", "--recipe", TINY_RECIPE])
-    assert "train.learning_rate  (float)  default: 5.0e-06  recipe: 0.001\n    Peak learning rate (AdamW).\n" in done.stdout
+    assert (
+        "train.learning_rate  (float)  default: 5.0e-06  recipe: 0.001\n    Peak learning rate (AdamW).\n"
+        in done.stdout
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from medo1.config import (
     ConfigError,
     Section,
@@ -328,18 +329,21 @@ def test_grpo_recipe_has_the_fork_settings():
 RL_TINY = Path(__file__).resolve().parents[1] / "recipes" / "rl-ppo-tiny-cpu.yaml"
 
 
-@pytest.mark.parametrize("override, field", [
-    ("train.learning_rate=0", "train.learning_rate"),
-    ("train.warmup_ratio=-0.1", "train.warmup_ratio"),
-    ("train.total_episodes=0", "train.total_episodes"),
-    ("train.eval_fraction=1", "train.eval_fraction"),
-    ("sampling.top_p=0", "sampling.top_p"),
-    ("sampling.response_length=0", "sampling.response_length"),
-    ("ppo.gamma=1.5", "ppo.gamma"),
-    ("ppo.ppo_epochs=0", "ppo.ppo_epochs"),
-    ("data.max_length=0", "data.max_length"),
-    ("output.logging_steps=0", "output.logging_steps"),
-])
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.learning_rate=0", "train.learning_rate"),
+        ("train.warmup_ratio=-0.1", "train.warmup_ratio"),
+        ("train.total_episodes=0", "train.total_episodes"),
+        ("train.eval_fraction=1", "train.eval_fraction"),
+        ("sampling.top_p=0", "sampling.top_p"),
+        ("sampling.response_length=0", "sampling.response_length"),
+        ("ppo.gamma=1.5", "ppo.gamma"),
+        ("ppo.ppo_epochs=0", "ppo.ppo_epochs"),
+        ("data.max_length=0", "data.max_length"),
+        ("output.logging_steps=0", "output.logging_steps"),
+    ],
+)
 def test_rl_bounds_refuse_bad_values_naming_the_field(override, field):
     from medo1.rl.config import RLConfig
 
@@ -347,14 +351,28 @@ def test_rl_bounds_refuse_bad_values_naming_the_field(override, field):
         load_config(RLConfig, RL_TINY, [override])
 
 
-@pytest.mark.parametrize("stage, overrides, field", [
-    ("eval", ["model=m", "limit=0"], "limit"),
-    ("eval", ["model=m", "max_new_tokens=0"], "max_new_tokens"),
-    ("translate", ["input=a.json", "output=b.jsonl", "target_language=Japanese", "validation_retries=-1"],
-     "validation_retries"),
-    ("translate", ["input=a.json", "output=b.jsonl", "target_language=", ], "target_language"),
-    ("upload", ["model_dir=x", "repo_id=me/m", "retries=-1"], "retries"),
-])
+@pytest.mark.parametrize(
+    "stage, overrides, field",
+    [
+        ("eval", ["model=m", "limit=0"], "limit"),
+        ("eval", ["model=m", "max_new_tokens=0"], "max_new_tokens"),
+        (
+            "translate",
+            ["input=a.json", "output=b.jsonl", "target_language=Japanese", "validation_retries=-1"],
+            "validation_retries",
+        ),
+        (
+            "translate",
+            [
+                "input=a.json",
+                "output=b.jsonl",
+                "target_language=",
+            ],
+            "target_language",
+        ),
+        ("upload", ["model_dir=x", "repo_id=me/m", "retries=-1"], "retries"),
+    ],
+)
 def test_service_stage_bounds_refuse_bad_values(stage, overrides, field):
     from medo1.config import stage_config_class
 

@@ -7,6 +7,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+
 from medo1 import data
 from medo1.data import (
     ChatExample,
@@ -255,8 +256,8 @@ def test_file_not_found_raises(tmp_path):
 # (\\uXXXX and surrogate pairs), multi-byte UTF-8 characters split between reads, a BOM, whitespace everywhere.
 TRICKY_JSON_LISTS = [
     '[1, 23, 4.5, -6e+2, 1.25E-3, 12345678901234567890, true, false, null, "x", [], {}]',
-    ' \n [ \n ] \n',
-    '[{"Question": "caf\u00e9 \\u00e9 \\ud83d\\ude00 \\" \\\\ \\n", "n": -0.0}, {"a": [1, {"b": "\u6f22\u5b57 \U0001F600"}]}]',
+    " \n [ \n ] \n",
+    '[{"Question": "caf\u00e9 \\u00e9 \\ud83d\\ude00 \\" \\\\ \\n", "n": -0.0}, {"a": [1, {"b": "\u6f22\u5b57 \U0001f600"}]}]',
     '\ufeff[{"Question": "q"}]',
     "[" + ", ".join(json.dumps({"Question": "q" * i, "x": i / 7}) for i in range(40)) + "]",
 ]
@@ -270,19 +271,27 @@ def test_a_json_list_read_a_few_bytes_at_a_time_equals_json_loads(tmp_path, monk
     for chunk in [1, 2, 3, 5, 8, 13, 1 << 20]:
         monkeypatch.setattr(data, "JSON_CHUNK_BYTES", chunk)
         records = list(data.iter_records(path))
-        assert [(row, line, error) for row, line, _, error in records] == [(i, None, None) for i in range(len(expected))]
+        assert [(row, line, error) for row, line, _, error in records] == [
+            (i, None, None) for i in range(len(expected))
+        ]
         assert [record for _, _, record, _ in records] == expected, chunk
 
 
-@pytest.mark.parametrize(("text", "where"), [
-    ('[\n  {"Question": "q"},\n  {oops}\n]\n', " row 1: invalid JSON at line 3 column 4: Expecting property name enclosed in double quotes"),
-    ('[{"a": 1}, {"b": "unterminated]', " row 1: invalid JSON at line 1 column 18: Unterminated string"),
-    ('[{"a": 1} {"b": 2}]', " row 0: invalid JSON at line 1 column 11: Expecting ',' delimiter"),
-    ('[1, 2,]', " row 2: invalid JSON at line 1 column 7: Expecting value"),
-    ('[1, 2', " row 1: invalid JSON at line 1 column 6: Expecting ',' delimiter"),
-    ('[{"a": tru}]', " row 0: invalid JSON at line 1 column 8: Expecting value"),
-    ('[1]\n[2]\n', ": invalid JSON at line 2 column 1: Extra data"),
-])
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            '[\n  {"Question": "q"},\n  {oops}\n]\n',
+            " row 1: invalid JSON at line 3 column 4: Expecting property name enclosed in double quotes",
+        ),
+        ('[{"a": 1}, {"b": "unterminated]', " row 1: invalid JSON at line 1 column 18: Unterminated string"),
+        ('[{"a": 1} {"b": 2}]', " row 0: invalid JSON at line 1 column 11: Expecting ',' delimiter"),
+        ("[1, 2,]", " row 2: invalid JSON at line 1 column 7: Expecting value"),
+        ("[1, 2", " row 1: invalid JSON at line 1 column 6: Expecting ',' delimiter"),
+        ('[{"a": tru}]', " row 0: invalid JSON at line 1 column 8: Expecting value"),
+        ("[1]\n[2]\n", ": invalid JSON at line 2 column 1: Extra data"),
+    ],
+)
 def test_broken_json_list_names_row_line_and_column_as_json_does(tmp_path, monkeypatch, text, where):
     path = tmp_path / "rows.json"
     path.write_text(text)
@@ -306,8 +315,10 @@ def test_latin1_bytes_in_a_json_list_name_their_line_whatever_the_read_size(tmp_
 
 
 def test_a_50_mb_json_list_is_read_in_bounded_memory_with_the_rows_of_the_jsonl_path(tmp_path):
-    rows = ({"Question": f"Q{i}? " + "fever " * 40, "Complex_CoT": "think " * 100, "Response": f"answer {i}"}
-            for i in range(52_000))
+    rows = (
+        {"Question": f"Q{i}? " + "fever " * 40, "Complex_CoT": "think " * 100, "Response": f"answer {i}"}
+        for i in range(52_000)
+    )
     listed, lines = tmp_path / "rows.json", tmp_path / "rows.jsonl"
     with listed.open("w") as as_list, lines.open("w") as as_lines:
         as_list.write("[")
@@ -431,7 +442,13 @@ def test_sharegpt_unknown_role_role_style(tmp_path):
 
 
 def test_sharegpt_last_turn_not_assistant(tmp_path):
-    row = {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}, {"from": "human", "value": "Q2"}]}
+    row = {
+        "conversations": [
+            {"from": "human", "value": "Q"},
+            {"from": "gpt", "value": "A"},
+            {"from": "human", "value": "Q2"},
+        ]
+    }
     result = load_examples(write_json(tmp_path, [row]), "sharegpt")
     assert result.examples == []
     p = result.problems[0]
@@ -485,7 +502,10 @@ def test_alpaca_with_input(tmp_path):
 
 
 def test_alpaca_blank_input_ignored(tmp_path):
-    rows = [{"instruction": "Do X", "input": "  ", "output": "Done"}, {"instruction": "Y", "input": None, "output": "o"}]
+    rows = [
+        {"instruction": "Do X", "input": "  ", "output": "Done"},
+        {"instruction": "Y", "input": None, "output": "o"},
+    ]
     result = load_examples(write_json(tmp_path, rows), "alpaca")
     assert result.problems == []
     assert result.examples[0][1].messages == [{"role": "user", "content": "Do X"}]

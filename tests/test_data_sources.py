@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset, DatasetDict, SplitDict, SplitInfo, disable_progress_bars
+
 from medo1.cli import main
 from medo1.config import load_config
 from medo1.data import DataError, HubSource, load_examples, parse_hub_source
 from medo1.validate import validation_report
-
 from tests.conftest import TINY_RECIPE, sft_overrides
 
 FORMATS = ("json", "jsonl", "parquet", "csv", "saved")
@@ -344,11 +344,30 @@ def test_validate_and_sft_report_the_same_counts_for_every_kind(tmp_path, tiny_m
     for kind in FORMATS:
         path = write_rows(ROWS, tmp_path / kind, kind)
         capsys.readouterr()  # drop what the previous kind's training printed
-        assert main(["data", "validate", str(path), "--format", "medical_o1", "--tokenizer", str(tiny_model),
-                     "--max-length", "64", "--json"]) == 1  # two invalid rows
+        assert (
+            main(
+                [
+                    "data",
+                    "validate",
+                    str(path),
+                    "--format",
+                    "medical_o1",
+                    "--tokenizer",
+                    str(tiny_model),
+                    "--max-length",
+                    "64",
+                    "--json",
+                ]
+            )
+            == 1
+        )  # two invalid rows
         validate_reports[kind] = report_counts(json.loads(capsys.readouterr().out))
-        overrides = sft_overrides(tiny_model, path, tmp_path / kind / "run", **{
-            "data.max_length": 64, "data.on_invalid": "skip", "train.max_steps": 1, "output.export": False})
+        overrides = sft_overrides(
+            tiny_model,
+            path,
+            tmp_path / kind / "run",
+            **{"data.max_length": 64, "data.on_invalid": "skip", "train.max_steps": 1, "output.export": False},
+        )
         run_sft(load_config(SFTConfig, TINY_RECIPE, overrides))
         sft_reports[kind] = report_counts(json.loads((tmp_path / kind / "run" / "data_report.json").read_text()))
     for kind in FORMATS:

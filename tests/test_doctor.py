@@ -12,19 +12,25 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medo1 import doctor
 from medo1.doctor import ClusterReader, Needs, profile_needs
-
 from tests.kube_standin import KubeStandIn
 
 READY = Path(__file__).parent / "fixtures" / "cluster" / "doctor" / "ready.yaml"
 NS = "team-a"
 LAUNCHER = f"system:serviceaccount:{NS}:medo1"
 # What the launcher does with the trainjob backend (medo1.doctor.check_access), granted in the ready namespace.
-LAUNCH_RIGHTS = {("create", "trainer.kubeflow.org", "trainjobs"), ("get", "trainer.kubeflow.org", "trainjobs"),
-                 ("delete", "trainer.kubeflow.org", "trainjobs"), ("list", "", "pods"), ("get", "", "pods/log"),
-                 ("list", "", "events"), ("get", "trainer.kubeflow.org", "trainingruntimes"),
-                 ("get", "trainer.kubeflow.org", "clustertrainingruntimes")}
+LAUNCH_RIGHTS = {
+    ("create", "trainer.kubeflow.org", "trainjobs"),
+    ("get", "trainer.kubeflow.org", "trainjobs"),
+    ("delete", "trainer.kubeflow.org", "trainjobs"),
+    ("list", "", "pods"),
+    ("get", "", "pods/log"),
+    ("list", "", "events"),
+    ("get", "trainer.kubeflow.org", "trainingruntimes"),
+    ("get", "trainer.kubeflow.org", "clustertrainingruntimes"),
+}
 
 
 def ready_objects() -> list[dict]:
@@ -86,26 +92,37 @@ def only(findings, status: str):
 
 
 def test_a_ready_namespace_passes_every_check(needs, cluster, capsys):
-    code = doctor.run(argparse.Namespace(profile="h100-2nodes", values=[], value=[], namespace=NS, json=True),
-                      client=cluster().core.api_client)
+    code = doctor.run(
+        argparse.Namespace(profile="h100-2nodes", values=[], value=[], namespace=NS, json=True),
+        client=cluster().core.api_client,
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     assert {f["check"]: f["status"] for f in report["findings"]} == {
-        "Kubernetes": "pass", "Kubeflow Trainer": "pass",
-        "CRD clustertrainingruntimes.trainer.kubeflow.org": "pass", "CRD trainjobs.trainer.kubeflow.org": "pass",
+        "Kubernetes": "pass",
+        "Kubeflow Trainer": "pass",
+        "CRD clustertrainingruntimes.trainer.kubeflow.org": "pass",
+        "CRD trainjobs.trainer.kubeflow.org": "pass",
         "Secret hf-token key HF_TOKEN": "pass",
-        "PVC medo1-checkpoints": "pass", "PVC medo1-data": "pass", "PVC medo1-hf-cache": "pass",
-        "access you (the current credentials)": "pass", "access ServiceAccount medo1": "pass",
-        "nodes with 8 free nvidia.com/gpu and 1 rdma/ib": "pass", "NVIDIA driver": "pass",
+        "PVC medo1-checkpoints": "pass",
+        "PVC medo1-data": "pass",
+        "PVC medo1-hf-cache": "pass",
+        "access you (the current credentials)": "pass",
+        "access ServiceAccount medo1": "pass",
+        "nodes with 8 free nvidia.com/gpu and 1 rdma/ib": "pass",
+        "NVIDIA driver": "pass",
         "Istio injection": "pass",
-        "Kueue LocalQueue h100": "pass", "Kueue ClusterQueue h100-cluster": "pass", "Kueue integrations": "pass",
+        "Kueue LocalQueue h100": "pass",
+        "Kueue ClusterQueue h100-cluster": "pass",
+        "Kueue integrations": "pass",
     }
 
 
 def test_the_table_shows_each_failure_with_its_fix_and_exits_1(needs, cluster, capsys):
     client = cluster(objects=without(ready_objects(), "Secret", "hf-token")).core.api_client
-    code = doctor.run(argparse.Namespace(profile="h100-2nodes", values=[], value=[], namespace=NS, json=False),
-                      client=client)
+    code = doctor.run(
+        argparse.Namespace(profile="h100-2nodes", values=[], value=[], namespace=NS, json=False), client=client
+    )
     out = capsys.readouterr().out
     assert code == 1
     assert re.search(r"^Secret hf-token key HF_TOKEN +fail +the Secret does not exist;", out, re.MULTILINE)
@@ -114,10 +131,14 @@ def test_the_table_shows_each_failure_with_its_fix_and_exits_1(needs, cluster, c
 
 
 def test_crd_missing(needs, cluster):
-    trainer = [o for o in ready_objects() if o["kind"] == "CustomResourceDefinition" and "trainer" in o["metadata"]["name"]]
+    trainer = [
+        o for o in ready_objects() if o["kind"] == "CustomResourceDefinition" and "trainer" in o["metadata"]["name"]
+    ]
     findings = doctor.check_crds(cluster([o for o in ready_objects() if o not in trainer]), needs)
-    assert statuses(findings) == {"CRD clustertrainingruntimes.trainer.kubeflow.org": "fail",
-                                  "CRD trainjobs.trainer.kubeflow.org": "fail"}
+    assert statuses(findings) == {
+        "CRD clustertrainingruntimes.trainer.kubeflow.org": "fail",
+        "CRD trainjobs.trainer.kubeflow.org": "fail",
+    }
     assert findings[0].detail == "not installed" and "Kubeflow Trainer v2" in findings[0].fix
     one_node = profile_needs(profile="h100-1node", values_files=[], value_overrides=[], namespace=NS)
     failure = only(doctor.check_crds(cluster(), one_node), "fail")
@@ -127,11 +148,16 @@ def test_crd_missing(needs, cluster):
 
 def test_crd_not_served_at_the_version_the_chart_writes(needs, cluster):
     def unserve(crd):
-        crd["spec"]["versions"] = [{"name": "v1alpha1", "served": False, "storage": True}, {"name": "v1", "served": True}]
+        crd["spec"]["versions"] = [
+            {"name": "v1alpha1", "served": False, "storage": True},
+            {"name": "v1", "served": True},
+        ]
 
     objects = replaced(ready_objects(), "CustomResourceDefinition", "trainjobs.trainer.kubeflow.org", unserve)
     objects = replaced(objects, "CustomResourceDefinition", "clustertrainingruntimes.trainer.kubeflow.org", unserve)
-    failure = [f for f in doctor.check_crds(cluster(objects), needs) if f.check == "CRD trainjobs.trainer.kubeflow.org"][0]
+    failure = [
+        f for f in doctor.check_crds(cluster(objects), needs) if f.check == "CRD trainjobs.trainer.kubeflow.org"
+    ][0]
     assert (failure.status, failure.detail) == ("fail", "v1alpha1 not served (served: v1)")
     assert set(statuses(doctor.check_crds(cluster(), needs)).values()) == {"pass"}
 
@@ -140,7 +166,9 @@ def test_secret_key_missing(needs, cluster):
     def rename_key(secret):
         secret["data"] = {"TOKEN": secret["data"]["HF_TOKEN"]}
 
-    failure = only(doctor.check_secrets(cluster(replaced(ready_objects(), "Secret", "hf-token", rename_key)), needs), "fail")
+    failure = only(
+        doctor.check_secrets(cluster(replaced(ready_objects(), "Secret", "hf-token", rename_key)), needs), "fail"
+    )
     assert failure.check == "Secret hf-token key HF_TOKEN"
     assert failure.detail == "no key HF_TOKEN; the pod would stay in CreateContainerConfigError"
     assert "aGZf" not in failure.detail + failure.fix  # never a Secret's value
@@ -155,8 +183,10 @@ def test_read_write_once_claim_for_two_nodes(needs, cluster):
     failure = only(doctor.check_claims(cluster(objects), needs), "fail")
     assert failure.check == "PVC medo1-checkpoints"
     assert failure.detail == "ReadWriteOnce: 2 nodes mount it, which needs ReadWriteMany"
-    assert failure.fix.startswith("use a ReadWriteMany StorageClass for storage.checkpoints: set "
-                                  "storage.checkpoints.storageClass=cephfs and keep accessMode ReadWriteMany")
+    assert failure.fix.startswith(
+        "use a ReadWriteMany StorageClass for storage.checkpoints: set "
+        "storage.checkpoints.storageClass=cephfs and keep accessMode ReadWriteMany"
+    )
 
 
 def test_claim_pending_or_missing(needs, cluster):
@@ -166,7 +196,10 @@ def test_claim_pending_or_missing(needs, cluster):
     objects = replaced(ready_objects(), "PersistentVolumeClaim", "medo1-data", pending)
     failure = only(doctor.check_claims(cluster(objects), needs), "fail")
     assert (failure.check, failure.detail) == (
-        "PVC medo1-data", "Pending, not Bound: StorageClass cephfs binds Immediately, so it should have its volume by now")
+        "PVC medo1-data",
+        "Pending, not Bound: StorageClass cephfs binds Immediately, so it should have its volume by now",
+    )
+
     # Not in the cluster: the chart creates it (existingClaim empty), so its rendered spec is checked, on the
     # default StorageClass (made cephfs here; tests below take GKE's ReadWriteOnce default).
     def default(storage_class):
@@ -185,7 +218,9 @@ def test_checkpoints_claim_too_small_for_what_the_recipe_keeps(needs, cluster):
     objects = replaced(ready_objects(), "PersistentVolumeClaim", "medo1-checkpoints", shrink)
     failure = only(doctor.check_claims(cluster(objects), needs), "fail")
     # Qwen2.5-7B under ZeRO-3: output.keep 2 checkpoints of 16 bytes per parameter, plus the 16-bit export.
-    assert failure.detail.startswith("200Gi holds less than the 241 GiB the recipes keep (sft 2 x 113 GiB + export 14 GiB)")
+    assert failure.detail.startswith(
+        "200Gi holds less than the 241 GiB the recipes keep (sft 2 x 113 GiB + export 14 GiB)"
+    )
     passed = [f for f in doctor.check_claims(cluster(), needs) if f.check == "PVC medo1-checkpoints"][0]
     assert passed.status == "pass" and "holds the 241 GiB" in passed.detail
 
@@ -198,7 +233,10 @@ def test_service_account_without_create_on_trainjobs(needs, cluster):
     failure = only(doctor.check_access(cluster(permissions=permissions), no_chart_rbac), "fail")
     assert (failure.check, failure.detail) == ("access ServiceAccount medo1", f"may not create trainjobs in {NS}")
     # With the chart's Role it is granted on install: a warning until then.
-    assert only(doctor.check_access(cluster(permissions=permissions), needs), "warn").check == "access ServiceAccount medo1"
+    assert (
+        only(doctor.check_access(cluster(permissions=permissions), needs), "warn").check
+        == "access ServiceAccount medo1"
+    )
     assert set(statuses(doctor.check_access(cluster(), needs)).values()) == {"pass"}
 
 
@@ -219,6 +257,7 @@ def as_account(objects, profile, account="medo1"):
     """The stand-in with `objects` and the profile's release installed (its Role and RoleBinding, as Helm
     creates them); a ClusterReader with `account`'s token: RBAC applies to every read and review."""
     from kubernetes.client import ApiClient, Configuration
+
     from medo1 import k8s
 
     kube = KubeStandIn().start()
@@ -227,7 +266,9 @@ def as_account(objects, profile, account="medo1"):
     for obj in k8s.render_chart(k8s.load_profile(profile), namespace=NS):
         if obj["kind"] in ("Role", "RoleBinding"):
             kube.record({**obj, "metadata": {**obj["metadata"], "namespace": NS}})
-    configuration = Configuration(host=kube.url, api_key={"authorization": f"Bearer {kube.service_account_token(NS, account)}"})
+    configuration = Configuration(
+        host=kube.url, api_key={"authorization": f"Bearer {kube.service_account_token(NS, account)}"}
+    )
     return kube, ClusterReader(ApiClient(configuration))
 
 
@@ -240,11 +281,17 @@ def test_doctor_as_the_charts_account_says_what_it_could_not_check_and_exits_1(c
     --allow-unchecked."""
     kube, reader = as_account(ready_objects(), "h100-1node")
     try:
-        code = doctor.run(argparse.Namespace(profile="h100-1node", values=[], value=[], namespace=NS, json=True),
-                          client=reader.core.api_client)
+        code = doctor.run(
+            argparse.Namespace(profile="h100-1node", values=[], value=[], namespace=NS, json=True),
+            client=reader.core.api_client,
+        )
         report = {f["check"]: f for f in json.loads(capsys.readouterr().out)["findings"]}
-        allowed = doctor.run(argparse.Namespace(profile="h100-1node", values=[], value=[], namespace=NS, json=False,
-                                                allow_unchecked=True), client=reader.core.api_client)
+        allowed = doctor.run(
+            argparse.Namespace(
+                profile="h100-1node", values=[], value=[], namespace=NS, json=False, allow_unchecked=True
+            ),
+            client=reader.core.api_client,
+        )
         table = capsys.readouterr().out
     finally:
         kube.stop()
@@ -260,10 +307,14 @@ def test_doctor_as_the_charts_account_says_what_it_could_not_check_and_exits_1(c
     assert pipeline["detail"] == (
         "may not ask what it may do (SubjectAccessReview): subjectaccessreviews.authorization.k8s.io is forbidden: "
         'User "system:serviceaccount:team-a:medo1" cannot create resource "subjectaccessreviews" in API group '
-        '"authorization.k8s.io" at the cluster scope')
+        '"authorization.k8s.io" at the cluster scope'
+    )
     nodes = report["nodes"]
-    assert (nodes["status"], nodes["detail"]) == ("unchecked", 'cannot be read: nodes is forbidden: User '
-                                                  '"system:serviceaccount:team-a:medo1" cannot list resource "nodes" in API group "" at the cluster scope')
+    assert (nodes["status"], nodes["detail"]) == (
+        "unchecked",
+        "cannot be read: nodes is forbidden: User "
+        '"system:serviceaccount:team-a:medo1" cannot list resource "nodes" in API group "" at the cluster scope',
+    )
     assert "runtimes.readers" in nodes["fix"]
     assert status["PVC medo1-data"] == "pass"  # Bound: no StorageClass to read
     # No "warn: not checked" any more; the one warning is the optional W&B Secret the profile names.
@@ -275,7 +326,11 @@ def test_doctor_as_the_charts_account_says_what_it_could_not_check_and_exits_1(c
 def test_allow_unchecked_exits_0_when_nothing_failed():
     checked = [doctor.Finding("a", "pass", "")]
     unchecked = [*checked, doctor.Finding("nodes", "unchecked", "cannot be read: 403")]
-    assert (doctor.exit_code(checked), doctor.exit_code(unchecked), doctor.exit_code(unchecked, allow_unchecked=True)) == (0, 1, 0)
+    assert (
+        doctor.exit_code(checked),
+        doctor.exit_code(unchecked),
+        doctor.exit_code(unchecked, allow_unchecked=True),
+    ) == (0, 1, 0)
     assert doctor.exit_code([*unchecked, doctor.Finding("x", "fail", "")], allow_unchecked=True) == 1
 
 
@@ -284,7 +339,9 @@ def test_with_the_platform_grant_the_charts_account_checks_the_cluster(cluster):
     Kueue's ClusterQueues: doctor as the chart's account then checks them."""
     from medo1 import k8s
 
-    platform = [o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"].startswith("ClusterRole")]
+    platform = [
+        o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"].startswith("ClusterRole")
+    ]
     kube, reader = as_account([*ready_objects(), *platform], "h100-2nodes")
     try:
         needs = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=[], namespace=NS)
@@ -306,27 +363,38 @@ def test_with_the_platform_grant_the_charts_account_checks_the_cluster(cluster):
 def test_a_pending_claim_on_a_wait_for_first_consumer_class_is_normal(needs, cluster):
     """Issue 26, item 4: doctor failed every Pending claim, though one of a WaitForFirstConsumer class (kind's
     default, most cloud defaults) stays Pending until the first pod mounts it."""
+
     def pending_on(class_name):
         def change(claim):
             claim["spec"]["storageClassName"] = class_name
             claim["status"] = {"phase": "Pending"}
+
         return change
 
-    lazy = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "cephfs-lazy"},
-            "provisioner": "rook-ceph.cephfs.csi.ceph.com", "volumeBindingMode": "WaitForFirstConsumer"}
+    lazy = {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {"name": "cephfs-lazy"},
+        "provisioner": "rook-ceph.cephfs.csi.ceph.com",
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }
     objects = replaced([*ready_objects(), lazy], "PersistentVolumeClaim", "medo1-data", pending_on("cephfs-lazy"))
     finding = [f for f in doctor.check_claims(cluster(objects), needs) if f.check == "PVC medo1-data"][0]
     assert finding.status == "pass"
-    assert finding.detail == ("200Gi, ReadWriteMany, Pending until the first pod mounts it (StorageClass cephfs-lazy "
-                              "binds WaitForFirstConsumer): normal")
+    assert finding.detail == (
+        "200Gi, ReadWriteMany, Pending until the first pod mounts it (StorageClass cephfs-lazy "
+        "binds WaitForFirstConsumer): normal"
+    )
     # Immediate binding and still Pending: something is wrong.
     objects = replaced(ready_objects(), "PersistentVolumeClaim", "medo1-data", pending_on("cephfs"))
     assert only(doctor.check_claims(cluster(objects), needs), "fail").detail.startswith(
-        "Pending, not Bound: StorageClass cephfs binds Immediately")
+        "Pending, not Bound: StorageClass cephfs binds Immediately"
+    )
     # No class of that name at all.
     objects = replaced(ready_objects(), "PersistentVolumeClaim", "medo1-data", pending_on("gone"))
     assert only(doctor.check_claims(cluster(objects), needs), "fail").detail == (
-        "Pending, not Bound: its StorageClass gone does not exist")
+        "Pending, not Bound: its StorageClass gone does not exist"
+    )
 
 
 def test_claims_the_chart_creates_on_a_read_write_once_default_class(cluster):
@@ -336,39 +404,59 @@ def test_claims_the_chart_creates_on_a_read_write_once_default_class(cluster):
     two_nodes = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=[], namespace=NS)
     failure = [f for f in doctor.check_claims(cluster(objects), two_nodes) if f.check == "PVC medo1-checkpoints"][0]
     assert failure.status == "fail"
-    assert failure.detail == ("asks ReadWriteMany of StorageClass standard-rwo (pd.csi.storage.gke.io), which provisions "
-                              "ReadWriteOnce disks only: it would stay Pending")
-    assert failure.fix == ("set storage.checkpoints.storageClass=cephfs and keep accessMode ReadWriteMany "
-                           "(ReadWriteMany classes here: cephfs (rook-ceph.cephfs.csi.ceph.com))")
+    assert failure.detail == (
+        "asks ReadWriteMany of StorageClass standard-rwo (pd.csi.storage.gke.io), which provisions "
+        "ReadWriteOnce disks only: it would stay Pending"
+    )
+    assert failure.fix == (
+        "set storage.checkpoints.storageClass=cephfs and keep accessMode ReadWriteMany "
+        "(ReadWriteMany classes here: cephfs (rook-ceph.cephfs.csi.ceph.com))"
+    )
     # No ReadWriteMany class in the cluster: two nodes need one installed; on one node too the run pod, eval and
     # pipeline steps mount the claims from other nodes, so ReadWriteOnce is advised only with that condition.
     only_rwo = [o for o in objects if o["metadata"]["name"] != "cephfs"]
     failure = [f for f in doctor.check_claims(cluster(only_rwo), two_nodes) if f.check == "PVC medo1-data"][0]
-    assert failure.fix.startswith("install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, "
-                                  "CephFS) and set storage.data.storageClass to it: 2 nodes mount the volume at once")
+    assert failure.fix.startswith(
+        "install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, "
+        "CephFS) and set storage.data.storageClass to it: 2 nodes mount the volume at once"
+    )
     one_node = profile_needs(profile="h100-1node", values_files=[], value_overrides=[], namespace=NS)
     failure = [f for f in doctor.check_claims(cluster(only_rwo), one_node) if f.check == "PVC medo1-data"][0]
     assert failure.fix.startswith("install a ReadWriteMany StorageClass")
     assert "accessMode=ReadWriteOnce works only if every pod that mounts the volume" in failure.fix
     # Naming the class that serves ReadWriteMany: the checks pass.
-    fixed = profile_needs(profile="h100-2nodes", values_files=[], namespace=NS, value_overrides=[
-        f"storage.{key}.storageClass=cephfs" for key in ("data", "checkpoints", "hfCache")])
+    fixed = profile_needs(
+        profile="h100-2nodes",
+        values_files=[],
+        namespace=NS,
+        value_overrides=[f"storage.{key}.storageClass=cephfs" for key in ("data", "checkpoints", "hfCache")],
+    )
     assert set(statuses(doctor.check_claims(cluster(objects), fixed)).values()) == {"pass"}
 
 
 def busy(node_name: str, gpus: int) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"hog-{node_name}", "namespace": "team-b"},
-            "spec": {"nodeName": node_name, "containers": [{"name": "c", "image": "example.com/x:1",
-                                                            "resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}]},
-            "status": {"phase": "Running"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"hog-{node_name}", "namespace": "team-b"},
+        "spec": {
+            "nodeName": node_name,
+            "containers": [
+                {"name": "c", "image": "example.com/x:1", "resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}
+            ],
+        },
+        "status": {"phase": "Running"},
+    }
 
 
 def test_no_node_with_8_free_gpus(needs, cluster):
     objects = [*ready_objects(), busy("gpu-01", 1), busy("gpu-02", 2)]
     failure = only(doctor.check_nodes(cluster(objects), needs), "fail")
     assert failure.check == "nodes with 8 free nvidia.com/gpu and 1 rdma/ib"
-    assert failure.detail == ("0 of 3 nodes matching the selector and tolerations fit (2 needed): gpu-01: 7 free "
-                              "nvidia.com/gpu; gpu-02: 6 free nvidia.com/gpu; gpu-03: 4 free nvidia.com/gpu")
+    assert failure.detail == (
+        "0 of 3 nodes matching the selector and tolerations fit (2 needed): gpu-01: 7 free "
+        "nvidia.com/gpu; gpu-02: 6 free nvidia.com/gpu; gpu-03: 4 free nvidia.com/gpu"
+    )
     assert "kueue.queueName" in failure.fix
 
 
@@ -388,15 +476,20 @@ def test_nodes_need_the_rdma_device_and_a_tolerated_taint(needs, cluster):
 
 def test_the_nvidia_driver_must_be_r580_or_newer(needs, cluster):
     """Issue 26, item 17: the image's CUDA 13 needs driver R580+; GPU feature discovery labels the node with it."""
+
     def driver(major):
         def change(node):
             node["metadata"]["labels"]["nvidia.com/cuda.driver-version.major"] = major
+
         return change
 
     assert statuses(doctor.check_nodes(cluster(), needs))["NVIDIA driver"] == "pass"
     findings = doctor.check_nodes(cluster(replaced(ready_objects(), "Node", "gpu-02", driver("550"))), needs)
     failure = only(findings, "fail")
-    assert (failure.check, failure.detail) == ("NVIDIA driver", "gpu-02 R550: the trainer image's CUDA 13 needs R580 or newer")
+    assert (failure.check, failure.detail) == (
+        "NVIDIA driver",
+        "gpu-02 R550: the trainer image's CUDA 13 needs R580 or newer",
+    )
 
     def unlabelled(node):
         del node["metadata"]["labels"]["nvidia.com/cuda.driver-version.major"]
@@ -446,8 +539,10 @@ def test_kueue_is_read_through_v1beta2_and_v1beta1_only_where_that_is_all_there_
         doctor.check_kueue(reader, needs)
     finally:
         kube.stop()
-    assert kueue_reads(kube) == ["/apis/kueue.x-k8s.io/v1beta2/namespaces/team-a/localqueues/h100",
-                                 "/apis/kueue.x-k8s.io/v1beta2/clusterqueues/h100-cluster"]
+    assert kueue_reads(kube) == [
+        "/apis/kueue.x-k8s.io/v1beta2/namespaces/team-a/localqueues/h100",
+        "/apis/kueue.x-k8s.io/v1beta2/clusterqueues/h100-cluster",
+    ]
 
     def v1beta1_only(obj):
         if obj["kind"] == "CustomResourceDefinition" and "kueue" in obj["metadata"]["name"]:
@@ -461,42 +556,66 @@ def test_kueue_is_read_through_v1beta2_and_v1beta1_only_where_that_is_all_there_
         assert set(statuses(doctor.check_kueue(reader, needs)).values()) == {"pass"}
     finally:
         kube.stop()
-    assert kueue_reads(kube) == ["/apis/kueue.x-k8s.io/v1beta1/namespaces/team-a/localqueues/h100",
-                                 "/apis/kueue.x-k8s.io/v1beta1/clusterqueues/h100-cluster"]
+    assert kueue_reads(kube) == [
+        "/apis/kueue.x-k8s.io/v1beta1/namespaces/team-a/localqueues/h100",
+        "/apis/kueue.x-k8s.io/v1beta1/clusterqueues/h100-cluster",
+    ]
 
 
 def test_a_cluster_queue_that_does_not_cover_rdma_never_admits_the_job(needs, cluster):
     """A ClusterQueue that does not list every resource the pods request (rdma/ib too) leaves the workload
     inadmissible forever; one whose largest flavor is smaller than the job never admits it either."""
+
     def without_rdma(queue):
         group = queue["spec"]["resourceGroups"][0]
         group["coveredResources"].remove("rdma/ib")
         group["flavors"][0]["resources"] = [r for r in group["flavors"][0]["resources"] if r["name"] != "rdma/ib"]
 
-    failure = only(doctor.check_kueue(cluster(replaced(ready_objects(), "ClusterQueue", "h100-cluster", without_rdma)), needs), "fail")
+    failure = only(
+        doctor.check_kueue(cluster(replaced(ready_objects(), "ClusterQueue", "h100-cluster", without_rdma)), needs),
+        "fail",
+    )
     assert (failure.check, failure.detail) == (
-        "Kueue ClusterQueue h100-cluster", "does not cover rdma/ib, which the pods request: Kueue never admits the job")
+        "Kueue ClusterQueue h100-cluster",
+        "does not cover rdma/ib, which the pods request: Kueue never admits the job",
+    )
 
     def one_node_of_gpus(queue):
         queue["spec"]["resourceGroups"][0]["flavors"][0]["resources"][2]["nominalQuota"] = "8"
 
-    failure = only(doctor.check_kueue(cluster(replaced(ready_objects(), "ClusterQueue", "h100-cluster", one_node_of_gpus)), needs), "fail")
-    assert failure.detail == ("no flavor's nominal quota holds the job (cpu 160, memory 2000Gi, nvidia.com/gpu 16, "
-                              "rdma/ib 2): Kueue never admits it")
+    failure = only(
+        doctor.check_kueue(cluster(replaced(ready_objects(), "ClusterQueue", "h100-cluster", one_node_of_gpus)), needs),
+        "fail",
+    )
+    assert failure.detail == (
+        "no flavor's nominal quota holds the job (cpu 160, memory 2000Gi, nvidia.com/gpu 16, "
+        "rdma/ib 2): Kueue never admits it"
+    )
 
 
 def test_kueue_must_manage_the_kind_of_job_the_backend_creates(cluster):
     """Kueue turned off its PyTorchJob integration by default: a PyTorchJob with the queue label then runs with no
     quota and no gang admission. The fix is the trainjob backend."""
-    pytorchjobs = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=["backend=pytorchjob"], namespace=NS)
+    pytorchjobs = profile_needs(
+        profile="h100-2nodes", values_files=[], value_overrides=["backend=pytorchjob"], namespace=NS
+    )
     failure = [f for f in doctor.check_kueue(cluster(), pytorchjobs) if f.check == "Kueue integrations"][0]
-    assert (failure.status, failure.detail) == ("fail", "Kueue does not manage kubeflow.org/pytorchjob (not in "
-                                                "integrations.frameworks): the queue label does nothing for them (no quota, no gang admission)")
+    assert (failure.status, failure.detail) == (
+        "fail",
+        "Kueue does not manage kubeflow.org/pytorchjob (not in "
+        "integrations.frameworks): the queue label does nothing for them (no quota, no gang admission)",
+    )
     assert failure.fix.startswith("use backend: trainjob (Kubeflow Trainer v2 TrainJobs")
-    unread = [f for f in doctor.check_kueue(cluster(forbidden={"/api/v1/namespaces/kueue-system/configmaps/kueue-manager-config"}),
-                                            pytorchjobs) if f.check == "Kueue integrations"][0]
+    unread = [
+        f
+        for f in doctor.check_kueue(
+            cluster(forbidden={"/api/v1/namespaces/kueue-system/configmaps/kueue-manager-config"}), pytorchjobs
+        )
+        if f.check == "Kueue integrations"
+    ][0]
     assert unread.status == "unchecked" and unread.detail.startswith(
-        "Kueue's Configuration cannot be read, so whether it manages kubeflow.org/pytorchjob is unknown")
+        "Kueue's Configuration cannot be read, so whether it manages kubeflow.org/pytorchjob is unknown"
+    )
 
 
 def test_what_the_credentials_may_not_read_is_unchecked_not_a_pass(needs, cluster, capsys):
@@ -504,12 +623,18 @@ def test_what_the_credentials_may_not_read_is_unchecked_not_a_pass(needs, cluste
     `unchecked` (a distinct status, exit 1); without the other namespaces' pods it counts allocatable GPUs."""
     findings = doctor.diagnose(cluster(forbidden={"/api/v1/nodes", "/api/v1/pods"}), needs)
     unchecked = only(findings, "unchecked")
-    assert (unchecked.check, unchecked.detail) == ("nodes", 'cannot be read: nodes is forbidden: User "kubernetes-admin" '
-                                                   'cannot list resource "nodes" in API group "" at the cluster scope')
+    assert (unchecked.check, unchecked.detail) == (
+        "nodes",
+        'cannot be read: nodes is forbidden: User "kubernetes-admin" '
+        'cannot list resource "nodes" in API group "" at the cluster scope',
+    )
     assert not [f for f in findings if f.status == "fail"]
     assert doctor.exit_code(findings) == 1 and doctor.exit_code(findings, allow_unchecked=True) == 0
     findings = doctor.check_nodes(cluster(forbidden={"/api/v1/pods"}), needs)
-    assert statuses(findings) == {"nodes with 8 allocatable nvidia.com/gpu and 1 rdma/ib": "pass", "NVIDIA driver": "pass"}
+    assert statuses(findings) == {
+        "nodes with 8 allocatable nvidia.com/gpu and 1 rdma/ib": "pass",
+        "NVIDIA driver": "pass",
+    }
 
 
 def test_versions_kubernetes_and_trainer(needs, cluster):
@@ -517,12 +642,16 @@ def test_versions_kubernetes_and_trainer(needs, cluster):
     findings = doctor.check_versions(cluster(), needs)
     assert [(f.check, f.status, f.detail) for f in findings] == [
         ("Kubernetes", "pass", "v1.36.2 (the chart needs 1.28+)"),
-        ("Kubeflow Trainer", "pass", "v2.3.0 (the runtimes need v2.3+)")]
+        ("Kubeflow Trainer", "pass", "v2.3.0 (the runtimes need v2.3+)"),
+    ]
 
     def old(config_map):
         config_map["data"]["kubeflow_trainer_version"] = "v2.1.0"
 
-    failure = only(doctor.check_versions(cluster(replaced(ready_objects(), "ConfigMap", "kubeflow-trainer-public", old)), needs), "fail")
+    failure = only(
+        doctor.check_versions(cluster(replaced(ready_objects(), "ConfigMap", "kubeflow-trainer-public", old)), needs),
+        "fail",
+    )
     assert failure.detail == "v2.1.0: the chart's runtimes need v2.3+"
 
 
@@ -548,15 +677,26 @@ def test_the_cli_reads_the_kubeconfig_namespace_and_exits_1_on_a_missing_crd(tmp
 
 def test_trainjob_profile_needs_the_trainer_v2_crds(cluster):
     trainjob = profile_needs(profile="h100-1node-trainjob", values_files=[], value_overrides=[], namespace=NS)
-    trainer = [o for o in ready_objects() if o["kind"] == "CustomResourceDefinition" and "trainer" in o["metadata"]["name"]]
+    trainer = [
+        o for o in ready_objects() if o["kind"] == "CustomResourceDefinition" and "trainer" in o["metadata"]["name"]
+    ]
     findings = doctor.check_crds(cluster([o for o in ready_objects() if o not in trainer]), trainjob)
-    assert statuses(findings) == {"CRD trainjobs.trainer.kubeflow.org": "fail",
-                                  "CRD trainingruntimes.trainer.kubeflow.org": "fail"}
+    assert statuses(findings) == {
+        "CRD trainjobs.trainer.kubeflow.org": "fail",
+        "CRD trainingruntimes.trainer.kubeflow.org": "fail",
+    }
     assert "Kubeflow Trainer v2" in findings[0].fix
-    runtimes = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-                "metadata": {"name": "trainingruntimes.trainer.kubeflow.org"},
-                "spec": {"group": "trainer.kubeflow.org", "names": {"kind": "TrainingRuntime", "plural": "trainingruntimes"},
-                         "scope": "Namespaced", "versions": [{"name": "v1alpha1", "served": True, "storage": True}]}}
+    runtimes = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "trainingruntimes.trainer.kubeflow.org"},
+        "spec": {
+            "group": "trainer.kubeflow.org",
+            "names": {"kind": "TrainingRuntime", "plural": "trainingruntimes"},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1alpha1", "served": True, "storage": True}],
+        },
+    }
     passed = doctor.check_crds(cluster([*ready_objects(), runtimes]), trainjob)
     assert set(statuses(passed).values()) == {"pass"}
 
@@ -577,10 +717,20 @@ def test_the_pipelines_doctor_step_checks_the_trainjob_backend(tmp_path, monkeyp
         from kubernetes.config import kube_config
 
         # The kubernetes client reads $KUBECONFIG once, when imported: point its default there instead.
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
-                            str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
-        step = dict(profile="h100-2nodes", nodes=2, gpus_per_node=8, data_pvc="medo1-data",
-                    checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", allow_unchecked=False)
+        monkeypatch.setattr(
+            kube_config,
+            "KUBE_CONFIG_DEFAULT_LOCATION",
+            str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
+        )
+        step = dict(
+            profile="h100-2nodes",
+            nodes=2,
+            gpus_per_node=8,
+            data_pvc="medo1-data",
+            checkpoints_pvc="medo1-checkpoints",
+            hf_cache_pvc="medo1-hf-cache",
+            allow_unchecked=False,
+        )
         report = dsl.Markdown(uri=str(tmp_path / "report.md"))
         assert doctor_step.python_func(backend="trainjob", report=report, **step) == "passed"
         with pytest.raises(RuntimeError, match="not ready for this run"):

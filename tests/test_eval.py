@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from medo1.cli import main
 from medo1.eval import (
     EvalConfig,
@@ -18,8 +20,6 @@ from medo1.eval import (
     run_eval,
     wilson_interval,
 )
-from pydantic import ValidationError
-
 from pipelines.openai_standin import StandIn
 from tests.conftest import DEMO_DATA, free_port
 
@@ -157,8 +157,16 @@ class ReasoningAnswers:
 
 def test_comparison_scores_every_model_on_the_same_held_out_rows(tiny_model, demo_rows, tmp_path):
     out = tmp_path / "eval"
-    config = EvalConfig(model="trained", benchmarks={"demo": str(DEMO_DATA)}, start_row=140, limit=6,
-                        max_new_tokens=8, label="rl", compare_with={"base": str(tiny_model)}, output_dir=str(out))
+    config = EvalConfig(
+        model="trained",
+        benchmarks={"demo": str(DEMO_DATA)},
+        start_row=140,
+        limit=6,
+        max_new_tokens=8,
+        label="rl",
+        compare_with={"base": str(tiny_model)},
+        output_dir=str(out),
+    )
     report = run_eval(config, generator=ReasoningAnswers(demo_rows))
 
     assert list(report["comparison"]) == ["base", "rl"]
@@ -287,7 +295,12 @@ def test_endpoint_faults_and_timeout_are_retried_through_the_shared_client(demo_
     faults = ["hang", "500", "malformed-json", "429-seconds"]
     with StandIn(mcq_answers=answers, faults=faults, retry_after_s=0.2, hang_s=5) as server:
         config = endpoint_config(
-            server.base_url, tmp_path / "out", {"demo": str(DEMO_DATA)}, limit=3, concurrency=1, timeout_s=0.5,
+            server.base_url,
+            tmp_path / "out",
+            {"demo": str(DEMO_DATA)},
+            limit=3,
+            concurrency=1,
+            timeout_s=0.5,
             max_retries=len(faults),  # one question meets every fault in turn
         )
         report = run_eval(config)
@@ -315,8 +328,23 @@ def test_unreachable_endpoint_fails_in_one_line_and_keeps_the_previous_outputs(
     assert outputs(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["report.json", "report.md", "responses.jsonl"]
 
-    code = main(["eval", "--endpoint", closed, "--benchmark", f"demo={DEMO_DATA}", "--limit", "2",
-                 "--output-dir", str(out), "--set", "max_retries=1", "--set", "backoff_s=0.01"])
+    code = main(
+        [
+            "eval",
+            "--endpoint",
+            closed,
+            "--benchmark",
+            f"demo={DEMO_DATA}",
+            "--limit",
+            "2",
+            "--output-dir",
+            str(out),
+            "--set",
+            "max_retries=1",
+            "--set",
+            "backoff_s=0.01",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert [line for line in err.splitlines() if line.startswith("medo1: error:")][0].count("ConnectError") == 1
@@ -378,8 +406,11 @@ def test_verifiable_prompts_are_the_rl_stages(tmp_path):
     from medo1.rl.rollout import load_problems
 
     system = "You are a careful physician."
-    rl = RLConfig(model={"name_or_path": "m"}, reward={"kind": "answer_match"},
-                  data={"path": str(DEMO_DATA), "format": "verifiable", "limit": 5, "system_prompt": system})
+    rl = RLConfig(
+        model={"name_or_path": "m"},
+        reward={"kind": "answer_match"},
+        data={"path": str(DEMO_DATA), "format": "verifiable", "limit": 5, "system_prompt": system},
+    )
     problems, _ = load_problems(rl, tmp_path, is_main=False)
     config = EvalConfig(model="m", format="verifiable", benchmarks={"d": str(DEMO_DATA)}, limit=5, system_prompt=system)
     from medo1.eval import _load_benchmark, reference_of
@@ -399,10 +430,22 @@ def test_sampled_comparison_mechanics_with_the_tiny_model(tiny_model, tmp_path):
     """Two copies of one model under the same seeds give the same responses (a zero gain with a zero-width
     interval), another seed gives other responses (the noise run), and every count adds up."""
     out = tmp_path / "eval"
-    config = EvalConfig(model=str(tiny_model), label="rl", compare_with={"sft": str(tiny_model)}, format="verifiable",
-                        benchmarks={"heldout": str(DEMO_DATA)}, start_row=90, limit=4, temperature=1.0,
-                        samples_per_prompt=3, seeds=[5], noise_seeds=[6], max_new_tokens=4, batch_size=4,
-                        output_dir=str(out))
+    config = EvalConfig(
+        model=str(tiny_model),
+        label="rl",
+        compare_with={"sft": str(tiny_model)},
+        format="verifiable",
+        benchmarks={"heldout": str(DEMO_DATA)},
+        start_row=90,
+        limit=4,
+        temperature=1.0,
+        samples_per_prompt=3,
+        seeds=[5],
+        noise_seeds=[6],
+        max_new_tokens=4,
+        batch_size=4,
+        output_dir=str(out),
+    )
     report = run_eval(config)
 
     responses = _responses(out)
@@ -414,7 +457,12 @@ def test_sampled_comparison_mechanics_with_the_tiny_model(tiny_model, tmp_path):
     assert any(len(set(text["rl"][i : i + 3])) > 1 for i in range(0, 12, 3))  # a question's samples differ
     references = [row["Ground-True Answer"] for row in json.loads(DEMO_DATA.read_text())[90:94]]
     assert [r["reference"] for r in by_model["rl"]] == [ref for ref in references for _ in range(3)]
-    assert [(r["row"], r["sample"], r["seed"]) for r in by_model["rl"][:4]] == [(90, 0, 5), (90, 1, 5), (90, 2, 5), (91, 0, 5)]
+    assert [(r["row"], r["sample"], r["seed"]) for r in by_model["rl"][:4]] == [
+        (90, 0, 5),
+        (90, 1, 5),
+        (90, 2, 5),
+        (91, 0, 5),
+    ]
 
     for label in ("rl", "sft"):
         result = report["comparison"][label]["heldout"]
@@ -428,7 +476,9 @@ def test_sampled_comparison_mechanics_with_the_tiny_model(tiny_model, tmp_path):
     paired = report["paired"]
     assert paired["baseline"] == "sft" and "bootstrap" in paired["method"]
     gains = paired["benchmarks"]["heldout"]["models"]["rl"]
-    assert gains["reward"]["difference"] == 0 and gains["reward"]["ci95"] == [0, 0] and gains["reward"]["questions"] == 4
+    assert (
+        gains["reward"]["difference"] == 0 and gains["reward"]["ci95"] == [0, 0] and gains["reward"]["questions"] == 4
+    )
     assert [run["seed"] for run in paired["benchmarks"]["heldout"]["noise"]] == [6]
     table = (out / "report.md").read_text()
     assert "temperature 1.0, top-p 1.0, 3 sample(s) per question under seed(s) 5" in table
@@ -464,9 +514,20 @@ def test_paired_gain_and_noise_band_on_scripted_models(tmp_path, monkeypatch, de
     models = {"sft-dir": sft, "base-dir": base}
     monkeypatch.setattr(evaluation, "make_generator", lambda config, model=None: models[model])
     out = tmp_path / "eval"
-    config = EvalConfig(model="rl-dir", label="rl", compare_with={"base": "base-dir", "sft": "sft-dir"},
-                        format="verifiable", benchmarks={"heldout": str(DEMO_DATA)}, start_row=100, limit=8,
-                        temperature=1.0, samples_per_prompt=2, seeds=[3], noise_seeds=[9], output_dir=str(out))
+    config = EvalConfig(
+        model="rl-dir",
+        label="rl",
+        compare_with={"base": "base-dir", "sft": "sft-dir"},
+        format="verifiable",
+        benchmarks={"heldout": str(DEMO_DATA)},
+        start_row=100,
+        limit=8,
+        temperature=1.0,
+        samples_per_prompt=2,
+        seeds=[3],
+        noise_seeds=[9],
+        output_dir=str(out),
+    )
     report = run_eval(config, generator=rl)
 
     summary = report["comparison"]
@@ -500,8 +561,16 @@ def test_endpoint_sampling_sends_top_p_and_a_seed_per_response(demo_rows, tmp_pa
     monkeypatch.setenv("MEDO1_TEST_KEY", "test-key")
     answers = {row["question"]: row["answer_idx"] for row in demo_rows[:3]}
     with StandIn(mcq_answers=answers) as server:
-        config = endpoint_config(server.base_url, tmp_path / "out", {"demo": str(DEMO_DATA)}, limit=3,
-                                 temperature=0.7, top_p=0.9, samples_per_prompt=2, seeds=[4])
+        config = endpoint_config(
+            server.base_url,
+            tmp_path / "out",
+            {"demo": str(DEMO_DATA)},
+            limit=3,
+            temperature=0.7,
+            top_p=0.9,
+            samples_per_prompt=2,
+            seeds=[4],
+        )
         report = run_eval(config)
     assert report["benchmarks"]["demo"]["responses"] == 6 and report["benchmarks"]["demo"]["accuracy"] == 1.0
     assert sorted(body["seed"] for body in server.bodies) == [8, 8, 8, 9, 9, 9]
@@ -520,7 +589,6 @@ def _demo_prompts(n: int) -> list:
 @pytest.mark.slow
 def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch):
     from medo1.eval import EvalVLLMSettings, VLLMGenerator
-
     from tests import vllm_standin
 
     vllm_standin.install(monkeypatch)
@@ -528,8 +596,9 @@ def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch
     hf = HFGenerator(str(tiny_model), max_new_tokens=6).generate(prompts)
     engine = VLLMGenerator(str(tiny_model), EvalVLLMSettings(max_num_seqs=64), max_new_tokens=6)
     vllm = engine.generate(prompts)
-    assert [[(g.text, g.tokens, g.hit_cap) for g in gens] for gens in vllm] == \
-        [[(g.text, g.tokens, g.hit_cap) for g in gens] for gens in hf]
+    assert [[(g.text, g.tokens, g.hit_cap) for g in gens] for gens in vllm] == [
+        [(g.text, g.tokens, g.hit_cap) for g in gens] for gens in hf
+    ]
     (llm,) = vllm_standin.StandInLLM.instances
     assert llm.kwargs["max_num_seqs"] == 64 and llm.kwargs["gpu_memory_utilization"] == 0.8
     assert llm.requests == 3  # every prompt handed over in one call
@@ -543,23 +612,33 @@ def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch
 
 def test_vllm_refusal_is_one_line(tiny_model, monkeypatch):
     from medo1.eval import EvalVLLMSettings, VLLMGenerator
-
     from tests import vllm_standin
 
     vllm_standin.install(monkeypatch)
     engine = VLLMGenerator(str(tiny_model), EvalVLLMSettings(max_model_len=8), max_new_tokens=4)
-    with pytest.raises(EvalError, match=r"^vLLM refused a request: The decoder prompt \(length \d+\) is longer than "
-                                        r"the maximum model length of 8\.") as error:
+    with pytest.raises(
+        EvalError,
+        match=r"^vLLM refused a request: The decoder prompt \(length \d+\) is longer than "
+        r"the maximum model length of 8\.",
+    ) as error:
         engine.generate(_demo_prompts(1))
     assert "\n" not in str(error.value)
 
 
 def test_auto_engine_is_vllm_where_it_runs_and_hf_elsewhere(tiny_model, tmp_path, monkeypatch):
     import torch
+
     from medo1.eval import resolve_engine
 
-    config = EvalConfig(model=str(tiny_model), format="verifiable", benchmarks={"d": str(DEMO_DATA)}, start_row=90,
-                        limit=2, max_new_tokens=4, output_dir=str(tmp_path / "out"))
+    config = EvalConfig(
+        model=str(tiny_model),
+        format="verifiable",
+        benchmarks={"d": str(DEMO_DATA)},
+        start_row=90,
+        limit=2,
+        max_new_tokens=4,
+        output_dir=str(tmp_path / "out"),
+    )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_engine(config) == "hf"  # the CPU: no GPU
     with pytest.raises(EvalError, match="engine=vllm cannot run here: no CUDA GPU is visible; use engine=hf"):

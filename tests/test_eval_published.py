@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from medo1.data import DataError, json_sets, load_examples
 from medo1.eval import EvalConfig, Generation, _markdown, build_messages, extract_answer, run_eval
 from medo1.eval_published import (
@@ -17,62 +18,126 @@ from medo1.eval_published import (
     paper_average,
     paper_cell,
 )
-
 from tests.conftest import run_medo1
 
 # --------------------------------------------------------------------------- both scorers on realistic answers
 
-THINK = ("## Thinking\n\nThe patient is a 34-year-old woman with fatigue, pallor and a low MCV. Ferritin is low and the "
-         "RDW is wide, which points away from thalassemia trait. Chronic disease would give a normal or high ferritin.\n\n")
-MCQ4 = {"A": "Anemia of chronic disease", "B": "Beta-thalassemia minor", "C": "Iron deficiency anemia",
-        "D": "Sideroblastic anemia"}
-MMLU10 = {"A": "Glycolysis", "B": "The Krebs cycle", "C": "Oxidative phosphorylation", "D": "Fermentation",
-          "E": "Gluconeogenesis", "F": "Beta oxidation", "G": "The pentose phosphate pathway", "H": "Urea cycle",
-          "I": "Glycogenolysis", "J": "Ketogenesis"}
+THINK = (
+    "## Thinking\n\nThe patient is a 34-year-old woman with fatigue, pallor and a low MCV. Ferritin is low and the "
+    "RDW is wide, which points away from thalassemia trait. Chronic disease would give a normal or high ferritin.\n\n"
+)
+MCQ4 = {
+    "A": "Anemia of chronic disease",
+    "B": "Beta-thalassemia minor",
+    "C": "Iron deficiency anemia",
+    "D": "Sideroblastic anemia",
+}
+MMLU10 = {
+    "A": "Glycolysis",
+    "B": "The Krebs cycle",
+    "C": "Oxidative phosphorylation",
+    "D": "Fermentation",
+    "E": "Gluconeogenesis",
+    "F": "Beta oxidation",
+    "G": "The pentose phosphate pathway",
+    "H": "Urea cycle",
+    "I": "Glycogenolysis",
+    "J": "Ketogenesis",
+}
 PUBMED = {"A": "yes", "B": "no", "C": "maybe"}
 
 # (what, response, options, medo1 strict letter, published (first, last, kind)); the published reading was checked
 # against the upstream scorer.py on each of these texts (and on 40,000 random ones) before it was written here.
 SCORER_CASES = [
-    ("answer by option text only, HuatuoGPT style",
-     THINK + "## Final Response\n\nThe most likely diagnosis is iron deficiency anemia, given the microcytosis, low "
-     "ferritin and raised RDW. Oral iron and a search for blood loss are the next steps.", MCQ4, "C", ("C", "C", 2)),
-    ("the answer is X", THINK + "## Final Response\n\nThe answer is C. Iron deficiency anemia.", MCQ4, "C", ("C", "C", 1)),
+    (
+        "answer by option text only, HuatuoGPT style",
+        THINK + "## Final Response\n\nThe most likely diagnosis is iron deficiency anemia, given the microcytosis, low "
+        "ferritin and raised RDW. Oral iron and a search for blood loss are the next steps.",
+        MCQ4,
+        "C",
+        ("C", "C", 2),
+    ),
+    (
+        "the answer is X",
+        THINK + "## Final Response\n\nThe answer is C. Iron deficiency anemia.",
+        MCQ4,
+        "C",
+        ("C", "C", 1),
+    ),
     # A hedge: medo1 reads no answer; the published scorer reads B first and C last.
-    ("hedge between two letters", THINK + "## Final Response\n\nIt is either B or C; the low ferritin makes me lean to C.",
-     MCQ4, None, ("B", "C", 1)),
-    ("two stated letters, the last one kept",
-     THINK + "## Final Response\n\nThe answer is B. On reflection the ferritin rules it out: the answer is C.",
-     MCQ4, "C", ("B", "C", 1)),
+    (
+        "hedge between two letters",
+        THINK + "## Final Response\n\nIt is either B or C; the low ferritin makes me lean to C.",
+        MCQ4,
+        None,
+        ("B", "C", 1),
+    ),
+    (
+        "two stated letters, the last one kept",
+        THINK + "## Final Response\n\nThe answer is B. On reflection the ferritin rules it out: the answer is C.",
+        MCQ4,
+        "C",
+        ("B", "C", 1),
+    ),
     # "answer is" and a capital: the published scorer reads the word's first letter as the option.
-    ("answer is <word>", THINK + "## Final Response\n\nThe answer is Chronic blood loss leading to iron deficiency.",
-     MCQ4, None, ("C", "C", 1)),
+    (
+        "answer is <word>",
+        THINK + "## Final Response\n\nThe answer is Chronic blood loss leading to iron deficiency.",
+        MCQ4,
+        None,
+        ("C", "C", 1),
+    ),
     # Cut off at the token cap, no final response: the published scorer takes a letter from the reasoning ("Option A
     # would" is skipped: "A " reads as an article); medo1 finds no answer.
-    ("cut off at the cap", THINK + "Option A would need a high ferritin. Option B needs HbA2 above 3.5%, and we",
-     MCQ4, None, ("B", "B", 1)),
+    (
+        "cut off at the cap",
+        THINK + "Option A would need a high ferritin. Option B needs HbA2 above 3.5%, and we",
+        MCQ4,
+        None,
+        ("B", "B", 1),
+    ),
     # `## Final Response` and one newline: medo1 still reads the final response; the published scorer, needing a
     # blank line after the header, reads the whole text and finds the reasoning's "answer is B" first.
-    ("## Final Response with one newline",
-     THINK.replace("thalassemia trait.", "thalassemia trait; at first the answer is B.") + "## Final Response\nThe answer is C.",
-     MCQ4, "C", ("B", "C", 1)),
+    (
+        "## Final Response with one newline",
+        THINK.replace("thalassemia trait.", "thalassemia trait; at first the answer is B.")
+        + "## Final Response\nThe answer is C.",
+        MCQ4,
+        "C",
+        ("B", "C", 1),
+    ),
     # PubMedQA prose: "no" occurs inside "not", later than "Yes": the published scorer reads B for a yes.
-    ("PubMedQA yes/no/maybe prose",
-     "## Thinking\n\nThe trial randomised 412 patients and found a lower relapse rate.\n\n## Final Response\n\nYes. "
-     "Statin therapy was associated with fewer relapses, although the effect was not significant in the subgroup "
-     "without diabetes.", PUBMED, "A", ("B", "B", 2)),
+    (
+        "PubMedQA yes/no/maybe prose",
+        "## Thinking\n\nThe trial randomised 412 patients and found a lower relapse rate.\n\n## Final Response\n\nYes. "
+        "Statin therapy was associated with fewer relapses, although the effect was not significant in the subgroup "
+        "without diabetes.",
+        PUBMED,
+        "A",
+        ("B", "B", 2),
+    ),
     # Ten options A-J: a sentence's "I" is option I to the published scorer.
-    ("10-option MMLU-Pro, a stray I",
-     "## Thinking\n\nNADPH comes from one pathway.\n\n## Final Response\n\nI think the source of NADPH here is the "
-     "pentose phosphate pathway, option (G).", MMLU10, "G", ("I", "G", 1)),
-    ("10-option MMLU-Pro, answer is G",
-     "## Thinking\n\nNADPH comes from one pathway.\n\n## Final Response\n\nThe answer is G: the pentose phosphate pathway.",
-     MMLU10, "G", ("G", "G", 1)),
+    (
+        "10-option MMLU-Pro, a stray I",
+        "## Thinking\n\nNADPH comes from one pathway.\n\n## Final Response\n\nI think the source of NADPH here is the "
+        "pentose phosphate pathway, option (G).",
+        MMLU10,
+        "G",
+        ("I", "G", 1),
+    ),
+    (
+        "10-option MMLU-Pro, answer is G",
+        "## Thinking\n\nNADPH comes from one pathway.\n\n## Final Response\n\nThe answer is G: the pentose phosphate pathway.",
+        MMLU10,
+        "G",
+        ("G", "G", 1),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("what", "response", "options", "strict", "published"), SCORER_CASES,
-                         ids=[case[0] for case in SCORER_CASES])
+@pytest.mark.parametrize(
+    ("what", "response", "options", "strict", "published"), SCORER_CASES, ids=[case[0] for case in SCORER_CASES]
+)
 def test_both_scorers_on_realistic_long_answers(what, response, options, strict, published):
     assert extract_answer(response, options) == strict
     answer = huatuo_answers(response, options)
@@ -95,13 +160,21 @@ def test_published_prompts_byte_for_byte():
     from medo1.data import MCQItem
 
     item = MCQItem("A 34-year-old woman has a low MCV. Most likely?", MCQ4, "C", None)
-    options = "A. Anemia of chronic disease\nB. Beta-thalassemia minor\nC. Iron deficiency anemia\nD. Sideroblastic anemia"
-    assert build_messages(item, prompt="huatuo") == [{"role": "user", "content":
-        f"Please answer the following multiple-choice question:\n{item.question}\n{options}"}]
+    options = (
+        "A. Anemia of chronic disease\nB. Beta-thalassemia minor\nC. Iron deficiency anemia\nD. Sideroblastic anemia"
+    )
+    assert build_messages(item, prompt="huatuo") == [
+        {
+            "role": "user",
+            "content": f"Please answer the following multiple-choice question:\n{item.question}\n{options}",
+        }
+    ]
     strict = build_messages(item, prompt="huatuo_strict")[0]["content"]
-    assert strict == ("Please answer the following multiple-choice questions. Please answer the following "
-                      "multiple-choice questions, ensuring your response concludes with the correct option in the "
-                      f"format: 'The answer is A.'.\n{item.question}\n{options}")
+    assert strict == (
+        "Please answer the following multiple-choice questions. Please answer the following "
+        "multiple-choice questions, ensuring your response concludes with the correct option in the "
+        f"format: 'The answer is A.'.\n{item.question}\n{options}"
+    )
     assert build_messages(item)[0]["content"].endswith("\n\nAnswer with the letter of the correct option.")
 
 
@@ -125,13 +198,38 @@ def test_the_papers_own_cells_give_its_averages():
     cells = PAPER_ROWS["HuatuoGPT-o1-8B"][0]
     five = cells[:3] + [(818 * cells[3] + 717 * cells[4]) / 1535, (16 * cells[5] + 62 * cells[6]) / 78]
     assert paper_cell(sum(five) / 5) == "66.6"
-    tables = {"scorer": "huatuo", "table1_columns": list(TABLE1_COLUMNS), "table2_columns": [], "notes": [],
-              "models": {name: {"table1": dict(zip(TABLE1_COLUMNS, cells)), "average": paper_average(cells), "table2": {}}
-                         for name, (cells, _) in PAPER_ROWS.items()}}
-    text = _markdown({"model": "m", "paper_table": tables, "settings": {"scorer": "huatuo", "temperature": 0.5, "top_p": 0.9,
-                      "samples_per_prompt": 1, "seeds": [0], "preset": "huatuo", "max_new_tokens": 2000, "prompt": "huatuo",
-                      "engine": "vllm"}, "benchmarks": {}, "comparison": {}, "notes": [], "average_accuracy": 0.0,
-                      "reward": "answer_match_reward"})
+    tables = {
+        "scorer": "huatuo",
+        "table1_columns": list(TABLE1_COLUMNS),
+        "table2_columns": [],
+        "notes": [],
+        "models": {
+            name: {"table1": dict(zip(TABLE1_COLUMNS, cells)), "average": paper_average(cells), "table2": {}}
+            for name, (cells, _) in PAPER_ROWS.items()
+        },
+    }
+    text = _markdown(
+        {
+            "model": "m",
+            "paper_table": tables,
+            "settings": {
+                "scorer": "huatuo",
+                "temperature": 0.5,
+                "top_p": 0.9,
+                "samples_per_prompt": 1,
+                "seeds": [0],
+                "preset": "huatuo",
+                "max_new_tokens": 2000,
+                "prompt": "huatuo",
+                "engine": "vllm",
+            },
+            "benchmarks": {},
+            "comparison": {},
+            "notes": [],
+            "average_accuracy": 0.0,
+            "reward": "answer_match_reward",
+        }
+    )
     assert "| model | MedQA | MedMCQA | PubMedQA | Health | Biology | Genetics | Molecular Biology | Avg |" in text
     assert "| HuatuoGPT-o1-8B | 72.6 | 60.4 | 79.2 | 58.7 | 68.2 | 48.8 | 59.7 | 63.9 |" in text
     assert "| HuatuoGPT-o1-70B | 83.3 | 73.6 | 80.6 | 71.0 | 82.8 | 56.2 | 66.5 | 73.4 |" in text
@@ -152,13 +250,21 @@ OPTIONS4 = {"A": "Cholestasis", "B": "Hemolysis", "C": "Gilbert syndrome", "D": 
 def published_file(path: Path) -> Path:
     """The published eval file's shape: one object {set: [rows]}, GPQA's questions each written 5 times."""
     sets = {
-        "MedQA_USLME_test": [_row(f"MedQA case {i}: unconjugated bilirubin is raised. Cause?", OPTIONS4, "C") for i in range(4)],
+        "MedQA_USLME_test": [
+            _row(f"MedQA case {i}: unconjugated bilirubin is raised. Cause?", OPTIONS4, "C") for i in range(4)
+        ],
         "MedMCQA_validation": [_row(f"MedMCQA item {i}: the cause?", OPTIONS4, "B") for i in range(2)],
         "PubMedQA_test": [_row(f"PubMedQA abstract {i}: does X reduce Y?", PUBMED, a) for i, a in enumerate("AB")],
-        "MMLU-Pro_Medical_test": [_row(f"MMLU-Pro {subject} {i}: which pathway makes NADPH?", MMLU10, "G")
-                                  for subject in ("health", "biology") for i in range(2)],
-        "GPQA_Medical_test": [_row(f"GPQA {subdomain} question: which gene?", OPTIONS4, "A")
-                              for subdomain in ("Genetics", "Molecular Biology") for _ in range(5)],
+        "MMLU-Pro_Medical_test": [
+            _row(f"MMLU-Pro {subject} {i}: which pathway makes NADPH?", MMLU10, "G")
+            for subject in ("health", "biology")
+            for i in range(2)
+        ],
+        "GPQA_Medical_test": [
+            _row(f"GPQA {subdomain} question: which gene?", OPTIONS4, "A")
+            for subdomain in ("Genetics", "Molecular Biology")
+            for _ in range(5)
+        ],
     }
     path.write_text(json.dumps(sets, indent=1))
     return path
@@ -167,8 +273,11 @@ def published_file(path: Path) -> Path:
 def subject_files(tmp_path: Path) -> dict[str, str]:
     """The original datasets' subject columns, as MMLU-Pro (question, category) and GPQA (Question, Subdomain) name
     them, with other rows around (matched by question text, whitespace and case aside)."""
-    mmlu = [{"question": f"MMLU-Pro {s} {i}:  which pathway makes NADPH?".upper(), "category": s}
-            for s in ("health", "biology") for i in range(2)] + [{"question": "unrelated", "category": "law"}]
+    mmlu = [
+        {"question": f"MMLU-Pro {s} {i}:  which pathway makes NADPH?".upper(), "category": s}
+        for s in ("health", "biology")
+        for i in range(2)
+    ] + [{"question": "unrelated", "category": "law"}]
     gpqa = [{"Question": f"GPQA {d} question: which gene?", "Subdomain": d} for d in ("Genetics", "Molecular Biology")]
     (tmp_path / "mmlu.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mmlu))
     (tmp_path / "gpqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gpqa))
@@ -177,12 +286,19 @@ def subject_files(tmp_path: Path) -> dict[str, str]:
 
 def test_the_published_file_is_read_as_it_is(tmp_path):
     path = published_file(tmp_path / "eval_data.json")
-    assert json_sets(path) == {"MedQA_USLME_test": 4, "MedMCQA_validation": 2, "PubMedQA_test": 2,
-                               "MMLU-Pro_Medical_test": 4, "GPQA_Medical_test": 10}
+    assert json_sets(path) == {
+        "MedQA_USLME_test": 4,
+        "MedMCQA_validation": 2,
+        "PubMedQA_test": 2,
+        "MMLU-Pro_Medical_test": 4,
+        "GPQA_Medical_test": 10,
+    }
     gpqa = load_examples(path, "mcq", key="GPQA_Medical_test")
     assert gpqa.path == f"{path}#GPQA_Medical_test" and gpqa.rows == 10
     assert gpqa.duplicates == [(1, 0), (2, 0), (3, 0), (4, 0), (6, 5), (7, 5), (8, 5), (9, 5)]
-    with pytest.raises(DataError, match=r"an object of named sets \(MedQA_USLME_test, .*\), not a list of records; name one as .*#SET"):
+    with pytest.raises(
+        DataError, match=r"an object of named sets \(MedQA_USLME_test, .*\), not a list of records; name one as .*#SET"
+    ):
         load_examples(path, "mcq")
     with pytest.raises(DataError, match="no set 'GPQA'; its sets: MedQA_USLME_test, MedMCQA_validation"):
         load_examples(path, "mcq", key="GPQA")
@@ -197,13 +313,18 @@ class ScriptedAnswers:
     @staticmethod
     def answer(question: str) -> str:
         final = {
-            "MedQA case 0": "The answer is C.", "MedQA case 1": "The answer is C.",
+            "MedQA case 0": "The answer is C.",
+            "MedQA case 1": "The answer is C.",
             "MedQA case 2": "The answer is Cholestasis-free hemolysis.",  # published: C (right); medo1: none
             "MedQA case 3": "The answer is A. No: the answer is C.",  # first wrong, last right
-            "MedMCQA item 0": "The answer is B.", "MedMCQA item 1": "The answer is D.",
-            "PubMedQA abstract 0": "The answer is A.", "PubMedQA abstract 1": "The answer is A.",
-            "MMLU-Pro health": "The answer is G.", "MMLU-Pro biology 0": "The answer is G.",
-            "MMLU-Pro biology 1": "The answer is E.", "GPQA Genetics": "The answer is A.",
+            "MedMCQA item 0": "The answer is B.",
+            "MedMCQA item 1": "The answer is D.",
+            "PubMedQA abstract 0": "The answer is A.",
+            "PubMedQA abstract 1": "The answer is A.",
+            "MMLU-Pro health": "The answer is G.",
+            "MMLU-Pro biology 0": "The answer is G.",
+            "MMLU-Pro biology 1": "The answer is E.",
+            "GPQA Genetics": "The answer is A.",
             "GPQA Molecular Biology": "The answer is B.",
         }
         text = next(v for k, v in final.items() if question.startswith(k))
@@ -218,17 +339,30 @@ class ScriptedAnswers:
 def test_published_file_scored_the_papers_way_in_its_table_layout(tmp_path, caplog):
     path = published_file(tmp_path / "eval_data.json")
     out = tmp_path / "eval"
-    config = EvalConfig(model="m", label="medo1-rl", benchmarks={"huatuo": str(path)}, preset="huatuo",
-                        subjects=subject_files(tmp_path), output_dir=str(out))
+    config = EvalConfig(
+        model="m",
+        label="medo1-rl",
+        benchmarks={"huatuo": str(path)},
+        preset="huatuo",
+        subjects=subject_files(tmp_path),
+        output_dir=str(out),
+    )
     assert {k: getattr(config, k) for k in HUATUO_PRESET} == HUATUO_PRESET
     generator = ScriptedAnswers()
     report = run_eval(config, generator=generator)
 
-    assert list(report["benchmarks"]) == ["MedQA_USLME_test", "MedMCQA_validation", "PubMedQA_test",
-                                          "MMLU-Pro_Medical_test", "GPQA_Medical_test"]
-    assert generator.prompts[0] == ("Please answer the following multiple-choice question:\nMedQA case 0: unconjugated "
-                                    "bilirubin is raised. Cause?\nA. Cholestasis\nB. Hemolysis\nC. Gilbert syndrome\n"
-                                    "D. Hepatitis")
+    assert list(report["benchmarks"]) == [
+        "MedQA_USLME_test",
+        "MedMCQA_validation",
+        "PubMedQA_test",
+        "MMLU-Pro_Medical_test",
+        "GPQA_Medical_test",
+    ]
+    assert generator.prompts[0] == (
+        "Please answer the following multiple-choice question:\nMedQA case 0: unconjugated "
+        "bilirubin is raised. Cause?\nA. Cholestasis\nB. Hemolysis\nC. Gilbert syndrome\n"
+        "D. Hepatitis"
+    )
     medqa = report["benchmarks"]["MedQA_USLME_test"]
     assert medqa["scorer"] == "huatuo" and medqa["accuracy"] == 1.0  # every last-found answer is right
     assert (medqa["huatuo"]["first_accuracy"], medqa["huatuo"]["pick"]) == (0.75, "last")
@@ -238,11 +372,23 @@ def test_published_file_scored_the_papers_way_in_its_table_layout(tmp_path, capl
     assert gpqa["accuracy_ci95"] == pytest.approx([0.0945, 0.9055], abs=1e-3)  # Wilson on 2 questions, not 10 rows
 
     table = report["paper_table"]["models"]["medo1-rl"]
-    assert table["table1"] == {"MedQA": 100.0, "MedMCQA": 50.0, "PubMedQA": 50.0, "Health": 100.0, "Biology": 50.0,
-                               "Genetics": 100.0, "Molecular Biology": 0.0}
+    assert table["table1"] == {
+        "MedQA": 100.0,
+        "MedMCQA": 50.0,
+        "PubMedQA": 50.0,
+        "Health": 100.0,
+        "Biology": 50.0,
+        "Genetics": 100.0,
+        "Molecular Biology": 0.0,
+    }
     assert table["average"] == pytest.approx(450 / 7)
-    assert table["table2"] == {"MedQA": 100.0, "MedMCQA": 50.0, "PubMedQA": 50.0, "MMLU-Pro (Med)": 75.0,
-                               "GPQA (Med)": 50.0}
+    assert table["table2"] == {
+        "MedQA": 100.0,
+        "MedMCQA": 50.0,
+        "PubMedQA": 50.0,
+        "MMLU-Pro (Med)": 75.0,
+        "GPQA (Med)": 50.0,
+    }
     text = (out / "report.md").read_text()
     assert "| medo1-rl | 100.0 | 50.0 | 50.0 | 100.0 | 50.0 | 100.0 | 0.0 | 64.3 |" in text
     assert "| medo1-rl | 100.0 | 50.0 | 50.0 | 75.0 | 50.0 |" in text
@@ -256,8 +402,9 @@ def test_published_file_scored_the_papers_way_in_its_table_layout(tmp_path, capl
 
 def test_unsplit_columns_say_why_and_greedy_copies_warn(tmp_path, caplog):
     path = published_file(tmp_path / "eval_data.json")
-    config = EvalConfig(model="m", benchmarks={"huatuo": str(path)}, preset="huatuo", temperature=0.0,
-                        output_dir=str(tmp_path / "eval"))
+    config = EvalConfig(
+        model="m", benchmarks={"huatuo": str(path)}, preset="huatuo", temperature=0.0, output_dir=str(tmp_path / "eval")
+    )
     report = run_eval(config, generator=ScriptedAnswers())
     table = report["paper_table"]["models"]["model"]
     assert table["table1"]["Health"] is None and table["table1"]["Genetics"] is None and table["average"] is None
@@ -271,8 +418,9 @@ def test_unsplit_columns_say_why_and_greedy_copies_warn(tmp_path, caplog):
 
 def test_one_set_of_the_file_and_a_missing_set(tmp_path):
     path = published_file(tmp_path / "eval_data.json")
-    config = EvalConfig(model="m", benchmarks={"pubmedqa": f"{path}#PubMedQA_test"}, preset="huatuo",
-                        output_dir=str(tmp_path / "eval"))
+    config = EvalConfig(
+        model="m", benchmarks={"pubmedqa": f"{path}#PubMedQA_test"}, preset="huatuo", output_dir=str(tmp_path / "eval")
+    )
     report = run_eval(config, generator=ScriptedAnswers())
     assert list(report["benchmarks"]) == ["pubmedqa"] and report["benchmarks"]["pubmedqa"]["n"] == 2
     notes = report["paper_table"]["notes"]
@@ -292,10 +440,25 @@ def test_one_set_of_the_file_and_a_missing_set(tmp_path):
 def test_cli_published_file_with_the_preset_on_the_tiny_model(tiny_model, tmp_path):
     """The command the issue names, on a file in the published shape: the paper's layout printed."""
     path = published_file(tmp_path / "eval_data.json")
-    done = run_medo1(["eval", "--model", tiny_model, "--benchmark", f"huatuo={path}", "--preset", "huatuo",
-                      "--set", "max_new_tokens=4", "--output-dir", tmp_path / "eval"])
+    done = run_medo1(
+        [
+            "eval",
+            "--model",
+            tiny_model,
+            "--benchmark",
+            f"huatuo={path}",
+            "--preset",
+            "huatuo",
+            "--set",
+            "max_new_tokens=4",
+            "--output-dir",
+            tmp_path / "eval",
+        ]
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "| model | MedQA | MedMCQA | PubMedQA | Health | Biology | Genetics | Molecular Biology | Avg |" in done.stdout
+    assert (
+        "| model | MedQA | MedMCQA | PubMedQA | Health | Biology | Genetics | Molecular Biology | Avg |" in done.stdout
+    )
     assert "Scored by the published HuatuoGPT-o1 scorer" in done.stdout
     printed = json.loads(done.stdout.strip().splitlines()[-1])
     assert printed["GPQA_Medical_test"]["n"] == 10

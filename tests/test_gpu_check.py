@@ -36,8 +36,13 @@ def test_vllm_is_skipped_with_a_reason_on_the_cpu():
 
 @pytest.mark.slow
 def test_dry_run_runs_every_step_and_the_plan_predicts_measured_memory(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--dry-run", "--results", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.gpu_check", "--dry-run", "--results", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     (path,) = tmp_path.glob("gpu_check-dry_run-*.json")
     record = json.loads(path.read_text())
     failed = {name: step.get("error") for name, step in record["steps"].items() if step["status"] != "ok"}
@@ -57,7 +62,12 @@ def test_dry_run_runs_every_step_and_the_plan_predicts_measured_memory(tmp_path)
     assert evaluation["vllm"] == "dry run on the CPU: vLLM needs a CUDA GPU" and list(evaluation["engines"]) == ["hf"]
     assert evaluation["engines"]["hf"]["generated_tokens"] > 0 and evaluation["engines"]["hf"]["tokens_per_second"] > 0
     memory = {entry["run"]: entry for entry in record["memory"]}
-    assert set(memory) == {"sft full (1 process)", "sft lora (1 process)", "zero3 rl (2 processes)", "ppo hf (1 process)"}
+    assert set(memory) == {
+        "sft full (1 process)",
+        "sft lora (1 process)",
+        "zero3 rl (2 processes)",
+        "ppo hf (1 process)",
+    }
     for run, entry in memory.items():
         assert abs(entry["predicted_mb"] - entry["measured_mb"]) <= 0.15 * entry["measured_mb"], (run, entry)
     assert "predicted MB" in done.stdout and "measured MB" in done.stdout

@@ -7,11 +7,11 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from medo1 import k8s
 from medo1.launch.grace import grace_period_s
 from medo1.launch.rendering import stage_values
 from medo1.plan.check import fit_check
-
 from tests.kube_standin import KubeStandIn, Step
 
 NS = "team-a"
@@ -40,15 +40,17 @@ def test_grace_period_is_sized_from_the_stages_checkpoint():
 def test_the_launcher_creates_the_pytorchjob_with_the_stages_grace_period():
     from kubeflow.training import TrainingClient
     from kubernetes.client import Configuration
-    from medo1.launch import launch_stage
 
+    from medo1.launch import launch_stage
     from tests.test_launch import CREATED, SUCCEEDED
 
     kube = KubeStandIn().start()
     try:
         kube.script("medo1-rl", [Step(CREATED["status"]), Step(SUCCEEDED["status"])])
         client = TrainingClient(client_configuration=Configuration(host=kube.url))
-        launch_stage("rl", profile="h100-1node", job_name="medo1-rl", namespace=NS, client=client, timeout_s=30, poll_s=0.05)
+        launch_stage(
+            "rl", profile="h100-1node", job_name="medo1-rl", namespace=NS, client=client, timeout_s=30, poll_s=0.05
+        )
     finally:
         kube.stop()
     (post,) = kube.calls("POST", "pytorchjobs")
@@ -67,7 +69,9 @@ def test_the_launchers_trainjob_carries_the_grace_period_as_a_runtime_patch():
     assert env_of(job["spec"]["trainer"])["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "580"
 
 
-@pytest.mark.parametrize("override,sft,rl", [([], 600, 1200), (["stages.sft.terminationGracePeriodSeconds=900"], 900, 1200)])
+@pytest.mark.parametrize(
+    "override,sft,rl", [([], 600, 1200), (["stages.sft.terminationGracePeriodSeconds=900"], 900, 1200)]
+)
 def test_chart_rendered_jobs_take_each_stages_value(override, sft, rl):
     """With the chain off Helm renders the jobs and runs no Python: each stage's value from the values."""
     from medo1.launch.rendering import release_values
@@ -77,7 +81,9 @@ def test_chart_rendered_jobs_take_each_stages_value(override, sft, rl):
     for obj in k8s.render_chart(values):
         for _, template in k8s.pod_templates(obj):
             container = template["spec"]["containers"][0]
-            seconds[obj["metadata"]["name"]] = (template["spec"]["terminationGracePeriodSeconds"],
-                                                env_of(container)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
+            seconds[obj["metadata"]["name"]] = (
+                template["spec"]["terminationGracePeriodSeconds"],
+                env_of(container)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"],
+            )
     assert seconds["medo1-sft"] == (sft, str(sft - 30)) and seconds["medo1-rl"] == (rl, str(rl - 30))
     assert seconds["medo1-eval"] == (600, "570")

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 from helm_python.chart import lint
+
 from medo1 import k8s
 from medo1.config import ConfigError
-
-from tests.conftest import REPO, run_medo1
 from tests import manifest_checks
+from tests.conftest import REPO, run_medo1
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 PROFILES = k8s.profiles()
@@ -42,39 +42,64 @@ def test_lint_is_clean(profile):
 
 MATRIX = {
     "defaults": {},
-    "two-nodes-rdma-kueue": {"cluster": {"nodes": 2, "rdma": {"enabled": True, "resource": "rdma/ib", "count": 1}},
-                             "kueue": {"queueName": "h100"}},
+    "two-nodes-rdma-kueue": {
+        "cluster": {"nodes": 2, "rdma": {"enabled": True, "resource": "rdma/ib", "count": 1}},
+        "kueue": {"queueName": "h100"},
+    },
     "four-nodes-4-gpus": {"cluster": {"nodes": 4, "gpusPerNode": 4}},
     "cpu": {"cluster": {"gpusPerNode": 0, "cpuProcsPerNode": 2, "cpu": "4", "memory": "8Gi", "shmSize": "1Gi"}},
     "trainjob-two-nodes": {"backend": "trainjob", "cluster": {"nodes": 2}, "stages": {"rl": {"enabled": True}}},
     "existing-claims-secrets": {
         "storage": {"checkpoints": {"existingClaim": "team-ckpt"}, "data": {"existingClaim": "team-data"}},
-        "secrets": {"hfToken": {"name": "hf", "key": "HF_TOKEN"}, "wandbApiKey": {"name": "wb", "key": "WANDB_API_KEY"},
-                    "translationApiKey": {"name": "oai", "key": "OPENAI_API_KEY"}},
+        "secrets": {
+            "hfToken": {"name": "hf", "key": "HF_TOKEN"},
+            "wandbApiKey": {"name": "wb", "key": "WANDB_API_KEY"},
+            "translationApiKey": {"name": "oai", "key": "OPENAI_API_KEY"},
+        },
     },
-    "all-jobs": {"jobs": {"translate": {"enabled": True, "recipe": "/opt/medo1/recipes/translate-ja.yaml"},
-                          "eval": {"enabled": True, "recipe": "/opt/medo1/recipes/eval-mcq.yaml", "gpus": 1},
-                          "upload": {"enabled": True, "recipe": "/opt/medo1/recipes/upload.yaml"}},
-                 "secrets": {"translationApiKey": {"name": "oai", "key": "OPENAI_API_KEY"}}},
-    "scheduling": {"cluster": {"nodeSelector": {"pool": "h100"},
-                               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                               "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                                   "nodeSelectorTerms": [{"matchExpressions": [
-                                       {"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}}},
-                   "runPolicy": {"activeDeadlineSeconds": 86400, "backoffLimit": 5},
-                   "image": {"pullSecrets": [{"name": "regcred"}]},
-                   "extraEnv": [{"name": "NCCL_P2P_LEVEL", "value": "NVL"}]},
-    "gang-priority-networkpolicy": {"cluster": {"nodes": 2},
-                                    "scheduling": {"priorityClassName": "training-high",
-                                                   "gang": {"enabled": True, "queue": "gpu", "scheduleTimeoutSeconds": 900}},
-                                    "networkPolicy": {"enabled": True}},
+    "all-jobs": {
+        "jobs": {
+            "translate": {"enabled": True, "recipe": "/opt/medo1/recipes/translate-ja.yaml"},
+            "eval": {"enabled": True, "recipe": "/opt/medo1/recipes/eval-mcq.yaml", "gpus": 1},
+            "upload": {"enabled": True, "recipe": "/opt/medo1/recipes/upload.yaml"},
+        },
+        "secrets": {"translationApiKey": {"name": "oai", "key": "OPENAI_API_KEY"}},
+    },
+    "scheduling": {
+        "cluster": {
+            "nodeSelector": {"pool": "h100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}
+                        ]
+                    }
+                }
+            },
+        },
+        "runPolicy": {"activeDeadlineSeconds": 86400, "backoffLimit": 5},
+        "image": {"pullSecrets": [{"name": "regcred"}]},
+        "extraEnv": [{"name": "NCCL_P2P_LEVEL", "value": "NVL"}],
+    },
+    "gang-priority-networkpolicy": {
+        "cluster": {"nodes": 2},
+        "scheduling": {
+            "priorityClassName": "training-high",
+            "gang": {"enabled": True, "queue": "gpu", "scheduleTimeoutSeconds": 900},
+        },
+        "networkPolicy": {"enabled": True},
+    },
 }
 
 
 def merge(base, extra):
     out = copy.deepcopy(base)
     for key, value in extra.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge(out.get(key, {}), value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
     return out
 
 
@@ -123,10 +148,17 @@ def test_secrets_are_references_and_pvcs_are_created_or_reused():
     assert pvcs == {"medo1-hf-cache"}
     template = by_kind(objects, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     env = {e["name"]: e for e in main_container(template)["env"]}
-    assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": False}}}
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": False}},
+    }
     assert env["WANDB_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "wb", "key": "WANDB_API_KEY", "optional": True}
     assert "OPENAI_API_KEY" not in env  # the translation key is the translate stage's only
-    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in template["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
     assert claims == {"data": "team-data", "checkpoints": "team-ckpt", "hf-cache": "medo1-hf-cache"}
     assert template["spec"]["automountServiceAccountToken"] is False
 
@@ -136,34 +168,61 @@ def test_rbac_is_namespaced_and_minimal():
     assert not [o for o in objects if o["kind"].startswith("Cluster")]
     (role,) = by_kind(objects, "Role")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
-    assert resources == {"pytorchjobs", "trainjobs", "trainingruntimes", "jobs", "pods", "pods/log", "events", "persistentvolumeclaims", "namespaces", "localqueues"}
+    assert resources == {
+        "pytorchjobs",
+        "trainjobs",
+        "trainingruntimes",
+        "jobs",
+        "pods",
+        "pods/log",
+        "events",
+        "persistentvolumeclaims",
+        "namespaces",
+        "localqueues",
+    }
     (events,) = [rule for rule in role["rules"] if rule["resources"] == ["events"]]
     assert events["verbs"] == ["list"]  # the launcher's stuck-pod check reads Warning events, nothing more
     assert all("*" not in rule["verbs"] for rule in role["rules"])
-    reads = [rule for rule in role["rules"] if rule["resources"] in (["trainingruntimes"], ["persistentvolumeclaims"],
-                                                                     ["namespaces"], ["localqueues"])]
+    reads = [
+        rule
+        for rule in role["rules"]
+        if rule["resources"] in (["trainingruntimes"], ["persistentvolumeclaims"], ["namespaces"], ["localqueues"])
+    ]
     assert all(rule["verbs"] == ["get"] for rule in reads)
     (binding,) = by_kind(objects, "RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == ["medo1"]
     # Secrets: get on those the values name, no others (doctor checks their keys); none named, no rule.
     named = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Role")[0]["rules"]
     assert [rule for rule in named if rule["resources"] == ["secrets"]] == [
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["hf-token", "openai", "wandb"]}]
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "verbs": ["get"],
+            "resourceNames": ["hf-token", "openai", "wandb"],
+        }
+    ]
 
 
 def test_pipeline_service_accounts_may_launch_jobs():
-    objects = k8s.render_chart({"rbac": {"pipelineServiceAccounts": ["default-editor", "pipeline-runner"]}}, namespace="team-a")
+    objects = k8s.render_chart(
+        {"rbac": {"pipelineServiceAccounts": ["default-editor", "pipeline-runner"]}}, namespace="team-a"
+    )
     (binding,) = by_kind(objects, "RoleBinding")
     # No namespace: the subjects are in the binding's own (tests/test_helm_lifecycle.py applies it in another).
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name}
-                                   for name in ("medo1", "default-editor", "pipeline-runner")]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": name} for name in ("medo1", "default-editor", "pipeline-runner")
+    ]
 
 
 def test_trainjob_backend_renders_runtime_and_job():
     objects = k8s.render_chart({"backend": "trainjob", "cluster": {"nodes": 2}})
     assert not by_kind(objects, "PyTorchJob")
     (runtime,), (job,) = by_kind(objects, "TrainingRuntime"), by_kind(objects, "TrainJob")
-    assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": runtime["metadata"]["name"]}
+    assert job["spec"]["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+        "name": runtime["metadata"]["name"],
+    }
     assert job["spec"]["trainer"] == {"numNodes": 2, "numProcPerNode": 8}
     assert runtime["spec"]["mlPolicy"]["numNodes"] == 2
 
@@ -193,7 +252,9 @@ def test_values_schema_refuses_bad_values(bad_values, fragment):
 def test_a_refused_chart_value_is_one_line_from_the_launcher():
     done = run_medo1(["launch", "sft", "--profile", "h100-1node", "--value", "cluster.nodes=zero"], timeout=120)
     assert (done.returncode, done.stderr) == (
-        2, "medo1: error: chart values refused by medo1: at '/cluster/nodes': got string, want integer\n")
+        2,
+        "medo1: error: chart values refused by medo1: at '/cluster/nodes': got string, want integer\n",
+    )
 
 
 # ---- planted mistakes: each check must catch one ----------------------------------------------------
@@ -226,7 +287,9 @@ def test_policy_catches_gpus_not_matching_processes(objects):
 def test_policy_catches_missing_shm(objects):
     template = master(objects)
     template["spec"]["volumes"] = [v for v in template["spec"]["volumes"] if v["name"] != "dshm"]
-    main_container(template)["volumeMounts"] = [m for m in main_container(template)["volumeMounts"] if m["name"] != "dshm"]
+    main_container(template)["volumeMounts"] = [
+        m for m in main_container(template)["volumeMounts"] if m["name"] != "dshm"
+    ]
     assert any("/dev/shm" in p for p in manifest_checks.policy_violations(objects))
 
 
@@ -295,8 +358,11 @@ def test_single_pod_stages_render_as_plain_jobs():
         gpus = container["resources"]["limits"].get("nvidia.com/gpu")
         assert gpus == (1 if name == "eval" else None)
     translate_env = {e["name"]: e for e in jobs["translate"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert translate_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "oai", "key": "OPENAI_API_KEY",
-                                                                            "optional": False}
+    assert translate_env["OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "oai",
+        "key": "OPENAI_API_KEY",
+        "optional": False,
+    }
 
 
 def test_policy_catches_a_job_without_its_container(objects):
@@ -338,7 +404,8 @@ def test_install_order_catches_a_trainjob_before_its_runtime():
     (runtime,) = by_kind(objects, "TrainingRuntime")
     del runtime["metadata"]["annotations"]
     assert manifest_checks.install_order_problems(manifest_checks.helm_install_order(objects)) == [
-        "TrainJob/medo1-sft is created before TrainingRuntime/medo1-sft, which it needs"]
+        "TrainJob/medo1-sft is created before TrainingRuntime/medo1-sft, which it needs"
+    ]
 
 
 def test_install_order_catches_a_binding_or_a_pod_before_what_it_uses():
@@ -362,7 +429,12 @@ def test_one_node_profile_runs_its_stages_one_after_another():
     (run,) = by_kind(objects, "Job")
     pod = run["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["medo1"] and container["args"][:4] == ["launch", "chain", "--values", "/etc/medo1/values.yaml"]
+    assert container["command"] == ["medo1"] and container["args"][:4] == [
+        "launch",
+        "chain",
+        "--values",
+        "/etc/medo1/values.yaml",
+    ]
     assert not any(k.endswith("/gpu") for k in container["resources"]["limits"])  # no GPU held while waiting
     assert pod["serviceAccountName"] == "medo1" and pod["automountServiceAccountToken"] is True
     (config,) = by_kind(objects, "ConfigMap")
@@ -375,17 +447,24 @@ def test_one_node_profile_runs_its_stages_one_after_another():
     from medo1.launch import build_job, build_pytorchjob
 
     stage_jobs = [build_pytorchjob("sft", values), build_pytorchjob("rl", values), build_job("eval", values)]
-    assert manifest_checks.schema_errors(stage_jobs, CRDS) == [] and manifest_checks.policy_violations([*objects, *stage_jobs]) == []
+    assert (
+        manifest_checks.schema_errors(stage_jobs, CRDS) == []
+        and manifest_checks.policy_violations([*objects, *stage_jobs]) == []
+    )
 
 
 def test_each_pod_gets_only_the_secrets_its_stage_reads():
     """Finding 4: every training pod required the wandb and openai Secrets."""
-    values = merge(k8s.load_profile("h100-1node"), {"chain": {"enabled": False}, "jobs": {"translate": {"enabled": True}}})
+    values = merge(
+        k8s.load_profile("h100-1node"), {"chain": {"enabled": False}, "jobs": {"translate": {"enabled": True}}}
+    )
     objects = k8s.render_chart(values)
     secret_env = {}
     for where, _, container in pod_specs(objects):
         component = where.split("/")[1].split()[0].removeprefix("medo1-")
-        secret_env[component] = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        secret_env[component] = {
+            e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+        }
     hf = {"name": "hf-token", "key": "HF_TOKEN", "optional": False}
     wandb = {"name": "wandb", "key": "WANDB_API_KEY", "optional": True}  # W&B off: the pod starts without it
     assert secret_env == {
@@ -397,14 +476,18 @@ def test_each_pod_gets_only_the_secrets_its_stage_reads():
     }
     # The chain's run pod: the HF token only, to check before the first job that the stages' Hub ids are readable.
     (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Job")
-    assert [e for e in run["spec"]["template"]["spec"]["containers"][0]["env"]
-            if "secretKeyRef" in e.get("valueFrom", {})] == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": hf}}]
+    assert [
+        e for e in run["spec"]["template"]["spec"]["containers"][0]["env"] if "secretKeyRef" in e.get("valueFrom", {})
+    ] == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": hf}}]
 
 
 def test_policy_catches_a_secret_that_does_not_say_whether_it_is_optional(objects):
     env = main_container(master(objects))["env"]
     next(e for e in env if e["name"] == "HF_TOKEN")["valueFrom"]["secretKeyRef"].pop("optional")
-    assert any("HF_TOKEN from Secret hf-token must say whether it is optional" in p for p in manifest_checks.policy_violations(objects))
+    assert any(
+        "HF_TOKEN from Secret hf-token must say whether it is optional" in p
+        for p in manifest_checks.policy_violations(objects)
+    )
 
 
 def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capability():
@@ -423,16 +506,23 @@ def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capabilit
 
 def test_policy_catches_a_capability_pod_security_baseline_forbids(objects):
     main_container(master(objects))["securityContext"]["capabilities"]["add"] = ["IPC_LOCK"]
-    assert any("Pod Security baseline forbids adding the IPC_LOCK capability" in p for p in manifest_checks.policy_violations(objects))
+    assert any(
+        "Pod Security baseline forbids adding the IPC_LOCK capability" in p
+        for p in manifest_checks.policy_violations(objects)
+    )
 
 
 def test_rdma_with_nccl_infiniband_off_is_refused_and_no_runtime_turns_it_off():
     """Issue 26, item 16: the cluster runtimes set NCCL_IB_DISABLE=1 (the chart's default) while the README runs
     them on 2 nodes over InfiniBand. No default turns InfiniBand off now, and RDMA with it off is refused."""
-    with pytest.raises(ConfigError, match=r'cluster.rdma asks for an InfiniBand / RoCE device but nccl.NCCL_IB_DISABLE is "1"'):
+    with pytest.raises(
+        ConfigError, match=r'cluster.rdma asks for an InfiniBand / RoCE device but nccl.NCCL_IB_DISABLE is "1"'
+    ):
         k8s.render_chart(merge(TWO_NODES_JOBS, {"nccl": {"NCCL_IB_DISABLE": "1"}}))
     for profile in PROFILES:
-        for where, _, container in pod_specs(k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))):
+        for where, _, container in pod_specs(
+            k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))
+        ):
             assert {"name": "NCCL_IB_DISABLE", "value": "1"} not in container["env"], where
     objects = k8s.render_chart(merge(TWO_NODES_JOBS, {"chain": {"enabled": False}}))
     main_container(master(objects))["env"].append({"name": "NCCL_IB_DISABLE", "value": "1"})
@@ -506,7 +596,9 @@ def test_one_pod_loss_on_two_nodes_restarts_the_whole_job():
     assert run["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["launch", "chain"]
     (job,) = by_kind(k8s.render_chart(TWO_NODES_JOBS), "PyTorchJob")
     assert {role: spec["restartPolicy"] for role, spec in job["spec"]["pytorchReplicaSpecs"].items()} == {
-        "Master": "Never", "Worker": "Never"}
+        "Master": "Never",
+        "Worker": "Never",
+    }
     assert job["spec"]["runPolicy"]["backoffLimit"] == 0
     assert job["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
     assert k8s.chart_defaults()["runPolicy"]["jobRestarts"] >= 1
@@ -529,8 +621,11 @@ def test_every_pod_has_the_checkpoint_grace_period(profile):
     """600 s covers writing a 7B ZeRO-3 SFT checkpoint after SIGTERM, 1200 s the PPO one (the arithmetic is in
     values.yaml; the launcher sizes its own jobs: tests/test_grace_period.py)."""
     values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}})
-    specs = {f"{obj['metadata']['name']} {where}": template["spec"]["terminationGracePeriodSeconds"]
-             for obj in k8s.render_chart(values) for where, template in k8s.pod_templates(obj)}
+    specs = {
+        f"{obj['metadata']['name']} {where}": template["spec"]["terminationGracePeriodSeconds"]
+        for obj in k8s.render_chart(values)
+        for where, template in k8s.pod_templates(obj)
+    }
     rl = [where for where in specs if any(name in where for name in ("-rl", "medo1-ppo", "medo1-grpo"))]
     assert all(seconds == (1200 if where in rl else 600) for where, seconds in specs.items()), specs
     assert k8s.chart_defaults()["terminationGracePeriodSeconds"] == 600
@@ -540,8 +635,14 @@ def test_every_pod_has_the_checkpoint_grace_period(profile):
 def test_torchrun_gives_its_workers_the_grace_period_to_save(profile):
     """torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
     otherwise: a 7B preemption save needs most of the pod's grace period, and torchrun must exit inside it."""
-    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}, "terminationGracePeriodSeconds": 900,
-                                               "stages": {"rl": {"terminationGracePeriodSeconds": 900}}})
+    values = merge(
+        k8s.load_profile(profile),
+        {
+            "chain": {"enabled": False},
+            "terminationGracePeriodSeconds": 900,
+            "stages": {"rl": {"terminationGracePeriodSeconds": 900}},
+        },
+    )
     pods = list(pod_specs(k8s.render_chart(values)))
     assert pods or profile == "infrastructure"
     for where, template, container in pods:
@@ -557,9 +658,14 @@ def test_kueue_admits_the_two_node_job_whole():
 
 
 def test_gang_scheduling_priority_and_deadline_without_kueue():
-    values = merge(TWO_NODES_JOBS, {"kueue": {"queueName": ""}, "runPolicy": {"activeDeadlineSeconds": 86400},
-                                    "scheduling": {"priorityClassName": "training-high",
-                                                   "gang": {"enabled": True, "queue": "gpu"}}})
+    values = merge(
+        TWO_NODES_JOBS,
+        {
+            "kueue": {"queueName": ""},
+            "runPolicy": {"activeDeadlineSeconds": 86400},
+            "scheduling": {"priorityClassName": "training-high", "gang": {"enabled": True, "queue": "gpu"}},
+        },
+    )
     objects = k8s.render_chart(values)
     (job,) = by_kind(objects, "PyTorchJob")
     policy = job["spec"]["runPolicy"]

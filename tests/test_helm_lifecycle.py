@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from medo1 import k8s
 
+from medo1 import k8s
 from tests.kube_standin import KubeStandIn
 
 CRDS = Path(__file__).parent / "fixtures" / "crds"
@@ -54,11 +54,16 @@ def helm(kube, tmp_path):
         yield config
 
 
-def request(kube, method: str, path: str, body: dict | None = None, content_type: str = "application/json",
-            token: str = "admin"):
+def request(
+    kube, method: str, path: str, body: dict | None = None, content_type: str = "application/json", token: str = "admin"
+):
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(kube.url + path, data=data, method=method,
-                                 headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"})
+    req = urllib.request.Request(
+        kube.url + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(req) as response:
             return response.status, json.loads(response.read())
@@ -82,9 +87,19 @@ CONFIGMAPS = f"/api/v1/namespaces/{NS}/configmaps"
 
 
 def test_the_standin_refuses_a_changed_job_pod_template_and_immutable_configmap_data(kube):
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "medo1-run"},
-           "spec": {"template": {"spec": {"restartPolicy": "Never",
-                                          "containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.0"}]}}}}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "medo1-run"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.0"}],
+                }
+            }
+        },
+    }
     path = f"/apis/batch/v1/namespaces/{NS}/jobs/medo1-run"
     apply = "application/apply-patch+yaml"
     assert request(kube, "PATCH", path, job, apply)[0] == 201
@@ -98,12 +113,19 @@ def test_the_standin_refuses_a_changed_job_pod_template_and_immutable_configmap_
     # The API server's labels on the Job's pods stay when the same template is applied (server-side apply).
     assert kube.jobs[(NS, "medo1-run")].body["spec"]["template"]["metadata"]["labels"]["job-name"] == "medo1-run"
 
-    snapshot = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "snap"}, "immutable": True,
-                "data": {"values.yaml": "a: 1\n"}}
+    snapshot = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "snap"},
+        "immutable": True,
+        "data": {"values.yaml": "a: 1\n"},
+    }
     assert request(kube, "POST", CONFIGMAPS, snapshot)[0] == 201
     code, status = request(kube, "PUT", f"{CONFIGMAPS}/snap", {**snapshot, "data": {"values.yaml": "a: 2\n"}})
     assert (code, status["message"]) == (
-        422, 'ConfigMap "snap" is invalid: data: Forbidden: field is immutable when `immutable` is set')
+        422,
+        'ConfigMap "snap" is invalid: data: Forbidden: field is immutable when `immutable` is set',
+    )
 
 
 def test_the_standin_refuses_the_same_for_a_job_its_script_plays(kube):
@@ -113,24 +135,46 @@ def test_the_standin_refuses_the_same_for_a_job_its_script_plays(kube):
     from tests.kube_standin import Step
 
     kube.script("medo1-eval", [Step({"active": 1}), Step({"succeeded": 1})])
-    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "medo1-eval"},
-           "spec": {"template": {"spec": {"restartPolicy": "Never",
-                                          "containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.0"}]}}}}
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "medo1-eval"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.0"}],
+                }
+            }
+        },
+    }
     jobs_path = f"/apis/batch/v1/namespaces/{NS}/jobs"
     assert request(kube, "POST", jobs_path, job)[0] == 201
-    changed = {"spec": {"template": {"spec": {"containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.1"}]}}}}
+    changed = {
+        "spec": {"template": {"spec": {"containers": [{"name": "medo1", "image": "ghcr.io/medo1/trainer:0.1.1"}]}}}
+    }
     code, status = request(kube, "PATCH", f"{jobs_path}/medo1-eval", changed, "application/merge-patch+json")
     assert (code, status["reason"]) == (422, "Invalid")
     assert status["message"].startswith('Job.batch "medo1-eval" is invalid: spec.template: Invalid value: {')
-    code, patched = request(kube, "PATCH", f"{jobs_path}/medo1-eval", {"metadata": {"labels": {"medo1.io/job": "medo1-eval"}}},
-                            "application/strategic-merge-patch+json")
+    code, patched = request(
+        kube,
+        "PATCH",
+        f"{jobs_path}/medo1-eval",
+        {"metadata": {"labels": {"medo1.io/job": "medo1-eval"}}},
+        "application/strategic-merge-patch+json",
+    )
     assert code == 200 and patched["metadata"]["labels"]["medo1.io/job"] == "medo1-eval"
     assert patched["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/medo1/trainer:0.1.0"
-    assert [request(kube, "GET", f"{jobs_path}/medo1-eval")[1]["status"] for _ in range(2)] == [{"active": 1}, {"succeeded": 1}]
+    assert [request(kube, "GET", f"{jobs_path}/medo1-eval")[1]["status"] for _ in range(2)] == [
+        {"active": 1},
+        {"succeeded": 1},
+    ]
     stale = {**job, "metadata": {**job["metadata"], "resourceVersion": "1"}}
     code, status = request(kube, "PUT", f"{jobs_path}/medo1-eval", stale)
     assert (code, status["reason"]) == (409, "Conflict")
-    assert status["message"].startswith('Operation cannot be fulfilled on jobs.batch "medo1-eval": the object has been modified')
+    assert status["message"].startswith(
+        'Operation cannot be fulfilled on jobs.batch "medo1-eval": the object has been modified'
+    )
 
     pytorchjobs = f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs"
     pytorchjob = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "metadata": {"name": "medo1-sft"}, "spec": {}}
@@ -148,8 +192,11 @@ def test_the_standin_refuses_the_same_for_a_job_its_script_plays(kube):
 
 def upgraded(values: dict) -> dict:
     """What a user changes in an upgrade: a new image tag and the chain's timeout."""
-    return {**values, "image": {**values.get("image", {}), "tag": "0.1.1"},
-            "chain": {**values.get("chain", {}), "timeoutHours": 72}}
+    return {
+        **values,
+        "image": {**values.get("image", {}), "tag": "0.1.1"},
+        "chain": {**values.get("chain", {}), "timeoutHours": 72},
+    }
 
 
 @pytest.mark.slow
@@ -166,13 +213,18 @@ def test_helm_upgrade_with_a_new_image_keeps_every_job_as_it_was_created(kube, h
     release = helm.upgrade(str(k8s.CHART_DIR), RELEASE, upgraded(values), namespace=NS, timeout=60)
 
     assert release["status"] == "deployed"
-    assert {name: job["spec"] for name, job in jobs(kube).items()} == {name: job["spec"] for name, job in before_jobs.items()}
+    assert {name: job["spec"] for name, job in jobs(kube).items()} == {
+        name: job["spec"] for name, job in before_jobs.items()
+    }
     assert objects(kube, CONFIGMAPS).keys() == before_maps.keys()
     for name, config in objects(kube, CONFIGMAPS).items():
         assert (config["data"], config.get("immutable")) == (before_maps[name]["data"], True)
     if before_jobs:
         kept = ", ".join(f"{kind.lower()}/{name}" for kind, name in (key.split("/") for key in before_jobs))
-        assert f"Kept as they were created (an upgrade does not change or restart a job that exists): {kept}." in release["notes"]
+        assert (
+            f"Kept as they were created (an upgrade does not change or restart a job that exists): {kept}."
+            in release["notes"]
+        )
     else:
         assert "Kept as they were created" not in release["notes"]
 
@@ -213,8 +265,13 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm, pr
     assert jobs(kube) == {} and objects(kube, CONFIGMAPS) == {}
     assert objects(kube, f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets") == {}
     rbac = "/apis/rbac.authorization.k8s.io/v1"
-    for collection in (f"{rbac}/namespaces/{NS}/roles", f"{rbac}/namespaces/{NS}/rolebindings", f"{rbac}/clusterroles",
-                       f"{rbac}/clusterrolebindings", "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes"):
+    for collection in (
+        f"{rbac}/namespaces/{NS}/roles",
+        f"{rbac}/namespaces/{NS}/rolebindings",
+        f"{rbac}/clusterroles",
+        f"{rbac}/clusterrolebindings",
+        "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes",
+    ):
         assert objects(kube, collection) == {}, collection
     assert set(objects(kube, f"/api/v1/namespaces/{NS}/persistentvolumeclaims")) == claims
     hooks = set(objects(kube, f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes"))
@@ -227,18 +284,25 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm, pr
 def run_pod(kube, ready: bool = True) -> dict:
     """The pod the Job controller creates from the installed run Job, recorded as running on a node."""
     template = jobs(kube)["Job/medo1-run"]["spec"]["template"]
-    pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "medo1-run-x7k2p", "namespace": NS, **copy.deepcopy(template["metadata"])},
-           "spec": copy.deepcopy(template["spec"]) | {"nodeName": "cpu-01"},
-           "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "medo1-run-x7k2p", "namespace": NS, **copy.deepcopy(template["metadata"])},
+        "spec": copy.deepcopy(template["spec"]) | {"nodeName": "cpu-01"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
     kube.record(pod)
     return pod
 
 
 def evict(kube, pod: dict):
     name = pod["metadata"]["name"]
-    return request(kube, "POST", f"/api/v1/namespaces/{NS}/pods/{name}/eviction",
-                   {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": NS}})
+    return request(
+        kube,
+        "POST",
+        f"/api/v1/namespaces/{NS}/pods/{name}/eviction",
+        {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": NS}},
+    )
 
 
 @pytest.mark.slow
@@ -252,7 +316,10 @@ def test_a_node_drain_cannot_evict_the_run_pod(kube, helm):
     assert pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
     code, status = evict(kube, pod)
     assert (code, status["message"]) == (429, "Cannot evict pod as it would violate the pod's disruption budget.")
-    assert status["details"]["causes"][0]["message"] == "The disruption budget medo1-run needs 1 healthy pods and has 1 currently"
+    assert (
+        status["details"]["causes"][0]["message"]
+        == "The disruption budget medo1-run needs 1 healthy pods and has 1 currently"
+    )
     assert "medo1-run-x7k2p" in objects(kube, f"/api/v1/namespaces/{NS}/pods")
     # A run pod that is not Ready (stuck, crashing) does not hold a drain up.
     kube.recorded[f"/api/v1/namespaces/{NS}/pods"].clear()
@@ -283,9 +350,11 @@ def test_notes_say_who_creates_a_failed_job_again():
     assert "created again" not in chain_off and "restarted whole" not in chain_off
     assert "With the chain off nothing creates a failed job again (backoffLimit 0, restartPolicy Never)" in chain_off
     assert "A failed training job is created again whole by the run Job (runPolicy.jobRestarts: 3)" in notes(
-        k8s.load_profile("h100-1node"))
+        k8s.load_profile("h100-1node")
+    )
     assert "A failed TrainJob is restarted whole by its JobSet (runPolicy.jobRestarts: 3)" in notes(
-        k8s.load_profile("h100-1node-trainjob"))
+        k8s.load_profile("h100-1node-trainjob")
+    )
 
 
 # ---- issue 26 item 2: RBAC as the chart's service account ----------------------------------------------
@@ -297,15 +366,25 @@ def trainer_client_as(kube, account: str):
     from kubeflow.trainer import TrainerClient
     from kubernetes.client import Configuration
 
-    configuration = Configuration(host=kube.url, api_key={"authorization": f"Bearer {kube.service_account_token(NS, account)}"})
+    configuration = Configuration(
+        host=kube.url, api_key={"authorization": f"Bearer {kube.service_account_token(NS, account)}"}
+    )
     return TrainerClient(KubernetesBackendConfig(namespace=NS, client_configuration=configuration))
 
 
 def launch_trainjob_as(kube, account: str = "medo1", profile: str = "h100-2nodes"):
     from medo1.launch import launch_stage
 
-    return launch_stage("sft", backend="trainjob", profile=profile, job_name="medo1-sft", namespace=NS,
-                        client=trainer_client_as(kube, account), timeout_s=30, poll_s=0.05)
+    return launch_stage(
+        "sft",
+        backend="trainjob",
+        profile=profile,
+        job_name="medo1-sft",
+        namespace=NS,
+        client=trainer_client_as(kube, account),
+        timeout_s=30,
+        poll_s=0.05,
+    )
 
 
 @pytest.mark.slow
@@ -313,11 +392,13 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
     """Issue 26, item 2: the SDK's get_runtime reads the namespaced TrainingRuntime first and the chart's Role
     had no get on it: 403 as the chart's account. Now the team release's Role grants it (answered 404), and the
     platform install (trainer-v2-runtimes) grants get on its ClusterTrainingRuntimes; the launch goes through."""
-    from tests.test_trainer_v2 import CREATED, SUCCEEDED
     from tests.kube_standin import Step
+    from tests.test_trainer_v2 import CREATED, SUCCEEDED
 
     helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("infrastructure"), namespace=NS, timeout=60)
-    helm.install(str(k8s.CHART_DIR), "medo1-runtimes", k8s.load_profile("trainer-v2-runtimes"), namespace=NS, timeout=60)
+    helm.install(
+        str(k8s.CHART_DIR), "medo1-runtimes", k8s.load_profile("trainer-v2-runtimes"), namespace=NS, timeout=60
+    )
     kube.script("medo1-sft", [Step(CREATED), Step(SUCCEEDED)])
     first = len(kube.requests)
 
@@ -325,18 +406,23 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
 
     assert (result.backend, result.state.phase, result.action) == ("trainjob", "Succeeded", "created")
     runtime_reads = [r.path for r in kube.requests[first:] if "runtimes/" in r.path]
-    assert runtime_reads == [f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes/medo1-sft",
-                             "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/medo1-sft"]
+    assert runtime_reads == [
+        f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes/medo1-sft",
+        "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/medo1-sft",
+    ]
     (post,) = [r for r in kube.requests[first:] if r.method == "POST"]
     assert post.path == f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
     # Issue 26, item 8: the Kueue profile's TrainJob, with its node shape and placement, as the SDK sent it.
     from medo1.launch.rendering import stage_values
+    from medo1.launch.retries import mark
     from medo1.launch.trainjob import build_trainjob
 
-    from medo1.launch.retries import mark
-
-    expected = mark(build_trainjob("sft", stage_values("sft", profile="h100-2nodes"), job_name="medo1-sft", timeout_s=30),
-                    "medo1-sft", 1, None)
+    expected = mark(
+        build_trainjob("sft", stage_values("sft", profile="h100-2nodes"), job_name="medo1-sft", timeout_s=30),
+        "medo1-sft",
+        1,
+        None,
+    )
     del expected["metadata"]["namespace"]
     assert post.body == expected
     assert post.body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
@@ -348,7 +434,9 @@ def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, h
     """The ClusterTrainingRuntime read is cluster-scoped: a namespaced Role cannot grant it. Without the platform
     install's ClusterRoleBinding the launch fails in one line with the API server's 403 and where the grant is."""
     helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("infrastructure"), namespace=NS, timeout=60)
-    for runtime in (o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"] == "ClusterTrainingRuntime"):
+    for runtime in (
+        o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"] == "ClusterTrainingRuntime"
+    ):
         kube.record(runtime)  # installed by an admin without runtimes.readers
 
     from medo1.launch import LaunchError
@@ -357,9 +445,10 @@ def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, h
         launch_trainjob_as(kube)
     assert str(refused.value).startswith(
         f"could not create TrainJob {NS}/medo1-sft: may not read the runtime 'medo1-sft': 403 "
-        "clustertrainingruntimes.trainer.kubeflow.org \"medo1-sft\" is forbidden: "
+        'clustertrainingruntimes.trainer.kubeflow.org "medo1-sft" is forbidden: '
         'User "system:serviceaccount:team-a:medo1" cannot get resource "clustertrainingruntimes" in API group '
-        '"trainer.kubeflow.org" at the cluster scope; the chart\'s launcher Role grants get on trainingruntimes')
+        '"trainer.kubeflow.org" at the cluster scope; the chart\'s launcher Role grants get on trainingruntimes'
+    )
     assert "\n" not in str(refused.value)
     assert not [r for r in kube.requests if r.method == "POST" and r.path.endswith("/trainjobs")]
 
@@ -368,8 +457,11 @@ def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, h
 
 
 def may(kube, token: str, verb: str, group: str, resource: str, namespace: str) -> bool:
-    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-              "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace}}}
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace}},
+    }
     code, answer = request(kube, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review, token=token)
     assert code == 201, answer
     return answer["status"]["allowed"]
@@ -383,8 +475,11 @@ def test_the_plain_manifests_apply_in_any_namespace(kube, profile):
     text = (k8s.MANIFESTS_DIR / f"{profile}.yaml").read_text()
     manifest = [o for o in yaml.load_all(text, Loader=yaml.CSafeLoader) if o]
     assert "namespace: medo1" not in text and not [o for o in manifest if "namespace" in o["metadata"]]
-    served = {kind: (group_version, plural, namespaced) for group_version, resources in kube.served_resources().items()
-              for plural, kind, namespaced in resources}
+    served = {
+        kind: (group_version, plural, namespaced)
+        for group_version, resources in kube.served_resources().items()
+        for plural, kind, namespaced in resources
+    }
     for obj in manifest:
         group_version, plural, namespaced = served[obj["kind"]]
         prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
@@ -396,8 +491,12 @@ def test_the_plain_manifests_apply_in_any_namespace(kube, profile):
         assert may(kube, launcher, "create", "kubeflow.org", "pytorchjobs", "team-b")
         assert may(kube, launcher, "get", "trainer.kubeflow.org", "trainingruntimes", "team-b")
         assert not may(kube, launcher, "create", "kubeflow.org", "pytorchjobs", "medo1")
-        assert not may(kube, kube.service_account_token("team-a", "medo1"), "create", "kubeflow.org", "pytorchjobs", "team-b")
+        assert not may(
+            kube, kube.service_account_token("team-a", "medo1"), "create", "kubeflow.org", "pytorchjobs", "team-b"
+        )
     for run in (o for o in manifest if o["kind"] == "Job" and o["metadata"]["name"].endswith("-run")):
         (container,) = run["spec"]["template"]["spec"]["containers"]
         assert container["args"][container["args"].index("--namespace") + 1] == "$(MEDO1_NAMESPACE)"
-        assert {"name": "MEDO1_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container["env"]
+        assert {"name": "MEDO1_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container[
+            "env"
+        ]

@@ -8,13 +8,13 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 
 import pytest
-import tomllib
 import yaml
-from medo1 import k8s
 from packaging.utils import canonicalize_name
 
+from medo1 import k8s
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "images" / "trainer" / "Dockerfile"
@@ -77,7 +77,10 @@ def test_nothing_is_compiled_and_the_variants_share_the_layers_before_torch():
     steps = instructions()
     runs = [i for i, (kw, _) in enumerate(steps) if kw == "RUN"]
     shared = next(i for i in runs if "-r images/trainer/requirements-cpu.lock" in steps[i][1])
-    assert "DS_BUILD_OPS=0 /tmp/uv/bin/uv pip install --no-deps --compile-bytecode -r images/trainer/requirements-cpu.lock" in steps[shared][1]
+    assert (
+        "DS_BUILD_OPS=0 /tmp/uv/bin/uv pip install --no-deps --compile-bytecode -r images/trainer/requirements-cpu.lock"
+        in steps[shared][1]
+    )
     variant_arg = steps.index(("ARG", "VARIANT=gpu"))
     # A build argument that differs between the variants, declared before the shared step, would split the shared
     # layers (VERSION and REVISION, which change with every commit, would reinstall the locks on every build): only
@@ -192,9 +195,23 @@ def test_lock_installs_in_a_clean_virtualenv(tmp_path, lock):
     subprocess.run([sys.executable, "-m", "venv", tmp_path / "venv"], check=True)
     report = tmp_path / "report.json"
     done = subprocess.run(
-        [tmp_path / "venv" / "bin" / "pip", "install", "--dry-run", "--no-deps", "--ignore-installed", "-q",
-         "--only-binary=:all:", f"--no-binary={','.join(SDISTS)}", "--report", report, "-r", lock],
-        capture_output=True, text=True, timeout=600,
+        [
+            tmp_path / "venv" / "bin" / "pip",
+            "install",
+            "--dry-run",
+            "--no-deps",
+            "--ignore-installed",
+            "-q",
+            "--only-binary=:all:",
+            f"--no-binary={','.join(SDISTS)}",
+            "--report",
+            report,
+            "-r",
+            lock,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     installed = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from medo1 import checkpoint, k8s
 
+from medo1 import checkpoint, k8s
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.test_image_env import in_image_commands, run_checks
 
@@ -44,7 +44,17 @@ TAG = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 UID = "1000:1000"  # the chart's podSecurityContext.runAsUser and the image's USER
 VENV = "/opt/medo1/venv"
 # The build context the Dockerfile reads (and the Makefile), for a rebuild from a copy.
-CONTEXT = ("Makefile", ".dockerignore", "pyproject.toml", "README.md", "images", "trainer", "recipes", "helm", "examples")
+CONTEXT = (
+    "Makefile",
+    ".dockerignore",
+    "pyproject.toml",
+    "README.md",
+    "images",
+    "trainer",
+    "recipes",
+    "helm",
+    "examples",
+)
 
 
 def buildah_unusable() -> str | None:
@@ -75,7 +85,10 @@ def make_base_image(workdir: Path) -> None:
     rootfs = workdir / "rootfs"
     done = subprocess.run(
         ["debootstrap", "--variant=minbase", "--include=python3,python3-venv,ca-certificates", "bookworm", rootfs],
-        capture_output=True, text=True, timeout=900)
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     container = buildah("from", "scratch")
     try:
@@ -101,8 +114,13 @@ def make_image(target: str, base_image: str, directory: Path = REPO, tag: str = 
     """`make TARGET` (the Makefile's own), kept on buildah (DOCKER_ENGINE=) should a Docker engine answer:
     (image, seconds, buildah's output)."""
     started = time.monotonic()
-    done = subprocess.run(["make", target, f"BASE_IMAGE={base_image}", f"REGISTRY={REGISTRY}", f"TAG={tag}",
-                           "DOCKER_ENGINE="], cwd=directory, capture_output=True, text=True, timeout=3600)  # cold, beside the suite
+    done = subprocess.run(
+        ["make", target, f"BASE_IMAGE={base_image}", f"REGISTRY={REGISTRY}", f"TAG={tag}", "DOCKER_ENGINE="],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )  # cold, beside the suite
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return f"{REGISTRY}/trainer:{tag}{'-cpu' if target == 'image-cpu' else ''}", seconds, done.stdout + done.stderr
@@ -148,8 +166,21 @@ class Container:
     def argv(self, command: list[str], env: dict[str, str] | None = None) -> list[str]:
         mounts = [arg for path, host in self.volumes.items() for arg in ("-v", f"{host}:{path}")]
         envs = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
-        return ["buildah", "run", "--isolation", "chroot", "--network", "host", "--user", UID, *mounts, *envs,
-                self.name, "--", *command]
+        return [
+            "buildah",
+            "run",
+            "--isolation",
+            "chroot",
+            "--network",
+            "host",
+            "--user",
+            UID,
+            *mounts,
+            *envs,
+            self.name,
+            "--",
+            *command,
+        ]
 
     def run(self, command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
         return subprocess.run(self.argv(command), capture_output=True, text=True, timeout=timeout)
@@ -176,17 +207,47 @@ def test_user_creation_on_a_base_with_and_without_a_uid_1000(base_image, existin
     container = buildah("from", "--quiet", base_image)
     try:
         if existing:
-            buildah("run", "--isolation", "chroot", container, "--", "useradd", "--uid", "1000", "--user-group",
-                    "--create-home", "--shell", "/bin/bash", existing)
-        buildah("copy", "--quiet", container, str(REPO / "images" / "trainer" / "create-user.sh"), "/tmp/create-user.sh")
+            buildah(
+                "run",
+                "--isolation",
+                "chroot",
+                container,
+                "--",
+                "useradd",
+                "--uid",
+                "1000",
+                "--user-group",
+                "--create-home",
+                "--shell",
+                "/bin/bash",
+                existing,
+            )
+        buildah(
+            "copy", "--quiet", container, str(REPO / "images" / "trainer" / "create-user.sh"), "/tmp/create-user.sh"
+        )
         buildah("run", "--isolation", "chroot", container, "--", "sh", "/tmp/create-user.sh")
-        summary = buildah("run", "--isolation", "chroot", "--user", UID, container, "--", "sh", "-c",
-                          "getent passwd 1000; getent group 1000 | cut -d: -f1,3; stat -c %u:%g /hf-cache /home/medo1; "
-                          "touch /hf-cache/probe /checkpoints/probe /home/medo1/probe && echo writable")
+        summary = buildah(
+            "run",
+            "--isolation",
+            "chroot",
+            "--user",
+            UID,
+            container,
+            "--",
+            "sh",
+            "-c",
+            "getent passwd 1000; getent group 1000 | cut -d: -f1,3; stat -c %u:%g /hf-cache /home/medo1; "
+            "touch /hf-cache/probe /checkpoints/probe /home/medo1/probe && echo writable",
+        )
     finally:
         buildah("rm", container)
-    assert summary.split("\n") == ["medo1:x:1000:1000::/home/medo1:/bin/bash", "medo1:1000", "1000:1000", "1000:1000",
-                                   "writable"]
+    assert summary.split("\n") == [
+        "medo1:x:1000:1000::/home/medo1:/bin/bash",
+        "medo1:1000",
+        "1000:1000",
+        "1000:1000",
+        "writable",
+    ]
 
 
 # Every ELF executable named python* in the image (symlinks resolved), each asked whether it imports torch, and
@@ -214,8 +275,14 @@ def test_one_python_in_the_image_the_venvs(image):
     container = Container(name, {})
     try:
         layout = container.run(["python", "-c", PYTHONS])
-        owner = container.run(["sh", "-c", "id -u; id -g; id -un; echo $HOME; stat -c %u:%g /hf-cache; "
-                                           "touch /hf-cache/probe /home/medo1/probe && echo writable; echo $HF_HOME"])
+        owner = container.run(
+            [
+                "sh",
+                "-c",
+                "id -u; id -g; id -un; echo $HOME; stat -c %u:%g /hf-cache; "
+                "touch /hf-cache/probe /home/medo1/probe && echo writable; echo $HF_HOME",
+            ]
+        )
     finally:
         container.remove()
     assert layout.returncode == 0, layout.stderr[-3000:]
@@ -251,8 +318,10 @@ def test_gpu_image_runs_every_in_image_command_and_imports_vllm_deepspeed_and_fl
         container.remove()
     assert imported.returncode == 0, imported.stderr[-3000:]
     versions = imported.stdout.splitlines()[-1].split()  # DeepSpeed logs its accelerator to stdout first
-    print(f"\nGPU image: torch {versions[0]} (CUDA {versions[1]}), vLLM {versions[2]}, DeepSpeed {versions[3]}, "
-          f"flash-attn-4 {versions[4]} (transformers {versions[5]} finds it: {versions[6]})")
+    print(
+        f"\nGPU image: torch {versions[0]} (CUDA {versions[1]}), vLLM {versions[2]}, DeepSpeed {versions[3]}, "
+        f"flash-attn-4 {versions[4]} (transformers {versions[5]} finds it: {versions[6]})"
+    )
     assert versions[0] == "2.13.0+cu130" and versions[1].startswith("13.") and versions[6] == "True"
     assert broken.returncode == 0, broken.stdout[-3000:]
     assert not by_design  # in the GPU image nothing is missing by design
@@ -286,8 +355,11 @@ def test_a_rebuild_after_a_code_change_installs_no_lock_again(gpu_image, base_im
     try:
         steps = re.findall(r"^STEP \d+/\d+: (.*)$", output, re.M)
         cached = re.findall(r"^--> Using cache", output, re.M)
-        report(request, f"`make image` after a code change took {seconds:.0f} s, {len(cached)} of {len(steps)} steps from "
-                        "the cache")
+        report(
+            request,
+            f"`make image` after a code change took {seconds:.0f} s, {len(cached)} of {len(steps)} steps from "
+            "the cache",
+        )
         install_steps = [s for s in steps if "uv pip install --no-deps" in s]
         assert install_steps, steps
         for step in install_steps:  # buildah prints "--> Using cache <id>" right after a step it takes from the cache
@@ -300,8 +372,11 @@ def test_a_rebuild_after_a_code_change_installs_no_lock_again(gpu_image, base_im
 def smoke_jobs() -> list[tuple[str, dict]]:
     """The CPU smoke PyTorchJob as rendered in manifests/cpu-smoke.yaml, and the same profile on two nodes
     (Master + Worker, one process each) rendered by the chart."""
-    (job,) = [d for d in yaml.safe_load_all((REPO / "manifests" / "cpu-smoke.yaml").read_text())
-              if d and d["kind"] == "PyTorchJob"]
+    (job,) = [
+        d
+        for d in yaml.safe_load_all((REPO / "manifests" / "cpu-smoke.yaml").read_text())
+        if d and d["kind"] == "PyTorchJob"
+    ]
     values = k8s.load_profile("cpu-smoke")
     values["cluster"] = {**values["cluster"], "nodes": 2, "cpuProcsPerNode": 1}
     (two_nodes,) = [o for o in k8s.render_chart(values) if o["kind"] == "PyTorchJob"]
@@ -315,8 +390,13 @@ def test_cpu_smoke_pytorchjob_pods_run_in_the_image_to_a_checkpoint(request, tmp
     image = request.getfixturevalue(f"{variant}_image")
     job = dict(smoke_jobs())[job_name]
     replicas = job["spec"]["pytorchReplicaSpecs"]
-    pods = [(role, spec["template"]["spec"]) for role in ("Master", "Worker") if role in replicas
-            for spec in [replicas[role]] for _ in range(int(spec.get("replicas", 1)))]
+    pods = [
+        (role, spec["template"]["spec"])
+        for role in ("Master", "Worker")
+        if role in replicas
+        for spec in [replicas[role]]
+        for _ in range(int(spec.get("replicas", 1)))
+    ]
     assert [role for role, _ in pods][:1] == ["Master"] and (job_name == "manifest" or len(pods) == 2)
     (first,) = pods[0][1]["containers"]
     mounts = [m["mountPath"] for m in first["volumeMounts"] if m["mountPath"] != "/dev/shm"]
@@ -345,8 +425,9 @@ def test_cpu_smoke_pytorchjob_pods_run_in_the_image_to_a_checkpoint(request, tmp
             env = {e["name"]: e["value"] for e in pod.get("env", []) if "value" in e}
             env.update(k8s.operator_env(job, pod_index=index, master_addr="127.0.0.1", master_port=port))
             container = Container(image, volumes)
-            process = subprocess.Popen(container.argv(argv, env), stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
+            process = subprocess.Popen(
+                container.argv(argv, env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             running.append((role, container, process))
         for role, _, process in running:
             output, _ = process.communicate(timeout=900)
@@ -362,6 +443,8 @@ def test_cpu_smoke_pytorchjob_pods_run_in_the_image_to_a_checkpoint(request, tmp
     out = volumes["/checkpoints"] / "sft-tiny"
     assert [step for step, _ in checkpoint.list_checkpoints(out)] == [2]
     marker = json.loads((out / "checkpoint-2" / checkpoint.COMPLETE_MARKER).read_text())
-    assert marker["world_size"] == int(k8s.operator_env(job, 0, "x", 0)["PET_NNODES"]) * int(job["spec"]["nprocPerNode"])
+    assert marker["world_size"] == int(k8s.operator_env(job, 0, "x", 0)["PET_NNODES"]) * int(
+        job["spec"]["nprocPerNode"]
+    )
     assert (out / "export" / "model.safetensors").is_file()
     assert (out / "export" / "model.safetensors").stat().st_uid == 1000  # written by the image's user

@@ -90,8 +90,12 @@ def imports_in(nodes: list[ast.AST], module: str) -> set[str]:
                 base = node.module
             found.add(base)
             found.update(f"{base}.{a.name}" for a in node.names if module_file(f"{base}.{a.name}"))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             # importlib.import_module("x") imports x; importlib.util.find_spec("x") only needs x installed.
             function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
             if function == "import_module":
@@ -109,8 +113,9 @@ def optional_modules() -> frozenset[str]:
     for path in PACKAGE.rglob("*.py"):
         for node in ast.walk(parsed(path)):
             if isinstance(node, ast.Try) and any(
-                    isinstance(handler.type, ast.Name) and handler.type.id in {"ImportError", "ModuleNotFoundError"}
-                    for handler in node.handlers):
+                isinstance(handler.type, ast.Name) and handler.type.id in {"ImportError", "ModuleNotFoundError"}
+                for handler in node.handlers
+            ):
                 optional |= {m.split(".")[0] for m in imports_in(node.body, "medo1")}
     return frozenset(optional)
 
@@ -151,8 +156,12 @@ def cli_subcommands() -> dict[tuple[str, ...], set[str]]:
             if added:
                 parent, name = added[-1].func.value.id, added[-1].args[0].value
                 paths[node.targets[0].id] = (*paths.get(parent, ()), name)
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "set_defaults"
-                and isinstance(node.func.value, ast.Name)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "set_defaults"
+            and isinstance(node.func.value, ast.Name)
+        ):
             handler = next(k.value.id for k in node.keywords if k.arg == "func")
             commands[paths[node.func.value.id]] = always | imports_in([handlers[handler]], "medo1.cli")
     return commands
@@ -218,8 +227,10 @@ def container_checks(argv: list[str]) -> list[Check]:
             # A KFP lightweight component: the executor runs the function source (the script's $0) in the image.
             component = ast.parse(argv[3])
             modules = {"kfp.dsl.executor_main"} | imports_in([component], "component")
-            return [Check(argv=("python3", "-m", "kfp.dsl.executor_main", "--help")),
-                    Check(imports=tuple(sorted(import_closure(modules))))]
+            return [
+                Check(argv=("python3", "-m", "kfp.dsl.executor_main", "--help")),
+                Check(imports=tuple(sorted(import_closure(modules)))),
+            ]
         checks = checks_in_text(script)
         assert checks, f"a shell command that runs no medo1 command: teach {Path(__file__).name} about it: {argv}"
         return checks
@@ -252,7 +263,9 @@ def in_image_commands() -> dict[Check, list[str]]:
         for document in yaml.safe_load_all(path.read_text()):
             for container in containers(document or {}):
                 argv = [*container.get("command", []), *container.get("args", [])]
-                where = f"{path.name} {document['kind']}/{document['metadata']['name']} container {container.get('name')}"
+                where = (
+                    f"{path.name} {document['kind']}/{document['metadata']['name']} container {container.get('name')}"
+                )
                 add(where, container_checks(argv))
 
     pipeline = next(yaml.safe_load_all(PIPELINE.read_text()))
@@ -271,7 +284,8 @@ def in_image_commands() -> dict[Check, list[str]]:
     return found
 
 
-IMPORT_EACH = """
+IMPORT_EACH = (
+    """
 import importlib, importlib.util, json, sys
 failed = {}
 for name in sys.argv[1:]:
@@ -283,7 +297,9 @@ for name in sys.argv[1:]:
     except Exception as exc:
         failed[name] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(failed))
-""" % FIND_SPEC
+"""
+    % FIND_SPEC
+)
 
 
 def run_checks(run, gpu_image: bool) -> tuple[list[str], list[str]]:
@@ -307,17 +323,21 @@ def run_checks(run, gpu_image: bool) -> tuple[list[str], list[str]]:
         if check.argv and gpu_image:
             done = run(list(check.argv))
             if done.returncode != 0:
-                failures.append(f"{where(sources)}: `{' '.join(check.argv)}` exited {done.returncode}: "
-                                f"{done.stderr[-800:]}")
+                failures.append(
+                    f"{where(sources)}: `{' '.join(check.argv)}` exited {done.returncode}: {done.stderr[-800:]}"
+                )
     done = run(["python", "-c", IMPORT_EACH, *sorted(sources_of)])
     assert done.returncode == 0, done.stderr[-2000:]
     for module, error in json.loads(done.stdout.splitlines()[-1]).items():
         missing = re.match(r"ModuleNotFoundError: No module named '([^'.]+)", error)
         if missing and canonicalize_name(missing.group(1)) in gpu_distributions:
-            by_design.append(f"{where(sources_of[module])}: import {module}: {missing.group(1)} is in the GPU image only")
+            by_design.append(
+                f"{where(sources_of[module])}: import {module}: {missing.group(1)} is in the GPU image only"
+            )
         elif not gpu_image and missing and module == missing.group(1) and module in optional_modules():
-            by_design.append(f"{where(sources_of[module])}: import {module}: optional, not installed (the code says "
-                             "how to add it)")
+            by_design.append(
+                f"{where(sources_of[module])}: import {module}: optional, not installed (the code says how to add it)"
+            )
         else:
             failures.append(f"{where(sources_of[module])}: import {module}: {error}")
     return failures, sorted(set(by_design))
@@ -378,22 +398,51 @@ def test_vllm_release_matches_the_locked_torch_and_the_lock(tmp_path):
     version = gpu_pins["vllm"]
     report = tmp_path / "vllm.json"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--dry-run", "--no-deps", "--ignore-installed",
-         "--target", tmp_path / "target", "--python-version", "3.11",
-         # glibc 2.36 (Debian bookworm) takes every older manylinux tag too; this pip adds none to an explicit one
-         *(arg for minor in range(36, 16, -1) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")),
-         "--only-binary=:all:", "--report", report, f"vllm=={version}"],
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--dry-run",
+            "--no-deps",
+            "--ignore-installed",
+            "--target",
+            tmp_path / "target",
+            "--python-version",
+            "3.11",
+            # glibc 2.36 (Debian bookworm) takes every older manylinux tag too; this pip adds none to an explicit one
+            *(arg for minor in range(36, 16, -1) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")),
+            "--only-binary=:all:",
+            "--report",
+            report,
+            f"vllm=={version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     metadata = json.loads(report.read_text())["install"][0]["metadata"]
-    environment = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
-                   "platform_machine": "x86_64", "platform_system": "Linux", "extra": ""}
+    environment = {
+        "python_version": "3.11",
+        "python_full_version": "3.11.2",
+        "sys_platform": "linux",
+        "platform_machine": "x86_64",
+        "platform_system": "Linux",
+        "extra": "",
+    }
     wanted = [Requirement(r) for r in metadata["requires_dist"]]
     wanted = {canonicalize_name(r.name): r for r in wanted if r.marker is None or r.marker.evaluate(environment)}
     locked_torch = gpu_pins["torch"]
-    assert locked_torch in wanted["torch"].specifier, f"vllm {version} wants {wanted['torch']}, the lock has {locked_torch}"
+    assert locked_torch in wanted["torch"].specifier, (
+        f"vllm {version} wants {wanted['torch']}, the lock has {locked_torch}"
+    )
     assert "transformers" in wanted and "torchvision" in wanted  # what the names below are checked against
-    unmet = [f"{r} (lock: {gpu_pins.get(name)})" for name, r in wanted.items()
-             if name not in gpu_pins or gpu_pins[name] not in r.specifier]
+    unmet = [
+        f"{r} (lock: {gpu_pins.get(name)})"
+        for name, r in wanted.items()
+        if name not in gpu_pins or gpu_pins[name] not in r.specifier
+    ]
     assert not unmet, f"vllm {version}'s requirements the GPU lock does not meet: {unmet}"
     assert gpu_pins["transformers"] == lock_pins(CPU_LOCK)["transformers"]

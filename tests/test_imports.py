@@ -20,7 +20,8 @@ def module_name(path: Path) -> str:
 def _type_checking_only(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imported_names(tree: ast.Module, package: str) -> list[str]:
@@ -105,8 +106,10 @@ def test_the_cycle_finder_finds_a_cycle_and_a_clean_graph_has_none():
 
 
 def test_the_import_graph_reads_lazy_imports_and_skips_type_checking_ones(tmp_path):
-    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from medo1.a import A\n"
-                     "def f():\n    from medo1.b import B\nfrom . import c\n")
+    tree = ast.parse(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from medo1.a import A\n"
+        "def f():\n    from medo1.b import B\nfrom . import c\n"
+    )
     assert sorted(_imported_names(tree, "medo1.pkg")) == ["medo1.b.B", "medo1.pkg.c", "typing.TYPE_CHECKING"]
     graph = import_graph()
     assert "medo1.k8s" in graph["medo1.launch.rendering"]  # sanity: the walk sees real edges
@@ -120,5 +123,6 @@ def test_no_subpackage_imports_itself_back():
     packages: dict[str, set[str]] = {}
     for module, targets in import_graph().items():
         packages.setdefault(subpackage(module), set()).update(
-            subpackage(t) for t in targets if subpackage(t) != subpackage(module))
+            subpackage(t) for t in targets if subpackage(t) != subpackage(module)
+        )
     assert cycles(packages) == []

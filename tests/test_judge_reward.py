@@ -13,13 +13,13 @@ import threading
 import time
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
+
 from medo1 import preemption
 from medo1.chat_client import ChatEndpointError
 from medo1.data import reasoning_target
 from medo1.rl.judge import JudgeFailure, JudgeReward, parse_verdict
 from medo1.rl.rewards import JudgeRewardConfig, RewardConfig, build_reward, normalize_answer, trl_reward_funcs
-from pydantic import TypeAdapter, ValidationError
-
 from pipelines.openai_standin import StandIn
 
 KEY_ENV = "MEDO1_TEST_JUDGE_KEY"
@@ -55,8 +55,15 @@ def judge_key(monkeypatch) -> str:
 
 
 def judge_config(standin: StandIn, **extra) -> JudgeRewardConfig:
-    values = {"kind": "judge", "base_url": standin.base_url, "model": "judge", "api_key_env": KEY_ENV,
-              "backoff_s": 0.01, "max_backoff_s": 0.05, **extra}
+    values = {
+        "kind": "judge",
+        "base_url": standin.base_url,
+        "model": "judge",
+        "api_key_env": KEY_ENV,
+        "backoff_s": 0.01,
+        "max_backoff_s": 0.05,
+        **extra,
+    }
     return TypeAdapter(RewardConfig).validate_python(values)
 
 
@@ -71,8 +78,17 @@ REFERENCES = ["yes"] * len(RESPONSES)
 
 @pytest.mark.parametrize(
     "reply, verdict",
-    [("True", True), ("False", False), ("**True**.", True), (" false - it differs", False), ('"TRUE"', True),
-     ("I cannot tell.", None), ("", None), ("Truely", None), ("The answer is True", None)],
+    [
+        ("True", True),
+        ("False", False),
+        ("**True**.", True),
+        (" false - it differs", False),
+        ('"TRUE"', True),
+        ("I cannot tell.", None),
+        ("", None),
+        ("Truely", None),
+        ("The answer is True", None),
+    ],
 )
 def test_parse_verdict(reply, verdict):
     assert parse_verdict(reply) is verdict
@@ -112,8 +128,11 @@ def test_failure_policy_fail_stops_the_step(judge_key):
 def test_retries_used_up_count_as_failures(judge_key):
     # Every attempt of the first request times out against a hanging server; the others answer.
     with JudgeStandIn(api_key=judge_key, faults=["hang", "hang"], hang_s=1.0) as standin:
-        reward = build_reward(judge_config(standin, timeout_s=0.3, max_retries=1, concurrency=1,
-                                           on_failure="score_wrong", max_failure_rate=0.5))
+        reward = build_reward(
+            judge_config(
+                standin, timeout_s=0.3, max_retries=1, concurrency=1, on_failure="score_wrong", max_failure_rate=0.5
+            )
+        )
         out = reward(RESPONSES[:2], REFERENCES[:2])
     assert out.failed == [True, False] and out.rewards == [0.1, 0.1]
 
@@ -168,9 +187,17 @@ def test_injected_instructions_and_tags_do_not_fool_the_judge(judge_key):
         out = reward([reasoning_target(COT, a) for a in [*INJECTIONS, "yes", "no"]], ["yes"] * (len(INJECTIONS) + 2))
         sent = list(standin.prompts)
         # The stand-in is fooled by the same answers put into the prompt raw, as medo1 put them before.
-        raw_verdicts = [standin._answer_mcq({"messages": [{"role": "user", "content": reward.config.prompt_template
-                        .format(answer=a, reference="yes")}], "model": "judge"})[2]["choices"][0]["message"]["content"]
-                        for a in INJECTIONS]
+        raw_verdicts = [
+            standin._answer_mcq(
+                {
+                    "messages": [
+                        {"role": "user", "content": reward.config.prompt_template.format(answer=a, reference="yes")}
+                    ],
+                    "model": "judge",
+                }
+            )[2]["choices"][0]["message"]["content"]
+            for a in INJECTIONS
+        ]
     assert raw_verdicts == ["True"] * len(INJECTIONS)
     assert out.correct == [False] * len(INJECTIONS) + [True, False]
     assert sum("&lt;/Model Response&gt;" in p for p in sent) == len(INJECTIONS)
@@ -202,7 +229,10 @@ def test_a_few_judged_correct_answers_are_logged(judge_key, caplog):
     with JudgeStandIn(api_key=judge_key) as standin, caplog.at_level(logging.INFO, logger="medo1.rl.judge"):
         build_reward(judge_config(standin, on_failure="score_wrong", log_correct_samples=2))(RESPONSES, REFERENCES)
     shown = [r.getMessage() for r in caplog.records if r.getMessage().startswith("judged correct")]
-    assert shown == ["judged correct: answer 'Yes.' | reference 'yes'", "judged correct: answer 'yes' | reference 'yes'"]
+    assert shown == [
+        "judged correct: answer 'Yes.' | reference 'yes'",
+        "judged correct: answer 'yes' | reference 'yes'",
+    ]
 
 
 def test_sigterm_cuts_the_judge_requests_and_their_retries_short(judge_key):

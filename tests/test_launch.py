@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medo1 import checkpoint, k8s
 from medo1.cli import main
 from medo1.launch import (
@@ -38,42 +39,77 @@ from medo1.launch import (
 )
 from medo1.launch.grace import apply_grace_period, grace_period_s
 from medo1.run_lock import RunLock
-
+from tests import manifest_checks
 from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, last_logged_step, run_medo1
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
-from tests import manifest_checks
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 
 
 def condition(kind, reason, message="", at="2026-11-23T10:00:00Z"):
-    return {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": at,
-            "lastUpdateTime": at}
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": at,
+        "lastUpdateTime": at,
+    }
 
 
 # Status objects shaped as Training Operator v1.9 writes them.
 CREATED = {"status": {"conditions": [condition("Created", "PyTorchJobCreated", "PyTorchJob medo1-sft is created.")]}}
-RUNNING = {"status": {"conditions": [
-    {**condition("Created", "PyTorchJobCreated"), "status": "True"},
-    condition("Running", "PyTorchJobRunning", "PyTorchJob medo1-sft is running.", "2026-11-23T10:01:00Z"),
-]}}
-RESTARTING = {"status": {"conditions": [
-    condition("Created", "PyTorchJobCreated"),
-    {**condition("Running", "PyTorchJobRunning", at="2026-11-23T10:01:00Z"), "status": "False"},
-    condition("Restarting", "PyTorchJobRestarting", "PyTorchJob medo1-sft is restarting because 1 Master replica(s) failed.",
-              "2026-11-23T10:05:00Z"),
-]}}
-SUCCEEDED = {"status": {"conditions": [
-    condition("Created", "PyTorchJobCreated"),
-    {**condition("Running", "PyTorchJobRunning", at="2026-11-23T10:01:00Z"), "status": "False"},
-    condition("Succeeded", "PyTorchJobSucceeded", "PyTorchJob medo1-sft is successfully completed.", "2026-11-23T11:00:00Z"),
-], "completionTime": "2026-11-23T11:00:00Z"}}
-FAILED = {"status": {"conditions": [
-    condition("Created", "PyTorchJobCreated"),
-    {**condition("Running", "PyTorchJobRunning", at="2026-11-23T10:01:00Z"), "status": "False"},
-    condition("Failed", "PyTorchJobFailed", "PyTorchJob medo1-sft has failed because it has reached the specified backoff limit",
-              "2026-11-23T10:30:00Z"),
-]}}
+RUNNING = {
+    "status": {
+        "conditions": [
+            {**condition("Created", "PyTorchJobCreated"), "status": "True"},
+            condition("Running", "PyTorchJobRunning", "PyTorchJob medo1-sft is running.", "2026-11-23T10:01:00Z"),
+        ]
+    }
+}
+RESTARTING = {
+    "status": {
+        "conditions": [
+            condition("Created", "PyTorchJobCreated"),
+            {**condition("Running", "PyTorchJobRunning", at="2026-11-23T10:01:00Z"), "status": "False"},
+            condition(
+                "Restarting",
+                "PyTorchJobRestarting",
+                "PyTorchJob medo1-sft is restarting because 1 Master replica(s) failed.",
+                "2026-11-23T10:05:00Z",
+            ),
+        ]
+    }
+}
+SUCCEEDED = {
+    "status": {
+        "conditions": [
+            condition("Created", "PyTorchJobCreated"),
+            {**condition("Running", "PyTorchJobRunning", at="2026-11-23T10:01:00Z"), "status": "False"},
+            condition(
+                "Succeeded",
+                "PyTorchJobSucceeded",
+                "PyTorchJob medo1-sft is successfully completed.",
+                "2026-11-23T11:00:00Z",
+            ),
+        ],
+        "completionTime": "2026-11-23T11:00:00Z",
+    }
+}
+FAILED = {
+    "status": {
+        "conditions": [
+            condition("Created", "PyTorchJobCreated"),
+            {**condition("Running", "PyTorchJobRunning", at="2026-11-23T10:01:00Z"), "status": "False"},
+            condition(
+                "Failed",
+                "PyTorchJobFailed",
+                "PyTorchJob medo1-sft has failed because it has reached the specified backoff limit",
+                "2026-11-23T10:30:00Z",
+            ),
+        ]
+    }
+}
 
 
 class Recorded:
@@ -99,8 +135,14 @@ def wait(recorded, timeout_s=600, poll_s=10):
 
 @pytest.mark.parametrize(
     "status,phase",
-    [({}, "Pending"), (CREATED, "Created"), (RUNNING, "Running"), (RESTARTING, "Restarting"),
-     (SUCCEEDED, "Succeeded"), (FAILED, "Failed")],
+    [
+        ({}, "Pending"),
+        (CREATED, "Created"),
+        (RUNNING, "Running"),
+        (RESTARTING, "Restarting"),
+        (SUCCEEDED, "Succeeded"),
+        (FAILED, "Failed"),
+    ],
 )
 def test_job_state_reads_conditions(status, phase):
     assert job_state(status).phase == phase
@@ -128,7 +170,9 @@ def test_wait_times_out_with_the_last_state():
 def test_launcher_job_is_the_charts_rendering_and_validates():
     values = {**k8s.load_profile("h100-1node"), "chain": {"enabled": False}}  # every job rendered at once
     job = build_pytorchjob("rl", values)
-    rendered = [o for o in k8s.render_chart(values) if o["kind"] == "PyTorchJob" and o["metadata"]["name"] == "medo1-rl"]
+    rendered = [
+        o for o in k8s.render_chart(values) if o["kind"] == "PyTorchJob" and o["metadata"]["name"] == "medo1-rl"
+    ]
     expected = {**rendered[0], "metadata": {**rendered[0]["metadata"], "namespace": k8s.NAMESPACE}}
     assert job == expected
     assert manifest_checks.schema_errors([job], CRDS) == []
@@ -146,22 +190,41 @@ def test_launcher_refuses_an_unknown_stage():
 def test_values_merge_profile_then_files_then_values_and_append_recipe_overrides(tmp_path):
     values_file = tmp_path / "site.yaml"
     values_file.write_text("cluster: {nodes: 4, cpu: '64'}\nkueue: {queueName: site}\n")
-    values = stage_values("sft", profile="h100-2nodes", values_files=[values_file],
-                          value_overrides=["cluster.nodes=3", "kueue.queueName=h100-low"],
-                          recipe="/data/recipes/sft.yaml", overrides=["train.max_steps=5"])
-    assert values["cluster"]["nodes"] == 3 and values["cluster"]["cpu"] == "64" and values["cluster"]["gpusPerNode"] == 8
+    values = stage_values(
+        "sft",
+        profile="h100-2nodes",
+        values_files=[values_file],
+        value_overrides=["cluster.nodes=3", "kueue.queueName=h100-low"],
+        recipe="/data/recipes/sft.yaml",
+        overrides=["train.max_steps=5"],
+    )
+    assert (
+        values["cluster"]["nodes"] == 3 and values["cluster"]["cpu"] == "64" and values["cluster"]["gpusPerNode"] == 8
+    )
     assert values["kueue"]["queueName"] == "h100-low"
     defaults = k8s.chart_defaults()["stages"]["sft"]
     # A recipe of one's own: the profile's `set` (for the profile's recipe) does not apply.
     assert values["stages"]["sft"] == {"recipe": "/data/recipes/sft.yaml", "set": ["train.max_steps=5"]}
     assert stage_values("sft", profile="cpu-smoke", overrides=["train.max_steps=5"])["stages"]["sft"]["set"] == [
-        *k8s.load_profile("cpu-smoke")["stages"]["sft"]["set"], "train.max_steps=5"]
+        *k8s.load_profile("cpu-smoke")["stages"]["sft"]["set"],
+        "train.max_steps=5",
+    ]
     assert defaults["set"] == []  # the recipe holds the stage's paths
-    job = stage_job("sft", profile="h100-2nodes", values_files=[values_file], value_overrides=["cluster.nodes=3"],
-                    overrides=["train.max_steps=5"], job_name="medo1-sft-0f9c2a")
-    assert job["metadata"]["name"] == "medo1-sft-0f9c2a" and job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+    job = stage_job(
+        "sft",
+        profile="h100-2nodes",
+        values_files=[values_file],
+        value_overrides=["cluster.nodes=3"],
+        overrides=["train.max_steps=5"],
+        job_name="medo1-sft-0f9c2a",
+    )
+    assert (
+        job["metadata"]["name"] == "medo1-sft-0f9c2a" and job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2
+    )
     assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][-2:] == [
-        "--set", "train.max_steps=5"]
+        "--set",
+        "train.max_steps=5",
+    ]
 
 
 @pytest.mark.parametrize("name", ["Medo1-sft", "1-sft", "medo1-sft-", "medo1_sft", "m" * 55])
@@ -170,12 +233,15 @@ def test_job_names_the_operator_would_refuse_are_refused(name):
         stage_job("sft", profile="h100-1node", job_name=name)
 
 
-@pytest.mark.parametrize("options,problem", [
-    ({"backend": "pytorchjob", "nproc": 2}, "nproc is for the local backend"),
-    ({"backend": "slurm"}, "unknown backend"),
-    ({"profile": "h100-9nodes"}, "no profile 'h100-9nodes'"),
-    ({"value_overrides": ["cluster.nodes"]}, "must look like key.path=value"),
-])
+@pytest.mark.parametrize(
+    "options,problem",
+    [
+        ({"backend": "pytorchjob", "nproc": 2}, "nproc is for the local backend"),
+        ({"backend": "slurm"}, "unknown backend"),
+        ({"profile": "h100-9nodes"}, "no profile 'h100-9nodes'"),
+        ({"value_overrides": ["cluster.nodes"]}, "must look like key.path=value"),
+    ],
+)
 def test_launch_options_that_cannot_work_are_refused(options, problem):
     with pytest.raises(LaunchError, match=problem):
         stage_job("sft", **options)
@@ -184,14 +250,19 @@ def test_launch_options_that_cannot_work_are_refused(options, problem):
 def test_local_command_is_the_master_container_under_this_torchrun(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_TOKEN", "hf_not_to_be_printed")
     caplog.set_level(logging.INFO, logger="medo1.launch")
-    job = stage_job("sft", backend="local", profile="h100-2nodes", nproc=1,
-                    value_overrides=["secrets.wandbApiKey.name=wandb"])
+    job = stage_job(
+        "sft", backend="local", profile="h100-2nodes", nproc=1, value_overrides=["secrets.wandbApiKey.name=wandb"]
+    )
     command, env = local_command(job)
     container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
     assert command == [str(Path(sys.executable).with_name("torchrun")), *container["args"]]
     assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
     assert {k: env[k] for k in ("PET_NNODES", "PET_NPROC_PER_NODE", "WORLD_SIZE", "PET_MASTER_ADDR")} == {
-        "PET_NNODES": "1", "PET_NPROC_PER_NODE": "1", "WORLD_SIZE": "1", "PET_MASTER_ADDR": "127.0.0.1"}
+        "PET_NNODES": "1",
+        "PET_NPROC_PER_NODE": "1",
+        "WORLD_SIZE": "1",
+        "PET_MASTER_ADDR": "127.0.0.1",
+    }
     assert env["NCCL_DEBUG"] == "WARN"
     assert "HF_TOKEN" not in env and "WANDB_API_KEY" not in env  # inherited from this environment, if set
     assert not Path("/hf-cache").exists() and "HF_HOME" not in env
@@ -200,7 +271,9 @@ def test_local_command_is_the_master_container_under_this_torchrun(tmp_path, mon
     assert "WANDB_API_KEY comes from Secret wandb in a pod; here from this environment (not set)" in caplog.text
     assert "hf_not_to_be_printed" not in caplog.text
 
-    job = stage_job("sft", backend="local", profile="cpu-smoke", value_overrides=[f"storage.hfCache.mountPath={tmp_path}"])
+    job = stage_job(
+        "sft", backend="local", profile="cpu-smoke", value_overrides=[f"storage.hfCache.mountPath={tmp_path}"]
+    )
     _, env = local_command(job)
     assert env["HF_HOME"] == str(tmp_path) and env["PET_NPROC_PER_NODE"] == "2"
 
@@ -210,11 +283,15 @@ def test_local_command_is_the_master_container_under_this_torchrun(tmp_path, mon
 # talk HTTP to tests/kube_standin.py, which plays Training Operator statuses and the Master's log.
 
 NAME, NS = "medo1-sft-run42", "team-a"
-RUNNING_AGAIN = {"status": {"conditions": [
-    condition("Created", "PyTorchJobCreated"),
-    condition("Running", "PyTorchJobRunning", "PyTorchJob medo1-sft is running.", "2026-11-23T10:06:00Z"),
-    {**condition("Restarting", "PyTorchJobRestarting", at="2026-11-23T10:05:00Z"), "status": "False"},
-]}}
+RUNNING_AGAIN = {
+    "status": {
+        "conditions": [
+            condition("Created", "PyTorchJobCreated"),
+            condition("Running", "PyTorchJobRunning", "PyTorchJob medo1-sft is running.", "2026-11-23T10:06:00Z"),
+            {**condition("Restarting", "PyTorchJobRestarting", at="2026-11-23T10:05:00Z"), "status": "False"},
+        ]
+    }
+}
 
 
 @pytest.fixture
@@ -228,8 +305,11 @@ def launched(job, attempt=1, base=None):
     """A job as the launcher creates it: managed by medo1 (not Helm), labelled with the name asked for, its
     attempt counted on it (medo1.launch.retries)."""
     metadata = job["metadata"]
-    metadata["labels"] = {**metadata["labels"], "app.kubernetes.io/managed-by": "medo1",
-                          "medo1.io/job": base or metadata["name"]}
+    metadata["labels"] = {
+        **metadata["labels"],
+        "app.kubernetes.io/managed-by": "medo1",
+        "medo1.io/job": base or metadata["name"],
+    }
     metadata["annotations"] = {"medo1.io/attempt": str(attempt)}
     return job
 
@@ -254,12 +334,31 @@ def launch(kube, **options):
 
 
 def test_pytorchjob_is_created_followed_through_a_restart_and_succeeds(kube, capsys):
-    first = ContainerRun("5d1c-uid", 0, ["loading /checkpoints/sft", "step 1 loss 2.31", "step 2 loss 2.12",
-                                         "saved checkpoint-2", "RuntimeError: NCCL watchdog timeout"],
-                         drop_first_connection_after=2)
-    second = ContainerRun("5d1c-uid", 1, ["resuming from checkpoint-2", "", "step 3 loss 1.98", "exported /checkpoints/sft/export"])
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], first), Step(RESTARTING["status"], first, exit_code=1),
-                       Step(RUNNING_AGAIN["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+    first = ContainerRun(
+        "5d1c-uid",
+        0,
+        [
+            "loading /checkpoints/sft",
+            "step 1 loss 2.31",
+            "step 2 loss 2.12",
+            "saved checkpoint-2",
+            "RuntimeError: NCCL watchdog timeout",
+        ],
+        drop_first_connection_after=2,
+    )
+    second = ContainerRun(
+        "5d1c-uid", 1, ["resuming from checkpoint-2", "", "step 3 loss 1.98", "exported /checkpoints/sft/export"]
+    )
+    kube.script(
+        NAME,
+        [
+            Step(CREATED["status"]),
+            Step(RUNNING["status"], first),
+            Step(RESTARTING["status"], first, exit_code=1),
+            Step(RUNNING_AGAIN["status"], second),
+            Step(SUCCEEDED["status"], second, exit_code=0),
+        ],
+    )
 
     result = launch(kube)
 
@@ -274,12 +373,21 @@ def test_pytorchjob_is_created_followed_through_a_restart_and_succeeds(kube, cap
     assert first.connections == 2 and second.connections == 1
     assert kube.calls("DELETE") == []
     pod_lists = kube.calls("GET", "pods")
-    assert pod_lists[0].query["labelSelector"] == [f"training.kubeflow.org/job-name={NAME},training.kubeflow.org/job-role=master"]
+    assert pod_lists[0].query["labelSelector"] == [
+        f"training.kubeflow.org/job-name={NAME},training.kubeflow.org/job-role=master"
+    ]
 
 
 def test_pytorchjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
-    run = ContainerRun("7a2e-uid", 0, ["step 1 loss 2.31", "Traceback (most recent call last):",
-                                       "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"])
+    run = ContainerRun(
+        "7a2e-uid",
+        0,
+        [
+            "step 1 loss 2.31",
+            "Traceback (most recent call last):",
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        ],
+    )
     kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(FAILED["status"], run, exit_code=1)])
 
     with pytest.raises(JobFailed) as failed:
@@ -287,8 +395,10 @@ def test_pytorchjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
 
     message = str(failed.value)
     assert message.startswith(f"PyTorchJob {NS}/{NAME}: job failed: PyTorchJobFailed: ")
-    assert ("reached the specified backoff limit\nnot restarted: that was attempt 1 of 1 (runPolicy.jobRestarts=0)\n"
-            "last 3 lines of the Master pod log:\n") in message
+    assert (
+        "reached the specified backoff limit\nnot restarted: that was attempt 1 of 1 (runPolicy.jobRestarts=0)\n"
+        "last 3 lines of the Master pod log:\n"
+    ) in message
     assert message.endswith("\n".join(run.lines))
     assert failed.value.state == job_state(FAILED)
     assert kube.calls("DELETE") == []  # kept for inspection; a retry of the step replaces it
@@ -296,7 +406,9 @@ def test_pytorchjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
 
 @pytest.mark.parametrize("keep", [False, True])
 def test_pytorchjob_timeout_deletes_the_job_unless_kept(kube, keep):
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], ContainerRun("9b3f-uid", 0, ["step 1 loss 2.31"]))])
+    kube.script(
+        NAME, [Step(CREATED["status"]), Step(RUNNING["status"], ContainerRun("9b3f-uid", 0, ["step 1 loss 2.31"]))]
+    )
 
     with pytest.raises(JobTimedOut, match="still Running after 1 s") as timed_out:
         launch(kube, timeout_s=1.0, keep_on_timeout=keep)
@@ -313,7 +425,9 @@ def test_pytorchjob_timeout_deletes_the_job_unless_kept(kube, keep):
 def test_a_failed_job_from_an_earlier_attempt_is_replaced(kube, capsys):
     kube.add_job(expected_job(), [Step(FAILED["status"])])
     run = ContainerRun("c4d5-uid", 0, ["resuming from checkpoint-200", "step 201 loss 1.50"])
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(SUCCEEDED["status"], run, exit_code=0)])
+    kube.script(
+        NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(SUCCEEDED["status"], run, exit_code=0)]
+    )
 
     result = launch(kube)
 
@@ -346,7 +460,8 @@ def test_sigterm_to_the_cli_deletes_the_job_and_exits_nonzero(kube, tmp_path):
     kube.script(name, [Step(CREATED["status"]), Step(RUNNING["status"], run)])
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
     returncode, out, err = sigterm_while_following(
-        ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO)
+        ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO
+    )
     assert returncode == 128 + signal.SIGTERM, err
     assert f"cancelled by SIGTERM; deleted PyTorchJob {NS}/{name}" in err
     assert out.splitlines() == run.lines
@@ -358,11 +473,29 @@ def test_sigterm_to_the_cli_deletes_the_job_and_exits_nonzero(kube, tmp_path):
 
 
 def local_launch_args(tiny_model, out, *extra):
-    overrides = {"model.name_or_path": tiny_model, "data.path": DEMO_DATA, "output.dir": out, "data.limit": 8,
-                 "train.max_steps": 1, "data.max_length": 1024}
+    overrides = {
+        "model.name_or_path": tiny_model,
+        "data.path": DEMO_DATA,
+        "output.dir": out,
+        "data.limit": 8,
+        "train.max_steps": 1,
+        "data.max_length": 1024,
+    }
     sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
-    return ["launch", "sft", "--backend", "local", "--profile", "cpu-smoke", "--nproc", "1", "--recipe", TINY_RECIPE,
-            *sets, *extra]
+    return [
+        "launch",
+        "sft",
+        "--backend",
+        "local",
+        "--profile",
+        "cpu-smoke",
+        "--nproc",
+        "1",
+        "--recipe",
+        TINY_RECIPE,
+        *sets,
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -386,9 +519,11 @@ def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model
     done = run_medo1(local_launch_args(tiny_model, tmp_path / "sft", "--set", f"data.path={broken}"), timeout=300)
     assert done.returncode == 2
     error = done.stderr.splitlines()
-    start = error.index(next(line for line in error if line.startswith("medo1: error: local sft run exited with code 1")))
+    start = error.index(
+        next(line for line in error if line.startswith("medo1: error: local sft run exited with code 1"))
+    )
     assert error[start + 1].startswith("last ") and error[start + 1].endswith(" lines of its output:")
-    assert any(str(broken) in line for line in error[start + 2:])
+    assert any(str(broken) in line for line in error[start + 2 :])
 
 
 # ---- issue 12, finding 9: a failed training job is restarted whole -------------------------------
@@ -396,9 +531,15 @@ def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model
 
 def test_a_failed_training_job_is_restarted_whole_and_resumes(kube, capsys):
     first = ContainerRun("0a1b-uid", 0, ["step 1 loss 2.31", "saved checkpoint-1", "NCCL error: remote peer lost"])
-    second = ContainerRun("2c3d-uid", 0, ["resuming from checkpoint-1", "step 2 loss 2.05", "exported /checkpoints/sft/export"])
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], first), Step(FAILED["status"], first, exit_code=1)])
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)])
+    second = ContainerRun(
+        "2c3d-uid", 0, ["resuming from checkpoint-1", "step 2 loss 2.05", "exported /checkpoints/sft/export"]
+    )
+    kube.script(
+        NAME, [Step(CREATED["status"]), Step(RUNNING["status"], first), Step(FAILED["status"], first, exit_code=1)]
+    )
+    kube.script(
+        NAME, [Step(CREATED["status"]), Step(RUNNING["status"], second), Step(SUCCEEDED["status"], second, exit_code=0)]
+    )
 
     result = launch(kube, value_overrides=["runPolicy.jobRestarts=1"])
 
@@ -412,7 +553,9 @@ def test_a_failed_training_job_is_restarted_whole_and_resumes(kube, capsys):
 def test_restarts_are_bounded_by_job_restarts(kube):
     for uid in ("4e5f-uid", "6a7b-uid"):
         run = ContainerRun(uid, 0, ["step 1 loss 2.31"])
-        kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(FAILED["status"], run, exit_code=1)])
+        kube.script(
+            NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(FAILED["status"], run, exit_code=1)]
+        )
 
     with pytest.raises(JobFailed, match="backoff limit"):
         launch(kube, value_overrides=["runPolicy.jobRestarts=1"])
@@ -427,10 +570,13 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
     for stage in ("sft", "rl"):
         recipes[stage] = tmp_path / f"{stage}.yaml"
         reward = "reward: {kind: answer_match}\n" if stage == "rl" else ""
-        recipes[stage].write_text(f"model: {{name_or_path: m}}\ndata: {{path: d}}\n{reward}"
-                                  f"output:\n  dir: {tmp_path / stage}\n")
-    values = {"stages": {stage: {"enabled": True, "recipe": str(recipe)} for stage, recipe in recipes.items()},
-              "jobs": {"eval": {"enabled": True, "recipe": str(REPO / "recipes" / "eval-demo-cpu.yaml")}}}
+        recipes[stage].write_text(
+            f"model: {{name_or_path: m}}\ndata: {{path: d}}\n{reward}output:\n  dir: {tmp_path / stage}\n"
+        )
+    values = {
+        "stages": {stage: {"enabled": True, "recipe": str(recipe)} for stage, recipe in recipes.items()},
+        "jobs": {"eval": {"enabled": True, "recipe": str(REPO / "recipes" / "eval-demo-cpu.yaml")}},
+    }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(json.dumps(values))
     launched = []
@@ -441,7 +587,9 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
 
     from medo1.launch.chain import launch_chain as chain
 
-    with pytest.raises(LaunchError, match=rf"sft succeeded but its export {tmp_path / 'sft' / 'export'} is not complete"):
+    with pytest.raises(
+        LaunchError, match=rf"sft succeeded but its export {tmp_path / 'sft' / 'export'} is not complete"
+    ):
         chain(values_files=[values_file], launch=launch_without_export)
     assert launched == ["sft"]
 
@@ -457,12 +605,25 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
 def chain_of_two_stages(tmp_path, tiny_model) -> tuple[Path, Path]:
     """Values for an SFT -> RL chain whose RL recipe starts from the SFT export as its recipe places it."""
     checkpoints = tmp_path / "checkpoints"
-    (tmp_path / "sft.yaml").write_text(json.dumps({
-        "model": {"name_or_path": str(tiny_model)}, "data": {"path": str(DEMO_DATA)},
-        "output": {"dir": str(checkpoints / "sft")}}))
-    (tmp_path / "rl.yaml").write_text(json.dumps({
-        "model": {"name_or_path": str(checkpoints / "sft" / "export")}, "data": {"path": str(DEMO_DATA)},
-        "reward": {"kind": "answer_match"}, "output": {"dir": str(checkpoints / "rl")}}))
+    (tmp_path / "sft.yaml").write_text(
+        json.dumps(
+            {
+                "model": {"name_or_path": str(tiny_model)},
+                "data": {"path": str(DEMO_DATA)},
+                "output": {"dir": str(checkpoints / "sft")},
+            }
+        )
+    )
+    (tmp_path / "rl.yaml").write_text(
+        json.dumps(
+            {
+                "model": {"name_or_path": str(checkpoints / "sft" / "export")},
+                "data": {"path": str(DEMO_DATA)},
+                "reward": {"kind": "answer_match"},
+                "output": {"dir": str(checkpoints / "rl")},
+            }
+        )
+    )
     stages = {stage: {"enabled": True, "recipe": str(tmp_path / f"{stage}.yaml")} for stage in ("sft", "rl")}
     values = {"cluster": {"gpusPerNode": 0}, "stages": stages}
     (tmp_path / "values.yaml").write_text(json.dumps(values))
@@ -479,12 +640,20 @@ def run_release_chain(kube, values_file, checkpoints, release, run_id):
     short = run_id[:8]
     for stage in ("sft", "rl"):
         run = ContainerRun(f"{stage}-{short}-uid", 0, [f"{stage} done"])
-        kube.script(f"{release}-{stage}-{short}",
-                    [Step(CREATED["status"]), Step(SUCCEEDED["status"], run, exit_code=0)])
+        kube.script(
+            f"{release}-{stage}-{short}", [Step(CREATED["status"]), Step(SUCCEEDED["status"], run, exit_code=0)]
+        )
         (checkpoints / stage / release / short / "export").mkdir(parents=True, exist_ok=True)
     client = TrainingClient(client_configuration=Configuration(host=kube.url))
-    return launch_chain(values_files=[values_file], namespace=NS, client=client, timeout_s=30, poll_s=0.05,
-                        release=release, run_id=run_id)
+    return launch_chain(
+        values_files=[values_file],
+        namespace=NS,
+        client=client,
+        timeout_s=30,
+        poll_s=0.05,
+        release=release,
+        run_id=run_id,
+    )
 
 
 def test_two_releases_and_a_reinstall_never_share_a_chains_jobs_or_folders(kube, tiny_model, tmp_path, capsys):
@@ -499,18 +668,31 @@ def test_two_releases_and_a_reinstall_never_share_a_chains_jobs_or_folders(kube,
     retried = run_release_chain(kube, values_file, checkpoints, "team-a-medo1", second_uid)  # its run pod again
 
     created = [post.body["metadata"]["name"] for post in kube.calls("POST")]
-    assert created == ["team-a-medo1-sft-3f2a9c1e", "team-a-medo1-rl-3f2a9c1e", "team-b-medo1-sft-3f2a9c1e",
-                       "team-b-medo1-rl-3f2a9c1e", "team-a-medo1-sft-7c0d4e8a", "team-a-medo1-rl-7c0d4e8a"]
+    assert created == [
+        "team-a-medo1-sft-3f2a9c1e",
+        "team-a-medo1-rl-3f2a9c1e",
+        "team-b-medo1-sft-3f2a9c1e",
+        "team-b-medo1-rl-3f2a9c1e",
+        "team-a-medo1-sft-7c0d4e8a",
+        "team-a-medo1-rl-7c0d4e8a",
+    ]
     assert [r.action for r in first + other + reinstall] == ["created"] * 6
     assert [r.action for r in retried] == ["already-succeeded"] * 2
     # Each run's stages write under <output>/<release>/<run>, and RL starts from that run's SFT export.
-    args = {post.body["metadata"]["name"]: post.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
-        "containers"][0]["args"] for post in kube.calls("POST")}
+    args = {
+        post.body["metadata"]["name"]: post.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+            "containers"
+        ][0]["args"]
+        for post in kube.calls("POST")
+    }
     sft_out = checkpoints / "sft" / "team-b-medo1" / "3f2a9c1e"
     assert args["team-b-medo1-sft-3f2a9c1e"][-2:] == ["--set", f'output.dir="{sft_out}"']
     assert args["team-b-medo1-rl-3f2a9c1e"][-4:] == [
-        "--set", f'model.name_or_path="{sft_out / "export"}"',
-        "--set", f'output.dir="{checkpoints / "rl" / "team-b-medo1" / "3f2a9c1e"}"']
+        "--set",
+        f'model.name_or_path="{sft_out / "export"}"',
+        "--set",
+        f'output.dir="{checkpoints / "rl" / "team-b-medo1" / "3f2a9c1e"}"',
+    ]
 
 
 def test_the_charts_run_job_names_its_chain_after_the_release_and_the_run_jobs_uid():
@@ -533,10 +715,14 @@ def test_the_charts_run_job_names_its_chain_after_the_release_and_the_run_jobs_u
     assert run["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--run-id", "exp3"]
 
 
-@pytest.mark.parametrize("release,run_id,problem", [
-    ("Team-A", None, "release 'Team-A'"), ("medo1", "exp_3", "run id 'exp_3'"),
-    ("a" * 40, "x" * 12, "is too long"),
-])
+@pytest.mark.parametrize(
+    "release,run_id,problem",
+    [
+        ("Team-A", None, "release 'Team-A'"),
+        ("medo1", "exp_3", "run id 'exp_3'"),
+        ("a" * 40, "x" * 12, "is too long"),
+    ],
+)
 def test_release_and_run_names_the_cluster_would_refuse_are_refused(release, run_id, problem):
     from medo1.launch.chain import RunScope
 
@@ -550,26 +736,63 @@ def test_chain_runs_every_stage_in_order_on_the_local_backend(tiny_model, tmp_pa
     out = {stage: tmp_path / stage for stage in ("sft", "rl", "eval")}
     values = {
         "stages": {
-            "sft": {"enabled": True, "recipe": str(recipes / "sft-tiny-cpu.yaml"), "set": [
-                f"model.name_or_path={tiny_model}", f"data.path={DEMO_DATA}", "data.limit=8", "data.max_length=512",
-                "train.max_steps=1", f"output.dir={out['sft']}"]},
-            "rl": {"enabled": True, "recipe": str(recipes / "rl-ppo-tiny-cpu.yaml"), "set": [
-                f"model.name_or_path={out['sft'] / 'export'}", f"data.path={DEMO_DATA}", "data.limit=8",
-                "train.total_episodes=8", "sampling.response_length=16", "train.eval_fraction=0", f"output.dir={out['rl']}"]},
+            "sft": {
+                "enabled": True,
+                "recipe": str(recipes / "sft-tiny-cpu.yaml"),
+                "set": [
+                    f"model.name_or_path={tiny_model}",
+                    f"data.path={DEMO_DATA}",
+                    "data.limit=8",
+                    "data.max_length=512",
+                    "train.max_steps=1",
+                    f"output.dir={out['sft']}",
+                ],
+            },
+            "rl": {
+                "enabled": True,
+                "recipe": str(recipes / "rl-ppo-tiny-cpu.yaml"),
+                "set": [
+                    f"model.name_or_path={out['sft'] / 'export'}",
+                    f"data.path={DEMO_DATA}",
+                    "data.limit=8",
+                    "train.total_episodes=8",
+                    "sampling.response_length=16",
+                    "train.eval_fraction=0",
+                    f"output.dir={out['rl']}",
+                ],
+            },
         },
         "jobs": {
-            "eval": {"enabled": True, "recipe": str(recipes / "eval-demo-cpu.yaml"), "gpus": 0, "set": [
-                f"model={out['rl'] / 'export'}", f"benchmarks.demo_mcq={DEMO_DATA}", "limit=4", "max_new_tokens=8",
-                f"output_dir={out['eval']}"]},
-            "upload": {"enabled": True, "recipe": str(recipes / "upload.yaml"), "set": [
-                f"model_dir={out['rl'] / 'export'}", "repo_id=medo1/tiny-demo", "dry_run=true",
-                f"eval_report={out['eval'] / 'report.json'}"]},
+            "eval": {
+                "enabled": True,
+                "recipe": str(recipes / "eval-demo-cpu.yaml"),
+                "gpus": 0,
+                "set": [
+                    f"model={out['rl'] / 'export'}",
+                    f"benchmarks.demo_mcq={DEMO_DATA}",
+                    "limit=4",
+                    "max_new_tokens=8",
+                    f"output_dir={out['eval']}",
+                ],
+            },
+            "upload": {
+                "enabled": True,
+                "recipe": str(recipes / "upload.yaml"),
+                "set": [
+                    f"model_dir={out['rl'] / 'export'}",
+                    "repo_id=medo1/tiny-demo",
+                    "dry_run=true",
+                    f"eval_report={out['eval'] / 'report.json'}",
+                ],
+            },
         },
     }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(json.dumps(values))
 
-    done = run_medo1(["launch", "chain", "--backend", "local", "--values", str(values_file), "--nproc", "1"], timeout=900)
+    done = run_medo1(
+        ["launch", "chain", "--backend", "local", "--values", str(values_file), "--nproc", "1"], timeout=900
+    )
 
     assert done.returncode == 0, done.stderr[-4000:]
     results = json.loads(done.stdout.splitlines()[-1])
@@ -604,8 +827,9 @@ def test_readme_local_launch_runs_the_recipe_as_written():
 def test_ctrl_c_on_a_local_launch_stops_it_with_one_clean_message(tiny_model, tmp_path):
     out = tmp_path / "sft"
     args = local_launch_args(tiny_model, out, "--set", "train.max_steps=100000", "--set", "output.save_steps=1")
-    process = subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines = []
     try:
         for line in process.stdout:  # wait until training is under way
@@ -641,11 +865,14 @@ def processes_mentioning(text: str) -> dict[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target,signum,nproc", [
-    ("launcher", signal.SIGKILL, 2),  # kill -9 of `medo1 launch`
-    ("launcher", signal.SIGHUP, 1),  # the terminal closed
-    ("torchrun", signal.SIGKILL, 1),  # torchrun itself gone: its ranks run in sessions of their own
-])
+@pytest.mark.parametrize(
+    "target,signum,nproc",
+    [
+        ("launcher", signal.SIGKILL, 2),  # kill -9 of `medo1 launch`
+        ("launcher", signal.SIGHUP, 1),  # the terminal closed
+        ("torchrun", signal.SIGKILL, 1),  # torchrun itself gone: its ranks run in sessions of their own
+    ],
+)
 def test_no_rank_outlives_its_local_launcher(tiny_model, tmp_path, target, signum, nproc):
     """Issue 28 item 9: killing the local launcher left torchrun and its ranks training, and a relaunch then wrote
     to the same run folder beside them."""
@@ -655,11 +882,24 @@ def test_no_rank_outlives_its_local_launcher(tiny_model, tmp_path, target, signu
     # Quiet ranks, as in a long run between log lines: a rank that prints into the dead launcher's pipe stops on the
     # broken pipe, one that does not print goes on. The batch trace shows training under way, past step 1 (logged).
     quiet = [f"output.{key}=100000" for key in ("save_steps", "logging_steps")]
-    args = local_launch_args(tiny_model, out, *[a for o in ["train.max_steps=100000", "data.limit=2",
-                                                             "output.batch_trace=true", *quiet] for a in ("--set", o)],
-                             "--nproc", str(nproc))
-    launcher = subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+    args = local_launch_args(
+        tiny_model,
+        out,
+        *[
+            a
+            for o in ["train.max_steps=100000", "data.limit=2", "output.batch_trace=true", *quiet]
+            for a in ("--set", o)
+        ],
+        "--nproc",
+        str(nproc),
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "medo1", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while not last_logged_step(out / "batch-trace-rank0.jsonl", 2):
@@ -714,7 +954,10 @@ def test_a_single_pod_stage_runs_as_the_charts_batch_job(kube, capsys):
     assert post.path == f"/apis/batch/v1/namespaces/{NS}/jobs"
     expected = launched(build_job("eval", k8s.load_profile("h100-1node"), namespace=NS))
     expected["spec"]["activeDeadlineSeconds"] = 30
-    assert post.body == expected and expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert (
+        post.body == expected
+        and expected["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    )
     assert capsys.readouterr().out.splitlines() == run.lines
 
 
@@ -733,33 +976,55 @@ def test_a_stage_that_does_not_fit_its_gpus_is_launched_with_a_warning(kube, cap
     assert result.state.phase == "Succeeded"
     (post,) = kube.calls("POST")
     assert post.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][-2:] == [
-        "--set", LLAMA_70B]
+        "--set",
+        LLAMA_70B,
+    ]
     (warning,) = [r.getMessage() for r in caplog.records if r.name == "medo1.launch.preflight"]
     assert caplog.records[0].name == "medo1.launch.preflight" and caplog.records[0].levelno == logging.WARNING
     # A 70B full fine-tune on one 8x H100 node: the figures, the plan's first fix, and the command for the rest.
     assert warning.startswith("stage sft does not fit its GPUs: ")
-    assert "GiB predicted per GPU, 71.64 GiB usable (h100-80gb: 79.60 GiB less 10% headroom), on 1 node(s) x 8 " \
-           "h100-80gb, Llama-3.1-70B" in warning
+    assert (
+        "GiB predicted per GPU, 71.64 GiB usable (h100-80gb: 79.60 GiB less 10% headroom), on 1 node(s) x 8 "
+        "h100-80gb, Llama-3.1-70B" in warning
+    )
     assert "suggested: LoRA (r=16) on ZeRO-3 with activation checkpointing (--set lora.enabled=true" in warning
-    assert warning.endswith(f"see medo1 plan --config /opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml --set {LLAMA_70B} "
-                            "--nodes 1 --gpus-per-node 8 --gpu h100-80gb --architecture Llama-3.1-70B")
+    assert warning.endswith(
+        f"see medo1 plan --config /opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml --set {LLAMA_70B} "
+        "--nodes 1 --gpus-per-node 8 --gpu h100-80gb --architecture Llama-3.1-70B"
+    )
     predicted = float(warning.split(": ")[1].split(" GiB")[0])
     from medo1.plan import plan_recipe
 
-    assert predicted == pytest.approx(plan_recipe(str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"), profile="h100-1node",
-                                                  overrides=[LLAMA_70B]).total / 2**30, abs=0.01)
+    assert predicted == pytest.approx(
+        plan_recipe(
+            str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"), profile="h100-1node", overrides=[LLAMA_70B]
+        ).total
+        / 2**30,
+        abs=0.01,
+    )
 
 
-@pytest.mark.parametrize("options", [
-    {"overrides": [LLAMA_70B], "strict": True},
-    {"overrides": [LLAMA_70B], "value_overrides": ["plan.strict=true"]},  # the chart value, as the run Job reads it
-    # The 7B recipe on 2 GPUs, of the kind the node selector names: ZeRO-3 shards over too few of them.
-    {"value_overrides": ["cluster.gpusPerNode=2", "cluster.nodeSelector={nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}"],
-     "strict": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"overrides": [LLAMA_70B], "strict": True},
+        {"overrides": [LLAMA_70B], "value_overrides": ["plan.strict=true"]},  # the chart value, as the run Job reads it
+        # The 7B recipe on 2 GPUs, of the kind the node selector names: ZeRO-3 shards over too few of them.
+        {
+            "value_overrides": [
+                "cluster.gpusPerNode=2",
+                "cluster.nodeSelector={nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}",
+            ],
+            "strict": True,
+        },
+    ],
+)
 def test_a_strict_launch_refuses_a_stage_that_does_not_fit_and_creates_nothing(kube, options):
-    with pytest.raises(PlanDoesNotFit, match=r"^stage sft does not fit its GPUs: .*; not launching it \(strict: "
-                                             r"--strict or plan\.strict\)$") as refused:
+    with pytest.raises(
+        PlanDoesNotFit,
+        match=r"^stage sft does not fit its GPUs: .*; not launching it \(strict: "
+        r"--strict or plan\.strict\)$",
+    ) as refused:
         launch(kube, **options)
     assert kube.requests == []
     assert refused.value.exit_code == 3
@@ -785,8 +1050,14 @@ def test_a_strict_chain_refuses_before_its_first_stage_starts(kube):
 
     client = TrainingClient(client_configuration=Configuration(host=kube.url))
     with pytest.raises(PlanDoesNotFit, match=r"^stage rl does not fit its GPUs: .* on 1 node\(s\) x 8 a100-40gb"):
-        launch_chain(profile="h100-1node", value_overrides=["plan.gpu=a100-40gb", "plan.strict=true"], namespace=NS,
-                     client=client, timeout_s=30, poll_s=0.05)
+        launch_chain(
+            profile="h100-1node",
+            value_overrides=["plan.gpu=a100-40gb", "plan.strict=true"],
+            namespace=NS,
+            client=client,
+            timeout_s=30,
+            poll_s=0.05,
+        )
     assert kube.requests == []
 
 
@@ -796,10 +1067,23 @@ def test_a_strict_trainjob_launch_plans_its_runtimes_recipe_and_creates_nothing(
     from kubernetes.client import Configuration
 
     client = TrainerClient(KubernetesBackendConfig(namespace=NS, client_configuration=Configuration(host=kube.url)))
-    with pytest.raises(PlanDoesNotFit, match=r"^stage rl does not fit .* see medo1 plan --config "
-                                             r"/opt/medo1/recipes/rl-grpo-qwen2\.5-7b-8xh100\.yaml .*--gpu a100-40gb"):
-        launch_stage("rl", backend="trainjob", runtime="medo1-grpo", profile="h100-1node", namespace=NS, client=client,
-                     value_overrides=["plan.gpu=a100-40gb"], strict=True, timeout_s=30, poll_s=0.05)
+    with pytest.raises(
+        PlanDoesNotFit,
+        match=r"^stage rl does not fit .* see medo1 plan --config "
+        r"/opt/medo1/recipes/rl-grpo-qwen2\.5-7b-8xh100\.yaml .*--gpu a100-40gb",
+    ):
+        launch_stage(
+            "rl",
+            backend="trainjob",
+            runtime="medo1-grpo",
+            profile="h100-1node",
+            namespace=NS,
+            client=client,
+            value_overrides=["plan.gpu=a100-40gb"],
+            strict=True,
+            timeout_s=30,
+            poll_s=0.05,
+        )
     assert {r.method for r in kube.requests} <= {"GET"}  # the SDK's client reads its version ConfigMap at start
 
 
@@ -840,18 +1124,35 @@ def test_a_local_cpu_launch_is_not_planned(caplog):
 # ---- issue 26, item 12: the run Job owns what it launches; an evicted launcher leaves training running -------
 
 RUN_POD = "medo1-run-x8k2f"
-RUN_JOB = {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "5b0e7a52-run-job-uid",
-           "controller": True, "blockOwnerDeletion": True}
+RUN_JOB = {
+    "apiVersion": "batch/v1",
+    "kind": "Job",
+    "name": "medo1-run",
+    "uid": "5b0e7a52-run-job-uid",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
 
 
 def run_pod(disruption=None):
     """The chart's run pod as the API server has it; `disruption`: its DisruptionTarget condition's reason (the
     API server sets it before deleting a pod for an eviction, kubernetes staging/src/k8s.io/api/core/v1/types.go)."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": RUN_POD, "namespace": NS, "ownerReferences": [RUN_JOB]},
-           "status": {"phase": "Running", "conditions": []}}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": RUN_POD, "namespace": NS, "ownerReferences": [RUN_JOB]},
+        "status": {"phase": "Running", "conditions": []},
+    }
     if disruption:
-        pod["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": disruption,
-                                            "message": "Eviction API: evicting", "lastTransitionTime": "2026-11-23T10:30:00Z"})
+        pod["status"]["conditions"].append(
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": disruption,
+                "message": "Eviction API: evicting",
+                "lastTransitionTime": "2026-11-23T10:30:00Z",
+            }
+        )
     return pod
 
 
@@ -864,7 +1165,8 @@ def test_jobs_launched_from_the_run_pod_are_owned_by_the_run_job(kube, monkeypat
     launch(kube)
     (post,) = kube.calls("POST")
     assert post.body["metadata"]["ownerReferences"] == [
-        {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "5b0e7a52-run-job-uid"}]
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "5b0e7a52-run-job-uid"}
+    ]
     assert post.body["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "medo1"
 
 
@@ -872,16 +1174,26 @@ def test_jobs_launched_from_the_run_pod_are_owned_by_the_run_job(kube, monkeypat
 def test_an_evicted_launcher_leaves_its_job_running_and_the_next_one_attaches(kube, tmp_path, monkeypatch):
     name = "medo1-sft-drained"
     run = ContainerRun("3c4d-uid", 0, ["step 1 loss 2.31"])
-    kube.script(name, [Step(CREATED["status"]), Step(RUNNING["status"], run), Step(RUNNING["status"], run),
-                       Step(SUCCEEDED["status"], run, exit_code=0)])
+    kube.script(
+        name,
+        [
+            Step(CREATED["status"]),
+            Step(RUNNING["status"], run),
+            Step(RUNNING["status"], run),
+            Step(SUCCEEDED["status"], run, exit_code=0),
+        ],
+    )
     kube.record(run_pod(disruption="EvictionByEvictionAPI"))  # kubectl drain of the run pod's node
     monkeypatch.setenv("MEDO1_POD_NAME", RUN_POD)
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
     returncode, out, err = sigterm_while_following(
-        ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO)
+        ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO
+    )
     assert returncode == 128 + signal.SIGTERM, err
-    assert ("cancelled by SIGTERM: this pod is being evicted (EvictionByEvictionAPI: Eviction API: evicting); left "
-            f"PyTorchJob {NS}/{name} running: the launcher that replaces this pod attaches to it") in err
+    assert (
+        "cancelled by SIGTERM: this pod is being evicted (EvictionByEvictionAPI: Eviction API: evicting); left "
+        f"PyTorchJob {NS}/{name} running: the launcher that replaces this pod attaches to it"
+    ) in err
     assert kube.calls("DELETE") == [] and (NS, name) in kube.jobs
     # The run Job's next pod: the same launch, attached to the job, which finishes.
     result = launch(kube, job_name=name)
@@ -904,18 +1216,26 @@ def test_a_retried_launcher_does_not_add_restarts_to_a_job_that_used_them(kube):
     assert kube.calls("POST") == [] and kube.calls("DELETE") == []
 
 
-@pytest.mark.parametrize("termination", [
-    "medo1: error: data.path /data/medical_o1_sft.json does not exist",
-    "medo1: out of memory before the first training step: CUDA out of memory. Tried to allocate 2.00 GiB",
-])
+@pytest.mark.parametrize(
+    "termination",
+    [
+        "medo1: error: data.path /data/medical_o1_sft.json does not exist",
+        "medo1: out of memory before the first training step: CUDA out of memory. Tried to allocate 2.00 GiB",
+    ],
+)
 def test_a_failure_a_restart_cannot_cure_is_not_restarted_and_is_marked_on_the_job(kube, termination):
     run = ContainerRun("9e8f-uid", 0, ["loading /checkpoints/sft", "Traceback (most recent call last):"])
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
-                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    kube.script(
+        NAME,
+        [
+            Step(CREATED["status"]),
+            Step(RUNNING["status"], run),
+            Step(FAILED["status"], run, exit_code=1, message=termination),
+        ],
+    )
     with pytest.raises(JobFailed) as failed:
         launch(kube, value_overrides=["runPolicy.jobRestarts=3"])
-    assert (f"not restarted: pod {NAME}-master-0: {termination} (a restart would fail the same way)"
-            in str(failed.value))
+    assert f"not restarted: pod {NAME}-master-0: {termination} (a restart would fail the same way)" in str(failed.value)
     assert len(kube.calls("POST")) == 1 and kube.calls("DELETE") == []
     (patch,) = kube.calls("PATCH")
     assert patch.body == {"metadata": {"annotations": {"medo1.io/final": f"pod {NAME}-master-0: {termination}"}}}
@@ -954,12 +1274,24 @@ def test_the_launcher_as_the_charts_account_replaces_follows_and_marks_a_job_rba
     termination = "medo1: error: data.path /data/medical_o1_sft.json does not exist"
     run = ContainerRun("3b4c-uid", 0, ["loading /checkpoints/sft"])
     kube.add_job(expected_job(), [Step(FAILED["status"])])
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
-                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    kube.script(
+        NAME,
+        [
+            Step(CREATED["status"]),
+            Step(RUNNING["status"], run),
+            Step(FAILED["status"], run, exit_code=1, message=termination),
+        ],
+    )
     with pytest.raises(JobFailed, match="a restart would fail the same way"):
         launch_as(kube, launcher_account(kube), value_overrides=["runPolicy.jobRestarts=3"])
-    assert [r.method for r in kube.calls("DELETE") + kube.calls("POST") + kube.calls("PATCH")] == ["DELETE", "POST", "PATCH"]
-    assert kube.jobs[(NS, NAME)].body["metadata"]["annotations"]["medo1.io/final"] == f"pod {NAME}-master-0: {termination}"
+    assert [r.method for r in kube.calls("DELETE") + kube.calls("POST") + kube.calls("PATCH")] == [
+        "DELETE",
+        "POST",
+        "PATCH",
+    ]
+    assert (
+        kube.jobs[(NS, NAME)].body["metadata"]["annotations"]["medo1.io/final"] == f"pod {NAME}-master-0: {termination}"
+    )
 
 
 def test_the_launchers_job_requests_are_refused_where_the_charts_role_does_not_grant_them(kube, caplog):
@@ -972,20 +1304,29 @@ def test_the_launchers_job_requests_are_refused_where_the_charts_role_does_not_g
     assert str(refused.value) == (
         f'could not read PyTorchJob {NS}/{NAME}: 403 pytorchjobs.kubeflow.org "{NAME}" is forbidden: User '
         f'"system:serviceaccount:{NS}:default" cannot get resource "pytorchjobs" in API group "kubeflow.org" in the '
-        f'namespace "{NS}"')
+        f'namespace "{NS}"'
+    )
     assert kube.calls("POST") == []
 
     kube.recorded.clear()
     termination = "medo1: error: data.path /data/medical_o1_sft.json does not exist"
     run = ContainerRun("5d6e-uid", 0, ["loading /checkpoints/sft"])
-    kube.script(NAME, [Step(CREATED["status"]), Step(RUNNING["status"], run),
-                       Step(FAILED["status"], run, exit_code=1, message=termination)])
+    kube.script(
+        NAME,
+        [
+            Step(CREATED["status"]),
+            Step(RUNNING["status"], run),
+            Step(FAILED["status"], run, exit_code=1, message=termination),
+        ],
+    )
     with pytest.raises(JobFailed, match="a restart would fail the same way"):
         launch_as(kube, launcher_account(kube, drop_verb="patch"), value_overrides=["runPolicy.jobRestarts=3"])
     assert len(kube.calls("PATCH")) == 1
     assert kube.jobs[(NS, NAME)].body["metadata"]["annotations"] == {"medo1.io/attempt": "1"}
-    assert (f'could not annotate PyTorchJob {NS}/{NAME}: 403 pytorchjobs.kubeflow.org "{NAME}" is forbidden: User '
-            f'"system:serviceaccount:{NS}:medo1" cannot patch resource "pytorchjobs"') in caplog.text
+    assert (
+        f'could not annotate PyTorchJob {NS}/{NAME}: 403 pytorchjobs.kubeflow.org "{NAME}" is forbidden: User '
+        f'"system:serviceaccount:{NS}:medo1" cannot patch resource "pytorchjobs"'
+    ) in caplog.text
 
 
 def test_an_out_of_memory_after_training_steps_is_restarted(kube):
@@ -1008,12 +1349,14 @@ def test_the_cli_leaves_its_error_in_the_termination_message(tmp_path, monkeypat
 
 def test_an_out_of_memory_is_told_apart_by_whether_a_training_step_finished(monkeypatch):
     import torch
+
     from medo1 import preemption, termination
 
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
     monkeypatch.setattr(preemption, "_steps_completed", 0)
-    assert termination.message_for(oom) == ("medo1: out of memory before the first training step: CUDA out of memory. "
-                                            "Tried to allocate 2.00 GiB")
+    assert termination.message_for(oom) == (
+        "medo1: out of memory before the first training step: CUDA out of memory. Tried to allocate 2.00 GiB"
+    )
     preemption.stop_agreed()  # a step boundary
     assert termination.message_for(oom).startswith("medo1: out of memory after 1 training step(s): ")
     assert termination.message_for(RuntimeError("NCCL watchdog timeout")) is None
@@ -1039,11 +1382,16 @@ def test_a_replacement_is_created_under_new_pod_names_when_the_old_pods_never_fi
         result = launch(kube, value_overrides=["runPolicy.jobRestarts=1"], delete_wait_s=0.3)
         assert result.job_name == f"{NAME}-r2" and result.restarts == 1 and result.state.phase == "Succeeded"
         assert [d.body["propagationPolicy"] for d in kube.calls("DELETE")] == ["Foreground"]
-        assert kube.calls("POST")[1].body == expected_job(f"{NAME}-r2", attempt=2) | {"metadata": {
-            **expected_job(f"{NAME}-r2", attempt=2)["metadata"], "labels": {
-                **expected_job(f"{NAME}-r2", attempt=2)["metadata"]["labels"], "medo1.io/job": NAME}}}
-        assert (f"PyTorchJob {NS}/{NAME} is still being deleted after 0 s, waiting on {NAME}-master-0 (node gpu-node-1) "
-                f"stuck Terminating (a dead or unreachable node?); creating attempt 2 as PyTorchJob {NS}/{NAME}-r2") in caplog.text
+        assert kube.calls("POST")[1].body == expected_job(f"{NAME}-r2", attempt=2) | {
+            "metadata": {
+                **expected_job(f"{NAME}-r2", attempt=2)["metadata"],
+                "labels": {**expected_job(f"{NAME}-r2", attempt=2)["metadata"]["labels"], "medo1.io/job": NAME},
+            }
+        }
+        assert (
+            f"PyTorchJob {NS}/{NAME} is still being deleted after 0 s, waiting on {NAME}-master-0 (node gpu-node-1) "
+            f"stuck Terminating (a dead or unreachable node?); creating attempt 2 as PyTorchJob {NS}/{NAME}-r2"
+        ) in caplog.text
         # A retried launcher finds the replacement by the name it asked for.
         again = launch(kube)
         assert again.action == "already-succeeded" and again.job_name == f"{NAME}-r2" and len(kube.calls("POST")) == 2
@@ -1091,12 +1439,21 @@ def silent(tmp_path):
 
 
 def medo1_against(kubeconfig, *args, **popen):
-    return subprocess.Popen([sys.executable, "-m", "medo1", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "KUBECONFIG": str(kubeconfig)}, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "medo1", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        **popen,
+    )
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["launch", "sft", "--profile", "h100-1node"], ["doctor", "--profile", "h100-1node"]])
+@pytest.mark.parametrize(
+    "command", [["launch", "sft", "--profile", "h100-1node"], ["doctor", "--profile", "h100-1node"]]
+)
 def test_an_api_server_that_never_answers_is_one_error_line_within_the_request_timeout(silent, command):
     server, kubeconfig = silent
     process = medo1_against(kubeconfig, *command, "--namespace", NS, "--request-timeout", "1")
@@ -1113,8 +1470,9 @@ def test_an_api_server_that_never_answers_is_one_error_line_within_the_request_t
 @pytest.mark.slow
 def test_sigterm_while_the_api_server_never_answers_exits_within_seconds(silent):
     server, kubeconfig = silent
-    process = medo1_against(kubeconfig, "launch", "sft", "--profile", "h100-1node", "--namespace", NS,
-                            "--request-timeout", "600")
+    process = medo1_against(
+        kubeconfig, "launch", "sft", "--profile", "h100-1node", "--namespace", NS, "--request-timeout", "600"
+    )
     try:
         deadline = time.monotonic() + 60
         while not server.held:  # its first request is waiting for an answer

@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+
 from medo1.atomic import DIR_MARKER, NotMedo1Dir, check_replaceable, new_dir, replace_dir
 from medo1.config import ConfigError, check_outputs_apart
-
 from tests.conftest import REPO
 
 
@@ -21,7 +21,12 @@ def test_outputs_that_are_inputs_under_any_name_are_refused(tmp_path):
     data.write_text("{}\n")
     (tmp_path / "link.jsonl").symlink_to(data)
     os.link(data, tmp_path / "hard.jsonl")
-    for output in (data, tmp_path / "link.jsonl", tmp_path / "hard.jsonl", tmp_path / "data" / ".." / "data" / "rows.jsonl"):
+    for output in (
+        data,
+        tmp_path / "link.jsonl",
+        tmp_path / "hard.jsonl",
+        tmp_path / "data" / ".." / "data" / "rows.jsonl",
+    ):
         with pytest.raises(ConfigError, match=r"is the data itself"):
             check_outputs_apart({"--out": output}, {"the data": data})
     for folder in (tmp_path, tmp_path / "data"):
@@ -62,12 +67,18 @@ def test_only_folders_medo1_wrote_are_replaced(tmp_path):
 def test_import_gguf_into_the_current_folder_is_refused_and_leaves_it_whole(tmp_path):
     (tmp_path / "notes.txt").write_text("keep me")
     (tmp_path / "X.gguf").write_bytes(b"GGUF" + bytes(60))
-    done = subprocess.run([sys.executable, "-m", "medo1", "model", "import-gguf", "X.gguf", "."], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.environ.get(
-                              "PYTHONPATH", str(REPO / "trainer"))})
+    done = subprocess.run(
+        [sys.executable, "-m", "medo1", "model", "import-gguf", "X.gguf", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(REPO / "trainer"))},
+    )
     assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == ("medo1: error: out: . holds source (X.gguf); outputs go to a path "
-                                                   "that holds no input: give another one")
+    assert done.stderr.strip().splitlines()[-1] == (
+        "medo1: error: out: . holds source (X.gguf); outputs go to a path that holds no input: give another one"
+    )
     assert "Traceback" not in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X.gguf", "notes.txt"]
 
@@ -81,8 +92,9 @@ def test_a_folder_the_file_system_refuses_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(report, "write_report", refuse)
     assert cli.main(["report", "/runs/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["medo1: error: /runs/x/report.html: Permission denied (check the path's owner, permissions and "
-                   "free space)"]
+    assert err == [
+        "medo1: error: /runs/x/report.html: Permission denied (check the path's owner, permissions and free space)"
+    ]
 
 
 def test_a_hub_id_is_no_local_input(tmp_path, monkeypatch):

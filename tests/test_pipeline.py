@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from kfp import local
+
 from medo1 import k8s
 from medo1.launch.inputs import InputsMissing
-
 from pipelines import medo1_pipeline as pipeline
 from pipelines.submit import ParameterError, declared_parameters, parse_parameters
 from tests.conftest import DEMO_DATA
@@ -28,7 +28,9 @@ def _compiled(path: Path = pipeline.COMPILED) -> tuple[dict, dict]:
 
 def test_compiled_pipeline_is_up_to_date(tmp_path):
     fresh = pipeline.compile_pipeline(tmp_path / "medo1_pipeline.yaml")
-    assert fresh.read_text() == pipeline.COMPILED.read_text(), "pipelines/medo1_pipeline.yaml is stale: run `make pipeline`"
+    assert fresh.read_text() == pipeline.COMPILED.read_text(), (
+        "pipelines/medo1_pipeline.yaml is stale: run `make pipeline`"
+    )
 
 
 def test_every_step_runs_the_chart_image_on_the_shared_volumes():
@@ -42,7 +44,8 @@ def test_every_step_runs_the_chart_image_on_the_shared_volumes():
         assert set(mounts) == {"/data", "/checkpoints", "/hf-cache"}, name
         assert executor["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000", "runAsNonRoot": True}, name
         assert [mounts["/data"], mounts["/checkpoints"]] in (
-            ["data_pvc", "checkpoints_pvc"], ["pipelinechannel--data_pvc", "pipelinechannel--checkpoints_pvc"]
+            ["data_pvc", "checkpoints_pvc"],
+            ["pipelinechannel--data_pvc", "pipelinechannel--checkpoints_pvc"],
         ), name
     # The claims are the chart's (release medo1), so the PyTorchJobs mount the same volumes.
     defaults = spec["root"]["inputDefinitions"]["parameters"]
@@ -52,7 +55,9 @@ def test_every_step_runs_the_chart_image_on_the_shared_volumes():
 
 def test_secrets_are_referenced_never_inlined():
     spec, executors = _compiled()
-    assert executors["exec-translate"]["secretAsEnv"][0]["keyToEnv"] == [{"envVar": "OPENAI_API_KEY", "secretKey": "OPENAI_API_KEY"}]
+    assert executors["exec-translate"]["secretAsEnv"][0]["keyToEnv"] == [
+        {"envVar": "OPENAI_API_KEY", "secretKey": "OPENAI_API_KEY"}
+    ]
     assert executors["exec-upload"]["secretAsEnv"][0]["keyToEnv"] == [{"envVar": "HF_TOKEN", "secretKey": "HF_TOKEN"}]
     profile_secrets = k8s.load_profile("h100-1node")["secrets"]
     assert executors["exec-translate"]["secretAsEnv"][0]["secretName"] == profile_secrets["translationApiKey"]["name"]
@@ -65,7 +70,10 @@ def test_secrets_are_referenced_never_inlined():
 def test_gpu_settings_reach_eval_and_the_training_jobs():
     spec, _ = _compiled()
     resources = spec["deploymentSpec"]["executors"]["exec-evaluate"]["container"]["resources"]
-    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu" and resources["accelerator"]["resourceCount"] == "1"
+    assert (
+        resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        and resources["accelerator"]["resourceCount"] == "1"
+    )
     tasks = spec["root"]["dag"]["tasks"]
     for task in ("train", "train-2"):
         inputs = tasks[task]["inputs"]["parameters"]
@@ -146,7 +154,15 @@ def test_parameter_groups_cover_the_signature_in_the_docstrings_order():
     assert sorted(grouped) == sorted(signature) and len(grouped) == len(set(grouped))
     documented = [p.arg_name for p in docstring_parser.parse(pipeline.medo1_pipeline.pipeline_func.__doc__).params]
     assert documented == grouped
-    assert grouped[:7] == ["profile", "sft_data", "rl_data", "target_language", "base_model", "upload_model", "hub_repo"]
+    assert grouped[:7] == [
+        "profile",
+        "sft_data",
+        "rl_data",
+        "target_language",
+        "base_model",
+        "upload_model",
+        "hub_repo",
+    ]
 
 
 def test_submit_lists_the_parameters_grouped_commonest_first():
@@ -156,7 +172,7 @@ def test_submit_lists_the_parameters_grouped_commonest_first():
     with __import__("contextlib").redirect_stdout(listing):
         assert main(["--list"]) == 0
     text = listing.getvalue()
-    assert text.startswith("Start here:\n  profile (string, default \"h100-1node\")\n      Chart profile")
+    assert text.startswith('Start here:\n  profile (string, default "h100-1node")\n      Chart profile')
     assert text.index("target_language") < text.index("Training:") < text.index("Cluster:") < text.index("data_pvc")
 
 
@@ -179,8 +195,10 @@ def test_training_metrics_are_the_runs_final_figures(tmp_path):
 
     sft, ppo = tmp_path / "sft", tmp_path / "rl"
     sft.mkdir(), ppo.mkdir()
-    rows = [{"step": i, "loss": 3.0 - 0.1 * i, "mean_token_accuracy": 0.1 * i, "tokens_per_second": 100.0 * i}
-            for i in range(1, 11)]
+    rows = [
+        {"step": i, "loss": 3.0 - 0.1 * i, "mean_token_accuracy": 0.1 * i, "tokens_per_second": 100.0 * i}
+        for i in range(1, 11)
+    ]
     rows.append({"step": 10, "train_runtime": 1800.0, "train_loss": 2.5})
     (sft / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     figures = training_metrics(sft, gpus=8, wall_time_s=2000.04)
@@ -189,9 +207,20 @@ def test_training_metrics_are_the_runs_final_figures(tmp_path):
     assert figures["tokens_per_second"] == pytest.approx(800.0) and figures["steps"] == 10
     assert figures["train_time_s"] == 1800.0 and figures["gpu_hours"] == pytest.approx(4.0)
     assert figures["wall_time_s"] == 2000.0 and "reward" not in figures
-    ppo_rows = [{"step": i, "reward_mean": 0.1 * i, "format_ok_rate": 0.5, "kl": 0.01, "verifier_true_rate": 0.25,
-                 "generated_tokens_per_second": 50.0, "time_generation": 10.0, "time_scoring": 5.0, "time_training": 15.0}
-                for i in range(1, 3)]
+    ppo_rows = [
+        {
+            "step": i,
+            "reward_mean": 0.1 * i,
+            "format_ok_rate": 0.5,
+            "kl": 0.01,
+            "verifier_true_rate": 0.25,
+            "generated_tokens_per_second": 50.0,
+            "time_generation": 10.0,
+            "time_scoring": 5.0,
+            "time_training": 15.0,
+        }
+        for i in range(1, 3)
+    ]
     (ppo / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ppo_rows))
     figures = training_metrics(ppo, gpus=16)
     assert figures["reward"] == pytest.approx(0.15) and figures["format_ok"] == 0.5 and figures["correct"] == 0.25
@@ -202,15 +231,38 @@ def test_training_metrics_are_the_runs_final_figures(tmp_path):
 def test_translation_metrics_and_summary_count_by_reason():
     from medo1.pipeline_steps import translation_markdown, translation_metrics
 
-    summary = {"records": 10, "translated": 7, "from_cache": 2, "rejected": 3, "requests": 12, "retries": 1,
-               "validation_retries": 4, "retried_by_reason": {"numbers": 3, "json": 1},
-               "rejected_by_reason": {"numbers": 2, "language": 1}, "prompt_tokens": 5000, "completion_tokens": 4000,
-               "elapsed_s": 3.2, "model": "m", "target_language": "Japanese", "output": "/o.jsonl",
-               "rejects": "/o.rejects.jsonl", "warnings": ["w1"]}
+    summary = {
+        "records": 10,
+        "translated": 7,
+        "from_cache": 2,
+        "rejected": 3,
+        "requests": 12,
+        "retries": 1,
+        "validation_retries": 4,
+        "retried_by_reason": {"numbers": 3, "json": 1},
+        "rejected_by_reason": {"numbers": 2, "language": 1},
+        "prompt_tokens": 5000,
+        "completion_tokens": 4000,
+        "elapsed_s": 3.2,
+        "model": "m",
+        "target_language": "Japanese",
+        "output": "/o.jsonl",
+        "rejects": "/o.rejects.jsonl",
+        "warnings": ["w1"],
+    }
     metrics = translation_metrics({"sft": summary})
-    assert metrics == {"sft_records": 10, "sft_kept": 7, "sft_rejected": 3, "sft_from_cache": 2, "sft_validation_retries": 4,
-                       "sft_http_retries": 1, "sft_retried_json": 1, "sft_retried_numbers": 3, "sft_rejected_language": 1,
-                       "sft_rejected_numbers": 2}
+    assert metrics == {
+        "sft_records": 10,
+        "sft_kept": 7,
+        "sft_rejected": 3,
+        "sft_from_cache": 2,
+        "sft_validation_retries": 4,
+        "sft_http_retries": 1,
+        "sft_retried_json": 1,
+        "sft_retried_numbers": 3,
+        "sft_rejected_language": 1,
+        "sft_rejected_numbers": 2,
+    }
     text = translation_markdown({"sft": summary})
     assert "| sft | 10 | 7 | 3 | 2 | 4 | 1 | 5,000 / 4,000 | 3.2 |" in text
     assert "rejected for `numbers`: 2" in text and "`/o.rejects.jsonl`" in text and "warning: w1" in text
@@ -220,9 +272,13 @@ def test_doctor_table_lists_failures_first_with_their_fix():
     from medo1.doctor import Finding
     from medo1.pipeline_steps import doctor_markdown
 
-    text = doctor_markdown([Finding("crds", "pass", "PyTorchJob CRD installed"),
-                            Finding("secrets", "fail", "Secret hf-token has no key HF_TOKEN", "kubectl create secret ...|x")],
-                           "team-a")
+    text = doctor_markdown(
+        [
+            Finding("crds", "pass", "PyTorchJob CRD installed"),
+            Finding("secrets", "fail", "Secret hf-token has no key HF_TOKEN", "kubectl create secret ...|x"),
+        ],
+        "team-a",
+    )
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows[0] == "| secrets | **fail** | Secret hf-token has no key HF_TOKEN | kubectl create secret ...\\|x |"
     assert rows[1].startswith("| crds | pass |") and "**1 failed, 0 warnings, 1 passed**" in text
@@ -232,19 +288,52 @@ def test_plan_of_the_pipeline_defaults_matches_medo1_plan():
     """The plan step plans what the training steps launch: the default cluster run's stages, as `medo1 plan
     --profile h100-1node` plans them (16.2 GPU-hours), each fitting its GPUs."""
     from medo1.launch.rendering import job_values
-    from medo1.pipeline_steps import chart_values, plan_markdown, plan_metrics, plan_stages, plan_verdict, stage_overrides
+    from medo1.pipeline_steps import (
+        chart_values,
+        plan_markdown,
+        plan_metrics,
+        plan_stages,
+        plan_verdict,
+        stage_overrides,
+    )
 
     values = chart_values(data_pvc="d", checkpoints_pvc="c", hf_cache_pvc="h", nodes=1, gpus_per_node=8)
     run = "/checkpoints/runs/r1"
     launches = [
-        ("sft", job_values("sft", profile="h100-1node", value_overrides=values, recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml",
-                           overrides=stage_overrides([], model="Qwen/Qwen2.5-7B-Instruct", data="/data/medical_o1_sft.json",
-                                                     output_dir=f"{run}/sft"))),
-        ("rl", job_values("rl", profile="h100-1node", value_overrides=values, recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml",
-                          overrides=stage_overrides([], model=f"{run}/sft/export", data="/data/v.json", output_dir=f"{run}/rl",
-                                                    algorithm="ppo"))),
-        ("eval", job_values("eval", profile="h100-1node", value_overrides=[*values, "jobs.eval.gpus=1"],
-                            recipe="/opt/medo1/recipes/eval-mcq.yaml", overrides=[f"model={run}/rl/export"])),
+        (
+            "sft",
+            job_values(
+                "sft",
+                profile="h100-1node",
+                value_overrides=values,
+                recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml",
+                overrides=stage_overrides(
+                    [], model="Qwen/Qwen2.5-7B-Instruct", data="/data/medical_o1_sft.json", output_dir=f"{run}/sft"
+                ),
+            ),
+        ),
+        (
+            "rl",
+            job_values(
+                "rl",
+                profile="h100-1node",
+                value_overrides=values,
+                recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml",
+                overrides=stage_overrides(
+                    [], model=f"{run}/sft/export", data="/data/v.json", output_dir=f"{run}/rl", algorithm="ppo"
+                ),
+            ),
+        ),
+        (
+            "eval",
+            job_values(
+                "eval",
+                profile="h100-1node",
+                value_overrides=[*values, "jobs.eval.gpus=1"],
+                recipe="/opt/medo1/recipes/eval-mcq.yaml",
+                overrides=[f"model={run}/rl/export"],
+            ),
+        ),
     ]
     planned = plan_stages(launches)
     assert [p.plan.model.name for p in planned] == ["Qwen2.5-7B"] * 3  # RL and eval start from the earlier exports
@@ -253,7 +342,9 @@ def test_plan_of_the_pipeline_defaults_matches_medo1_plan():
     assert plan_verdict(planned) == "every stage fits its GPUs"
     assert "| rl | 1 node(s) x 8 h100-80gb | Qwen2.5-7B |" in plan_markdown(planned)
     # A stage that cannot be planned is reported, and the verdict says what is not known.
-    unknown = plan_stages([("sft", job_values("sft", value_overrides=values, overrides=["model.name_or_path=/nowhere/model"]))])
+    unknown = plan_stages(
+        [("sft", job_values("sft", value_overrides=values, overrides=["model.name_or_path=/nowhere/model"]))]
+    )
     assert unknown[0].plan is None and "/nowhere/model" in unknown[0].problem
     assert plan_verdict(unknown).startswith("no plan for sft")
 
@@ -261,10 +352,19 @@ def test_plan_of_the_pipeline_defaults_matches_medo1_plan():
 def test_upload_summary_lists_what_goes_up():
     from medo1.pipeline_steps import upload_markdown
 
-    dry = upload_markdown({"dry_run": True, "repo_id": "org/m", "files": [{"path": "model.safetensors", "size": 2048}],
-                           "skipped": [{"path": "optimizer.pt", "reason": "not a model file"}], "total_bytes": 2048})
+    dry = upload_markdown(
+        {
+            "dry_run": True,
+            "repo_id": "org/m",
+            "files": [{"path": "model.safetensors", "size": 2048}],
+            "skipped": [{"path": "optimizer.pt", "reason": "not a model file"}],
+            "total_bytes": 2048,
+        }
+    )
     assert "nothing was sent to `org/m`" in dry and "| `model.safetensors` | 2,048 |" in dry and "`optimizer.pt`" in dry
-    sent = upload_markdown({"repo_id": "org/m", "commit_url": "https://hub/c/1", "files": ["model.safetensors"], "skipped": []})
+    sent = upload_markdown(
+        {"repo_id": "org/m", "commit_url": "https://hub/c/1", "files": ["model.safetensors"], "skipped": []}
+    )
     assert "https://hub/c/1" in sent and "| `model.safetensors` |  |" in sent
 
 
@@ -281,17 +381,33 @@ def test_step_console_shows_a_few_lines_per_step_and_logs_everything(tmp_path):
     run_dir, console = tmp_path / "run", io.StringIO()
     outputs = run_dir / "kfp" / "medo1-2026" / "translate"
     outputs.mkdir(parents=True)
-    metrics = {"sft_kept": 12, "sft_rejected": 1, "sft_validation_retries": 2, "rl_kept": 8, "rl_rejected": 0,
-               "rl_validation_retries": 0}
-    (outputs / "executor_output.json").write_text(json.dumps({"artifacts": {
-        "metrics": {"artifacts": [{"name": "metrics", "metadata": metrics}]}, "summary": {"artifacts": [{"name": "summary"}]}}}))
+    metrics = {
+        "sft_kept": 12,
+        "sft_rejected": 1,
+        "sft_validation_retries": 2,
+        "rl_kept": 8,
+        "rl_rejected": 0,
+        "rl_validation_retries": 0,
+    }
+    (outputs / "executor_output.json").write_text(
+        json.dumps(
+            {
+                "artifacts": {
+                    "metrics": {"artifacts": [{"name": "metrics", "metadata": metrics}]},
+                    "summary": {"artifacts": [{"name": "summary"}]},
+                }
+            }
+        )
+    )
     steps = StepConsole(console, run_dir, run_dir / "kfp", {"translate": "translate", "train": "sft"})
     steps.write("06:10:58.911 - INFO - Executing task \x1b[96m'translate'\x1b[0m\n")
     steps.write('    [KFP Executor 2026 INFO]: Got executor_input:\n    {\n        "inputs": {}\n    }\n')
     steps.write("    translate: 0/12 records, 0 failed\n    translate: 12/12 records, 1 failed\n")
     steps.write("    WARNING: format 'verifiable': check reward quality\n    Loading weights: 100%|####|\r")
     for pause in ("0.8", "0.6"):  # one failure retried: the console shows it once
-        steps.write(f"    [KFP Executor 2026 WARNING]: http://x/v1: timed out after 120 s; attempt 2 of 6 in {pause} s\n")
+        steps.write(
+            f"    [KFP Executor 2026 WARNING]: http://x/v1: timed out after 120 s; attempt 2 of 6 in {pause} s\n"
+        )
     steps.write("\n06:11:01.997 - INFO - Task \x1b[96m'translate'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
     steps.write("06:11:02.001 - INFO - Executing task 'train'\n    Traceback (most recent call last):\n")
     steps.write("    medo1: error: data.path: no such file\n")
@@ -304,8 +420,13 @@ def test_step_console_shows_a_few_lines_per_step_and_logs_everything(tmp_path):
     shown = console.getvalue()
     lines = shown.splitlines()
     assert [re.sub(r"^\d\d:\d\d:\d\d ", "", line).split()[:2] for line in lines[:6]] == [
-        ["translate", "started"], ["translate", "0/12"], ["translate", "12/12"], ["translate", "warning:"],
-        ["translate", "warning:"], ["translate", "done"]]
+        ["translate", "started"],
+        ["translate", "0/12"],
+        ["translate", "12/12"],
+        ["translate", "warning:"],
+        ["translate", "warning:"],
+        ["translate", "done"],
+    ]
     assert lines[6].split()[1:3] == ["artifacts:", "kfp/medo1-2026/translate/"] and shown.count("timed out") == 1
     assert "SFT set 12 kept, 1 rejected, 2 retried; RL set 8 kept, 0 rejected, 0 retried" in shown
     assert "executor_input" not in shown and "Loading weights" not in shown
@@ -320,13 +441,29 @@ def test_step_console_shows_a_few_lines_per_step_and_logs_everything(tmp_path):
 def test_submit_types_parameters_from_the_compiled_pipeline():
     declared = declared_parameters()
     arguments = parse_parameters(
-        ["target_language=Japanese", "nodes=2", "min_eval_accuracy=0.55", "upload_model=true", 'sft_overrides=["train.epochs=1"]'],
+        [
+            "target_language=Japanese",
+            "nodes=2",
+            "min_eval_accuracy=0.55",
+            "upload_model=true",
+            'sft_overrides=["train.epochs=1"]',
+        ],
         declared,
     )
-    assert arguments == {"target_language": "Japanese", "nodes": 2, "min_eval_accuracy": 0.55, "upload_model": True,
-                         "sft_overrides": ["train.epochs=1"]}
-    for bad, message in [("nodez=2", "no such parameter"), ("nodes=two", "NUMBER_INTEGER"), ("upload_model=yes", "true or false"),
-                         ("sft_overrides=train.epochs=1", "LIST"), ("nodes", "NAME=VALUE")]:
+    assert arguments == {
+        "target_language": "Japanese",
+        "nodes": 2,
+        "min_eval_accuracy": 0.55,
+        "upload_model": True,
+        "sft_overrides": ["train.epochs=1"],
+    }
+    for bad, message in [
+        ("nodez=2", "no such parameter"),
+        ("nodes=two", "NUMBER_INTEGER"),
+        ("upload_model=yes", "true or false"),
+        ("sft_overrides=train.epochs=1", "LIST"),
+        ("nodes", "NAME=VALUE"),
+    ]:
         with pytest.raises(ParameterError, match=message):
             parse_parameters([bad], declared)
 
@@ -374,8 +511,12 @@ def quick_run(tmp_path_factory):
     import sys
 
     workspace = tmp_path_factory.mktemp("pipeline")
-    done = subprocess.run([sys.executable, "-m", "pipelines.run_local", "--quick", "--workspace", str(workspace),
-                           "--run-name", "e2e"], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.run_local", "--quick", "--workspace", str(workspace), "--run-name", "e2e"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((workspace / "runs" / "e2e" / "summary.json").read_text())
     return done, summary
@@ -392,7 +533,9 @@ def test_whole_pipeline_runs_locally(quick_run):
     run_dir = Path(summary["run_dir"])
     artifacts = summary["artifacts"]
 
-    translated = [json.loads(line) for line in (run_dir / "data" / "medical_o1.japanese.jsonl").read_text().splitlines()]
+    translated = [
+        json.loads(line) for line in (run_dir / "data" / "medical_o1.japanese.jsonl").read_text().splitlines()
+    ]
     assert len(translated) == 12 and all(r["Question"].startswith("[ja] ") for r in translated)
     sft_report = json.loads((run_dir / "sft" / "data_report.json").read_text())
     assert str(run_dir / "data" / "medical_o1.japanese.jsonl") in json.dumps(sft_report)
@@ -408,7 +551,7 @@ def test_whole_pipeline_runs_locally(quick_run):
     # The base model, the SFT export and the RL export answered the same questions; the UI gets the table.
     assert list(report["comparison"]) == ["base", "sft", "rl"]
     assert all(scores["demo_mcq"]["n"] == 4 for scores in report["comparison"].values())
-    markdown = (Path(summary["kfp_outputs"]) / next(Path(summary["kfp_outputs"]).iterdir()).name / "evaluate" / "report")
+    markdown = Path(summary["kfp_outputs"]) / next(Path(summary["kfp_outputs"]).iterdir()).name / "evaluate" / "report"
     assert "| sft |" in markdown.read_text() and "| base |" in markdown.read_text()
 
 
@@ -425,7 +568,9 @@ def test_local_run_writes_the_artifacts_the_ui_shows(quick_run):
         for name, entry in given.items():
             (artifact,) = entry["artifacts"]
             if name == "metrics":
-                assert artifact["metadata"] and all(isinstance(v, (int, float)) for v in artifact["metadata"].values()), task
+                assert artifact["metadata"] and all(
+                    isinstance(v, (int, float)) for v in artifact["metadata"].values()
+                ), task
             else:
                 assert Path(artifact["uri"]).stat().st_size > 100, (task, name)
     for task in ("train", "train-2"):
@@ -494,7 +639,14 @@ def test_cluster_settings_survive_reruns_retries_and_long_waits():
     spec, platform = _compiled()
     tasks = _tasks_by_component(spec)
     # A rerun after retraining must check, translate and publish again, never reuse a cached result.
-    for component in ("comp-check-data", "comp-translate", "comp-upload", "comp-train", "comp-train-2", "comp-evaluate"):
+    for component in (
+        "comp-check-data",
+        "comp-translate",
+        "comp-upload",
+        "comp-train",
+        "comp-train-2",
+        "comp-evaluate",
+    ):
         assert not tasks[component]["cachingOptions"].get("enableCache"), component
     executors = spec["deploymentSpec"]["executors"]
     for component, executor in (("comp-train", "exec-train"), ("comp-train-2", "exec-train-2")):
@@ -507,7 +659,9 @@ def test_cluster_settings_survive_reruns_retries_and_long_waits():
     evaluate = executors["exec-evaluate"]["container"]["resources"]
     assert evaluate["resourceCpuRequest"] == "16" and evaluate["resourceMemoryRequest"] == "128Gi"
     # The eval step's GPU goes on a tainted GPU node.
-    assert platform["exec-evaluate"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert platform["exec-evaluate"]["tolerations"] == [
+        {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+    ]
 
 
 def test_pipeline_users_get_volumes_and_rbac_without_jobs():
@@ -541,14 +695,23 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
                 kube.record(obj)
             kube.permissions = ready_permissions()
             # The kubernetes client reads $KUBECONFIG once, at import; this process imported it long ago.
-            monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
-                                str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+            monkeypatch.setattr(
+                "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+                str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
+            )
             report = dsl.Markdown(uri=str(tmp_path / "report"))
             try:
                 outcome: str | Exception = pipeline.doctor.python_func(
-                    backend="trainjob", profile="h100-2nodes", nodes=2, gpus_per_node=8, data_pvc="medo1-data",
-                    checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", allow_unchecked=False,
-                    report=report)
+                    backend="trainjob",
+                    profile="h100-2nodes",
+                    nodes=2,
+                    gpus_per_node=8,
+                    data_pvc="medo1-data",
+                    checkpoints_pvc="medo1-checkpoints",
+                    hf_cache_pvc="medo1-hf-cache",
+                    allow_unchecked=False,
+                    report=report,
+                )
             except RuntimeError as exc:
                 outcome = exc
             return Path(report.path).read_text(), outcome
@@ -557,9 +720,13 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
 
     markdown, outcome = run_doctor(ready_objects())
     assert outcome == "passed" and f"# Doctor: namespace `{NS}`" in markdown and "**0 failed" in markdown
-    markdown, outcome = run_doctor(without(ready_objects(), "CustomResourceDefinition", "trainjobs.trainer.kubeflow.org"))
+    markdown, outcome = run_doctor(
+        without(ready_objects(), "CustomResourceDefinition", "trainjobs.trainer.kubeflow.org")
+    )
     assert isinstance(outcome, RuntimeError) and "1 check(s) failed" in str(outcome)
-    first_row = next(line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line and "check |" not in line)
+    first_row = next(
+        line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line and "check |" not in line
+    )
     assert first_row.startswith("| CRD trainjobs.trainer.kubeflow.org | **fail** | not installed | ")
 
 
@@ -575,12 +742,29 @@ def plan_step(tmp_path, name: str, **arguments) -> tuple[str, str | Exception]:
     from kfp import dsl
 
     report = dsl.Markdown(uri=str(tmp_path / f"{name}.md"))
-    step = dict(sft_recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml",
-                rl_recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml", eval_recipe="/opt/medo1/recipes/eval-mcq.yaml",
-                sft_overrides=[], rl_overrides=[], eval_overrides=[], base_model="Qwen/Qwen2.5-7B-Instruct",
-                sft_data="/data/sft.json", rl_data="/data/rl.json", rl_algorithm="ppo", run_dir="/checkpoints/runs/r1",
-                backend="pytorchjob", profile="h100-1node", nodes=1, gpus_per_node=1, data_pvc="d", checkpoints_pvc="c",
-                hf_cache_pvc="h", plan_strict=False, report=report, metrics=dsl.Metrics(uri=str(tmp_path / f"{name}-metrics")))
+    step = dict(
+        sft_recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml",
+        rl_recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml",
+        eval_recipe="/opt/medo1/recipes/eval-mcq.yaml",
+        sft_overrides=[],
+        rl_overrides=[],
+        eval_overrides=[],
+        base_model="Qwen/Qwen2.5-7B-Instruct",
+        sft_data="/data/sft.json",
+        rl_data="/data/rl.json",
+        rl_algorithm="ppo",
+        run_dir="/checkpoints/runs/r1",
+        backend="pytorchjob",
+        profile="h100-1node",
+        nodes=1,
+        gpus_per_node=1,
+        data_pvc="d",
+        checkpoints_pvc="c",
+        hf_cache_pvc="h",
+        plan_strict=False,
+        report=report,
+        metrics=dsl.Metrics(uri=str(tmp_path / f"{name}-metrics")),
+    )
     try:
         outcome: str | Exception = pipeline.plan.python_func(**(step | arguments))
     except RuntimeError as exc:
@@ -598,18 +782,35 @@ def test_plan_step_checks_every_stages_inputs_before_sft(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     present = tmp_path / "sft.json"
     present.write_text("[]")
-    _, outcome = plan_step(tmp_path, "missing", backend="local", sft_data=str(present), rl_data=str(tmp_path / "rl.json"),
-                           eval_overrides=[f"benchmarks.huatuo={present}"], run_dir=str(tmp_path / "run"))
+    _, outcome = plan_step(
+        tmp_path,
+        "missing",
+        backend="local",
+        sft_data=str(present),
+        rl_data=str(tmp_path / "rl.json"),
+        eval_overrides=[f"benchmarks.huatuo={present}"],
+        run_dir=str(tmp_path / "run"),
+    )
     assert isinstance(outcome, InputsMissing), outcome
     lines = str(outcome).splitlines()
     assert any(line.startswith(f"stage rl: data.path {tmp_path / 'rl.json'}: does not exist") for line in lines), lines
-    assert any(line.startswith("stage rl: reward.model FreedomIntelligence/medical_o1_verifier_3B: not in the HF cache")
-               and "HF_HUB_OFFLINE is set" in line for line in lines), lines
+    assert any(
+        line.startswith("stage rl: reward.model FreedomIntelligence/medical_o1_verifier_3B: not in the HF cache")
+        and "HF_HUB_OFFLINE is set" in line
+        for line in lines
+    ), lines
     assert not any("Qwen/Qwen2.5-7B-Instruct" in line or "export" in line for line in lines), lines  # cached; written
     (tmp_path / "rl.json").write_text("[]")
     hf_cache_holding(tmp_path / "hub", "FreedomIntelligence/medical_o1_verifier_3B")
-    _, outcome = plan_step(tmp_path, "present", backend="local", sft_data=str(present), rl_data=str(tmp_path / "rl.json"),
-                           eval_overrides=[f"benchmarks.huatuo={present}"], run_dir=str(tmp_path / "run"))
+    _, outcome = plan_step(
+        tmp_path,
+        "present",
+        backend="local",
+        sft_data=str(present),
+        rl_data=str(tmp_path / "rl.json"),
+        eval_overrides=[f"benchmarks.huatuo={present}"],
+        run_dir=str(tmp_path / "run"),
+    )
     assert isinstance(outcome, str), outcome
 
 
@@ -618,19 +819,39 @@ def test_plan_step_with_plan_strict_stops_a_run_that_does_not_fit(tmp_path, monk
     run stops there, before SFT; without it the step passes and the training steps warn."""
     from kfp import dsl
 
-    monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache_holding(tmp_path / "hub", "Qwen/Qwen2.5-7B-Instruct",
-                                                            "FreedomIntelligence/medical_o1_verifier_3B")))
+    monkeypatch.setenv(
+        "HF_HUB_CACHE",
+        str(
+            hf_cache_holding(tmp_path / "hub", "Qwen/Qwen2.5-7B-Instruct", "FreedomIntelligence/medical_o1_verifier_3B")
+        ),
+    )
 
     def plan(strict: bool) -> tuple[str, str | Exception]:
         report = dsl.Markdown(uri=str(tmp_path / f"plan-{strict}.md"))
         try:
             outcome: str | Exception = pipeline.plan.python_func(
-                sft_recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml", rl_recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml",
-                eval_recipe="/opt/medo1/recipes/eval-mcq.yaml", sft_overrides=[], rl_overrides=[], eval_overrides=[],
-                base_model="Qwen/Qwen2.5-7B-Instruct", sft_data="/data/sft.json", rl_data="/data/rl.json", rl_algorithm="ppo",
-                run_dir="/checkpoints/runs/r1", backend="pytorchjob", profile="h100-1node", nodes=1, gpus_per_node=1,
-                data_pvc="d", checkpoints_pvc="c", hf_cache_pvc="h", plan_strict=strict, report=report,
-                metrics=dsl.Metrics(uri=str(tmp_path / "metrics")))
+                sft_recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml",
+                rl_recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml",
+                eval_recipe="/opt/medo1/recipes/eval-mcq.yaml",
+                sft_overrides=[],
+                rl_overrides=[],
+                eval_overrides=[],
+                base_model="Qwen/Qwen2.5-7B-Instruct",
+                sft_data="/data/sft.json",
+                rl_data="/data/rl.json",
+                rl_algorithm="ppo",
+                run_dir="/checkpoints/runs/r1",
+                backend="pytorchjob",
+                profile="h100-1node",
+                nodes=1,
+                gpus_per_node=1,
+                data_pvc="d",
+                checkpoints_pvc="c",
+                hf_cache_pvc="h",
+                plan_strict=strict,
+                report=report,
+                metrics=dsl.Metrics(uri=str(tmp_path / "metrics")),
+            )
         except RuntimeError as exc:
             outcome = exc
         return Path(report.path).read_text(), outcome

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from medo1 import checkpoint, k8s
 
+from medo1 import checkpoint, k8s
 from tests.conftest import DEMO_DATA, REPO, free_port
 
 pytestmark = pytest.mark.slow

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from medo1.rl import ppo_math
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from medo1 import checkpoint
 from medo1.metrics import read_metrics
 from medo1.preemption import PREEMPTED_EXIT_CODE
-from safetensors.torch import load_file
-
 from tests.conftest import (
     TINY_RECIPE,
     free_port,
@@ -75,15 +75,26 @@ def test_sft_two_processes_stop_together_on_sigterm_and_resume_to_the_same_weigh
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 32)
 
     def args(out: Path) -> list:
-        overrides = sft_overrides(tiny_model, data, out, **{"train.max_steps": MAX_STEPS, "output.save_steps": 100,
-                                                            "output.batch_trace": True})
+        overrides = sft_overrides(
+            tiny_model,
+            data,
+            out,
+            **{"train.max_steps": MAX_STEPS, "output.save_steps": 100, "output.batch_trace": True},
+        )
         return ["sft", "--config", TINY_RECIPE, "--resume", "auto"] + [a for o in overrides for a in ("--set", o)]
 
     def env() -> dict:
         port = str(free_port())
-        return {"MASTER_ADDR": "127.0.0.1", "PET_MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-                "PET_MASTER_PORT": port, "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
-                "PYTHONUNBUFFERED": "1"}
+        return {
+            "MASTER_ADDR": "127.0.0.1",
+            "PET_MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "PET_MASTER_PORT": port,
+            "PET_NNODES": "1",
+            "PET_NPROC_PER_NODE": "2",
+            "PET_NODE_RANK": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "-m", "medo1"]
     reference = run_medo1(args(tmp_path / "reference"), env=env(), launcher=torchrun)
@@ -126,7 +137,9 @@ def test_rl_sigterm_checkpoint_then_resume_gives_the_same_weights(toy_policy, to
     # PPO logs each update once it is done; GRPO each optimizer step (entries with "reward").
     key = "reward_mean" if algo == "ppo" else "reward"
     medo1 = [sys.executable, "-m", "medo1"]
-    code, done_steps, stderr = signal_when(medo1 + args(out), lambda: last_logged_step(out / "metrics.jsonl", 2, key), signal.SIGTERM)
+    code, done_steps, stderr = signal_when(
+        medo1 + args(out), lambda: last_logged_step(out / "metrics.jsonl", 2, key), signal.SIGTERM
+    )
     assert code == PREEMPTED_EXIT_CODE, stderr
     k = only_checkpoint(out)
     assert done_steps <= k <= done_steps + 1 and k < 6  # no older than the step under way at the signal

@@ -9,19 +9,30 @@ import re
 
 import pytest
 from matplotlib.image import imread
+
 from medo1.config import load_config
 from medo1.metrics import read_metrics
 from medo1.report import FIGURES, ReportError, build_figures, write_report, write_report_safely
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.sft import SFTConfig, run_sft
-
 from tests.conftest import NO_TORCH_LAUNCHER, REPO, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SFT_FIGURES = {"loss", "token_accuracy", "learning_rate", "grad_norm", "throughput"}
-PPO_FIGURES = {"reward", "format_and_correctness", "kl", "entropy", "clip_fraction", "policy_loss", "value_loss",
-               "response_length", "learning_rate", "grad_norm", "throughput"}
+PPO_FIGURES = {
+    "reward",
+    "format_and_correctness",
+    "kl",
+    "entropy",
+    "clip_fraction",
+    "policy_loss",
+    "value_loss",
+    "response_length",
+    "learning_rate",
+    "grad_norm",
+    "throughput",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +47,14 @@ def sft_run(tiny_model, demo_rows, tmp_path_factory):
 def ppo_run(tiny_model, tmp_path_factory):
     """Two PPO updates of the tiny random policy on the demo set's verifiable problems."""
     out = tmp_path_factory.mktemp("report-ppo") / "run"
-    overrides = [f"model.name_or_path={tiny_model}", f"data.path={REPO / 'examples/data/medical_o1_demo.json'}",
-                 f"output.dir={out}", "sampling.response_length=16", "output.logging_steps=1", "output.save_steps=1000"]
+    overrides = [
+        f"model.name_or_path={tiny_model}",
+        f"data.path={REPO / 'examples/data/medical_o1_demo.json'}",
+        f"output.dir={out}",
+        "sampling.response_length=16",
+        "output.logging_steps=1",
+        "output.save_steps=1000",
+    ]
     return run_rl(load_config(RLConfig, REPO / "recipes" / "rl-ppo-tiny-cpu.yaml", overrides)).output_dir
 
 
@@ -93,10 +110,21 @@ def test_cli_report_adds_the_eval_comparison(sft_run, tmp_path):
     (run_dir / "report" / "holiday.png").write_bytes(PNG_SIGNATURE + b"mine")  # not medo1's: never deleted
     # The shape medo1.eval.run_eval writes, for the base model and the trained one.
     for where, accuracy in (("base", 0.25), ("trained", 0.5)):
-        report = {"model": f"runs/{where}", "benchmarks": {"medqa": {
-            "path": "medqa.jsonl", "n": 4, "correct": int(4 * accuracy), "accuracy": accuracy, "unparseable": 0,
-            "invalid_rows": [], "per_item": [{"row": 1, "answer_idx": "A", "extracted": "A", "correct": True}]}},
-            "average_accuracy": accuracy}
+        report = {
+            "model": f"runs/{where}",
+            "benchmarks": {
+                "medqa": {
+                    "path": "medqa.jsonl",
+                    "n": 4,
+                    "correct": int(4 * accuracy),
+                    "accuracy": accuracy,
+                    "unparseable": 0,
+                    "invalid_rows": [],
+                    "per_item": [{"row": 1, "answer_idx": "A", "extracted": "A", "correct": True}],
+                }
+            },
+            "average_accuracy": accuracy,
+        }
         (run_dir / "eval" / where).mkdir(parents=True)
         (run_dir / "eval" / where / "report.json").write_text(json.dumps(report))
     result = run_medo1(["report", str(run_dir)], launcher=NO_TORCH_LAUNCHER)
@@ -120,7 +148,9 @@ def test_a_broken_metrics_file_only_warns_at_the_end_of_training(tmp_path, caplo
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
     with caplog.at_level(logging.WARNING, logger="medo1.report"):
         assert write_report_safely(tmp_path) is None
-    assert re.search(r"could not write the run report in .*: ReportError: .*metrics\.jsonl line 2: not JSON", caplog.text)
+    assert re.search(
+        r"could not write the run report in .*: ReportError: .*metrics\.jsonl line 2: not JSON", caplog.text
+    )
     with pytest.raises(ReportError, match=r"metrics\.jsonl line 2: not JSON \(at column 13: Unterminated string\)"):
         write_report(tmp_path)
 

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+
 from medo1 import checkpoint
 from medo1.config import ConfigError, load_config
 from medo1.resume import RUN_RECORD, RecipeChanged, content_identity, open_run, recipe_fingerprint
 from medo1.rl.config import RLConfig
 from medo1.run_lock import LOCK_NAME, RunFolderLocked, RunLock, process_identity
 from medo1.sft_config import SFTConfig
-
 from tests.conftest import REPO, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows
 
 RL_RECIPE = REPO / "recipes" / "rl-ppo-tiny-cpu.yaml"
@@ -31,8 +31,11 @@ def sft_config(model, data, out, **extra) -> SFTConfig:
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int, bytes]]:
     """Every file under `folder`: size, modification time and bytes, to prove nothing was written."""
-    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def fake_checkpoint(out: Path, step: int, fingerprint: dict | None) -> Path:
@@ -53,23 +56,52 @@ def tiny_inputs(tiny_model, demo_rows, tmp_path):
 # ---- the fingerprint ------------------------------------------------------------------------------
 
 
-def test_the_fingerprint_holds_what_changes_the_maths_and_not_where_or_how_often_results_are_written(tiny_inputs,
-                                                                                                    tmp_path):
+def test_the_fingerprint_holds_what_changes_the_maths_and_not_where_or_how_often_results_are_written(
+    tiny_inputs, tmp_path
+):
     model, data = tiny_inputs
     fingerprint = recipe_fingerprint(sft_config(model, data, tmp_path / "run"), processes=2)
-    for key in ("model.name_or_path", "data.path", "data.max_length", "data.limit", "train.learning_rate",
-                "train.lr_scheduler", "train.epochs", "train.max_steps", "train.per_device_batch_size",
-                "train.gradient_accumulation_steps", "train.seed", "train.precision", "lora.enabled"):
+    for key in (
+        "model.name_or_path",
+        "data.path",
+        "data.max_length",
+        "data.limit",
+        "train.learning_rate",
+        "train.lr_scheduler",
+        "train.epochs",
+        "train.max_steps",
+        "train.per_device_batch_size",
+        "train.gradient_accumulation_steps",
+        "train.seed",
+        "train.precision",
+        "lora.enabled",
+    ):
         assert key in fingerprint, key
     assert fingerprint["world_size"] == 2  # the global batch
     assert fingerprint["data.path.content"] == content_identity(data)
     assert fingerprint["model.name_or_path.content"] == content_identity(model)
-    for key in ("output.dir", "output.logging_steps", "output.save_steps", "output.keep", "output.report_to",
-                "train.dataloader_workers", "train.distributed", "model.gradient_checkpointing", "lora.r",
-                "resume.allow_changes"):
+    for key in (
+        "output.dir",
+        "output.logging_steps",
+        "output.save_steps",
+        "output.keep",
+        "output.report_to",
+        "train.dataloader_workers",
+        "train.distributed",
+        "model.gradient_checkpointing",
+        "lora.r",
+        "resume.allow_changes",
+    ):
         assert key not in fingerprint, key
-    moved = recipe_fingerprint(sft_config(model, data, tmp_path / "elsewhere", **{
-        "output.logging_steps": 7, "output.save_steps": 3, "train.distributed": "fsdp"}), processes=2)
+    moved = recipe_fingerprint(
+        sft_config(
+            model,
+            data,
+            tmp_path / "elsewhere",
+            **{"output.logging_steps": 7, "output.save_steps": 3, "train.distributed": "fsdp"},
+        ),
+        processes=2,
+    )
     assert moved == fingerprint
 
     rl = recipe_fingerprint(load_config(RLConfig, RL_RECIPE, ["algo=grpo", f"model.name_or_path={model}"]))
@@ -124,10 +156,13 @@ def test_resume_auto_into_another_runs_folder_is_refused(tiny_inputs, demo_rows,
     fake_checkpoint(out, 2, recipe_fingerprint(sft_config(model, data, out)))
     other_data = write_short_rows(demo_rows, tmp_path / "other.json", 8, offset=8)
     other = sft_config(model, other_data, out, **{"train.learning_rate": 1e-5})
-    with pytest.raises(RecipeChanged, match=r"data\.path: .*; data\.path\.content: content \w+ -> content \w+; "
-                                            r"train\.learning_rate: 0\.001 -> 1e-05\. To continue it anyway pass "
-                                            r"--allow-changed data\.path --allow-changed data\.path\.content "
-                                            r"--allow-changed train\.learning_rate"):
+    with pytest.raises(
+        RecipeChanged,
+        match=r"data\.path: .*; data\.path\.content: content \w+ -> content \w+; "
+        r"train\.learning_rate: 0\.001 -> 1e-05\. To continue it anyway pass "
+        r"--allow-changed data\.path --allow-changed data\.path\.content "
+        r"--allow-changed train\.learning_rate",
+    ):
         with open_run(other, "auto", "sft"):
             pass
     # Edited in place (same path, other rows): the content tells.
@@ -180,16 +215,28 @@ def test_rl_stages_use_the_same_set_up(tiny_model, tmp_path, algo):
     config = load_config(RLConfig, RL_RECIPE, overrides)
     export = out / "export"
     export.mkdir(parents=True)
-    (out / RUN_RECORD).write_text(json.dumps({"stage": "rl", "status": "finished", "final_step": 2, "export": "export",
-                                              "fingerprint": recipe_fingerprint(config)}))
+    (out / RUN_RECORD).write_text(
+        json.dumps(
+            {
+                "stage": "rl",
+                "status": "finished",
+                "final_step": 2,
+                "export": "export",
+                "fingerprint": recipe_fingerprint(config),
+            }
+        )
+    )
     before = snapshot(out)
     result = run_rl(config, resume="auto")
     assert result.already_finished and result.final_step == 2 and result.export_dir == export
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["export", RUN_RECORD]
 
     changed = load_config(RLConfig, RL_RECIPE, [*overrides, "train.learning_rate=1e-3"])
-    with pytest.raises(RecipeChanged, match=r"^the finished run in \S+ was trained under another recipe: "
-                                            r"train\.learning_rate: 1e-05 -> 0\.001\."):
+    with pytest.raises(
+        RecipeChanged,
+        match=r"^the finished run in \S+ was trained under another recipe: "
+        r"train\.learning_rate: 1e-05 -> 0\.001\.",
+    ):
         run_rl(changed, resume="auto")
     assert snapshot(out) == before
 
@@ -225,7 +272,11 @@ def test_rerunning_a_finished_run_does_nothing_and_says_so(finished_sft):
 
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert json.loads(rerun.stdout.splitlines()[-1]) == {
-        "output_dir": str(out), "final_step": 2, "export_dir": str(out / "export"), "already_finished": True}
+        "output_dir": str(out),
+        "final_step": 2,
+        "export_dir": str(out / "export"),
+        "already_finished": True,
+    }
     assert f"sft run in {out} already finished at step 2; export {out / 'export'} kept: nothing to do" in rerun.stderr
     assert snapshot(out) == before
 
@@ -237,9 +288,12 @@ def test_a_finished_run_under_a_changed_recipe_is_refused_and_left_whole(finishe
     result, overrides = finished_sft
     before = snapshot(result.output_dir)
     changed = load_config(SFTConfig, TINY_RECIPE, [*overrides, "train.learning_rate=3e-4"])
-    with pytest.raises(RecipeChanged, match=r"^the finished run in \S+ was trained under another recipe: "
-                                            r"train\.learning_rate: 0\.001 -> 0\.0003\. To continue it anyway pass "
-                                            r"--allow-changed train\.learning_rate"):
+    with pytest.raises(
+        RecipeChanged,
+        match=r"^the finished run in \S+ was trained under another recipe: "
+        r"train\.learning_rate: 0\.001 -> 0\.0003\. To continue it anyway pass "
+        r"--allow-changed train\.learning_rate",
+    ):
         run_sft(changed, resume="auto")
     assert snapshot(result.output_dir) == before
 
@@ -329,8 +383,11 @@ def test_a_lock_whose_heartbeat_goes_on_elsewhere_is_refused(tmp_path):
         clock.sleep(seconds)
         path.write_text(json.dumps({**json.loads(path.read_text()), "heartbeat_at": clock.now - 5}))
 
-    with pytest.raises(RunFolderLocked, match=rf"^{tmp_path} is in use by pid 17 on host medo1-sft-master-0 .*its "
-                                              "heartbeat went on while this process waited"):
+    with pytest.raises(
+        RunFolderLocked,
+        match=rf"^{tmp_path} is in use by pid 17 on host medo1-sft-master-0 .*its "
+        "heartbeat went on while this process waited",
+    ):
         RunLock(tmp_path, clock=clock, sleep=beating).acquire()
 
 

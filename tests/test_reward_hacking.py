@@ -5,6 +5,7 @@ single answers still score 1.0. Everything runs through the full reward (format 
 from __future__ import annotations
 
 import pytest
+
 from medo1.data import reasoning_target
 from medo1.rl.rewards import AnswerMatchReward, named_options
 

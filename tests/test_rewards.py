@@ -21,8 +21,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import TypeAdapter, ValidationError
+from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
 from medo1.data import reasoning_target
-from medo1.final_response import answer_text, parse_response
+from medo1.final_response import parse_response
 from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
 from medo1.rl.rewards import (
     AnswerMatchReward,
@@ -34,8 +37,6 @@ from medo1.rl.rewards import (
     build_reward,
     trl_reward_funcs,
 )
-from pydantic import TypeAdapter, ValidationError
-from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
 COT = "The patient has polyuria and a fasting glucose of 9 mmol/L; first-line therapy is metformin."
 GOOD = reasoning_target(COT, "Start metformin.")
@@ -85,7 +86,9 @@ def save_verifier(
         pad_token_id=(
             tokenizer.convert_tokens_to_ids(config_pad)
             if isinstance(config_pad, str)
-            else tokenizer.pad_token_id if config_pad else None
+            else tokenizer.pad_token_id
+            if config_pad
+            else None
         ),
         eos_token_id=tokenizer.eos_token_id,
     )
@@ -476,7 +479,11 @@ def test_length_mismatch_is_an_error():
 
 def test_trl_reward_func_answer_match():
     func, format_ok, correct, failed = trl_reward_funcs(AnswerMatchReward())
-    assert (func.__name__, format_ok.__name__, correct.__name__) == ("answer_match_reward", "format_ok", "verifier_true")
+    assert (func.__name__, format_ok.__name__, correct.__name__) == (
+        "answer_match_reward",
+        "format_ok",
+        "verifier_true",
+    )
     assert failed.__name__ == "reward_failed"
     assert failed(prompts=["Q"], completions=[GOOD], reference=["metformin"]) == [0.0]
     assert list(inspect.signature(func).parameters)[:3] == ["prompts", "completions", "reference"]

@@ -19,6 +19,9 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from medo1 import checkpoint, preemption
 from medo1.config import load_config
 from medo1.metrics import read_metrics
@@ -28,9 +31,6 @@ from medo1.rl.config import RLConfig
 from medo1.rl.engines import HFEngine, SamplerGapError, Samples, response_mask
 from medo1.rl.rewards import RewardOutput
 from medo1.sft import SFTConfig, run_sft
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from tests.conftest import (
     REPO,
     TINY_RECIPE,
@@ -129,10 +129,23 @@ def test_ppo_raises_mean_reward_on_the_toy_task(ppo_run):
 def test_ppo_logs_the_rl_metrics(ppo_run):
     last = read_metrics(ppo_run.output_dir / "metrics.jsonl")[-1]
     for key in (
-        "reward_mean", "format_ok_rate", "verifier_true_rate", "reward_failure_rate", "kl", "entropy", "clip_fraction",
+        "reward_mean",
+        "format_ok_rate",
+        "verifier_true_rate",
+        "reward_failure_rate",
+        "kl",
+        "entropy",
+        "clip_fraction",
         "approx_kl",
-        "policy_loss", "value_loss", "response_length", "learning_rate", "grad_norm",
-        "time_generation", "time_scoring", "time_training", "generated_tokens_per_second",
+        "policy_loss",
+        "value_loss",
+        "response_length",
+        "learning_rate",
+        "grad_norm",
+        "time_generation",
+        "time_scoring",
+        "time_training",
+        "generated_tokens_per_second",
     ):
         assert key in last, key
     assert 0.0 <= last["format_ok_rate"] <= 1.0
@@ -161,8 +174,11 @@ def test_ppo_kill_and_resume_matches_an_uninterrupted_run(toy_policy, toy_proble
     crashed = tmp_path / "crashed"
     # Killed once update 3 is logged: past checkpoint-2, so the resumed run logs step 3 again.
     medo1 = [sys.executable, "-m", "medo1"]
-    signal_when(medo1 + as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)),
-                lambda: last_logged_step(crashed / "metrics.jsonl", 3), signal.SIGKILL)
+    signal_when(
+        medo1 + as_cli(rl_overrides(toy_policy, toy_problems, crashed, **extra)),
+        lambda: last_logged_step(crashed / "metrics.jsonl", 3),
+        signal.SIGKILL,
+    )
     assert checkpoint.latest_complete(crashed) == crashed / "checkpoint-2"
     half = crashed / "checkpoint-5"  # a save cut short: no completion marker
     (half / "policy").mkdir(parents=True)
@@ -183,8 +199,15 @@ def test_ppo_kill_and_resume_matches_an_uninterrupted_run(toy_policy, toy_proble
 def test_ppo_under_torchrun_two_processes(toy_policy, toy_problems, tmp_path):
     port = str(free_port())
     env = {
-        "MASTER_ADDR": "127.0.0.1", "PET_MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "PET_MASTER_PORT": port,
-        "WORLD_SIZE": "2", "RANK": "0", "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port,
+        "PET_MASTER_PORT": port,
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "PET_NNODES": "1",
+        "PET_NPROC_PER_NODE": "2",
+        "PET_NODE_RANK": "0",
     }
     out = tmp_path / "dist"
     extra = {"train.total_episodes": 32}  # 2 ranks x 8 per update: 2 updates
@@ -213,11 +236,20 @@ def test_ppo_with_a_judge_reward_raises_mean_reward(toy_policy, toy_problems, tm
     from tests.test_judge_reward import JudgeStandIn
 
     monkeypatch.setenv("MEDO1_TEST_JUDGE_KEY", "judge-secret")
-    with JudgeStandIn(api_key="judge-secret", faults=["429-seconds", "malformed-json"], retry_after_s=0.01,
-                      judge_latency_s=0.01, max_lifetime_s=1800) as standin:
-        extra = {"reward.kind": "judge", "reward.base_url": standin.base_url,
-                 "reward.api_key_env": "MEDO1_TEST_JUDGE_KEY", "reward.on_failure": "score_wrong",
-                 "train.total_episodes": 96}
+    with JudgeStandIn(
+        api_key="judge-secret",
+        faults=["429-seconds", "malformed-json"],
+        retry_after_s=0.01,
+        judge_latency_s=0.01,
+        max_lifetime_s=1800,
+    ) as standin:
+        extra = {
+            "reward.kind": "judge",
+            "reward.base_url": standin.base_url,
+            "reward.api_key_env": "MEDO1_TEST_JUDGE_KEY",
+            "reward.on_failure": "score_wrong",
+            "train.total_episodes": 96,
+        }
         config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "judge", **extra))
         result = run_rl(config)
     metrics = read_metrics(result.output_dir / "metrics.jsonl")
@@ -266,7 +298,9 @@ def test_each_grpo_loss_aggregation_reaches_trl_and_trains_two_steps(toy_policy,
     test_grpo_through_trl_raises_mean_reward shows) reaches GRPOTrainer and trains: two steps with a finite loss,
     checkpointed with the arguments TRL ran with."""
     overrides = {"grpo.num_generations": 8, "train.total_episodes": 16, "grpo.loss_type": loss_type}
-    config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / loss_type, "grpo", **overrides))
+    config = load_config(
+        RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / loss_type, "grpo", **overrides)
+    )
     result = run_rl(config)
     args = torch.load(result.output_dir / "checkpoint-2" / "training_args.bin", weights_only=False)
     assert type(args).__name__ == "GRPOConfig" and args.loss_type == loss_type and args.num_generations == 8
@@ -282,8 +316,10 @@ def test_compact_response_logprobs_match_the_fused_head_with_ragged_responses(ti
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     policy = load_policy(tiny_model, temperature=0.7, trainable=True)
-    prompts = [[{"role": "user", "content": "Is fever a symptom of flu?"}],
-               [{"role": "user", "content": "A longer case: 54-year-old, chest pain for two hours, sweating. Next step?"}]]
+    prompts = [
+        [{"role": "user", "content": "Is fever a symptom of flu?"}],
+        [{"role": "user", "content": "A longer case: 54-year-old, chest pain for two hours, sweating. Next step?"}],
+    ]
     prompt = encode_prompts(tokenizer, prompts, "cpu")
     torch.manual_seed(0)
     responses = torch.randint(0, 5000, (2, 12))
@@ -296,12 +332,18 @@ def test_compact_response_logprobs_match_the_fused_head_with_ragged_responses(ti
         policy.zero_grad()
         logprobs, entropy = response_logprobs(policy, sequence, prompt_len, mask, 0.7, compact=compact)
         (logprobs * mask).sum().backward()
-        results[compact] = (logprobs.detach(), entropy.detach(), {k: p.grad.clone() for k, p in policy.named_parameters()})
+        results[compact] = (
+            logprobs.detach(),
+            entropy.detach(),
+            {k: p.grad.clone() for k, p in policy.named_parameters()},
+        )
     assert results[True][0].shape == mask.shape and results[True][0][0, 5:].abs().sum() == 0
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5)
     for key, grad in results[False][2].items():
-        torch.testing.assert_close(results[True][2][key], grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}")
+        torch.testing.assert_close(
+            results[True][2][key], grad, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -324,8 +366,12 @@ class OffsetSampler(HFEngine):
         logprobs = scores.gather(-1, responses[..., None]).squeeze(-1) * mask
         offset = self.offsets[min(self.rollouts, len(self.offsets) - 1)]
         self.rollouts += 1
-        return Samples(responses.masked_fill(mask == 0, self.tokenizer.pad_token_id), mask, (logprobs - offset) * mask,
-                       weights_pushed=True)
+        return Samples(
+            responses.masked_fill(mask == 0, self.tokenizer.pad_token_id),
+            mask,
+            (logprobs - offset) * mask,
+            weights_pushed=True,
+        )
 
 
 class OtherWeightsSampler(HFEngine):
@@ -338,8 +384,9 @@ class OtherWeightsSampler(HFEngine):
 
     @torch.no_grad()
     def generate(self, prompt):
-        out = self.other.generate(**prompt, generation_config=self.generation_config(), output_scores=True,
-                                  return_dict_in_generate=True)
+        out = self.other.generate(
+            **prompt, generation_config=self.generation_config(), output_scores=True, return_dict_in_generate=True
+        )
         responses = out.sequences[:, prompt["input_ids"].shape[1] :]
         mask = response_mask(responses, self.stop_ids)
         scores = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in out.scores], dim=1)
@@ -360,8 +407,11 @@ def test_ppo_measures_corrects_and_stops_on_the_sampler_logprob_gap(toy_policy, 
     with_sampler(monkeypatch, lambda *args: OffsetSampler(*args, offsets=[0.3, 1.5, 2.5]))
     extra = {"train.total_episodes": 32, "sampling.vllm.max_logprob_gap": 2.0}
     config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run", **extra))
-    with pytest.raises(SamplerGapError, match=r"by 2\.5\d* nats .* at update 3 right after a weight push.*"
-                                              r"max_logprob_gap=2"):
+    with pytest.raises(
+        SamplerGapError,
+        match=r"by 2\.5\d* nats .* at update 3 right after a weight push.*"
+        r"max_logprob_gap=2",
+    ):
         run_rl(config)
     first, second = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert first["sampler_logprob_gap_mean"] == pytest.approx(0.3, abs=1e-3)
@@ -373,8 +423,9 @@ def test_ppo_measures_corrects_and_stops_on_the_sampler_logprob_gap(toy_policy, 
     assert second["importance_weight_clipped_fraction"] == 1.0
 
 
-def test_ppo_stops_when_the_sampler_samples_from_other_weights(toy_policy, toy_problems, tiny_model, tmp_path,
-                                                              monkeypatch):
+def test_ppo_stops_when_the_sampler_samples_from_other_weights(
+    toy_policy, toy_problems, tiny_model, tmp_path, monkeypatch
+):
     with_sampler(monkeypatch, lambda *args: OtherWeightsSampler(*args, weights=tiny_model))
     config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run"))
     with pytest.raises(SamplerGapError, match=r"at update 1 right after a weight push.*failed or stale weight push"):
@@ -382,13 +433,19 @@ def test_ppo_stops_when_the_sampler_samples_from_other_weights(toy_policy, toy_p
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained on those samples
 
 
-def test_critic_warmup_trains_the_value_model_alone_and_the_logged_lr_is_the_steps_own(toy_policy, toy_problems,
-                                                                                        tmp_path):
+def test_critic_warmup_trains_the_value_model_alone_and_the_logged_lr_is_the_steps_own(
+    toy_policy, toy_problems, tmp_path
+):
     # 4 updates of 2 optimizer steps (2 PPO epochs); the first 2 train the value model only. The policy's linear
     # schedule spans its 4 steps: lr, 3/4 lr, 1/2 lr, 1/4 lr; each update logs the mean rate of its own steps.
     lr = 1e-3
-    extra = {"train.total_episodes": 32, "ppo.critic_warmup_updates": 2, "ppo.value_head_init": "zero",
-             "train.lr_scheduler": "linear", "train.learning_rate": lr}
+    extra = {
+        "train.total_episodes": 32,
+        "ppo.critic_warmup_updates": 2,
+        "ppo.value_head_init": "zero",
+        "train.lr_scheduler": "linear",
+        "train.learning_rate": lr,
+    }
     config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run", **extra))
     result = run_rl(config)
     metrics = read_metrics(result.output_dir / "metrics.jsonl")
@@ -469,11 +526,20 @@ def test_sigterm_while_the_judge_never_answers_checkpoints_and_exits_at_once(toy
         return None
 
     with judge.standin as standin:
-        extra = {"reward.kind": "judge", "reward.base_url": standin.base_url, "reward.model": "judge",
-                 "reward.api_key_env": "MEDO1_TEST_JUDGE_KEY", "train.total_episodes": 32}
-        code, _, stderr = signal_when([sys.executable, "-m", "medo1", *as_cli(rl_overrides(toy_policy, toy_problems,
-                                      out, **extra))], hanging, signal.SIGTERM,
-                                      env={"MEDO1_TEST_JUDGE_KEY": "judge-secret"}, timeout=600)
+        extra = {
+            "reward.kind": "judge",
+            "reward.base_url": standin.base_url,
+            "reward.model": "judge",
+            "reward.api_key_env": "MEDO1_TEST_JUDGE_KEY",
+            "train.total_episodes": 32,
+        }
+        code, _, stderr = signal_when(
+            [sys.executable, "-m", "medo1", *as_cli(rl_overrides(toy_policy, toy_problems, out, **extra))],
+            hanging,
+            signal.SIGTERM,
+            env={"MEDO1_TEST_JUDGE_KEY": "judge-secret"},
+            timeout=600,
+        )
         exited_after = time.monotonic() - signalled["at"]
     assert code == preemption.PREEMPTED_EXIT_CODE, stderr
     assert exited_after < 60, exited_after  # not one 120 s attempt waited out, let alone 6

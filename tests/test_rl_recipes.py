@@ -7,9 +7,9 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+
 from medo1.config import load_config
 from medo1.rl.config import RLConfig
-
 from tests.conftest import DEMO_DATA, GPU_VLLM_PIN, REPO, run_medo1
 
 SEVEN_B = [REPO / "recipes" / "rl-ppo-qwen2.5-7b-8xh100.yaml", REPO / "recipes" / "rl-grpo-qwen2.5-7b-8xh100.yaml"]
@@ -29,8 +29,9 @@ def test_7b_recipes_default_to_colocated_vllm(recipe):
     assert vllm.sleep and vllm.tensor_parallel_size == 1
     budget_gib = vllm.gpu_memory_utilization * H100_GIB
     # Room for the weights, ~2 GiB of activations and graphs, and twice the KV cache of one rank's whole rollout.
-    rollout_tokens = cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps * (
-        cfg.sampling.response_length + 300)
+    rollout_tokens = (
+        cfg.train.per_device_batch_size * cfg.train.gradient_accumulation_steps * (cfg.sampling.response_length + 300)
+    )
     assert budget_gib - WEIGHTS_GIB - 2 > 2 * rollout_tokens * KV_BYTES_PER_TOKEN / 2**30
     assert HELD_GIB[cfg.algo] + budget_gib <= 0.9 * H100_GIB  # 10% of the GPU left free at the peak
     assert f"gpu_memory_utilization {vllm.gpu_memory_utilization}" in recipe.read_text()
@@ -65,8 +66,16 @@ def test_default_7b_recipe_without_vllm_stops_at_startup_with_the_install_comman
     stand_ins = [f"model.name_or_path={models['policy']}", f"data.path={DEMO_DATA}"]
     if load_config(RLConfig, recipe).reward.kind == "verifier":
         stand_ins.append(f"reward.model={models['verifier']}")
-    done = run_medo1(["rl", "--config", recipe, "--output-dir", tmp_path / "run",
-                      *(arg for value in stand_ins for arg in ("--set", value))])
+    done = run_medo1(
+        [
+            "rl",
+            "--config",
+            recipe,
+            "--output-dir",
+            tmp_path / "run",
+            *(arg for value in stand_ins for arg in ("--set", value)),
+        ]
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "sampling.engine=vllm needs vLLM" in done.stderr and f"pip install '{GPU_VLLM_PIN}'" in done.stderr
     assert "Traceback" not in done.stderr

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
 from medo1.rl.config import RLTrainConfig, SamplingConfig
 from medo1.rl.engines import HFEngine
 from medo1.rl.ppo import epoch_orders, load_policy, load_value_model
 from medo1.rl.rollout import encode_prompts, full_sequence, response_logprobs, response_values
 from medo1.rl.sharding import Placement, Ranks
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
 SAMPLING = SamplingConfig(response_length=16, temperature=0.7)
 PROMPTS = [
@@ -67,8 +68,13 @@ def test_checkpoint_generation_config_does_not_change_sampling(checkpoints):
         # What a plain `generate(**kwargs)` call does: the checkpoint's repetition penalty sneaks in.
         torch.manual_seed(0)
         inherited[name] = engine.policy.model.generate(
-            **prompt, do_sample=True, temperature=SAMPLING.temperature, top_p=1.0, top_k=0,
-            max_new_tokens=SAMPLING.response_length, pad_token_id=tokenizer.pad_token_id,
+            **prompt,
+            do_sample=True,
+            temperature=SAMPLING.temperature,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=SAMPLING.response_length,
+            pad_token_id=tokenizer.pad_token_id,
         )
         assert engine.policy.model.generation_config.repetition_penalty == (1.05 if name == "hub" else None)
     assert not torch.equal(inherited["plain"], inherited["hub"])  # the penalty does change these tokens

@@ -14,6 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    get_scheduler,
+)
+
 from medo1 import checkpoint
 from medo1.config import load_config
 from medo1.metrics import read_metrics
@@ -28,26 +36,34 @@ from medo1.rl.sharding import (
     init_ranks,
     zero3_config,
 )
-from safetensors.torch import load_file
-from transformers import (
-    AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    get_scheduler,
-)
-
 from tests.conftest import GPU_VLLM_PIN, REPO, free_port, run_medo1
 
 TRIGGER = "!"
 SAMPLING = SamplingConfig(response_length=24, temperature=0.7, gather_weights_for_generation=False)
 SEED = 1234
-SHARDED = ["fsdp", pytest.param("deepspeed_zero3", marks=pytest.mark.skipif(
-    importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed"))]
+SHARDED = [
+    "fsdp",
+    pytest.param(
+        "deepspeed_zero3",
+        marks=pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed"),
+    ),
+]
 
 
 def torchrun(*module: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-            "--master-port", str(free_port()), "-m", *module]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "-m",
+        *module,
+    ]
 
 
 # ---- generation: ranks that stop at very different lengths -------------------------------------
@@ -89,8 +105,11 @@ def stopping_model(tiny_model, tmp_path_factory) -> Path:
 
 def rank_prompts(tokenizer, rank: int) -> dict[str, torch.Tensor]:
     """Rank 0: two prompts ending in the trigger (stop at once); rank 1: two that run to the limit."""
-    texts = [f"Case {rank}{TRIGGER}", f"A longer case {rank} here{TRIGGER}"] if rank == 0 else [
-        f"Case {rank}?", f"A longer case {rank} here?"]
+    texts = (
+        [f"Case {rank}{TRIGGER}", f"A longer case {rank} here{TRIGGER}"]
+        if rank == 0
+        else [f"Case {rank}?", f"A longer case {rank} here?"]
+    )
     tokenizer.padding_side = "left"
     return dict(tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False))
 
@@ -98,7 +117,9 @@ def rank_prompts(tokenizer, rank: int) -> dict[str, torch.Tensor]:
 def trained_policy(placement: Placement, model_dir: str):
     make_optimizer = functools.partial(torch.optim.AdamW, lr=1e-5)
     make_scheduler = functools.partial(get_scheduler, "constant")
-    return placement.trained(load_policy(model_dir, SAMPLING.temperature, trainable=True), make_optimizer, make_scheduler)
+    return placement.trained(
+        load_policy(model_dir, SAMPLING.temperature, trainable=True), make_optimizer, make_scheduler
+    )
 
 
 def generate_on_ranks(model_dir: str, out_dir: str, distributed: str) -> None:
@@ -112,8 +133,9 @@ def generate_on_ranks(model_dir: str, out_dir: str, distributed: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     results = {}
     for gather in (False, True):
-        engine = HFEngine(policy, tokenizer, SAMPLING.model_copy(update={"gather_weights_for_generation": gather}),
-                          placement, ranks)
+        engine = HFEngine(
+            policy, tokenizer, SAMPLING.model_copy(update={"gather_weights_for_generation": gather}), placement, ranks
+        )
         assert engine.synced
         torch.manual_seed(SEED)
         results[gather] = tuple(engine.generate(rank_prompts(tokenizer, ranks.rank))[:2])
@@ -123,8 +145,11 @@ def generate_on_ranks(model_dir: str, out_dir: str, distributed: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("distributed", SHARDED)
 def test_synced_generation_with_ragged_stops_matches_a_single_process(stopping_model, tmp_path, distributed):
-    done = run_medo1(["generate_on_ranks", stopping_model, tmp_path, distributed],
-                     launcher=torchrun("tests.test_rl_sharded"), timeout=300)
+    done = run_medo1(
+        ["generate_on_ranks", stopping_model, tmp_path, distributed],
+        launcher=torchrun("tests.test_rl_sharded"),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
 
     tokenizer = AutoTokenizer.from_pretrained(stopping_model)
@@ -156,11 +181,16 @@ def weights_sent_after_an_update(model_dir: str, out_dir: str, distributed: str)
     placement = build_placement(train, ranks, 1, model_dir)
     assert placement.sharded
     make_optimizer = functools.partial(torch.optim.AdamW, lr=1e-2)
-    policy = placement.trained(load_policy(model_dir, 0.7, trainable=True), make_optimizer,
-                               functools.partial(get_scheduler, "constant"))
+    policy = placement.trained(
+        load_policy(model_dir, 0.7, trainable=True), make_optimizer, functools.partial(get_scheduler, "constant")
+    )
     torch.manual_seed(ranks.rank)
     ids = torch.randint(0, 5000, (2, 12))
-    sequence = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(12).expand(2, 12)}
+    sequence = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "position_ids": torch.arange(12).expand(2, 12),
+    }
     policy.train()
     logprobs, _ = response_logprobs(policy.module, sequence, 4, torch.ones(2, 8), 0.7)
     policy.backward(-logprobs.mean())
@@ -169,14 +199,19 @@ def weights_sent_after_an_update(model_dir: str, out_dir: str, distributed: str)
     shards = {}
     if distributed == "fsdp":
         shards = {name: param.detach().to_local().clone() for name, param in policy.model.named_parameters()}
-    torch.save({"sent": sent, "full": policy.full_state_dict(), "shards": shards}, Path(out_dir) / f"rank{ranks.rank}.pt")
+    torch.save(
+        {"sent": sent, "full": policy.full_state_dict(), "shards": shards}, Path(out_dir) / f"rank{ranks.rank}.pt"
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("distributed", SHARDED)
 def test_weights_sent_to_vllm_after_an_update_equal_the_policy(tiny_model, tmp_path, distributed):
-    done = run_medo1(["weights_sent_after_an_update", tiny_model, tmp_path, distributed],
-                     launcher=torchrun("tests.test_rl_sharded"), timeout=300)
+    done = run_medo1(
+        ["weights_sent_after_an_update", tiny_model, tmp_path, distributed],
+        launcher=torchrun("tests.test_rl_sharded"),
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     sent, full = ranks[0]["sent"], ranks[0]["full"]
@@ -203,39 +238,53 @@ def test_weights_sent_to_vllm_after_an_update_equal_the_policy(tiny_model, tmp_p
 @pytest.fixture(scope="module")
 def problems(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("sharded-rl") / "problems.json"
-    rows = [{"Open-ended Verifiable Question": f"Case {i}: benign? Reply yes or no.", "Ground-True Answer": "yes"}
-            for i in range(16)]
+    rows = [
+        {"Open-ended Verifiable Question": f"Case {i}: benign? Reply yes or no.", "Ground-True Answer": "yes"}
+        for i in range(16)
+    ]
     path.write_text(json.dumps(rows))
     return path
 
 
 def ppo_cli(policy: Path, problems: Path, out: Path, distributed: str, episodes: int) -> list:
     values = {
-        "model.name_or_path": policy, "model.gradient_checkpointing": "true", "data.path": problems, "data.limit": "null",
-        "reward.kind": "answer_match", "sampling.response_length": 16, "train.distributed": distributed,
-        "train.total_episodes": episodes, "train.per_device_batch_size": 2, "train.gradient_accumulation_steps": 2,
-        "train.eval_fraction": 0.0, "train.warmup_ratio": 0.0, "output.dir": out, "output.save_steps": 1,
+        "model.name_or_path": policy,
+        "model.gradient_checkpointing": "true",
+        "data.path": problems,
+        "data.limit": "null",
+        "reward.kind": "answer_match",
+        "sampling.response_length": 16,
+        "train.distributed": distributed,
+        "train.total_episodes": episodes,
+        "train.per_device_batch_size": 2,
+        "train.gradient_accumulation_steps": 2,
+        "train.eval_fraction": 0.0,
+        "train.warmup_ratio": 0.0,
+        "output.dir": out,
+        "output.save_steps": 1,
         "output.keep": 2,
     }
     return ["rl", "--config", REPO / "recipes" / "rl-ppo-tiny-cpu.yaml", "--resume", "auto"] + [
-        a for key, value in values.items() for a in ("--set", f"{key}={value}")]
+        a for key, value in values.items() for a in ("--set", f"{key}={value}")
+    ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("distributed", SHARDED)
-def test_sharded_ppo_on_two_processes_writes_complete_checkpoints_and_resumes(tiny_model, problems, tmp_path,
-                                                                               distributed):
+def test_sharded_ppo_on_two_processes_writes_complete_checkpoints_and_resumes(
+    tiny_model, problems, tmp_path, distributed
+):
     out = tmp_path / "run"
     # 2 ranks x 4 episodes per update: 16 episodes are 2 updates, each saved.
-    done = run_medo1(ppo_cli(tiny_model, problems, out, distributed, 16),
-                     launcher=torchrun("medo1"))
+    done = run_medo1(ppo_cli(tiny_model, problems, out, distributed, 16), launcher=torchrun("medo1"))
     assert done.returncode == 0, done.stderr[-4000:]
     assert [s for s, _ in checkpoint.list_checkpoints(out)] == [1, 2]
     last = out / "checkpoint-2"
     assert json.loads((last / checkpoint.COMPLETE_MARKER).read_text())["world_size"] == 2
     assert (last / "rng-rank1.pt").is_file()
-    optimizer_state = ["policy-optimizer.pt", "value-optimizer.pt"] if distributed == "fsdp" else ["policy-zero",
-                                                                                                  "value-zero"]
+    optimizer_state = (
+        ["policy-optimizer.pt", "value-optimizer.pt"] if distributed == "fsdp" else ["policy-zero", "value-zero"]
+    )
     assert all((last / name).exists() for name in optimizer_state)
     policy = AutoModelForCausalLM.from_pretrained(last / "policy")
     assert policy.config.architectures == ["Qwen2ForCausalLM"]
@@ -246,8 +295,10 @@ def test_sharded_ppo_on_two_processes_writes_complete_checkpoints_and_resumes(ti
 
     # One more update, from checkpoint-2's weights, optimizer and schedule state: a longer run than the recipe the
     # finished run was trained under, which resume refuses unless the changed key is named.
-    resumed = run_medo1(ppo_cli(tiny_model, problems, out, distributed, 24) + ["--allow-changed", "train.total_episodes"],
-                        launcher=torchrun("medo1"))
+    resumed = run_medo1(
+        ppo_cli(tiny_model, problems, out, distributed, 24) + ["--allow-changed", "train.total_episodes"],
+        launcher=torchrun("medo1"),
+    )
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     assert f"resuming from {last}" in resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["final_step"] == 3
@@ -261,8 +312,19 @@ def test_sharded_ppo_on_two_processes_writes_complete_checkpoints_and_resumes(ti
 def test_vllm_engine_without_vllm_fails_at_startup_before_loading_models(tmp_path):
     out = tmp_path / "run"
     (tmp_path / "no-model").mkdir()  # exists (so the config check passes) but holds no model: loading it would fail
-    done = run_medo1(["rl", "--config", REPO / "recipes" / "rl-ppo-tiny-cpu.yaml", "--output-dir", out,
-                      "--set", "sampling.engine=vllm", "--set", f"model.name_or_path={tmp_path / 'no-model'}"])
+    done = run_medo1(
+        [
+            "rl",
+            "--config",
+            REPO / "recipes" / "rl-ppo-tiny-cpu.yaml",
+            "--output-dir",
+            out,
+            "--set",
+            "sampling.engine=vllm",
+            "--set",
+            f"model.name_or_path={tmp_path / 'no-model'}",
+        ]
+    )
     assert done.returncode == 2, done.stderr[-3000:]
     assert "sampling.engine=vllm needs vLLM" in done.stderr
     assert f"pip install '{GPU_VLLM_PIN}'" in done.stderr
@@ -278,7 +340,11 @@ def test_7b_ppo_recipe_shards_policy_value_and_reference():
     micro_batches = cfg.train.gradient_accumulation_steps // cfg.ppo.num_mini_batches
     ds = zero3_config(cfg.train, micro_batches, world=8, bf16=True, hidden_size=3584)  # Qwen2.5-7B
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"]
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (1, 16, 128)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (
+        1,
+        16,
+        128,
+    )
     assert ds["gradient_clipping"] == cfg.train.max_grad_norm
     assert "auto" not in json.dumps(ds)
 

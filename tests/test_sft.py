@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
 from medo1 import checkpoint
 from medo1.config import load_config
 from medo1.metrics import read_metrics
 from medo1.sft import SFTConfig, run_sft
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
 from tests.conftest import TINY_RECIPE, sft_overrides, write_short_rows
 
 
@@ -75,7 +75,9 @@ def test_export_loads_with_from_pretrained_and_generates(overfit_run, tiny_model
     assert final.keys() == exported.keys()
     assert all(torch.equal(final[k], exported[k]) for k in final)
     prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "A 45-year-old man has anemia. Cause?"}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": "A 45-year-old man has anemia. Cause?"}],
+        tokenize=False,
+        add_generation_prompt=True,
     )
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     output = model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
@@ -135,18 +137,26 @@ def test_compact_loss_matches_trls_fused_head_in_value_and_gradients(tiny_model,
     )
 
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 4)
-    config = load_config(SFTConfig, TINY_RECIPE, sft_overrides(tiny_model, data, tmp_path / "run",
-                                                               **{"train.batching": batching}))
+    config = load_config(
+        SFTConfig, TINY_RECIPE, sft_overrides(tiny_model, data, tmp_path / "run", **{"train.batching": batching})
+    )
     tokenizer = load_tokenizer(tiny_model)
     dataset, _ = prepare_dataset(config, tokenizer, tmp_path / "run")
-    trainer = Medo1SFTTrainer(model=load_model(config), args=training_arguments(config, tmp_path / "run"),
-                              train_dataset=dataset, processing_class=tokenizer, keep_checkpoints=1)
+    trainer = Medo1SFTTrainer(
+        model=load_model(config),
+        args=training_arguments(config, tmp_path / "run"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        keep_checkpoints=1,
+    )
     batch = trainer.data_collator([dataset[i] for i in range(4)])
     assert ("attention_mask" in batch) == (batching == "padded")
     model = trainer.model.train()
     results = {}
-    for name, loss_of in (("compact", trainer.compact_loss),
-                          ("trl", lambda m, b, n: super(Medo1SFTTrainer, trainer).compute_loss(m, b, num_items_in_batch=n))):
+    for name, loss_of in (
+        ("compact", trainer.compact_loss),
+        ("trl", lambda m, b, n: super(Medo1SFTTrainer, trainer).compute_loss(m, b, num_items_in_batch=n)),
+    ):
         model.zero_grad()
         tokens = (batch["labels"][:, 1:] != -100).sum()
         loss = loss_of(model, dict(batch), tokens)
@@ -193,9 +203,7 @@ def test_lora_export_is_merged_and_loads_without_peft(tiny_model, demo_rows, tmp
     merged = AutoModelForCausalLM.from_pretrained(result.export_dir)
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     changed = [
-        name
-        for (name, p), (_, q) in zip(merged.named_parameters(), base.named_parameters())
-        if not torch.equal(p, q)
+        name for (name, p), (_, q) in zip(merged.named_parameters(), base.named_parameters()) if not torch.equal(p, q)
     ]
     assert changed and all("proj" in name for name in changed)
 
@@ -227,9 +235,14 @@ def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_mode
     assert dropped > 0.25 * report["valid"] and report["trained_examples"] == report["valid"] - dropped
     (warning,) = report["warnings"]
     assert dropped == 5 and warning.startswith(f"5 of 8 valid row(s) (62%) are longer than data.max_length={limit}")
-    assert warning in caplog.text and json.loads((tmp_path / "run" / "data_report.json").read_text())["warnings"] == [warning]
-    with pytest.raises(DataError, match=rf"5 row\(s\) longer than data.max_length={limit} tokens \(data.overlong=fail\):"
-                                        rf"\n  .*rows\.json row \d+: too long: \d+ tokens > max_length {limit}"):
+    assert warning in caplog.text and json.loads((tmp_path / "run" / "data_report.json").read_text())["warnings"] == [
+        warning
+    ]
+    with pytest.raises(
+        DataError,
+        match=rf"5 row\(s\) longer than data.max_length={limit} tokens \(data.overlong=fail\):"
+        rf"\n  .*rows\.json row \d+: too long: \d+ tokens > max_length {limit}",
+    ):
         prepare_dataset(config(**{"data.overlong": "fail"}), tokenizer, tmp_path / "run")
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from medo1 import checkpoint
 from safetensors.torch import load_file
 
+from medo1 import checkpoint
 from tests.conftest import (
     TINY_RECIPE,
     free_port,
@@ -115,7 +115,9 @@ def test_torchrun_with_pytorchjob_environment_writes_one_checkpoint(tiny_model, 
 
 
 def sft_losses(out: Path) -> list[tuple[int, float]]:
-    return [(e["step"], e["loss"]) for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in e]
+    return [
+        (e["step"], e["loss"]) for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in e
+    ]
 
 
 @pytest.mark.parametrize("distributed", ["fsdp", "deepspeed_zero3"])
@@ -129,17 +131,35 @@ def test_sharded_sft_on_two_processes_matches_one_process(tiny_model, demo_rows,
     extensions = tmp_path / "torch-extensions"
 
     def run(out: Path, launcher: list[str] | None, **settings) -> list[tuple[int, float]]:
-        overrides = sft_overrides(tiny_model, data, out, **{"train.max_steps": 2, "output.save_steps": 100,
-                                                             "output.export": "false", **settings})
-        done = run_medo1(["sft", "--config", TINY_RECIPE] + [a for o in overrides for a in ("--set", o)],
-                         env={"PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(extensions)}, launcher=launcher)
+        overrides = sft_overrides(
+            tiny_model,
+            data,
+            out,
+            **{"train.max_steps": 2, "output.save_steps": 100, "output.export": "false", **settings},
+        )
+        done = run_medo1(
+            ["sft", "--config", TINY_RECIPE] + [a for o in overrides for a in ("--set", o)],
+            env={"PYTHONUNBUFFERED": "1", "TORCH_EXTENSIONS_DIR": str(extensions)},
+            launcher=launcher,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         return sft_losses(out)
 
     single = run(tmp_path / "single", None, **{"train.per_device_batch_size": 4})
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), "-m", "medo1"]
-    sharded = run(tmp_path / distributed, torchrun, **{"train.per_device_batch_size": 2, "train.distributed": distributed})
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "medo1",
+    ]
+    sharded = run(
+        tmp_path / distributed, torchrun, **{"train.per_device_batch_size": 2, "train.distributed": distributed}
+    )
     assert [step for step, _ in sharded] == [step for step, _ in single] == [1, 2]
     assert [loss for _, loss in sharded] == pytest.approx([loss for _, loss in single], rel=1e-5)
     built = [path.name for path in extensions.iterdir()] if extensions.exists() else []

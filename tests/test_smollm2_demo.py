@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from examples import short_targets
 from medo1.config import load_config
 from medo1.eval import EvalConfig, run_eval
 from medo1.gguf_import import GGUFImportError, find_gguf, import_gguf
@@ -17,8 +19,6 @@ from medo1.metrics import read_metrics
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.sft import SFTConfig, run_sft
-
-from examples import short_targets
 from tests.conftest import DEMO_DATA, REPO
 
 SFT_RECIPE = REPO / "recipes" / "sft-smollm2-demo-cpu.yaml"
@@ -40,11 +40,14 @@ def test_the_short_targets_file_is_current():
 def test_demo_stages_train_on_none_of_the_held_out_rows():
     sft = load_config(SFTConfig, SFT_RECIPE, [])
     rl = load_config(RLConfig, RL_RECIPE, ["model.name_or_path=" + str(REPO)])
-    evaluation = load_config(EvalConfig, EVAL_RECIPE, [f"model={REPO}", f"compare_with.base={REPO}",
-                                                       f"compare_with.sft={REPO}"])
+    evaluation = load_config(
+        EvalConfig, EVAL_RECIPE, [f"model={REPO}", f"compare_with.base={REPO}", f"compare_with.sft={REPO}"]
+    )
     assert sft.data.limit is not None and rl.data.limit is not None
     assert max(sft.data.limit, rl.data.limit) <= evaluation.start_row
-    assert evaluation.temperature == rl.sampling.temperature and evaluation.max_new_tokens == rl.sampling.response_length
+    assert (
+        evaluation.temperature == rl.sampling.temperature and evaluation.max_new_tokens == rl.sampling.response_length
+    )
 
 
 def _base_model(tmp_path):
@@ -60,16 +63,33 @@ def _base_model(tmp_path):
 @pytest.mark.slow
 def test_grpo_raises_the_held_out_reward_of_smollm2_beyond_the_noise(tmp_path):
     base = _base_model(tmp_path)
-    sft = load_config(SFTConfig, SFT_RECIPE, [f"model.name_or_path={base}", f"output.dir={tmp_path / 'sft'}",
-                                              "train.epochs=1"])
+    sft = load_config(
+        SFTConfig, SFT_RECIPE, [f"model.name_or_path={base}", f"output.dir={tmp_path / 'sft'}", "train.epochs=1"]
+    )
     sft_export = run_sft(sft).export_dir
-    rl = load_config(RLConfig, RL_RECIPE, [f"model.name_or_path={sft_export}", f"output.dir={tmp_path / 'rl'}",
-                                           f"data.path={DEMO_DATA}", "train.total_episodes=64"])
+    rl = load_config(
+        RLConfig,
+        RL_RECIPE,
+        [
+            f"model.name_or_path={sft_export}",
+            f"output.dir={tmp_path / 'rl'}",
+            f"data.path={DEMO_DATA}",
+            "train.total_episodes=64",
+        ],
+    )
     rl_export = run_rl(rl).export_dir
-    evaluation = load_config(EvalConfig, EVAL_RECIPE, [
-        f"model={rl_export}", f"compare_with.base={base}", f"compare_with.sft={sft_export}",
-        f"benchmarks.demo_heldout={DEMO_DATA}", "limit=48", f"output_dir={tmp_path / 'eval'}",
-    ])
+    evaluation = load_config(
+        EvalConfig,
+        EVAL_RECIPE,
+        [
+            f"model={rl_export}",
+            f"compare_with.base={base}",
+            f"compare_with.sft={sft_export}",
+            f"benchmarks.demo_heldout={DEMO_DATA}",
+            "limit=48",
+            f"output_dir={tmp_path / 'eval'}",
+        ],
+    )
     evaluation = evaluation.model_copy(update={"compare_with": {"sft": str(sft_export)}})  # no base: less time
     report = run_eval(evaluation)
 
@@ -80,5 +100,7 @@ def test_grpo_raises_the_held_out_reward_of_smollm2_beyond_the_noise(tmp_path):
     assert gain["questions"] == 48
     assert gain["ci95"][0] > 0, paired  # the 95% interval of the reward gain excludes 0
     assert gain["beyond_noise"] is True, paired  # and the gain exceeds the SFT export's seed-to-seed difference
-    assert report["comparison"]["rl"]["demo_heldout"]["format_ok_rate"] > report["comparison"]["sft"]["demo_heldout"][
-        "format_ok_rate"]
+    assert (
+        report["comparison"]["rl"]["demo_heldout"]["format_ok_rate"]
+        > report["comparison"]["sft"]["demo_heldout"]["format_ok_rate"]
+    )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from medo1.data import ChatExample, load_examples
 from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
 from medo1.tokenization import (
@@ -79,9 +80,7 @@ def test_demo_rows_masked_token_by_token(tok, im_end, first_five, demo_rows):
     for (row, example), ids, labels, length in zip(first_five, enc.input_ids, enc.labels, enc.lengths):
         raw = demo_rows[row]
         target = f"## Thinking\n\n{raw['Complex_CoT']}\n\n## Final Response\n\n{raw['Response']}"
-        expected = (
-            f"<|im_start|>user\n{raw['Question']}<|im_end|>\n<|im_start|>assistant\n{target}<|im_end|>"
-        )
+        expected = f"<|im_start|>user\n{raw['Question']}<|im_end|>\n<|im_start|>assistant\n{target}<|im_end|>"
         assert tok.decode(ids) == expected
         assert len(ids) == len(labels) == length
 
@@ -313,8 +312,13 @@ def test_validation_report_without_tokenizer_and_with_problems(tmp_path):
     assert "tokens" not in report
     assert (report["rows"], report["valid"], report["invalid"]) == (2, 1, 1)
     assert report["problems"] == [
-        {"file": str(path), "row": 1, "line": 2, "field": "Complex_CoT",
-         "problem": "missing (the row's columns: Question)"}
+        {
+            "file": str(path),
+            "row": 1,
+            "line": 2,
+            "field": "Complex_CoT",
+            "problem": "missing (the row's columns: Question)",
+        }
     ]
 
 
@@ -325,6 +329,8 @@ def test_validation_report_mcq_counts_prompt_tokens(tok):
     expected = []
     for _, item in loaded.examples:
         text = item.question + "\n" + "\n".join(f"{k}. {v}" for k, v in item.options.items())
-        expected.append(len(tok(render_prompt(tok, [{"role": "user", "content": text}]), add_special_tokens=False).input_ids))
+        expected.append(
+            len(tok(render_prompt(tok, [{"role": "user", "content": text}]), add_special_tokens=False).input_ids)
+        )
     assert report["tokens"]["total_tokens"] == sum(expected)
     assert report["tokens"]["max"] == max(expected)

@@ -16,14 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from medo1 import checkpoint, k8s
 from medo1.launch import JobFailed, JobStuck, LaunchError, LaunchResult, job_state, launch_stage
 from medo1.launch.rendering import stage_values
 from medo1.launch.trainjob import build_trainjob
-
+from tests import manifest_checks
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
-from tests import manifest_checks
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 RUNTIMES = ["medo1-eval", "medo1-grpo", "medo1-ppo", "medo1-sft"]
@@ -79,15 +79,19 @@ def test_runtimes_are_off_by_default_and_the_platform_profile_renders_only_them(
     assert sorted(o["metadata"]["name"] for o in runtimes_rendered) == RUNTIMES
     # Besides them only who may read them (runtimes.readers; tests/test_helm_lifecycle.py launches as a team's account).
     assert sorted((o["kind"], o["metadata"]["name"]) for o in objects if o not in runtimes_rendered) == [
-        ("ClusterRole", "medo1-cluster-reader"), ("ClusterRoleBinding", "medo1-cluster-reader")]
+        ("ClusterRole", "medo1-cluster-reader"),
+        ("ClusterRoleBinding", "medo1-cluster-reader"),
+    ]
     assert all("namespace" not in o["metadata"] for o in objects)  # cluster-scoped
 
 
 def test_every_runtime_validates_strictly_against_the_trainer_crds():
     objects = []
     for initializers in (False, True):
-        values = {**k8s.load_profile("trainer-v2-runtimes"),
-                  "runtimes": {"enabled": True, "initializers": {"enabled": initializers}}}
+        values = {
+            **k8s.load_profile("trainer-v2-runtimes"),
+            "runtimes": {"enabled": True, "initializers": {"enabled": initializers}},
+        }
         objects += runtimes(values).values()
     existing = ["medo1-data", "medo1-checkpoints", "medo1-hf-cache"]
     assert manifest_checks.schema_errors(objects, CRDS) == []
@@ -120,24 +124,35 @@ def test_each_runtime_is_what_trainer_and_the_sdk_look_for():
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
         assert {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v} == {
-            "medo1-data", "medo1-checkpoints", "medo1-hf-cache"}
+            "medo1-data",
+            "medo1-checkpoints",
+            "medo1-hf-cache",
+        }
         container = node_container(runtime)
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
         assert {m["mountPath"] for m in container["volumeMounts"]} == {"/data", "/checkpoints", "/hf-cache", "/dev/shm"}
         assert "$(MEDO1_RECIPE)" in container["args"]
     recipes = {name: node_container(r)["env"][0] for name, r in runtimes().items()}
-    assert recipes["medo1-grpo"] == {"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}
+    assert recipes["medo1-grpo"] == {
+        "name": "MEDO1_RECIPE",
+        "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml",
+    }
     assert node_container(runtimes()["medo1-sft"])["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert node_container(runtimes()["medo1-eval"])["command"] == ["medo1"]
 
 
 def test_initializers_are_trainers_own_writing_into_the_data_volume():
-    values = {**k8s.load_profile("trainer-v2-runtimes"), "runtimes": {"enabled": True, "initializers": {"enabled": True}}}
+    values = {
+        **k8s.load_profile("trainer-v2-runtimes"),
+        "runtimes": {"enabled": True, "initializers": {"enabled": True}},
+    }
     found = runtimes(values)
     for name in ("medo1-sft", "medo1-ppo", "medo1-grpo"):
         node = replicated_job(found[name], "node")
-        assert node["dependsOn"] == [{"name": "dataset-initializer", "status": "Complete"},
-                                     {"name": "model-initializer", "status": "Complete"}]
+        assert node["dependsOn"] == [
+            {"name": "dataset-initializer", "status": "Complete"},
+            {"name": "model-initializer", "status": "Complete"},
+        ]
         for step in ("dataset", "model"):
             job = replicated_job(found[name], f"{step}-initializer")
             assert job["template"]["metadata"]["labels"] == {ANCESTOR: f"{step}-initializer"}
@@ -147,16 +162,26 @@ def test_initializers_are_trainers_own_writing_into_the_data_volume():
             assert {"name": "data", "mountPath": "/workspace"} in container["volumeMounts"]
             env = {e["name"]: e for e in container["env"]}
             assert env["STORAGE_URI"]["value"].startswith("hf://")
-            assert env["ACCESS_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN", "optional": False}
+            assert env["ACCESS_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+                "name": "hf-token",
+                "key": "HF_TOKEN",
+                "optional": False,
+            }
     assert [j["name"] for j in found["medo1-eval"]["spec"]["template"]["spec"]["replicatedJobs"]] == ["node"]
 
 
 def test_values_schema_refuses_a_latest_initializer_image_and_a_bad_stage():
     from medo1.config import ConfigError
 
-    for bad in ({"initializers": {"enabled": True, "dataset": {"image": "ghcr.io/kubeflow/trainer/dataset-initializer:latest",
-                                                               "storageUri": "hf://a/b"}}},
-                {"training": {"dpo": {"stage": "dpo", "recipe": "/x.yaml"}}}):
+    for bad in (
+        {
+            "initializers": {
+                "enabled": True,
+                "dataset": {"image": "ghcr.io/kubeflow/trainer/dataset-initializer:latest", "storageUri": "hf://a/b"},
+            }
+        },
+        {"training": {"dpo": {"stage": "dpo", "recipe": "/x.yaml"}}},
+    ):
         with pytest.raises(ConfigError, match="^chart values refused by medo1: "):
             k8s.render_chart({"runtimes": {"enabled": True, **bad}})
 
@@ -165,21 +190,31 @@ def test_values_schema_refuses_a_latest_initializer_image_and_a_bad_stage():
 
 
 def test_launcher_trainjobs_validate_and_name_their_runtime():
-    cases = [("sft", None, "h100-1node", "medo1-sft"), ("rl", "medo1-grpo", "h100-2nodes", "medo1-grpo"),
-             ("rl", None, "h100-1node", "medo1-ppo"), ("eval", None, None, "medo1-eval"),
-             ("sft", "medo1-sft", "cpu-smoke", "medo1-sft")]
-    jobs = [build_trainjob(stage, stage_values(stage, profile=profile), runtime=runtime, timeout_s=3600)
-            for stage, runtime, profile, _ in cases]
+    cases = [
+        ("sft", None, "h100-1node", "medo1-sft"),
+        ("rl", "medo1-grpo", "h100-2nodes", "medo1-grpo"),
+        ("rl", None, "h100-1node", "medo1-ppo"),
+        ("eval", None, None, "medo1-eval"),
+        ("sft", "medo1-sft", "cpu-smoke", "medo1-sft"),
+    ]
+    jobs = [
+        build_trainjob(stage, stage_values(stage, profile=profile), runtime=runtime, timeout_s=3600)
+        for stage, runtime, profile, _ in cases
+    ]
     assert manifest_checks.schema_errors(jobs, CRDS) == []
     assert [unknown_fields(job, crd_schema("TrainJob")) for job in jobs] == [[]] * len(jobs)
-    assert [job["spec"]["runtimeRef"] for job in jobs] == [{"name": name, "kind": "ClusterTrainingRuntime"}
-                                                           for *_, name in cases]
+    assert [job["spec"]["runtimeRef"] for job in jobs] == [
+        {"name": name, "kind": "ClusterTrainingRuntime"} for *_, name in cases
+    ]
     assert {job["spec"]["activeDeadlineSeconds"] for job in jobs} == {3600}
 
 
 def test_launcher_trainjob_picks_the_recipe_and_the_shape():
     grpo = build_trainjob("rl", stage_values("rl", profile="h100-2nodes"), runtime="medo1-grpo")
-    assert grpo["spec"]["trainer"]["env"][0] == {"name": "MEDO1_RECIPE", "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml"}
+    assert grpo["spec"]["trainer"]["env"][0] == {
+        "name": "MEDO1_RECIPE",
+        "value": "/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml",
+    }
     assert grpo["spec"]["trainer"]["numNodes"] == 2
     assert grpo["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
     mine = build_trainjob("sft", stage_values("sft", recipe="/data/my.yaml", overrides=["train.max_steps=5"]))
@@ -214,14 +249,17 @@ def test_the_two_node_profile_runs_trainjobs_with_its_node_shape():
     (replicated,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     pod = replicated["template"]["spec"]["template"]["spec"]
     assert replicated["name"] == "node"
-    assert pod == {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-                   "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
-                   "terminationGracePeriodSeconds": 610}  # tests/test_grace_period.py
+    assert pod == {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "terminationGracePeriodSeconds": 610,
+    }  # tests/test_grace_period.py
     assert manifest_checks.schema_errors([job], CRDS) == [] and unknown_fields(job, crd_schema("TrainJob")) == []
     # A one-node CPU profile sets no placement, only the grace period.
     (cpu,) = build_trainjob("sft", stage_values("sft", profile="cpu-smoke"))["spec"]["runtimePatches"]
-    assert cpu["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"] == {
-        "terminationGracePeriodSeconds": 600}
+    assert cpu["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"][
+        "spec"
+    ] == {"terminationGracePeriodSeconds": 600}
 
 
 # ---- the SDK path against the stand-in API server -----------------------------------------------
@@ -239,17 +277,28 @@ def condition(kind, reason, message, at, status="True"):
 
 
 def jobs_status(active=0, succeeded=0, failed=0):
-    return [{"name": "node", "active": active, "ready": active, "succeeded": succeeded, "failed": failed, "suspended": 0}]
+    return [
+        {"name": "node", "active": active, "ready": active, "succeeded": succeeded, "failed": failed, "suspended": 0}
+    ]
 
 
 CREATED = {}
 RUNNING = {"jobsStatus": jobs_status(active=1)}
-SUCCEEDED = {"conditions": [condition("Complete", "AllJobsCompleted", "jobset completed successfully", "2026-11-23T11:00:00Z")],
-             "jobsStatus": jobs_status(succeeded=1)}
-FAILED = {"conditions": [condition("Failed", "ReachedMaxRestarts",
-                                   f"jobset failed due to reaching max number of restarts (first failed job: {NAME}-node-0)",
-                                   "2026-11-23T10:30:00Z")],
-          "jobsStatus": jobs_status(failed=1)}
+SUCCEEDED = {
+    "conditions": [condition("Complete", "AllJobsCompleted", "jobset completed successfully", "2026-11-23T11:00:00Z")],
+    "jobsStatus": jobs_status(succeeded=1),
+}
+FAILED = {
+    "conditions": [
+        condition(
+            "Failed",
+            "ReachedMaxRestarts",
+            f"jobset failed due to reaching max number of restarts (first failed job: {NAME}-node-0)",
+            "2026-11-23T10:30:00Z",
+        )
+    ],
+    "jobsStatus": jobs_status(failed=1),
+}
 
 
 @pytest.fixture
@@ -257,9 +306,14 @@ def kube():
     standin = KubeStandIn().start()
     for runtime in runtimes().values():
         standin.record(runtime)
-    standin.record({"apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": "kubeflow-trainer-public", "namespace": "kubeflow-system"},
-                    "data": {"kubeflow_trainer_version": "v2.3.0"}})
+    standin.record(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "kubeflow-trainer-public", "namespace": "kubeflow-system"},
+            "data": {"kubeflow_trainer_version": "v2.3.0"},
+        }
+    )
     yield standin
     standin.stop()
 
@@ -269,7 +323,9 @@ def trainer_client(kube, namespace=NS):
     from kubeflow.trainer import TrainerClient
     from kubernetes.client import Configuration
 
-    return TrainerClient(KubernetesBackendConfig(namespace=namespace, client_configuration=Configuration(host=kube.url)))
+    return TrainerClient(
+        KubernetesBackendConfig(namespace=namespace, client_configuration=Configuration(host=kube.url))
+    )
 
 
 def launch(kube, **options):
@@ -278,7 +334,9 @@ def launch(kube, **options):
 
 
 def expected_trainjob(timeout_s=30):
-    job = build_trainjob("sft", stage_values("sft", profile="h100-1node"), job_name=NAME, namespace=NS, timeout_s=timeout_s)
+    job = build_trainjob(
+        "sft", stage_values("sft", profile="h100-1node"), job_name=NAME, namespace=NS, timeout_s=timeout_s
+    )
     del job["metadata"]["namespace"]  # in the path, not the body
     # As the launcher creates it (medo1.launch.retries): its name asked for as a label, its attempt counted.
     job["metadata"]["labels"]["medo1.io/job"] = NAME
@@ -296,17 +354,26 @@ def test_a_client_for_the_other_backend_than_the_values_choose_is_a_one_line_err
     settings = {"profile": "h100-2nodes", "job_name": NAME, "namespace": NS, "timeout_s": 30, "poll_s": 0.05}
     with pytest.raises(LaunchError) as refused:
         launch_stage("sft", client=TrainingClient(client_configuration=Configuration(host=kube.url)), **settings)
-    assert str(refused.value) == ("backend trainjob (Kubeflow Trainer v2) needs a TrainerClient (kubeflow.trainer), not a "
-                                  "TrainingClient; for a PyTorchJob with this client pass backend 'pytorchjob'")
-    with pytest.raises(LaunchError, match="^backend pytorchjob needs a TrainingClient .kubeflow.training., not a "
-                                          "TrainerClient; for a TrainJob with this client pass backend 'trainjob'$"):
+    assert str(refused.value) == (
+        "backend trainjob (Kubeflow Trainer v2) needs a TrainerClient (kubeflow.trainer), not a "
+        "TrainingClient; for a PyTorchJob with this client pass backend 'pytorchjob'"
+    )
+    with pytest.raises(
+        LaunchError,
+        match="^backend pytorchjob needs a TrainingClient .kubeflow.training., not a "
+        "TrainerClient; for a TrainJob with this client pass backend 'trainjob'$",
+    ):
         launch_stage("sft", backend="pytorchjob", client=trainer_client(kube), **settings)
     assert [r for r in kube.requests if r.method != "GET"] == []
 
 
 def test_trainjob_is_created_through_the_sdk_followed_and_succeeds(kube, capsys):
-    run = ContainerRun("9f3e-uid", 0, ["loading /checkpoints/sft", "step 1 loss 2.31", "exported /checkpoints/sft/export"],
-                       drop_first_connection_after=1)
+    run = ContainerRun(
+        "9f3e-uid",
+        0,
+        ["loading /checkpoints/sft", "step 1 loss 2.31", "exported /checkpoints/sft/export"],
+        drop_first_connection_after=1,
+    )
     kube.script(NAME, [Step(CREATED), Step(RUNNING, run), Step(SUCCEEDED, run, exit_code=0)])
 
     result = launch(kube)
@@ -318,12 +385,15 @@ def test_trainjob_is_created_through_the_sdk_followed_and_succeeds(kube, capsys)
     assert manifest_checks.schema_errors([post.body], CRDS) == []
     # The SDK looked the runtime up: namespaced first, then cluster-scoped.
     looked_up = [r.path for r in kube.requests if "trainingruntimes/medo1-sft" in r.path]
-    assert looked_up[:2] == [f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes/medo1-sft",
-                             "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/medo1-sft"]
+    assert looked_up[:2] == [
+        f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes/medo1-sft",
+        "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes/medo1-sft",
+    ]
     assert capsys.readouterr().out.splitlines() == run.lines  # across the dropped connection, once each
     assert kube.calls("GET", "pods")[0].query["labelSelector"] == [
         f"jobset.sigs.k8s.io/jobset-name={NAME},jobset.sigs.k8s.io/replicatedjob-name=node,"
-        "batch.kubernetes.io/job-completion-index=0"]
+        "batch.kubernetes.io/job-completion-index=0"
+    ]
     assert kube.calls("DELETE", "trainjobs") == []
     # What the SDK itself reports for the job agrees (its own get_job: status from the conditions).
     assert trainer_client(kube).get_job(NAME).status == "Complete"
@@ -335,8 +405,10 @@ def test_trainjob_failure_surfaces_reason_message_and_log_tail(kube, capsys):
     with pytest.raises(JobFailed) as failure:
         launch(kube)
     message = str(failure.value)
-    assert message.startswith(f"TrainJob {NS}/{NAME}: job failed: ReachedMaxRestarts: jobset failed due to reaching "
-                              f"max number of restarts (first failed job: {NAME}-node-0)")
+    assert message.startswith(
+        f"TrainJob {NS}/{NAME}: job failed: ReachedMaxRestarts: jobset failed due to reaching "
+        f"max number of restarts (first failed job: {NAME}-node-0)"
+    )
     assert message.endswith("torch.OutOfMemoryError: CUDA out of memory")
     assert failure.value.state.reason == "ReachedMaxRestarts"
     assert len(kube.calls("POST", "trainjobs")) == 1  # JobSet restarts it, not the launcher
@@ -351,8 +423,10 @@ def test_a_failed_trainjob_from_an_earlier_attempt_is_not_created_again(kube, ca
         launch(kube)
     message = str(failure.value)
     assert message.startswith(f"TrainJob {NS}/{NAME}: job failed: ReachedMaxRestarts: ")
-    assert ("not created again: its JobSet (failurePolicy.maxRestarts) restarts it, not the launcher; to start it "
-            f"over, delete it (kubectl delete trainjob -n {NS} {NAME}) and launch again") in message
+    assert (
+        "not created again: its JobSet (failurePolicy.maxRestarts) restarts it, not the launcher; to start it "
+        f"over, delete it (kubectl delete trainjob -n {NS} {NAME}) and launch again"
+    ) in message
     assert kube.calls("POST", "trainjobs") == [] and kube.calls("DELETE", "trainjobs") == []
 
 
@@ -381,8 +455,20 @@ def test_sigterm_to_the_cli_deletes_the_trainjob_through_the_sdk(kube, tmp_path)
     run = ContainerRun("0c0c-uid", 0, ["step 1 loss 2.31"])
     kube.script(name, [Step(CREATED), Step(RUNNING, run)])
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
-    args = ["launch", "sft", "--backend", "trainjob", "--runtime", "medo1-sft", "--profile", "h100-1node",
-            "--job-name", name, "--poll", "0.1"]
+    args = [
+        "launch",
+        "sft",
+        "--backend",
+        "trainjob",
+        "--runtime",
+        "medo1-sft",
+        "--profile",
+        "h100-1node",
+        "--job-name",
+        name,
+        "--poll",
+        "0.1",
+    ]
     returncode, out, err = sigterm_while_following(args, kubeconfig, run, REPO)
     assert returncode == 128 + signal.SIGTERM, err
     assert f"cancelled by SIGTERM; deleted TrainJob {NS}/{name}" in err
@@ -404,8 +490,13 @@ def trainer_v2_env(trainjob_name, num_nodes, nproc, node_rank, master_port):
     (ContainerTrainerPort, 29500; a free port here). The TrainJob's spec.trainer.env is upserted into it
     too. Unlike Training Operator v1 it sets no MASTER_ADDR / WORLD_SIZE / RANK: torchrun derives them."""
     assert trainjob_name
-    return {"PET_NNODES": str(num_nodes), "PET_NPROC_PER_NODE": str(nproc), "PET_NODE_RANK": str(node_rank),
-            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port)}
+    return {
+        "PET_NNODES": str(num_nodes),
+        "PET_NPROC_PER_NODE": str(nproc),
+        "PET_NODE_RANK": str(node_rank),
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(master_port),
+    }
 
 
 @pytest.mark.slow
@@ -429,11 +520,11 @@ def test_runtime_container_runs_under_torchrun_with_trainers_env(tiny_model, tmp
 
     def local_path(text):
         if text.startswith("/opt/medo1/recipes"):
-            return str(REPO / "recipes") + text[len("/opt/medo1/recipes"):]
+            return str(REPO / "recipes") + text[len("/opt/medo1/recipes") :]
         for mount, local in mounts.items():
             text = text.replace(f"={mount}/", f"={local}/")
             if text.startswith(mount):
-                text = str(local) + text[len(mount):]
+                text = str(local) + text[len(mount) :]
         return text
 
     shutil.copy(DEMO_DATA, mounts["/data"] / "medical_o1_demo.json")
@@ -443,8 +534,9 @@ def test_runtime_container_runs_under_torchrun_with_trainers_env(tiny_model, tmp
     args = [local_path(a.replace("$(MEDO1_RECIPE)", env["MEDO1_RECIPE"])) for a in args]
     env.update(trainer_v2_env("smoke", trainer["numNodes"], "auto", 0, free_port()))
     torchrun = str(Path(sys.executable).with_name("torchrun"))
-    done = subprocess.run([torchrun, *args], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [torchrun, *args], cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-4000:]
 
     out = mounts["/checkpoints"] / "sft-tiny"
@@ -466,15 +558,31 @@ def test_pipeline_training_step_launches_the_algorithms_runtime(kube, tmp_path, 
     from pipelines.medo1_pipeline import train
 
     # The kubernetes client reads $KUBECONFIG once, at import; this process imported it long ago.
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+    monkeypatch.setattr(
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
+    )
     kube.script("medo1-rl-run9", [Step(SUCCEEDED)])
     export = train.python_func(
-        stage="rl", recipe="/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml", model="/checkpoints/runs/run9/sft/export",
-        data="/data/medical_o1_verifiable.json", algorithm="grpo", overrides=[], output_dir="/checkpoints/runs/run9/rl",
-        backend="trainjob", profile="h100-1node", nodes=1, gpus_per_node=8, data_pvc="medo1-data",
-        checkpoints_pvc="medo1-checkpoints", hf_cache_pvc="medo1-hf-cache", job_name="medo1-rl-run9", timeout_hours=1.0,
-        report=dsl.HTML(uri=str(tmp_path / "report")), metrics=dsl.Metrics(uri=str(tmp_path / "metrics")))
+        stage="rl",
+        recipe="/opt/medo1/recipes/rl-grpo-qwen2.5-7b-8xh100.yaml",
+        model="/checkpoints/runs/run9/sft/export",
+        data="/data/medical_o1_verifiable.json",
+        algorithm="grpo",
+        overrides=[],
+        output_dir="/checkpoints/runs/run9/rl",
+        backend="trainjob",
+        profile="h100-1node",
+        nodes=1,
+        gpus_per_node=8,
+        data_pvc="medo1-data",
+        checkpoints_pvc="medo1-checkpoints",
+        hf_cache_pvc="medo1-hf-cache",
+        job_name="medo1-rl-run9",
+        timeout_hours=1.0,
+        report=dsl.HTML(uri=str(tmp_path / "report")),
+        metrics=dsl.Metrics(uri=str(tmp_path / "metrics")),
+    )
     assert export == "/checkpoints/runs/run9/rl/export"
     (post,) = kube.calls("POST", "trainjobs")
     assert post.body["spec"]["runtimeRef"] == {"name": "medo1-grpo", "kind": "ClusterTrainingRuntime"}
@@ -506,36 +614,60 @@ def test_readme_trainjob_yaml_is_valid_on_a_medo1_runtime():
 
 
 def test_readme_python_creates_and_waits_for_a_trainjob_through_the_sdk(kube, tmp_path, monkeypatch):
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+    monkeypatch.setattr(
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
+    )
     kube.script("*", [Step(CREATED), Step(SUCCEEDED)])
     namespace = {}
     exec(readme_block("python"), namespace)  # noqa: S102 (the README's own example, run as written)
     (post,) = kube.calls("POST", "trainjobs")
     assert post.body["metadata"]["name"] == namespace["job"]
     assert post.body["spec"]["runtimeRef"] == {"name": "medo1-sft", "kind": "ClusterTrainingRuntime"}
-    assert post.body["spec"]["trainer"] == {"image": "ghcr.io/medo1/trainer:0.1.0", "numNodes": 2,
-                                            "env": [{"name": "MEDO1_RECIPE", "value": "/data/my-sft-recipe.yaml"}]}
+    assert post.body["spec"]["trainer"] == {
+        "image": "ghcr.io/medo1/trainer:0.1.0",
+        "numNodes": 2,
+        "env": [{"name": "MEDO1_RECIPE", "value": "/data/my-sft-recipe.yaml"}],
+    }
     assert manifest_checks.schema_errors([post.body], CRDS) == []
 
 
 # ---- issue 26, item 7: stuck pods, admission, no controller; the SDK's header dump; who manages the job ---------
 
-QUOTA = ("exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
-         "limited: requests.nvidia.com/gpu=4")
+QUOTA = (
+    "exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
+    "limited: requests.nvidia.com/gpu=4"
+)
 
 
 def unschedulable_node_pod(name):
     """JobSet's pod for node 0 of TrainJob `name`, Pending: no node has the GPUs."""
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"{name}-node-0-0-8wzq2", "namespace": NS,
-                         "labels": {"jobset.sigs.k8s.io/jobset-name": name, "jobset.sigs.k8s.io/replicatedjob-name": "node",
-                                    "batch.kubernetes.io/job-completion-index": "0"}},
-            "spec": {"containers": [{"name": "node", "image": "ghcr.io/medo1/trainer:0.1.0"}]},
-            "status": {"phase": "Pending", "conditions": [{
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
-                "lastTransitionTime": "2026-11-23T10:00:01Z"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-node-0-0-8wzq2",
+            "namespace": NS,
+            "labels": {
+                "jobset.sigs.k8s.io/jobset-name": name,
+                "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                "batch.kubernetes.io/job-completion-index": "0",
+            },
+        },
+        "spec": {"containers": [{"name": "node", "image": "ghcr.io/medo1/trainer:0.1.0"}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                    "lastTransitionTime": "2026-11-23T10:00:01Z",
+                }
+            ],
+        },
+    }
 
 
 def test_a_trainjob_pod_stuck_unschedulable_fails_after_stuck_after(kube):
@@ -548,7 +680,9 @@ def test_a_trainjob_pod_stuck_unschedulable_fails_after_stuck_after(kube):
     assert message.endswith("deleted it")
     (delete,) = kube.calls("DELETE", "trainjobs")
     assert delete.path.endswith(f"/trainjobs/{NAME}")
-    assert [f"jobset.sigs.k8s.io/jobset-name={NAME}"] in [r.query.get("labelSelector") for r in kube.calls("GET", "pods")]
+    assert [f"jobset.sigs.k8s.io/jobset-name={NAME}"] in [
+        r.query.get("labelSelector") for r in kube.calls("GET", "pods")
+    ]
 
 
 @pytest.mark.parametrize("refused", [True, False], ids=["admission-refuses-pods", "no-trainer-controller"])
@@ -567,25 +701,43 @@ def test_a_trainjob_whose_pods_never_come_fails_with_the_reason(refused):
     if refused:  # JobSet's child Job records the Job controller's FailedCreate
         assert f'FailedCreatePod: Error creating: pods "{NAME}-node-0-0-5tq8r" is forbidden: {QUOTA}' in message
     else:
-        assert ("NoController: no controller is acting on this job (is the Kubeflow Trainer controller (and JobSet's) "
-                "running?)") in message
+        assert (
+            "NoController: no controller is acting on this job (is the Kubeflow Trainer controller (and JobSet's) "
+            "running?)"
+        ) in message
 
 
 def test_trainjobs_are_managed_by_medo1_and_owned_by_the_run_job(kube, monkeypatch):
     """Not `app.kubernetes.io/managed-by: Helm`: Helm does not manage them. In the chart's run pod the TrainJob
     is owned by the run Job (issue 26 item 12), set right after the SDK creates it."""
-    run_job = {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "7d3c1e0a-run-job-uid",
-               "controller": True, "blockOwnerDeletion": True}
-    kube.record({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "medo1-run-x8k2f", "namespace": NS,
-                                                                 "ownerReferences": [run_job]}})
+    run_job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": "medo1-run",
+        "uid": "7d3c1e0a-run-job-uid",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    kube.record(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "medo1-run-x8k2f", "namespace": NS, "ownerReferences": [run_job]},
+        }
+    )
     monkeypatch.setenv("MEDO1_POD_NAME", "medo1-run-x8k2f")
     kube.script(NAME, [Step(SUCCEEDED)])
     launch(kube)
     (post,) = kube.calls("POST", "trainjobs")
     assert post.body["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "medo1"
     (patch,) = kube.calls("PATCH", "trainjobs")
-    assert patch.body == {"metadata": {"ownerReferences": [
-        {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "7d3c1e0a-run-job-uid"}]}}
+    assert patch.body == {
+        "metadata": {
+            "ownerReferences": [
+                {"apiVersion": "batch/v1", "kind": "Job", "name": "medo1-run", "uid": "7d3c1e0a-run-job-uid"}
+            ]
+        }
+    }
 
 
 def test_the_sdks_version_check_does_not_dump_http_headers(kube, tmp_path, monkeypatch, caplog):
@@ -594,8 +746,10 @@ def test_the_sdks_version_check_does_not_dump_http_headers(kube, tmp_path, monke
 
     kube.recorded.pop("/api/v1/namespaces/kubeflow-system/configmaps")
     kube.forbidden.add("/api/v1/namespaces/kubeflow-system/configmaps/kubeflow-trainer-public")
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+    monkeypatch.setattr(
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
+    )
     caplog.set_level(logging.DEBUG)
     client = launcher_trainer_client(NS)
     assert client.backend.namespace == NS
@@ -619,27 +773,51 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
     cache = tmp_path / "hf-cache" / "hub" / "models--Qwen--Qwen2.5-7B-Instruct" / "snapshots" / "a09a3545"
     cache.mkdir(parents=True)  # the base model is in the HF cache (no Hub here)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache" / "hub"))
-    values = {**k8s.load_profile("h100-1node-trainjob"), "chain": {"enabled": True},
-              # The image's recipe, read from this checkout (the chain reads a training stage's output.dir from it).
-              "stages": {"sft": {"recipe": str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"),
-                                 "set": [f"output.dir={tmp_path / 'sft'}"]}},
-              "jobs": {"upload": {"enabled": True, "recipe": str(REPO / "recipes" / "upload.yaml")}}}
+    values = {
+        **k8s.load_profile("h100-1node-trainjob"),
+        "chain": {"enabled": True},
+        # The image's recipe, read from this checkout (the chain reads a training stage's output.dir from it).
+        "stages": {
+            "sft": {
+                "recipe": str(REPO / "recipes" / "sft-qwen2.5-7b-8xh100.yaml"),
+                "set": [f"output.dir={tmp_path / 'sft'}"],
+            }
+        },
+        "jobs": {"upload": {"enabled": True, "recipe": str(REPO / "recipes" / "upload.yaml")}},
+    }
     objects = k8s.render_chart(values)
     run = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-run"))
     # The values snapshot the run pod mounts at /etc/medo1 (an immutable ConfigMap named by its content).
-    (snapshot,) = [v["configMap"]["name"] for v in run["spec"]["template"]["spec"]["volumes"] if v["name"] == "chain-values"]
+    (snapshot,) = [
+        v["configMap"]["name"] for v in run["spec"]["template"]["spec"]["volumes"] if v["name"] == "chain-values"
+    ]
     chain_values = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == snapshot)
     (tmp_path / "values.yaml").write_text(chain_values["data"]["values.yaml"])
     container = run["spec"]["template"]["spec"]["containers"][0]
     # Kubernetes expands $(VAR) in args from the container's env: the pod's namespace and the run Job's UID.
-    expanded = {"$(MEDO1_NAMESPACE)": NS, "$(MEDO1_RUN_ID)": run_uid, "/etc/medo1/values.yaml": str(tmp_path / "values.yaml")}
+    expanded = {
+        "$(MEDO1_NAMESPACE)": NS,
+        "$(MEDO1_RUN_ID)": run_uid,
+        "/etc/medo1/values.yaml": str(tmp_path / "values.yaml"),
+    }
     args = [expanded.get(a, a) for a in container["args"]]
     assert container["command"] == ["medo1"] and args[:2] == ["launch", "chain"] and "--backend" not in args
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
-                        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)))
+    monkeypatch.setattr(
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
+    )
     kube.script("*", [Step(SUCCEEDED)])
-    kube.script("medo1-upload-5e6f7a8b", [Step({"succeeded": 1, "conditions": [
-        condition("Complete", "CompletionsReached", "", "2026-11-23T12:00:00Z")]})])
+    kube.script(
+        "medo1-upload-5e6f7a8b",
+        [
+            Step(
+                {
+                    "succeeded": 1,
+                    "conditions": [condition("Complete", "CompletionsReached", "", "2026-11-23T12:00:00Z")],
+                }
+            )
+        ],
+    )
 
     assert main([*args, "--poll", "0.05"]) == 0
 

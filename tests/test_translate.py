@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from medo1.cli import main
 from medo1.translate import (
     TranslateConfig,
@@ -19,7 +20,6 @@ from medo1.translate import (
     run_translate,
 )
 from medo1.translation_checks import TranslationChecks, numbers_in
-
 from pipelines.openai_standin import StandIn, fake_translate
 from tests.conftest import DEMO_DATA, REPO, free_port
 
@@ -362,8 +362,22 @@ def test_every_record_failing_fails_the_run_and_keeps_the_previous_output(tmp_pa
     assert not list(Path(cfg.output).parent.glob(".*tmp*"))
 
     # The command line: one line on stderr, a non-zero exit code, no traceback.
-    code = main(["translate", str(data), "--output", cfg.output, "--target-language", "Japanese",
-                 "--base-url", url, "--set", "max_retries=0", "--set", "backoff_s=0.01"])
+    code = main(
+        [
+            "translate",
+            str(data),
+            "--output",
+            cfg.output,
+            "--target-language",
+            "Japanese",
+            "--base-url",
+            url,
+            "--set",
+            "max_retries=0",
+            "--set",
+            "backoff_s=0.01",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0
     assert [line for line in err.splitlines() if line.startswith("medo1: error:")] == [
@@ -376,9 +390,10 @@ def test_max_failure_ratio_fails_the_run_and_stops_asking(tmp_path, standin_fact
     rows = demo[:10]
     ids = [r["Question"] for r in rows]
     server = standin_factory(drop_marker=set(ids[2:]))  # it strips their markers: rows 2.. are rejected
-    data = write_rows(tmp_path / "in.json", [
-        r | {"Response": f"## Final Response\n\n{r['Response']}"} if i >= 2 else r for i, r in enumerate(rows)
-    ])
+    data = write_rows(
+        tmp_path / "in.json",
+        [r | {"Response": f"## Final Response\n\n{r['Response']}"} if i >= 2 else r for i, r in enumerate(rows)],
+    )
     cfg = config(tmp_path, server, data, concurrency=1, validation_retries=0, max_failure_ratio=0.1)
     Path(cfg.output).parent.mkdir(parents=True)
     Path(cfg.output).write_text("previous\n")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from babel.numbers import format_decimal, format_percent
+
 from medo1.config import StageError
 from medo1.translate import TranslateConfig, TranslateError, run_translate
 from medo1.translation_checks import TranslationChecks, numbers_in, resolve_locale
-
 from pipelines.openai_standin import StandIn, fake_translate
 from tests.conftest import DEMO_DATA
 
@@ -136,7 +136,13 @@ def test_number_values_across_conventions():
     assert values("1億2000万", "ja") == [Decimal(120_000_000)]
     # A range, a fraction, a ratio and a percentage are read as their numbers, with their units.
     assert [str(q) for q in numbers_in("3–5 mg, ½ tablet, 120/80 mmHg, 37,5 %", resolve_locale("es"))] == [
-        "3", "5 mg", "1", "2", "120", "80 mmHg", "37.5 %",
+        "3",
+        "5 mg",
+        "1",
+        "2",
+        "120",
+        "80 mmHg",
+        "37.5 %",
     ]
     # 3.5 kept verbatim in Spanish text is 3.5; 1.500 written by a German translator is 1500, not 1.5.
     checks = TranslationChecks("German")
@@ -150,8 +156,10 @@ def test_number_values_across_conventions():
 
 def test_short_fields_are_exempt_from_the_language_check():
     checks = TranslationChecks("Spanish")
-    source = {"question": "Which drug lowers the risk of stroke in atrial fibrillation?",
-              "options": {"A": "B. Aspirin", "B": "Warfarin 5 mg", "C": "42", "D": "Low molecular weight heparin"}}
+    source = {
+        "question": "Which drug lowers the risk of stroke in atrial fibrillation?",
+        "options": {"A": "B. Aspirin", "B": "Warfarin 5 mg", "C": "42", "D": "Low molecular weight heparin"},
+    }
     kept = {"A": "B. Aspirin", "B": "Warfarin 5 mg", "C": "42", "D": "Heparina de bajo peso molecular"}
     question = "¿Qué fármaco reduce el riesgo de ictus en la fibrilación auricular?"
     assert checks.problems(source, {"question": question, "options": kept}) == []
@@ -165,8 +173,11 @@ def test_english_medical_text_reads_as_english():
     fields under 10 words exempted)."""
     checks = TranslationChecks("English")
     rows = json.loads(DEMO_DATA.read_text())
-    fields = [{key: row[key]} for row in rows for key in ("Question", "Complex_CoT", "Response",
-                                                          "Open-ended Verifiable Question", "Ground-True Answer")]
+    fields = [
+        {key: row[key]}
+        for row in rows
+        for key in ("Question", "Complex_CoT", "Response", "Open-ended Verifiable Question", "Ground-True Answer")
+    ]
     misread = [problem for field in fields for problem in checks.problems(field, field)]
     assert {p.reason for p in misread} <= {"language"}
     assert len(misread) <= 0.01 * len(fields), misread
@@ -192,8 +203,13 @@ def api_key_env(monkeypatch):
 
 def run(tmp_path: Path, server: StandIn, language: str, **extra) -> dict:
     values = {
-        "input": str(DEMO_DATA), "output": str(tmp_path / "out.jsonl"), "format": "medical_o1",
-        "target_language": language, "base_url": server.base_url, "concurrency": 8, "backoff_s": 0.01,
+        "input": str(DEMO_DATA),
+        "output": str(tmp_path / "out.jsonl"),
+        "format": "medical_o1",
+        "target_language": language,
+        "base_url": server.base_url,
+        "concurrency": 8,
+        "backoff_s": 0.01,
     }
     cfg = TranslateConfig(**(values | extra))
     return run_translate(cfg, progress=False)
@@ -241,8 +257,9 @@ def short_mcq_records() -> list[dict]:
     records = []
     for start in range(0, 40, 4):
         options = {letter: row["Ground-True Answer"] for letter, row in zip("ABCD", rows[start : start + 4])}
-        records.append({"question": "Which of these is the most likely diagnosis?", "options": options,
-                        "answer_idx": "A"})
+        records.append(
+            {"question": "Which of these is the most likely diagnosis?", "options": options, "answer_idx": "A"}
+        )
     return records
 
 
@@ -271,8 +288,21 @@ def test_an_untranslated_mcq_set_fails_the_translate_run(tmp_path):
     source = tmp_path / "mcq.json"
     source.write_text(json.dumps(short_mcq_records()))
     with StandIn(api_key=KEY, passthrough=True, max_lifetime_s=60) as server:
-        with pytest.raises(TranslateError, match=r"6 of 10 record\(s\) failed.*row 0: .*record: no Japanese \(Jpan\) letter"):
-            run_translate(TranslateConfig(input=str(source), output=str(tmp_path / "ja.jsonl"), format="mcq",
-                                          target_language="Japanese", base_url=server.base_url, backoff_s=0.01,
-                                          validation_retries=0, concurrency=1, max_failure_ratio=0.5), progress=False)
+        with pytest.raises(
+            TranslateError, match=r"6 of 10 record\(s\) failed.*row 0: .*record: no Japanese \(Jpan\) letter"
+        ):
+            run_translate(
+                TranslateConfig(
+                    input=str(source),
+                    output=str(tmp_path / "ja.jsonl"),
+                    format="mcq",
+                    target_language="Japanese",
+                    base_url=server.base_url,
+                    backoff_s=0.01,
+                    validation_retries=0,
+                    concurrency=1,
+                    max_failure_ratio=0.5,
+                ),
+                progress=False,
+            )
     assert not (tmp_path / "ja.jsonl").exists()

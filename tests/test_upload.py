@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from medo1 import upload as up
 from medo1.atomic import DIR_MARKER
 from medo1.upload import UploadConfig, UploadError, UploadRefused, plan_upload, upload
-
 from tests.hub_standin import HubStandIn
 
 FAKE_TOKEN = "hf_" + "Zq7" * 12  # matches the hf_ token pattern; not a real token
@@ -373,7 +373,9 @@ def test_a_legit_export_with_secrets_in_the_environment_is_accepted(export_dir: 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-" + "Lm4" * 10)
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2)
     plan = plan_upload(make_config(export_dir, dry_run=True))
-    assert sorted(plan.file_names()) == sorted([p.name for p in tiny_model.iterdir() if p.name != DIR_MARKER] + ["README.md"])
+    assert sorted(plan.file_names()) == sorted(
+        [p.name for p in tiny_model.iterdir() if p.name != DIR_MARKER] + ["README.md"]
+    )
 
 
 def test_a_broken_symlink_and_an_unreadable_file_are_refused(export_dir: Path, tmp_path: Path):
@@ -403,7 +405,8 @@ def test_the_card_template_ships_in_the_wheel(tmp_path: Path):
     shutil.copy(repo / "pyproject.toml", source)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = zipfile.ZipFile(next(tmp_path.glob("medo1-*.whl")))
@@ -415,17 +418,29 @@ def test_the_card_template_ships_in_the_wheel(tmp_path: Path):
 LIVE = "LiveValue-9c1e7a3f5b2d8e4a6c0f"
 
 
-@pytest.mark.parametrize("name, encode", [
-    ("utf8-bom.json", lambda t: b"\xef\xbb\xbf" + json.dumps({"n": t}).encode()),
-    ("utf16-le-no-bom.json", lambda t: json.dumps({"n": t}).encode("utf-16-le")),
-    ("utf16-be.json", lambda t: json.dumps({"n": t}).encode("utf-16")[2:].decode("utf-16-le").encode("utf-16-be")),
-    ("utf32.json", lambda t: json.dumps({"n": t}).encode("utf-32")),
-    ("escaped.json", lambda t: json.dumps({"n": "".join(f"\\u{ord(c):04x}" for c in t)}).replace("\\\\", "\\").encode()),
-    ("split-escape.json", lambda t: ('{"n": "' + t[:5] + "\\u" + f"{ord(t[5]):04x}" + t[6:] + '"}').encode()),
-    ("basic-auth.json", lambda t: json.dumps({"h": "Basic " + base64.b64encode(f"me:{t}".encode()).decode()}).encode()),
-    ("urlsafe.json", lambda t: json.dumps({"h": base64.urlsafe_b64encode(f"xx{t}".encode()).decode()}).encode()),
-    ("percent.json", lambda t: json.dumps({"u": "https://h/?k=" + "".join(f"%{b:02X}" for b in t.encode())}).encode()),
-])
+@pytest.mark.parametrize(
+    "name, encode",
+    [
+        ("utf8-bom.json", lambda t: b"\xef\xbb\xbf" + json.dumps({"n": t}).encode()),
+        ("utf16-le-no-bom.json", lambda t: json.dumps({"n": t}).encode("utf-16-le")),
+        ("utf16-be.json", lambda t: json.dumps({"n": t}).encode("utf-16")[2:].decode("utf-16-le").encode("utf-16-be")),
+        ("utf32.json", lambda t: json.dumps({"n": t}).encode("utf-32")),
+        (
+            "escaped.json",
+            lambda t: json.dumps({"n": "".join(f"\\u{ord(c):04x}" for c in t)}).replace("\\\\", "\\").encode(),
+        ),
+        ("split-escape.json", lambda t: ('{"n": "' + t[:5] + "\\u" + f"{ord(t[5]):04x}" + t[6:] + '"}').encode()),
+        (
+            "basic-auth.json",
+            lambda t: json.dumps({"h": "Basic " + base64.b64encode(f"me:{t}".encode()).decode()}).encode(),
+        ),
+        ("urlsafe.json", lambda t: json.dumps({"h": base64.urlsafe_b64encode(f"xx{t}".encode()).decode()}).encode()),
+        (
+            "percent.json",
+            lambda t: json.dumps({"u": "https://h/?k=" + "".join(f"%{b:02X}" for b in t.encode())}).encode(),
+        ),
+    ],
+)
 def test_the_live_token_is_found_however_a_reader_would_decode_it(export_dir: Path, monkeypatch, name, encode):
     monkeypatch.setenv("HF_TOKEN", LIVE)
     (export_dir / name).write_bytes(encode(LIVE))

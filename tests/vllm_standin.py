@@ -17,10 +17,27 @@ import sys
 import types
 from dataclasses import dataclass, field
 
-SAMPLING_DEFAULTS = {"n": 1, "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 16, "stop_token_ids": None,
-                     "repetition_penalty": 1.0, "seed": None}
-ENGINE_ARGS = {"tokenizer", "dtype", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "max_num_seqs",
-               "seed", "enforce_eager", "trust_remote_code"}
+SAMPLING_DEFAULTS = {
+    "n": 1,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 0,
+    "max_tokens": 16,
+    "stop_token_ids": None,
+    "repetition_penalty": 1.0,
+    "seed": None,
+}
+ENGINE_ARGS = {
+    "tokenizer",
+    "dtype",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "seed",
+    "enforce_eager",
+    "trust_remote_code",
+}
 
 
 class SamplingParams:
@@ -79,22 +96,34 @@ class StandInLLM:
 
         torch = self.torch
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
-                             f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the number of "
-                             "text tokens.")
+            raise ValueError(
+                f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of "
+                f"{self.max_model_len}. Make sure that `max_model_len` is no smaller than the number of "
+                "text tokens."
+            )
         stop = list(params.stop_token_ids or [self.tokenizer.eos_token_id])
-        sampling = ({"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
-                    if params.temperature > 0 else {"do_sample": False})
-        config = GenerationConfig(max_new_tokens=min(params.max_tokens, self.max_model_len - len(ids)),
-                                  eos_token_id=stop, pad_token_id=stop[0],
-                                  repetition_penalty=params.repetition_penalty, **sampling)
+        sampling = (
+            {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0}
+            if params.temperature > 0
+            else {"do_sample": False}
+        )
+        config = GenerationConfig(
+            max_new_tokens=min(params.max_tokens, self.max_model_len - len(ids)),
+            eos_token_id=stop,
+            pad_token_id=stop[0],
+            repetition_penalty=params.repetition_penalty,
+            **sampling,
+        )
         if params.seed is not None:
             torch.manual_seed(params.seed)
         outputs = []
         for index in range(params.n):
             with torch.no_grad():
-                new = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                          generation_config=config)[0, len(ids):].tolist()
+                new = self.model.generate(
+                    torch.tensor([ids]),
+                    attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    generation_config=config,
+                )[0, len(ids) :].tolist()
             stopped = next((i for i, t in enumerate(new) if t in stop), None)
             tokens = new if stopped is None else new[: stopped + 1]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -103,7 +132,11 @@ class StandInLLM:
 
     def generate(self, prompts, sampling_params=None, *, use_tqdm=True):
         prompts = prompts if isinstance(prompts, list) else [prompts]
-        params = sampling_params if isinstance(sampling_params, list) else [sampling_params or SamplingParams()] * len(prompts)
+        params = (
+            sampling_params
+            if isinstance(sampling_params, list)
+            else [sampling_params or SamplingParams()] * len(prompts)
+        )
         if len(params) != len(prompts):
             raise ValueError("The lengths of prompts and sampling_params must be the same.")
         results = []

@@ -291,7 +291,10 @@ class ChatClient:
             if waits:
                 log.warning(
                     "%s: %d request(s) waiting for an answer, the longest for %.0f s (timeout %g s, then retried)",
-                    self.url, len(waits), max(waits), self.config.timeout_s,
+                    self.url,
+                    len(waits),
+                    max(waits),
+                    self.config.timeout_s,
                 )
 
 

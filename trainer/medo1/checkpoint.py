@@ -121,7 +121,8 @@ class MarkedCheckpoints:
         self.accelerator.wait_for_everyone()
         if self.is_world_process_zero():
             path = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            mark_complete(path, step=self.state.global_step, world_size=self.accelerator.num_processes,
-                          **self.marker_info)
+            mark_complete(
+                path, step=self.state.global_step, world_size=self.accelerator.num_processes, **self.marker_info
+            )
             rotate(self.args.output_dir, self.keep_checkpoints)
         self.accelerator.wait_for_everyone()

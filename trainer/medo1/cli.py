@@ -60,7 +60,11 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         check_output_file(args.rejects, "--rejects")
         check_outputs_apart({"--rejects": args.rejects}, {"the data file": args.path, "--tokenizer": args.tokenizer})
     loaded = load_examples(
-        args.path, args.format, args.preset, _key_values(args.field, "--field", "NAME=COLUMN"), args.system_prompt,
+        args.path,
+        args.format,
+        args.preset,
+        _key_values(args.field, "--field", "NAME=COLUMN"),
+        args.system_prompt,
         duplicates=args.duplicates,
     )
     tokenizer = None
@@ -77,7 +81,9 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
     else:
-        print(f"{report['path']} ({report['format']}): {report['rows']} rows, {report['valid']} valid, {report['invalid']} invalid")
+        print(
+            f"{report['path']} ({report['format']}): {report['rows']} rows, {report['valid']} valid, {report['invalid']} invalid"
+        )
         for problem in loaded.problems[:20]:
             print(f"  {problem}")
         if len(loaded.problems) > 20:
@@ -85,7 +91,9 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         if loaded.duplicates and args.duplicates == "keep":
             pairs = ", ".join(f"row {row} = row {first}" for row, first in loaded.duplicates[:5])
             more = ", ..." if len(loaded.duplicates) > 5 else ""
-            print(f"  warning: {len(loaded.duplicates)} duplicate row(s) ({pairs}{more}); --duplicates reject makes them invalid")
+            print(
+                f"  warning: {len(loaded.duplicates)} duplicate row(s) ({pairs}{more}); --duplicates reject makes them invalid"
+            )
         if "tokens" in report and report["tokens"].get("count"):
             t = report["tokens"]
             over = f", {t['over_max_length']} over max length {t['max_length']}" if "max_length" in t else ""
@@ -109,8 +117,16 @@ def _run_training(config, run, resume: str) -> int:
     result = run(config, resume=resume)
     if is_main_process():
         export = str(result.export_dir) if result.export_dir else None
-        print(json.dumps({"output_dir": str(result.output_dir), "final_step": result.final_step, "export_dir": export,
-                          "already_finished": result.already_finished}))
+        print(
+            json.dumps(
+                {
+                    "output_dir": str(result.output_dir),
+                    "final_step": result.final_step,
+                    "export_dir": export,
+                    "already_finished": result.already_finished,
+                }
+            )
+        )
     return 0
 
 
@@ -163,9 +179,17 @@ def _config_stage(args: argparse.Namespace, config_class, flag_overrides: dict[s
 def cmd_translate(args: argparse.Namespace) -> int:
     from medo1.translate import TranslateConfig, run_translate
 
-    flags = {"input": args.input, "output": args.output, "format": args.format, "target_language": args.target_language,
-             "base_url": args.base_url, "model": args.model, "concurrency": args.concurrency, "limit": args.limit,
-             "max_failure_ratio": args.max_failure_ratio}
+    flags = {
+        "input": args.input,
+        "output": args.output,
+        "format": args.format,
+        "target_language": args.target_language,
+        "base_url": args.base_url,
+        "model": args.model,
+        "concurrency": args.concurrency,
+        "limit": args.limit,
+        "max_failure_ratio": args.max_failure_ratio,
+    }
     config = _config_stage(args, TranslateConfig, flags)
     check_output_file(config.output, "output")
     summary = run_translate(config)
@@ -176,8 +200,13 @@ def cmd_translate(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from medo1.eval import EvalConfig, run_eval
 
-    flags = {"model": args.model, "endpoint": args.endpoint, "output_dir": args.output_dir, "limit": args.limit,
-             "preset": args.preset}
+    flags = {
+        "model": args.model,
+        "endpoint": args.endpoint,
+        "output_dir": args.output_dir,
+        "limit": args.limit,
+        "preset": args.preset,
+    }
     benchmarks = _key_values(args.benchmark, "--benchmark", "NAME=PATH")
     flags.update({f"benchmarks.{name}": path for name, path in benchmarks.items()})
     config = _config_stage(args, EvalConfig, flags)
@@ -192,17 +221,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_outputs_apart({"output_dir": config.output_dir}, inputs)
     report = run_eval(config)
     print((Path(config.output_dir) / "report.md").read_text(encoding="utf-8"))
-    print(json.dumps({name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
-                     | {"average_accuracy": report["average_accuracy"]}))
+    print(
+        json.dumps(
+            {name: {k: b[k] for k in ("n", "accuracy", "unparseable")} for name, b in report["benchmarks"].items()}
+            | {"average_accuracy": report["average_accuracy"]}
+        )
+    )
     return 0
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
     from medo1.upload import UploadConfig, upload
 
-    flags = {"model_dir": args.model_dir, "repo_id": args.repo_id, "eval_report": args.eval_report,
-             "base_model": args.base_model, "dry_run": True if args.dry_run else None,
-             "private": False if args.public else None}
+    flags = {
+        "model_dir": args.model_dir,
+        "repo_id": args.repo_id,
+        "eval_report": args.eval_report,
+        "base_model": args.base_model,
+        "dry_run": True if args.dry_run else None,
+        "private": False if args.public else None,
+    }
     if args.dataset:
         flags["datasets"] = json.dumps(args.dataset)
     result = upload(_config_stage(args, UploadConfig, flags))
@@ -212,13 +250,20 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 def _check_launch_numbers(args: argparse.Namespace) -> None:
     """The launcher's waits: finite, positive (--stuck-after 0 switches its check off)."""
-    for flag, value, least in (("--timeout", args.timeout, 0), ("--poll", args.poll, 0), ("--stuck-after", args.stuck_after, None),
-                               ("--scale-up-wait", args.scale_up_wait, 0), ("--delete-wait", args.delete_wait, 0),
-                               ("--request-timeout", args.request_timeout, 0)):
+    for flag, value, least in (
+        ("--timeout", args.timeout, 0),
+        ("--poll", args.poll, 0),
+        ("--stuck-after", args.stuck_after, None),
+        ("--scale-up-wait", args.scale_up_wait, 0),
+        ("--delete-wait", args.delete_wait, 0),
+        ("--request-timeout", args.request_timeout, 0),
+    ):
         bad = not math.isfinite(value) or (value < 0 if least is None else value <= least)
         if bad:
-            raise ConfigError(f"{flag} {value:g}: must be a finite number of seconds above 0"
-                              + (" (or 0 to turn it off)" if least is None else ""))
+            raise ConfigError(
+                f"{flag} {value:g}: must be a finite number of seconds above 0"
+                + (" (or 0 to turn it off)" if least is None else "")
+            )
     if args.nproc is not None and args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: must be at least 1")
 
@@ -229,8 +274,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from medo1.launch import LaunchCancelled, LaunchError, launch_chain, launch_stage
 
     _check_launch_numbers(args)
-    waits = dict(stuck_after_s=args.stuck_after or None, scale_up_wait_s=args.scale_up_wait,
-                 delete_wait_s=args.delete_wait, request_timeout_s=args.request_timeout)
+    waits = dict(
+        stuck_after_s=args.stuck_after or None,
+        scale_up_wait_s=args.scale_up_wait,
+        delete_wait_s=args.delete_wait,
+        request_timeout_s=args.request_timeout,
+    )
     try:
         if args.stage != "chain" and (args.release or args.run_id):
             raise LaunchError("--release and --run-id name a chain's run; a single stage takes --job-name")
@@ -238,17 +287,38 @@ def cmd_launch(args: argparse.Namespace) -> int:
             if args.recipe or args.set or args.job_name:
                 raise LaunchError("chain: --recipe, --set and --job-name are per stage; set them in the chart values")
             results = launch_chain(
-                backend=args.backend, profile=args.profile, values_files=args.values, value_overrides=args.value,
-                namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-                strict=args.strict, release=args.release, run_id=args.run_id, **waits,
+                backend=args.backend,
+                profile=args.profile,
+                values_files=args.values,
+                value_overrides=args.value,
+                namespace=args.namespace,
+                timeout_s=args.timeout,
+                poll_s=args.poll,
+                nproc=args.nproc,
+                strict=args.strict,
+                release=args.release,
+                run_id=args.run_id,
+                **waits,
             )
             print(json.dumps([asdict(result) for result in results]))
             return 0
         result = launch_stage(
-            args.stage, backend=args.backend, profile=args.profile, values_files=args.values,
-            value_overrides=args.value, recipe=args.recipe, overrides=args.set, job_name=args.job_name,
-            namespace=args.namespace, timeout_s=args.timeout, poll_s=args.poll, nproc=args.nproc,
-            keep_on_timeout=args.keep_on_timeout, runtime=args.runtime, strict=args.strict, **waits,
+            args.stage,
+            backend=args.backend,
+            profile=args.profile,
+            values_files=args.values,
+            value_overrides=args.value,
+            recipe=args.recipe,
+            overrides=args.set,
+            job_name=args.job_name,
+            namespace=args.namespace,
+            timeout_s=args.timeout,
+            poll_s=args.poll,
+            nproc=args.nproc,
+            keep_on_timeout=args.keep_on_timeout,
+            runtime=args.runtime,
+            strict=args.strict,
+            **waits,
         )
     except LaunchCancelled as exc:
         print(f"medo1: {exc}", file=sys.stderr)
@@ -305,8 +375,10 @@ def cmd_model_check(args: argparse.Namespace) -> int:
 
 # The flag's help is the option's own description (`medo1 config show`), so the two never disagree.
 OUTPUT_DIR_HELP = OutputConfig.model_fields["dir"].description
-RESUME_HELP = ("auto: continue the latest complete checkpoint (a finished run does nothing); none: a fresh start; or a "
-               "checkpoint path. A checkpoint written under another recipe is refused, naming the keys that differ")
+RESUME_HELP = (
+    "auto: continue the latest complete checkpoint (a finished run does nothing); none: a fresh start; or a "
+    "checkpoint path. A checkpoint written under another recipe is refused, naming the keys that differ"
+)
 ALLOW_CHANGED_HELP = "a recipe key (or section) the resumed run may change; repeatable (adds to resume.allow_changes)"
 
 
@@ -316,20 +388,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
     stages = parser.add_subparsers(dest="command", required=True)
 
-    data = stages.add_parser("data", help="inspect and validate datasets").add_subparsers(dest="data_cmd", required=True)
+    data = stages.add_parser("data", help="inspect and validate datasets").add_subparsers(
+        dest="data_cmd", required=True
+    )
     validate = data.add_parser("validate", help="count valid and invalid rows; token-length statistics")
     validate.add_argument(
-        "path", help="a .json list, .jsonl, .parquet, .csv or .arrow file, a save_to_disk folder, or a Hub dataset "
-        "hf://OWNER/NAME[?config=C&split=S&revision=R] (split default train)")
+        "path",
+        help="a .json list, .jsonl, .parquet, .csv or .arrow file, a save_to_disk folder, or a Hub dataset "
+        "hf://OWNER/NAME[?config=C&split=S&revision=R] (split default train)",
+    )
     validate.add_argument("--format", required=True, choices=sorted(PRESETS))
     validate.add_argument("--preset", help="field-name preset (medical_o1: en, es)")
-    validate.add_argument("--field", action="append", default=[], metavar="NAME=COLUMN", help="override one field's column")
+    validate.add_argument(
+        "--field", action="append", default=[], metavar="NAME=COLUMN", help="override one field's column"
+    )
     validate.add_argument("--system-prompt")
     validate.add_argument("--tokenizer", help="tokenizer directory for token-length statistics")
-    validate.add_argument("--max-length", type=int, help="count rows longer than this many tokens (default 8192; "
-                          "longer rows are not tokenized whole)")
-    validate.add_argument("--duplicates", choices=["keep", "reject"], default="keep",
-                          help="rows repeating an earlier row's example: keep (count and warn) or reject (invalid rows)")
+    validate.add_argument(
+        "--max-length",
+        type=int,
+        help="count rows longer than this many tokens (default 8192; longer rows are not tokenized whole)",
+    )
+    validate.add_argument(
+        "--duplicates",
+        choices=["keep", "reject"],
+        default="keep",
+        help="rows repeating an earlier row's example: keep (count and warn) or reject (invalid rows)",
+    )
     validate.add_argument("--rejects", help="write invalid rows, with their problem, to this JSONL file")
     validate.add_argument("--json", action="store_true", help="print one JSON object")
     validate.set_defaults(func=cmd_data_validate)
@@ -356,27 +441,43 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--output", help="translated JSONL (input order)")
     translate.add_argument("--format", choices=["medical_o1", "verifiable", "mcq"])
     translate.add_argument("--target-language", help="e.g. Japanese")
-    translate.add_argument("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL); key from $OPENAI_API_KEY")
+    translate.add_argument(
+        "--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL); key from $OPENAI_API_KEY"
+    )
     translate.add_argument("--model", help="the endpoint's model name")
     translate.add_argument("--concurrency", type=int)
     translate.add_argument("--limit", type=int)
-    translate.add_argument("--max-failure-ratio", type=float, metavar="SHARE",
-                           help="fail the run, keeping the previous output, when more than this share of records "
-                                "fails (default 0.25; must be below 1)")
+    translate.add_argument(
+        "--max-failure-ratio",
+        type=float,
+        metavar="SHARE",
+        help="fail the run, keeping the previous output, when more than this share of records "
+        "fails (default 0.25; must be below 1)",
+    )
     translate.add_argument("--config", help="YAML recipe")
     translate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     translate.set_defaults(func=cmd_translate)
 
-    evaluate = stages.add_parser("eval", help="medical MCQ accuracy of a model directory or an OpenAI-compatible endpoint")
+    evaluate = stages.add_parser(
+        "eval", help="medical MCQ accuracy of a model directory or an OpenAI-compatible endpoint"
+    )
     evaluate.add_argument("--config", help="YAML recipe")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     evaluate.add_argument("--model", help="local Hugging Face model directory")
     evaluate.add_argument("--endpoint", help="OpenAI-compatible base URL (key from $OPENAI_API_KEY)")
-    evaluate.add_argument("--benchmark", action="append", default=[], metavar="NAME=PATH",
-                          help="a file to score; FILE#SET for one set of a JSON file of named sets, which given "
-                               "whole is one benchmark per set (the published HuatuoGPT-o1 eval_data.json)")
-    evaluate.add_argument("--preset", choices=["huatuo"],
-                          help="a published protocol: huatuo = HuatuoGPT-o1's prompt, decoding, scorer and table")
+    evaluate.add_argument(
+        "--benchmark",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="a file to score; FILE#SET for one set of a JSON file of named sets, which given "
+        "whole is one benchmark per set (the published HuatuoGPT-o1 eval_data.json)",
+    )
+    evaluate.add_argument(
+        "--preset",
+        choices=["huatuo"],
+        help="a published protocol: huatuo = HuatuoGPT-o1's prompt, decoding, scorer and table",
+    )
     evaluate.add_argument("--limit", type=int, help="score only the first N rows of each benchmark")
     evaluate.add_argument("--output-dir")
     evaluate.set_defaults(func=cmd_eval)
@@ -394,53 +495,104 @@ def build_parser() -> argparse.ArgumentParser:
     push.set_defaults(func=cmd_upload)
 
     launch = stages.add_parser("launch", help="run a stage as the chart's job (PyTorchJob / Job), or here")
-    launch.add_argument("stage", help="a stage of the chart (sft, rl, translate, eval, upload), or `chain`: every "
-                        "enabled stage in order, each after the one before has a complete export")
-    launch.add_argument("--backend", choices=["pytorchjob", "trainjob", "local"],
-                        help="default: the chart value `backend` (pytorchjob unless the values say trainjob); trainjob: "
-                             "a Kubeflow Trainer v2 TrainJob on one of the chart's ClusterTrainingRuntimes")
-    launch.add_argument("--runtime", help="trainjob: the ClusterTrainingRuntime (default medo1-sft, medo1-ppo for rl, "
-                        "medo1-eval; medo1-grpo runs the GRPO recipe)")
+    launch.add_argument(
+        "stage",
+        help="a stage of the chart (sft, rl, translate, eval, upload), or `chain`: every "
+        "enabled stage in order, each after the one before has a complete export",
+    )
+    launch.add_argument(
+        "--backend",
+        choices=["pytorchjob", "trainjob", "local"],
+        help="default: the chart value `backend` (pytorchjob unless the values say trainjob); trainjob: "
+        "a Kubeflow Trainer v2 TrainJob on one of the chart's ClusterTrainingRuntimes",
+    )
+    launch.add_argument(
+        "--runtime",
+        help="trainjob: the ClusterTrainingRuntime (default medo1-sft, medo1-ppo for rl, "
+        "medo1-eval; medo1-grpo runs the GRPO recipe)",
+    )
     launch.add_argument("--profile", help="chart values from helm/profiles/NAME.yaml")
-    launch.add_argument("--values", action="append", default=[], metavar="FILE", help="chart values file, after the profile")
-    launch.add_argument("--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)")
+    launch.add_argument(
+        "--values", action="append", default=[], metavar="FILE", help="chart values file, after the profile"
+    )
+    launch.add_argument(
+        "--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)"
+    )
     launch.add_argument("--recipe", help="the stage's recipe path (in the image for pytorchjob)")
     launch.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field")
     launch.add_argument("--job-name", help="PyTorchJob name (default: the chart's <release>-<stage>)")
-    launch.add_argument("--release", help="chain: the release its jobs are named after, <release>-<stage>-<run id> "
-                        "(default medo1; the chart passes its full name)")
-    launch.add_argument("--run-id", help="chain: names this run; every stage's output goes under "
-                        "<output>/<release>/<run id> and a rerun with the same id continues the run (a Kubernetes UID "
-                        "is cut to its first 8 characters; default: none, the recipes' own paths)")
-    launch.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
+    launch.add_argument(
+        "--release",
+        help="chain: the release its jobs are named after, <release>-<stage>-<run id> "
+        "(default medo1; the chart passes its full name)",
+    )
+    launch.add_argument(
+        "--run-id",
+        help="chain: names this run; every stage's output goes under "
+        "<output>/<release>/<run id> and a rerun with the same id continues the run (a Kubernetes UID "
+        "is cut to its first 8 characters; default: none, the recipes' own paths)",
+    )
+    launch.add_argument(
+        "--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's"
+    )
     launch.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS")
-    launch.add_argument("--poll", type=float, default=DEFAULT_POLL_S, metavar="SECONDS", help="job status poll interval")
+    launch.add_argument(
+        "--poll", type=float, default=DEFAULT_POLL_S, metavar="SECONDS", help="job status poll interval"
+    )
     launch.add_argument("--nproc", type=int, help="local backend: that many CPU processes instead of one per GPU")
     launch.add_argument("--keep-on-timeout", action="store_true", help="leave the PyTorchJob running at the timeout")
-    launch.add_argument("--stuck-after", type=float, default=DEFAULT_STUCK_AFTER_S, metavar="SECONDS",
-                        help="fail once a pod has been stuck this long (missing Secret or image, failed mount, "
-                             "Unschedulable); 0: wait on it until the timeout")
-    launch.add_argument("--scale-up-wait", type=float, default=DEFAULT_SCALE_UP_WAIT_S, metavar="SECONDS",
-                        help="how long an Unschedulable pod may wait while the cluster autoscaler adds a node for it "
-                             "(TriggeredScaleUp, a ProvisioningRequest): a GPU node takes minutes to boot")
-    launch.add_argument("--delete-wait", type=float, default=DEFAULT_DELETE_WAIT_S, metavar="SECONDS",
-                        help="how long a failed job's deletion is waited on before its restart is created under "
-                             "another name (pods stuck Terminating on a dead node)")
-    launch.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
-                        help="how long any Kubernetes API call waits for an answer")
-    launch.add_argument("--strict", action="store_true",
-                        help="refuse (exit 3, nothing created) when the stage's plan does not fit its GPUs or none can "
-                             "be made; without it, a warning (chart value plan.strict does the same)")
+    launch.add_argument(
+        "--stuck-after",
+        type=float,
+        default=DEFAULT_STUCK_AFTER_S,
+        metavar="SECONDS",
+        help="fail once a pod has been stuck this long (missing Secret or image, failed mount, "
+        "Unschedulable); 0: wait on it until the timeout",
+    )
+    launch.add_argument(
+        "--scale-up-wait",
+        type=float,
+        default=DEFAULT_SCALE_UP_WAIT_S,
+        metavar="SECONDS",
+        help="how long an Unschedulable pod may wait while the cluster autoscaler adds a node for it "
+        "(TriggeredScaleUp, a ProvisioningRequest): a GPU node takes minutes to boot",
+    )
+    launch.add_argument(
+        "--delete-wait",
+        type=float,
+        default=DEFAULT_DELETE_WAIT_S,
+        metavar="SECONDS",
+        help="how long a failed job's deletion is waited on before its restart is created under "
+        "another name (pods stuck Terminating on a dead node)",
+    )
+    launch.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long any Kubernetes API call waits for an answer",
+    )
+    launch.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 3, nothing created) when the stage's plan does not fit its GPUs or none can "
+        "be made; without it, a warning (chart value plan.strict does the same)",
+    )
     launch.set_defaults(func=cmd_launch)
 
-    plan = stages.add_parser("plan", help="per-GPU memory, time and cost of a stage or a profile's pipeline, before a run")
+    plan = stages.add_parser(
+        "plan", help="per-GPU memory, time and cost of a stage or a profile's pipeline, before a run"
+    )
     from medo1.plan.report import add_arguments as add_plan_arguments
 
     add_plan_arguments(plan)
     plan.set_defaults(func=cmd_plan)
 
-    doctor = stages.add_parser("doctor", help="check a namespace before a run: CRDs, Secrets, PVCs, access, GPU nodes, "
-                                                   "Istio, Kueue; exit 1 on any failure")
+    doctor = stages.add_parser(
+        "doctor",
+        help="check a namespace before a run: CRDs, Secrets, PVCs, access, GPU nodes, "
+        "Istio, Kueue; exit 1 on any failure",
+    )
     from medo1.doctor import add_arguments as add_doctor_arguments
 
     add_doctor_arguments(doctor)
@@ -453,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print a JSON list of options")
     show.set_defaults(func=cmd_config_show)
 
-    report = stages.add_parser("report", help="write RUN_DIR/report.html: plots of metrics.jsonl, data and eval reports, config")
+    report = stages.add_parser(
+        "report", help="write RUN_DIR/report.html: plots of metrics.jsonl, data and eval reports, config"
+    )
     report.add_argument("run_dir", help="a training stage's output directory")
     report.set_defaults(func=cmd_report)
 
@@ -464,7 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--hidden-size", type=int, default=64)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_model_init_tiny)
-    gguf = model.add_parser("import-gguf", help="a GGUF model (file, or installed package shipping one) to a safetensors directory")
+    gguf = model.add_parser(
+        "import-gguf", help="a GGUF model (file, or installed package shipping one) to a safetensors directory"
+    )
     gguf.add_argument("source", help="path to a .gguf file, or an installed PyPI package whose files include one")
     gguf.add_argument("out", help="model directory to write (replaced if present)")
     gguf.set_defaults(func=cmd_model_import_gguf)

@@ -90,8 +90,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], model: type[Base
             node = child
         annotation = _field_annotation(model, path) if model is not None else None
         existing = node.get(path[-1])
-        if (_section_class(annotation) or _section_variants(annotation)) and isinstance(value, dict) \
-                and isinstance(existing, dict):
+        if (
+            (_section_class(annotation) or _section_variants(annotation))
+            and isinstance(value, dict)
+            and isinstance(existing, dict)
+        ):
             value = _merge(existing, value, annotation)
         node[path[-1]] = value
     return data
@@ -110,9 +113,7 @@ def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
     return loaded or {}
 
 
-def load_config(
-    model: type[ConfigT], recipe: str | Path | None = None, overrides: list[str] | None = None
-) -> ConfigT:
+def load_config(model: type[ConfigT], recipe: str | Path | None = None, overrides: list[str] | None = None) -> ConfigT:
     data: dict[str, Any] = {}
     source = "defaults"
     if recipe is not None:
@@ -122,9 +123,7 @@ def load_config(
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid config from {source}: {problems}") from None
 
 
@@ -189,8 +188,12 @@ def describe_options(model: type[BaseModel], recipe: Any = _UNSET, prefix: str =
         if variants:
             continue
         default = "(required)" if field.is_required() else json_default(field.get_default(call_default_factory=True))
-        row = {"key": prefix + name, "type": _type_name(field.annotation), "default": default,
-               "description": " ".join((field.description or "").split())}
+        row = {
+            "key": prefix + name,
+            "type": _type_name(field.annotation),
+            "default": default,
+            "description": " ".join((field.description or "").split()),
+        }
         if value is not _UNSET:
             row["recipe"] = json_default(value)
         rows.append(row)
@@ -334,8 +337,11 @@ def check_outputs_apart(outputs: dict[str, str | Path | None], inputs: dict[str,
     """Refuse, before anything is read or written, an output path (file or folder) that resolves to one of the
     stage's inputs or to a folder holding one, and two outputs that resolve to the same path. Keys name the
     option (`--rejects`, `output.dir`); an input that is not on this machine (None, a Hub id, `hf://`) is skipped."""
-    local_inputs = {field: _where(path) for field, path in inputs.items()
-                    if path and not str(path).startswith("hf://") and os.path.lexists(Path(path).expanduser())}
+    local_inputs = {
+        field: _where(path)
+        for field, path in inputs.items()
+        if path and not str(path).startswith("hf://") and os.path.lexists(Path(path).expanduser())
+    }
     seen: dict[Path, str] = {}
     for field, path in outputs.items():
         if not path:
@@ -343,11 +349,15 @@ def check_outputs_apart(outputs: dict[str, str | Path | None], inputs: dict[str,
         out, out_id = _where(path)
         for input_field, (source, source_id) in local_inputs.items():
             if out == source or (out_id is not None and out_id == source_id):
-                raise ConfigError(f"{field}: {path} is {input_field} itself ({inputs[input_field]}); "
-                                  "writing there would replace the input: give another path")
+                raise ConfigError(
+                    f"{field}: {path} is {input_field} itself ({inputs[input_field]}); "
+                    "writing there would replace the input: give another path"
+                )
             if source.is_relative_to(out):
-                raise ConfigError(f"{field}: {path} holds {input_field} ({inputs[input_field]}); outputs go "
-                                  "to a path that holds no input: give another one")
+                raise ConfigError(
+                    f"{field}: {path} holds {input_field} ({inputs[input_field]}); outputs go "
+                    "to a path that holds no input: give another one"
+                )
         if out in seen:
             raise ConfigError(f"{field}: {path} is also {seen[out]}; give each output its own path")
         seen[out] = field

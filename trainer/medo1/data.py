@@ -45,9 +45,7 @@ PRESETS: dict[str, dict[str, dict[str, str]]] = {
         "es": {"question": "Pregunta", "cot": "Razonamiento_Complejo", "response": "Respuesta"},
     },
     "sharegpt": {"default": {"conversations": "conversations"}},
-    "alpaca": {
-        "default": {"instruction": "instruction", "input": "input", "output": "output", "system": "system"}
-    },
+    "alpaca": {"default": {"instruction": "instruction", "input": "input", "output": "output", "system": "system"}},
     "verifiable": {
         "en": {"question": "Open-ended Verifiable Question", "answer": "Ground-True Answer"},
     },
@@ -232,7 +230,7 @@ def parse_hub_source(text: str) -> HubSource:
 def check_hub_prefix_case(text: str) -> None:
     """Refuse `HF://owner/name` (read as a local path it would be `HF:/owner/name: file not found`)."""
     if text[: len(HUB_PREFIX)].lower() == HUB_PREFIX:
-        raise DataError(f"{text}: the Hub prefix is lower-case: hf://{text[len(HUB_PREFIX):]}")
+        raise DataError(f"{text}: the Hub prefix is lower-case: hf://{text[len(HUB_PREFIX) :]}")
 
 
 def json_error_text(exc: json.JSONDecodeError) -> str:
@@ -445,8 +443,10 @@ def _iter_json_list(path: Path, key: str | None = None) -> Iterator[Record]:
             if text.next_char():
                 raise text.error("Extra data", text.pos)
             if isinstance(loaded, dict) and loaded and all(isinstance(v, list) for v in loaded.values()):
-                raise DataError(f"{path}: an object of named sets ({', '.join(loaded)}), not a list of records; "
-                                f"name one as {path}#SET")
+                raise DataError(
+                    f"{path}: an object of named sets ({', '.join(loaded)}), not a list of records; "
+                    f"name one as {path}#SET"
+                )
             raise DataError(f"{path}: expected a JSON list of records (or a .jsonl file), got {type(loaded).__name__}")
         yield from _array_rows(text)
         if text.next_char():
@@ -487,7 +487,9 @@ def _saved_rows(path: Path) -> Iterable[dict]:
     if (path / "dataset_dict.json").is_file():
         splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
         example = path / (splits or ["train"])[0]
-        raise DataError(f"{path}: a DatasetDict with splits {', '.join(splits)}; give one split's folder, e.g. {example}")
+        raise DataError(
+            f"{path}: a DatasetDict with splits {', '.join(splits)}; give one split's folder, e.g. {example}"
+        )
     if not (path / "state.json").is_file():
         raise DataError(f"{path}: a directory, not a dataset written by save_to_disk (no state.json); give a data file")
     from datasets import load_from_disk  # after the checks: importing datasets takes seconds
@@ -710,7 +712,9 @@ def load_from_config(config: DataConfig) -> LoadResult:
 def write_rejects(path: str | Path, problems: list[Problem], raw: dict[int, Any]) -> None:
     """Each rejected row with its problem, one JSON line each; replaces `path` atomically (a failed write keeps
     the previous file)."""
-    lines = (json.dumps(problem.to_dict() | {"record": raw.get(problem.row)}, ensure_ascii=False) for problem in problems)
+    lines = (
+        json.dumps(problem.to_dict() | {"record": raw.get(problem.row)}, ensure_ascii=False) for problem in problems
+    )
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -727,9 +731,11 @@ def overlong_warning(dropped: int, valid: int, max_length: int) -> str | None:
     """The warning for `dropped` of `valid` rows dropped as longer than `max_length`, when above the ratio."""
     if not valid or dropped <= OVERLONG_WARNING_RATIO * valid:
         return None
-    return (f"{dropped} of {valid} valid row(s) ({dropped / valid:.0%}) are longer than data.max_length={max_length} "
-            f"tokens and were dropped (more than {OVERLONG_WARNING_RATIO:.0%}): raise data.max_length, set "
-            "data.overlong=truncate, or data.overlong=fail to stop instead")
+    return (
+        f"{dropped} of {valid} valid row(s) ({dropped / valid:.0%}) are longer than data.max_length={max_length} "
+        f"tokens and were dropped (more than {OVERLONG_WARNING_RATIO:.0%}): raise data.max_length, set "
+        "data.overlong=truncate, or data.overlong=fail to stop instead"
+    )
 
 
 def enforce_overlong(dropped: list[Problem], overlong: str, max_length: int) -> None:

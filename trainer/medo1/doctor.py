@@ -53,7 +53,10 @@ JOB_RESOURCES = {"pytorchjob": ("kubeflow.org", "pytorchjobs"), "trainjob": ("tr
 READS = [("list", "", "pods"), ("get", "", "pods/log"), ("list", "", "events")]
 # The Kubeflow SDK reads the namespaced TrainingRuntime, then the ClusterTrainingRuntime (cluster-scoped) of the
 # runtime's name before it creates a TrainJob (kubeflow 0.5 kubeflow/trainer/backends/kubernetes/backend.py get_runtime).
-RUNTIME_READS = [("get", "trainer.kubeflow.org", "trainingruntimes"), ("get", "trainer.kubeflow.org", "clustertrainingruntimes")]
+RUNTIME_READS = [
+    ("get", "trainer.kubeflow.org", "trainingruntimes"),
+    ("get", "trainer.kubeflow.org", "clustertrainingruntimes"),
+]
 CLUSTER_SCOPED = {"clustertrainingruntimes"}
 KUEUE_GROUP = "kueue.x-k8s.io"
 # v1beta2 first (v1beta1 is deprecated); v1beta1 only where it is all the server serves.
@@ -62,7 +65,11 @@ KUEUE_VERSIONS = ("v1beta2", "v1", "v1beta1")
 # <release>-manager-config, key controller_manager_config.yaml; release `kueue` in kueue-system by its docs).
 KUEUE_CONFIG = ("kueue-system", "kueue-manager-config", "controller_manager_config.yaml")
 # Kueue's integration names (integrations.frameworks) for the kinds a backend creates and the batch Jobs.
-KUEUE_FRAMEWORKS = {"PyTorchJob": "kubeflow.org/pytorchjob", "TrainJob": "trainer.kubeflow.org/trainjob", "Job": "batch/job"}
+KUEUE_FRAMEWORKS = {
+    "PyTorchJob": "kubeflow.org/pytorchjob",
+    "TrainJob": "trainer.kubeflow.org/trainjob",
+    "Job": "batch/job",
+}
 # Trainer publishes its version for the SDK (kubeflow/sdk reads this ConfigMap key); the chart's runtimes are
 # written for Trainer v2.3.
 TRAINER_PUBLIC = ("kubeflow-system", "kubeflow-trainer-public", "kubeflow_trainer_version")
@@ -75,11 +82,26 @@ DRIVER_MINIMUM = 580
 DEFAULT_CLASS = "storageclass.kubernetes.io/is-default-class"
 # Provisioners that make block disks, mountable ReadWriteOnce only (the GKE, EKS and AKS defaults, kind's), and
 # provisioners of shared file systems that serve ReadWriteMany.
-RWO_ONLY_PROVISIONERS = {"pd.csi.storage.gke.io", "kubernetes.io/gce-pd", "ebs.csi.aws.com", "kubernetes.io/aws-ebs",
-                         "disk.csi.azure.com", "kubernetes.io/azure-disk", "rancher.io/local-path",
-                         "cinder.csi.openstack.org"}
-RWX_PROVISIONERS = ("filestore.csi.storage.gke.io", "lustre.csi.storage.gke.io", "efs.csi.aws.com", "fsx.csi.aws.com",
-                    "file.csi.azure.com", "kubernetes.io/azure-file", "nfs.csi.k8s.io", "cephfs.csi.ceph.com")
+RWO_ONLY_PROVISIONERS = {
+    "pd.csi.storage.gke.io",
+    "kubernetes.io/gce-pd",
+    "ebs.csi.aws.com",
+    "kubernetes.io/aws-ebs",
+    "disk.csi.azure.com",
+    "kubernetes.io/azure-disk",
+    "rancher.io/local-path",
+    "cinder.csi.openstack.org",
+}
+RWX_PROVISIONERS = (
+    "filestore.csi.storage.gke.io",
+    "lustre.csi.storage.gke.io",
+    "efs.csi.aws.com",
+    "fsx.csi.aws.com",
+    "file.csi.azure.com",
+    "kubernetes.io/azure-file",
+    "nfs.csi.k8s.io",
+    "cephfs.csi.ceph.com",
+)
 ISTIO_OPT_OUT = "sidecar.istio.io/inject"
 ACTIVE_POD_PHASES = ("Pending", "Running", "Unknown")
 STORAGE_KEY = {"data": "data", "checkpoints": "checkpoints", "hf-cache": "hfCache"}
@@ -120,9 +142,11 @@ def _unchecked(check: str, detail: str, fix: str) -> Finding:
 
 
 # What grants a read a namespaced account lacks: the team release's Role or the platform install.
-GRANTS = ("the chart's launcher Role grants the namespaced reads; the platform install "
-          "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) the cluster-scoped ones; or run doctor as "
-          "a cluster admin (--allow-unchecked accepts what cannot be checked)")
+GRANTS = (
+    "the chart's launcher Role grants the namespaced reads; the platform install "
+    "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) the cluster-scoped ones; or run doctor as "
+    "a cluster admin (--allow-unchecked accepts what cannot be checked)"
+)
 
 
 # ---- what the profile needs, from its rendering -----------------------------------------------------
@@ -148,8 +172,9 @@ class Needs:
         return checkpoint_bytes(self.values)
 
 
-def profile_needs(*, profile: str | None, values_files: Sequence[str | Path], value_overrides: Sequence[str],
-                  namespace: str) -> Needs:
+def profile_needs(
+    *, profile: str | None, values_files: Sequence[str | Path], value_overrides: Sequence[str], namespace: str
+) -> Needs:
     from medo1.launch import LaunchError
     from medo1.launch.chain import chain_stages
     from medo1.launch.rendering import release_values, stage_job
@@ -167,11 +192,20 @@ def profile_needs(*, profile: str | None, values_files: Sequence[str | Path], va
                     continue
                 from medo1.launch.trainjob import DEFAULT_RUNTIME, build_trainjob, chart_runtime
 
-                objects += [chart_runtime(DEFAULT_RUNTIME[stage], values),
-                            build_trainjob(stage, values, namespace=namespace)]
+                objects += [
+                    chart_runtime(DEFAULT_RUNTIME[stage], values),
+                    build_trainjob(stage, values, namespace=namespace),
+                ]
             else:
-                objects.append(stage_job(stage, profile=profile, values_files=values_files,
-                                         value_overrides=value_overrides, namespace=namespace))
+                objects.append(
+                    stage_job(
+                        stage,
+                        profile=profile,
+                        values_files=values_files,
+                        value_overrides=value_overrides,
+                        namespace=namespace,
+                    )
+                )
     except (LaunchError, ValueError) as exc:
         raise DoctorError(f"chart values: {exc}") from None
     return Needs(merged, objects, namespace)
@@ -235,8 +269,9 @@ class ClusterReader:
         api_client = self.apis.api_client
 
         def discover(**kwargs: Any) -> Any:
-            return api_client.call_api(f"/apis/{group}/{version}", "GET", auth_settings=["BearerToken"],
-                                       _return_http_data_only=True, **kwargs)
+            return api_client.call_api(
+                f"/apis/{group}/{version}", "GET", auth_settings=["BearerToken"], _return_http_data_only=True, **kwargs
+            )
 
         discover.__name__ = f"discovery of {group}/{version}"
         listing = self._read(discover) or {}
@@ -266,7 +301,9 @@ class ClusterReader:
     def storage_classes(self) -> list[dict[str, Any]]:
         return (self._read(self.storage.list_storage_class) or {}).get("items", [])
 
-    def custom(self, group: str, version: str, plural: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+    def custom(
+        self, group: str, version: str, plural: str, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
         if namespace is None:
             return self._read(self.custom_objects.get_cluster_custom_object, group, version, plural, name)
         return self._read(self.custom_objects.get_namespaced_custom_object, group, version, namespace, plural, name)
@@ -283,8 +320,9 @@ class ClusterReader:
             return None
         return (((review or {}).get("status") or {}).get("userInfo") or {}).get("username")
 
-    def allowed(self, verb: str, group: str, resource: str, namespace: str, user: str | None = None,
-                name: str = "") -> bool:
+    def allowed(
+        self, verb: str, group: str, resource: str, namespace: str, user: str | None = None, name: str = ""
+    ) -> bool:
         """SelfSubjectAccessReview (user None: whoever runs this) or SubjectAccessReview about `user`; a
         cluster-scoped resource is asked without a namespace; `name` for a grant limited to some names."""
         resource, _, subresource = resource.partition("/")
@@ -296,12 +334,18 @@ class ClusterReader:
         if subresource:
             attributes["subresource"] = subresource
         if user is None:
-            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
-                    "spec": {"resourceAttributes": attributes}}
+            body = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
             review = self._read(self.authorization.create_self_subject_access_review, body)
         else:
-            body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-                    "spec": {"resourceAttributes": attributes, "user": user}}
+            body = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SubjectAccessReview",
+                "spec": {"resourceAttributes": attributes, "user": user},
+            }
             review = self._read(self.authorization.create_subject_access_review, body)
         return bool(((review or {}).get("status") or {}).get("allowed"))
 
@@ -326,8 +370,13 @@ def check_versions(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     if version_tuple(server)[:2] >= KUBERNETES_MINIMUM:
         findings.append(_pass("Kubernetes", f"{server} (the chart needs {'.'.join(map(str, KUBERNETES_MINIMUM))}+)"))
     else:
-        findings.append(_fail("Kubernetes", f"{server or 'unknown'}: the chart needs {'.'.join(map(str, KUBERNETES_MINIMUM))}+",
-                              "upgrade the cluster"))
+        findings.append(
+            _fail(
+                "Kubernetes",
+                f"{server or 'unknown'}: the chart needs {'.'.join(map(str, KUBERNETES_MINIMUM))}+",
+                "upgrade the cluster",
+            )
+        )
     if needs.values["backend"] != "trainjob" and not needs.created("TrainJob"):
         return findings
     namespace, name, key = TRAINER_PUBLIC
@@ -339,10 +388,17 @@ def check_versions(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     version = ((published or {}).get("data") or {}).get(key)
     minimum = "v" + ".".join(map(str, TRAINER_MINIMUM))
     if not version:
-        findings.append(_warn(check, f"no version published ({namespace}/{name} key {key}); the runtimes need {minimum}+",
-                              f"check the Trainer install: kubectl -n {namespace} get deploy -o wide"))
+        findings.append(
+            _warn(
+                check,
+                f"no version published ({namespace}/{name} key {key}); the runtimes need {minimum}+",
+                f"check the Trainer install: kubectl -n {namespace} get deploy -o wide",
+            )
+        )
     elif version_tuple(version)[:2] < TRAINER_MINIMUM:
-        findings.append(_fail(check, f"{version}: the chart's runtimes need {minimum}+", f"upgrade Kubeflow Trainer to {minimum}+"))
+        findings.append(
+            _fail(check, f"{version}: the chart's runtimes need {minimum}+", f"upgrade Kubeflow Trainer to {minimum}+")
+        )
     else:
         findings.append(_pass(check, f"{version} (the runtimes need {minimum}+)"))
     return findings
@@ -352,8 +408,11 @@ def check_crds(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     """Each Kubeflow API the jobs use, served at the chart's version: read through discovery (no RBAC needed)."""
     kinds = {"PyTorchJob"} if needs.values["backend"] == "pytorchjob" else {"TrainJob"}
     kinds |= {o["kind"] for o in needs.objects if o.get("kind") in CRDS and o["kind"] != "ClusterTrainingRuntime"}
-    kinds |= {o["spec"]["runtimeRef"].get("kind", "ClusterTrainingRuntime")
-              for o in needs.objects if o.get("kind") == "TrainJob"}
+    kinds |= {
+        o["spec"]["runtimeRef"].get("kind", "ClusterTrainingRuntime")
+        for o in needs.objects
+        if o.get("kind") == "TrainJob"
+    }
     findings = []
     for kind in sorted(kinds):
         name, version = CRDS[kind]
@@ -361,15 +420,23 @@ def check_crds(cluster: ClusterReader, needs: Needs) -> list[Finding]:
         check = f"CRD {name}"
         served = cluster.served_versions(group)
         if not served or (version in served and not cluster.serves(group, version, name.split(".", 1)[0])):
-            install = ("the Kubeflow Training Operator v1 (kubectl apply --server-side -k "
-                       "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.3\")"
-                       if kind == "PyTorchJob" else "Kubeflow Trainer v2 (its manifests or Helm chart)")
+            install = (
+                "the Kubeflow Training Operator v1 (kubectl apply --server-side -k "
+                '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.3")'
+                if kind == "PyTorchJob"
+                else "Kubeflow Trainer v2 (its manifests or Helm chart)"
+            )
             findings.append(_fail(check, "not installed", f"install {install}, or ask the cluster admin to"))
         elif version in served:
             findings.append(_pass(check, f"{version} served"))
         else:
-            findings.append(_fail(check, f"{version} not served (served: {', '.join(served) or 'none'})",
-                                  f"upgrade the operator to one that serves {kind} {version}"))
+            findings.append(
+                _fail(
+                    check,
+                    f"{version} not served (served: {', '.join(served) or 'none'})",
+                    f"upgrade the operator to one that serves {kind} {version}",
+                )
+            )
     return findings
 
 
@@ -402,17 +469,24 @@ def secret_references(needs: Needs) -> dict[tuple[str, str | None], bool]:
 def check_secrets(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     findings = []
     created = needs.created("Secret")
-    for (name, key), optional in sorted(secret_references(needs).items(), key=lambda item: (item[0][0], item[0][1] or "")):
+    for (name, key), optional in sorted(
+        secret_references(needs).items(), key=lambda item: (item[0][0], item[0][1] or "")
+    ):
         check = f"Secret {name}" + (f" key {key}" if key else "")
         secret = cluster.secret(name, needs.namespace) or created.get(name)
         keys = set((secret or {}).get("data") or {}) | set((secret or {}).get("stringData") or {})
-        missing = "the Secret does not exist" if secret is None else (f"no key {key}" if key and key not in keys else "")
+        missing = (
+            "the Secret does not exist" if secret is None else (f"no key {key}" if key and key not in keys else "")
+        )
         if not missing:
             findings.append(_pass(check, "present"))
             continue
-        fix = (f"kubectl -n {needs.namespace} create secret generic {name} --from-literal={key or 'KEY'}=..."
-               if secret is None else f"kubectl -n {needs.namespace} patch secret {name} with the key {key}, "
-               f"or point the chart's secrets.* entry at the key that holds it")
+        fix = (
+            f"kubectl -n {needs.namespace} create secret generic {name} --from-literal={key or 'KEY'}=..."
+            if secret is None
+            else f"kubectl -n {needs.namespace} patch secret {name} with the key {key}, "
+            f"or point the chart's secrets.* entry at the key that holds it"
+        )
         if optional:
             findings.append(_warn(check, f"{missing} (optional: the variable is left unset)", fix))
         else:
@@ -442,13 +516,21 @@ def checkpoint_bytes(values: dict[str, Any]) -> tuple[float, str] | None:
             stage = values["stages"][name]
             if not stage.get("enabled"):
                 continue
-            plan = plan_stage(str(local_recipe(stage["recipe"])), cluster=cluster, overrides=list(stage.get("set", [])),
-                              stage=name, exports=exports, check_fixes=False)
+            plan = plan_stage(
+                str(local_recipe(stage["recipe"])),
+                cluster=cluster,
+                overrides=list(stage.get("set", [])),
+                stage=name,
+                exports=exports,
+                check_fixes=False,
+            )
             if plan.export_dir:
                 exports[plan.export_dir] = plan.model.name
             total += plan.checkpoint["total"]
-            parts.append(f"{name} {plan.checkpoint['kept']} x {plan.checkpoint['per_checkpoint'] / 2**30:.0f} GiB "
-                         f"+ export {plan.checkpoint['export'] / 2**30:.0f} GiB")
+            parts.append(
+                f"{name} {plan.checkpoint['kept']} x {plan.checkpoint['per_checkpoint'] / 2**30:.0f} GiB "
+                f"+ export {plan.checkpoint['export'] / 2**30:.0f} GiB"
+            )
     except (ConfigError, ValueError, OSError) as exc:
         log.info("could not size the checkpoints: %s", exc)
         return None
@@ -466,7 +548,9 @@ def storage_class_of(spec: dict[str, Any], classes: list[dict[str, Any]]) -> tup
     storageClassName, else the cluster's default class; "" names none (a statically provisioned volume)."""
     name = spec.get("storageClassName")
     if name is None:
-        default = next((c for c in classes if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS) == "true"), None)
+        default = next(
+            (c for c in classes if (c["metadata"].get("annotations") or {}).get(DEFAULT_CLASS) == "true"), None
+        )
         return (default["metadata"]["name"], default) if default else ("", None)
     return name, next((c for c in classes if c["metadata"]["name"] == name), None)
 
@@ -480,18 +564,24 @@ def read_write_many_advice(key: str, nodes: int, classes: list[dict[str, Any]]) 
     shared = [c for c in classes if serves_read_write_many(c)]
     if shared:
         names = ", ".join(f"{c['metadata']['name']} ({c['provisioner']})" for c in shared)
-        return (f"set storage.{key}.storageClass={shared[0]['metadata']['name']} and keep accessMode ReadWriteMany "
-                f"(ReadWriteMany classes here: {names})")
+        return (
+            f"set storage.{key}.storageClass={shared[0]['metadata']['name']} and keep accessMode ReadWriteMany "
+            f"(ReadWriteMany classes here: {names})"
+        )
     if nodes == 1:
         # One training node is not one mounting node: the chain's run pod, the eval and upload Jobs and the
         # pipeline's steps mount the same claims from wherever they are scheduled (a ReadWriteOnce volume attached
         # to another node fails them with Multi-Attach).
-        return ("install a ReadWriteMany StorageClass (Filestore, EFS, Azure Files, NFS, CephFS) and set "
-                f"storage.{key}.storageClass to it; storage.{key}.accessMode=ReadWriteOnce works only if every pod "
-                "that mounts the volume (training, the chain's run pod, eval and upload, pipeline steps) runs on "
-                "that one node")
-    return (f"install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, CephFS) and set "
-            f"storage.{key}.storageClass to it: {nodes} nodes mount the volume at once")
+        return (
+            "install a ReadWriteMany StorageClass (Filestore, EFS, Azure Files, NFS, CephFS) and set "
+            f"storage.{key}.storageClass to it; storage.{key}.accessMode=ReadWriteOnce works only if every pod "
+            "that mounts the volume (training, the chain's run pod, eval and upload, pipeline steps) runs on "
+            "that one node"
+        )
+    return (
+        f"install a ReadWriteMany StorageClass (Filestore, EFS, FSx for Lustre, Azure Files, NFS, CephFS) and set "
+        f"storage.{key}.storageClass to it: {nodes} nodes mount the volume at once"
+    )
 
 
 def check_claims(cluster: ClusterReader, needs: Needs) -> list[Finding]:
@@ -508,8 +598,14 @@ def check_claims(cluster: ClusterReader, needs: Needs) -> list[Finding]:
         claim = cluster.claim(claim_name, needs.namespace)
         unbound = claim is None or (claim.get("status") or {}).get("phase", "Pending") != "Bound"
         if claim is None and claim_name not in created:
-            findings.append(_fail(check, "does not exist", f"create it, or set storage.{key}.existingClaim to one that "
-                                  "exists (or leave it empty: the chart creates one)"))
+            findings.append(
+                _fail(
+                    check,
+                    "does not exist",
+                    f"create it, or set storage.{key}.existingClaim to one that "
+                    "exists (or leave it empty: the chart creates one)",
+                )
+            )
             continue
         spec = created[claim_name]["spec"] if claim is None else claim["spec"]
         class_name, storage_class = storage_class_of(spec, classes)
@@ -522,42 +618,91 @@ def check_claims(cluster: ClusterReader, needs: Needs) -> list[Finding]:
         else:
             phase = (claim.get("status") or {}).get("phase", "Pending")
             if phase == "Pending" and classes_unread:
-                findings.append(_unchecked(check, "Pending; normal only if its StorageClass binds WaitForFirstConsumer, "
-                                           f"which cannot be read: {classes_unread}", GRANTS))
+                findings.append(
+                    _unchecked(
+                        check,
+                        "Pending; normal only if its StorageClass binds WaitForFirstConsumer, "
+                        f"which cannot be read: {classes_unread}",
+                        GRANTS,
+                    )
+                )
                 continue
-            if phase == "Pending" and storage_class and storage_class.get("volumeBindingMode") == "WaitForFirstConsumer":
+            if (
+                phase == "Pending"
+                and storage_class
+                and storage_class.get("volumeBindingMode") == "WaitForFirstConsumer"
+            ):
                 where = f"Pending until the first pod mounts it (StorageClass {class_name} binds WaitForFirstConsumer): normal"
             else:
-                why = (f"StorageClass {class_name} binds Immediately, so it should have its volume by now" if storage_class
-                       else f"its StorageClass {class_name} does not exist" if class_name
-                       else "no StorageClass provisions it and no PersistentVolume matches it")
-                findings.append(_fail(check, f"{phase}, not Bound: {why}", f"kubectl -n {needs.namespace} describe pvc "
-                                      f"{claim_name}: its StorageClass must provision it (or a PV must match it)"))
+                why = (
+                    f"StorageClass {class_name} binds Immediately, so it should have its volume by now"
+                    if storage_class
+                    else f"its StorageClass {class_name} does not exist"
+                    if class_name
+                    else "no StorageClass provisions it and no PersistentVolume matches it"
+                )
+                findings.append(
+                    _fail(
+                        check,
+                        f"{phase}, not Bound: {why}",
+                        f"kubectl -n {needs.namespace} describe pvc "
+                        f"{claim_name}: its StorageClass must provision it (or a PV must match it)",
+                    )
+                )
                 continue
         if unbound and classes_unread and "ReadWriteMany" in modes:
-            findings.append(_unchecked(check, f"{where}; whether its StorageClass serves ReadWriteMany cannot be read: "
-                                       f"{classes_unread}", GRANTS))
+            findings.append(
+                _unchecked(
+                    check,
+                    f"{where}; whether its StorageClass serves ReadWriteMany cannot be read: {classes_unread}",
+                    GRANTS,
+                )
+            )
             continue
-        if unbound and "ReadWriteMany" in modes and storage_class and storage_class.get("provisioner") in RWO_ONLY_PROVISIONERS:
-            findings.append(_fail(check, f"asks ReadWriteMany of StorageClass {class_name} ({storage_class['provisioner']}), "
-                                  "which provisions ReadWriteOnce disks only: it would stay Pending",
-                                  read_write_many_advice(key, nodes, classes)))
+        if (
+            unbound
+            and "ReadWriteMany" in modes
+            and storage_class
+            and storage_class.get("provisioner") in RWO_ONLY_PROVISIONERS
+        ):
+            findings.append(
+                _fail(
+                    check,
+                    f"asks ReadWriteMany of StorageClass {class_name} ({storage_class['provisioner']}), "
+                    "which provisions ReadWriteOnce disks only: it would stay Pending",
+                    read_write_many_advice(key, nodes, classes),
+                )
+            )
             continue
         if nodes > 1 and "ReadWriteMany" not in modes:
-            findings.append(_fail(check, f"{', '.join(modes)}: {nodes} nodes mount it, which needs ReadWriteMany",
-                                  f"use a ReadWriteMany StorageClass for storage.{key}: "
-                                  + read_write_many_advice(key, nodes, classes)))
+            findings.append(
+                _fail(
+                    check,
+                    f"{', '.join(modes)}: {nodes} nodes mount it, which needs ReadWriteMany",
+                    f"use a ReadWriteMany StorageClass for storage.{key}: "
+                    + read_write_many_advice(key, nodes, classes),
+                )
+            )
             continue
         if volume == "checkpoints":
             needed = needs.checkpoints
             if needed and quantity_bytes(size) < needed[0]:
-                findings.append(_fail(check, f"{size} holds less than the {needed[0] / 2**30:.0f} GiB the recipes keep "
-                                      f"({needed[1]})", f"a claim of at least {needed[0] / 2**40 * 1.2:.1f}Ti "
-                                      "(20% margin), or lower output.keep"))
+                findings.append(
+                    _fail(
+                        check,
+                        f"{size} holds less than the {needed[0] / 2**30:.0f} GiB the recipes keep ({needed[1]})",
+                        f"a claim of at least {needed[0] / 2**40 * 1.2:.1f}Ti (20% margin), or lower output.keep",
+                    )
+                )
                 continue
             if needed is None:
-                findings.append(_warn(check, f"{size}, {', '.join(modes)}, {where}; the checkpoint size could not be "
-                                      "computed here", "run `medo1 plan` with the recipe's model to size it"))
+                findings.append(
+                    _warn(
+                        check,
+                        f"{size}, {', '.join(modes)}, {where}; the checkpoint size could not be computed here",
+                        "run `medo1 plan` with the recipe's model to size it",
+                    )
+                )
                 continue
             where += f"; holds the {needed[0] / 2**30:.0f} GiB of checkpoints the recipes keep"
         findings.append(_pass(check, f"{size}, {', '.join(modes)}, {where}"))
@@ -574,8 +719,11 @@ def launcher_accounts(needs: Needs) -> list[str]:
 
 def chart_grants(needs: Needs, account: str) -> bool:
     """Whether the rendered Role and RoleBinding give `account` the launcher's rules on install."""
-    bound = any(s.get("kind") == "ServiceAccount" and s.get("name") == account
-                for binding in needs.created("RoleBinding").values() for s in binding.get("subjects", []))
+    bound = any(
+        s.get("kind") == "ServiceAccount" and s.get("name") == account
+        for binding in needs.created("RoleBinding").values()
+        for s in binding.get("subjects", [])
+    )
     return bound and bool(needs.created("Role"))
 
 
@@ -585,35 +733,60 @@ def check_access(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     unchecked, unless you are it."""
     backend = needs.values["backend"]
     group, jobs = JOB_RESOURCES[backend]
-    wanted = [(verb, api_group, resource, "") for verb, api_group, resource in
-              [("create", group, jobs), ("get", group, jobs), ("delete", group, jobs), *READS]]
+    wanted = [
+        (verb, api_group, resource, "")
+        for verb, api_group, resource in [
+            ("create", group, jobs),
+            ("get", group, jobs),
+            ("delete", group, jobs),
+            *READS,
+        ]
+    ]
     if backend == "trainjob":
         runtimes = sorted({o["spec"]["runtimeRef"]["name"] for o in needs.objects if o.get("kind") == "TrainJob"})
-        wanted += [(verb, api_group, resource, runtime) for runtime in runtimes for verb, api_group, resource in RUNTIME_READS]
+        wanted += [
+            (verb, api_group, resource, runtime) for runtime in runtimes for verb, api_group, resource in RUNTIME_READS
+        ]
     me = cluster.whoami()
     accounts = {f"system:serviceaccount:{needs.namespace}:{a}": a for a in launcher_accounts(needs)}
     subjects: list[tuple[str, str | None]] = [
-        (f"you (ServiceAccount {accounts[me]})" if me in accounts else "you (the current credentials)", None)]
+        (f"you (ServiceAccount {accounts[me]})" if me in accounts else "you (the current credentials)", None)
+    ]
     subjects += [(f"ServiceAccount {a}", user) for user, a in accounts.items() if user != me]
     findings = []
     for who, user in subjects:
         check = f"access {who}"
         try:
-            denied = [f"{verb} {resource}" + (f" {name}" if name else "") for verb, api_group, resource, name in wanted
-                      if not cluster.allowed(verb, api_group, resource, needs.namespace, user, name)]
+            denied = [
+                f"{verb} {resource}" + (f" {name}" if name else "")
+                for verb, api_group, resource, name in wanted
+                if not cluster.allowed(verb, api_group, resource, needs.namespace, user, name)
+            ]
         except Forbidden as exc:
-            findings.append(_unchecked(check, f"may not ask what it may do (SubjectAccessReview): {exc}",
-                                       f"run doctor as that account (medo1 doctor in its pod, the pipeline's first step "
-                                       f"does) or as an admin"))
+            findings.append(
+                _unchecked(
+                    check,
+                    f"may not ask what it may do (SubjectAccessReview): {exc}",
+                    "run doctor as that account (medo1 doctor in its pod, the pipeline's first step "
+                    "does) or as an admin",
+                )
+            )
             continue
         if not denied:
             findings.append(_pass(check, f"may {', '.join(dict.fromkeys(f'{v} {r}' for v, _, r, _ in wanted))}"))
         elif user and chart_grants(needs, user.rsplit(":", 1)[1]):
-            findings.append(_warn(check, f"may not yet {', '.join(denied)}; the chart's Role grants it on install",
-                                  "install the chart (helm install) before launching"))
+            findings.append(
+                _warn(
+                    check,
+                    f"may not yet {', '.join(denied)}; the chart's Role grants it on install",
+                    "install the chart (helm install) before launching",
+                )
+            )
         else:
-            fix = (f"bind a Role with those verbs to it (the chart's rbac.create, rbac.pipelineServiceAccounts), "
-                   f"or kubectl -n {needs.namespace} create rolebinding ... --role=<release>-launcher")
+            fix = (
+                f"bind a Role with those verbs to it (the chart's rbac.create, rbac.pipelineServiceAccounts), "
+                f"or kubectl -n {needs.namespace} create rolebinding ... --role=<release>-launcher"
+            )
             if any(resource == "clustertrainingruntimes" for resource in (d.split()[1] for d in denied)):
                 fix += "; get on clustertrainingruntimes comes from the platform install (runtimes.readers)"
             findings.append(_fail(check, f"may not {', '.join(denied)} in {needs.namespace}", fix))
@@ -672,7 +845,9 @@ def check_nodes(cluster: ClusterReader, needs: Needs) -> list[Finding]:
         if free < gpus:
             reasons.append(f"{name}: {free:.0f} free {resource}")
             continue
-        rdma_free = int(allocatable.get(rdma["resource"], 0)) - used.get(name, {}).get(rdma["resource"], 0) if rdma else 0
+        rdma_free = (
+            int(allocatable.get(rdma["resource"], 0)) - used.get(name, {}).get(rdma["resource"], 0) if rdma else 0
+        )
         if rdma and rdma_free < int(rdma["count"]):
             reasons.append(f"{name}: no free {rdma['resource']}")
             continue
@@ -681,8 +856,10 @@ def check_nodes(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     driver = check_driver(drivers)
     if len(fitting) >= nodes_wanted:
         return [_pass(check, detail), *driver]
-    fix = ("wait for GPUs to free up (with kueue.queueName the job queues for them), lower cluster.nodes or "
-           "cluster.gpusPerNode, or fix cluster.nodeSelector / tolerations")
+    fix = (
+        "wait for GPUs to free up (with kueue.queueName the job queues for them), lower cluster.nodes or "
+        "cluster.gpusPerNode, or fix cluster.nodeSelector / tolerations"
+    )
     return [_fail(check, detail + (f": {'; '.join(reasons[:6])}" if reasons else ""), fix), *driver]
 
 
@@ -693,15 +870,27 @@ def check_driver(drivers: dict[str, str | None]) -> list[Finding]:
     if not drivers:
         return []
     unknown = sorted(name for name, major in drivers.items() if not (major or "").isdigit())
-    old = sorted(f"{name} R{major}" for name, major in drivers.items() if (major or "").isdigit() and int(major) < DRIVER_MINIMUM)
+    old = sorted(
+        f"{name} R{major}" for name, major in drivers.items() if (major or "").isdigit() and int(major) < DRIVER_MINIMUM
+    )
     if old:
-        return [_fail(check, f"{', '.join(old)}: the trainer image's CUDA 13 needs R{DRIVER_MINIMUM} or newer",
-                      f"upgrade the driver on those nodes (GPU operator: driver.version), or keep the job off them "
-                      "with cluster.nodeSelector")]
+        return [
+            _fail(
+                check,
+                f"{', '.join(old)}: the trainer image's CUDA 13 needs R{DRIVER_MINIMUM} or newer",
+                "upgrade the driver on those nodes (GPU operator: driver.version), or keep the job off them "
+                "with cluster.nodeSelector",
+            )
+        ]
     if unknown:
-        return [_unchecked(check, f"no {DRIVER_LABELS[0]} label on {', '.join(unknown)} (GPU feature discovery does not run "
-                           f"there): the trainer image's CUDA 13 needs R{DRIVER_MINIMUM} or newer",
-                           "nvidia-smi on a node shows the driver; the NVIDIA GPU operator labels nodes with it")]
+        return [
+            _unchecked(
+                check,
+                f"no {DRIVER_LABELS[0]} label on {', '.join(unknown)} (GPU feature discovery does not run "
+                f"there): the trainer image's CUDA 13 needs R{DRIVER_MINIMUM} or newer",
+                "nvidia-smi on a node shows the driver; the NVIDIA GPU operator labels nodes with it",
+            )
+        ]
     majors = sorted({f"R{major}" for major in drivers.values()})
     return [_pass(check, f"{', '.join(majors)} on {len(drivers)} node(s) (CUDA 13 needs R{DRIVER_MINIMUM}+)")]
 
@@ -714,20 +903,38 @@ def check_istio(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     injected = labels.get("istio-injection") == "enabled" or "istio.io/rev" in labels
     if not injected:
         return [_pass("Istio injection", f"off in {needs.namespace}")]
-    opted_out = all(str(((t.get("metadata") or {}).get("labels") or {}).get(ISTIO_OPT_OUT, "")).lower() == "false"
-                    for _, t in needs.pods)
+    opted_out = all(
+        str(((t.get("metadata") or {}).get("labels") or {}).get(ISTIO_OPT_OUT, "")).lower() == "false"
+        for _, t in needs.pods
+    )
     if opted_out:
-        return [_pass("Istio injection", f"on in {needs.namespace}; every pod opts out ({ISTIO_OPT_OUT}: \"false\")")]
-    return [_warn("Istio injection", f"on in {needs.namespace} and some pods take the sidecar: it keeps a finished "
-                  "pod running and proxies the rendezvous traffic",
-                  f"keep podLabels / podAnnotations {ISTIO_OPT_OUT}: \"false\" (the chart's default)")]
+        return [_pass("Istio injection", f'on in {needs.namespace}; every pod opts out ({ISTIO_OPT_OUT}: "false")')]
+    return [
+        _warn(
+            "Istio injection",
+            f"on in {needs.namespace} and some pods take the sidecar: it keeps a finished "
+            "pod running and proxies the rendezvous traffic",
+            f'keep podLabels / podAnnotations {ISTIO_OPT_OUT}: "false" (the chart\'s default)',
+        )
+    ]
 
 
 def quantity(value: Any) -> float:
     """A Kubernetes quantity (`80`, `500m`, `1000Gi`, `1.5T`) as a number of base units."""
     text = str(value)
-    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30), ("Ti", 2**40), ("Pi", 2**50), ("m", 1e-3),
-                           ("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12), ("P", 1e15)):
+    for suffix, factor in (
+        ("Ki", 2**10),
+        ("Mi", 2**20),
+        ("Gi", 2**30),
+        ("Ti", 2**40),
+        ("Pi", 2**50),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+    ):
         if text.endswith(suffix):
             return float(text[: -len(suffix)]) * factor
     return float(text)
@@ -768,9 +975,14 @@ def check_kueue(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     except Forbidden as exc:
         return [_unchecked(check, f"cannot be read: {exc}", GRANTS)]
     if local_queue is None:
-        return [_fail(check, f"no LocalQueue {queue} in {needs.namespace}",
-                      f"create a LocalQueue {queue} in {needs.namespace} pointing at a ClusterQueue with GPU quota, "
-                      "or set kueue.queueName to an existing one (kubectl get localqueues)")]
+        return [
+            _fail(
+                check,
+                f"no LocalQueue {queue} in {needs.namespace}",
+                f"create a LocalQueue {queue} in {needs.namespace} pointing at a ClusterQueue with GPU quota, "
+                "or set kueue.queueName to an existing one (kubectl get localqueues)",
+            )
+        ]
     cluster_queue_name = local_queue.get("spec", {}).get("clusterQueue", "")
     findings = [_pass(check, f"exists ({KUEUE_GROUP}/{version}), ClusterQueue {cluster_queue_name}")]
     findings += check_cluster_queue(cluster, needs, version, cluster_queue_name)
@@ -787,7 +999,9 @@ def check_cluster_queue(cluster: ClusterReader, needs: Needs, version: str, name
     try:
         cluster_queue = cluster.custom(KUEUE_GROUP, version, "clusterqueues", name)
     except Forbidden as exc:
-        return [_unchecked(check, f"cannot be read, so whether it covers the job's resources is unknown: {exc}", GRANTS)]
+        return [
+            _unchecked(check, f"cannot be read, so whether it covers the job's resources is unknown: {exc}", GRANTS)
+        ]
     if cluster_queue is None:
         return [_fail(check, "does not exist: the LocalQueue points at nothing", "ask the Kueue admin to create it")]
     needed = workload_requests(needs)
@@ -795,18 +1009,28 @@ def check_cluster_queue(cluster: ClusterReader, needs: Needs, version: str, name
     covered = {r for group in groups for r in group.get("coveredResources", [])}
     missing = [r for r in needed if r not in covered]
     if missing:
-        return [_fail(check, f"does not cover {', '.join(missing)}, which the pods request: Kueue never admits the job",
-                      f"add {', '.join(missing)} to a resourceGroup's coveredResources (with quota in its flavors)")]
+        return [
+            _fail(
+                check,
+                f"does not cover {', '.join(missing)}, which the pods request: Kueue never admits the job",
+                f"add {', '.join(missing)} to a resourceGroup's coveredResources (with quota in its flavors)",
+            )
+        ]
     short = []
     for group in groups:
         wanted = {r: needed[r] for r in group.get("coveredResources", []) if r in needed}
         if not wanted:
             continue
-        quotas = [{r["name"]: quantity(r.get("nominalQuota", 0)) for r in flavor.get("resources", [])}
-                  for flavor in group.get("flavors", [])]
+        quotas = [
+            {r["name"]: quantity(r.get("nominalQuota", 0)) for r in flavor.get("resources", [])}
+            for flavor in group.get("flavors", [])
+        ]
         if not any(all(quota.get(r, 0) >= amount for r, amount in wanted.items()) for quota in quotas):
-            short.append(", ".join(f"{r} {amount / 2**30:g}Gi" if r == "memory" else f"{r} {amount:g}"
-                                   for r, amount in wanted.items()))
+            short.append(
+                ", ".join(
+                    f"{r} {amount / 2**30:g}Gi" if r == "memory" else f"{r} {amount:g}" for r, amount in wanted.items()
+                )
+            )
     if short:
         borrowing = cluster_queue["spec"].get("cohortName")
         detail = f"no flavor's nominal quota holds the job ({'; '.join(short)})"
@@ -827,26 +1051,47 @@ def check_kueue_integrations(cluster: ClusterReader, needs: Needs) -> list[Findi
     try:
         config_map = cluster.config_map(name, namespace)
     except Forbidden as exc:
-        return [_unchecked(check, f"Kueue's Configuration cannot be read, so whether it manages {', '.join(wanted)} is "
-                           f"unknown: {exc}", f"ask the Kueue admin (kubectl -n {namespace} get configmap {name}) "
-                           "whether integrations.frameworks lists them, or run doctor as an admin")]
+        return [
+            _unchecked(
+                check,
+                f"Kueue's Configuration cannot be read, so whether it manages {', '.join(wanted)} is unknown: {exc}",
+                f"ask the Kueue admin (kubectl -n {namespace} get configmap {name}) "
+                "whether integrations.frameworks lists them, or run doctor as an admin",
+            )
+        ]
     if config_map is None or key not in (config_map.get("data") or {}):
-        return [_unchecked(check, f"no {namespace}/{name} ({key}): Kueue's Configuration is elsewhere here, so whether it "
-                           f"manages {', '.join(wanted)} is unknown", "ask the Kueue admin for its integrations.frameworks")]
+        return [
+            _unchecked(
+                check,
+                f"no {namespace}/{name} ({key}): Kueue's Configuration is elsewhere here, so whether it "
+                f"manages {', '.join(wanted)} is unknown",
+                "ask the Kueue admin for its integrations.frameworks",
+            )
+        ]
     try:
         configuration = yaml.safe_load(config_map["data"][key]) or {}
     except yaml.YAMLError as exc:
-        return [_unchecked(check, f"{namespace}/{name} {key} is not YAML: {exc}".splitlines()[0], "ask the Kueue admin")]
+        return [
+            _unchecked(check, f"{namespace}/{name} {key} is not YAML: {exc}".splitlines()[0], "ask the Kueue admin")
+        ]
     enabled = set((configuration.get("integrations") or {}).get("frameworks") or [])
     off = [framework for framework in wanted if framework not in enabled]
     if not off:
         return [_pass(check, f"Kueue manages {', '.join(wanted)}")]
     fix = "ask the Kueue admin to add them to integrations.frameworks"
     if KUEUE_FRAMEWORKS["PyTorchJob"] in off:
-        fix = (f"use backend: trainjob (Kubeflow Trainer v2 TrainJobs, which Kueue manages as "
-               f"{KUEUE_FRAMEWORKS['TrainJob']}; the h100-2nodes profile does), or {fix}")
-    return [_fail(check, f"Kueue does not manage {', '.join(off)} (not in integrations.frameworks): the queue label "
-                  "does nothing for them (no quota, no gang admission)", fix)]
+        fix = (
+            f"use backend: trainjob (Kubeflow Trainer v2 TrainJobs, which Kueue manages as "
+            f"{KUEUE_FRAMEWORKS['TrainJob']}; the h100-2nodes profile does), or {fix}"
+        )
+    return [
+        _fail(
+            check,
+            f"Kueue does not manage {', '.join(off)} (not in integrations.frameworks): the queue label "
+            "does nothing for them (no quota, no gang admission)",
+            fix,
+        )
+    ]
 
 
 CHECKS = [check_versions, check_crds, check_secrets, check_claims, check_access, check_nodes, check_istio, check_kueue]
@@ -896,14 +1141,28 @@ def api_client() -> Any:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="chart values from helm/profiles/NAME.yaml")
-    parser.add_argument("--values", action="append", default=[], metavar="FILE", help="chart values file, after the profile")
-    parser.add_argument("--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)")
-    parser.add_argument("--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's")
+    parser.add_argument(
+        "--values", action="append", default=[], metavar="FILE", help="chart values file, after the profile"
+    )
+    parser.add_argument(
+        "--value", action="append", default=[], metavar="KEY=VALUE", help="override a chart value (YAML-typed)"
+    )
+    parser.add_argument(
+        "--namespace", help="default: the pod's service-account namespace, else the kubeconfig context's"
+    )
     parser.add_argument("--json", action="store_true", help="the findings as JSON")
-    parser.add_argument("--request-timeout", type=float, default=DEFAULT_REQUEST_TIMEOUT_S, metavar="SECONDS",
-                        help="how long any Kubernetes API call waits for an answer")
-    parser.add_argument("--allow-unchecked", action="store_true",
-                        help="exit 0 although some checks could not be made with these credentials (none may fail)")
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long any Kubernetes API call waits for an answer",
+    )
+    parser.add_argument(
+        "--allow-unchecked",
+        action="store_true",
+        help="exit 0 although some checks could not be made with these credentials (none may fail)",
+    )
 
 
 def exit_code(findings: list[Finding], allow_unchecked: bool = False) -> int:
@@ -922,7 +1181,9 @@ def run(args: argparse.Namespace, client: Any = None) -> int:
         from medo1.launch.kubernetes import default_namespace
 
         namespace = default_namespace()
-    needs = profile_needs(profile=args.profile, values_files=args.values, value_overrides=args.value, namespace=namespace)
+    needs = profile_needs(
+        profile=args.profile, values_files=args.values, value_overrides=args.value, namespace=namespace
+    )
     from urllib3.exceptions import HTTPError
 
     try:
@@ -930,8 +1191,10 @@ def run(args: argparse.Namespace, client: Any = None) -> int:
     except (HTTPError, OSError) as exc:  # a closed port, a refused or reset connection, a name that does not resolve
         host = getattr(getattr(client, "configuration", None), "host", "the API server")
         reason = getattr(exc, "reason", None) or exc
-        raise DoctorError(f"cannot reach the Kubernetes API server at {host}: {type(reason).__name__}: "
-                          f"{str(reason).split(': ', 1)[-1]}") from None
+        raise DoctorError(
+            f"cannot reach the Kubernetes API server at {host}: {type(reason).__name__}: "
+            f"{str(reason).split(': ', 1)[-1]}"
+        ) from None
     if args.json:
         print(json.dumps({"namespace": namespace, "findings": [asdict(f) for f in findings]}, indent=2))
     else:

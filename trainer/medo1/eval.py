@@ -215,8 +215,10 @@ class EvalConfig(RetryOptions):
         if self.label in self.compare_with:
             raise ValueError(f"compare_with: label {self.label!r} is `model`'s own label; pick another")
         if self.temperature == 0 and (self.samples_per_prompt > 1 or len(self.seeds) > 1 or self.noise_seeds):
-            raise ValueError("samples_per_prompt > 1, several seeds and noise_seeds need temperature > 0: greedy "
-                             "decoding gives the same answer every time")
+            raise ValueError(
+                "samples_per_prompt > 1, several seeds and noise_seeds need temperature > 0: greedy "
+                "decoding gives the same answer every time"
+            )
         if len(set(self.seeds)) != len(self.seeds) or set(self.noise_seeds) & set(self.seeds):
             raise ValueError(f"seeds {self.seeds} and noise_seeds {self.noise_seeds} must all differ")
         labels = [*self.compare_with, self.label]
@@ -243,11 +245,14 @@ def build_prompt(item: MCQItem) -> str:
 
 
 def _with_system(system_prompt: str | None, content: str) -> Messages:
-    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [{"role": "user", "content": content}]
+    return ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": content}
+    ]
 
 
-def build_messages(item: MCQItem | VerifiableProblem, system_prompt: str | None = None,
-                   prompt: str = "medo1") -> Messages:
+def build_messages(
+    item: MCQItem | VerifiableProblem, system_prompt: str | None = None, prompt: str = "medo1"
+) -> Messages:
     """The chat turn one benchmark row asks: an MCQ item with its options in the `prompt` style (medo1's, or a
     published one: `medo1.eval_published.HUATUO_PROMPTS`), or a verifiable problem's question alone, as the RL
     stage's rollouts ask it (`medo1.rl.rollout.load_problems`)."""
@@ -394,8 +399,16 @@ class HFGenerator:
     responses of a prompt share one pass over the prompt (its KV cache is computed once and copied).
     """
 
-    def __init__(self, model_path: str, *, max_new_tokens: int = 2048, temperature: float = 0.0, top_p: float = 1.0,
-                 batch_size: int = 8, repetition_penalty: float = 1.0):
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        max_new_tokens: int = 2048,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 8,
+        repetition_penalty: float = 1.0,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -408,11 +421,17 @@ class HFGenerator:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=resolve_dtype("auto")).to(self.device)
         self.model.eval()
         self.stop_ids = list(generation_config_for(self.tokenizer).eos_token_id)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            if temperature > 0
             else {"do_sample": False}
+        )
         self.generation_config = GenerationConfig(
-            max_new_tokens=max_new_tokens, repetition_penalty=repetition_penalty, eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id, **sampling,
+            max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            **sampling,
         )
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
@@ -432,7 +451,7 @@ class HFGenerator:
         """`samples` continuations of each prompt of the batch (rows prompt-major): the new tokens only."""
         from transformers import DynamicCache, GenerationConfig
 
-        torch, model = self.torch, self.model
+        model = self.model
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         kwargs = {}
         if samples > 1 and ids.shape[1] > 1:
@@ -442,8 +461,14 @@ class HFGenerator:
             name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
             cache = DynamicCache(config=model.config)
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                  use_cache=True, logits_to_keep=1, **{name: cache})
+            model(
+                input_ids=ids[:, :-1],
+                attention_mask=mask[:, :-1],
+                position_ids=positions[:, :-1],
+                use_cache=True,
+                logits_to_keep=1,
+                **{name: cache},
+            )
             cache.batch_repeat_interleave(samples)
             kwargs[name] = cache
         ids, mask = ids.repeat_interleave(samples, dim=0), mask.repeat_interleave(samples, dim=0)
@@ -451,11 +476,12 @@ class HFGenerator:
         # (e.g. a top_k or repetition_penalty of its own); an empty one in its place leaves nothing to inherit.
         kept, model.generation_config = model.generation_config, GenerationConfig()
         try:
-            output = model.generate(input_ids=ids, attention_mask=mask, generation_config=self.generation_config,
-                                    **kwargs)
+            output = model.generate(
+                input_ids=ids, attention_mask=mask, generation_config=self.generation_config, **kwargs
+            )
         finally:
             model.generation_config = kept
-        return output[:, ids.shape[1]:]
+        return output[:, ids.shape[1] :]
 
     def generate(self, prompts: list[Messages], *, samples: int = 1, seed: int = 0) -> list[list[Generation]]:
         torch = self.torch
@@ -484,8 +510,14 @@ class EndpointGenerator:
     When sampling (temperature > 0) each request carries `top_p` and a `seed` (seed x samples + sample index,
     so every response of a run has its own; vLLM and OpenAI honour it, best effort)."""
 
-    def __init__(self, client_config: ChatClientConfig, *, max_new_tokens: int = 2048, temperature: float = 0.0,
-                 top_p: float = 1.0):
+    def __init__(
+        self,
+        client_config: ChatClientConfig,
+        *,
+        max_new_tokens: int = 2048,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+    ):
         self.client_config = client_config
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -513,8 +545,16 @@ class VLLMGenerator:
     sampling seed (seed x 1,000,003 + its index), so runs are reproducible and every model compared draws with the
     same seeds; its `samples` responses come from one request (vLLM's `n`)."""
 
-    def __init__(self, model_path: str, settings: EvalVLLMSettings, *, max_new_tokens: int = 2048,
-                 temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
+    def __init__(
+        self,
+        model_path: str,
+        settings: EvalVLLMSettings,
+        *,
+        max_new_tokens: int = 2048,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ):
         from vllm import LLM
 
         from medo1.models import generation_config_for, load_tokenizer
@@ -523,10 +563,16 @@ class VLLMGenerator:
         self.stop_ids = list(generation_config_for(self.tokenizer).eos_token_id)
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.repetition_penalty = repetition_penalty
-        self.llm = LLM(model=model_path, tokenizer=model_path, dtype="auto",
-                       tensor_parallel_size=settings.tensor_parallel_size,
-                       gpu_memory_utilization=settings.gpu_memory_utilization, max_model_len=settings.max_model_len,
-                       seed=0, **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}))
+        self.llm = LLM(
+            model=model_path,
+            tokenizer=model_path,
+            dtype="auto",
+            tensor_parallel_size=settings.tensor_parallel_size,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            max_model_len=settings.max_model_len,
+            seed=0,
+            **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
+        )
 
     def render(self, messages: Messages) -> str:
         from medo1.tokenization import render_prompt
@@ -536,9 +582,15 @@ class VLLMGenerator:
     def _params(self, samples: int, seed: int):
         from vllm import SamplingParams
 
-        return SamplingParams(n=samples, temperature=self.temperature, top_p=self.top_p if self.temperature > 0 else 1.0,
-                              max_tokens=self.max_new_tokens, stop_token_ids=self.stop_ids,
-                              repetition_penalty=self.repetition_penalty, seed=seed)
+        return SamplingParams(
+            n=samples,
+            temperature=self.temperature,
+            top_p=self.top_p if self.temperature > 0 else 1.0,
+            max_tokens=self.max_new_tokens,
+            stop_token_ids=self.stop_ids,
+            repetition_penalty=self.repetition_penalty,
+            seed=seed,
+        )
 
     def generate(self, prompts: list[Messages], *, samples: int = 1, seed: int = 0) -> list[list[Generation]]:
         ids = [self.tokenizer(self.render(m), add_special_tokens=False)["input_ids"] for m in prompts]
@@ -600,15 +652,28 @@ def make_generator(config: EvalConfig, model: str | None = None) -> Generator:
         client_config = config.chat_client_config(
             config.endpoint, config.endpoint_model, config.api_key_env, config.concurrency
         )
-        return EndpointGenerator(client_config, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                 top_p=config.top_p)
+        return EndpointGenerator(
+            client_config, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+        )
     path = model if model is not None else config.model
     assert path is not None
     if resolve_engine(config) == "vllm":
-        return VLLMGenerator(path, config.vllm, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                             top_p=config.top_p, repetition_penalty=config.repetition_penalty)
-    return HFGenerator(path, max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                       batch_size=config.batch_size, repetition_penalty=config.repetition_penalty)
+        return VLLMGenerator(
+            path,
+            config.vllm,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            repetition_penalty=config.repetition_penalty,
+        )
+    return HFGenerator(
+        path,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        batch_size=config.batch_size,
+        repetition_penalty=config.repetition_penalty,
+    )
 
 
 # --------------------------------------------------------------------------- scoring
@@ -629,8 +694,13 @@ def benchmark_sources(benchmarks: dict[str, str]) -> dict[str, tuple[str, str | 
             expanded = {name: (path, key)}
         else:
             expanded = {set_name: (path, set_name) for set_name in sets}
-            log.info("benchmark %r (%s): %d sets: %s", name, path, len(sets),
-                     ", ".join(f"{set_name} ({rows} rows)" for set_name, rows in sets.items()))
+            log.info(
+                "benchmark %r (%s): %d sets: %s",
+                name,
+                path,
+                len(sets),
+                ", ".join(f"{set_name} ({rows} rows)" for set_name, rows in sets.items()),
+            )
         for new_name, source in expanded.items():
             if new_name in sources:
                 raise EvalError(f"benchmarks: {new_name!r} named twice ({benchmarks[name]} and an earlier benchmark)")
@@ -665,7 +735,10 @@ def _check_rows(name: str, result: LoadResult, format: str) -> None:
         raise EvalError(f"benchmark {name!r} ({result.path}): none of its {result.rows} row(s) is {what}{first}")
     log.warning(
         "benchmark %r (%s): %d of %d row(s) invalid, skipped (all listed in report.json)",
-        name, result.path, len(result.problems), result.rows,
+        name,
+        result.path,
+        len(result.problems),
+        result.rows,
     )
     for problem in result.problems[:INVALID_ROWS_SHOWN]:
         log.warning("  %s", problem)
@@ -726,8 +799,10 @@ class Benchmark:
         if self.copies:
             notes.append(f"{self.copies}: intervals count each unique question once")
             if config.temperature == 0:
-                notes.append("greedy decoding answers every copy of a question alike: the copies are one run, not "
-                             "several (the paper sampled 5 runs at temperature 0.5; set temperature > 0)")
+                notes.append(
+                    "greedy decoding answers every copy of a question alike: the copies are one run, not "
+                    "several (the paper sampled 5 runs at temperature 0.5; set temperature > 0)"
+                )
         return notes
 
 
@@ -736,18 +811,26 @@ def _mcq_record(generation: Generation, item: MCQItem) -> dict[str, Any]:
     extracted = extract_answer(generation.text, item.options)
     empty = not postprocess(generation.text)  # the published evaluation leaves empty responses out
     answer = None if empty else huatuo_answers(generation.text, item.options)
-    return {"extracted": extracted, "strict_correct": extracted == item.answer_idx,
-            "huatuo_first": answer and answer.first, "huatuo_last": answer and answer.last,
-            "huatuo_kind": answer and answer.kind}
+    return {
+        "extracted": extracted,
+        "strict_correct": extracted == item.answer_idx,
+        "huatuo_first": answer and answer.first,
+        "huatuo_last": answer and answer.last,
+        "huatuo_kind": answer and answer.kind,
+    }
 
 
-def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: EvalConfig, label: str,
-           seed: int) -> list[dict[str, Any]]:
+def _score(
+    generator: Generator, reward: Any, benchmark: Benchmark, config: EvalConfig, label: str, seed: int
+) -> list[dict[str, Any]]:
     """One model's responses to one benchmark under one seed, each scored: the per-response records (MCQ:
     `correct` is set by `apply_scorer` once all of a model's responses to the benchmark are in)."""
     items = benchmark.items
-    generations = generator.generate([build_messages(item, config.system_prompt, config.prompt) for _, item in items],
-                                     samples=config.samples_per_prompt, seed=seed)
+    generations = generator.generate(
+        [build_messages(item, config.system_prompt, config.prompt) for _, item in items],
+        samples=config.samples_per_prompt,
+        seed=seed,
+    )
     flat = [(row, item, sample, g) for (row, item), gens in zip(items, generations) for sample, g in enumerate(gens)]
     rewards = reward([g.text for *_, g in flat], [reference_of(item) for _, item, _, _ in flat])
     records = []
@@ -758,19 +841,32 @@ def _score(generator: Generator, reward: Any, benchmark: Benchmark, config: Eval
             record |= _mcq_record(generation, item)
         else:
             record |= {"extracted": None, "correct": bool(judged_correct)}
-        record |= {"format_ok": format_ok, "reward": value, "tokens": generation.tokens, "hit_cap": generation.hit_cap,
-                   "response": generation.text}
+        record |= {
+            "format_ok": format_ok,
+            "reward": value,
+            "tokens": generation.tokens,
+            "hit_cap": generation.hit_cap,
+            "response": generation.text,
+        }
         records.append(record)
-    log.info("eval: %s on %s, seed %d: mean reward %.3f", label, benchmark.name, seed,
-             sum(rewards.rewards) / max(1, len(rewards.rewards)))
+    log.info(
+        "eval: %s on %s, seed %d: mean reward %.3f",
+        label,
+        benchmark.name,
+        seed,
+        sum(rewards.rewards) / max(1, len(rewards.rewards)),
+    )
     return records
 
 
 def huatuo_score(records: list[dict[str, Any]]) -> HuatuoScore:
     """The published score of a set of MCQ responses (the better of every first-found and every last-found)."""
     return huatuo_set_score(
-        (None if r["huatuo_first"] is None else HuatuoAnswer(r["huatuo_first"], r["huatuo_last"], r["huatuo_kind"]),
-         r["reference"]) for r in records
+        (
+            None if r["huatuo_first"] is None else HuatuoAnswer(r["huatuo_first"], r["huatuo_last"], r["huatuo_kind"]),
+            r["reference"],
+        )
+        for r in records
     )
 
 
@@ -784,7 +880,9 @@ def apply_scorer(benchmark: Benchmark, records: list[dict[str, Any]], scorer: st
         if scorer == "medo1":
             record["correct"] = record["strict_correct"]
         else:
-            record["correct"] = pick is not None and (record[f"huatuo_{pick}"] or "").lower() == record["reference"].lower()
+            record["correct"] = (
+                pick is not None and (record[f"huatuo_{pick}"] or "").lower() == record["reference"].lower()
+            )
 
 
 def unit_means(records: list[dict[str, Any]], unit_of: dict[int, int], key: str) -> dict[int, float]:
@@ -805,9 +903,14 @@ def summarise(benchmark: Benchmark, records: list[dict[str, Any]], scorer: str) 
     capped = [r["hit_cap"] for r in records if r["hit_cap"] is not None]
     unit_accuracy = unit_means(records, benchmark.unit_of, "correct")
     items = dict(benchmark.items)
-    result: dict[str, Any] = {"path": benchmark.loaded.path, "format": benchmark.loaded.format,
-                              "n": len(benchmark.items), "unique_questions": units, "copies": benchmark.copies,
-                              "responses": n_responses}
+    result: dict[str, Any] = {
+        "path": benchmark.loaded.path,
+        "format": benchmark.loaded.format,
+        "n": len(benchmark.items),
+        "unique_questions": units,
+        "copies": benchmark.copies,
+        "responses": n_responses,
+    }
     if benchmark.is_mcq:
         published = huatuo_score(records)
         strict = sum(r["strict_correct"] for r in records)
@@ -818,16 +921,26 @@ def summarise(benchmark: Benchmark, records: list[dict[str, Any]], scorer: str) 
             "accuracy": headline if headline is not None else 0.0,
             "strict_accuracy": strict / n_responses,
             "unparseable": sum(r["extracted"] is None for r in records),
-            "huatuo": {"accuracy": published.accuracy, "first_accuracy": published.first_accuracy,
-                       "last_accuracy": published.last_accuracy, "pick": published.pick,
-                       "scored": published.scored, "dropped_empty": published.dropped_empty},
+            "huatuo": {
+                "accuracy": published.accuracy,
+                "first_accuracy": published.first_accuracy,
+                "last_accuracy": published.last_accuracy,
+                "pick": published.pick,
+                "scored": published.scored,
+                "dropped_empty": published.dropped_empty,
+            },
             "chance": sum(1 / len(items[row].options) for row in benchmark.unit_of) / len(benchmark.unit_of),  # type: ignore[union-attr]
         }
     else:
         correct = sum(r["correct"] for r in records)
-        result |= {"scorer": "reward", "correct": correct, "accuracy": correct / n_responses, "chance": None,
-                   # No final answer to read: the response is out of the format.
-                   "unparseable": n_responses - format_ok}
+        result |= {
+            "scorer": "reward",
+            "correct": correct,
+            "accuracy": correct / n_responses,
+            "chance": None,
+            # No final answer to read: the response is out of the format.
+            "unparseable": n_responses - format_ok,
+        }
     result |= {
         # Intervals count each unique question once (`medo1.eval_stats`).
         "accuracy_ci95": list(wilson_interval(sum(unit_accuracy.values()), units)),
@@ -849,13 +962,18 @@ def load_subjects(benchmark: Benchmark, published: PaperSet, source: str | None)
     field = published.subject_field
     assert field is not None and published.question_field is not None
     raw = benchmark.loaded.raw
-    own = {row: raw[row][field] for row, _ in benchmark.items
-           if isinstance(raw.get(row), dict) and isinstance(raw[row].get(field), str)}
+    own = {
+        row: raw[row][field]
+        for row, _ in benchmark.items
+        if isinstance(raw.get(row), dict) and isinstance(raw[row].get(field), str)
+    }
     if len(own) == len(benchmark.items):
         return own, f"{benchmark.name}: subjects from its rows' own `{field}`"
     if source is None:
-        return {}, (f"{benchmark.name} cannot be split into {' / '.join(c for c, _ in published.split)}: its rows carry "
-                    f"no `{field}`; set subjects.{published.key}=<the original dataset> (a file or hf://...)")
+        return {}, (
+            f"{benchmark.name} cannot be split into {' / '.join(c for c, _ in published.split)}: its rows carry "
+            f"no `{field}`; set subjects.{published.key}=<the original dataset> (a file or hf://...)"
+        )
     path, key = split_set(source)
     by_question: dict[str, str] = {}
     try:
@@ -866,17 +984,21 @@ def load_subjects(benchmark: Benchmark, published: PaperSet, source: str | None)
                     by_question.setdefault(normalise_question(question), subject)
     except DataError as exc:
         raise EvalError(f"subjects.{published.key}: {exc}") from None
-    subjects = {row: by_question[q] for row, item in benchmark.items
-                if (q := normalise_question(item.question)) in by_question}
+    subjects = {
+        row: by_question[q] for row, item in benchmark.items if (q := normalise_question(item.question)) in by_question
+    }
     wanted = {value for _, value in published.split}
     others = sum(subject not in wanted for subject in subjects.values())
-    note = (f"{benchmark.name}: {len(subjects)} of {len(benchmark.items)} rows matched a `{field}` in {source}"
-            + (f"; {len(benchmark.items) - len(subjects)} unmatched" if len(subjects) < len(benchmark.items) else "")
-            + (f"; {others} of another {field}" if others else "")
-            + (", left out of the split columns" if len(subjects) < len(benchmark.items) or others else ""))
+    note = (
+        f"{benchmark.name}: {len(subjects)} of {len(benchmark.items)} rows matched a `{field}` in {source}"
+        + (f"; {len(benchmark.items) - len(subjects)} unmatched" if len(subjects) < len(benchmark.items) else "")
+        + (f"; {others} of another {field}" if others else "")
+        + (", left out of the split columns" if len(subjects) < len(benchmark.items) or others else "")
+    )
     if not by_question:
-        raise EvalError(f"subjects.{published.key}: {source} has no rows with `{published.question_field}` and "
-                        f"`{field}`")
+        raise EvalError(
+            f"subjects.{published.key}: {source} has no rows with `{published.question_field}` and `{field}`"
+        )
     return subjects, note
 
 
@@ -890,8 +1012,12 @@ def _set_score(records: list[dict[str, Any]], scorer: str) -> float | None:
     return 100 * sum(r["strict_correct"] for r in records) / len(records)
 
 
-def paper_tables(benchmarks: dict[str, Benchmark], records: dict[str, dict[str, list[dict[str, Any]]]],
-                 subjects: dict[str, dict[int, str]], scorer: str) -> dict[str, Any]:
+def paper_tables(
+    benchmarks: dict[str, Benchmark],
+    records: dict[str, dict[str, list[dict[str, Any]]]],
+    subjects: dict[str, dict[int, str]],
+    scorer: str,
+) -> dict[str, Any]:
     """Each model's cells in the paper's Table 1 layout (with its Avg) and Table 2 layout, and why any is missing.
     A split column is scored as a set of its own (the published scorer's first/last pick per column)."""
     by_set = {published.key: name for name in benchmarks if (published := paper_set(name)) is not None}
@@ -911,14 +1037,24 @@ def paper_tables(benchmarks: dict[str, Benchmark], records: dict[str, dict[str, 
             elif name in subjects:
                 for column, value in published.split:
                     table1[column] = _set_score([r for r in rows if subjects[name].get(r["row"]) == value], scorer)
-        models[label] = {"table1": table1, "average": paper_average([table1[c] for c in TABLE1_COLUMNS]),
-                         "table2": table2}
+        models[label] = {
+            "table1": table1,
+            "average": paper_average([table1[c] for c in TABLE1_COLUMNS]),
+            "table2": table2,
+        }
     for published in PAPER_SETS:
         if published.key not in by_set:
-            missing.append(f"{published.key} not evaluated: {' / '.join(c for c, _ in published.split) or published.column} "
-                           f"n/a (give the published file, or {published.aliases[0]}=FILE)")
-    return {"scorer": scorer, "table1_columns": list(TABLE1_COLUMNS), "table2_columns": list(TABLE2_COLUMNS),
-            "models": models, "notes": missing}
+            missing.append(
+                f"{published.key} not evaluated: {' / '.join(c for c, _ in published.split) or published.column} "
+                f"n/a (give the published file, or {published.aliases[0]}=FILE)"
+            )
+    return {
+        "scorer": scorer,
+        "table1_columns": list(TABLE1_COLUMNS),
+        "table2_columns": list(TABLE2_COLUMNS),
+        "models": models,
+        "notes": missing,
+    }
 
 
 PAIRED_METRICS = {"reward": "reward", "format_ok": "format_ok", "correct": "correct"}
@@ -934,9 +1070,13 @@ def _paired(benchmark: Benchmark, model: list[dict[str, Any]], baseline: list[di
     return out
 
 
-def compare_to_baseline(benchmarks: dict[str, Benchmark], records: dict[str, dict[str, list[dict[str, Any]]]],
-                        noise: dict[int, dict[str, list[dict[str, Any]]]], baseline: str,
-                        first_seed: int) -> dict[str, Any]:
+def compare_to_baseline(
+    benchmarks: dict[str, Benchmark],
+    records: dict[str, dict[str, list[dict[str, Any]]]],
+    noise: dict[int, dict[str, list[dict[str, Any]]]],
+    baseline: str,
+    first_seed: int,
+) -> dict[str, Any]:
     """Every model against `baseline`, question by question, and the baseline's seed-to-seed noise.
 
     `records`: label -> benchmark -> response records (all seeds); `noise`: noise seed -> benchmark -> the
@@ -945,16 +1085,22 @@ def compare_to_baseline(benchmarks: dict[str, Benchmark], records: dict[str, dic
     result: dict[str, Any] = {
         "baseline": baseline,
         "method": f"paired percentile bootstrap over unique questions, {BOOTSTRAP_RESAMPLES} resamples, "
-                  f"generator seed {BOOTSTRAP_SEED}; a question's value is the mean over its responses",
+        f"generator seed {BOOTSTRAP_SEED}; a question's value is the mean over its responses",
         "benchmarks": {},
     }
     for name, benchmark in benchmarks.items():
         base = records[baseline][name]
         first_run = [r for r in base if r["seed"] == first_seed]
         seed_to_seed = [{"seed": seed, **_paired(benchmark, runs[name], first_run)} for seed, runs in noise.items()]
-        band = {metric: noise_band([PairedDifference(d[metric]["difference"], *d[metric]["ci95"],
-                                                     d[metric]["questions"]) for d in seed_to_seed])
-                for metric in PAIRED_METRICS}
+        band = {
+            metric: noise_band(
+                [
+                    PairedDifference(d[metric]["difference"], *d[metric]["ci95"], d[metric]["questions"])
+                    for d in seed_to_seed
+                ]
+            )
+            for metric in PAIRED_METRICS
+        }
         models = {}
         for label, runs in records.items():
             if label == baseline:
@@ -963,7 +1109,8 @@ def compare_to_baseline(benchmarks: dict[str, Benchmark], records: dict[str, dic
             for metric, gain in gains.items():
                 low, high = gain["ci95"]
                 gain["beyond_noise"] = beyond_noise(
-                    PairedDifference(gain["difference"], low, high, gain["questions"]), band[metric])
+                    PairedDifference(gain["difference"], low, high, gain["questions"]), band[metric]
+                )
             models[label] = gains
         result["benchmarks"][name] = {"models": models, "noise": seed_to_seed, "noise_band": band}
     return result
@@ -996,9 +1143,12 @@ def _verdict(gains: dict[str, Any]) -> str:
 
 def _paper_markdown(report: dict[str, Any]) -> list[str]:
     tables = report["paper_table"]
-    scorer = ("the published HuatuoGPT-o1 scorer (`huatuo`: the better of first- and last-found answers per column, "
-              "empty answers left out)" if tables["scorer"] == "huatuo" else
-              "medo1's strict scorer (`medo1`: one extracted answer, an unparsed one wrong)")
+    scorer = (
+        "the published HuatuoGPT-o1 scorer (`huatuo`: the better of first- and last-found answers per column, "
+        "empty answers left out)"
+        if tables["scorer"] == "huatuo"
+        else "medo1's strict scorer (`medo1`: one extracted answer, an unparsed one wrong)"
+    )
     columns1, columns2 = tables["table1_columns"], tables["table2_columns"]
     lines = [
         "## The paper's Table 1 layout",
@@ -1012,8 +1162,13 @@ def _paper_markdown(report: dict[str, Any]) -> list[str]:
     for label, model in tables["models"].items():
         cells = [paper_cell(model["table1"][c]) for c in columns1]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {paper_cell(model['average'])} |")
-    lines += ["", "Table 2 layout (MMLU-Pro and GPQA each over all their questions):", "",
-              "| model | " + " | ".join(columns2) + " |", "|---|" + "---:|" * len(columns2)]
+    lines += [
+        "",
+        "Table 2 layout (MMLU-Pro and GPQA each over all their questions):",
+        "",
+        "| model | " + " | ".join(columns2) + " |",
+        "|---|" + "---:|" * len(columns2),
+    ]
     for label, model in tables["models"].items():
         lines.append(f"| {label} | " + " | ".join(paper_cell(model["table2"][c]) for c in columns2) + " |")
     notes = tables["notes"]
@@ -1035,19 +1190,27 @@ def _markdown(report: dict[str, Any]) -> str:
     ]
     for name, result in report["benchmarks"].items():
         strict = _pct(result.get("strict_accuracy"))
-        lines.append(f"| {name} | {result['n']} | {result['unique_questions']} | {_pct(result['accuracy'])} | {strict} "
-                     f"| {result['unparseable']} |")
+        lines.append(
+            f"| {name} | {result['n']} | {result['unique_questions']} | {_pct(result['accuracy'])} | {strict} "
+            f"| {result['unparseable']} |"
+        )
     lines += ["", f"Average accuracy over these benchmarks: {_pct(report['average_accuracy'])}%"]
     invalid = sum(len(r["invalid_rows"]) for r in report["benchmarks"].values())
     if invalid:
         lines.append(f"Invalid rows skipped: {invalid} (listed in report.json).")
-    decoding = ("greedy decoding" if settings["temperature"] == 0 else
-                f"temperature {settings['temperature']}, top-p {settings['top_p']}, "
-                f"{settings['samples_per_prompt']} sample(s) per question under seed(s) "
-                f"{', '.join(map(str, settings['seeds']))}")
+    decoding = (
+        "greedy decoding"
+        if settings["temperature"] == 0
+        else f"temperature {settings['temperature']}, top-p {settings['top_p']}, "
+        f"{settings['samples_per_prompt']} sample(s) per question under seed(s) "
+        f"{', '.join(map(str, settings['seeds']))}"
+    )
     protocol = f"preset {settings['preset']}; " if settings["preset"] else ""
-    lines += ["", f"Decoding: {protocol}{decoding}; at most {settings['max_new_tokens']} new tokens; "
-                  f"prompt {settings['prompt']}; engine {settings['engine']}."]
+    lines += [
+        "",
+        f"Decoding: {protocol}{decoding}; at most {settings['max_new_tokens']} new tokens; "
+        f"prompt {settings['prompt']}; engine {settings['engine']}.",
+    ]
     lines += [f"- {note}" for note in report["notes"]]
     for name, result in report["benchmarks"].items():
         lines += [f"- {name}: {note}" for note in result["notes"] if not note.startswith(name)]
@@ -1083,12 +1246,16 @@ def _markdown(report: dict[str, Any]) -> str:
                 "|---|---:|---:|---:|---|",
             ]
             for label, gains in p["models"].items():
-                lines.append(f"| {label} | {_difference_cell(gains['reward'])} | {_difference_cell(gains['format_ok'])} "
-                             f"| {_difference_cell(gains['correct'])} | {_verdict(gains)} |")
+                lines.append(
+                    f"| {label} | {_difference_cell(gains['reward'])} | {_difference_cell(gains['format_ok'])} "
+                    f"| {_difference_cell(gains['correct'])} | {_verdict(gains)} |"
+                )
             for run in p["noise"]:
-                lines.append(f"| {paired['baseline']}, seed {run['seed']} vs seed {settings['seeds'][0]} (noise) "
-                             f"| {_difference_cell(run['reward'])} | {_difference_cell(run['format_ok'])} "
-                             f"| {_difference_cell(run['correct'])} | seed-to-seed |")
+                lines.append(
+                    f"| {paired['baseline']}, seed {run['seed']} vs seed {settings['seeds'][0]} (noise) "
+                    f"| {_difference_cell(run['reward'])} | {_difference_cell(run['format_ok'])} "
+                    f"| {_difference_cell(run['correct'])} | seed-to-seed |"
+                )
     lines += [
         "",
         "Format ok: `## Thinking` and `## Final Response` each exactly once, the RL reward's format rule. "
@@ -1119,11 +1286,16 @@ def _protocol_notes(config: EvalConfig) -> list[str]:
     """Where a run that names a published protocol departs from it."""
     if config.preset != "huatuo":
         return []
-    changed = [f"{key} {getattr(config, key)} (published: {value})" for key, value in HUATUO_PRESET.items()
-               if getattr(config, key) != value]
+    changed = [
+        f"{key} {getattr(config, key)} (published: {value})"
+        for key, value in HUATUO_PRESET.items()
+        if getattr(config, key) != value
+    ]
     if not changed:
         return []
-    note = "preset huatuo with these settings changed, so the numbers are not the published protocol's: " + ", ".join(changed)
+    note = "preset huatuo with these settings changed, so the numbers are not the published protocol's: " + ", ".join(
+        changed
+    )
     log.warning("eval: %s", note)
     return [note]
 
@@ -1143,8 +1315,9 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
     benchmarks = {name: Benchmark.of(name, result, config) for name, result in loaded.items()}
     for benchmark in benchmarks.values():
         if benchmark.copies and config.temperature == 0:
-            log.warning("benchmark %r: %s decoded greedily: its copies are one run repeated", benchmark.name,
-                        benchmark.copies)
+            log.warning(
+                "benchmark %r: %s decoded greedily: its copies are one run repeated", benchmark.name, benchmark.copies
+            )
     engine = resolve_engine(config) if config.model is not None or config.compare_with else "endpoint"
     notes = _protocol_notes(config)
     subjects: dict[str, dict[int, str]] = {}
@@ -1163,9 +1336,22 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
     report: dict[str, Any] = {
         "model": config.model if config.model is not None else (config.endpoint_model or config.endpoint),
         "reward": reward.name,
-        "settings": {key: getattr(config, key) for key in (
-            "format", "preset", "prompt", "scorer", "temperature", "top_p", "samples_per_prompt", "seeds",
-            "noise_seeds", "max_new_tokens")} | {"engine": engine},
+        "settings": {
+            key: getattr(config, key)
+            for key in (
+                "format",
+                "preset",
+                "prompt",
+                "scorer",
+                "temperature",
+                "top_p",
+                "samples_per_prompt",
+                "seeds",
+                "noise_seeds",
+                "max_new_tokens",
+            )
+        }
+        | {"engine": engine},
         "notes": notes,
         "benchmarks": {},
         "comparison": {},
@@ -1185,17 +1371,22 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
                 records[label][name] += _score(model_generator, reward, benchmark, config, label, seed)
         if label == baseline:
             for seed in config.noise_seeds:
-                noise[seed] = {name: _score(model_generator, reward, benchmark, config, f"{label} (noise)", seed)
-                               for name, benchmark in benchmarks.items()}
+                noise[seed] = {
+                    name: _score(model_generator, reward, benchmark, config, f"{label} (noise)", seed)
+                    for name, benchmark in benchmarks.items()
+                }
         del model_generator  # one model in memory at a time
         for name, benchmark in benchmarks.items():
             apply_scorer(benchmark, records[label][name], config.scorer)
-            for by_name in (noise.values() if label == baseline else ()):
+            for by_name in noise.values() if label == baseline else ():
                 apply_scorer(benchmark, by_name[name], config.scorer)
-        report["comparison"][label] = {name: summarise(benchmarks[name], records[label][name], config.scorer)
-                                       for name in benchmarks}
-    report["benchmarks"] = {name: report["comparison"][config.label][name] | {"per_item": records[config.label][name]}
-                            for name in benchmarks}
+        report["comparison"][label] = {
+            name: summarise(benchmarks[name], records[label][name], config.scorer) for name in benchmarks
+        }
+    report["benchmarks"] = {
+        name: report["comparison"][config.label][name] | {"per_item": records[config.label][name]}
+        for name in benchmarks
+    }
     for label in report["comparison"]:
         for result in report["comparison"][label].values():
             del result["invalid_rows"]
@@ -1207,10 +1398,14 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
     report["average_accuracy"] = sum(scored) / len(scored)
     response_lines = [
         json.dumps({"model": label, "benchmark": name, **record}, ensure_ascii=False) + "\n"
-        for label, by_name in records.items() for name, rows in by_name.items() for record in rows
+        for label, by_name in records.items()
+        for name, rows in by_name.items()
+        for record in rows
     ] + [
         json.dumps({"model": f"{baseline} (noise seed {seed})", "benchmark": name, **record}, ensure_ascii=False) + "\n"
-        for seed, by_name in noise.items() for name, rows in by_name.items() for record in rows
+        for seed, by_name in noise.items()
+        for name, rows in by_name.items()
+        for record in rows
     ]
     _replace_outputs(
         out_dir,

@@ -170,15 +170,34 @@ class PaperSet:
 PAPER_SETS = (
     PaperSet("MedQA_USLME_test", ("medqa",), "MedQA", rows=1273, note="MedQA (USMLE test set, 4 options)"),
     PaperSet("MedMCQA_validation", ("medmcqa",), "MedMCQA", rows=4183, note="MedMCQA (validation set)"),
-    PaperSet("PubMedQA_test", ("pubmedqa",), "PubMedQA", rows=1000,
-             note="PubMedQA test set: PQA-L, the 1,000 expert-labelled questions (answers yes / no / maybe)"),
-    PaperSet("MMLU-Pro_Medical_test", ("mmlu_pro_medical", "mmlu_pro"), "MMLU-Pro (Med)", "category", "question",
-             (("Health", "health"), ("Biology", "biology")), rows=1535,
-             note="MMLU-Pro health and biology questions (up to 10 options, A-J)"),
-    PaperSet("GPQA_Medical_test", ("gpqa_medical", "gpqa"), "GPQA (Med)", "Subdomain", "Question",
-             (("Genetics", "Genetics"), ("Molecular Biology", "Molecular Biology")), rows=390,
-             note="GPQA genetics and molecular biology questions, each written 5 times (the paper's 5 runs, sampled "
-                  "at temperature 0.5)"),
+    PaperSet(
+        "PubMedQA_test",
+        ("pubmedqa",),
+        "PubMedQA",
+        rows=1000,
+        note="PubMedQA test set: PQA-L, the 1,000 expert-labelled questions (answers yes / no / maybe)",
+    ),
+    PaperSet(
+        "MMLU-Pro_Medical_test",
+        ("mmlu_pro_medical", "mmlu_pro"),
+        "MMLU-Pro (Med)",
+        "category",
+        "question",
+        (("Health", "health"), ("Biology", "biology")),
+        rows=1535,
+        note="MMLU-Pro health and biology questions (up to 10 options, A-J)",
+    ),
+    PaperSet(
+        "GPQA_Medical_test",
+        ("gpqa_medical", "gpqa"),
+        "GPQA (Med)",
+        "Subdomain",
+        "Question",
+        (("Genetics", "Genetics"), ("Molecular Biology", "Molecular Biology")),
+        rows=390,
+        note="GPQA genetics and molecular biology questions, each written 5 times (the paper's 5 runs, sampled "
+        "at temperature 0.5)",
+    ),
 )
 TABLE1_COLUMNS = ("MedQA", "MedMCQA", "PubMedQA", "Health", "Biology", "Genetics", "Molecular Biology")
 TABLE2_COLUMNS = ("MedQA", "MedMCQA", "PubMedQA", "MMLU-Pro (Med)", "GPQA (Med)")

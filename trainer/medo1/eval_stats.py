@@ -50,12 +50,21 @@ class PairedDifference:
         return self.low > 0 or self.high < 0
 
     def to_dict(self) -> dict[str, float | int | bool]:
-        return {"difference": self.difference, "ci95": [self.low, self.high], "questions": self.questions,
-                "excludes_zero": self.excludes_zero}
+        return {
+            "difference": self.difference,
+            "ci95": [self.low, self.high],
+            "questions": self.questions,
+            "excludes_zero": self.excludes_zero,
+        }
 
 
-def paired_bootstrap(model: Sequence[float], baseline: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
-                     seed: int = BOOTSTRAP_SEED) -> PairedDifference:
+def paired_bootstrap(
+    model: Sequence[float],
+    baseline: Sequence[float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> PairedDifference:
     """The mean per-question difference `model[i] - baseline[i]` and its 95% percentile bootstrap interval
     (questions drawn with replacement, `resamples` times, from a generator seeded with `seed`)."""
     import numpy as np

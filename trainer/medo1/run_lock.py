@@ -109,8 +109,15 @@ def describe(holder: dict[str, Any], now: float) -> str:
 class RunLock:
     """`acquire()` the run folder's lock (or raise RunFolderLocked), keep its heartbeat while held, `release()` it."""
 
-    def __init__(self, directory: str | Path, *, heartbeat_s: float = HEARTBEAT_S, stale_after_s: float = STALE_AFTER_S,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after_s: float = STALE_AFTER_S,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
@@ -123,9 +130,14 @@ class RunLock:
     # ---- the file ---------------------------------------------------------------------------
     def _content(self) -> str:
         now = self.clock()
-        return json.dumps({**process_identity(), "token": self.token,
-                           "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                           "heartbeat_at": now})
+        return json.dumps(
+            {
+                **process_identity(),
+                "token": self.token,
+                "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "heartbeat_at": now,
+            }
+        )
 
     def _create(self) -> bool:
         """Create the lock holding our content, atomically; False when a lock exists."""
@@ -180,23 +192,33 @@ class RunLock:
             alive = holder_alive(holder)
             now = self.clock()
             if alive:
-                raise RunFolderLocked(f"{self.directory} is in use by {describe(holder, now)}; one writer at a time: "
-                                      f"wait for it to end or stop it (a lock left by a dead process is taken over)")
+                raise RunFolderLocked(
+                    f"{self.directory} is in use by {describe(holder, now)}; one writer at a time: "
+                    f"wait for it to end or stop it (a lock left by a dead process is taken over)"
+                )
             if alive is None:
                 beat = holder.get("heartbeat_at") if isinstance(holder.get("heartbeat_at"), (int, float)) else 0.0
                 if waited_for is not None and beat != waited_for.get("heartbeat_at"):
-                    raise RunFolderLocked(f"{self.directory} is in use by {describe(holder, now)}: its heartbeat went "
-                                          "on while this process waited; one writer at a time")
+                    raise RunFolderLocked(
+                        f"{self.directory} is in use by {describe(holder, now)}: its heartbeat went "
+                        "on while this process waited; one writer at a time"
+                    )
                 wait = beat + self.stale_after_s - now
                 if wait > 0 and waited_for is None:
-                    log.warning("%s is locked by %s, which this host cannot check; waiting %.0f s for its heartbeat "
-                                "to go stale", self.directory, describe(holder, now), wait)
+                    log.warning(
+                        "%s is locked by %s, which this host cannot check; waiting %.0f s for its heartbeat "
+                        "to go stale",
+                        self.directory,
+                        describe(holder, now),
+                        wait,
+                    )
                     waited_for = holder
                     self.sleep(wait + 0.5)
                     continue
             if self._take_over(holder):
-                log.warning("took over the lock of %s from %s, which is gone", self.directory,
-                            describe(holder, self.clock()))
+                log.warning(
+                    "took over the lock of %s from %s, which is gone", self.directory, describe(holder, self.clock())
+                )
                 break
         self._beating = threading.Thread(target=self._beat, name="medo1-run-lock", daemon=True)
         self._beating.start()
@@ -228,8 +250,11 @@ class RunLock:
             holder = self.read()
             if holder is None or holder.get("token") != self.token:
                 self.lost = True
-                log.error("lost the lock of %s (now %s): another process writes to this run folder",
-                          self.directory, describe(holder, self.clock()) if holder else "no lock")
+                log.error(
+                    "lost the lock of %s (now %s): another process writes to this run folder",
+                    self.directory,
+                    describe(holder, self.clock()) if holder else "no lock",
+                )
                 return
             holder["heartbeat_at"] = self.clock()
             atomic_write_text(self.path, json.dumps(holder))

@@ -171,12 +171,14 @@ class Medo1SFTTrainer(MarkedCheckpoints, SFTTrainer):
         self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
         if mode == "train":
             # Input tokens seen, as TRL counts them (padding included where there is an attention mask).
-            seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else torch.tensor(
-                inputs["input_ids"].numel(), device=logits.device)
+            seen = (
+                inputs["attention_mask"].sum()
+                if "attention_mask" in inputs
+                else torch.tensor(inputs["input_ids"].numel(), device=logits.device)
+            )
             self._total_train_tokens += self.accelerator.gather_for_metrics(seen).sum().item() // self._tp_size
         self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
         return loss
-
 
 
 def load_model(config: SFTConfig):
@@ -198,7 +200,11 @@ def peft_config(config: SFTConfig):
 
     lora = config.lora
     return PeftLoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules, task_type="CAUSAL_LM"
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
     )
 
 
@@ -214,8 +220,13 @@ def finished_result(run: RunStart) -> SFTResult:
     export = run.finished.get("export")
     report_path = run.output_dir / "data_report.json"
     report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    return SFTResult(run.output_dir, int(run.finished.get("final_step") or 0),
-                     run.output_dir / export if export else None, report, already_finished=True)
+    return SFTResult(
+        run.output_dir,
+        int(run.finished.get("final_step") or 0),
+        run.output_dir / export if export else None,
+        report,
+        already_finished=True,
+    )
 
 
 def _train(config: SFTConfig, run: RunStart) -> SFTResult:
@@ -231,7 +242,9 @@ def _train(config: SFTConfig, run: RunStart) -> SFTResult:
         import deepspeed
 
         log.debug("training on %s", args.device)  # sets up torch's process group (TrainingArguments._setup_devices)
-        deepspeed.init_distributed(dist_backend=torch.distributed.get_backend() if torch.distributed.is_initialized() else None)
+        deepspeed.init_distributed(
+            dist_backend=torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+        )
     model = load_model(config)
     trace = None
     if config.output.batch_trace:

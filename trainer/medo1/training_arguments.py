@@ -9,7 +9,6 @@ from typing import Any
 
 from medo1.config import OutputConfig, TrainingOptions
 
-
 # medo1's DeepSpeed ZeRO-3 config for `train.distributed=deepspeed_zero3`; "auto" entries are filled in from the
 # stage's config (by transformers for SFT and GRPO, by `medo1.rl.sharding.zero3_config` for PPO). No "optimizer"
 # entry: DeepSpeed then steps the optimizer it is given (transformers' integrations/deepspeed.py,
@@ -64,12 +63,17 @@ def placement_arguments(train: TrainingOptions, gradient_checkpointing: bool) ->
     elif train.distributed == "fsdp":
         arguments["fsdp"] = "full_shard auto_wrap"
         # FSDP checkpoints activations itself, per wrapped block.
-        arguments["fsdp_config"] = {"state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": gradient_checkpointing}
+        arguments["fsdp_config"] = {
+            "state_dict_type": "FULL_STATE_DICT",
+            "activation_checkpointing": gradient_checkpointing,
+        }
     arguments[checkpointing_field()] = gradient_checkpointing and train.distributed != "fsdp"
     return arguments
 
 
-def trainer_arguments(train: TrainingOptions, output: OutputConfig, output_dir: Path, gradient_checkpointing: bool) -> dict[str, Any]:
+def trainer_arguments(
+    train: TrainingOptions, output: OutputConfig, output_dir: Path, gradient_checkpointing: bool
+) -> dict[str, Any]:
     """transformers TrainingArguments fields every HF-Trainer stage (SFT, GRPO) sets the same way.
 
     Checkpoint cadence is transformers'; retention is ours (`medo1.checkpoint`), so its own limit is off.

@@ -31,7 +31,9 @@ def check_training_paths(config: Any, models: dict[str, str | None] | None = Non
     if not data_path.startswith(HUB_PREFIX) and not Path(data_path).expanduser().exists():
         raise ConfigError(f"data.path: {data_path} does not exist")
     check_output_dir(config.output.dir)
-    inputs = references | (models or {}) | {"data.path": data_path, "train.deepspeed_config": config.train.deepspeed_config}
+    inputs = (
+        references | (models or {}) | {"data.path": data_path, "train.deepspeed_config": config.train.deepspeed_config}
+    )
     check_outputs_apart({"output.dir": config.output.dir}, inputs)
     for name in ("export", "export.partial"):  # replaced at the end of the run: refused now, not after hours
         check_replaceable(Path(config.output.dir).expanduser() / name, f"output.dir: {name}")

@@ -39,7 +39,6 @@ from pydantic import Field
 from medo1.atomic import atomic_write_text
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError, RetryOptions
 from medo1.config import StageError, check_outputs_apart
-from medo1.translation_checks import TranslationChecks
 from medo1.data import (
     PARSERS,
     DataError,
@@ -49,6 +48,7 @@ from medo1.data import (
     resolve_fields,
     write_rejects,
 )
+from medo1.translation_checks import TranslationChecks
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Logical fields translated per format (mcq options are translated value by value).
@@ -366,8 +366,9 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
     if not client.has_key and base_url.rstrip("/") == DEFAULT_BASE_URL:
         raise TranslateError(f"set ${config.api_key_env} to the API key for {base_url}")
     cache_dir, rejects_path = default_paths(config)
-    check_outputs_apart({"output": config.output, "rejects": rejects_path, "cache_dir": cache_dir},
-                        {"input": config.input})
+    check_outputs_apart(
+        {"output": config.output, "rejects": rejects_path, "cache_dir": cache_dir}, {"input": config.input}
+    )
     try:
         items, problems, raw, rows = load_items(config)
     except DataError as exc:

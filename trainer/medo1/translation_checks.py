@@ -70,15 +70,71 @@ SPACES = " \u00a0\u202f"
 APOSTROPHES = "'’"
 # Units checked when written right after a number (case aside; μ also as µ, ³ as 3: NFKC).
 UNITS = (
-    "mEq/L", "mmol/L", "μmol/L", "nmol/L", "pmol/L", "mg/dL", "g/dL", "g/L", "mg/L", "ng/mL", "pg/mL",
-    "μg/mL", "mg/kg", "μg/kg", "mL/kg", "mL/min", "mL/h", "U/L", "IU/L", "mIU/L", "mU/L", "cells/μL",
-    "/μL", "/mm3", "mm3", "mmHg", "cmH2O", "mEq", "mmol", "mOsm/kg", "kcal", "mcg", "μg", "ng", "mg",
-    "kg", "g", "mL", "dL", "L", "IU", "U", "%", "°C", "°F", "bpm", "cm", "mm", "km", "min", "h",
+    "mEq/L",
+    "mmol/L",
+    "μmol/L",
+    "nmol/L",
+    "pmol/L",
+    "mg/dL",
+    "g/dL",
+    "g/L",
+    "mg/L",
+    "ng/mL",
+    "pg/mL",
+    "μg/mL",
+    "mg/kg",
+    "μg/kg",
+    "mL/kg",
+    "mL/min",
+    "mL/h",
+    "U/L",
+    "IU/L",
+    "mIU/L",
+    "mU/L",
+    "cells/μL",
+    "/μL",
+    "/mm3",
+    "mm3",
+    "mmHg",
+    "cmH2O",
+    "mEq",
+    "mmol",
+    "mOsm/kg",
+    "kcal",
+    "mcg",
+    "μg",
+    "ng",
+    "mg",
+    "kg",
+    "g",
+    "mL",
+    "dL",
+    "L",
+    "IU",
+    "U",
+    "%",
+    "°C",
+    "°F",
+    "bpm",
+    "cm",
+    "mm",
+    "km",
+    "min",
+    "h",
 )
 # Unit names that Chinese and Japanese translations write out, as the unit they stand for.
 CJK_UNITS = {
-    "毫米汞柱": "mmHg", "毫克": "mg", "微克": "mcg", "千克": "kg", "公斤": "kg", "毫升": "mL", "克": "g",
-    "ミリグラム": "mg", "マイクログラム": "mcg", "キログラム": "kg", "グラム": "g",
+    "毫米汞柱": "mmHg",
+    "毫克": "mg",
+    "微克": "mcg",
+    "千克": "kg",
+    "公斤": "kg",
+    "毫升": "mL",
+    "克": "g",
+    "ミリグラム": "mg",
+    "マイクログラム": "mcg",
+    "キログラム": "kg",
+    "グラム": "g",
     "ミリリットル": "mL",
 }
 # Longest first (`mg/dL` is not read as `mg`); not followed by a Latin or Greek letter (`5 minutes`
@@ -108,12 +164,30 @@ must show the target's script (non-Latin targets) and must not be the source's o
 # Scripts a target language is written in (CLDR likely-subtags script code) -> the Unicode character-name prefixes of
 # their letters. Latin-script targets have none: their check is the language identification.
 SCRIPT_LETTERS = {
-    "Jpan": ("HIRAGANA", "KATAKANA", "CJK UNIFIED IDEOGRAPH"), "Hans": ("CJK UNIFIED IDEOGRAPH",),
-    "Hant": ("CJK UNIFIED IDEOGRAPH",), "Kore": ("HANGUL",), "Cyrl": ("CYRILLIC",), "Arab": ("ARABIC",),
-    "Hebr": ("HEBREW",), "Grek": ("GREEK",), "Thai": ("THAI",), "Deva": ("DEVANAGARI",), "Beng": ("BENGALI",),
-    "Taml": ("TAMIL",), "Telu": ("TELUGU",), "Knda": ("KANNADA",), "Mlym": ("MALAYALAM",), "Gujr": ("GUJARATI",),
-    "Guru": ("GURMUKHI",), "Geor": ("GEORGIAN",), "Armn": ("ARMENIAN",), "Ethi": ("ETHIOPIC",), "Khmr": ("KHMER",),
-    "Laoo": ("LAO",), "Mymr": ("MYANMAR",), "Sinh": ("SINHALA",),
+    "Jpan": ("HIRAGANA", "KATAKANA", "CJK UNIFIED IDEOGRAPH"),
+    "Hans": ("CJK UNIFIED IDEOGRAPH",),
+    "Hant": ("CJK UNIFIED IDEOGRAPH",),
+    "Kore": ("HANGUL",),
+    "Cyrl": ("CYRILLIC",),
+    "Arab": ("ARABIC",),
+    "Hebr": ("HEBREW",),
+    "Grek": ("GREEK",),
+    "Thai": ("THAI",),
+    "Deva": ("DEVANAGARI",),
+    "Beng": ("BENGALI",),
+    "Taml": ("TAMIL",),
+    "Telu": ("TELUGU",),
+    "Knda": ("KANNADA",),
+    "Mlym": ("MALAYALAM",),
+    "Gujr": ("GUJARATI",),
+    "Guru": ("GURMUKHI",),
+    "Geor": ("GEORGIAN",),
+    "Armn": ("ARMENIAN",),
+    "Ethi": ("ETHIOPIC",),
+    "Khmr": ("KHMER",),
+    "Laoo": ("LAO",),
+    "Mymr": ("MYANMAR",),
+    "Sinh": ("SINHALA",),
 }
 # Languages commonly written in more than one script: only a script named in the target (sr_Latn, sr-Cyrl) counts.
 MULTI_SCRIPT_LANGUAGES = frozenset({"sr", "bs", "uz", "az", "kk", "ku", "mn", "pa", "sd", "ks"})
@@ -381,22 +455,32 @@ class TranslationChecks:
 
     def record_problems(self, source: dict[str, Any], translated: dict[str, Any]) -> Iterator[CheckProblem]:
         """A record whose every field is under MIN_CHECKED_WORDS, judged as a whole (see the module docstring)."""
-        pairs = [(src, out) for key, value in source.items()
-                 for (_, src), (_, out) in zip(_strings(value, key), _strings(translated[key], key))
-                 if isinstance(src, str) and isinstance(out, str)]
+        pairs = [
+            (src, out)
+            for key, value in source.items()
+            for (_, src), (_, out) in zip(_strings(value, key), _strings(translated[key], key))
+            if isinstance(src, str) and isinstance(out, str)
+        ]
         if not pairs or any(checked_words(src) >= MIN_CHECKED_WORDS for src, _ in pairs):
             return  # the long fields were checked one by one
         if self.locale.language == SOURCE_LOCALE.language:
             return
         src_text = "\n".join(_without_markers(src) for src, _ in pairs)
         out_text = "\n".join(_without_markers(out) for _, out in pairs)
-        latin_words = sum(word.lower() not in CANONICAL_UNITS and not word.isupper()  # mg, HbA1c's kin: kept as written
-                          for word in LATIN_WORD_RE.findall(src_text))
+        latin_words = sum(
+            word.lower() not in CANONICAL_UNITS and not word.isupper()  # mg, HbA1c's kin: kept as written
+            for word in LATIN_WORD_RE.findall(src_text)
+        )
         if self.script and latin_words >= MIN_SCRIPT_WORDS and not has_script(out_text, self.script):
-            yield CheckProblem("language", f"record: no {self.name} ({self.script}) letter in any field of the "
-                                           f"translation (not translated to {self.name})")
+            yield CheckProblem(
+                "language",
+                f"record: no {self.name} ({self.script}) letter in any field of the "
+                f"translation (not translated to {self.name})",
+            )
         elif latin_words >= MIN_SCRIPT_WORDS and all(src.strip() == out.strip() for src, out in pairs):
-            yield CheckProblem("language", f"record: every field is the source's own text (not translated to {self.name})")
+            yield CheckProblem(
+                "language", f"record: every field is the source's own text (not translated to {self.name})"
+            )
         elif checked_words(src_text) >= MIN_CHECKED_WORDS:
             problem = self.language_problem("record", src_text, out_text)
             if problem:
@@ -431,8 +515,11 @@ class TranslationChecks:
         # written after some number of the translation.
         units = {q.unit for q in have}
         changed = [
-            q for q in wanted
-            if q.unit and q.value in values and q not in have
+            q
+            for q in wanted
+            if q.unit
+            and q.value in values
+            and q not in have
             and (Quantity(q.value, None) not in have or q.unit not in units)
         ]
         if changed:

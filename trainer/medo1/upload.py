@@ -26,11 +26,11 @@ import codecs
 import fnmatch
 import functools
 import json
-import stat
 import logging
 import math
 import os
 import re
+import stat
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -113,8 +113,17 @@ MIN_SECRET_ENTROPY_BITS = 3.0
 # Environment variables whose live values must never leave the machine, plus any variable whose name
 # ends like a credential's. Values shorter than MIN_ENV_SECRET_LENGTH are too common to search for.
 SECRET_ENV_NAMES = (
-    "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY",
-    "ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "KFP_TOKEN",
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_API_TOKEN",
+    "OPENAI_API_KEY",
+    "WANDB_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "KFP_TOKEN",
 )
 SECRET_ENV_SUFFIXES = ("_TOKEN", "_API_KEY", "_SECRET", "_SECRET_KEY", "_PASSWORD", "_ACCESS_KEY")
 MIN_ENV_SECRET_LENGTH = 8
@@ -244,8 +253,12 @@ def _skip_reason(rel: str, name: str) -> str | None:
     return None
 
 
-SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                 (stat.S_ISBLK, "a block device"))
+SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def _all_files(model_dir: Path) -> list[str]:
@@ -283,8 +296,11 @@ def _all_files(model_dir: Path) -> list[str]:
     for key, entries in linked.items():
         links = entries[0][1]
         if links > names_inside[key]:
-            refused += [f"{rel}: a hard link to a file with {links - names_inside[key]} other name(s) outside "
-                        f"{model_dir} (copy it in instead)" for rel, _ in entries]
+            refused += [
+                f"{rel}: a hard link to a file with {links - names_inside[key]} other name(s) outside "
+                f"{model_dir} (copy it in instead)"
+                for rel, _ in entries
+            ]
     if refused:
         raise UploadRefused("refusing to upload: entries leave the model directory:\n  " + "\n  ".join(sorted(refused)))
     return sorted(files)
@@ -328,17 +344,28 @@ def live_secrets() -> dict[str, str]:
 # keyword alternations are slow on long text).
 LONG_RUN = r"[A-Za-z0-9+/=_-]{20,}"
 DETECT_SECRETS_PLUGINS = (
-    ("artifactory", "ArtifactoryDetector", r"AKC|AP[0-9A-F]"), ("aws", "AWSKeyDetector", LONG_RUN),
-    ("azure_storage_key", "AzureStorageKeyDetector", LONG_RUN), ("basic_auth", "BasicAuthDetector", r"://"),
-    ("cloudant", "CloudantDetector", LONG_RUN), ("discord", "DiscordBotTokenDetector", LONG_RUN),
-    ("github_token", "GitHubTokenDetector", LONG_RUN), ("gitlab_token", "GitLabTokenDetector", LONG_RUN),
-    ("ibm_cloud_iam", "IbmCloudIamDetector", LONG_RUN), ("ibm_cos_hmac", "IbmCosHmacDetector", LONG_RUN),
-    ("jwt", "JwtTokenDetector", r"eyJ"), ("mailchimp", "MailchimpDetector", LONG_RUN),
-    ("npm", "NpmDetector", r"_authToken"), ("openai", "OpenAIDetector", LONG_RUN),
-    ("private_key", "PrivateKeyDetector", r"PRIVATE KEY|PuTTY-User-Key"), ("pypi_token", "PypiTokenDetector", LONG_RUN),
-    ("sendgrid", "SendGridDetector", LONG_RUN), ("slack", "SlackDetector", r"(?i:xox)|hooks\.slack\.com"),
-    ("softlayer", "SoftlayerDetector", LONG_RUN), ("square_oauth", "SquareOAuthDetector", LONG_RUN),
-    ("stripe", "StripeDetector", LONG_RUN), ("telegram_token", "TelegramBotTokenDetector", LONG_RUN),
+    ("artifactory", "ArtifactoryDetector", r"AKC|AP[0-9A-F]"),
+    ("aws", "AWSKeyDetector", LONG_RUN),
+    ("azure_storage_key", "AzureStorageKeyDetector", LONG_RUN),
+    ("basic_auth", "BasicAuthDetector", r"://"),
+    ("cloudant", "CloudantDetector", LONG_RUN),
+    ("discord", "DiscordBotTokenDetector", LONG_RUN),
+    ("github_token", "GitHubTokenDetector", LONG_RUN),
+    ("gitlab_token", "GitLabTokenDetector", LONG_RUN),
+    ("ibm_cloud_iam", "IbmCloudIamDetector", LONG_RUN),
+    ("ibm_cos_hmac", "IbmCosHmacDetector", LONG_RUN),
+    ("jwt", "JwtTokenDetector", r"eyJ"),
+    ("mailchimp", "MailchimpDetector", LONG_RUN),
+    ("npm", "NpmDetector", r"_authToken"),
+    ("openai", "OpenAIDetector", LONG_RUN),
+    ("private_key", "PrivateKeyDetector", r"PRIVATE KEY|PuTTY-User-Key"),
+    ("pypi_token", "PypiTokenDetector", LONG_RUN),
+    ("sendgrid", "SendGridDetector", LONG_RUN),
+    ("slack", "SlackDetector", r"(?i:xox)|hooks\.slack\.com"),
+    ("softlayer", "SoftlayerDetector", LONG_RUN),
+    ("square_oauth", "SquareOAuthDetector", LONG_RUN),
+    ("stripe", "StripeDetector", LONG_RUN),
+    ("telegram_token", "TelegramBotTokenDetector", LONG_RUN),
     ("twilio", "TwilioKeyDetector", LONG_RUN),
 )
 LONG_LINE_CHARS = 2048
@@ -367,7 +394,10 @@ def _candidate_spans(text: str, trigger: re.Pattern) -> list[tuple[int, int]]:
     for found in trigger.finditer(text):
         ends = [(found.start(), found.end())]
         if found.end() - found.start() > LONG_LINE_CHARS:
-            ends = [(found.start(), found.start() + CANDIDATE_CONTEXT_CHARS), (found.end() - CANDIDATE_CONTEXT_CHARS, found.end())]
+            ends = [
+                (found.start(), found.start() + CANDIDATE_CONTEXT_CHARS),
+                (found.end() - CANDIDATE_CONTEXT_CHARS, found.end()),
+            ]
         for match_start, match_end in ends:
             if spans and match_end <= spans[-1][1]:
                 continue
@@ -461,8 +491,11 @@ def _json_unescaped(text: str) -> str:
     a space, so the text keeps its line count (for the line numbers of what is found)."""
 
     def undo(match: re.Match) -> str:
-        char = chr(int(match.group(1), 16)) if match.group(1) else {"b": "\b", "f": "\f", "n": " ", "r": " ", "t": "\t"}.get(
-            match.group(2), match.group(2))
+        char = (
+            chr(int(match.group(1), 16))
+            if match.group(1)
+            else {"b": "\b", "f": "\f", "n": " ", "r": " ", "t": "\t"}.get(match.group(2), match.group(2))
+        )
         return " " if char in "\r\n" else char
 
     return unquote(PERCENT_NEWLINE.sub(" ", JSON_ESCAPE.sub(undo, text)))
@@ -551,8 +584,9 @@ def check_safetensors(path: Path) -> str | None:
     if why:
         return why
     size = path.stat().st_size
-    spans = sorted(tuple(t.get("data_offsets", (0, 0))) for k, t in header.items()
-                   if k != "__metadata__" and isinstance(t, dict))
+    spans = sorted(
+        tuple(t.get("data_offsets", (0, 0))) for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+    )
     if not spans:
         return "holds no tensors"
     data = size - 8 - header_len
@@ -575,12 +609,18 @@ def scan_safetensors(path: Path, live: dict[str, str]) -> list[str]:
         text = handle.read(header_len).decode("utf-8")
         problems = [f"header: {what}" for what in dict.fromkeys(w for _, w in find_secrets_decoded(text, live))]
         for name, tensor in header.items():
-            if name == "__metadata__" or not isinstance(tensor, dict) or tensor.get("dtype") not in SAFETENSORS_BYTE_DTYPES:
+            if (
+                name == "__metadata__"
+                or not isinstance(tensor, dict)
+                or tensor.get("dtype") not in SAFETENSORS_BYTE_DTYPES
+            ):
                 continue
             begin, end = tensor["data_offsets"]
             handle.seek(8 + header_len + begin)
             content = handle.read(end - begin).decode("utf-8", errors="replace")
-            problems += [f"tensor {name!r}: {what}" for what in dict.fromkeys(w for _, w in find_secrets(content, live))]
+            problems += [
+                f"tensor {name!r}: {what}" for what in dict.fromkeys(w for _, w in find_secrets(content, live))
+            ]
     return problems
 
 
@@ -594,7 +634,7 @@ def scan_credentials(model_dir: Path, rel_files: list[str], upload_files: list[s
             problems.append(f"{rel}: file name looks like a credential")
     for rel in upload_files:  # their names go to the Hub too; shown cut where the secret starts
         for at, what in find_secrets(rel, live):
-            problems.append(f"{rel[:at + 3]}***: the file name holds {what.removeprefix('what looks like ')}")
+            problems.append(f"{rel[: at + 3]}***: the file name holds {what.removeprefix('what looks like ')}")
     for rel in upload_files:
         path = model_dir / rel
         try:
@@ -737,7 +777,9 @@ def plan_upload(config: UploadConfig) -> UploadPlan:
         raise UploadError(f"model directory {model_dir} does not exist")
     found = find_secrets(config.commit_message)
     if found:
-        raise UploadRefused(f"refusing to upload: the commit message contains {', '.join(dict.fromkeys(k for _, k in found))}")
+        raise UploadRefused(
+            f"refusing to upload: the commit message contains {', '.join(dict.fromkeys(k for _, k in found))}"
+        )
     rel_files = _all_files(model_dir)
 
     files: list[PlannedFile] = []
@@ -848,12 +890,16 @@ def upload(config: UploadConfig) -> dict[str, Any]:
 
     logger.info("creating %s repo %s (if missing)", "private" if config.private else "public", config.repo_id)
     _with_retries(
-        "create_repo", config.retries,
+        "create_repo",
+        config.retries,
         lambda: api.create_repo(config.repo_id, private=config.private, exist_ok=True),
     )
-    logger.info("committing %d files (%d bytes) to %s@%s", len(plan.files), plan.total_bytes, config.repo_id, config.revision)
+    logger.info(
+        "committing %d files (%d bytes) to %s@%s", len(plan.files), plan.total_bytes, config.repo_id, config.revision
+    )
     info = _with_retries(
-        "commit", config.retries,
+        "commit",
+        config.retries,
         lambda: api.create_commit(
             repo_id=config.repo_id,
             operations=operations(),

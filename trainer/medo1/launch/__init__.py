@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 from medo1 import k8s
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S
 from medo1.launch.chain import RunScope, chain_stages
-from medo1.launch.grace import apply_grace_period, grace_period_s
 from medo1.launch.chain import launch_chain as _launch_chain
+from medo1.launch.grace import apply_grace_period, grace_period_s
 from medo1.launch.inputs import InputsMissing, StagePlan, check_inputs
 from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
 from medo1.launch.localprocess import local_command, run_local
@@ -73,10 +73,32 @@ if TYPE_CHECKING:
     from kubeflow.training import TrainingClient
 
 __all__ = [
-    "BACKENDS", "DEFAULT_POLL_S", "DEFAULT_REQUEST_TIMEOUT_S", "DEFAULT_SCALE_UP_WAIT_S", "DEFAULT_STUCK_AFTER_S",
-    "DEFAULT_TIMEOUT_S", "InputsMissing", "JobFailed", "JobStuck", "JobState", "JobTimedOut", "LaunchCancelled",
-    "LaunchError", "LaunchResult", "PlanDoesNotFit", "build_job", "build_pytorchjob", "check_chain_inputs", "job_state",
-    "launch_chain", "launch_stage", "local_command", "stage_backend", "stage_job", "stage_values", "wait_for_job",
+    "BACKENDS",
+    "DEFAULT_POLL_S",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "DEFAULT_SCALE_UP_WAIT_S",
+    "DEFAULT_STUCK_AFTER_S",
+    "DEFAULT_TIMEOUT_S",
+    "InputsMissing",
+    "JobFailed",
+    "JobStuck",
+    "JobState",
+    "JobTimedOut",
+    "LaunchCancelled",
+    "LaunchError",
+    "LaunchResult",
+    "PlanDoesNotFit",
+    "build_job",
+    "build_pytorchjob",
+    "check_chain_inputs",
+    "job_state",
+    "launch_chain",
+    "launch_stage",
+    "local_command",
+    "stage_backend",
+    "stage_job",
+    "stage_values",
+    "wait_for_job",
 ]
 
 
@@ -102,11 +124,15 @@ def check_client(backend: str, client: object | None) -> None:
         return
     trainer = getattr(client, "backend", None) is not None
     if backend == "trainjob" and not trainer:
-        raise LaunchError(f"backend trainjob (Kubeflow Trainer v2) needs a TrainerClient (kubeflow.trainer), not a "
-                          f"{type(client).__name__}; for a PyTorchJob with this client pass backend 'pytorchjob'")
+        raise LaunchError(
+            f"backend trainjob (Kubeflow Trainer v2) needs a TrainerClient (kubeflow.trainer), not a "
+            f"{type(client).__name__}; for a PyTorchJob with this client pass backend 'pytorchjob'"
+        )
     if backend == "pytorchjob" and trainer:
-        raise LaunchError(f"backend pytorchjob needs a TrainingClient (kubeflow.training), not a "
-                          f"{type(client).__name__}; for a TrainJob with this client pass backend 'trainjob'")
+        raise LaunchError(
+            f"backend pytorchjob needs a TrainingClient (kubeflow.training), not a "
+            f"{type(client).__name__}; for a TrainJob with this client pass backend 'trainjob'"
+        )
 
 
 def _stage_plans(stages: Sequence[str], values: dict) -> list[StagePlan]:
@@ -116,14 +142,25 @@ def _stage_plans(stages: Sequence[str], values: dict) -> list[StagePlan]:
     for stage in stages:
         config = merged[stage_section(stage)][stage]
         gets_token = "hfToken" in (merged["stageSecrets"].get(stage) or []) and token_secret.get("name")
-        plans.append(StagePlan(stage, config["recipe"], list(config.get("set", [])),
-                               os.environ.get(token_secret["key"]) if gets_token else None))
+        plans.append(
+            StagePlan(
+                stage,
+                config["recipe"],
+                list(config.get("set", [])),
+                os.environ.get(token_secret["key"]) if gets_token else None,
+            )
+        )
     return plans
 
 
-def check_chain_inputs(*, profile: str | None = None, values_files: Sequence[str | Path] = (),
-                       value_overrides: Sequence[str] = (), stages: Sequence[str] | None = None,
-                       local: bool = False) -> None:
+def check_chain_inputs(
+    *,
+    profile: str | None = None,
+    values_files: Sequence[str | Path] = (),
+    value_overrides: Sequence[str] = (),
+    stages: Sequence[str] | None = None,
+    local: bool = False,
+) -> None:
     """Every enabled stage's inputs (`medo1.launch.inputs`) for chart values, before anything is created:
     InputsMissing names each missing one. `local`: run here (the volumes' paths are this machine's)."""
     values = release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
@@ -188,8 +225,9 @@ def launch_stage(
     """
     from medo1.launch import kubernetes
 
-    backend = stage_backend(stage, backend, release_values(profile=profile, values_files=values_files,
-                                                           value_overrides=value_overrides))
+    backend = stage_backend(
+        stage, backend, release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
+    )
     check_client(backend, client)
     waits = dict(scale_up_wait_s=scale_up_wait_s, delete_wait_s=delete_wait_s, request_timeout_s=request_timeout_s)
     if backend == "trainjob":
@@ -197,17 +235,39 @@ def launch_stage(
 
         if nproc is not None:
             raise LaunchError("nproc is for the local backend; pods take their shape from the cluster.* values")
-        return launch_trainjob(stage, runtime=runtime, profile=profile, values_files=values_files,
-                               value_overrides=value_overrides, recipe=recipe, overrides=overrides, job_name=job_name,
-                               namespace=namespace, timeout_s=timeout_s, poll_s=poll_s,
-                               keep_on_timeout=keep_on_timeout, client=client, strict=strict, plan_check=plan_check,
-                               stuck_after_s=stuck_after_s, **waits)
+        return launch_trainjob(
+            stage,
+            runtime=runtime,
+            profile=profile,
+            values_files=values_files,
+            value_overrides=value_overrides,
+            recipe=recipe,
+            overrides=overrides,
+            job_name=job_name,
+            namespace=namespace,
+            timeout_s=timeout_s,
+            poll_s=poll_s,
+            keep_on_timeout=keep_on_timeout,
+            client=client,
+            strict=strict,
+            plan_check=plan_check,
+            stuck_after_s=stuck_after_s,
+            **waits,
+        )
     if runtime is not None:
         raise LaunchError("a runtime is for the trainjob backend (Kubeflow Trainer v2)")
     # A local run has no namespace; the chart's default keeps its rendering valid.
     namespace = (namespace or kubernetes.default_namespace()) if backend == "pytorchjob" else k8s.NAMESPACE
-    values = job_values(stage, backend=backend, profile=profile, values_files=values_files,
-                        value_overrides=value_overrides, recipe=recipe, overrides=overrides, nproc=nproc)
+    values = job_values(
+        stage,
+        backend=backend,
+        profile=profile,
+        values_files=values_files,
+        value_overrides=value_overrides,
+        recipe=recipe,
+        overrides=overrides,
+        nproc=nproc,
+    )
     job = render_stage_job(stage, values, job_name=job_name, namespace=namespace)
     if plan_check:
         check_plan(stage, values, strict=strict)
@@ -220,8 +280,17 @@ def launch_stage(
     log.info("grace period (SIGTERM to SIGKILL): %s", how)
     apply_grace_period(job, seconds)
     restarts = job_restarts(values) if stage_section(stage) == "stages" else 0
-    return kubernetes.run_on_cluster(stage, bound_lifetime(job, timeout_s), client or kubernetes.training_client(),
-                                     timeout_s, poll_s, keep_on_timeout, restarts, stuck_after_s, **waits)
+    return kubernetes.run_on_cluster(
+        stage,
+        bound_lifetime(job, timeout_s),
+        client or kubernetes.training_client(),
+        timeout_s,
+        poll_s,
+        keep_on_timeout,
+        restarts,
+        stuck_after_s,
+        **waits,
+    )
 
 
 def launch_chain(
@@ -262,17 +331,50 @@ def launch_chain(
     for stage in stages:
         # A TrainJob takes its shape from cluster.* as the PyTorchJob does.
         rendered_as = "local" if stage_backend(stage, backend, values) == "local" else "pytorchjob"
-        check_plan(stage, job_values(stage, backend=rendered_as, profile=profile, values_files=values_files,
-                                     value_overrides=value_overrides, nproc=stage_nproc(stage)), strict=strict)
-    check_chain_inputs(profile=profile, values_files=values_files, value_overrides=value_overrides, stages=stages,
-                       local=backend == "local")
+        check_plan(
+            stage,
+            job_values(
+                stage,
+                backend=rendered_as,
+                profile=profile,
+                values_files=values_files,
+                value_overrides=value_overrides,
+                nproc=stage_nproc(stage),
+            ),
+            strict=strict,
+        )
+    check_chain_inputs(
+        profile=profile,
+        values_files=values_files,
+        value_overrides=value_overrides,
+        stages=stages,
+        local=backend == "local",
+    )
 
     def launch(stage: str, **options) -> LaunchResult:
         chosen = stage_backend(stage, backend, values)
-        return launch_stage(stage, **options, backend=chosen, client=trainer if chosen == "trainjob" else client,
-                            nproc=stage_nproc(stage), plan_check=False)
+        return launch_stage(
+            stage,
+            **options,
+            backend=chosen,
+            client=trainer if chosen == "trainjob" else client,
+            nproc=stage_nproc(stage),
+            plan_check=False,
+        )
 
-    settings = dict(namespace=namespace, timeout_s=timeout_s, poll_s=poll_s, stuck_after_s=stuck_after_s,
-                    scale_up_wait_s=scale_up_wait_s, delete_wait_s=delete_wait_s, request_timeout_s=request_timeout_s)
-    return _launch_chain(profile=profile, values_files=values_files, value_overrides=value_overrides,
-                         launch=functools.partial(launch, **settings), scope=scope)
+    settings = dict(
+        namespace=namespace,
+        timeout_s=timeout_s,
+        poll_s=poll_s,
+        stuck_after_s=stuck_after_s,
+        scale_up_wait_s=scale_up_wait_s,
+        delete_wait_s=delete_wait_s,
+        request_timeout_s=request_timeout_s,
+    )
+    return _launch_chain(
+        profile=profile,
+        values_files=values_files,
+        value_overrides=value_overrides,
+        launch=functools.partial(launch, **settings),
+        scope=scope,
+    )

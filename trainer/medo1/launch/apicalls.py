@@ -29,10 +29,26 @@ def bound_requests(api_client: Any, read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -
     if getattr(rest, "medo1_timeout", None) is None:
         unbounded = rest.request
 
-        def request(method, url, query_params=None, headers=None, body=None, post_params=None,
-                    _preload_content=True, _request_timeout=None):
-            return unbounded(method, url, query_params, headers, body, post_params, _preload_content,
-                             _request_timeout or rest.medo1_timeout)
+        def request(
+            method,
+            url,
+            query_params=None,
+            headers=None,
+            body=None,
+            post_params=None,
+            _preload_content=True,
+            _request_timeout=None,
+        ):
+            return unbounded(
+                method,
+                url,
+                query_params,
+                headers,
+                body,
+                post_params,
+                _preload_content,
+                _request_timeout or rest.medo1_timeout,
+            )
 
         rest.request = request
         rest.pool_manager.connection_pool_kw["retries"] = _retries()
@@ -88,10 +104,28 @@ def bounded_construction(read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Iterator[
 
     unbounded, made = RESTClientObject.request, RESTClientObject.__init__
 
-    def request(self, method, url, query_params=None, headers=None, body=None, post_params=None,
-                _preload_content=True, _request_timeout=None):
-        return unbounded(self, method, url, query_params, headers, body, post_params, _preload_content,
-                         _request_timeout or (min(CONNECT_TIMEOUT_S, read_s), read_s))
+    def request(
+        self,
+        method,
+        url,
+        query_params=None,
+        headers=None,
+        body=None,
+        post_params=None,
+        _preload_content=True,
+        _request_timeout=None,
+    ):
+        return unbounded(
+            self,
+            method,
+            url,
+            query_params,
+            headers,
+            body,
+            post_params,
+            _preload_content,
+            _request_timeout or (min(CONNECT_TIMEOUT_S, read_s), read_s),
+        )
 
     def init(self, *args, **kwargs):
         made(self, *args, **kwargs)

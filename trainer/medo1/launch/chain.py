@@ -34,8 +34,12 @@ log = logging.getLogger(__name__)
 
 CHAIN_ORDER = ("translate", "sft", "rl", "eval", "upload")
 # Where each stage writes, in its recipe: the key, and whether it names a folder or a file.
-STAGE_OUTPUTS = {"translate": ("output", "file"), "sft": ("output.dir", "folder"), "rl": ("output.dir", "folder"),
-                 "eval": ("output_dir", "folder")}
+STAGE_OUTPUTS = {
+    "translate": ("output", "file"),
+    "sft": ("output.dir", "folder"),
+    "rl": ("output.dir", "folder"),
+    "eval": ("output_dir", "folder"),
+}
 # A run id names jobs and folders: what the pipeline's run names allow (pipelines/medo1_pipeline.py run_directory).
 RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 KUBERNETES_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -56,22 +60,28 @@ class RunScope:
         hex digits, which tell one release's runs apart."""
         release = release or k8s.RELEASE
         if not DNS1035_LABEL.match(release):
-            raise LaunchError(f"release {release!r}: use lower-case letters, digits and '-', starting with a letter "
-                              "(it begins every job name)")
+            raise LaunchError(
+                f"release {release!r}: use lower-case letters, digits and '-', starting with a letter "
+                "(it begins every job name)"
+            )
         if run_id:
             run_id = run_id.lower()
             if KUBERNETES_UID.match(run_id):
                 run_id = run_id[:8]
             if not RUN_ID.match(run_id):
-                raise LaunchError(f"run id {run_id!r}: use 1-40 lower-case letters, digits and '-', starting and "
-                                  "ending with a letter or digit")
+                raise LaunchError(
+                    f"run id {run_id!r}: use 1-40 lower-case letters, digits and '-', starting and "
+                    "ending with a letter or digit"
+                )
         return cls(release, run_id or None)
 
     def job_name(self, stage: str) -> str:
         name = f"{self.release}-{stage}" + (f"-{self.run_id}" if self.run_id else "")
         if len(name) + NAME_SUFFIX > MAX_NAME:
-            raise LaunchError(f"job name {name!r} is too long: the operator names pods and Services after it, which "
-                              f"must fit in {MAX_NAME} characters; use a shorter release name or run id")
+            raise LaunchError(
+                f"job name {name!r} is too long: the operator names pods and Services after it, which "
+                f"must fit in {MAX_NAME} characters; use a shorter release name or run id"
+            )
         return name
 
     def place(self, location: str, kind: str) -> str:
@@ -122,7 +132,7 @@ def stage_recipe(stage: str, values: dict[str, Any]) -> dict[str, Any]:
 def _moved(value: str, moved: dict[str, str]) -> str:
     for old, new in sorted(moved.items(), key=lambda item: -len(item[0])):  # the innermost output first
         if value == old or value.startswith(old.rstrip("/") + "/"):
-            return new + value[len(old):]
+            return new + value[len(old) :]
     return value
 
 
@@ -141,8 +151,9 @@ def plan_chain(stages: Sequence[str], values: dict[str, Any], scope: RunScope) -
         output = recipe.get(output_key) if output_key else None
         if output_key and scope.run_id:
             if not output:
-                raise LaunchError(f"stage {stage}: its recipe sets no {output_key}, so this run's output cannot be "
-                                  "placed")
+                raise LaunchError(
+                    f"stage {stage}: its recipe sets no {output_key}, so this run's output cannot be placed"
+                )
             moved[output] = scope.place(output, kind)
             output = moved[output]
             run.overrides.append(f"{output_key}={json.dumps(output)}")
@@ -171,20 +182,33 @@ def launch_chain(
     if not stages:
         raise LaunchError("no stage is enabled: set stages.<name>.enabled or jobs.<name>.enabled")
     plan = plan_chain(stages, values, scope)
-    log.info("chain: %s%s", " -> ".join(stages), f" (release {scope.release}, run {scope.run_id})" if scope.run_id
-             else "")
+    log.info(
+        "chain: %s%s", " -> ".join(stages), f" (release {scope.release}, run {scope.run_id})" if scope.run_id else ""
+    )
     results = []
     previous: StageRun | None = None
     for run in plan:
         if previous is not None and not previous.export.is_dir():
-            raise LaunchError(f"not starting {run.stage}: the {previous.stage} export {previous.export} is not "
-                              "complete (no folder there)")
+            raise LaunchError(
+                f"not starting {run.stage}: the {previous.stage} export {previous.export} is not "
+                "complete (no folder there)"
+            )
         log.info("chain: starting %s", run.stage)
-        results.append(launch(run.stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
-                              job_name=run.job_name, overrides=run.overrides, **options))
+        results.append(
+            launch(
+                run.stage,
+                profile=profile,
+                values_files=values_files,
+                value_overrides=value_overrides,
+                job_name=run.job_name,
+                overrides=run.overrides,
+                **options,
+            )
+        )
         if run.export is not None:
             previous = run
             if not run.export.is_dir():
-                raise LaunchError(f"{run.stage} succeeded but its export {run.export} is not complete; "
-                                  "not starting the next stage")
+                raise LaunchError(
+                    f"{run.stage} succeeded but its export {run.export} is not complete; not starting the next stage"
+                )
     return results

@@ -53,8 +53,10 @@ def grace_period_s(stage: str, values: dict[str, Any], recipe: str | None = None
         return floor, f"{floor} s (the stage's terminationGracePeriodSeconds: it writes no checkpoint)"
     bandwidth = float(merged["checkpointWriteGBps"])
     derived = math.ceil(MARGIN * (size / (bandwidth * 1e9) + STEP_S) / 10) * 10
-    how = (f"{max(floor, derived)} s: a {size / 2**30:.0f} GiB checkpoint at {bandwidth:g} GB/s plus a {STEP_S} s step, "
-           f"x{MARGIN} = {derived} s, floor {floor} s")
+    how = (
+        f"{max(floor, derived)} s: a {size / 2**30:.0f} GiB checkpoint at {bandwidth:g} GB/s plus a {STEP_S} s step, "
+        f"x{MARGIN} = {derived} s, floor {floor} s"
+    )
     return max(floor, derived), how
 
 

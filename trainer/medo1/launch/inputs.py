@@ -138,27 +138,41 @@ class HubCheck:
 
         where = f"not in the HF cache ({self.cache_dir})"
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            return (f"{where}, and HF_HUB_OFFLINE is set", f"download it into the cache first "
-                    f"(HF_HOME={self.cache_dir.parent} huggingface-cli download {repo_id})")
+            return (
+                f"{where}, and HF_HUB_OFFLINE is set",
+                f"download it into the cache first "
+                f"(HF_HOME={self.cache_dir.parent} huggingface-cli download {repo_id})",
+            )
         who = "the stage's token" if token else "no token (the stage gets none: set secrets.hfToken)"
         try:
-            response = get_session().get(f"{self.endpoint}/api/{repo_type}s/{repo_id}/auth-check",
-                                         headers=build_hf_headers(token=token or False), timeout=HUB_TIMEOUT_S)
+            response = get_session().get(
+                f"{self.endpoint}/api/{repo_type}s/{repo_id}/auth-check",
+                headers=build_hf_headers(token=token or False),
+                timeout=HUB_TIMEOUT_S,
+            )
             hf_raise_for_status(response)
         except GatedRepoError:
-            return (f"{where}, and gated on {self.endpoint}: {who} has not been granted access",
-                    "accept its terms on the Hub with the account of the token in secrets.hfToken")
+            return (
+                f"{where}, and gated on {self.endpoint}: {who} has not been granted access",
+                "accept its terms on the Hub with the account of the token in secrets.hfToken",
+            )
         except RepositoryNotFoundError:
-            return (f"{where}, and {self.endpoint} has no such {repo_type} readable with {who}",
-                    "check the id; a private repo needs a token that can read it (secrets.hfToken)")
+            return (
+                f"{where}, and {self.endpoint} has no such {repo_type} readable with {who}",
+                "check the id; a private repo needs a token that can read it (secrets.hfToken)",
+            )
         except HfHubHTTPError as exc:
             status = exc.response.status_code if exc.response is not None else "?"
-            return (f"{where}, and {self.endpoint} answered {status} with {who}",
-                    "check the token in secrets.hfToken (a 401 means it was refused)")
+            return (
+                f"{where}, and {self.endpoint} answered {status} with {who}",
+                "check the token in secrets.hfToken (a 401 means it was refused)",
+            )
         except Exception as exc:  # noqa: BLE001 - a network failure of any kind: the Hub could not be asked
-            return (f"{where}, and {self.endpoint} could not be reached ({type(exc).__name__})",
-                    f"let the pods reach the Hub, or fill the hf-cache volume beforehand (HF_HOME=<its mount> "
-                    f"huggingface-cli download {repo_id})")
+            return (
+                f"{where}, and {self.endpoint} could not be reached ({type(exc).__name__})",
+                f"let the pods reach the Hub, or fill the hf-cache volume beforehand (HF_HOME=<its mount> "
+                f"huggingface-cli download {repo_id})",
+            )
         return None
 
 
@@ -195,8 +209,13 @@ def check_inputs(stages: Iterable[StagePlan], mounts: Iterable[str] = (), hub: H
         for item in stage_inputs(plan.stage, config):
             producer = next((stage for folder, stage in written if _under(item.value, folder)), None)
             if producer:
-                log.info("stage %s: %s %s comes from stage %s (not checked before it runs)", plan.stage, item.field,
-                         item.value, producer)
+                log.info(
+                    "stage %s: %s %s comes from stage %s (not checked before it runs)",
+                    plan.stage,
+                    item.field,
+                    item.value,
+                    producer,
+                )
                 continue
             found = _check(plan, item, unseen, hub, skipped)
             if found is not None:
@@ -222,8 +241,13 @@ def _check(plan: StagePlan, item: Input, unseen: list[str], hub: HubCheck, skipp
     path = Path(value).expanduser()
     if path.exists():
         if item.kind in ("model", "model-dir") and not path.is_dir():
-            return Missing(plan.stage, item.field, value, "a file, not a model folder",
-                           "point it at the folder holding config.json and the weights")
+            return Missing(
+                plan.stage,
+                item.field,
+                value,
+                "a file, not a model folder",
+                "point it at the folder holding config.json and the weights",
+            )
         return None
     mount = next((m for m in unseen if _under(value, m)), None)
     if mount is not None:
@@ -234,10 +258,10 @@ def _check(plan: StagePlan, item: Input, unseen: list[str], hub: HubCheck, skipp
         return Missing(plan.stage, item.field, value, *found) if found else None
     fixes = {
         "model": "put the model folder there (the checkpoints volume), or name the model by its Hub id (owner/name) "
-                 "to load it through the HF cache",
+        "to load it through the HF cache",
         "model-dir": "point it at an export folder the chain writes or that exists",
         "data": "copy the file onto the data volume (a pod mounting it: kubectl cp FILE POD:/data/), or point the "
-                "stage's data path at it (stages.<stage>.set / jobs.<stage>.set)",
+        "stage's data path at it (stages.<stage>.set / jobs.<stage>.set)",
         "file": "point it at a file that exists, or at one an earlier stage writes",
     }
     return Missing(plan.stage, item.field, value, "does not exist", fixes[item.kind])

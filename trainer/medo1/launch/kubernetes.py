@@ -25,7 +25,14 @@ from medo1 import k8s
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, FOLLOW_TIMEOUT, bound_requests, describe_unanswered
 from medo1.launch.launcherpod import LauncherPod
 from medo1.launch.logs import POD_RECHECK_S, MasterLogFollower
-from medo1.launch.pods import DEFAULT_SCALE_UP_WAIT_S, DEFAULT_STUCK_AFTER_S, POD_SELECTOR, JobStuck, pod_reader, stuck_checker
+from medo1.launch.pods import (
+    DEFAULT_SCALE_UP_WAIT_S,
+    DEFAULT_STUCK_AFTER_S,
+    POD_SELECTOR,
+    JobStuck,
+    pod_reader,
+    stuck_checker,
+)
 from medo1.launch.retries import ATTEMPT, BASE_NAME, FINAL, attempt, final_reason, incurable, mark
 from medo1.launch.waiting import (
     JobFailed,
@@ -191,8 +198,9 @@ class ClusterJobs:
         try:
             found = self._list(f"{BASE_NAME}={self.base}")
         except (ApiException, HTTPError) as exc:
-            raise LaunchError(f"could not list the {self.kind}s named after {self.base}: "
-                              f"{_api_message(exc, self.host)}") from None
+            raise LaunchError(
+                f"could not list the {self.kind}s named after {self.base}: {_api_message(exc, self.host)}"
+            ) from None
         return [self._serializer.sanitize_for_serialization(job) for job in found]
 
     def pods(self) -> list[dict[str, Any]]:
@@ -214,8 +222,14 @@ class ClusterJobs:
         # daemons (a cancelled launcher would hang on them).
         extra = {"since_seconds": since_seconds} if since_seconds else {}
         return self.client.core_api.read_namespaced_pod_log(
-            pod, self.namespace, container=self.container, follow=True, timestamps=True, _preload_content=False,
-            _request_timeout=FOLLOW_TIMEOUT, **extra
+            pod,
+            self.namespace,
+            container=self.container,
+            follow=True,
+            timestamps=True,
+            _preload_content=False,
+            _request_timeout=FOLLOW_TIMEOUT,
+            **extra,
         )
 
     @property
@@ -240,12 +254,14 @@ class ClusterJobs:
         raise NotImplementedError
 
     def _patch(self, body: dict[str, Any]) -> None:
-        self.client.custom_api.patch_namespaced_custom_object(*self._custom[:2], self.namespace, self._custom[2],
-                                                              self.name, body)
+        self.client.custom_api.patch_namespaced_custom_object(
+            *self._custom[:2], self.namespace, self._custom[2], self.name, body
+        )
 
     def _list(self, selector: str) -> list[Any]:
-        found = self.client.custom_api.list_namespaced_custom_object(*self._custom[:2], self.namespace, self._custom[2],
-                                                                     label_selector=selector)
+        found = self.client.custom_api.list_namespaced_custom_object(
+            *self._custom[:2], self.namespace, self._custom[2], label_selector=selector
+        )
         return found.get("items", [])
 
 
@@ -271,15 +287,17 @@ class PyTorchJobs(ClusterJobs):
         # serializer passes dicts through), so the body sent is exactly the chart's rendering: the
         # models would change it, e.g. the GPU limit 8 into "8".
         metadata = self.client.api_client.deserialize(FakeResponse(job["metadata"]), "V1ObjectMeta")
-        model = models.KubeflowOrgV1PyTorchJob(api_version=job["apiVersion"], kind=job["kind"], metadata=metadata,
-                                               spec=job["spec"])
+        model = models.KubeflowOrgV1PyTorchJob(
+            api_version=job["apiVersion"], kind=job["kind"], metadata=metadata, spec=job["spec"]
+        )
         self.client.create_job(model, namespace=self.namespace)
 
     def _delete(self, propagation: str) -> None:
         from kubeflow.training import models
 
-        self.client.delete_job(self.name, self.namespace,
-                               delete_options=models.V1DeleteOptions(propagation_policy=propagation))
+        self.client.delete_job(
+            self.name, self.namespace, delete_options=models.V1DeleteOptions(propagation_policy=propagation)
+        )
 
     def master_pods(self) -> list[Any]:
         return self.client.get_job_pods(self.name, self.namespace, is_master=True)
@@ -310,7 +328,9 @@ class BatchJobs(ClusterJobs):
     def _delete(self, propagation: str) -> None:
         from kubernetes.client import V1DeleteOptions
 
-        self._batch.delete_namespaced_job(self.name, self.namespace, body=V1DeleteOptions(propagation_policy=propagation))
+        self._batch.delete_namespaced_job(
+            self.name, self.namespace, body=V1DeleteOptions(propagation_policy=propagation)
+        )
 
     def _patch(self, body: dict[str, Any]) -> None:
         self._batch.patch_namespaced_job(self.name, self.namespace, body)
@@ -325,7 +345,8 @@ class BatchJobs(ClusterJobs):
         try:
             # The Job controller labels its pods with the Job's name (Kubernetes 1.27+).
             return self.client.core_api.list_namespaced_pod(
-                self.namespace, label_selector=f"batch.kubernetes.io/job-name={self.name}").items
+                self.namespace, label_selector=f"batch.kubernetes.io/job-name={self.name}"
+            ).items
         except (ApiException, HTTPError) as exc:  # as the SDK reports it for a PyTorchJob's pods
             raise RuntimeError(f"listing the pods of {self.where}: {exc}") from exc
 
@@ -378,8 +399,15 @@ def _create_attempt(jobs: ClusterJobs, job: dict[str, Any], number: int, policy:
     return jobs.create(body)
 
 
-def _replace(jobs: ClusterJobs, job: dict[str, Any], number: int, policy: Policy, deadline: float, poll_s: float,
-             delete: bool = True) -> bool:
+def _replace(
+    jobs: ClusterJobs,
+    job: dict[str, Any],
+    number: int,
+    policy: Policy,
+    deadline: float,
+    poll_s: float,
+    delete: bool = True,
+) -> bool:
     """Delete the failed job (unless it is being deleted already) and create attempt `number`. Foreground: the
     old job stays until its pods are gone, so the new job's pods (same names) never meet them. When it is not
     gone after `policy.delete_wait_s` (a pod stuck Terminating on a dead node), the new job gets another name."""
@@ -387,13 +415,21 @@ def _replace(jobs: ClusterJobs, job: dict[str, Any], number: int, policy: Policy
         jobs.delete("Foreground")
     if not _wait_gone(jobs, time.monotonic() + policy.delete_wait_s, deadline, poll_s):
         stuck = [p for p in jobs.pods() if p["metadata"].get("deletionTimestamp")]
-        where = ", ".join(f"{p['metadata']['name']} (node {(p.get('spec') or {}).get('nodeName') or '?'})"
-                          for p in stuck) or "its pods"
+        where = (
+            ", ".join(f"{p['metadata']['name']} (node {(p.get('spec') or {}).get('nodeName') or '?'})" for p in stuck)
+            or "its pods"
+        )
         old = jobs.where
         jobs.rename(f"{jobs.base}-r{number}")
-        log.warning("%s is still being deleted after %.0f s, waiting on %s stuck Terminating (a dead or unreachable "
-                    "node?); creating attempt %d as %s, under new pod names", old, policy.delete_wait_s, where, number,
-                    jobs.where)
+        log.warning(
+            "%s is still being deleted after %.0f s, waiting on %s stuck Terminating (a dead or unreachable "
+            "node?); creating attempt %d as %s, under new pod names",
+            old,
+            policy.delete_wait_s,
+            where,
+            number,
+            jobs.where,
+        )
     return _create_attempt(jobs, job, number, policy)
 
 
@@ -424,19 +460,25 @@ def _not_restarted(jobs: ClusterJobs, existing: dict[str, Any], log_tail: list[s
     if number > policy.restarts:
         if policy.restarted_by != "runPolicy.jobRestarts":
             return f"not created again: {policy.restarted_by} restarts it, not the launcher"
-        return (f"not restarted: that was attempt {number} of {policy.restarts + 1} (runPolicy.jobRestarts="
-                f"{policy.restarts})")
+        return (
+            f"not restarted: that was attempt {number} of {policy.restarts + 1} (runPolicy.jobRestarts="
+            f"{policy.restarts})"
+        )
     return None
 
 
 def _gave_up(jobs: ClusterJobs, state: JobState, why: str) -> JobFailed:
-    return JobFailed(f"{jobs.where}: job failed: {state.reason or 'no reason given'}: {state.message}".rstrip(": ")
-                     + f"\n{why}; to start it over, delete it (kubectl delete {jobs.kind.lower()} -n "
-                     f"{jobs.namespace} {jobs.name}) and launch again", state)
+    return JobFailed(
+        f"{jobs.where}: job failed: {state.reason or 'no reason given'}: {state.message}".rstrip(": ")
+        + f"\n{why}; to start it over, delete it (kubectl delete {jobs.kind.lower()} -n "
+        f"{jobs.namespace} {jobs.name}) and launch again",
+        state,
+    )
 
 
-def _submit(jobs: ClusterJobs, job: dict[str, Any], deadline: float, poll_s: float,
-            policy: Policy) -> tuple[str, JobState | None, int]:
+def _submit(
+    jobs: ClusterJobs, job: dict[str, Any], deadline: float, poll_s: float, policy: Policy
+) -> tuple[str, JobState | None, int]:
     """Create the job, or take over the one an earlier attempt of this step left: (action, the final
     state when there is nothing to wait for, the attempt number of the job followed)."""
     existing = _current(jobs)
@@ -461,8 +503,12 @@ def _submit(jobs: ClusterJobs, job: dict[str, Any], deadline: float, poll_s: flo
         why = _not_restarted(jobs, existing, [], policy)
         if why is not None:
             raise _gave_up(jobs, state, why)
-        log.info("%s failed before (%s: %s); replacing it, to resume from its last complete checkpoint",
-                 jobs.where, state.reason, state.message)
+        log.info(
+            "%s failed before (%s: %s); replacing it, to resume from its last complete checkpoint",
+            jobs.where,
+            state.reason,
+            state.message,
+        )
         if not _replace(jobs, job, number + 1, policy, deadline, poll_s):
             log.info("%s was created meanwhile by someone else; following it", jobs.where)
             return "attached", None, number + 1
@@ -472,18 +518,27 @@ def _submit(jobs: ClusterJobs, job: dict[str, Any], deadline: float, poll_s: flo
     return "attached", None, number
 
 
-def _wait_and_follow(jobs: ClusterJobs, deadline: float, poll_s: float, keep_on_timeout: bool,
-                     followers: list[MasterLogFollower], stuck_after_s: float | None,
-                     scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S) -> JobState:
+def _wait_and_follow(
+    jobs: ClusterJobs,
+    deadline: float,
+    poll_s: float,
+    keep_on_timeout: bool,
+    followers: list[MasterLogFollower],
+    stuck_after_s: float | None,
+    scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S,
+) -> JobState:
     follower = MasterLogFollower(jobs, min(poll_s, POD_RECHECK_S)).start()
     followers.append(follower)
     check_pods = None
     if stuck_after_s is not None:
-        check_pods = stuck_checker(pod_reader(jobs.client.core_api, jobs.kind, jobs.name, jobs.namespace), stuck_after_s,
-                                   kind=jobs.kind, scale_up_wait_s=scale_up_wait_s)
+        check_pods = stuck_checker(
+            pod_reader(jobs.client.core_api, jobs.kind, jobs.name, jobs.namespace),
+            stuck_after_s,
+            kind=jobs.kind,
+            scale_up_wait_s=scale_up_wait_s,
+        )
     try:
-        state = wait_for_job(_status_reader(jobs), max(0.0, deadline - time.monotonic()), poll_s,
-                             check_pods=check_pods)
+        state = wait_for_job(_status_reader(jobs), max(0.0, deadline - time.monotonic()), poll_s, check_pods=check_pods)
     except JobStuck as exc:
         # Not restarted: a missing Secret or image, or no room for the pods, does not heal on a retry.
         follower.stop(0)
@@ -504,9 +559,17 @@ def _wait_and_follow(jobs: ClusterJobs, deadline: float, poll_s: float, keep_on_
     return state
 
 
-def follow_until_done(jobs: ClusterJobs, job: dict[str, Any], policy: Policy, deadline: float, poll_s: float,
-                      keep_on_timeout: bool, followers: list[MasterLogFollower], stuck_after_s: float | None,
-                      scale_up_wait_s: float) -> tuple[str, JobState, int]:
+def follow_until_done(
+    jobs: ClusterJobs,
+    job: dict[str, Any],
+    policy: Policy,
+    deadline: float,
+    poll_s: float,
+    keep_on_timeout: bool,
+    followers: list[MasterLogFollower],
+    stuck_after_s: float | None,
+    scale_up_wait_s: float,
+) -> tuple[str, JobState, int]:
     """Submit the job and wait for it, restarting it whole after a failure while `policy` allows: (action,
     final state, restarts made by this launch)."""
     action, state, number = _submit(jobs, job, deadline, poll_s, policy)
@@ -518,18 +581,25 @@ def follow_until_done(jobs: ClusterJobs, job: dict[str, Any], policy: Policy, de
             current = jobs.get() or {"metadata": {"annotations": {ATTEMPT: str(number)}}}
             why = _not_restarted(jobs, current, exc.log_tail, policy)
             if why is not None:
-                raise JobFailed(f"{exc.head}\n{why}{tail_text(exc.log_tail, 'the Master pod log')}", exc.state) from None
+                raise JobFailed(
+                    f"{exc.head}\n{why}{tail_text(exc.log_tail, 'the Master pod log')}", exc.state
+                ) from None
             restarted += 1
             number += 1
-            log.warning("%s\nrestarting the whole job (attempt %d of %d); it resumes from its last complete "
-                        "checkpoint", exc, number, policy.restarts + 1)
+            log.warning(
+                "%s\nrestarting the whole job (attempt %d of %d); it resumes from its last complete checkpoint",
+                exc,
+                number,
+                policy.restarts + 1,
+            )
             if not _replace(jobs, job, number, policy, deadline, poll_s):
                 log.info("%s was created meanwhile by someone else; following it", jobs.where)
     return action, state, restarted
 
 
-def cancelled(jobs: ClusterJobs, followers: list[MasterLogFollower], exc: LaunchCancelled,
-              launcher: LauncherPod | None) -> LaunchCancelled:
+def cancelled(
+    jobs: ClusterJobs, followers: list[MasterLogFollower], exc: LaunchCancelled, launcher: LauncherPod | None
+) -> LaunchCancelled:
     """Stop following `jobs`' logs and delete it; the LaunchCancelled to raise, saying what became of it.
     Background deletion returns at once and the garbage collector removes the pods: the step's pod has only
     its termination grace period left. Not deleted when this launcher's pod is being evicted (the launcher
@@ -540,8 +610,11 @@ def cancelled(jobs: ClusterJobs, followers: list[MasterLogFollower], exc: Launch
         return LaunchCancelled(exc.signum, f"{exc}; nothing had been created")
     disruption = launcher.disruption() if launcher is not None else None
     if disruption:
-        return LaunchCancelled(exc.signum, f"{exc}: this pod is being evicted ({disruption}); left {jobs.where} "
-                                           "running: the launcher that replaces this pod attaches to it")
+        return LaunchCancelled(
+            exc.signum,
+            f"{exc}: this pod is being evicted ({disruption}); left {jobs.where} "
+            "running: the launcher that replaces this pod attaches to it",
+        )
     try:
         jobs.delete("Background")
     except LaunchError as delete_error:
@@ -549,11 +622,20 @@ def cancelled(jobs: ClusterJobs, followers: list[MasterLogFollower], exc: Launch
     return LaunchCancelled(exc.signum, f"{exc}; deleted {jobs.where}")
 
 
-def run_on_cluster(stage: str, job: dict[str, Any], client: TrainingClient, timeout_s: float, poll_s: float,
-                   keep_on_timeout: bool, restarts: int = 0,
-                   stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S, *,
-                   delete_wait_s: float = DEFAULT_DELETE_WAIT_S, scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S,
-                   request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> LaunchResult:
+def run_on_cluster(
+    stage: str,
+    job: dict[str, Any],
+    client: TrainingClient,
+    timeout_s: float,
+    poll_s: float,
+    keep_on_timeout: bool,
+    restarts: int = 0,
+    stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
+    *,
+    delete_wait_s: float = DEFAULT_DELETE_WAIT_S,
+    scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> LaunchResult:
     """`stuck_after_s`: fail (and delete the job) once a pod has been stuck that long (see
     `medo1.launch.pods`); None: wait on such pods until the timeout. `delete_wait_s`: how long a failed job's
     Foreground delete is waited on before its replacement is created under another name."""
@@ -569,8 +651,9 @@ def run_on_cluster(stage: str, job: dict[str, Any], client: TrainingClient, time
             policy = Policy(restarts, delete_wait_s, launcher.owner if launcher else None)
             if jobs.kind == "Job":
                 policy.restarted_by = "the Job controller (its backoffLimit)"
-            action, state, restarted = follow_until_done(jobs, job, policy, deadline, poll_s, keep_on_timeout, followers,
-                                                         stuck_after_s, scale_up_wait_s)
+            action, state, restarted = follow_until_done(
+                jobs, job, policy, deadline, poll_s, keep_on_timeout, followers, stuck_after_s, scale_up_wait_s
+            )
         except LaunchCancelled as exc:
             raise cancelled(jobs, followers, exc, launcher) from None
     return LaunchResult(stage, "pytorchjob", jobs.name, jobs.namespace, state, action, restarted)

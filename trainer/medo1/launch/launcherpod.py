@@ -61,8 +61,12 @@ class LauncherPod:
             namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or namespace
         pod = _read(core_api, name, namespace)
         if pod is None:
-            log.warning("could not read this launcher's pod %s/%s: the jobs it creates get no owner, so `helm "
-                        "uninstall` leaves them to their activeDeadlineSeconds", namespace, name)
+            log.warning(
+                "could not read this launcher's pod %s/%s: the jobs it creates get no owner, so `helm "
+                "uninstall` leaves them to their activeDeadlineSeconds",
+                namespace,
+                name,
+            )
             return None
         controller = next((o for o in pod["metadata"].get("ownerReferences") or [] if o.get("controller")), None)
         owner = None

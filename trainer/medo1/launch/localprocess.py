@@ -76,8 +76,12 @@ def local_command(job: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
                 continue
             env[name] = value
         elif "secretKeyRef" in var.get("valueFrom", {}):
-            log.info("%s comes from Secret %s in a pod; here from this environment (%s)", name,
-                     var["valueFrom"]["secretKeyRef"].get("name"), "set" if name in os.environ else "not set")
+            log.info(
+                "%s comes from Secret %s in a pod; here from this environment (%s)",
+                name,
+                var["valueFrom"]["secretKeyRef"].get("name"),
+                "set" if name in os.environ else "not set",
+            )
         else:
             log.warning("not setting %s: %s has no local equivalent", name, ", ".join(var.get("valueFrom", {})))
     if job["kind"] == "PyTorchJob":
@@ -137,18 +141,28 @@ def run_local(stage: str, job: dict[str, Any], timeout_s: float) -> LaunchResult
         try:
             # A process group of its own, so that a signal reaches torchrun and its workers alike; SIGTERM to it
             # when this launcher ends, however it ends.
-            process = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
-                                       preexec_fn=parent_death_signal(signal.SIGTERM, os.getpid()))
-            relay = threading.Thread(target=_relay, args=(process.stdout, tail, quiet), name="local-output", daemon=True)
+            process = subprocess.Popen(
+                command,
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                start_new_session=True,
+                preexec_fn=parent_death_signal(signal.SIGTERM, os.getpid()),
+            )
+            relay = threading.Thread(
+                target=_relay, args=(process.stdout, tail, quiet), name="local-output", daemon=True
+            )
             relay.start()
             try:
                 code = process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 quiet.set()
                 _stop_process_group(process, signal.SIGTERM)
-                raise JobTimedOut(f"local {stage} run still going after {timeout_s:.0f} s; stopped it"
-                                  f"{tail_text(tail, 'its output')}") from None
+                raise JobTimedOut(
+                    f"local {stage} run still going after {timeout_s:.0f} s; stopped it{tail_text(tail, 'its output')}"
+                ) from None
             relay.join(OUTPUT_DRAIN_S)
         except LaunchCancelled as exc:
             quiet.set()
@@ -157,6 +171,8 @@ def run_local(stage: str, job: dict[str, Any], timeout_s: float) -> LaunchResult
                 _stop_process_group(process, signal.SIGTERM if exc.signum == signal.SIGHUP else exc.signum)
             raise LaunchCancelled(exc.signum, f"{exc}; stopped the local {stage} run") from None
     if code != 0:
-        raise JobFailed(f"local {stage} run exited with code {code}{tail_text(tail, 'its output')}",
-                        JobState("Failed", "ExitCode", f"exit code {code}"))
+        raise JobFailed(
+            f"local {stage} run exited with code {code}{tail_text(tail, 'its output')}",
+            JobState("Failed", "ExitCode", f"exit code {code}"),
+        )
     return LaunchResult(stage, "local", job["metadata"]["name"], None, JobState("Succeeded"), action="ran")

@@ -93,9 +93,14 @@ class MasterLogFollower:
         live = [p for p in pods if p.metadata.deletion_timestamp is None]
         for pod in sorted(live, key=lambda p: str(p.metadata.creation_timestamp or ""), reverse=True):
             for status in (pod.status and pod.status.container_statuses) or []:
-                if status.name == self._jobs.container and status.state and (status.state.running or status.state.terminated):
-                    return _ContainerRun(pod.metadata.name, (pod.metadata.uid, status.restart_count),
-                                         bool(status.state.running))
+                if (
+                    status.name == self._jobs.container
+                    and status.state
+                    and (status.state.running or status.state.terminated)
+                ):
+                    return _ContainerRun(
+                        pod.metadata.name, (pod.metadata.uid, status.restart_count), bool(status.state.running)
+                    )
         return None
 
     def _follow(self, run: _ContainerRun, resume: bool) -> None:
@@ -115,7 +120,11 @@ class MasterLogFollower:
                 self._last_stamp, self._last_wall = stamp, time.time()
                 print(text, flush=True)
                 self.tail.append(text)
-        except (ApiException, HTTPError, OSError) as exc:  # a pod gone, a container not started, a dropped stream: _run looks again
+        except (
+            ApiException,
+            HTTPError,
+            OSError,
+        ) as exc:  # a pod gone, a container not started, a dropped stream: _run looks again
             log.debug("log of %s: %s", run.pod, exc)
         finally:
             response, self._response = self._response, None

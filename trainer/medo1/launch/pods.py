@@ -36,10 +36,16 @@ log = logging.getLogger(__name__)
 DEFAULT_STUCK_AFTER_S = 300.0
 DEFAULT_SCALE_UP_WAIT_S = 1800.0
 # The label each job's controller puts on the pods it creates (a TrainJob's: JobSet's, on every replicated job).
-POD_SELECTOR = {"PyTorchJob": "training.kubeflow.org/job-name={name}", "Job": "batch.kubernetes.io/job-name={name}",
-                "TrainJob": "jobset.sigs.k8s.io/jobset-name={name}"}
-CONTROLLER = {"PyTorchJob": "the Kubeflow training operator", "Job": "the Job controller (kube-controller-manager)",
-              "TrainJob": "the Kubeflow Trainer controller (and JobSet's)"}
+POD_SELECTOR = {
+    "PyTorchJob": "training.kubeflow.org/job-name={name}",
+    "Job": "batch.kubernetes.io/job-name={name}",
+    "TrainJob": "jobset.sigs.k8s.io/jobset-name={name}",
+}
+CONTROLLER = {
+    "PyTorchJob": "the Kubeflow training operator",
+    "Job": "the Job controller (kube-controller-manager)",
+    "TrainJob": "the Kubeflow Trainer controller (and JobSet's)",
+}
 # The Warning event a controller records on its job when the API server refuses a pod it creates:
 # Training Operator v1 "FailedCreatePod" (kubeflow/training-operator pkg/controller.v1/control/pod_control.go,
 # FailedCreatePodReason), the Job controller "FailedCreate" (kubernetes pkg/controller/controller_utils.go,
@@ -54,30 +60,38 @@ AUTOSCALER = "cluster-autoscaler"
 SCALE_UP, NO_SCALE_UP = "TriggeredScaleUp", "NotTriggerScaleUp"
 # A pod that consumes a ProvisioningRequest waits for the nodes provisioned for it (Kueue pkg/controller/
 # admissionchecks/provisioning/constants.go ConsumesAnnotationKey; the older cluster-autoscaler key).
-CONSUMES_PROVISIONING = ("autoscaling.x-k8s.io/consume-provisioning-request",
-                         "cluster-autoscaler.kubernetes.io/consume-provisioning-request")
+CONSUMES_PROVISIONING = (
+    "autoscaling.x-k8s.io/consume-provisioning-request",
+    "cluster-autoscaler.kubernetes.io/consume-provisioning-request",
+)
 
 FIX = {
     "CreateContainerConfigError": (
         "create the Secret and key the message names (kubectl create secret generic NAME --from-literal=KEY=...), "
-        "or point the chart's secrets.<name>.name / key at one that exists; `medo1 doctor` checks them before a run"),
+        "or point the chart's secrets.<name>.name / key at one that exists; `medo1 doctor` checks them before a run"
+    ),
     "ErrImagePull": (
         "check that image.repository:image.tag exists and the nodes can reach the registry; a private registry "
-        "needs image.pullSecrets"),
+        "needs image.pullSecrets"
+    ),
     "InvalidImageName": "fix image.repository / image.tag in the chart values",
     "FailedMount": (
         "the PersistentVolumeClaim must exist, be Bound and allow the access mode the pods need (ReadWriteMany "
-        "when several nodes mount it); see `kubectl describe pvc`; `medo1 doctor` checks the claims"),
+        "when several nodes mount it); see `kubectl describe pvc`; `medo1 doctor` checks the claims"
+    ),
     "Unschedulable": (
         "no node has the requested resources under the job's nodeSelector / tolerations: wait for GPUs to free up, "
         "ask for fewer (cluster.nodes, cluster.gpusPerNode), fix cluster.nodeSelector / tolerations, or set "
-        "kueue.queueName so the job queues for quota instead of holding half its pods"),
+        "kueue.queueName so the job queues for quota instead of holding half its pods"
+    ),
     "FailedCreatePod": (
         "the namespace's admission refused the pods (a ResourceQuota, Pod Security, a policy engine): raise the "
-        "quota or ask for less (cluster.*), or change what the policy names; `kubectl get events` shows every refusal"),
+        "quota or ask for less (cluster.*), or change what the policy names; `kubectl get events` shows every refusal"
+    ),
     "NoController": (
         "check that the controller is installed and running (kubectl get pods -A | grep -e training-operator -e "
-        "trainer -e jobset) and read its log; `medo1 doctor` checks the CRDs"),
+        "trainer -e jobset) and read its log; `medo1 doctor` checks the CRDs"
+    ),
 }
 FIX["ImagePullBackOff"] = FIX["ErrImagePull"]
 FIX["FailedAttachVolume"] = FIX["FailedMount"]
@@ -127,8 +141,9 @@ def _about(event: dict[str, Any], kind: str, name: str) -> bool:
     return involved.get("kind") == kind and involved.get("name") == name
 
 
-def pod_problems(pod: dict[str, Any], events: Iterable[dict[str, Any]] = (),
-                 scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S) -> list[PodProblem]:
+def pod_problems(
+    pod: dict[str, Any], events: Iterable[dict[str, Any]] = (), scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S
+) -> list[PodProblem]:
     """What keeps a pod (as the API returns it, camelCase) from running: a container waiting for a
     reason in WAITING_REASONS, the scheduler's Unschedulable condition (waited on for `scale_up_wait_s` while
     the cluster autoscaler adds a node for it), or a FailedMount Warning event about the pod. A pod that has
@@ -140,8 +155,11 @@ def pod_problems(pod: dict[str, Any], events: Iterable[dict[str, Any]] = (),
     events = list(events)
     problems = []
     for condition in status.get("conditions") or []:
-        if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
-                and condition.get("reason") == "Unschedulable":
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
             problems.append(_unschedulable(pod, condition.get("message", ""), events, scale_up_wait_s))
     for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
         waiting = (container.get("state") or {}).get("waiting") or {}
@@ -156,13 +174,19 @@ def pod_problems(pod: dict[str, Any], events: Iterable[dict[str, Any]] = (),
     return problems
 
 
-def _unschedulable(pod: dict[str, Any], message: str, events: list[dict[str, Any]], scale_up_wait_s: float) -> PodProblem:
+def _unschedulable(
+    pod: dict[str, Any], message: str, events: list[dict[str, Any]], scale_up_wait_s: float
+) -> PodProblem:
     name = pod["metadata"]["name"]
     annotations = pod["metadata"].get("annotations") or {}
     request = next((annotations[key] for key in CONSUMES_PROVISIONING if annotations.get(key)), None)
     if request:
-        return PodProblem(name, "Unschedulable", f"{message}; waiting for the nodes of ProvisioningRequest {request}",
-                          grace_s=scale_up_wait_s)
+        return PodProblem(
+            name,
+            "Unschedulable",
+            f"{message}; waiting for the nodes of ProvisioningRequest {request}",
+            grace_s=scale_up_wait_s,
+        )
     verdicts = [e for e in events if _about(e, "Pod", name) and e.get("reason") in (SCALE_UP, NO_SCALE_UP)]
     if not verdicts:
         return PodProblem(name, "Unschedulable", message)
@@ -173,8 +197,9 @@ def _unschedulable(pod: dict[str, Any], message: str, events: list[dict[str, Any
     return PodProblem(name, "Unschedulable", said)
 
 
-def job_problems(kind: str, job: dict[str, Any], pods: list[dict[str, Any]],
-                 events: Iterable[dict[str, Any]]) -> list[PodProblem]:
+def job_problems(
+    kind: str, job: dict[str, Any], pods: list[dict[str, Any]], events: Iterable[dict[str, Any]]
+) -> list[PodProblem]:
     """What keeps the job itself from starting: pods its controller could not create (admission refused
     them: at once), or no controller acting on it (no status at all, no pods)."""
     meta = job["metadata"]
@@ -190,17 +215,27 @@ def job_problems(kind: str, job: dict[str, Any], pods: list[dict[str, Any]],
             # The job's own events: this job's, not an earlier one's of the same name.
             if involved.get("uid") and meta.get("uid") and involved["uid"] != meta["uid"]:
                 continue
-        elif not (kind == "TrainJob" and involved.get("kind") == "Job" and child.match(involved.get("name", ""))
-                  and _event_time(event) >= created):
+        elif not (
+            kind == "TrainJob"
+            and involved.get("kind") == "Job"
+            and child.match(involved.get("name", ""))
+            and _event_time(event) >= created
+        ):
             continue
         refused.append(event)
     if refused:
         newest = max(refused, key=_event_time)
         return [PodProblem(where, "FailedCreatePod", newest.get("message", ""), subject=kind, grace_s=0.0)]
     if not pods and not any((job.get("status") or {}).values()):
-        return [PodProblem(where, "NoController", f"no controller is acting on this job (is {CONTROLLER[kind]} "
-                                                  "running?): it has no status, no conditions and no pods",
-                           subject=kind)]
+        return [
+            PodProblem(
+                where,
+                "NoController",
+                f"no controller is acting on this job (is {CONTROLLER[kind]} "
+                "running?): it has no status, no conditions and no pods",
+                subject=kind,
+            )
+        ]
     return []
 
 
@@ -209,16 +244,25 @@ class StuckPods:
     grace (`grace_s`, or the problem's own). A problem that goes away (the pull succeeded, the pod was
     scheduled) is forgotten."""
 
-    def __init__(self, grace_s: float, clock: Callable[[], float] = time.monotonic,
-                 scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S):
+    def __init__(
+        self,
+        grace_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S,
+    ):
         self.grace_s = grace_s
         self.scale_up_wait_s = scale_up_wait_s
         self.clock = clock
         self.since: dict[tuple[str, str], float] = {}
         self.announced: dict[tuple[str, str], float] = {}
 
-    def check(self, pods: Iterable[dict[str, Any]], events: Iterable[dict[str, Any]],
-              job: dict[str, Any] | None = None, kind: str | None = None) -> None:
+    def check(
+        self,
+        pods: Iterable[dict[str, Any]],
+        events: Iterable[dict[str, Any]],
+        job: dict[str, Any] | None = None,
+        kind: str | None = None,
+    ) -> None:
         now = self.clock()
         pods, events = list(pods), list(events)
         seen: dict[tuple[str, str], PodProblem] = {}
@@ -264,9 +308,13 @@ def pod_reader(core_api: Any, kind: str, name: str, namespace: str) -> Callable[
     return read
 
 
-def stuck_checker(read: Callable[[], tuple[list[dict], list[dict]]], grace_s: float,
-                  clock: Callable[[], float] = time.monotonic, kind: str | None = None,
-                  scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S) -> Callable[[dict[str, Any] | None], None]:
+def stuck_checker(
+    read: Callable[[], tuple[list[dict], list[dict]]],
+    grace_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    kind: str | None = None,
+    scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S,
+) -> Callable[[dict[str, Any] | None], None]:
     """The check the wait calls each poll with the job as read (for a job of `kind`). A failed read is
     logged and skipped: reading pods is advice, and the job's own status still decides."""
     from kubernetes.client.rest import ApiException

@@ -50,19 +50,25 @@ def _render_one(stage: str, values: dict[str, Any], release: str, namespace: str
     return job
 
 
-def build_pytorchjob(stage: str, values: dict[str, Any] | None = None, release: str = k8s.RELEASE,
-                     namespace: str = k8s.NAMESPACE) -> dict[str, Any]:
+def build_pytorchjob(
+    stage: str, values: dict[str, Any] | None = None, release: str = k8s.RELEASE, namespace: str = k8s.NAMESPACE
+) -> dict[str, Any]:
     """The chart's PyTorchJob for one training stage (`sft` or `rl`)."""
     if stage_section(stage) != "stages":
-        raise LaunchError(f"stage {stage!r} is not a training stage; known stages: {', '.join(k8s.chart_defaults()['stages'])}")
+        raise LaunchError(
+            f"stage {stage!r} is not a training stage; known stages: {', '.join(k8s.chart_defaults()['stages'])}"
+        )
     return _render_one(stage, values or {}, release, namespace)
 
 
-def build_job(stage: str, values: dict[str, Any] | None = None, release: str = k8s.RELEASE,
-              namespace: str = k8s.NAMESPACE) -> dict[str, Any]:
+def build_job(
+    stage: str, values: dict[str, Any] | None = None, release: str = k8s.RELEASE, namespace: str = k8s.NAMESPACE
+) -> dict[str, Any]:
     """The chart's batch Job for one single-pod stage (`translate`, `eval` or `upload`)."""
     if stage_section(stage) != "jobs":
-        raise LaunchError(f"stage {stage!r} is not a single-pod stage; those are {', '.join(k8s.chart_defaults()['jobs'])}")
+        raise LaunchError(
+            f"stage {stage!r} is not a single-pod stage; those are {', '.join(k8s.chart_defaults()['jobs'])}"
+        )
     return _render_one(stage, values or {}, release, namespace)
 
 
@@ -73,8 +79,9 @@ def read_values(path: str | Path) -> dict[str, Any]:
         raise LaunchError(str(exc)) from None
 
 
-def release_values(*, profile: str | None = None, values_files: Iterable[str | Path] = (),
-                   value_overrides: Iterable[str] = ()) -> dict[str, Any]:
+def release_values(
+    *, profile: str | None = None, values_files: Iterable[str | Path] = (), value_overrides: Iterable[str] = ()
+) -> dict[str, Any]:
     """Chart values: the profile (helm/profiles/NAME.yaml), then each values file, then `key.path=value`
     overrides (the value parsed as YAML)."""
     values: dict[str, Any] = {}
@@ -122,16 +129,21 @@ def check_job_name(job: dict[str, Any]) -> None:
     `<name>-<role>-<index>`, which must fit in 63 characters too."""
     name = job["metadata"]["name"]
     if not DNS1035_LABEL.match(name):
-        raise LaunchError(f"job name {name!r}: use lower-case letters, digits and '-', starting with a letter "
-                          "and ending with a letter or digit")
+        raise LaunchError(
+            f"job name {name!r}: use lower-case letters, digits and '-', starting with a letter "
+            "and ending with a letter or digit"
+        )
     if job["kind"] != "PyTorchJob":
         return
-    services = [f"{name}-{role.lower()}-{int(spec.get('replicas', 1)) - 1}"
-                for role, spec in job["spec"]["pytorchReplicaSpecs"].items()]
+    services = [
+        f"{name}-{role.lower()}-{int(spec.get('replicas', 1)) - 1}"
+        for role, spec in job["spec"]["pytorchReplicaSpecs"].items()
+    ]
     longest = max(services, key=len)
     if len(longest) > MAX_NAME:
-        raise LaunchError(f"job name {name!r} is too long: the operator would name a Service {longest!r}, "
-                          f"over {MAX_NAME} characters")
+        raise LaunchError(
+            f"job name {name!r} is too long: the operator would name a Service {longest!r}, over {MAX_NAME} characters"
+        )
 
 
 def job_values(
@@ -149,8 +161,14 @@ def job_values(
     one node, and `nproc` makes it that many CPU processes (cluster.gpusPerNode=0, cluster.cpuProcsPerNode=nproc)."""
     if backend not in BACKENDS:
         raise LaunchError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
-    values = stage_values(stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
-                          recipe=recipe, overrides=overrides)
+    values = stage_values(
+        stage,
+        profile=profile,
+        values_files=values_files,
+        value_overrides=value_overrides,
+        recipe=recipe,
+        overrides=overrides,
+    )
     training = stage_section(stage) == "stages"
     if nproc is not None and (backend != "local" or not training):
         raise LaunchError("nproc is for the local backend; pods take their shape from the cluster.* values")
@@ -163,8 +181,9 @@ def job_values(
     return values
 
 
-def render_stage_job(stage: str, values: dict[str, Any], *, job_name: str | None = None,
-                     namespace: str = k8s.NAMESPACE) -> dict[str, Any]:
+def render_stage_job(
+    stage: str, values: dict[str, Any], *, job_name: str | None = None, namespace: str = k8s.NAMESPACE
+) -> dict[str, Any]:
     """The chart's job for `stage` from `job_values(...)`, named `job_name` (default: the chart's `<release>-<stage>`)."""
     training = stage_section(stage) == "stages"
     job = (build_pytorchjob if training else build_job)(stage, values, namespace=namespace)
@@ -190,8 +209,16 @@ def stage_job(
     """The job `launch_stage` runs: the chart's rendering for `job_values(...)` (a PyTorchJob for
     `sft` / `rl`, a batch Job for `translate` / `eval` / `upload`), named `job_name` (default: the
     chart's `<release>-<stage>`)."""
-    values = job_values(stage, backend=backend, profile=profile, values_files=values_files,
-                        value_overrides=value_overrides, recipe=recipe, overrides=overrides, nproc=nproc)
+    values = job_values(
+        stage,
+        backend=backend,
+        profile=profile,
+        values_files=values_files,
+        value_overrides=value_overrides,
+        recipe=recipe,
+        overrides=overrides,
+        nproc=nproc,
+    )
     return render_stage_job(stage, values, job_name=job_name, namespace=namespace)
 
 

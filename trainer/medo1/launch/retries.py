@@ -61,7 +61,10 @@ def incurable(pods: Iterable[dict[str, Any]], log_tail: Iterable[str], kind: str
         for state in status.get("containerStatuses") or []:
             if state.get("name") != container:
                 continue
-            for terminated in ((state.get("state") or {}).get("terminated"), (state.get("lastState") or {}).get("terminated")):
+            for terminated in (
+                (state.get("state") or {}).get("terminated"),
+                (state.get("lastState") or {}).get("terminated"),
+            ):
                 if not terminated:
                     continue
                 message = (terminated.get("message") or "").strip().splitlines()

@@ -63,8 +63,10 @@ SDK_PATCH_MANAGER = "trainer.kubeflow.org/kubeflow-sdk"
 MASTER_HOST_SUFFIX = "-node-0-0"
 # The pods of a TrainJob's first node, as JobSet and the Job controller label them (kubeflow/sdk
 # kubeflow/trainer/constants/constants.py: JOBSET_NAME_LABEL, JOBSET_RJOB_NAME_LABEL, JOB_INDEX_LABEL).
-NODE0_SELECTOR = ("jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=node,"
-                  "batch.kubernetes.io/job-completion-index=0")
+NODE0_SELECTOR = (
+    "jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=node,"
+    "batch.kubernetes.io/job-completion-index=0"
+)
 
 
 # kubeflow/sdk kubeflow/trainer/backends/kubernetes/backend.py, KubernetesBackend.verify_backend.
@@ -111,8 +113,11 @@ def trainer_client(namespace: str | None, request_timeout_s: float = DEFAULT_REQ
 
 def chart_runtime(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """The chart's ClusterTrainingRuntime `name` as rendered with `values`."""
-    runtimes = [o for o in k8s.render_chart(k8s.merge_values(values, {"runtimes": {"enabled": True}}))
-                if o["kind"] == RUNTIME_KIND]
+    runtimes = [
+        o
+        for o in k8s.render_chart(k8s.merge_values(values, {"runtimes": {"enabled": True}}))
+        if o["kind"] == RUNTIME_KIND
+    ]
     for runtime in runtimes:
         if runtime["metadata"]["name"] == name:
             return runtime
@@ -134,8 +139,10 @@ def build_trainjob(
     `set` overrides, the chart's image, cluster.nodes nodes (one process per GPU; cluster.cpuProcsPerNode
     on CPU nodes), the Kueue queue label, and an activeDeadlineSeconds bounded by `timeout_s`."""
     if stage not in DEFAULT_RUNTIME:
-        raise LaunchError(f"stage {stage!r} has no Trainer v2 runtime (those are {', '.join(DEFAULT_RUNTIME)}); "
-                          "run it with --backend pytorchjob")
+        raise LaunchError(
+            f"stage {stage!r} has no Trainer v2 runtime (those are {', '.join(DEFAULT_RUNTIME)}); "
+            "run it with --backend pytorchjob"
+        )
     runtime = runtime or DEFAULT_RUNTIME[stage]
     merged = k8s.with_chart_defaults(values)
     runtime_object = chart_runtime(runtime, values)
@@ -161,13 +168,18 @@ def build_trainjob(
         recipe = next(e["value"] for e in container["env"] if e["name"] == RECIPE_ENV)
     # The NCCL settings (InfiniBand on for the 2-node profile) and, for a training stage, the node shape the
     # values give: the platform's runtime was installed with its own values (one node, no RDMA).
-    trainer["env"] = [{"name": RECIPE_ENV, "value": str(recipe)},
-                      *({"name": name, "value": str(value)} for name, value in (merged.get("nccl") or {}).items())]
+    trainer["env"] = [
+        {"name": RECIPE_ENV, "value": str(recipe)},
+        *({"name": name, "value": str(value)} for name, value in (merged.get("nccl") or {}).items()),
+    ]
     trainer["args"] = args
     if training:
         trainer["resourcesPerNode"] = {"limits": node_resources(merged), "requests": node_resources(merged)}
-    labels = {"app.kubernetes.io/part-of": "medo1", "app.kubernetes.io/component": stage,
-              "app.kubernetes.io/managed-by": MANAGER}
+    labels = {
+        "app.kubernetes.io/part-of": "medo1",
+        "app.kubernetes.io/component": stage,
+        "app.kubernetes.io/managed-by": MANAGER,
+    }
     if merged.get("kueue", {}).get("queueName"):
         labels["kueue.x-k8s.io/queue-name"] = merged["kueue"]["queueName"]
     name = job_name or f"{k8s.RELEASE}-{stage}"
@@ -177,23 +189,28 @@ def build_trainjob(
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"runtimeRef": {"name": runtime, "kind": RUNTIME_KIND}, "trainer": trainer},
     }
-    placement = {key: merged["cluster"][field] for key, field in
-                 (("nodeSelector", "nodeSelector"), ("tolerations", "tolerations"), ("affinity", "affinity"))
-                 if merged["cluster"].get(field)}
+    placement = {
+        key: merged["cluster"][field]
+        for key, field in (("nodeSelector", "nodeSelector"), ("tolerations", "tolerations"), ("affinity", "affinity"))
+        if merged["cluster"].get(field)
+    }
     # The grace period for the stage's own checkpoint (medo1.launch.grace), and torchrun's shutdown timeout with it.
     seconds, how = grace_period_s(stage, values, recipe=str(recipe))
     log.info("grace period (SIGTERM to SIGKILL): %s", how)
     placement["terminationGracePeriodSeconds"] = seconds
     trainer["env"].append({"name": SHUTDOWN_ENV, "value": str(max(30, seconds - 30))})
     job["spec"]["runtimePatches"] = [runtime_patch(placement)]
-    deadlines = [d for d in (merged["runPolicy"].get("activeDeadlineSeconds"),
-                             timeout_s and max(1, math.ceil(timeout_s))) if d]
+    deadlines = [
+        d for d in (merged["runPolicy"].get("activeDeadlineSeconds"), timeout_s and max(1, math.ceil(timeout_s))) if d
+    ]
     if deadlines:
         job["spec"]["activeDeadlineSeconds"] = min(deadlines)
     check_job_name(job)
     if len(name + MASTER_HOST_SUFFIX) > MAX_NAME:
-        raise LaunchError(f"job name {name!r} is too long: JobSet would name its first pod's host "
-                          f"{name + MASTER_HOST_SUFFIX!r}, over {MAX_NAME} characters")
+        raise LaunchError(
+            f"job name {name!r} is too long: JobSet would name its first pod's host "
+            f"{name + MASTER_HOST_SUFFIX!r}, over {MAX_NAME} characters"
+        )
     return job
 
 
@@ -212,8 +229,14 @@ def node_resources(values: dict[str, Any]) -> dict[str, str]:
 def runtime_patch(pod_spec: dict[str, Any]) -> dict[str, Any]:
     """A TrainJob runtimePatches entry setting `pod_spec` fields on the runtime's `node` pods, under the manager
     name the Kubeflow SDK's RuntimePatch option uses (kubeflow/trainer/options/kubernetes.py)."""
-    return {"manager": SDK_PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-        {"name": "node", "template": {"spec": {"template": {"spec": pod_spec}}}}]}}}}
+    return {
+        "manager": SDK_PATCH_MANAGER,
+        "trainingRuntimeSpec": {
+            "template": {
+                "spec": {"replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": pod_spec}}}}]}
+            }
+        },
+    }
 
 
 class TrainJobs(ClusterJobs):
@@ -248,19 +271,26 @@ class TrainJobs(ClusterJobs):
             runtime = self.trainer.get_runtime(runtime_name)
         except RuntimeError as exc:
             if _api_status(exc) == 404:
-                raise LaunchError(f"no runtime {runtime_name!r} on the cluster: the platform team installs the "
-                                  "ClusterTrainingRuntimes once (helm/profiles/trainer-v2-runtimes.yaml)") from None
+                raise LaunchError(
+                    f"no runtime {runtime_name!r} on the cluster: the platform team installs the "
+                    "ClusterTrainingRuntimes once (helm/profiles/trainer-v2-runtimes.yaml)"
+                ) from None
             if _api_status(exc) == 403:
                 # The SDK reads the namespaced TrainingRuntime, then on a 404 the ClusterTrainingRuntime.
-                raise LaunchError(f"may not read the runtime {runtime_name!r}: {_api_message(exc)}; the chart's "
-                                  "launcher Role grants get on trainingruntimes in the namespace, the platform install "
-                                  "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) get on its "
-                                  "ClusterTrainingRuntimes") from None
+                raise LaunchError(
+                    f"may not read the runtime {runtime_name!r}: {_api_message(exc)}; the chart's "
+                    "launcher Role grants get on trainingruntimes in the namespace, the platform install "
+                    "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) get on its "
+                    "ClusterTrainingRuntimes"
+                ) from None
             raise
         trainer = spec["trainer"]
-        container = CustomTrainerContainer(image=trainer["image"], num_nodes=trainer.get("numNodes"),
-                                           env={e["name"]: e["value"] for e in trainer["env"]},
-                                           resources_per_node=(trainer.get("resourcesPerNode") or {}).get("limits"))
+        container = CustomTrainerContainer(
+            image=trainer["image"],
+            num_nodes=trainer.get("numNodes"),
+            env={e["name"]: e["value"] for e in trainer["env"]},
+            resources_per_node=(trainer.get("resourcesPerNode") or {}).get("limits"),
+        )
         metadata = job["metadata"]
         options = [Name(self.name), Labels(metadata["labels"]), TrainerArgs(trainer["args"])]
         if metadata.get("annotations"):
@@ -284,7 +314,8 @@ class TrainJobs(ClusterJobs):
         from kubernetes.client import V1DeleteOptions
 
         self.client.custom_api.delete_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, self.name, body=V1DeleteOptions(propagation_policy=propagation))
+            GROUP, VERSION, self.namespace, PLURAL, self.name, body=V1DeleteOptions(propagation_policy=propagation)
+        )
 
     def master_pods(self) -> list[Any]:
         from kubernetes.client.rest import ApiException
@@ -292,7 +323,8 @@ class TrainJobs(ClusterJobs):
 
         try:
             return self.client.core_api.list_namespaced_pod(
-                self.namespace, label_selector=NODE0_SELECTOR.format(name=self.name)).items
+                self.namespace, label_selector=NODE0_SELECTOR.format(name=self.name)
+            ).items
         except (ApiException, HTTPError) as exc:
             raise RuntimeError(f"listing the pods of {self.where}: {exc}") from exc
 
@@ -308,10 +340,19 @@ def _runtime_patches(patches: list[dict[str, Any]]) -> Any:
     return option
 
 
-def run_trainjob(stage: str, job: dict[str, Any], client: TrainerClient, timeout_s: float, poll_s: float,
-                 keep_on_timeout: bool, stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S, *,
-                 scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S, delete_wait_s: float = DEFAULT_DELETE_WAIT_S,
-                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> LaunchResult:
+def run_trainjob(
+    stage: str,
+    job: dict[str, Any],
+    client: TrainerClient,
+    timeout_s: float,
+    poll_s: float,
+    keep_on_timeout: bool,
+    stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
+    *,
+    scale_up_wait_s: float = DEFAULT_SCALE_UP_WAIT_S,
+    delete_wait_s: float = DEFAULT_DELETE_WAIT_S,
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+) -> LaunchResult:
     """Create the TrainJob (or attach to an earlier attempt's, as `run_on_cluster` does), follow node 0's log,
     wait; a pod stuck for `stuck_after_s` fails it (None: waits). SIGTERM / SIGINT delete it (not when this
     launcher's pod is being evicted). A failed TrainJob is not created again: JobSet restarted it already."""
@@ -323,27 +364,63 @@ def run_trainjob(stage: str, job: dict[str, Any], client: TrainerClient, timeout
     with cancel_on_signals():
         try:
             launcher = LauncherPod.find(client.backend.core_api, jobs.namespace)
-            policy = Policy(0, delete_wait_s, launcher.owner if launcher else None,
-                            restarted_by="its JobSet (failurePolicy.maxRestarts)")
-            action, state, _ = follow_until_done(jobs, job, policy, deadline, poll_s, keep_on_timeout, followers,
-                                                 stuck_after_s, scale_up_wait_s)
+            policy = Policy(
+                0,
+                delete_wait_s,
+                launcher.owner if launcher else None,
+                restarted_by="its JobSet (failurePolicy.maxRestarts)",
+            )
+            action, state, _ = follow_until_done(
+                jobs, job, policy, deadline, poll_s, keep_on_timeout, followers, stuck_after_s, scale_up_wait_s
+            )
         except LaunchCancelled as exc:
             raise cancelled(jobs, followers, exc, launcher) from None
     return LaunchResult(stage, "trainjob", jobs.name, jobs.namespace, state, action)
 
 
-def launch_trainjob(stage: str, *, runtime: str | None, profile: str | None, values_files: Any, value_overrides: Any,
-                    recipe: str | None, overrides: Any, job_name: str | None, namespace: str | None, timeout_s: float,
-                    poll_s: float, keep_on_timeout: bool, client: TrainerClient | None, strict: bool,
-                    plan_check: bool, stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
-                    **waits: float) -> LaunchResult:
+def launch_trainjob(
+    stage: str,
+    *,
+    runtime: str | None,
+    profile: str | None,
+    values_files: Any,
+    value_overrides: Any,
+    recipe: str | None,
+    overrides: Any,
+    job_name: str | None,
+    namespace: str | None,
+    timeout_s: float,
+    poll_s: float,
+    keep_on_timeout: bool,
+    client: TrainerClient | None,
+    strict: bool,
+    plan_check: bool,
+    stuck_after_s: float | None = DEFAULT_STUCK_AFTER_S,
+    **waits: float,
+) -> LaunchResult:
     """`launch_stage` for backend trainjob; the plan checked is the runtime's recipe's."""
-    values = stage_values(stage, profile=profile, values_files=values_files, value_overrides=value_overrides,
-                          recipe=recipe, overrides=overrides)
+    values = stage_values(
+        stage,
+        profile=profile,
+        values_files=values_files,
+        value_overrides=value_overrides,
+        recipe=recipe,
+        overrides=overrides,
+    )
     client = client or trainer_client(namespace, waits.get("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S))
-    job = build_trainjob(stage, values, runtime=runtime, job_name=job_name,
-                         namespace=namespace or client.backend.namespace, timeout_s=timeout_s)
+    job = build_trainjob(
+        stage,
+        values,
+        runtime=runtime,
+        job_name=job_name,
+        namespace=namespace or client.backend.namespace,
+        timeout_s=timeout_s,
+    )
     if plan_check:
-        check_plan(stage, values, strict=strict,
-                   recipe=next(e["value"] for e in job["spec"]["trainer"]["env"] if e["name"] == RECIPE_ENV))
+        check_plan(
+            stage,
+            values,
+            strict=strict,
+            recipe=next(e["value"] for e in job["spec"]["trainer"]["env"] if e["name"] == RECIPE_ENV),
+        )
     return run_trainjob(stage, job, client, timeout_s, poll_s, keep_on_timeout, stuck_after_s, **waits)

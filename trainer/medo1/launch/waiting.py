@@ -122,8 +122,10 @@ def wait_for_job(
             deadline += now - last_tick
         if queue:
             if queue != queued_in:
-                log.info("job suspended by Kueue: waiting for admission in LocalQueue %s (not counted against the "
-                         "timeout)", queue)
+                log.info(
+                    "job suspended by Kueue: waiting for admission in LocalQueue %s (not counted against the timeout)",
+                    queue,
+                )
         elif queued_in:
             log.info("job admitted by Kueue")
         queued_in, last_tick = queue, now

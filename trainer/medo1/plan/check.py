@@ -12,7 +12,15 @@ from typing import Any
 from medo1.config import ConfigError
 from medo1.plan.report import gib
 from medo1.plan.shapes import KNOWN_ARCHITECTURES, gpu_from_node_selector
-from medo1.plan.stages import Cluster, NothingToSize, StagePlan, cluster_from_values, gpu_from_values, local_recipe, plan_stage
+from medo1.plan.stages import (
+    Cluster,
+    NothingToSize,
+    StagePlan,
+    cluster_from_values,
+    gpu_from_values,
+    local_recipe,
+    plan_stage,
+)
 
 # The stages that run our models on GPUs, in the order they run: a later one may start from an earlier one's export.
 PLANNED = ("sft", "rl", "eval")
@@ -38,9 +46,19 @@ class FitCheck:
     def plan_command(self) -> str:
         """The `medo1 plan` command that shows this plan's breakdown and every suggested change."""
         plan = self.plan
-        args = ["medo1", "plan", "--config", self.recipe, *(a for o in self.overrides for a in ("--set", o)),
-                "--nodes", str(plan.cluster.nodes), "--gpus-per-node", str(plan.cluster.gpus_per_node),
-                "--gpu", plan.cluster.gpu.name]
+        args = [
+            "medo1",
+            "plan",
+            "--config",
+            self.recipe,
+            *(a for o in self.overrides for a in ("--set", o)),
+            "--nodes",
+            str(plan.cluster.nodes),
+            "--gpus-per-node",
+            str(plan.cluster.gpus_per_node),
+            "--gpu",
+            plan.cluster.gpu.name,
+        ]
         if plan.model.name in KNOWN_ARCHITECTURES:  # the model may be an earlier stage's export, not here yet
             args += ["--architecture", plan.model.name]
         if plan.headroom != 0.10:
@@ -49,12 +67,15 @@ class FitCheck:
 
     def describe(self) -> str:
         if self.plan is None:
-            return (f"stage {self.stage}: whether it fits its GPUs ({self.cluster.describe()}{self.gpu_note}) is not known, "
-                    f"no plan could be made: {self.problem}")
+            return (
+                f"stage {self.stage}: whether it fits its GPUs ({self.cluster.describe()}{self.gpu_note}) is not known, "
+                f"no plan could be made: {self.problem}"
+            )
         plan = self.plan
         gpu = plan.cluster.gpu
-        usable = (f"{gib(plan.usable)} GiB usable ({gpu.name}: {gpu.memory_gib:.2f} GiB less "
-                  f"{plan.headroom:.0%} headroom)")
+        usable = (
+            f"{gib(plan.usable)} GiB usable ({gpu.name}: {gpu.memory_gib:.2f} GiB less {plan.headroom:.0%} headroom)"
+        )
         where = f"on {plan.cluster.describe()}{self.gpu_note}, {plan.model.name}"
         if self.fits:
             return f"stage {self.stage} fits its GPUs: {gib(plan.total)} GiB predicted per GPU of {usable} {where}"
@@ -92,9 +113,15 @@ def earlier_exports(stage: str, values: dict[str, Any]) -> dict[str, str]:
     for earlier in PLANNED[: PLANNED.index(stage)]:
         config = stage_config(earlier, values)
         try:
-            plan = plan_stage(str(local_recipe(config["recipe"])), cluster=stage_cluster(earlier, values),
-                              overrides=list(config.get("set", [])), stage=earlier, exports=exports, check_fixes=False,
-                              memory_only=True)
+            plan = plan_stage(
+                str(local_recipe(config["recipe"])),
+                cluster=stage_cluster(earlier, values),
+                overrides=list(config.get("set", [])),
+                stage=earlier,
+                exports=exports,
+                check_fixes=False,
+                memory_only=True,
+            )
         except ConfigError:
             continue
         if plan.export_dir:
@@ -122,9 +149,15 @@ def fit_check(stage: str, values: dict[str, Any], *, recipe: str | None = None) 
     recipe = str(recipe or config["recipe"])
     overrides = [str(o) for o in config.get("set", [])]
     try:
-        plan = plan_stage(str(local_recipe(recipe)), cluster=cluster, overrides=overrides, stage=stage,
-                          exports=earlier_exports(stage, values), headroom=float(values["plan"]["headroom"]),
-                          memory_only=True)
+        plan = plan_stage(
+            str(local_recipe(recipe)),
+            cluster=cluster,
+            overrides=overrides,
+            stage=stage,
+            exports=earlier_exports(stage, values),
+            headroom=float(values["plan"]["headroom"]),
+            memory_only=True,
+        )
     except NothingToSize:
         return None
     except ConfigError as exc:

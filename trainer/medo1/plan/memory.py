@@ -85,8 +85,18 @@ class Precision:
     """Bytes per element of the residual stream: 4 when fp32 weights run under autocast, else compute_bytes."""
 
 
-def model_states(params: float, trainable: float, world: int, strategy: str, *, bf16: bool, weight_bytes: int,
-                 offload_optimizer: bool = False, offload_params: bool = False, largest_layer: float = 0.0) -> dict[str, float]:
+def model_states(
+    params: float,
+    trainable: float,
+    world: int,
+    strategy: str,
+    *,
+    bf16: bool,
+    weight_bytes: int,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    largest_layer: float = 0.0,
+) -> dict[str, float]:
     """Weights, gradients and optimizer state of one trained model on one GPU.
 
     Full fine-tuning (`trainable == params`): ZeRO / FSDP with bf16 keep 2 (16-bit weights) + 4 (fp32
@@ -121,8 +131,8 @@ def model_states(params: float, trainable: float, world: int, strategy: str, *, 
     states = {
         "weights": 0.0 if offload_params else params * sixteen / (world if sharded else 1),
         # ZeRO-1 reduces full 16-bit gradients; ZeRO-2 and up keep only the rank's partition.
-        "gradients": params * (sixteen if strategy == "zero1" else 0) + params * (
-            grads32 + (sixteen if strategy == "zero2" else 0)) / world,
+        "gradients": params * (sixteen if strategy == "zero1" else 0)
+        + params * (grads32 + (sixteen if strategy == "zero2" else 0)) / world,
         "optimizer": params * master / world,
         "gathered_layer": (2 * sixteen) * largest_layer if sharded else 0.0,
     }
@@ -149,8 +159,9 @@ def lora_dropout_bytes_per_token(shape: ModelShape, precision: Precision) -> flo
     return precision.compute_bytes * (6 * h + i)
 
 
-def activations(shape: ModelShape, tokens: float, precision: Precision, *, checkpointing: bool,
-                lora_dropout: bool = False) -> dict[str, float]:
+def activations(
+    shape: ModelShape, tokens: float, precision: Precision, *, checkpointing: bool, lora_dropout: bool = False
+) -> dict[str, float]:
     """Saved activations of a micro-batch of `tokens` tokens.
 
     Without checkpointing every layer keeps its tensors; with it (per decoder layer) only each layer's input
@@ -166,8 +177,9 @@ def activations(shape: ModelShape, tokens: float, precision: Precision, *, check
     return {"activations": (shape.layers + 1) * layer}
 
 
-def head_bytes(shape: ModelShape, tokens: float, trained_tokens: float, mode: str, precision: Precision,
-               backward: bool = True) -> dict[str, float]:
+def head_bytes(
+    shape: ModelShape, tokens: float, trained_tokens: float, mode: str, precision: Precision, backward: bool = True
+) -> dict[str, float]:
     """The LM head's logits and loss for one micro-batch.
 
     fused: TRL's chunked head on CUDA: one [4096 x 8192] tile, fp32 gradients for the hidden states and the head;

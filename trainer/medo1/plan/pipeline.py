@@ -32,14 +32,27 @@ def cluster_for(profile: str | None, nodes: int | None, gpus_per_node: int | Non
     return cluster_from_values(values, gpu)
 
 
-def plan_recipe(recipe: str, *, profile: str | None = None, nodes: int | None = None, gpus_per_node: int | None = None,
-                gpu: str | None = None, overrides: list[str] | None = None, **options: Any) -> StagePlan:
-    return plan_stage(str(local_recipe(recipe)), cluster=cluster_for(profile, nodes, gpus_per_node, gpu),
-                      overrides=overrides, **options)
+def plan_recipe(
+    recipe: str,
+    *,
+    profile: str | None = None,
+    nodes: int | None = None,
+    gpus_per_node: int | None = None,
+    gpu: str | None = None,
+    overrides: list[str] | None = None,
+    **options: Any,
+) -> StagePlan:
+    return plan_stage(
+        str(local_recipe(recipe)),
+        cluster=cluster_for(profile, nodes, gpus_per_node, gpu),
+        overrides=overrides,
+        **options,
+    )
 
 
-def plan_pipeline(profile: str, *, gpu: str | None = None, extra_overrides: dict[str, list[str]] | None = None,
-                  **options: Any) -> list[StagePlan]:
+def plan_pipeline(
+    profile: str, *, gpu: str | None = None, extra_overrides: dict[str, list[str]] | None = None, **options: Any
+) -> list[StagePlan]:
     """Every stage the profile enables, in pipeline order (sft, rl, eval), each on its own resources.
 
     A stage that starts from an earlier stage's export gets that stage's architecture.
@@ -56,8 +69,14 @@ def plan_pipeline(profile: str, *, gpu: str | None = None, extra_overrides: dict
         if not stage.get("enabled"):
             continue
         overrides = list(stage.get("set", [])) + list((extra_overrides or {}).get(name, []))
-        plan = plan_stage(str(local_recipe(stage["recipe"])), cluster=stage_cluster, overrides=overrides, stage=name,
-                          exports=exports, **options)
+        plan = plan_stage(
+            str(local_recipe(stage["recipe"])),
+            cluster=stage_cluster,
+            overrides=overrides,
+            stage=name,
+            exports=exports,
+            **options,
+        )
         plans.append(plan)
         if plan.export_dir:
             exports[plan.export_dir] = plan.model.name

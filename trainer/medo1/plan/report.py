@@ -54,20 +54,26 @@ def stage_table(plan: StagePlan) -> list[str]:
         lines.append(f"    {'total':<46} {gib(plan.total):>8} (no memory limit known: cannot say whether it fits)")
     else:
         verdict = "fits" if plan.fits else "DOES NOT FIT"
-        lines.append(f"    {'total':<46} {gib(plan.total):>8} of {gib(plan.cluster.capacity)} "
-                     f"({gib(plan.usable)} usable at {plan.headroom:.0%} headroom): {verdict}")
+        lines.append(
+            f"    {'total':<46} {gib(plan.total):>8} of {gib(plan.cluster.capacity)} "
+            f"({gib(plan.usable)} usable at {plan.headroom:.0%} headroom): {verdict}"
+        )
     if plan.largest_micro_batch is not None:
         lines.append(f"  largest micro-batch that fits: {plan.largest_micro_batch} (recipe: {plan.micro_batch})")
     for suggestion in plan.suggestions:
         lines.append(f"  suggestion: {suggestion['change']}: --set {' --set '.join(suggestion['set'])}")
     if plan.strategies:
-        lines.append("  full fine-tuning model states per GPU by sharding (GiB): "
-                     + ", ".join(f"{name} {gib(value)}" for name, value in plan.strategies.items()))
+        lines.append(
+            "  full fine-tuning model states per GPU by sharding (GiB): "
+            + ", ".join(f"{name} {gib(value)}" for name, value in plan.strategies.items())
+        )
     lines += time_lines(plan)
     if plan.checkpoint:
         c = plan.checkpoint
-        lines.append(f"  checkpoint volume: {gib(c['per_checkpoint'])} GiB per checkpoint x {c['kept']} kept"
-                     f" + export {gib(c['export'])} GiB = {gib(c['total'])} GiB")
+        lines.append(
+            f"  checkpoint volume: {gib(c['per_checkpoint'])} GiB per checkpoint x {c['kept']} kept"
+            f" + export {gib(c['export'])} GiB = {gib(c['total'])} GiB"
+        )
     return lines
 
 
@@ -77,19 +83,29 @@ def time_lines(plan: StagePlan) -> list[str]:
     if plan.stage == "sft":
         lines.append(f"  data: {time['data']['source']}")
         if "tokens" in time:
-            lines.append(f"  tokens: {time['tokens']:,} over {time['optimizer_steps']} optimizer steps; "
-                         f"{time['flops_per_token'] / 1e9:,.1f} GFLOP per token ({time['flops_per_token_formula']})")
+            lines.append(
+                f"  tokens: {time['tokens']:,} over {time['optimizer_steps']} optimizer steps; "
+                f"{time['flops_per_token'] / 1e9:,.1f} GFLOP per token ({time['flops_per_token_formula']})"
+            )
     elif plan.stage == "rl":
-        lines.append(f"  rollouts: {time['episodes']:,} episodes, {time['response_tokens']}, prompts {time['prompt_tokens_assumed']} tokens (assumed)")
+        lines.append(
+            f"  rollouts: {time['episodes']:,} episodes, {time['response_tokens']}, prompts {time['prompt_tokens_assumed']} tokens (assumed)"
+        )
         if "rollout_hours" in time:
-            lines.append(f"  rollout: {time['rollout_tokens_per_second_per_gpu']:,} tokens/s per GPU ({time['rollout_source']}): "
-                         f"{time['rollout_hours']} h; training and scoring {time['training_and_scoring_hours']} h")
+            lines.append(
+                f"  rollout: {time['rollout_tokens_per_second_per_gpu']:,} tokens/s per GPU ({time['rollout_source']}): "
+                f"{time['rollout_hours']} h; training and scoring {time['training_and_scoring_hours']} h"
+            )
     elif plan.stage == "eval":
-        lines.append(f"  eval: {time['rows']:,} rows, {time['responses']:,} responses ({time['models']} model(s)) x "
-                     f"{time['new_tokens']}, engine {time['engine']}; " + "; ".join(time["sources"]))
+        lines.append(
+            f"  eval: {time['rows']:,} rows, {time['responses']:,} responses ({time['models']} model(s)) x "
+            f"{time['new_tokens']}, engine {time['engine']}; " + "; ".join(time["sources"])
+        )
         if "minutes" in time:
-            lines.append(f"  decoding: {time['tokens_per_second']:,} tokens/s with {time['sequences_in_flight']} sequences "
-                         f"in flight ({time['bound']} bound): {time['minutes']} min")
+            lines.append(
+                f"  decoding: {time['tokens_per_second']:,} tokens/s with {time['sequences_in_flight']} sequences "
+                f"in flight ({time['bound']} bound): {time['minutes']} min"
+            )
     if "hours" in time:
         source = f", {time['utilisation_source']}" if "utilisation" in time else ""
         lines.append(f"  time: {time['hours']} h = {time['gpu_hours']} GPU-hours{source}")
@@ -122,11 +138,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", help="cluster (and, without --config, stages) from helm/profiles/NAME.yaml")
     parser.add_argument("--nodes", type=int, help="nodes (replaces the profile's)")
     parser.add_argument("--gpus-per-node", type=int, help="GPUs per node (replaces the profile's)")
-    parser.add_argument("--gpu", help="GPU kind: h100-80gb, h100-pcie-80gb, h200-141gb, a100-80gb, a100-40gb, l40s-48gb")
-    parser.add_argument("--architecture", help="the model's architecture when its path is not on this machine (e.g. Qwen2.5-7B)")
-    parser.add_argument("--verifier-architecture", help="the verifier's architecture when its path is not on this machine")
+    parser.add_argument(
+        "--gpu", help="GPU kind: h100-80gb, h100-pcie-80gb, h200-141gb, a100-80gb, a100-40gb, l40s-48gb"
+    )
+    parser.add_argument(
+        "--architecture", help="the model's architecture when its path is not on this machine (e.g. Qwen2.5-7B)"
+    )
+    parser.add_argument(
+        "--verifier-architecture", help="the verifier's architecture when its path is not on this machine"
+    )
     parser.add_argument("--headroom", type=float, default=0.10, help="share of GPU memory to leave free (default 0.10)")
-    parser.add_argument("--mfu", type=float, help="utilisation of the GPUs' bf16 peak to assume (default: measured, else 0.35)")
+    parser.add_argument(
+        "--mfu", type=float, help="utilisation of the GPUs' bf16 peak to assume (default: measured, else 0.35)"
+    )
     parser.add_argument("--price-per-gpu-hour", type=float, help="cost of one GPU-hour, for the pipeline's cost")
     parser.add_argument("--strict", action="store_true", help="exit 3 when a stage does not fit")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -156,8 +180,9 @@ def check_options(args: argparse.Namespace) -> PlanOptions:
     try:
         return PlanOptions.model_validate({name: getattr(args, name) for name in PlanOptions.model_fields})
     except ValidationError as exc:
-        problems = "; ".join(f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg']}"
-                             for err in exc.errors())
+        problems = "; ".join(
+            f"--{str(err['loc'][0]).replace('_', '-')} {err['input']}: {err['msg']}" for err in exc.errors()
+        )
         raise ConfigError(problems) from None
 
 
@@ -166,14 +191,30 @@ def run(args: argparse.Namespace) -> int:
     from medo1.plan.pipeline import plan_pipeline, plan_recipe
 
     check_options(args)
-    options = {"architecture": args.architecture, "verifier_architecture": args.verifier_architecture,
-               "headroom": args.headroom, "utilisation": args.mfu}
+    options = {
+        "architecture": args.architecture,
+        "verifier_architecture": args.verifier_architecture,
+        "headroom": args.headroom,
+        "utilisation": args.mfu,
+    }
     if args.config:
-        plans = [plan_recipe(args.config, profile=args.profile, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                             gpu=args.gpu, overrides=args.set, stage=args.stage, **options)]
+        plans = [
+            plan_recipe(
+                args.config,
+                profile=args.profile,
+                nodes=args.nodes,
+                gpus_per_node=args.gpus_per_node,
+                gpu=args.gpu,
+                overrides=args.set,
+                stage=args.stage,
+                **options,
+            )
+        ]
     elif args.profile:
         if args.set or args.nodes is not None or args.gpus_per_node is not None:
-            raise ConfigError("--set, --nodes and --gpus-per-node need --config (a profile's stages take theirs from the profile)")
+            raise ConfigError(
+                "--set, --nodes and --gpus-per-node need --config (a profile's stages take theirs from the profile)"
+            )
         plans = plan_pipeline(args.profile, gpu=args.gpu, **options)
         if not plans:
             print(f"profile {args.profile} enables no stage that runs on our machines (sft, rl, eval): nothing to plan")

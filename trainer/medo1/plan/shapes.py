@@ -111,7 +111,9 @@ def shape_from_config(path: Path) -> ModelShape:
             qkv_bias=config.get("model_type") == "qwen2" or bool(config.get("attention_bias", False)),
         )
     except KeyError as exc:
-        raise ConfigError(f"{path}: no {exc.args[0]!r}; the plan needs a decoder-only transformer's config.json") from None
+        raise ConfigError(
+            f"{path}: no {exc.args[0]!r}; the plan needs a decoder-only transformer's config.json"
+        ) from None
 
 
 def resolve_shape(name_or_path: str, architecture: str | None = None) -> ModelShape:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from medo1.config import ConfigError, load_config, read_yaml_mapping
-from medo1.training_arguments import use_bf16
 from medo1.plan import memory as mem
 from medo1.plan.shapes import GPU, ModelShape, gpu_from_node_selector, resolve_gpu, resolve_shape
+from medo1.training_arguments import use_bf16
 
 REPO = Path(__file__).resolve().parents[3]
 RESULTS = REPO / "bench" / "results"
@@ -85,8 +85,13 @@ def cluster_from_values(values: dict[str, Any], gpu_name: str | None = None) -> 
             raise ConfigError(f"cluster.{key}: {value!r} is not a whole number of at least {least}")
     gpus = int(cluster.get("gpusPerNode", 0))
     gpu = gpu_from_values(values, gpu_name) if gpus else None
-    return Cluster(int(cluster.get("nodes", 1)), gpus, gpu, int(cluster.get("cpuProcsPerNode", 1)),
-                   parse_memory(cluster["memory"]) if cluster.get("memory") else None)
+    return Cluster(
+        int(cluster.get("nodes", 1)),
+        gpus,
+        gpu,
+        int(cluster.get("cpuProcsPerNode", 1)),
+        parse_memory(cluster["memory"]) if cluster.get("memory") else None,
+    )
 
 
 def detect_stage(recipe: dict[str, Any], path: str) -> str:
@@ -96,7 +101,9 @@ def detect_stage(recipe: dict[str, Any], path: str) -> str:
         return "rl"
     if "model" in recipe and "data" in recipe:
         return "sft"
-    raise NothingToSize(f"recipe {path}: not an sft, rl or eval recipe (no model/data, reward or benchmarks); nothing to size")
+    raise NothingToSize(
+        f"recipe {path}: not an sft, rl or eval recipe (no model/data, reward or benchmarks); nothing to size"
+    )
 
 
 def local_recipe(path: str) -> Path:
@@ -121,25 +128,47 @@ def sft_data(config, shape: ModelShape, tokenize: bool = True) -> dict[str, Any]
             from medo1.tokenization import encode_sft
 
             loaded = load_from_config(config.data)
-            encoded = encode_sft(tokenizer, loaded.examples, config.data.max_length, config.data.overlong, source=config.data.path)
+            encoded = encode_sft(
+                tokenizer, loaded.examples, config.data.max_length, config.data.overlong, source=config.data.path
+            )
             total = sum(encoded.lengths)
             trained = sum(sum(1 for label in labels if label != -100) for labels in encoded.labels)
-            return {"source": f"{config.data.path} tokenized ({tokenizer.name_or_path})", "examples": len(encoded.lengths),
-                    "total_tokens": total, "max_tokens": max(encoded.lengths, default=0), "trained_share": trained / max(total, 1)}
+            return {
+                "source": f"{config.data.path} tokenized ({tokenizer.name_or_path})",
+                "examples": len(encoded.lengths),
+                "total_tokens": total,
+                "max_tokens": max(encoded.lengths, default=0),
+                "trained_share": trained / max(total, 1),
+            }
     report_path = Path(config.output.dir) / "data_report.json"
     if report_path.is_file():
         report = json.loads(report_path.read_text())
         tokens = report["tokens"]
-        return {"source": str(report_path), "examples": report["trained_examples"], "total_tokens": tokens["total_tokens"],
-                "max_tokens": tokens["max"], "trained_share": None}
+        return {
+            "source": str(report_path),
+            "examples": report["trained_examples"],
+            "total_tokens": tokens["total_tokens"],
+            "max_tokens": tokens["max"],
+            "trained_share": None,
+        }
     published = PUBLISHED_DATA.get(Path(config.data.path).name)
     if published:
         rows = min(published["rows"], config.data.limit or published["rows"])
-        return {"source": f"published size of {Path(config.data.path).name} (not on this machine)", "examples": rows,
-                "total_tokens": rows * published["mean_tokens"], "max_tokens": None, "trained_share": None}
+        return {
+            "source": f"published size of {Path(config.data.path).name} (not on this machine)",
+            "examples": rows,
+            "total_tokens": rows * published["mean_tokens"],
+            "max_tokens": None,
+            "trained_share": None,
+        }
     where = "here, but no tokenizer for its model is" if Path(config.data.path).is_file() else "not"
-    return {"source": f"{config.data.path} is {where} on this machine and it is not a published set: no time estimate",
-            "examples": None, "total_tokens": None, "max_tokens": None, "trained_share": None}
+    return {
+        "source": f"{config.data.path} is {where} on this machine and it is not a published set: no time estimate",
+        "examples": None,
+        "total_tokens": None,
+        "max_tokens": None,
+        "trained_share": None,
+    }
 
 
 def local_tokenizer(name_or_path: str, shape: ModelShape):
@@ -168,10 +197,15 @@ def measured_utilisation(gpu: GPU | None) -> tuple[float, str]:
                 record = record["steps"]["sft_benchmark"] if "steps" in record else record
                 figures = record["contenders"]["medo1_padding_free"]
                 if figures.get("mfu") and gpu_by_device_name(record.get("device_name", "")) == gpu:
-                    return figures["mfu"], f"utilisation {figures['mfu']:.0%} measured ({path.relative_to(REPO)}, 0.5B shape)"
+                    return figures[
+                        "mfu"
+                    ], f"utilisation {figures['mfu']:.0%} measured ({path.relative_to(REPO)}, 0.5B shape)"
             except (KeyError, TypeError, json.JSONDecodeError):
                 continue
-    return ASSUMED_UTILISATION, f"utilisation {ASSUMED_UTILISATION:.0%} of bf16 peak assumed (none measured for this GPU in bench/results)"
+    return (
+        ASSUMED_UTILISATION,
+        f"utilisation {ASSUMED_UTILISATION:.0%} of bf16 peak assumed (none measured for this GPU in bench/results)",
+    )
 
 
 # ---- memory ------------------------------------------------------------------------------------
@@ -205,27 +239,48 @@ class TrainedModel:
     lora_dropout: bool = False
 
 
-def trained_model(shape: ModelShape, *, cuda: bool, bf16: bool, strategy: str, lora=None,
-                  params: float | None = None) -> TrainedModel:
+def trained_model(
+    shape: ModelShape, *, cuda: bool, bf16: bool, strategy: str, lora=None, params: float | None = None
+) -> TrainedModel:
     params = shape.parameters if params is None else params
     if lora is not None and lora.enabled:
         weight_bytes = 2 if cuda else 4  # dtype auto: bf16 on a GPU
-        return TrainedModel(shape, params, mem.lora_parameters(shape, lora.r), weight_bytes,
-                            mem.Precision(weight_bytes, weight_bytes), lora.dropout > 0)
+        return TrainedModel(
+            shape,
+            params,
+            mem.lora_parameters(shape, lora.r),
+            weight_bytes,
+            mem.Precision(weight_bytes, weight_bytes),
+            lora.dropout > 0,
+        )
     # Full fine-tuning loads fp32 weights; DeepSpeed keeps 16-bit copies, DDP / FSDP compute under autocast.
     compute = 2 if bf16 else 4
     residual = 2 if bf16 and strategy.startswith("zero") else 4
     return TrainedModel(shape, params, params, 4, mem.Precision(compute, residual))
 
 
-def train_states(model: TrainedModel, world: int, strategy: str, bf16: bool, offload: tuple[bool, bool]) -> dict[str, float]:
-    return mem.model_states(model.params, model.trainable, world, strategy, bf16=bf16, weight_bytes=model.weight_bytes,
-                            offload_optimizer=offload[0], offload_params=offload[1],
-                            largest_layer=model.shape.largest_layer_parameters)
+def train_states(
+    model: TrainedModel, world: int, strategy: str, bf16: bool, offload: tuple[bool, bool]
+) -> dict[str, float]:
+    return mem.model_states(
+        model.params,
+        model.trainable,
+        world,
+        strategy,
+        bf16=bf16,
+        weight_bytes=model.weight_bytes,
+        offload_optimizer=offload[0],
+        offload_params=offload[1],
+        largest_layer=model.shape.largest_layer_parameters,
+    )
 
 
-def step_parts(model: TrainedModel, tokens: float, trained_tokens: float, *, checkpointing: bool, head: str) -> dict[str, float]:
-    parts = mem.activations(model.shape, tokens, model.precision, checkpointing=checkpointing, lora_dropout=model.lora_dropout)
+def step_parts(
+    model: TrainedModel, tokens: float, trained_tokens: float, *, checkpointing: bool, head: str
+) -> dict[str, float]:
+    parts = mem.activations(
+        model.shape, tokens, model.precision, checkpointing=checkpointing, lora_dropout=model.lora_dropout
+    )
     parts.update(mem.head_bytes(model.shape, tokens, trained_tokens, head, model.precision))
     return parts
 
@@ -234,25 +289,34 @@ def prefixed(prefix: str, parts: dict[str, float]) -> dict[str, float]:
     return {f"{prefix} {name}": value for name, value in parts.items()}
 
 
-def sft_breakdown(config, shape: ModelShape, cluster: Cluster, data: dict, micro_batch: int | None = None) -> mem.Breakdown:
+def sft_breakdown(
+    config, shape: ModelShape, cluster: Cluster, data: dict, micro_batch: int | None = None
+) -> mem.Breakdown:
     cuda = cluster.gpu is not None
     train = config.train
     bf16 = use_bf16(train.precision, cuda)
     strategy, *offload = strategy_of(train.distributed, train.deepspeed_config)
     model = trained_model(shape, cuda=cuda, bf16=bf16, strategy=strategy, lora=config.lora)
-    longest = config.data.max_length if train.batching == "packed" else min(config.data.max_length, data["max_tokens"] or config.data.max_length)
+    longest = (
+        config.data.max_length
+        if train.batching == "packed"
+        else min(config.data.max_length, data["max_tokens"] or config.data.max_length)
+    )
     tokens = (micro_batch or train.per_device_batch_size) * longest
     trained = tokens * (data["trained_share"] or 1.0)
     breakdown = mem.Breakdown(resident=train_states(model, cluster.world, strategy, bf16, tuple(offload)))
     breakdown.resident.update(host_parts(shape, cuda))
-    breakdown.phases["training"] = step_parts(model, tokens, trained, checkpointing=config.model.gradient_checkpointing,
-                                              head="fused" if cuda else "compact")
+    breakdown.phases["training"] = step_parts(
+        model, tokens, trained, checkpointing=config.model.gradient_checkpointing, head="fused" if cuda else "compact"
+    )
     breakdown.phases["training"].update(comm_buffers(shape, strategy, cluster.world))
     if strategy.startswith("zero") and config.output.save_steps:
         # stage3_gather_16bit_weights_on_model_save: each parameter gathered whole, one module at a time.
         breakdown.phases["checkpoint save"] = {"gathered 16-bit module": 2 * shape.largest_layer_parameters}
-    breakdown.notes.append(f"micro-batch: {tokens:,.0f} tokens ({micro_batch or train.per_device_batch_size} x {longest}, "
-                           f"{train.batching}); activation checkpointing {'on' if config.model.gradient_checkpointing else 'off'}")
+    breakdown.notes.append(
+        f"micro-batch: {tokens:,.0f} tokens ({micro_batch or train.per_device_batch_size} x {longest}, "
+        f"{train.batching}); activation checkpointing {'on' if config.model.gradient_checkpointing else 'off'}"
+    )
     return breakdown
 
 
@@ -270,8 +334,14 @@ def comm_buffers(shape: ModelShape, strategy: str, world: int) -> dict[str, floa
     return {"reduce bucket": 4 * shape.hidden_size**2}
 
 
-def rl_breakdown(config, shape: ModelShape, verifier: ModelShape | None, cluster: Cluster, prompt_tokens: int,
-                 micro_batch: int | None = None) -> mem.Breakdown:
+def rl_breakdown(
+    config,
+    shape: ModelShape,
+    verifier: ModelShape | None,
+    cluster: Cluster,
+    prompt_tokens: int,
+    micro_batch: int | None = None,
+) -> mem.Breakdown:
     cuda = cluster.gpu is not None
     train, sampling = config.train, config.sampling
     bf16 = use_bf16(train.precision, cuda)
@@ -283,7 +353,9 @@ def rl_breakdown(config, shape: ModelShape, verifier: ModelShape | None, cluster
     reference_bytes = (2 if bf16 else 4) if sharded else 4  # DeepSpeed / FSDP keep the frozen copy in 16 bits
     resident["reference weights"] = shape.parameters * reference_bytes / (world if sharded else 1)
     if config.algo == "ppo":
-        value_params = shape.parameters - (0 if shape.tie_word_embeddings else shape.embedding_parameters) + shape.hidden_size
+        value_params = (
+            shape.parameters - (0 if shape.tie_word_embeddings else shape.embedding_parameters) + shape.hidden_size
+        )
         value = trained_model(shape, cuda=cuda, bf16=bf16, strategy=strategy, params=value_params)
         resident.update(prefixed("value", train_states(value, world, strategy, bf16, tuple(offload))))
     if verifier is not None:
@@ -305,17 +377,25 @@ def rl_breakdown(config, shape: ModelShape, verifier: ModelShape | None, cluster
     micro_tokens = (micro_batch or train.per_device_batch_size) * sequence
     head = "fused" if cuda else "compact_rl"
     # Scoring (vLLM asleep): the policy's and reference's log-probs of the whole rollout batch at once, no gradients.
-    scoring = mem.head_bytes(shape, per_rank * sequence, per_rank * (sampling.response_length + 1), head, policy.precision,
-                             backward=False)
-    training = step_parts(policy, micro_tokens, (micro_batch or train.per_device_batch_size) * (sampling.response_length + 1),
-                          checkpointing=config.model.gradient_checkpointing, head=head)
+    scoring = mem.head_bytes(
+        shape, per_rank * sequence, per_rank * (sampling.response_length + 1), head, policy.precision, backward=False
+    )
+    training = step_parts(
+        policy,
+        micro_tokens,
+        (micro_batch or train.per_device_batch_size) * (sampling.response_length + 1),
+        checkpointing=config.model.gradient_checkpointing,
+        head=head,
+    )
     training.update(comm_buffers(shape, strategy, world))
     breakdown = mem.Breakdown(resident=resident, phases={"rollout": rollout, "scoring": scoring, "training": training})
     if sampling.engine == "vllm" and not sampling.vllm.sleep:
         breakdown.resident["vLLM (awake while training)"] = vllm_share
         del breakdown.phases["rollout"]["vLLM (gpu_memory_utilization)"]
-    breakdown.notes.append(f"rollout: {per_rank} sequences of {prompt_tokens} + {sampling.response_length} tokens per rank; "
-                           f"training micro-batch {micro_tokens:,} tokens")
+    breakdown.notes.append(
+        f"rollout: {per_rank} sequences of {prompt_tokens} + {sampling.response_length} tokens per rank; "
+        f"training micro-batch {micro_tokens:,} tokens"
+    )
     return breakdown
 
 
@@ -325,12 +405,16 @@ def eval_breakdown(config, shape: ModelShape, cluster: Cluster) -> mem.Breakdown
     cuda = cluster.gpu is not None
     if cuda and config.engine != "hf" and cluster.capacity:
         breakdown = mem.Breakdown(resident={})
-        breakdown.phases["generation"] = {"vLLM (gpu_memory_utilization)": config.vllm.gpu_memory_utilization * cluster.capacity}
+        breakdown.phases["generation"] = {
+            "vLLM (gpu_memory_utilization)": config.vllm.gpu_memory_utilization * cluster.capacity
+        }
         return breakdown
     dtype = 2 if cuda else 4
     breakdown = mem.Breakdown(resident={"weights": shape.parameters * dtype})
     sequences = config.batch_size * config.samples_per_prompt
-    breakdown.phases["generation"] = {"KV cache": mem.kv_cache(shape, sequences, PROMPT_TOKENS + config.max_new_tokens, dtype)}
+    breakdown.phases["generation"] = {
+        "KV cache": mem.kv_cache(shape, sequences, PROMPT_TOKENS + config.max_new_tokens, dtype)
+    }
     return breakdown
 
 
@@ -375,8 +459,12 @@ class StagePlan:
         return {
             "stage": self.stage,
             "recipe": self.recipe,
-            "cluster": {"nodes": self.cluster.nodes, "gpus_per_node": self.cluster.gpus_per_node,
-                        "gpu": self.cluster.gpu.name if self.cluster.gpu else None, "processes": self.cluster.world},
+            "cluster": {
+                "nodes": self.cluster.nodes,
+                "gpus_per_node": self.cluster.gpus_per_node,
+                "gpu": self.cluster.gpu.name if self.cluster.gpu else None,
+                "processes": self.cluster.world,
+            },
             "model": {"architecture": self.model.name, "parameters": self.model.parameters},
             "memory": {
                 **self.breakdown.as_dict(self.cuda),
@@ -412,11 +500,26 @@ def model_states_by_strategy(shape: ModelShape, world: int, bf16: bool) -> dict[
     result = {}
     for strategy in mem.STRATEGIES:
         weight_bytes = 2 if strategy.startswith("zero") else 4
-        states = mem.model_states(shape.parameters, shape.parameters, world, strategy, bf16=bf16, weight_bytes=weight_bytes,
-                                  largest_layer=shape.largest_layer_parameters)
+        states = mem.model_states(
+            shape.parameters,
+            shape.parameters,
+            world,
+            strategy,
+            bf16=bf16,
+            weight_bytes=weight_bytes,
+            largest_layer=shape.largest_layer_parameters,
+        )
         result[strategy] = sum(states.values())
-    states = mem.model_states(shape.parameters, shape.parameters, world, "zero3", bf16=bf16, weight_bytes=2,
-                              offload_optimizer=True, largest_layer=shape.largest_layer_parameters)
+    states = mem.model_states(
+        shape.parameters,
+        shape.parameters,
+        world,
+        "zero3",
+        bf16=bf16,
+        weight_bytes=2,
+        offload_optimizer=True,
+        largest_layer=shape.largest_layer_parameters,
+    )
     result["zero3 + optimizer offload"] = sum(states.values())
     return result
 
@@ -424,9 +527,14 @@ def model_states_by_strategy(shape: ModelShape, world: int, bf16: bool) -> dict[
 SFT_FIXES = (
     ("turn on activation checkpointing", ["model.gradient_checkpointing=true"]),
     ("shard with ZeRO-3", ["train.distributed=deepspeed_zero3"]),
-    ("ZeRO-3 with activation checkpointing", ["train.distributed=deepspeed_zero3", "model.gradient_checkpointing=true"]),
-    ("LoRA (r=16) on ZeRO-3 with activation checkpointing",
-     ["lora.enabled=true", "train.distributed=deepspeed_zero3", "model.gradient_checkpointing=true"]),
+    (
+        "ZeRO-3 with activation checkpointing",
+        ["train.distributed=deepspeed_zero3", "model.gradient_checkpointing=true"],
+    ),
+    (
+        "LoRA (r=16) on ZeRO-3 with activation checkpointing",
+        ["lora.enabled=true", "train.distributed=deepspeed_zero3", "model.gradient_checkpointing=true"],
+    ),
 )
 
 
@@ -438,13 +546,26 @@ def suggestions(stage: str, plan: StagePlan, rebuild, overrides: list[str], conf
     if plan.largest_micro_batch:
         train = config.train
         accumulation = train.gradient_accumulation_steps * train.per_device_batch_size // plan.largest_micro_batch
-        found.append({"change": f"micro-batch {plan.largest_micro_batch} (gradient accumulation {accumulation}: same examples per step)",
-                      "set": [f"train.per_device_batch_size={plan.largest_micro_batch}", f"train.gradient_accumulation_steps={accumulation}"]})
-    fixes = SFT_FIXES if stage == "sft" else SFT_FIXES[:3] + (
-        ("generate without gathering the policy", ["sampling.gather_weights_for_generation=false"]),)
+        found.append(
+            {
+                "change": f"micro-batch {plan.largest_micro_batch} (gradient accumulation {accumulation}: same examples per step)",
+                "set": [
+                    f"train.per_device_batch_size={plan.largest_micro_batch}",
+                    f"train.gradient_accumulation_steps={accumulation}",
+                ],
+            }
+        )
+    fixes = (
+        SFT_FIXES
+        if stage == "sft"
+        else SFT_FIXES[:3]
+        + (("generate without gathering the policy", ["sampling.gather_weights_for_generation=false"]),)
+    )
     if plan.cluster.gpu is None:  # accelerate runs no DeepSpeed on the CPU: only what runs there
-        fixes = (*(fix for fix in fixes if "train.distributed=deepspeed_zero3" not in fix[1]),
-                 ("LoRA (r=16) with activation checkpointing", ["lora.enabled=true", "model.gradient_checkpointing=true"]))
+        fixes = (
+            *(fix for fix in fixes if "train.distributed=deepspeed_zero3" not in fix[1]),
+            ("LoRA (r=16) with activation checkpointing", ["lora.enabled=true", "model.gradient_checkpointing=true"]),
+        )
     for change, extra in fixes:
         if all(item in overrides for item in extra):
             continue
@@ -453,30 +574,56 @@ def suggestions(stage: str, plan: StagePlan, rebuild, overrides: list[str], conf
             found.append({"change": change, "set": extra, "total": round(candidate.total)})
     if plan.strategies and plan.cluster.gpu:
         offloaded = plan.strategies["zero3 + optimizer offload"]
-        others = plan.total - sum(v for k, v in plan.breakdown.resident.items() if not k.startswith(("reference", "verifier", "vLLM")))
+        others = plan.total - sum(
+            v for k, v in plan.breakdown.resident.items() if not k.startswith(("reference", "verifier", "vLLM"))
+        )
         host_needed = plan.model.parameters * 16 * 1.5 / plan.cluster.nodes  # DeepSpeed's cold estimate, per node
         host = plan.cluster.host_memory_gib * mem.GIB if plan.cluster.host_memory_gib else None
         if offloaded + others <= plan.usable:
             fits_host = host is None or host_needed <= host
-            found.append({"change": "ZeRO-3 with the optimizer offloaded to CPU memory (a deepspeed_config with "
-                                    "zero_optimization.offload_optimizer.device: cpu)"
-                                    + ("" if fits_host else f"; needs {host_needed / mem.GIB:,.0f} GiB of host memory per node, "
-                                                            f"the node has {host / mem.GIB:,.0f}"),
-                          "set": ["train.distributed=deepspeed_zero3", "train.deepspeed_config=PATH"], "host_memory_fits": fits_host})
+            found.append(
+                {
+                    "change": "ZeRO-3 with the optimizer offloaded to CPU memory (a deepspeed_config with "
+                    "zero_optimization.offload_optimizer.device: cpu)"
+                    + (
+                        ""
+                        if fits_host
+                        else f"; needs {host_needed / mem.GIB:,.0f} GiB of host memory per node, "
+                        f"the node has {host / mem.GIB:,.0f}"
+                    ),
+                    "set": ["train.distributed=deepspeed_zero3", "train.deepspeed_config=PATH"],
+                    "host_memory_fits": fits_host,
+                }
+            )
         per_gpu_states = plan.strategies["zero3"] * plan.cluster.world
         for nodes in range(plan.cluster.nodes + 1, 65):
             world = nodes * plan.cluster.gpus_per_node
             if per_gpu_states / world + others <= plan.usable:
-                found.append({"change": f"{nodes} nodes ({world} GPUs) with ZeRO-3", "set": ["train.distributed=deepspeed_zero3"],
-                              "nodes": nodes})
+                found.append(
+                    {
+                        "change": f"{nodes} nodes ({world} GPUs) with ZeRO-3",
+                        "set": ["train.distributed=deepspeed_zero3"],
+                        "nodes": nodes,
+                    }
+                )
                 break
     return found
 
 
-def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = None, stage: str | None = None,
-               architecture: str | None = None, verifier_architecture: str | None = None, headroom: float = mem.DEFAULT_HEADROOM,
-               utilisation: float | None = None, exports: dict[str, str] | None = None,
-               check_fixes: bool = True, memory_only: bool = False) -> StagePlan:
+def plan_stage(
+    recipe: str,
+    *,
+    cluster: Cluster,
+    overrides: list[str] | None = None,
+    stage: str | None = None,
+    architecture: str | None = None,
+    verifier_architecture: str | None = None,
+    headroom: float = mem.DEFAULT_HEADROOM,
+    utilisation: float | None = None,
+    exports: dict[str, str] | None = None,
+    check_fixes: bool = True,
+    memory_only: bool = False,
+) -> StagePlan:
     """Memory, time and checkpoint size of one stage's recipe (with `--set` overrides) on `cluster`.
 
     `exports` maps earlier stages' export directories to their architectures (a pipeline's RL starts from
@@ -489,7 +636,9 @@ def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = N
     def shape_of(name_or_path: str, named: str | None) -> ModelShape:
         exported = exports.get(name_or_path.rstrip("/"))
         if named is None and exported is not None:
-            return resolve_shape(exported)  # an architecture, or the local model directory the earlier stage starts from
+            return resolve_shape(
+                exported
+            )  # an architecture, or the local model directory the earlier stage starts from
         return resolve_shape(name_or_path, named)
 
     raw = read_yaml_mapping(recipe, "recipe")
@@ -497,9 +646,19 @@ def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = N
 
     def rebuild(changed: list[str]) -> StagePlan | None:
         try:
-            return plan_stage(recipe, cluster=cluster, overrides=changed, stage=stage, architecture=architecture,
-                              verifier_architecture=verifier_architecture, headroom=headroom, utilisation=utilisation,
-                              exports=exports, check_fixes=False, memory_only=memory_only)
+            return plan_stage(
+                recipe,
+                cluster=cluster,
+                overrides=changed,
+                stage=stage,
+                architecture=architecture,
+                verifier_architecture=verifier_architecture,
+                headroom=headroom,
+                utilisation=utilisation,
+                exports=exports,
+                check_fixes=False,
+                memory_only=memory_only,
+            )
         except (ConfigError, ValueError):
             return None
 
@@ -539,10 +698,25 @@ def plan_stage(recipe: str, *, cluster: Cluster, overrides: list[str] | None = N
     breakdown = build()
     strategies = {}
     if stage in ("sft", "rl"):
-        strategies = model_states_by_strategy(shape, cluster.world, use_bf16(config.train.precision, cluster.gpu is not None))
+        strategies = model_states_by_strategy(
+            shape, cluster.world, use_bf16(config.train.precision, cluster.gpu is not None)
+        )
     export_dir = f"{config.output.dir.rstrip('/')}/export" if stage in ("sft", "rl") else None
-    plan = StagePlan(stage, str(recipe), cluster, shape, breakdown, headroom, None, micro, [], time, checkpoint, strategies,
-                     export_dir)
+    plan = StagePlan(
+        stage,
+        str(recipe),
+        cluster,
+        shape,
+        breakdown,
+        headroom,
+        None,
+        micro,
+        [],
+        time,
+        checkpoint,
+        strategies,
+        export_dir,
+    )
     if micro is not None and plan.usable is not None:
         plan.largest_micro_batch = largest_micro_batch(lambda b: build(b).total(plan.cuda), plan.usable)
     if check_fixes:
@@ -566,23 +740,37 @@ def sft_time(config, shape: ModelShape, cluster: Cluster, data: dict, utilisatio
     steps_per_epoch = math.ceil(data["examples"] / examples_per_step)
     if train.max_steps > 0:
         steps = train.max_steps
-        tokens = data["total_tokens"] * min(1.0, steps * examples_per_step / data["examples"] / train.epochs) * train.epochs
+        tokens = (
+            data["total_tokens"] * min(1.0, steps * examples_per_step / data["examples"] / train.epochs) * train.epochs
+        )
     else:
         steps = math.ceil(steps_per_epoch * train.epochs)
         tokens = data["total_tokens"] * train.epochs
     mean_length = data["total_tokens"] / max(data["examples"], 1)
     recompute = 4 / 3 if config.model.gradient_checkpointing else 1.0
     flops_per_token = (6 * shape.parameters + 6 * shape.layers * shape.hidden_size * mean_length) * recompute
-    result.update({"tokens": round(tokens), "optimizer_steps": steps, "flops_per_token": flops_per_token,
-                   "flops_per_token_formula": "(6 N + 6 layers hidden mean_length) x 4/3 with activation checkpointing"})
+    result.update(
+        {
+            "tokens": round(tokens),
+            "optimizer_steps": steps,
+            "flops_per_token": flops_per_token,
+            "flops_per_token_formula": "(6 N + 6 layers hidden mean_length) x 4/3 with activation checkpointing",
+        }
+    )
     if cluster.gpu is None:
         result["note"] = "CPU run: no time estimate (see `make bench` for this machine's figures)"
         return result
     measured, source = measured_utilisation(cluster.gpu)
     mfu = utilisation or measured
     hours = seconds_at(tokens * flops_per_token, cluster, mfu) / 3600
-    result.update({"utilisation": mfu, "utilisation_source": f"utilisation {mfu:.0%} (--mfu)" if utilisation else source,
-                   "hours": round(hours, 2), "gpu_hours": round(hours * cluster.world, 1)})
+    result.update(
+        {
+            "utilisation": mfu,
+            "utilisation_source": f"utilisation {mfu:.0%} (--mfu)" if utilisation else source,
+            "hours": round(hours, 2),
+            "gpu_hours": round(hours * cluster.world, 1),
+        }
+    )
     return result
 
 
@@ -592,12 +780,17 @@ def decode_tokens_per_second(shape: ModelShape, gpu: GPU, sequences: int, contex
     return sequences * gpu.memory_bandwidth * DECODE_EFFICIENCY[engine] / step_bytes
 
 
-def rl_time(config, shape: ModelShape, verifier: ModelShape | None, cluster: Cluster, utilisation: float | None) -> dict[str, Any]:
+def rl_time(
+    config, shape: ModelShape, verifier: ModelShape | None, cluster: Cluster, utilisation: float | None
+) -> dict[str, Any]:
     train, sampling = config.train, config.sampling
     episodes = train.total_episodes
     sequence = PROMPT_TOKENS + sampling.response_length
-    result: dict[str, Any] = {"episodes": episodes, "prompt_tokens_assumed": PROMPT_TOKENS,
-                              "response_tokens": f"{sampling.response_length} each (upper bound: every response runs to length)"}
+    result: dict[str, Any] = {
+        "episodes": episodes,
+        "prompt_tokens_assumed": PROMPT_TOKENS,
+        "response_tokens": f"{sampling.response_length} each (upper bound: every response runs to length)",
+    }
     if cluster.gpu is None:
         result["note"] = "CPU run: no time estimate (see `make bench` for this machine's figures)"
         return result
@@ -615,15 +808,19 @@ def rl_time(config, shape: ModelShape, verifier: ModelShape | None, cluster: Clu
     mfu = utilisation or measured
     compute_s = seconds_at(train_flops + score_flops, cluster, mfu)
     hours = (rollout_s + compute_s) / 3600
-    result.update({
-        "rollout_tokens_per_second_per_gpu": round(per_gpu),
-        "rollout_source": f"bandwidth bound: {DECODE_EFFICIENCY[sampling.engine]:.0%} of {cluster.gpu.memory_bandwidth / 1e12:.2f} TB/s "
-                          f"({sampling.engine}, {batch} sequences), assumed",
-        "rollout_hours": round(rollout_s / 3600, 2),
-        "training_and_scoring_hours": round(compute_s / 3600, 2),
-        "utilisation": mfu, "utilisation_source": f"utilisation {mfu:.0%} (--mfu)" if utilisation else source,
-        "hours": round(hours, 2), "gpu_hours": round(hours * cluster.world, 1),
-    })
+    result.update(
+        {
+            "rollout_tokens_per_second_per_gpu": round(per_gpu),
+            "rollout_source": f"bandwidth bound: {DECODE_EFFICIENCY[sampling.engine]:.0%} of {cluster.gpu.memory_bandwidth / 1e12:.2f} TB/s "
+            f"({sampling.engine}, {batch} sequences), assumed",
+            "rollout_hours": round(rollout_s / 3600, 2),
+            "training_and_scoring_hours": round(compute_s / 3600, 2),
+            "utilisation": mfu,
+            "utilisation_source": f"utilisation {mfu:.0%} (--mfu)" if utilisation else source,
+            "hours": round(hours, 2),
+            "gpu_hours": round(hours * cluster.world, 1),
+        }
+    )
     return result
 
 
@@ -670,8 +867,14 @@ def eval_time(config, shape: ModelShape, cluster: Cluster) -> dict[str, Any]:
     responses = rows * config.samples_per_prompt * (models * len(config.seeds) + len(config.noise_seeds))
     # On the GPU image vLLM imports: `engine: auto` is vLLM there.
     engine = "hf" if config.engine == "hf" else "vllm"
-    result: dict[str, Any] = {"rows": rows, "sources": sources, "models": models, "responses": responses,
-                              "engine": engine, "new_tokens": f"{config.max_new_tokens} each (upper bound)"}
+    result: dict[str, Any] = {
+        "rows": rows,
+        "sources": sources,
+        "models": models,
+        "responses": responses,
+        "engine": engine,
+        "new_tokens": f"{config.max_new_tokens} each (upper bound)",
+    }
     if cluster.gpu is None:
         result["note"] = "CPU run: no time estimate"
         return result
@@ -680,8 +883,9 @@ def eval_time(config, shape: ModelShape, cluster: Cluster) -> dict[str, Any]:
     if engine == "vllm":
         budget = cluster.gpu.memory_gib * 2**30 * gpus * config.vllm.gpu_memory_utilization - 2 * shape.parameters
         kv_tokens = max(0.0, budget * EVAL_KV_SHARE) / shape.kv_cache_bytes_per_token(2)
-        sequences = max(1, min(config.vllm.max_num_seqs or VLLM_DEFAULT_MAX_SEQS, int(kv_tokens / (context / 2)),
-                               responses or 1))
+        sequences = max(
+            1, min(config.vllm.max_num_seqs or VLLM_DEFAULT_MAX_SEQS, int(kv_tokens / (context / 2)), responses or 1)
+        )
     else:
         sequences = max(1, min(config.batch_size * config.samples_per_prompt, responses or 1))
     memory_bound = decode_tokens_per_second(shape, cluster.gpu, sequences, context, engine) * gpus
@@ -689,11 +893,18 @@ def eval_time(config, shape: ModelShape, cluster: Cluster) -> dict[str, Any]:
     compute_bound = gpus * cluster.gpu.peak_bf16_flops * measured / (2 * shape.parameters)
     per_second = min(memory_bound, compute_bound)
     seconds = responses * config.max_new_tokens / per_second
-    result.update({"sequences_in_flight": sequences, "tokens_per_second": round(per_second),
-                   "bound": "memory bandwidth" if memory_bound <= compute_bound else "compute",
-                   "utilisation": measured, "utilisation_source": source,
-                   "minutes": round(seconds / 60, 1), "hours": round(seconds / 3600, 2),
-                   "gpu_hours": round(seconds * gpus / 3600, 2)})
+    result.update(
+        {
+            "sequences_in_flight": sequences,
+            "tokens_per_second": round(per_second),
+            "bound": "memory bandwidth" if memory_bound <= compute_bound else "compute",
+            "utilisation": measured,
+            "utilisation_source": source,
+            "minutes": round(seconds / 60, 1),
+            "hours": round(seconds / 3600, 2),
+            "gpu_hours": round(seconds * gpus / 3600, 2),
+        }
+    )
     return result
 
 
@@ -707,13 +918,21 @@ def sft_checkpoint(config, shape: ModelShape) -> dict[str, Any]:
         each, export = n * 16, n * 2  # 16-bit model + fp32 master, m, v partitions; the export gathered in 16 bits
     else:
         each, export = n * 16, n * 4  # fp32 model, AdamW m, v (DDP, FSDP full state dict)
-    return {"per_checkpoint": each, "kept": config.output.keep, "export": export if config.output.export else 0,
-            "total": each * config.output.keep + (export if config.output.export else 0)}
+    return {
+        "per_checkpoint": each,
+        "kept": config.output.keep,
+        "export": export if config.output.export else 0,
+        "total": each * config.output.keep + (export if config.output.export else 0),
+    }
 
 
 def rl_checkpoint(config, shape: ModelShape) -> dict[str, Any]:
     models = 2 if config.algo == "ppo" else 1
     each = shape.parameters * 16 * models
     export = shape.parameters * 4
-    return {"per_checkpoint": each, "kept": config.output.keep, "export": export,
-            "total": each * config.output.keep + export}
+    return {
+        "per_checkpoint": each,
+        "kept": config.output.keep,
+        "export": export,
+        "total": each * config.output.keep + export,
+    }

@@ -50,8 +50,9 @@ _ARTICLES = frozenset({"a", "an", "the", "el", "la", "los", "las", "un", "una", 
 _SENTENCE_MARKS = frozenset(".!?。！？")
 _CLAUSE_MARKS = frozenset(",;:()[]—–，；：（）「」『』")
 # Words (and CJK runs) that open a new clause: a cue before them does not reach past them.
-_CLAUSE_WORDS = frozenset({"but", "however", "whereas", "although", "though", "pero", "sino", "mais", "aber",
-                           "sondern", "ma", "però"})
+_CLAUSE_WORDS = frozenset(
+    {"but", "however", "whereas", "although", "though", "pero", "sino", "mais", "aber", "sondern", "ma", "però"}
+)
 _CLAUSE_CJK = ("ではなく", "でなく", "じゃなく", "但是", "但", "而是", "しかし", "けれども", "けれど")
 
 
@@ -144,13 +145,45 @@ _HEDGES = re.compile(
     r"oppure|forse|probabilmente|possibilmente)\b",  # it
     re.IGNORECASE,
 )
-_HEDGES_CJK = re.compile(r"または|又は|あるいは|もしくは|かもしれ|おそらく|恐らく|多分|たぶん|或者|或是|或|还是|還是|也许|也許|或许|或許|大概|不确定|不確定|(?<!最)可能是")
+_HEDGES_CJK = re.compile(
+    r"または|又は|あるいは|もしくは|かもしれ|おそらく|恐らく|多分|たぶん|或者|或是|或|还是|還是|也许|也許|或许|或許|大概|不确定|不確定|(?<!最)可能是"
+)
 # Between two items: "X and Y", "X & Y", "X/Y", "XとY", "X和Y", "X、Y".
-_COORDINATORS = frozenset({"and", "or", "plus", "nor", "&", "+", "/", "y", "e", "o", "u", "ni", "et", "ou", "und",
-                           "oder", "sowie", "ed", "oppure", "vs", "versus", "、", "・", "／"})
+_COORDINATORS = frozenset(
+    {
+        "and",
+        "or",
+        "plus",
+        "nor",
+        "&",
+        "+",
+        "/",
+        "y",
+        "e",
+        "o",
+        "u",
+        "ni",
+        "et",
+        "ou",
+        "und",
+        "oder",
+        "sowie",
+        "ed",
+        "oppure",
+        "vs",
+        "versus",
+        "、",
+        "・",
+        "／",
+    }
+)
 _COORDINATOR_PHRASES = ("as well as", "along with", "together with", "and/or", "así como", "ainsi que")
-_COORDINATORS_CJK = re.compile(r"^(?:和|与|與|及|以及|或|或者|还是|還是|跟|同|や|か|及び|および|または|又は|もしくは|並びに|ならびに|と(?!(?:考え|思|する|され|いう|なる|して|した|診断)))")
-_COORDINATORS_CJK_BEFORE = re.compile(r"(?:和|与|與|及|以及|或|或者|还是|還是|跟|や|か|及び|および|または|又は|もしくは|並びに|ならびに|と)$")
+_COORDINATORS_CJK = re.compile(
+    r"^(?:和|与|與|及|以及|或|或者|还是|還是|跟|同|や|か|及び|および|または|又は|もしくは|並びに|ならびに|と(?!(?:考え|思|する|され|いう|なる|して|した|診断)))"
+)
+_COORDINATORS_CJK_BEFORE = re.compile(
+    r"(?:和|与|與|及|以及|或|或者|还是|還是|跟|や|か|及び|および|または|又は|もしくは|並びに|ならびに|と)$"
+)
 # Words that open a phrase which is not another candidate: "X, given ...", "In this case, X", "X, the first-line drug".
 _FUNCTION_WORDS = frozenset(
     "given which who whose because since as with without at in on for to from by due then than the a an his her "
@@ -192,7 +225,9 @@ def _content_words(tokens: list[Token]) -> list[int]:
     return [i for i, t in enumerate(tokens) if _is_word(t) and t.text not in _ARTICLES]
 
 
-def _spans(tokens: list[Token], breaks: set[int], reference: list[str], reference_breaks: bool) -> list[tuple[int, int]]:
+def _spans(
+    tokens: list[Token], breaks: set[int], reference: list[str], reference_breaks: bool
+) -> list[tuple[int, int]]:
     """(first, last) token indices of each occurrence of the reference's words, in order, inside one sentence
     (unless the reference itself holds a sentence break)."""
     words = _content_words(tokens)
@@ -274,7 +309,7 @@ def _negated(doc: _Text, first: int, last: int) -> bool:
     _, sentence_end = doc.sentence_of(last)
     rest = doc.text(last + 1, sentence_end)
     cut = min((rest.find(w) for w in ("ではなく", "而是") if w in rest[2:]), default=-1)
-    return bool(_NEGATION_AFTER_CJK.search(rest if cut < 0 else rest[:cut + 2]))
+    return bool(_NEGATION_AFTER_CJK.search(rest if cut < 0 else rest[: cut + 2]))
 
 
 def _segment_is_candidate(doc: _Text, first: int, last: int) -> bool:
@@ -323,7 +358,9 @@ def _coordinated(doc: _Text, first: int, last: int) -> bool:
             return True
         if preceding.text in (",", "，"):
             start = prev - 1
-            while start >= sentence_first and not (tokens[start].text in _CLAUSE_MARKS or tokens[start].text in _COORDINATORS):
+            while start >= sentence_first and not (
+                tokens[start].text in _CLAUSE_MARKS or tokens[start].text in _COORDINATORS
+            ):
                 start -= 1
             if start < sentence_first and _segment_is_candidate(doc, start + 1, prev - 1):
                 return True

@@ -36,7 +36,6 @@ from medo1.rl.sharding import Placement, Ranks, TrainedModel
 log = logging.getLogger(__name__)
 
 
-
 def vllm_install_command() -> str:
     """The vLLM release the trainer image locks (medo1's `gpu` extra in pyproject.toml), as a pip command."""
     from importlib.metadata import PackageNotFoundError, requires
@@ -158,8 +157,17 @@ class HFEngine:
 
 
 class VLLMEngine:
-    def __init__(self, policy: TrainedModel, tokenizer, sampling, ranks: Ranks, model_path: str,
-                 tokenizer_path: str | None, seed: int, max_batch: int):
+    def __init__(
+        self,
+        policy: TrainedModel,
+        tokenizer,
+        sampling,
+        ranks: Ranks,
+        model_path: str,
+        tokenizer_path: str | None,
+        seed: int,
+        max_batch: int,
+    ):
         from vllm import LLM, SamplingParams
 
         settings = sampling.vllm
@@ -167,7 +175,9 @@ class VLLMEngine:
         self.stop_ids = stop_token_ids(tokenizer)
         tp = settings.tensor_parallel_size
         if ranks.world % tp:
-            raise StageError(f"sampling.vllm.tensor_parallel_size ({tp}) must divide the number of ranks ({ranks.world})")
+            raise StageError(
+                f"sampling.vllm.tensor_parallel_size ({tp}) must divide the number of ranks ({ranks.world})"
+            )
         self.tp_size, self.tp_group = tp, None
         if tp > 1:
             # Consecutive ranks share one vLLM engine: [0..tp-1], [tp..2tp-1], ...
@@ -236,7 +246,9 @@ class VLLMEngine:
             self._push_weights()
         if self.sleep:
             self._wake_up("kv_cache")
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids_all], sampling_params=self.params, use_tqdm=False)
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in ids_all], sampling_params=self.params, use_tqdm=False
+        )
         if self.sleep:
             self.llm.sleep(level=2)
             self.weights_stale = True
@@ -264,8 +276,9 @@ def sampled_logprobs(tokens: list[int], per_token: list | None) -> list[float]:
     return [float(position[token].logprob) for token, position in zip(tokens, per_token)]
 
 
-def build_engine(config, policy: TrainedModel, tokenizer, placement: Placement, ranks: Ranks, policy_path: str,
-                 max_batch: int) -> RolloutEngine:
+def build_engine(
+    config, policy: TrainedModel, tokenizer, placement: Placement, ranks: Ranks, policy_path: str, max_batch: int
+) -> RolloutEngine:
     sampling = config.sampling
     if sampling.engine == "vllm":
         return VLLMEngine(

@@ -75,7 +75,9 @@ def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOC
         loss_type=grpo.loss_type,
         scale_rewards=grpo.scale_rewards,
         vllm_importance_sampling_correction=vllm.importance_sampling != "off",
-        vllm_importance_sampling_mode="token_truncate" if vllm.importance_sampling == "off" else vllm.importance_sampling,
+        vllm_importance_sampling_mode="token_truncate"
+        if vllm.importance_sampling == "off"
+        else vllm.importance_sampling,
         vllm_importance_sampling_clip_max=vllm.importance_sampling_max,
         vllm_importance_sampling_clip_min=vllm.importance_sampling_min,
     )
@@ -134,9 +136,17 @@ def _train(config: RLConfig, run: RunStart) -> RLResult:
     args = arguments(config, output_dir, world_size())
     if main:
         generations = config.rloo.num_generations if config.algo == "rloo" else config.grpo.num_generations
-        completions = args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
-        log.info("%s: %d steps, %d completions (episodes) = %d prompts x %d generations each", config.algo,
-                 args.max_steps, completions, completions // generations, generations)
+        completions = (
+            args.max_steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size()
+        )
+        log.info(
+            "%s: %d steps, %d completions (episodes) = %d prompts x %d generations each",
+            config.algo,
+            args.max_steps,
+            completions,
+            completions // generations,
+            generations,
+        )
     stopper = StopOnSigterm()
     trainer = trainer_class(
         model=config.model.name_or_path,
@@ -144,8 +154,12 @@ def _train(config: RLConfig, run: RunStart) -> RLResult:
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[JsonlMetrics(output_dir / "metrics.jsonl"), SaveAtEnd(), stopper,
-                   SamplerGapCheck(config.sampling.vllm.max_logprob_gap)],
+        callbacks=[
+            JsonlMetrics(output_dir / "metrics.jsonl"),
+            SaveAtEnd(),
+            stopper,
+            SamplerGapCheck(config.sampling.vllm.max_logprob_gap),
+        ],
         keep_checkpoints=config.output.keep,
         marker_info=run.marker_info,
     )

@@ -99,9 +99,7 @@ class JudgeReward:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-            verdicts = [
-                "stopped by SIGTERM" if task.cancelled() else task.result() for task in tasks
-            ]
+            verdicts = ["stopped by SIGTERM" if task.cancelled() else task.result() for task in tasks]
         return verdicts, interrupted
 
     def __call__(self, responses: Sequence[str], references: Sequence[str]) -> RewardOutput:
@@ -117,20 +115,28 @@ class JudgeReward:
             correct[i] = verdict is True
             failed[i] = isinstance(verdict, str)
         if interrupted:
-            log.warning("judge %s: SIGTERM; %d of %d verdicts not waited for", cfg.base_url,
-                        sum(failed), len(asked))
+            log.warning("judge %s: SIGTERM; %d of %d verdicts not waited for", cfg.base_url, sum(failed), len(asked))
         else:
             self._check_failures(verdicts)
             self._log_correct(parsed, references, correct)
         no_reward = interrupted or cfg.on_failure == "skip"
         rewards: list[float | None] = [
-            cfg.reward_bad_format if not p.format_ok
-            else None if (miss and no_reward) else cfg.reward_correct if ok else cfg.reward_wrong
+            cfg.reward_bad_format
+            if not p.format_ok
+            else None
+            if (miss and no_reward)
+            else cfg.reward_correct
+            if ok
+            else cfg.reward_wrong
             for p, ok, miss in zip(parsed, correct, failed)
         ]
         return RewardOutput(
-            rewards=rewards, format_ok=[p.format_ok for p in parsed], correct=correct,
-            scores=[None] * len(responses), failed=failed, interrupted=interrupted,
+            rewards=rewards,
+            format_ok=[p.format_ok for p in parsed],
+            correct=correct,
+            scores=[None] * len(responses),
+            failed=failed,
+            interrupted=interrupted,
         )
 
     def _check_failures(self, verdicts: list[bool | str]) -> None:
@@ -143,8 +149,9 @@ class JudgeReward:
             raise JudgeFailure(message + " (reward.on_failure=fail)")
         rate = len(problems) / len(verdicts)
         if rate > cfg.max_failure_rate:
-            raise JudgeFailure(f"{message}: {rate:.0%} of the batch, above reward.max_failure_rate="
-                               f"{cfg.max_failure_rate:g}")
+            raise JudgeFailure(
+                f"{message}: {rate:.0%} of the batch, above reward.max_failure_rate={cfg.max_failure_rate:g}"
+            )
         treated = "no reward" if cfg.on_failure == "skip" else "scored as wrong"
         log.warning("%s; %s (reward.on_failure=%s)", message, treated, cfg.on_failure)
 

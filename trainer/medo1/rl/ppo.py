@@ -154,8 +154,12 @@ class PPOTrainer:
 
         def make_scheduler(optimizer, updates: int):
             steps = max(1, updates * steps_per_update)
-            return get_scheduler(train.lr_scheduler, optimizer, num_warmup_steps=math.ceil(train.warmup_ratio * steps),
-                                 num_training_steps=steps)
+            return get_scheduler(
+                train.lr_scheduler,
+                optimizer,
+                num_warmup_steps=math.ceil(train.warmup_ratio * steps),
+                num_training_steps=steps,
+            )
 
         temperature = self.temperature = config.sampling.temperature
         # One model at a time, each placed before the next loads: under FSDP a model is whole in host memory
@@ -278,8 +282,9 @@ class PPOTrainer:
                 "reward_mean": (scores * has_reward).sum() / has_reward.sum().clamp(min=1),
                 "format_ok_rate": torch.tensor(scored.format_ok, dtype=torch.float32, device=device).mean(),
                 "verifier_true_rate": torch.tensor(scored.correct, dtype=torch.float32, device=device).mean(),
-                "reward_failure_rate": torch.tensor(scored.failed or [False] * len(scored), dtype=torch.float32,
-                                                    device=device).mean(),
+                "reward_failure_rate": torch.tensor(
+                    scored.failed or [False] * len(scored), dtype=torch.float32, device=device
+                ).mean(),
                 "kl": kl.sum(dim=1).mean(),
                 "entropy": ppo_math.masked_mean(entropy.float(), fmask),
                 "response_length": fmask.sum(dim=1).mean(),
@@ -306,8 +311,12 @@ class PPOTrainer:
         if settings.importance_sampling == "off":
             return stats, None
         weights = ppo_math.importance_weights(
-            logprobs, sampler, mask, settings.importance_sampling,
-            settings.importance_sampling_max, settings.importance_sampling_min,
+            logprobs,
+            sampler,
+            mask,
+            settings.importance_sampling,
+            settings.importance_sampling_max,
+            settings.importance_sampling_min,
         )
         raw = torch.exp(torch.nan_to_num(logprobs - sampler, nan=0.0))
         stats["importance_weight_mean"] = ppo_math.masked_mean(weights, mask)
@@ -337,7 +346,11 @@ class PPOTrainer:
                             values = response_values(self.value.module, sequence, batch["prompt_len"])
                         is_weights = batch["is_weights"]
                         pg_loss, pg_stats = ppo_math.clipped_policy_loss(
-                            logprobs.float(), batch["logprobs"][idx], batch["advantages"][idx], mask, ppo.cliprange,
+                            logprobs.float(),
+                            batch["logprobs"][idx],
+                            batch["advantages"][idx],
+                            mask,
+                            ppo.cliprange,
                             weights=None if is_weights is None else is_weights[idx],
                         )
                         vf_loss, vf_stats = ppo_math.clipped_value_loss(
@@ -447,8 +460,13 @@ class PPOTrainer:
                 if (update + 1) % out.logging_steps == 0 or update == 0:
                     log.info(
                         "update %d/%d reward %.3f format_ok %.2f kl %.4f policy_loss %.4f value_loss %.4f%s",
-                        update + 1, self.total_updates, record["reward_mean"], record["format_ok_rate"],
-                        record["kl"], record["policy_loss"], record["value_loss"],
+                        update + 1,
+                        self.total_updates,
+                        record["reward_mean"],
+                        record["format_ok_rate"],
+                        record["kl"],
+                        record["policy_loss"],
+                        record["value_loss"],
                         " (critic warm-up: value model only)" if update < self.warmup_updates else "",
                     )
             last = update + 1 == self.total_updates
@@ -477,8 +495,12 @@ class PPOTrainer:
 def finished_result(run: RunStart) -> RLResult:
     """The result of a run that had already finished, read back from its record (nothing is written)."""
     export = run.finished.get("export")
-    return RLResult(run.output_dir, int(run.finished.get("final_step") or 0),
-                    run.output_dir / export if export else None, already_finished=True)
+    return RLResult(
+        run.output_dir,
+        int(run.finished.get("final_step") or 0),
+        run.output_dir / export if export else None,
+        already_finished=True,
+    )
 
 
 def run_ppo(config: RLConfig, resume: str = "none") -> RLResult:

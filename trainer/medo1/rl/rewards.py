@@ -46,8 +46,6 @@ class RewardLoadError(Medo1Error, RuntimeError):
     """The reward model could not be set up; raised at start-up, never at the first scoring call."""
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Verifier
 
@@ -332,8 +330,9 @@ class AnswerMatchReward:
 Reward = Callable[[Sequence[str], Sequence[str]], RewardOutput]
 
 
-def build_reward(config: VerifierRewardConfig | AnswerMatchRewardConfig | JudgeRewardConfig,
-                 device: str | torch.device = "cpu") -> Reward:
+def build_reward(
+    config: VerifierRewardConfig | AnswerMatchRewardConfig | JudgeRewardConfig, device: str | torch.device = "cpu"
+) -> Reward:
     if isinstance(config, VerifierRewardConfig):
         return VerifierReward(config, device=device)
     if isinstance(config, AnswerMatchRewardConfig):

@@ -48,8 +48,14 @@ def load_problems(config, output_dir: Path, is_main: bool) -> tuple[ProblemSet, 
     ]
     order = torch.randperm(len(problems), generator=torch.Generator().manual_seed(config.train.seed)).tolist()
     n_eval = int(len(problems) * config.train.eval_fraction)
-    report = {"path": data.path, "rows": loaded.rows, "valid": len(problems), "invalid": len(loaded.problems),
-              "train": len(order) - n_eval, "eval": n_eval}
+    report = {
+        "path": data.path,
+        "rows": loaded.rows,
+        "valid": len(problems),
+        "invalid": len(loaded.problems),
+        "train": len(order) - n_eval,
+        "eval": n_eval,
+    }
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         if loaded.problems:
@@ -91,7 +97,9 @@ def pad_right_for_export(tokenizer) -> None:
         backend.no_padding()
 
 
-def full_sequence(prompt: dict[str, torch.Tensor], responses: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def full_sequence(
+    prompt: dict[str, torch.Tensor], responses: torch.Tensor, mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     attention = torch.cat([prompt["attention_mask"], mask], dim=1)
     return {
         "input_ids": torch.cat([prompt["input_ids"], responses], dim=1),
@@ -100,8 +108,14 @@ def full_sequence(prompt: dict[str, torch.Tensor], responses: torch.Tensor, mask
     }
 
 
-def response_logprobs(model, sequence: dict[str, torch.Tensor], prompt_len: int, mask: torch.Tensor,
-                      temperature: float, compact: bool | None = None):
+def response_logprobs(
+    model,
+    sequence: dict[str, torch.Tensor],
+    prompt_len: int,
+    mask: torch.Tensor,
+    temperature: float,
+    compact: bool | None = None,
+):
     """Per-token log-probs at the sampling temperature, and entropies, of the response (0 where `mask` is 0).
 
     Where TRL's fused LM head has Triton kernels (CUDA) it projects the response positions in tiles, with

@@ -203,7 +203,9 @@ def _fully_shard(model: nn.Module, ranks: Ranks, bf16: bool) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(ranks.device.type, (ranks.world,))
-    precision = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    precision = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     for block in _transformer_blocks(model):
         fully_shard(block, mesh=mesh, mp_policy=precision)
     # The model itself is a unit too: embeddings, final norm and heads, gathered in its own forward.
@@ -212,8 +214,9 @@ def _fully_shard(model: nn.Module, ranks: Ranks, bf16: bool) -> nn.Module:
 
 
 class FullyShardedModel(_TorchOptimized):
-    def __init__(self, model, make_optimizer, make_scheduler, ranks: Ranks, micro_batches: int, max_grad_norm: float,
-                 bf16: bool):
+    def __init__(
+        self, model, make_optimizer, make_scheduler, ranks: Ranks, micro_batches: int, max_grad_norm: float, bf16: bool
+    ):
         super().__init__(ranks, micro_batches, max_grad_norm)
         self.model = self.module = _fully_shard(model, ranks, bf16)
         self._set_optimizer(make_optimizer, make_scheduler)  # after sharding: the optimizer holds the shards
@@ -349,7 +352,12 @@ class FSDPPlacement(Placement):
 
     def trained(self, model, make_optimizer, make_scheduler):
         return FullyShardedModel(
-            model, make_optimizer, make_scheduler, self.ranks, self.micro_batches, self.train_config.max_grad_norm,
+            model,
+            make_optimizer,
+            make_scheduler,
+            self.ranks,
+            self.micro_batches,
+            self.train_config.max_grad_norm,
             self.bf16,
         )
 
