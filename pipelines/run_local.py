@@ -65,7 +65,7 @@ def local_arguments(workspace: Path, run_name: str, translation_url: str, base_m
         "translation_base_url": translation_url,
         "translation_model": "standin-passthrough",
         "translation_limit": HELD_OUT_START,
-        "rl_algorithm": "grpo",  # PPO in the same budget: README, "What the demo measured"
+        "rl_algorithm": "grpo",  # why not PPO: README, after "What the demo measured"
         "recipe_dir": str(REPO / "recipes"),
         "sft_recipe": "sft-smollm2-demo-cpu.yaml",
         "rl_recipe": "rl-grpo-smollm2-demo-cpu.yaml",
