@@ -817,8 +817,6 @@ def test_plan_step_checks_every_stages_inputs_before_sft(tmp_path, monkeypatch):
 def test_plan_step_with_plan_strict_stops_a_run_that_does_not_fit(tmp_path, monkeypatch):
     """The 7B recipes on one H100: the plan step's table says which stage does not fit, and with plan_strict the
     run stops there, before SFT; without it the step passes and the training steps warn."""
-    from kfp import dsl
-
     monkeypatch.setenv(
         "HF_HUB_CACHE",
         str(
@@ -826,39 +824,9 @@ def test_plan_step_with_plan_strict_stops_a_run_that_does_not_fit(tmp_path, monk
         ),
     )
 
-    def plan(strict: bool) -> tuple[str, str | Exception]:
-        report = dsl.Markdown(uri=str(tmp_path / f"plan-{strict}.md"))
-        try:
-            outcome: str | Exception = pipeline.plan.python_func(
-                sft_recipe="/opt/medo1/recipes/sft-qwen2.5-7b-8xh100.yaml",
-                rl_recipe="/opt/medo1/recipes/rl-ppo-qwen2.5-7b-8xh100.yaml",
-                eval_recipe="/opt/medo1/recipes/eval-mcq.yaml",
-                sft_overrides=[],
-                rl_overrides=[],
-                eval_overrides=[],
-                base_model="Qwen/Qwen2.5-7B-Instruct",
-                sft_data="/data/sft.json",
-                rl_data="/data/rl.json",
-                rl_algorithm="ppo",
-                run_dir="/checkpoints/runs/r1",
-                backend="pytorchjob",
-                profile="h100-1node",
-                nodes=1,
-                gpus_per_node=1,
-                data_pvc="d",
-                checkpoints_pvc="c",
-                hf_cache_pvc="h",
-                plan_strict=strict,
-                report=report,
-                metrics=dsl.Metrics(uri=str(tmp_path / "metrics")),
-            )
-        except RuntimeError as exc:
-            outcome = exc
-        return Path(report.path).read_text(), outcome
-
-    markdown, outcome = plan(strict=False)
+    markdown, outcome = plan_step(tmp_path, "lenient")
     assert outcome.startswith("DOES NOT FIT: ") and "rl" in outcome
     assert "| rl | 1 node(s) x 1 h100-80gb | Qwen2.5-7B |" in markdown and "| **no** |" in markdown
-    markdown, outcome = plan(strict=True)
+    markdown, outcome = plan_step(tmp_path, "strict", plan_strict=True)
     assert isinstance(outcome, RuntimeError) and "not starting the run (plan_strict)" in str(outcome)
     assert "**DOES NOT FIT: " in markdown
