@@ -142,6 +142,7 @@ def plan(
     checkpoints_pvc: str,
     hf_cache_pvc: str,
     plan_strict: bool,
+    eval_compare: bool,
     report: dsl.Output[dsl.Markdown],
     metrics: dsl.Output[dsl.Metrics],
 ) -> str:
@@ -158,6 +159,7 @@ def plan(
     from medo1.pipeline_steps import (
         chart_values,
         check_launch_inputs,
+        eval_wiring,
         plan_markdown,
         plan_metrics,
         plan_stages,
@@ -210,7 +212,16 @@ def plan(
                 backend="pytorchjob",
                 profile=profile or None,
                 value_overrides=[*values, f"jobs.eval.gpus={1 if gpus_per_node else 0}"],
-                overrides=[*eval_overrides, f"model={rl_export}"],
+                overrides=[
+                    *eval_overrides,
+                    *eval_wiring(
+                        model=rl_export,
+                        output_dir=f"{run_dir}/eval",
+                        compare=eval_compare,
+                        base_model=base_model,
+                        sft_dir=sft_export,
+                    ),
+                ],
             ),
         ),
     ]
@@ -382,9 +393,11 @@ def evaluate(
 
     from medo1.config import load_config
     from medo1.eval import EvalConfig, run_eval
+    from medo1.pipeline_steps import eval_wiring
 
-    wiring = [f"model={model_dir}", f"output_dir={output_dir}", "label=rl"]
-    wiring += [f"compare_with.base={base_model}", f"compare_with.sft={sft_dir}"] if compare else []
+    wiring = eval_wiring(
+        model=model_dir, output_dir=output_dir, compare=compare, base_model=base_model, sft_dir=sft_dir
+    )
     result = run_eval(load_config(EvalConfig, recipe, [*overrides, *wiring]))
     for label, benchmarks in result["comparison"].items():
         for name, scores in benchmarks.items():
@@ -624,6 +637,7 @@ def medo1_pipeline(
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         plan_strict=plan_strict,
+        eval_compare=eval_compare,
         **volumes,
     )
     _with_secret(planned, "hfToken")  # the Hub ids it checks are read with the token the stages get

@@ -18,7 +18,7 @@ from medo1 import k8s
 from medo1.launch.inputs import InputsMissing
 from pipelines import medo1_pipeline as pipeline
 from pipelines.submit import ParameterError, declared_parameters, parse_parameters
-from tests.conftest import DEMO_DATA
+from tests.conftest import DEMO_DATA, REPO
 
 
 def _compiled(path: Path = pipeline.COMPILED) -> tuple[dict, dict]:
@@ -762,6 +762,7 @@ def plan_step(tmp_path, name: str, **arguments) -> tuple[str, str | Exception]:
         checkpoints_pvc="c",
         hf_cache_pvc="h",
         plan_strict=False,
+        eval_compare=False,
         report=report,
         metrics=dsl.Metrics(uri=str(tmp_path / f"{name}-metrics")),
     )
@@ -809,6 +810,32 @@ def test_plan_step_checks_every_stages_inputs_before_sft(tmp_path, monkeypatch):
         sft_data=str(present),
         rl_data=str(tmp_path / "rl.json"),
         eval_overrides=[f"benchmarks.huatuo={present}"],
+        run_dir=str(tmp_path / "run"),
+    )
+    assert isinstance(outcome, str), outcome
+
+
+def test_plan_step_checks_the_eval_as_the_eval_step_wires_it(tmp_path, tiny_model):
+    """The demo's eval recipe names standalone exports in compare_with (runs/sft-smollm2-demo/export); with
+    eval_compare the eval step replaces them with the run's own base model and SFT export, so the plan step's
+    inputs check must too (a fresh clone's `make demo` stopped at the plan step when it did not)."""
+    data = tmp_path / "rows.json"
+    data.write_text("[]")
+    _, outcome = plan_step(
+        tmp_path,
+        "demo",
+        backend="local",
+        profile="",
+        gpus_per_node=0,
+        base_model=str(tiny_model),
+        sft_data=str(data),
+        rl_data=str(data),
+        rl_algorithm="grpo",
+        sft_recipe=str(REPO / "recipes" / "sft-smollm2-demo-cpu.yaml"),
+        rl_recipe=str(REPO / "recipes" / "rl-grpo-smollm2-demo-cpu.yaml"),
+        eval_recipe=str(REPO / "recipes" / "eval-smollm2-demo-cpu.yaml"),
+        eval_overrides=[f"benchmarks.demo_heldout={DEMO_DATA}"],
+        eval_compare=True,
         run_dir=str(tmp_path / "run"),
     )
     assert isinstance(outcome, str), outcome

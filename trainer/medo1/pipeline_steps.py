@@ -59,6 +59,13 @@ class PlannedStage:
     problem: str = ""
 
 
+def eval_wiring(*, model: str, output_dir: str, compare: bool, base_model: str, sft_dir: str) -> list[str]:
+    """The eval step's overrides after the user's: the RL export as `rl`, and with `compare` (eval_compare) the base
+    model and the SFT export beside it. The plan step checks the eval's inputs with the same wiring."""
+    wiring = [f"model={model}", f"output_dir={output_dir}", "label=rl"]
+    return wiring + ([f"compare_with.base={base_model}", f"compare_with.sft={sft_dir}"] if compare else [])
+
+
 def check_launch_inputs(launches: Sequence[tuple[str, dict[str, Any]]], *, mounts: Sequence[str]) -> None:
     """Every stage's inputs as the run launches them (`medo1.launch.inputs`, as `medo1 launch chain` checks a
     chain's): data files, local model folders, and Hub ids in the HF cache or readable with $HF_TOKEN. A missing one
