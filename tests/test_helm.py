@@ -348,6 +348,14 @@ def test_make_manifests_entry_point_writes_every_profile():
     assert sorted(done.stdout.split()) == sorted(f"manifests/{p}.yaml" for p in PROFILES)
 
 
+def test_the_manifests_entry_points_help_writes_nothing(tmp_path):
+    """`python -m medo1.k8s --help` rewrote manifests/ (it read no arguments); now it prints its usage only."""
+    done = subprocess.run([sys.executable, "-m", "medo1.k8s", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m medo1.k8s"), done.stderr
+    k8s.main(["--out-dir", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p}.yaml" for p in PROFILES)
+
+
 def test_single_pod_stages_render_as_plain_jobs():
     objects = k8s.render_chart(MATRIX["all-jobs"])
     jobs = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o for o in by_kind(objects, "Job")}

@@ -189,9 +189,17 @@ def operator_env(job: dict[str, Any], pod_index: int, master_addr: str, master_p
     }
 
 
-def main() -> None:
-    for path in write_manifests():
-        print(path.relative_to(REPO_ROOT))
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m medo1.k8s",
+        description="Render the chart for every profile in helm/profiles/ into manifests/<profile>.yaml (`make manifests`).",
+    )
+    parser.add_argument("--out-dir", type=Path, default=MANIFESTS_DIR, help="where the YAML files go")
+    args = parser.parse_args(argv)
+    for path in write_manifests(args.out_dir):
+        print(path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path)
 
 
 if __name__ == "__main__":
