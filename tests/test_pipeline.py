@@ -783,15 +783,14 @@ def test_plan_step_checks_every_stages_inputs_before_sft(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     present = tmp_path / "sft.json"
     present.write_text("[]")
-    _, outcome = plan_step(
-        tmp_path,
-        "missing",
+    local_run = dict(
         backend="local",
         sft_data=str(present),
         rl_data=str(tmp_path / "rl.json"),
         eval_overrides=[f"benchmarks.huatuo={present}"],
         run_dir=str(tmp_path / "run"),
     )
+    _, outcome = plan_step(tmp_path, "missing", **local_run)
     assert isinstance(outcome, InputsMissing), outcome
     lines = str(outcome).splitlines()
     assert any(line.startswith(f"stage rl: data.path {tmp_path / 'rl.json'}: does not exist") for line in lines), lines
@@ -803,15 +802,7 @@ def test_plan_step_checks_every_stages_inputs_before_sft(tmp_path, monkeypatch):
     assert not any("Qwen/Qwen2.5-7B-Instruct" in line or "export" in line for line in lines), lines  # cached; written
     (tmp_path / "rl.json").write_text("[]")
     hf_cache_holding(tmp_path / "hub", "FreedomIntelligence/medical_o1_verifier_3B")
-    _, outcome = plan_step(
-        tmp_path,
-        "present",
-        backend="local",
-        sft_data=str(present),
-        rl_data=str(tmp_path / "rl.json"),
-        eval_overrides=[f"benchmarks.huatuo={present}"],
-        run_dir=str(tmp_path / "run"),
-    )
+    _, outcome = plan_step(tmp_path, "present", **local_run)
     assert isinstance(outcome, str), outcome
 
 
