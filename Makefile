@@ -34,7 +34,7 @@ $(SMOLLM2_DIR)/model.safetensors: | $(VENV)/.installed
 
 # Main job on a laptop CPU: the whole Kubeflow pipeline on this machine with the KFP local runner, on
 # SmolLM2-135M-Instruct: translation stage through a local OpenAI-compatible stand-in (passthrough to
-# English: a stand-in cannot translate), SFT and a few PPO updates through the local launcher (torchrun),
+# English: a stand-in cannot translate), SFT and a few GRPO updates through the local launcher (torchrun),
 # eval of base vs SFT vs RL on held-out demo questions, an upload dry run. Prints the comparison and
 # where every artifact landed. `python -m pipelines.run_local --quick`: the same on a tiny random model.
 demo: install $(SMOLLM2_DIR)/model.safetensors
@@ -47,9 +47,11 @@ IMAGE_TEST_LOG ?= runs/test-images.log
 test: install
 	@mkdir -p $(dir $(IMAGE_TEST_LOG))
 	@echo "image builds and their tests: running beside the suite, log in $(IMAGE_TEST_LOG)"
+	@df -h /tmp /var/lib/containers 2>/dev/null || true
 	@$(BIN)/python -m pytest -q -p no:cacheprovider -m image --durations=10 > $(IMAGE_TEST_LOG) 2>&1 & images=$$!; \
 	$(BIN)/python -m pytest -q -m "not image" --durations=25; suite=$$?; \
 	wait $$images; image_status=$$?; echo "---- the image tests ($(IMAGE_TEST_LOG))"; cat $(IMAGE_TEST_LOG); \
+	df -h /tmp /var/lib/containers 2>/dev/null; \
 	echo "suite: exit $$suite; image tests: exit $$image_status"; test $$suite -eq 0 && test $$image_status -eq 0
 
 test-fast: install
