@@ -25,6 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from medo1 import checkpoint, preemption
 from medo1.config import load_config
 from medo1.metrics import read_metrics
+from medo1.report import build_figures
 from medo1.rl import ppo as ppo_module
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
@@ -261,16 +262,30 @@ def test_ppo_with_a_judge_reward_raises_mean_reward(toy_policy, toy_problems, tm
 
 
 def test_grpo_through_trl_raises_mean_reward(toy_policy, toy_problems, tmp_path):
+    """GRPO on the toy task: the reward rises on the training rollouts and on 4 held-out problems, scored before
+    the first update and every 8 (the RL report's held-out points)."""
     # 8 completions per step = one problem x G=8; 128 episodes = 16 steps. TRL's default loss (dapo).
-    extra = {"grpo.num_generations": 8, "grpo.loss_type": "dapo"}
+    extra = {
+        "grpo.num_generations": 8,
+        "grpo.loss_type": "dapo",
+        "train.eval_fraction": 0.125,
+        "train.eval_steps": 8,
+    }
     config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "grpo", "grpo", **extra))
     result = run_rl(config)
-    metrics = [m for m in read_metrics(result.output_dir / "metrics.jsonl") if "reward" in m]
+    logged = read_metrics(result.output_dir / "metrics.jsonl")
+    metrics = [m for m in logged if "reward" in m]
     rewards = [m["reward"] for m in metrics]
     assert len(rewards) == 16
     early, late = sum(rewards[:2]) / 2, sum(rewards[-4:]) / 4
     # Seen: 0.33, 0.21 first; 0.82 over the last four (group sampling of one problem is noisier).
     assert late >= 0.7 and late >= early + 0.3, rewards
+    held_out = {m["step"]: m["eval_reward"] for m in logged if "eval_reward" in m}
+    assert sorted(held_out) == [0, 8, 16], held_out
+    assert held_out[16] >= held_out[0] + 0.3, held_out
+    figures = dict((spec.name, figure) for spec, figure in build_figures(logged))
+    lines = {line.get_gid(): list(line.get_xdata()) for line in figures["reward"].axes[0].get_lines()}
+    assert lines["eval_reward"] == [0, 8, 16] and len(lines["reward"]) == 16
     last = metrics[-1]
     assert "rewards/format_ok/mean" in last and "rewards/verifier_true/mean" in last
     assert [s for s, _ in checkpoint.list_checkpoints(result.output_dir)] == [16]

@@ -79,6 +79,7 @@ FIGURES: tuple[FigureSpec, ...] = (
             Series("reward_mean", "training rollouts (mean)", "reward per response (mean)"),
             Series("reward", "training rollouts (mean)", "reward per response (mean)"),
             Series("eval_reward_mean", "held-out problems (mean)", "reward per response (mean)"),
+            Series("eval_reward", "held-out problems (mean)", "reward per response (mean)"),
         ),
     ),
     FigureSpec(

@@ -147,9 +147,10 @@ class RLTrainConfig(TrainingOptions):
     gradient_accumulation_steps: int = Field(16, ge=1)
     """Micro-batches per optimizer step."""
     eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)
-    """Share of the problems held out for evaluation rewards (PPO)."""
+    """Share of the problems held out from training and scored during it (the RL report's held-out points)."""
     eval_steps: int = Field(0, ge=0)
-    """Score the held-out problems every this many updates (PPO); 0: never."""
+    """Score the held-out problems every this many updates; 0: never. GRPO and RLOO also score them before the first
+    update, sampling `num_generations` completions per problem at the rollout temperature."""
 
 
 class RLConfig(Section):

@@ -43,11 +43,26 @@ class Medo1RLOOTrainer(MarkedCheckpoints, RLOOTrainer):
     pass
 
 
-def _shared_arguments(config: RLConfig, output_dir: Path, world_size: int) -> dict:
+def _held_out_arguments(config: RLConfig, num_generations: int) -> dict:
+    """Scoring of the held-out problems (`train.eval_fraction`) before the first update and every `train.eval_steps`
+    updates: TRL samples `num_generations` completions per problem at the rollout temperature and logs the mean
+    reward as `eval_reward`. One group per eval batch keeps TRL's divisibility rule for any number of processes."""
+    if not (config.train.eval_fraction and config.train.eval_steps):
+        return {"eval_strategy": "no"}
+    return {
+        "eval_strategy": "steps",
+        "eval_steps": config.train.eval_steps,
+        "eval_on_start": True,
+        "per_device_eval_batch_size": num_generations,
+    }
+
+
+def _shared_arguments(config: RLConfig, output_dir: Path, world_size: int, num_generations: int) -> dict:
     """The arguments GRPOConfig and RLOOConfig share."""
     train, out, sampling = config.train, config.output, config.sampling
     completions_per_step = train.per_device_batch_size * train.gradient_accumulation_steps * world_size
     return dict(
+        **_held_out_arguments(config, num_generations),
         **trainer_arguments(train, out, output_dir, config.model.gradient_checkpointing),
         # total_episodes counts sampled completions, as for PPO.
         max_steps=max(1, math.ceil(train.total_episodes / completions_per_step)),
@@ -69,7 +84,7 @@ def _shared_arguments(config: RLConfig, output_dir: Path, world_size: int) -> di
 def grpo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> GRPOConfig:
     grpo, vllm = config.grpo, config.sampling.vllm
     return GRPOConfig(
-        **_shared_arguments(config, output_dir, world_size),
+        **_shared_arguments(config, output_dir, world_size, grpo.num_generations),
         num_generations=grpo.num_generations,
         beta=grpo.beta,
         loss_type=grpo.loss_type,
@@ -102,7 +117,9 @@ class SamplerGapCheck(TrainerCallback):
 def rloo_arguments(config: RLConfig, output_dir: Path, world_size: int) -> RLOOConfig:
     rloo = config.rloo
     return RLOOConfig(
-        **_shared_arguments(config, output_dir, world_size), num_generations=rloo.num_generations, beta=rloo.beta
+        **_shared_arguments(config, output_dir, world_size, rloo.num_generations),
+        num_generations=rloo.num_generations,
+        beta=rloo.beta,
     )
 
 
@@ -124,11 +141,11 @@ def _train(config: RLConfig, run: RunStart) -> RLResult:
     problems, _ = load_problems(config, output_dir, main)
     if main:
         dump_config(config, output_dir / "config.yaml")
-    dataset = Dataset.from_dict(
-        {
-            "prompt": [problems.prompts[i] for i in problems.train],
-            "reference": [problems.references[i] for i in problems.train],
-        }
+    dataset, held_out = (
+        Dataset.from_dict(
+            {"prompt": [problems.prompts[i] for i in rows], "reference": [problems.references[i] for i in rows]}
+        )
+        for rows in (problems.train, problems.eval)
     )
     trainer_class, arguments = (
         (Medo1RLOOTrainer, rloo_arguments) if config.algo == "rloo" else (Medo1GRPOTrainer, grpo_arguments)
@@ -153,6 +170,7 @@ def _train(config: RLConfig, run: RunStart) -> RLResult:
         reward_funcs=trl_reward_funcs(reward),
         args=args,
         train_dataset=dataset,
+        eval_dataset=held_out if args.eval_strategy != "no" else None,
         processing_class=tokenizer,
         callbacks=[
             JsonlMetrics(output_dir / "metrics.jsonl"),
