@@ -37,6 +37,7 @@ custom resource (415); a create of a name that exists (409). Every request is re
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -421,6 +422,11 @@ class KubeStandIn:
     refuse_pods: str | None = None
     """Admission refuses every pod a controller creates with this error (`pods "NAME" is forbidden: ...`, NAME
     filled in): no pod, and the controller's Warning event on the job."""
+    kueue_pending: str | None = None
+    """Kueue runs and admits nothing: its webhook suspends each job created with a `kueue.x-k8s.io/queue-name`
+    label (a PyTorchJob's runPolicy.suspend, a Job's or TrainJob's spec.suspend), which stays so, and its scheduler
+    records this message in a Normal `Pending` event on the job's Workload (kubernetes-sigs/kueue pkg/scheduler/
+    scheduler.go; the Workload named as pkg/controller/jobframework/workload_names.go names it)."""
     foreground_reads: int | None = 1
     """GETs that still see a job deleted in the foreground (its pods then carry a deletionTimestamp); None: it is
     never gone."""
@@ -932,8 +938,37 @@ class KubeStandIn:
         self.jobs[(info.namespace, name)] = stored
         if self.refuse_pods and self._acted_on(stored):
             self._refused(info.namespace, name, stored)
+        if self.kueue_pending and "kueue.x-k8s.io/queue-name" in (created["metadata"].get("labels") or {}):
+            self._kueue_holds(info.namespace, created)
         handler._reply(201, created)
         return True
+
+    def _kueue_holds(self, namespace: str, job: dict) -> None:
+        kind, name, uid = job["kind"], job["metadata"]["name"], job["metadata"]["uid"]
+        spec = job["spec"]["runPolicy"] if kind == "PyTorchJob" else job["spec"]
+        spec["suspend"] = True
+        group = job["apiVersion"].rpartition("/")[0]
+        workload = f"{kind.lower()}-{name}-" + hashlib.sha1(f"{kind}\n{group}\n{name}\n{uid}".encode()).hexdigest()[:5]
+        self.record(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{workload}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                "type": "Normal",
+                "reason": "Pending",
+                "involvedObject": {
+                    "kind": "Workload",
+                    "name": workload,
+                    "namespace": namespace,
+                    "apiVersion": "kueue.x-k8s.io/v1beta2",
+                },
+                "message": self.kueue_pending,
+                "source": {"component": "kueue-admission"},
+                "firstTimestamp": rfc3339(STARTED),
+                "lastTimestamp": rfc3339(STARTED),
+                "count": 1,
+            }
+        )
 
     def _answer_review(self, handler: Any, user: str, info: RequestInfo) -> bool:
         """A service account's access reviews: its own (always allowed to ask) or, with `create subjectaccessreviews`

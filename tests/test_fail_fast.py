@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from medo1.launch import JobStuck, JobTimedOut, launch_stage, wait_for_job
-from medo1.launch.pods import FIX, StuckPods, pod_problems
+from medo1.launch.pods import FIX, StuckPods, pod_problems, stuck_checker
 from tests.kube_standin import KubeStandIn, Step
 
 STUCK = Path(__file__).parent / "fixtures" / "cluster" / "stuck"
@@ -190,7 +190,7 @@ def test_a_job_suspended_by_kueue_is_waited_on_without_counting_against_the_time
         )
     assert state.phase == "Succeeded"
     assert replay.now == 320  # 300 s suspended, far past the 60 s timeout, then 20 s running
-    assert replay.pod_checks == 2  # no pods exist while suspended
+    assert replay.pod_checks == 32  # while suspended too: Kueue's reason is read beside the (absent) pods
     assert (
         "job suspended by Kueue: waiting for admission in LocalQueue h100 (not counted against the timeout)"
         in caplog.text
@@ -391,3 +391,58 @@ def test_the_default_scale_up_wait_is_documented_and_long_enough_for_a_gpu_node_
     assert args.scale_up_wait == DEFAULT_SCALE_UP_WAIT_S
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     assert "--scale-up-wait" in readme and "TriggeredScaleUp" in readme
+
+
+# ---- issue 26 item 8: a job Kueue can never admit ---------------------------------------------------------------
+
+SUSPENDED = {
+    "conditions": [
+        {
+            "type": "Suspended",
+            "status": "True",
+            "reason": "PyTorchJobSuspended",
+            "lastTransitionTime": "2026-11-23T10:00:01Z",
+        }
+    ]
+}
+# Kueue's scheduler's messages (pkg/scheduler/flavorassigner/flavorassigner.go): a resource no flavor of the
+# ClusterQueue covers, and quota that is only busy.
+NOT_COVERED = "couldn't assign flavors to pod set worker: resource rdma/ib unavailable in ClusterQueue"
+BUSY = "couldn't assign flavors to pod set worker: insufficient unused quota for nvidia.com/gpu in flavor h100, 8 more needed"
+
+
+def test_a_job_kueue_can_never_admit_fails_after_stuck_after_with_kueues_reason():
+    """A ClusterQueue that does not cover rdma/ib keeps the workload suspended for ever; without reading Kueue's
+    reason the launcher waited for ever too (suspended time does not count against --timeout)."""
+    kube = KubeStandIn(kueue_pending=NOT_COVERED).start()
+    kube.script(NAME, [Step(SUSPENDED)])
+    try:
+        with pytest.raises(JobStuck) as failure:
+            launch_on(kube, stuck_after_s=0.3)
+    finally:
+        kube.stop()
+    message = str(failure.value)
+    assert f"PyTorchJob {NS}/{NAME}: Inadmissible: {NOT_COVERED}" in message
+    assert FIX["Inadmissible"] in message and message.endswith("deleted it")
+    (post,) = kube.calls("POST")
+    assert post.body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
+
+
+def test_a_job_waiting_for_busy_quota_is_no_problem_and_kueues_reason_is_logged_once(caplog):
+    job = yaml.safe_load((STUCK / "kueue-suspended.yaml").read_text())
+    event = {
+        "kind": "Event",
+        "type": "Normal",
+        "reason": "Pending",
+        "message": BUSY,
+        "involvedObject": {"kind": "Workload", "name": f"pytorchjob-{job['metadata']['name']}-1f3a9"},
+        "lastTimestamp": "2026-11-23T10:00:02Z",
+    }
+    other = copy.deepcopy(event) | {"message": NOT_COVERED}
+    other["involvedObject"] = {"kind": "Workload", "name": "pytorchjob-another-job-77a0c"}
+    clock = Clock()
+    check = stuck_checker(lambda: ([], [event, other]), 300, clock, kind="PyTorchJob")
+    with caplog.at_level(logging.INFO, logger="medo1.launch.pods"):
+        for clock.now in (0, 400, 100_000):
+            check(job)  # the other job's Workload is not this one's
+    assert caplog.text.count(f"Kueue: {BUSY}") == 1

@@ -1171,7 +1171,13 @@ def test_jobs_launched_from_the_run_pod_are_owned_by_the_run_job(kube, monkeypat
 
 
 @pytest.mark.slow
-def test_an_evicted_launcher_leaves_its_job_running_and_the_next_one_attaches(kube, tmp_path, monkeypatch):
+@pytest.mark.parametrize("disruption", ["EvictionByEvictionAPI", None], ids=["evicted", "deleted-without-eviction"])
+def test_a_run_pod_sigtermed_leaves_its_job_running_and_the_next_one_attaches(kube, tmp_path, monkeypatch, disruption):
+    """The chart's run pod gets SIGTERM when it is evicted (a drain, the autoscaler's consolidation) and when it is
+    deleted without an eviction (`kubectl delete pod`, `kubectl drain --disable-eviction`, a managed node upgrade
+    that force-deletes after its PodDisruptionBudget wait). Neither cancels anything: the run Job starts a new pod,
+    which attaches to the training job. Deleting the run Job stops the job through its ownerReferences
+    (test_jobs_launched_from_the_run_pod_are_owned_by_the_run_job)."""
     name = "medo1-sft-drained"
     run = ContainerRun("3c4d-uid", 0, ["step 1 loss 2.31"])
     kube.script(
@@ -1183,17 +1189,23 @@ def test_an_evicted_launcher_leaves_its_job_running_and_the_next_one_attaches(ku
             Step(SUCCEEDED["status"], run, exit_code=0),
         ],
     )
-    kube.record(run_pod(disruption="EvictionByEvictionAPI"))  # kubectl drain of the run pod's node
+    kube.record(run_pod(disruption=disruption))
     monkeypatch.setenv("MEDO1_POD_NAME", RUN_POD)
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
     returncode, out, err = sigterm_while_following(
         ["launch", "sft", "--profile", "h100-1node", "--job-name", name, "--poll", "0.1"], kubeconfig, run, REPO
     )
     assert returncode == 128 + signal.SIGTERM, err
-    assert (
-        "cancelled by SIGTERM: this pod is being evicted (EvictionByEvictionAPI: Eviction API: evicting); left "
-        f"PyTorchJob {NS}/{name} running: the launcher that replaces this pod attaches to it"
-    ) in err
+    if disruption:
+        assert (
+            "cancelled by SIGTERM: this pod is being evicted (EvictionByEvictionAPI: Eviction API: evicting); left "
+            f"PyTorchJob {NS}/{name} running: the launcher that replaces this pod attaches to it"
+        ) in err
+    else:
+        assert (
+            f"cancelled by SIGTERM; left PyTorchJob {NS}/{name} running: it is owned by Job medo1-run, whose next "
+            "pod attaches to it (delete Job medo1-run to stop it)"
+        ) in err
     assert kube.calls("DELETE") == [] and (NS, name) in kube.jobs
     # The run Job's next pod: the same launch, attached to the job, which finishes.
     result = launch(kube, job_name=name)

@@ -602,8 +602,11 @@ def cancelled(
 ) -> LaunchCancelled:
     """Stop following `jobs`' logs and delete it; the LaunchCancelled to raise, saying what became of it.
     Background deletion returns at once and the garbage collector removes the pods: the step's pod has only
-    its termination grace period left. Not deleted when this launcher's pod is being evicted (the launcher
-    that replaces it attaches to the job), nor when nothing was created yet."""
+    its termination grace period left. Not deleted when nothing was created yet, when this launcher's pod is
+    being evicted (the launcher that replaces it attaches to the job), nor when the job has an owner (the chart's
+    run Job): a run pod deleted without an eviction (`kubectl delete pod`, a drain with --disable-eviction, a node
+    upgrade's forced delete) is replaced by its Job, whose next pod attaches, and deleting the run Job itself
+    (`helm uninstall`, `kubectl delete job`) stops the training job through the garbage collector."""
     for follower in followers:
         follower.stop(0)
     if not jobs.touched:
@@ -614,6 +617,13 @@ def cancelled(
             exc.signum,
             f"{exc}: this pod is being evicted ({disruption}); left {jobs.where} "
             "running: the launcher that replaces this pod attaches to it",
+        )
+    if launcher is not None and launcher.owner is not None:
+        owner = launcher.owner["name"]
+        return LaunchCancelled(
+            exc.signum,
+            f"{exc}; left {jobs.where} running: it is owned by Job {owner}, whose next pod attaches to it "
+            f"(delete Job {owner} to stop it)",
         )
     try:
         jobs.delete("Background")

@@ -16,7 +16,10 @@ naming the pod (or the job), the reason, the API's message and the fix:
 - pods the job's controller could not create (`FailedCreatePod` / `FailedCreate` Warning events on the job:
   a ResourceQuota, Pod Security or a policy engine refused them): at once, with the admission message;
 - a job with no status, no conditions and no pods: no controller acts on it (the CRD is installed but the
-  operator is missing or crashed): `--stuck-after`.
+  operator is missing or crashed): `--stuck-after`;
+- a job Kueue keeps suspended: Kueue's reason, read from the `Pending` events on its Workload, is logged when it
+  changes; one Kueue can never admit (the ClusterQueue does not cover a resource the pods request): `--stuck-after`.
+  Waiting for quota (`insufficient unused quota ...`) is not a problem.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from medo1.launch.waiting import LaunchError
+from medo1.launch.waiting import LaunchError, kueue_queue_holding
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,21 @@ CONSUMES_PROVISIONING = (
     "cluster-autoscaler.kubernetes.io/consume-provisioning-request",
 )
 
+# Kueue's scheduler records a Normal event, reason "Pending", on a Workload it could not admit, with the reason
+# (kubernetes-sigs/kueue pkg/scheduler/scheduler.go, requeueAndUpdate). Its Workload is named
+# `<kind lower-case>-<job name>` (cut to fit) + "-" + 5 hex digits (pkg/controller/jobframework/workload_names.go).
+# A resource no flavor of the ClusterQueue covers: "couldn't assign flavors to pod set worker: resource rdma/ib
+# unavailable in ClusterQueue" (pkg/scheduler/flavorassigner/flavorassigner.go); that never changes by waiting.
+KUEUE_PENDING = "Pending"
+KUEUE_NEVER_ADMITS = re.compile(r"resource \S+ unavailable in ClusterQueue")
+WORKLOAD_HASH = re.compile(r"-[0-9a-f]{5}$")
+
 FIX = {
+    "Inadmissible": (
+        "the ClusterQueue behind the job's LocalQueue (kueue.queueName) must cover every resource the pods request "
+        "(its resourceGroups' coveredResources and a flavor's quota for each: nvidia.com/gpu, rdma/ib, cpu, memory); "
+        "ask the cluster admin to add it, or remove the request from the values; `medo1 doctor` checks this"
+    ),
     "CreateContainerConfigError": (
         "create the Secret and key the message names (kubectl create secret generic NAME --from-literal=KEY=...), "
         "or point the chart's secrets.<name>.name / key at one that exists; `medo1 doctor` checks them before a run"
@@ -226,6 +243,9 @@ def job_problems(
     if refused:
         newest = max(refused, key=_event_time)
         return [PodProblem(where, "FailedCreatePod", newest.get("message", ""), subject=kind, grace_s=0.0)]
+    if kueue_queue_holding(job):
+        said = kueue_says(kind, job, events)
+        return [PodProblem(where, "Inadmissible", said, subject=kind)] if KUEUE_NEVER_ADMITS.search(said) else []
     if not pods and not any((job.get("status") or {}).values()):
         return [
             PodProblem(
@@ -237,6 +257,23 @@ def job_problems(
             )
         ]
     return []
+
+
+def kueue_says(kind: str, job: dict[str, Any], events: Iterable[dict[str, Any]]) -> str:
+    """Kueue's newest reason for not admitting `job` (its Workload's `Pending` events since the job was created);
+    "" when there is none."""
+    meta = job["metadata"]
+    full = f"{kind.lower()}-{meta['name']}"
+    created = _moment(meta.get("creationTimestamp"))
+    said = []
+    for event in events:
+        involved = event.get("involvedObject") or {}
+        if involved.get("kind") != "Workload" or event.get("reason") != KUEUE_PENDING:
+            continue
+        prefix = WORKLOAD_HASH.sub("", involved.get("name", ""))
+        if (prefix == full or (len(prefix) >= 40 and full.startswith(prefix))) and _event_time(event) >= created:
+            said.append(event)
+    return max(said, key=_event_time).get("message", "") if said else ""
 
 
 class StuckPods:
@@ -301,8 +338,11 @@ def pod_reader(core_api: Any, kind: str, name: str, namespace: str) -> Callable[
         serialize = core_api.api_client.sanitize_for_serialization
         pods = core_api.list_namespaced_pod(namespace, label_selector=selector).items
         events = core_api.list_namespaced_event(namespace, field_selector="type=Warning").items
-        # The autoscaler's verdicts are Normal events: read apart, by their source.
+        # The autoscaler's verdicts and Kueue's reasons are Normal events: read apart, by their source / reason.
         events += core_api.list_namespaced_event(namespace, field_selector=f"source={AUTOSCALER}").items
+        events += core_api.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind=Workload,reason={KUEUE_PENDING}"
+        ).items
         return [serialize(p) for p in pods], [serialize(e) for e in events]
 
     return read
@@ -321,6 +361,7 @@ def stuck_checker(
     from urllib3.exceptions import HTTPError
 
     stuck = StuckPods(grace_s, clock, scale_up_wait_s)
+    kueue_said = [""]
 
     def check(job: dict[str, Any] | None = None) -> None:
         try:
@@ -328,6 +369,11 @@ def stuck_checker(
         except (ApiException, HTTPError) as exc:
             log.warning("could not read the job's pods or events: %s", getattr(exc, "reason", exc))
             return
+        if job is not None and kind is not None and kueue_queue_holding(job):
+            said = kueue_says(kind, job, events)
+            if said and said != kueue_said[0]:
+                log.info("Kueue: %s", said)
+            kueue_said[0] = said
         stuck.check(pods, events, job, kind)
 
     return check

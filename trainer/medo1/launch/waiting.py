@@ -106,8 +106,8 @@ def wait_for_job(
 ) -> JobState:
     """Poll until Succeeded (returned) or Failed (JobFailed with the job's reason) or timeout (JobTimedOut).
     `check_pods` runs with the job at each poll of a job that is not done (it raises to end the wait, as
-    `medo1.launch.pods` does for a stuck pod). Time the job spends suspended by Kueue, waiting for
-    admission, does not count against `timeout_s`."""
+    `medo1.launch.pods` does for a stuck pod, or a job Kueue can never admit). Time the job spends suspended by
+    Kueue, waiting for admission, does not count against `timeout_s`."""
     deadline = clock() + timeout_s
     last_phase = None
     restarts = 0
@@ -138,7 +138,7 @@ def wait_for_job(
             return state
         if state.phase == "Failed":
             raise JobFailed(f"job failed: {state.reason or 'no reason given'}: {state.message}".rstrip(": "), state)
-        if check_pods is not None and not queue:
+        if check_pods is not None:
             check_pods(job)
         if clock() >= deadline:
             raise JobTimedOut(
