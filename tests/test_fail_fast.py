@@ -446,3 +446,42 @@ def test_a_job_waiting_for_busy_quota_is_no_problem_and_kueues_reason_is_logged_
         for clock.now in (0, 400, 100_000):
             check(job)  # the other job's Workload is not this one's
     assert caplog.text.count(f"Kueue: {BUSY}") == 1
+
+
+def test_the_cli_exits_4_on_a_stuck_job_and_the_run_job_fails_on_that_code_at_once(tmp_path, monkeypatch):
+    """The chart's run Job (backoffLimit 3) would start a new launcher for a stuck stage job, which creates the job
+    again and holds the started pods' GPUs for another --stuck-after; its podFailurePolicy fails the run on the
+    launcher's exit codes for what a retry cannot cure (4: stuck, 3: a strict plan refusal) and does not count an
+    evicted run pod."""
+    from medo1 import k8s
+    from medo1.cli import main
+    from medo1.launch.preflight import PlanDoesNotFit
+
+    kube = KubeStandIn(kueue_pending=NOT_COVERED).start()
+    kube.script(NAME, [Step(SUSPENDED)])
+    monkeypatch.setattr(  # what KUBECONFIG sets, read once when the kubernetes client is imported
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
+        str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
+    )
+    try:
+        args = ["launch", "sft", "--profile", "h100-2nodes", "--backend", "pytorchjob", "--job-name", NAME]
+        code = main([*args, "--namespace", NS, "--poll", "0.05", "--stuck-after", "0.3"])
+    finally:
+        kube.stop()
+    assert code == JobStuck.exit_code == 4
+    (run_job,) = [
+        o
+        for o in k8s.render_chart(k8s.load_profile("h100-1node"), release="medo1", namespace=NS)
+        if o["kind"] == "Job" and o["metadata"]["name"] == "medo1-run"
+    ]
+    rules = run_job["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {
+            "containerName": "medo1",
+            "operator": "In",
+            "values": [PlanDoesNotFit.exit_code, JobStuck.exit_code],
+        },
+    }
+    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert run_job["spec"]["template"]["spec"]["containers"][0]["name"] == "medo1"

@@ -117,7 +117,12 @@ EVENT_REASONS = ("FailedMount", "FailedAttachVolume")
 
 
 class JobStuck(LaunchError):
-    """A pod of the job stayed in a state it does not leave by itself for longer than the grace period."""
+    """A pod of the job stayed in a state it does not leave by itself for longer than the grace period (or the job
+    could not start at all). Its own exit code, which the chart's run Job fails on at once (podFailurePolicy) rather
+    than start a launcher that creates the job again: a retry holds the GPUs of the pods that did start for another
+    `--stuck-after` and fails the same way."""
+
+    exit_code = 4
 
 
 @dataclass(frozen=True)
