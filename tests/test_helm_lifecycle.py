@@ -252,12 +252,60 @@ def test_a_new_run_takes_the_upgraded_values_once_the_old_run_job_is_deleted(kub
     assert container["args"][container["args"].index("--timeout") + 1] == str(72 * 3600)
 
 
+def training_runtime_container(kube, name: str) -> dict:
+    (runtime,) = [
+        o
+        for o in kube.recorded.get(f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainingruntimes", [])
+        if o["metadata"]["name"] == name
+    ]
+    (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    (container,) = node["template"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.slow
+def test_a_trainjob_run_after_an_upgrade_runs_the_upgraded_image_and_a_running_one_keeps_its_runtime(kube, helm):
+    """h100-1node-trainjob, chain off: the TrainJob names only its shape, its TrainingRuntime the image, recipe and
+    resources. The runtime was a pre-install hook only, so a new run after `helm upgrade` (README: "The new values
+    apply to the next run") ran the install-time image. Now an upgrade leaves the runtime of a TrainJob that exists
+    as it was, and writes it afresh once that TrainJob has been deleted for a new run."""
+    values = k8s.load_profile("h100-1node-trainjob")
+    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    newer = {**values, "image": {**values.get("image", {}), "tag": "0.1.1"}}
+    helm.upgrade(str(k8s.CHART_DIR), RELEASE, newer, namespace=NS, timeout=60)
+    assert training_runtime_container(kube, "medo1-sft")["image"] == "ghcr.io/medo1/trainer:0.1.0"  # still running
+
+    request(kube, "DELETE", f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs/medo1-sft")
+    helm.upgrade(str(k8s.CHART_DIR), RELEASE, newer, namespace=NS, timeout=60)
+    assert training_runtime_container(kube, "medo1-sft")["image"] == "ghcr.io/medo1/trainer:0.1.1"
+    assert (NS, "medo1-sft") in kube.jobs
+
+
+@pytest.mark.slow
+def test_an_upgrade_that_enables_a_trainjob_stage_creates_its_runtime_first(kube, helm):
+    """Enabling RL on upgrade renders TrainJob medo1-rl on TrainingRuntime medo1-rl, which the pre-install hook
+    never created: Trainer's validating webhook refuses such a TrainJob (kubeflow/trainer
+    pkg/runtime/core/trainingruntime.go, ValidateObjects: "specified trainingRuntime must be created before the
+    TrainJob is created"). The pre-upgrade hook creates it before the TrainJob."""
+    values = k8s.load_profile("h100-1node-trainjob")
+    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    stages = {**values.get("stages", {}), "rl": {**values.get("stages", {}).get("rl", {}), "enabled": True}}
+    installed = len(kube.requests)
+    helm.upgrade(str(k8s.CHART_DIR), RELEASE, {**values, "stages": stages}, namespace=NS, timeout=60)
+    assert training_runtime_container(kube, "medo1-rl")["command"][0] == "torchrun"
+    writes = [(r.method, r.path.rsplit("/", 2)[-2:]) for r in kube.requests[installed:] if r.method != "GET"]
+    runtime_rl, trainjob_rl = ("PATCH", ["trainingruntimes", "medo1-rl"]), ("PATCH", ["trainjobs", "medo1-rl"])
+    assert writes.index(runtime_rl) < writes.index(trainjob_rl)
+    # The running SFT TrainJob's runtime is not deleted and created again under it.
+    assert not [w for w in writes if w[1] == ["trainingruntimes", "medo1-sft"]]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", k8s.profiles())
 def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm, profile):
     """What the README says `helm uninstall` does, for every profile: the jobs (a TrainJob too), the snapshot,
     RBAC, budget and runtimes go; the PVCs the chart created stay (helm.sh/resource-policy: keep) with the
-    checkpoints; the TrainingRuntime of the chart's own TrainJob, a pre-install hook, stays (no pods)."""
+    checkpoints; the TrainingRuntime of the chart's own TrainJob, a Helm hook, stays (no pods)."""
     values = k8s.load_profile(profile)
     helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
     claims = {o["metadata"]["name"] for o in k8s.render_chart(values) if o["kind"] == "PersistentVolumeClaim"}
