@@ -252,6 +252,35 @@ def test_a_new_run_takes_the_upgraded_values_once_the_old_run_job_is_deleted(kub
     assert container["args"][container["args"].index("--timeout") + 1] == str(72 * 3600)
 
 
+@pytest.mark.slow
+def test_turning_the_chain_on_is_refused_while_a_stage_job_of_the_chain_off_runs(kube, helm):
+    """cpu-smoke (chain off) renders PyTorchJob medo1-sft; an upgrade with chain.enabled=true no longer renders it,
+    so Helm deleted it mid-run. Now the upgrade is refused with one line saying what to do, and goes through once
+    the job has finished (the chain's run starts anew under its own job names)."""
+    from helm_python.errors import HelmError
+
+    from tests.kube_standin import Step
+
+    values = k8s.load_profile("cpu-smoke")
+    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    installed = len(kube.requests)
+    chain_on = {**values, "chain": {**values.get("chain", {}), "enabled": True}}
+    with pytest.raises(HelmError) as refused:
+        helm.upgrade(str(k8s.CHART_DIR), RELEASE, chain_on, namespace=NS, timeout=60)
+    assert (
+        "chain.enabled=true would delete PyTorchJob medo1-sft, which the chart started with the chain off and which "
+        f"is still running: wait for it to finish, or delete it (kubectl delete pytorchjob -n {NS} medo1-sft), then "
+        "upgrade"
+    ) in str(refused.value)
+    assert [r for r in kube.requests[installed:] if r.method in ("DELETE", "POST", "PATCH", "PUT")] == []
+
+    succeeded = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}
+    kube.jobs[(NS, "medo1-sft")].steps = [Step(succeeded)]
+    kube.jobs[(NS, "medo1-sft")].position = 0
+    release = helm.upgrade(str(k8s.CHART_DIR), RELEASE, chain_on, namespace=NS, timeout=60)
+    assert release["status"] == "deployed" and "Job/medo1-run" in jobs(kube)
+
+
 def training_runtime_container(kube, name: str) -> dict:
     (runtime,) = [
         o

@@ -263,3 +263,25 @@ metadata:
 spec:
   {{- toYaml .spec | nindent 2 }}
 {{- end -}}
+
+{{- /* Turning the chain on drops the stage jobs the chart rendered with the chain off from the release, and Helm
+deletes what a release drops: a training job mid-run. Refuse such an upgrade while one of them is not finished
+(no Succeeded / Complete / Failed condition); a finished one goes (the chain's run starts anew under its own
+names). The kinds looked up are those these values render with the chain off. */}}
+{{- define "medo1.refuseDroppingRunningStageJobs" -}}
+{{- $fullname := include "medo1.fullname" . -}}
+{{- $training := ternary (list "trainer.kubeflow.org/v1alpha1" "TrainJob") (list "kubeflow.org/v1" "PyTorchJob") (eq .Values.backend "trainjob") -}}
+{{- range $stage := list "translate" "sft" "rl" "eval" "upload" -}}
+{{- $kind := ternary $training (list "batch/v1" "Job") (has $stage (list "sft" "rl")) -}}
+{{- $name := printf "%s-%s" $fullname $stage -}}
+{{- with lookup (index $kind 0) (index $kind 1) $.Release.Namespace $name -}}
+{{- $finished := false -}}
+{{- range (.status | default dict).conditions | default list -}}
+{{- if and (has .type (list "Succeeded" "Complete" "Failed")) (eq (toString .status) "True") -}}{{- $finished = true -}}{{- end -}}
+{{- end -}}
+{{- if and (not $finished) (eq (index (.metadata.labels | default dict) "app.kubernetes.io/managed-by") "Helm") -}}
+{{- fail (printf "chain.enabled=true would delete %s %s, which the chart started with the chain off and which is still running: wait for it to finish, or delete it (kubectl delete %s -n %s %s), then upgrade" (index $kind 1) $name (lower (index $kind 1)) $.Release.Namespace $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
