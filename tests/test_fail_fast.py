@@ -305,25 +305,39 @@ def test_pods_admission_refuses_fail_the_launch_at_once_with_the_admission_messa
     assert FIX["FailedCreatePod"] in message and message.endswith("deleted it")
 
 
-def test_an_unschedulable_pod_waits_while_the_autoscaler_adds_a_node():
+@pytest.mark.parametrize(
+    "source, reason, said",
+    [
+        ("cluster-autoscaler", "TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]"),
+        # kubernetes-sigs/karpenter pkg/controllers/provisioning/scheduling/events.go (NominatePodEvent); EKS Auto
+        # Mode records the same event from its own component.
+        ("karpenter", "Nominated", "Pod should schedule on: nodeclaim/gpu-h100-x7k2q"),
+        ("eks-auto-mode/compute", "Nominated", "Pod should schedule on: nodeclaim/gpu-node-pool-c4bb5"),
+    ],
+    ids=["cluster-autoscaler", "karpenter", "eks-auto-mode"],
+)
+def test_an_unschedulable_pod_waits_while_the_autoscaler_adds_a_node(source, reason, said, caplog):
     kube = KubeStandIn().start()
     kube.script(NAME, [*[Step(CREATED)] * 40, Step(SUCCEEDED)])  # scheduled once the node is up
     for obj in recorded("unschedulable")["items"]:
         kube.record(obj)
-    kube.record(
-        autoscaler_event(
-            "TriggeredScaleUp", "pod triggered scale-up: [{h100-pool 0->2 (max: 4)}]", "2026-11-23T10:00:20Z"
-        )
-    )
+    event = autoscaler_event(reason, said, "2026-11-23T10:00:20Z")
+    event["source"]["component"] = source
+    kube.record(event)
     try:
-        result = launch_on(kube, stuck_after_s=0.3, scale_up_wait_s=60)
+        with caplog.at_level(logging.WARNING, logger="medo1.launch.pods"):
+            result = launch_on(kube, stuck_after_s=0.3, scale_up_wait_s=60)
     finally:
         kube.stop()
     assert result.state.phase == "Succeeded" and kube.calls("DELETE") == []
-    assert [r.query["fieldSelector"] for r in kube.calls("GET", "events")[:2]] == [
+    assert [r.query["fieldSelector"] for r in kube.calls("GET", "events")[:4]] == [
         ["type=Warning"],
         ["source=cluster-autoscaler"],
+        ["reason=Nominated"],
+        ["involvedObject.kind=Workload,reason=Pending"],
     ]
+    shown = "cluster autoscaler" if source == "cluster-autoscaler" else source
+    assert f"{shown}: {said}\nfix: " in caplog.text and "(failing after 60 s)" in caplog.text
 
 
 def test_an_unschedulable_pod_no_scale_up_is_coming_for_fails_after_stuck_after_with_the_autoscalers_reason():

@@ -8,8 +8,9 @@ cluster-autoscaler events; a problem that lasts longer than its grace period end
 naming the pod (or the job), the reason, the API's message and the fix:
 - a pod in one of the states above: `--stuck-after` (default 300 s), which lets transient states pass (an
   image pull that retries once);
-- an Unschedulable pod for which the cluster autoscaler reports a scale-up (its `TriggeredScaleUp` event is
-  newer than any `NotTriggerScaleUp`), or that consumes a ProvisioningRequest: `scale_up_wait_s` (default
+- an Unschedulable pod a node is coming for: the cluster autoscaler reports a scale-up (its `TriggeredScaleUp`
+  event is newer than any `NotTriggerScaleUp`), Karpenter (EKS Auto Mode, AKS node auto-provisioning) nominated
+  a node it launches (`Nominated`), or the pod consumes a ProvisioningRequest: `scale_up_wait_s` (default
   30 minutes: a GPU node takes minutes to boot, install its driver and pull a multi-GB image). A pod the
   autoscaler will not scale up for (`NotTriggerScaleUp`) keeps the `--stuck-after` grace, with the
   autoscaler's reason in the message;
@@ -61,6 +62,10 @@ TRAINJOB_CHILD_JOB = "^{name}-(node|dataset-initializer|model-initializer)-[0-9]
 # eventing_scale_up_processor.go, type Normal, source component "cluster-autoscaler").
 AUTOSCALER = "cluster-autoscaler"
 SCALE_UP, NO_SCALE_UP = "TriggeredScaleUp", "NotTriggerScaleUp"
+# Karpenter (and the node autoscalers built on it: EKS Auto Mode's "eks-auto-mode/compute", AKS node
+# auto-provisioning) records a Normal event "Nominated" on a pod it launches a node for: "Pod should schedule on:
+# nodeclaim/<name>" (kubernetes-sigs/karpenter pkg/controllers/provisioning/scheduling/events.go, NominatePodEvent).
+NOMINATED = "Nominated"
 # A pod that consumes a ProvisioningRequest waits for the nodes provisioned for it (Kueue pkg/controller/
 # admissionchecks/provisioning/constants.go ConsumesAnnotationKey; the older cluster-autoscaler key).
 CONSUMES_PROVISIONING = (
@@ -209,12 +214,14 @@ def _unschedulable(
             f"{message}; waiting for the nodes of ProvisioningRequest {request}",
             grace_s=scale_up_wait_s,
         )
-    verdicts = [e for e in events if _about(e, "Pod", name) and e.get("reason") in (SCALE_UP, NO_SCALE_UP)]
+    verdicts = [e for e in events if _about(e, "Pod", name) and e.get("reason") in (SCALE_UP, NO_SCALE_UP, NOMINATED)]
     if not verdicts:
         return PodProblem(name, "Unschedulable", message)
     newest = max(verdicts, key=_event_time)
-    said = f"{message}; cluster autoscaler: {newest.get('message', newest['reason'])}"
-    if newest["reason"] == SCALE_UP:
+    source = (newest.get("source") or {}).get("component") or "cluster autoscaler"
+    said = f"{message}; {source.replace('-', ' ') if source == AUTOSCALER else source}: "
+    said += newest.get("message", newest["reason"])
+    if newest["reason"] in (SCALE_UP, NOMINATED):
         return PodProblem(name, "Unschedulable", said, grace_s=scale_up_wait_s)
     return PodProblem(name, "Unschedulable", said)
 
@@ -343,8 +350,9 @@ def pod_reader(core_api: Any, kind: str, name: str, namespace: str) -> Callable[
         serialize = core_api.api_client.sanitize_for_serialization
         pods = core_api.list_namespaced_pod(namespace, label_selector=selector).items
         events = core_api.list_namespaced_event(namespace, field_selector="type=Warning").items
-        # The autoscaler's verdicts and Kueue's reasons are Normal events: read apart, by their source / reason.
+        # The autoscalers' verdicts and Kueue's reasons are Normal events: read apart, by their source / reason.
         events += core_api.list_namespaced_event(namespace, field_selector=f"source={AUTOSCALER}").items
+        events += core_api.list_namespaced_event(namespace, field_selector=f"reason={NOMINATED}").items
         events += core_api.list_namespaced_event(
             namespace, field_selector=f"involvedObject.kind=Workload,reason={KUEUE_PENDING}"
         ).items
