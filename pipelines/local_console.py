@@ -64,6 +64,8 @@ def training_progress(row: dict[str, Any]) -> str | None:
         ("mean_token_accuracy", "token accuracy {:.1f}%", 100),
         ("reward_mean", "reward {:.3f}", 1),
         ("reward", "reward {:.3f}", 1),
+        ("eval_reward_mean", "held-out reward {:.3f}", 1),
+        ("eval_reward", "held-out reward {:.3f}", 1),
         ("format_ok_rate", "format ok {:.0f}%", 100),
         ("kl", "kl {:.4f}", 1),
     ]

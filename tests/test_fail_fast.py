@@ -255,6 +255,16 @@ def launch_on(kube, **options):
     return launch_stage("sft", client=training_client(kube), **settings)
 
 
+def stuck_launch(kube: KubeStandIn, **options) -> str:
+    """Launch on the started stand-in `kube`, which the launch must end with JobStuck; its message. Stops `kube`."""
+    try:
+        with pytest.raises(JobStuck) as failure:
+            launch_on(kube, **options)
+    finally:
+        kube.stop()
+    return str(failure.value)
+
+
 def autoscaler_event(reason: str, message: str, at: str) -> dict:
     """As kubernetes/autoscaler cluster-autoscaler/processors/status/eventing_scale_up_processor.go records it."""
     return {
@@ -274,12 +284,7 @@ def autoscaler_event(reason: str, message: str, at: str) -> dict:
 def test_a_job_no_controller_acts_on_fails_after_stuck_after_naming_the_missing_operator():
     kube = KubeStandIn(controllers={"Job"}).start()  # the PyTorchJob CRD is installed, the operator is not running
     kube.script(NAME, [Step(CREATED)])  # what the operator would write, were it running
-    try:
-        with pytest.raises(JobStuck) as failure:
-            launch_on(kube, stuck_after_s=0.3)
-    finally:
-        kube.stop()
-    message = str(failure.value)
+    message = stuck_launch(kube, stuck_after_s=0.3)
     assert (
         f"PyTorchJob {NS}/{NAME}: NoController: no controller is acting on this job (is the Kubeflow training "
         "operator running?): it has no status, no conditions and no pods"
@@ -291,12 +296,7 @@ def test_a_job_no_controller_acts_on_fails_after_stuck_after_naming_the_missing_
 def test_pods_admission_refuses_fail_the_launch_at_once_with_the_admission_message():
     kube = KubeStandIn(refuse_pods=QUOTA).start()
     kube.script(NAME, [Step(CREATED)])  # the operator marks it Created and records FailedCreatePod, again and again
-    try:
-        with pytest.raises(JobStuck) as failure:
-            launch_on(kube)  # the default --stuck-after (300 s): the refusal does not wait for it
-    finally:
-        kube.stop()
-    message = str(failure.value)
+    message = stuck_launch(kube)  # the default --stuck-after (300 s): the refusal does not wait for it
     assert message.startswith(f"PyTorchJob {NS}/{NAME}: refused:\n")
     assert (
         f'PyTorchJob {NS}/{NAME}: FailedCreatePod: Error creating: pods "{NAME}-master-0" is forbidden: {QUOTA}'
@@ -355,16 +355,12 @@ def test_an_unschedulable_pod_no_scale_up_is_coming_for_fails_after_stuck_after_
             "NotTriggerScaleUp", "pod didn't trigger scale-up: 1 max node group size reached", "2026-11-23T10:09:00Z"
         )
     )  # the newer verdict wins
-    try:
-        with pytest.raises(JobStuck) as failure:
-            launch_on(kube, stuck_after_s=0.3, scale_up_wait_s=60)
-    finally:
-        kube.stop()
+    message = stuck_launch(kube, stuck_after_s=0.3, scale_up_wait_s=60)
     assert (
         "Unschedulable: 0/12 nodes are available: 12 Insufficient nvidia.com/gpu. preemption: 0/12 nodes are "
         "available: 12 No preemption victims found for incoming pod.; cluster autoscaler: pod didn't trigger "
         "scale-up: 1 max node group size reached"
-    ) in str(failure.value)
+    ) in message
 
 
 def test_the_scale_up_wait_is_bounded_and_a_provisioning_request_counts_as_a_scale_up():
@@ -430,12 +426,7 @@ def test_a_job_kueue_can_never_admit_fails_after_stuck_after_with_kueues_reason(
     reason the launcher waited for ever too (suspended time does not count against --timeout)."""
     kube = KubeStandIn(kueue_pending=NOT_COVERED).start()
     kube.script(NAME, [Step(SUSPENDED)])
-    try:
-        with pytest.raises(JobStuck) as failure:
-            launch_on(kube, stuck_after_s=0.3)
-    finally:
-        kube.stop()
-    message = str(failure.value)
+    message = stuck_launch(kube, stuck_after_s=0.3)
     assert f"PyTorchJob {NS}/{NAME}: Inadmissible: {NOT_COVERED}" in message
     assert FIX["Inadmissible"] in message and message.endswith("deleted it")
     (post,) = kube.calls("POST")

@@ -198,6 +198,11 @@ def test_verifiable_translates_both_fields_and_warns(tmp_path, standin_factory, 
         assert o["Open-ended Verifiable Question"] == fake_translate(r["Open-ended Verifiable Question"])
         assert o["Ground-True Answer"] == fake_translate(r["Ground-True Answer"])
         assert o["Question"] == r["Question"] and o["Complex_CoT"] == r["Complex_CoT"]
+    # Into a language the published verifier was trained on, no such warning (the demo "translates" into English
+    # through the stand-in's passthrough).
+    passthrough = standin_factory(passthrough=True)
+    english = config(tmp_path / "en", passthrough, tmp_path / "in.json", format="verifiable", target_language="English")
+    assert run_translate(english, progress=False)["warnings"] == []
 
 
 def test_mcq_keeps_option_letters_and_answer_idx(tmp_path, standin_factory, demo):

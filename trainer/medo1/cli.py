@@ -34,7 +34,7 @@ from medo1.launch import (
     DEFAULT_TIMEOUT_S,
 )
 from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
-from medo1.runtime import exit_with_parent, is_main_process
+from medo1.process import exit_with_parent, is_main_process
 from medo1.training_paths import check_training_paths
 
 
@@ -347,7 +347,7 @@ def cmd_model_import_gguf(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from medo1.plan.report import run
+    from medo1.plan.cli import run
 
     return run(args)
 
@@ -583,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = stages.add_parser(
         "plan", help="per-GPU memory, time and cost of a stage or a profile's pipeline, before a run"
     )
-    from medo1.plan.report import add_arguments as add_plan_arguments
+    from medo1.plan.cli import add_arguments as add_plan_arguments
 
     add_plan_arguments(plan)
     plan.set_defaults(func=cmd_plan)

@@ -172,7 +172,7 @@ def plan_verdict(planned: Sequence[PlannedStage]) -> str:
 
 def plan_markdown(planned: Sequence[PlannedStage]) -> str:
     """The plan as the UI shows it: one row per stage, the pipeline's totals, and `medo1 plan`'s full table."""
-    from medo1.plan.report import stage_table
+    from medo1.plan.cli import stage_table
 
     lines = [
         "# Plan",

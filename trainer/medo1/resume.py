@@ -43,8 +43,8 @@ from medo1 import checkpoint
 from medo1.atomic import atomic_write_text
 from medo1.chat_client import RetryOptions
 from medo1.config import ConfigError
+from medo1.process import is_main_process, world_size
 from medo1.run_lock import RunFolderLocked, RunLock
-from medo1.runtime import is_main_process, world_size
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ from medo1.models import (
     resolve_dtype,
 )
 from medo1.preemption import StopOnSigterm, sigterm_stops_training
+from medo1.process import is_main_process, rank
 from medo1.report import write_report_safely
 from medo1.resume import RunStart, open_run
-from medo1.runtime import is_main_process, rank
 from medo1.sft_config import SFTConfig
 from medo1.tokenization import encode_sft, length_stats
 from medo1.training_arguments import trainer_arguments

@@ -57,6 +57,8 @@ TRANSLATED_FIELDS: dict[str, tuple[str, ...]] = {
     "verifiable": ("question", "answer"),
     "mcq": ("question", "options", "answer"),
 }
+# The languages of the published verifier's training data, by the names and codes a recipe may give.
+VERIFIER_LANGUAGES = {"english", "en", "chinese", "zh", "simplified chinese", "zh-cn", "zh-hans"}
 VERIFIER_WARNING = (
     "format 'verifiable': the reference answers are now in {lang}, but the published verifier "
     "(HuatuoGPT-o1 medical verifier) was trained on English/Chinese only; check reward quality "
@@ -447,7 +449,7 @@ async def translate_async(config: TranslateConfig, *, progress: bool = True) -> 
         rejects_path.unlink()  # stale from an earlier run
 
     warnings: list[str] = []
-    if config.format == "verifiable":
+    if config.format == "verifiable" and config.target_language.strip().lower() not in VERIFIER_LANGUAGES:
         warnings.append(VERIFIER_WARNING.format(lang=config.target_language))
     rejected_translations = sum(len(by_key[key]) for key in failures)
     if rejected_translations > config.reject_warning_ratio * len(items):

@@ -97,6 +97,8 @@ gets the pod's grace period, less 30 s for torchrun itself to exit. */}}
 - name: {{ $name }}
   value: {{ $value | quote }}
 {{- end }}
+{{- /* The run pod's Secrets are optional: a missing one would hold it in CreateContainerConfigError, which no
+controller ends; started without it, the launcher's input check names what cannot be read, in one line. */}}
 {{- range $key := index .Values.stageSecrets $stage | default list }}
 {{- $secret := index $root.Values.secrets $key }}
 {{- if $secret.name }}
@@ -105,7 +107,7 @@ gets the pod's grace period, less 30 s for torchrun itself to exit. */}}
     secretKeyRef:
       name: {{ $secret.name }}
       key: {{ $secret.key }}
-      optional: {{ $secret.optional | default false }}
+      optional: {{ or (eq $stage "run") ($secret.optional | default false) }}
 {{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}

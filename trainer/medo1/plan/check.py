@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from medo1.config import ConfigError
-from medo1.plan.report import gib
+from medo1.plan.cli import gib
 from medo1.plan.shapes import KNOWN_ARCHITECTURES, gpu_from_node_selector
 from medo1.plan.stages import (
     Cluster,

@@ -228,8 +228,8 @@ def strategy_of(distributed: str, deepspeed_config: str | None) -> tuple[str, bo
 
 
 @dataclass(frozen=True)
-class TrainedModel:
-    """What the memory model needs about one model being trained."""
+class ModelFootprint:
+    """What the memory model needs about one model being trained: its shape, parameter counts and bytes."""
 
     shape: ModelShape
     params: float
@@ -239,13 +239,13 @@ class TrainedModel:
     lora_dropout: bool = False
 
 
-def trained_model(
+def model_footprint(
     shape: ModelShape, *, cuda: bool, bf16: bool, strategy: str, lora=None, params: float | None = None
-) -> TrainedModel:
+) -> ModelFootprint:
     params = shape.parameters if params is None else params
     if lora is not None and lora.enabled:
         weight_bytes = 2 if cuda else 4  # dtype auto: bf16 on a GPU
-        return TrainedModel(
+        return ModelFootprint(
             shape,
             params,
             mem.lora_parameters(shape, lora.r),
@@ -256,11 +256,11 @@ def trained_model(
     # Full fine-tuning loads fp32 weights; DeepSpeed keeps 16-bit copies, DDP / FSDP compute under autocast.
     compute = 2 if bf16 else 4
     residual = 2 if bf16 and strategy.startswith("zero") else 4
-    return TrainedModel(shape, params, params, 4, mem.Precision(compute, residual))
+    return ModelFootprint(shape, params, params, 4, mem.Precision(compute, residual))
 
 
 def train_states(
-    model: TrainedModel, world: int, strategy: str, bf16: bool, offload: tuple[bool, bool]
+    model: ModelFootprint, world: int, strategy: str, bf16: bool, offload: tuple[bool, bool]
 ) -> dict[str, float]:
     return mem.model_states(
         model.params,
@@ -276,7 +276,7 @@ def train_states(
 
 
 def step_parts(
-    model: TrainedModel, tokens: float, trained_tokens: float, *, checkpointing: bool, head: str
+    model: ModelFootprint, tokens: float, trained_tokens: float, *, checkpointing: bool, head: str
 ) -> dict[str, float]:
     parts = mem.activations(
         model.shape, tokens, model.precision, checkpointing=checkpointing, lora_dropout=model.lora_dropout
@@ -296,7 +296,7 @@ def sft_breakdown(
     train = config.train
     bf16 = use_bf16(train.precision, cuda)
     strategy, *offload = strategy_of(train.distributed, train.deepspeed_config)
-    model = trained_model(shape, cuda=cuda, bf16=bf16, strategy=strategy, lora=config.lora)
+    model = model_footprint(shape, cuda=cuda, bf16=bf16, strategy=strategy, lora=config.lora)
     longest = (
         config.data.max_length
         if train.batching == "packed"
@@ -348,7 +348,7 @@ def rl_breakdown(
     strategy, *offload = strategy_of(train.distributed, train.deepspeed_config)
     sharded = strategy != "ddp"
     world = cluster.world
-    policy = trained_model(shape, cuda=cuda, bf16=bf16, strategy=strategy)
+    policy = model_footprint(shape, cuda=cuda, bf16=bf16, strategy=strategy)
     resident = prefixed("policy", train_states(policy, world, strategy, bf16, tuple(offload)))
     reference_bytes = (2 if bf16 else 4) if sharded else 4  # DeepSpeed / FSDP keep the frozen copy in 16 bits
     resident["reference weights"] = shape.parameters * reference_bytes / (world if sharded else 1)
@@ -356,7 +356,7 @@ def rl_breakdown(
         value_params = (
             shape.parameters - (0 if shape.tie_word_embeddings else shape.embedding_parameters) + shape.hidden_size
         )
-        value = trained_model(shape, cuda=cuda, bf16=bf16, strategy=strategy, params=value_params)
+        value = model_footprint(shape, cuda=cuda, bf16=bf16, strategy=strategy, params=value_params)
         resident.update(prefixed("value", train_states(value, world, strategy, bf16, tuple(offload))))
     if verifier is not None:
         resident["verifier weights (whole)"] = verifier.parameters * (2 if cuda else 4)

@@ -14,8 +14,8 @@ def run_rl(config, resume: str = "none"):
 
         result = run_grpo(config, resume)  # grpo and rloo, through TRL
     # Run report (medo1.report): report.html with the curves, for clusters without W&B; a failure only warns.
+    from medo1.process import is_main_process
     from medo1.report import write_report_safely
-    from medo1.runtime import is_main_process
 
     if is_main_process() and not result.already_finished:
         write_report_safely(result.output_dir)

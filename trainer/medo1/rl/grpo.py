@@ -22,6 +22,7 @@ from medo1.config import dump_config
 from medo1.metrics_callback import JsonlMetrics
 from medo1.models import export_from_trainer, load_tokenizer
 from medo1.preemption import StopOnSigterm, sigterm_stops_training
+from medo1.process import is_main_process, world_size
 from medo1.resume import RunStart, open_run
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import SamplerGapError, require_vllm
@@ -29,7 +30,6 @@ from medo1.rl.ppo import RLResult, finished_result
 from medo1.rl.rewards import build_reward, trl_reward_funcs
 from medo1.rl.rollout import load_problems, pad_right_for_export
 from medo1.rl.sharding import require_backend
-from medo1.runtime import is_main_process, world_size
 from medo1.training_arguments import trainer_arguments
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,16 @@ class Medo1RLOOTrainer(MarkedCheckpoints, RLOOTrainer):
 def _held_out_arguments(config: RLConfig, num_generations: int) -> dict:
     """Scoring of the held-out problems (`train.eval_fraction`) before the first update and every `train.eval_steps`
     updates: TRL samples `num_generations` completions per problem at the rollout temperature and logs the mean
-    reward as `eval_reward`. One group per eval batch keeps TRL's divisibility rule for any number of processes."""
-    if not (config.train.eval_fraction and config.train.eval_steps):
+    reward as `eval_reward`. An eval batch holds as many whole groups as a training micro-batch has completions
+    (at least one), which keeps TRL's divisibility rule for any number of processes."""
+    train = config.train
+    if not (train.eval_fraction and train.eval_steps):
         return {"eval_strategy": "no"}
     return {
         "eval_strategy": "steps",
-        "eval_steps": config.train.eval_steps,
+        "eval_steps": train.eval_steps,
         "eval_on_start": True,
-        "per_device_eval_batch_size": num_generations,
+        "per_device_eval_batch_size": num_generations * max(1, train.per_device_batch_size // num_generations),
     }
 
 
