@@ -525,22 +525,24 @@ class KubeStandIn:
                 "uid": str(uuid.uuid4()),
                 "apiVersion": "batch/v1",
             }
+        component = {"PyTorchJob": "pytorchjob-controller", "Job": "job-controller", "TrainJob": "job-controller"}[kind]
+        message = f'Error creating: pods "{pod}" is forbidden: {self.refuse_pods}'
+        self._record_event(namespace, involved, "Warning", reason, message, component)
+
+    def _record_event(
+        self, namespace: str, involved: dict, event_type: str, reason: str, message: str, component: str
+    ) -> None:
+        """An Event about `involved` as a controller's recorder writes it (legacy fields: source, timestamps)."""
         self.record(
             {
                 "apiVersion": "v1",
                 "kind": "Event",
                 "metadata": {"name": f"{involved['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
-                "type": "Warning",
+                "type": event_type,
                 "reason": reason,
                 "involvedObject": involved,
-                "message": f'Error creating: pods "{pod}" is forbidden: {self.refuse_pods}',
-                "source": {
-                    "component": {
-                        "PyTorchJob": "pytorchjob-controller",
-                        "Job": "job-controller",
-                        "TrainJob": "job-controller",
-                    }[kind]
-                },
+                "message": message,
+                "source": {"component": component},
                 "firstTimestamp": rfc3339(STARTED),
                 "lastTimestamp": rfc3339(STARTED),
                 "count": 1,
@@ -949,26 +951,13 @@ class KubeStandIn:
         spec["suspend"] = True
         group = job["apiVersion"].rpartition("/")[0]
         workload = f"{kind.lower()}-{name}-" + hashlib.sha1(f"{kind}\n{group}\n{name}\n{uid}".encode()).hexdigest()[:5]
-        self.record(
-            {
-                "apiVersion": "v1",
-                "kind": "Event",
-                "metadata": {"name": f"{workload}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
-                "type": "Normal",
-                "reason": "Pending",
-                "involvedObject": {
-                    "kind": "Workload",
-                    "name": workload,
-                    "namespace": namespace,
-                    "apiVersion": "kueue.x-k8s.io/v1beta2",
-                },
-                "message": self.kueue_pending,
-                "source": {"component": "kueue-admission"},
-                "firstTimestamp": rfc3339(STARTED),
-                "lastTimestamp": rfc3339(STARTED),
-                "count": 1,
-            }
-        )
+        involved = {
+            "kind": "Workload",
+            "name": workload,
+            "namespace": namespace,
+            "apiVersion": "kueue.x-k8s.io/v1beta2",
+        }
+        self._record_event(namespace, involved, "Normal", "Pending", self.kueue_pending, "kueue-admission")
 
     def _answer_review(self, handler: Any, user: str, info: RequestInfo) -> bool:
         """A service account's access reviews: its own (always allowed to ask) or, with `create subjectaccessreviews`

@@ -218,9 +218,9 @@ def _unschedulable(
     if not verdicts:
         return PodProblem(name, "Unschedulable", message)
     newest = max(verdicts, key=_event_time)
-    source = (newest.get("source") or {}).get("component") or "cluster autoscaler"
-    said = f"{message}; {source.replace('-', ' ') if source == AUTOSCALER else source}: "
-    said += newest.get("message", newest["reason"])
+    source = (newest.get("source") or {}).get("component") or AUTOSCALER
+    who = "cluster autoscaler" if source == AUTOSCALER else source
+    said = f"{message}; {who}: {newest.get('message', newest['reason'])}"
     if newest["reason"] in (SCALE_UP, NOMINATED):
         return PodProblem(name, "Unschedulable", said, grace_s=scale_up_wait_s)
     return PodProblem(name, "Unschedulable", said)
@@ -374,9 +374,10 @@ def stuck_checker(
     from urllib3.exceptions import HTTPError
 
     stuck = StuckPods(grace_s, clock, scale_up_wait_s)
-    kueue_said = [""]
+    kueue_said = ""
 
     def check(job: dict[str, Any] | None = None) -> None:
+        nonlocal kueue_said
         try:
             pods, events = read()
         except (ApiException, HTTPError) as exc:
@@ -384,9 +385,9 @@ def stuck_checker(
             return
         if job is not None and kind is not None and kueue_queue_holding(job):
             said = kueue_says(kind, job, events)
-            if said and said != kueue_said[0]:
+            if said and said != kueue_said:
                 log.info("Kueue: %s", said)
-            kueue_said[0] = said
+            kueue_said = said
         stuck.check(pods, events, job, kind)
 
     return check
