@@ -90,13 +90,13 @@ def child(kind: str, spec_path: str, result_path: str) -> None:
         import peft  # noqa: F401
 
         from medo1.config import load_config
-        from medo1.metrics import read_metrics
         from medo1.rl import (
             ppo,  # noqa: F401
             run_rl,
         )
         from medo1.rl.config import RLConfig
         from medo1.sft import SFTConfig, run_sft
+        from medo1.training.metrics import read_metrics
 
         config = load_config(SFTConfig if kind == "sft" else RLConfig, spec["recipe"])
         memory.start()

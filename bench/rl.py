@@ -177,9 +177,9 @@ def timed_grpo_trainer():
 
 def run_algorithm(spec: dict) -> dict:
     from medo1.config import load_config
-    from medo1.metrics import read_metrics
     from medo1.rl import grpo, run_rl
     from medo1.rl.config import RLConfig
+    from medo1.training.metrics import read_metrics
 
     overrides = {
         "algo": spec["algo"],

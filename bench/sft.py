@@ -376,8 +376,8 @@ def medo1_config(spec: dict, batching: str):
 
 def run_medo1(spec: dict, batching: str, memory: PeakMemory) -> list[dict]:
     """medo1's SFT as a user runs it; step end times from its metrics.jsonl, batches from its batch trace."""
-    from medo1.metrics import read_metrics
     from medo1.sft import run_sft
+    from medo1.training.metrics import read_metrics
 
     memory.start()
     result = run_sft(medo1_config(spec, batching))
@@ -410,10 +410,10 @@ def run_trl_defaults(spec: dict, memory: PeakMemory) -> list[dict]:
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from medo1.metrics import read_metrics
-    from medo1.metrics_callback import JsonlMetrics
     from medo1.models import load_tokenizer
     from medo1.sft import load_model, prepare_dataset
+    from medo1.training.callbacks import JsonlMetrics
+    from medo1.training.metrics import read_metrics
 
     class RecordingSFTTrainer(SFTTrainer):
         """SFTTrainer unchanged, noting the examples and tokens of each micro-batch it trains on."""

@@ -338,7 +338,7 @@ def train(
 
     from medo1.launch import launch_stage
     from medo1.pipeline_steps import chart_values, stage_overrides, training_metrics
-    from medo1.report import REPORT_HTML, write_report_safely
+    from medo1.training.run_report import REPORT_HTML, write_report_safely
 
     started = time.monotonic()
     launch_stage(

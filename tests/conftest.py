@@ -90,7 +90,7 @@ def run_medo1(args: list[str], env: dict | None = None, timeout: int = 600, laun
 
 def kill_after_checkpoint(args: list, checkpoint_dir: Path, timeout: float = 300) -> None:
     """Start `medo1 ARGS`, SIGKILL it as soon as `checkpoint_dir` is complete (a crash mid-run)."""
-    from medo1.checkpoint import is_complete
+    from medo1.training.checkpoint import is_complete
 
     cmd = [sys.executable, "-m", "medo1"] + [str(a) for a in args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -1,4 +1,4 @@
-"""Unit tests for medo1.checkpoint: completion markers, ordering, rotation and resume."""
+"""Unit tests for medo1.training.checkpoint: completion markers, ordering, rotation and resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from medo1.atomic import atomic_write_text
-from medo1.checkpoint import (
+from medo1.training.checkpoint import (
     COMPLETE_MARKER,
     ResumeError,
     is_complete,
@@ -238,8 +238,8 @@ def test_resume_error_is_value_error():
 def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):
     from transformers import TrainerState
 
-    from medo1.metrics import read_metrics
-    from medo1.metrics_callback import JsonlMetrics
+    from medo1.training.callbacks import JsonlMetrics
+    from medo1.training.metrics import read_metrics
 
     path = tmp_path / "metrics.jsonl"
     entries = [{"step": s, "loss": 10.0 - s} for s in range(1, 7)]
@@ -253,7 +253,7 @@ def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_and_resumed_sft_run_logs_each_step_once(tiny_model, demo_rows, tmp_path):
-    from medo1.metrics import read_metrics
+    from medo1.training.metrics import read_metrics
     from tests.conftest import TINY_RECIPE, kill_after_checkpoint, run_medo1, sft_overrides, write_short_rows
 
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 16)

@@ -33,7 +33,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medo1 import checkpoint, k8s
+from medo1 import k8s
+from medo1.training import checkpoint
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.test_image_env import in_image_commands, run_checks
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medo1 import checkpoint, k8s
+from medo1 import k8s
 from medo1.cli import main
 from medo1.launch import (
     DEFAULT_TIMEOUT_S,
@@ -38,7 +38,8 @@ from medo1.launch import (
     wait_for_job,
 )
 from medo1.launch.grace import apply_grace_period, grace_period_s
-from medo1.run_lock import RunLock
+from medo1.training import checkpoint
+from medo1.training.run_lock import RunLock
 from tests import manifest_checks
 from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, last_logged_step, run_medo1
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
@@ -1362,7 +1363,7 @@ def test_the_cli_leaves_its_error_in_the_termination_message(tmp_path, monkeypat
 def test_an_out_of_memory_is_told_apart_by_whether_a_training_step_finished(monkeypatch):
     import torch
 
-    from medo1 import preemption, termination
+    from medo1.training import preemption, termination
 
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
     monkeypatch.setattr(preemption, "_steps_completed", 0)

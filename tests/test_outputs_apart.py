@@ -84,12 +84,13 @@ def test_import_gguf_into_the_current_folder_is_refused_and_leaves_it_whole(tmp_
 
 
 def test_a_folder_the_file_system_refuses_is_one_line(monkeypatch, capsys):
-    from medo1 import cli, report
+    from medo1 import cli
+    from medo1.training import run_report
 
     def refuse(run_dir):
         raise PermissionError(errno.EACCES, "Permission denied", f"{run_dir}/report.html")
 
-    monkeypatch.setattr(report, "write_report", refuse)
+    monkeypatch.setattr(run_report, "write_report", refuse)
     assert cli.main(["report", "/runs/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [

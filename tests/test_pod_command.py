@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from medo1 import checkpoint, k8s
+from medo1 import k8s
+from medo1.training import checkpoint
 from tests.conftest import DEMO_DATA, REPO, free_port
 
 pytestmark = pytest.mark.slow

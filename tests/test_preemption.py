@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medo1 import checkpoint
-from medo1.metrics import read_metrics
-from medo1.preemption import PREEMPTED_EXIT_CODE
+from medo1.training import checkpoint
+from medo1.training.metrics import read_metrics
+from medo1.training.preemption import PREEMPTED_EXIT_CODE
 from tests.conftest import (
     TINY_RECIPE,
     free_port,
@@ -43,7 +43,7 @@ def same_weights(a: Path, b: Path) -> bool:
 def test_first_sigterm_sets_the_flag_and_a_second_ends_the_process():
     script = textwrap.dedent("""
         import os, signal, sys, time
-        from medo1 import preemption
+        from medo1.training import preemption
         with preemption.sigterm_stops_training():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.2)
@@ -58,7 +58,7 @@ def test_first_sigterm_sets_the_flag_and_a_second_ends_the_process():
 
 
 def test_the_handler_is_removed_after_training():
-    from medo1 import preemption
+    from medo1.training import preemption
 
     before = signal.getsignal(signal.SIGTERM)
     with preemption.sigterm_stops_training():

@@ -11,11 +11,11 @@ import pytest
 from matplotlib.image import imread
 
 from medo1.config import load_config
-from medo1.metrics import read_metrics
-from medo1.report import FIGURES, ReportError, build_figures, write_report, write_report_safely
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.sft import SFTConfig, run_sft
+from medo1.training.metrics import read_metrics
+from medo1.training.run_report import FIGURES, ReportError, build_figures, write_report, write_report_safely
 from tests.conftest import NO_TORCH_LAUNCHER, REPO, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -146,7 +146,7 @@ def test_report_of_a_missing_directory_fails_in_one_line(tmp_path):
 
 def test_a_broken_metrics_file_only_warns_at_the_end_of_training(tmp_path, caplog):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
-    with caplog.at_level(logging.WARNING, logger="medo1.report"):
+    with caplog.at_level(logging.WARNING, logger="medo1.training.run_report"):
         assert write_report_safely(tmp_path) is None
     assert re.search(
         r"could not write the run report in .*: ReportError: .*metrics\.jsonl line 2: not JSON", caplog.text
@@ -157,7 +157,7 @@ def test_a_broken_metrics_file_only_warns_at_the_end_of_training(tmp_path, caplo
 
 def test_an_empty_metrics_file_is_named_empty_not_missing(tmp_path, caplog):
     (tmp_path / "metrics.jsonl").write_text("")
-    with caplog.at_level(logging.WARNING, logger="medo1.report"):
+    with caplog.at_level(logging.WARNING, logger="medo1.training.run_report"):
         html = write_report(tmp_path).read_text()
     assert "metrics.jsonl is empty: the run has logged no step yet." in html and "missing" not in html
     assert "is empty" in caplog.text

@@ -1,5 +1,5 @@
-"""One resume set-up for SFT, GRPO and PPO (medo1.resume): the recipe fingerprint a resume must match, a finished
-run that stays finished, and one writer per run folder (medo1.run_lock)."""
+"""One resume set-up for SFT, GRPO and PPO (medo1.training.resume): the recipe fingerprint a resume must match, a finished
+run that stays finished, and one writer per run folder (medo1.training.run_lock)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from medo1 import checkpoint
 from medo1.config import ConfigError, load_config
-from medo1.resume import RUN_RECORD, RecipeChanged, content_identity, open_run, recipe_fingerprint
 from medo1.rl.config import RLConfig
-from medo1.run_lock import LOCK_NAME, RunFolderLocked, RunLock, process_identity
 from medo1.sft_config import SFTConfig
+from medo1.training import checkpoint
+from medo1.training.resume import RUN_RECORD, RecipeChanged, content_identity, open_run, recipe_fingerprint
+from medo1.training.run_lock import LOCK_NAME, RunFolderLocked, RunLock, process_identity
 from tests.conftest import REPO, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows
 
 RL_RECIPE = REPO / "recipes" / "rl-ppo-tiny-cpu.yaml"

@@ -22,16 +22,16 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medo1 import checkpoint, preemption
 from medo1.config import load_config
-from medo1.metrics import read_metrics
-from medo1.report import build_figures
 from medo1.rl import ppo as ppo_module
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import HFEngine, SamplerGapError, Samples, response_mask
 from medo1.rl.rewards import RewardOutput
 from medo1.sft import SFTConfig, run_sft
+from medo1.training import checkpoint, preemption
+from medo1.training.metrics import read_metrics
+from medo1.training.run_report import build_figures
 from tests.conftest import (
     REPO,
     TINY_RECIPE,
@@ -485,7 +485,7 @@ def test_zero_value_head_option(toy_policy, tmp_path):
 
 
 def test_a_response_without_reward_takes_no_part_in_the_update(toy_policy, toy_problems, tmp_path):
-    from medo1.resume import open_run
+    from medo1.training.resume import open_run
 
     config = load_config(RLConfig, None, rl_overrides(toy_policy, toy_problems, tmp_path / "run"))
     with open_run(config, "none", "rl") as run:

@@ -22,9 +22,7 @@ from transformers import (
     get_scheduler,
 )
 
-from medo1 import checkpoint
 from medo1.config import load_config
-from medo1.metrics import read_metrics
 from medo1.rl.config import RLConfig, RLTrainConfig, SamplingConfig
 from medo1.rl.engines import HFEngine
 from medo1.rl.ppo import load_policy
@@ -36,6 +34,8 @@ from medo1.rl.sharding import (
     init_ranks,
     zero3_config,
 )
+from medo1.training import checkpoint
+from medo1.training.metrics import read_metrics
 from tests.conftest import GPU_VLLM_PIN, REPO, free_port, run_medo1
 
 TRIGGER = "!"

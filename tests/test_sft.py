@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from medo1 import checkpoint
 from medo1.config import load_config
-from medo1.metrics import read_metrics
 from medo1.sft import SFTConfig, run_sft
+from medo1.training import checkpoint
+from medo1.training.metrics import read_metrics
 from tests.conftest import TINY_RECIPE, sft_overrides, write_short_rows
 
 
@@ -250,7 +250,7 @@ def test_zero3_steps_torchs_fused_adamw_not_a_deepspeed_optimizer(tmp_path):
     """No "optimizer" in medo1's ZeRO-3 config: DeepSpeed then steps the Trainer's own optimizer (transformers'
     integrations/deepspeed.py, deepspeed_optim_sched), torch's fused AdamW, named here rather than left to
     transformers' default. DeepSpeed's FusedAdam would need its CUDA op, which the image does not compile."""
-    from medo1.training_arguments import TRAINER_OPTIMIZER, ZERO3, trainer_arguments
+    from medo1.training.arguments import TRAINER_OPTIMIZER, ZERO3, trainer_arguments
 
     config = load_config(SFTConfig, TINY_RECIPE, overrides=["train.distributed=deepspeed_zero3"])
     arguments = trainer_arguments(config.train, config.output, tmp_path, gradient_checkpointing=False)

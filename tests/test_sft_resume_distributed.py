@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medo1 import checkpoint
+from medo1.training import checkpoint
 from tests.conftest import (
     TINY_RECIPE,
     free_port,
@@ -124,7 +124,7 @@ def sft_losses(out: Path) -> list[tuple[int, float]]:
 def test_sharded_sft_on_two_processes_matches_one_process(tiny_model, demo_rows, tmp_path, distributed):
     """The 7B recipes' ZeRO-3 (and FSDP) SFT: 2 gloo processes of 2 rows each train like 1 process of 4 rows.
     ZeRO-3 partitions the model at load time, so DeepSpeed's communicator must be up before the model loads.
-    Both step torch's fused AdamW (medo1.training_arguments.TRAINER_OPTIMIZER): DeepSpeed builds no optimizer op
+    Both step torch's fused AdamW (medo1.training.arguments.TRAINER_OPTIMIZER): DeepSpeed builds no optimizer op
     (the image compiles none) in torch's extension folder. (On the CPU it builds its shared-memory collective,
     deepspeed_shm_comm, where a C++ compiler is found; its CUDA accelerator has none.)"""
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 8)

@@ -15,10 +15,10 @@ from examples import short_targets
 from medo1.config import load_config
 from medo1.eval import EvalConfig, run_eval
 from medo1.gguf_import import GGUFImportError, find_gguf, import_gguf
-from medo1.metrics import read_metrics
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.sft import SFTConfig, run_sft
+from medo1.training.metrics import read_metrics
 from tests.conftest import DEMO_DATA, REPO
 
 SFT_RECIPE = REPO / "recipes" / "sft-smollm2-demo-cpu.yaml"

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from medo1 import checkpoint, k8s
+from medo1 import k8s
 from medo1.launch import JobFailed, JobStuck, LaunchError, LaunchResult, job_state, launch_stage
 from medo1.launch.rendering import stage_values
 from medo1.launch.trainjob import build_trainjob
+from medo1.training import checkpoint
 from tests import manifest_checks
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following

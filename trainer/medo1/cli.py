@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from medo1 import termination
 from medo1.config import (
     ConfigError,
     OutputConfig,
@@ -34,8 +33,9 @@ from medo1.launch import (
     DEFAULT_TIMEOUT_S,
 )
 from medo1.launch.kubernetes import DEFAULT_DELETE_WAIT_S
-from medo1.process import exit_with_parent, is_main_process
-from medo1.training_paths import check_training_paths
+from medo1.training import termination
+from medo1.training.paths import check_training_paths
+from medo1.training.process import exit_with_parent, is_main_process
 
 
 def _key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
@@ -359,7 +359,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from medo1.report import write_report
+    from medo1.training.run_report import write_report
 
     print(write_report(args.run_dir))
     return 0

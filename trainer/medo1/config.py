@@ -247,7 +247,7 @@ class OutputConfig(Section):
 
 
 class ResumeConfig(Section):
-    """What a resumed training run may differ in from the checkpoint it continues (`medo1.resume`)."""
+    """What a resumed training run may differ in from the checkpoint it continues (`medo1.training.resume`)."""
 
     allow_changes: list[str] = []
     """Recipe keys (or sections: `data`, `train`) allowed to differ from the checkpoint's or the finished run's recipe

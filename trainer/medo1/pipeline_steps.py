@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medo1.metrics import read_metrics
+from medo1.training.metrics import read_metrics
 
 # Final figures of a training run are the mean of its last few logged steps: one step's reward or loss is noisy.
 FINAL_WINDOW = 5

@@ -6,7 +6,7 @@ accelerate, W&B / TensorBoard reporting, and resuming with the same seeded data 
 Where we diverge, and why:
 - tokenization and loss masks are ours (`medo1.tokenization`), so the trained prompt is exactly the
   inference prompt and every dropped or cut row is reported;
-- checkpoints get a completion marker and our own rotation (`medo1.checkpoint`): transformers
+- checkpoints get a completion marker and our own rotation (`medo1.training.checkpoint`): transformers
   writes checkpoints in place and picks the highest-numbered directory on resume, complete or not;
 - the export is written aside and renamed into place (`medo1.models.export_from_trainer`).
 """
@@ -25,7 +25,6 @@ from transformers import AutoModelForCausalLM
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import dump_config
 from medo1.data import (
     DataError,
@@ -35,7 +34,6 @@ from medo1.data import (
     overlong_warning,
     write_rejects,
 )
-from medo1.metrics_callback import JsonlMetrics
 from medo1.models import (
     export_from_trainer,
     fused_head_is_compact,
@@ -43,13 +41,15 @@ from medo1.models import (
     load_tokenizer,
     resolve_dtype,
 )
-from medo1.preemption import StopOnSigterm, sigterm_stops_training
-from medo1.process import is_main_process, rank
-from medo1.report import write_report_safely
-from medo1.resume import RunStart, open_run
 from medo1.sft_config import SFTConfig
 from medo1.tokenization import encode_sft, length_stats
-from medo1.training_arguments import trainer_arguments
+from medo1.training.arguments import trainer_arguments
+from medo1.training.callbacks import JsonlMetrics
+from medo1.training.checkpoint import MarkedCheckpoints, SaveAtEnd
+from medo1.training.preemption import StopOnSigterm, sigterm_stops_training
+from medo1.training.process import is_main_process, rank
+from medo1.training.resume import RunStart, open_run
+from medo1.training.run_report import write_report_safely
 
 log = logging.getLogger(__name__)
 

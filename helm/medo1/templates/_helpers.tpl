@@ -89,7 +89,7 @@ reads (stageSecrets), each optional as `secrets` says. Call with (list $ "sft").
 - name: TOKENIZERS_PARALLELISM
   value: "false"
 {{- /* torchrun forwards SIGTERM to its workers, then SIGKILLs them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT
-seconds (default 30, torch/distributed/run.py --shutdown-timeout): the preemption save (medo1.preemption)
+seconds (default 30, torch/distributed/run.py --shutdown-timeout): the preemption save (medo1.training.preemption)
 gets the pod's grace period, less 30 s for torchrun itself to exit. */}}
 - name: TORCH_ELASTIC_SHUTDOWN_TIMEOUT
   value: {{ max 30 (sub (int (include "medo1.gracePeriod" (list $root $stage))) 30) | quote }}

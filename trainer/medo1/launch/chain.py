@@ -12,7 +12,7 @@ upload's at the RL export, SFT's data at the translation) follows it there. So t
 never attach to each other's jobs nor write to each other's folders, and a reinstall (a new run id) starts a
 new run instead of finding the last run's jobs succeeded or continuing its checkpoints. Rerunning the chain with
 the same run id (the run pod retried) skips stages whose job already succeeded and attaches to the one running;
-a stage whose job has gone is created again and finds its run finished (`medo1.resume`): nothing changes.
+a stage whose job has gone is created again and finds its run finished (`medo1.training.resume`): nothing changes.
 Without a run id (`medo1 launch chain` by hand) the recipes' own paths are used as they are."""
 
 from __future__ import annotations

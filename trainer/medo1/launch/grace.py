@@ -1,6 +1,6 @@
 """How long a stage's pods get between SIGTERM and SIGKILL (terminationGracePeriodSeconds), sized from the
 checkpoint the stage writes as `medo1 plan` sizes it: on preemption, a node drain or a deletion the trainer
-finishes its optimizer step and saves (`medo1.preemption`), and a 7B PPO checkpoint (~227 GiB) takes about
+finishes its optimizer step and saves (`medo1.training.preemption`), and a 7B PPO checkpoint (~227 GiB) takes about
 twice as long to write as the SFT one the chart's 600 s were sized for.
 
     grace = max(floor, ceil10(MARGIN * (checkpoint bytes / checkpointWriteGBps + STEP_S)))

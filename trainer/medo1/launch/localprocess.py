@@ -2,7 +2,7 @@
 torchrun beside this Python, with what the operator would inject; a single-pod stage as the `medo1`
 command beside it), its output relayed, Ctrl-C / SIGTERM / SIGHUP (the terminal closed) stopping the whole
 process group. The run never outlives the launcher: Linux sends it SIGTERM when the launcher ends, even by
-`kill -9` (PR_SET_PDEATHSIG), and torchrun's ranks get the same from torchrun (`medo1.process.exit_with_parent`);
+`kill -9` (PR_SET_PDEATHSIG), and torchrun's ranks get the same from torchrun (`medo1.training.process.exit_with_parent`);
 SIGTERM makes a training stage checkpoint and stop, as on preemption."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from medo1.launch.waiting import (
     cancel_on_signals,
     tail_text,
 )
-from medo1.process import parent_death_signal
+from medo1.training.process import parent_death_signal
 
 log = logging.getLogger(__name__)
 

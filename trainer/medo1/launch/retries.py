@@ -11,7 +11,7 @@ up, and reports the failure instead of starting the job a 4th, 8th or 16th time.
 A failure that a restart cannot cure is not restarted at all, and is marked on the job (`medo1.io/final`) so
 no later launcher restarts it either: a medo1 error (bad config, missing input: the CLI's `medo1: error:`
 line, exit code 2) or running out of memory before the first training step. The training container writes
-which one to its termination message (`medo1.termination`); the launcher reads it off the job's pods, and the
+which one to its termination message (`medo1.training.termination`); the launcher reads it off the job's pods, and the
 `medo1: error:` line off the Master's log as well.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from medo1.termination import INCURABLE_PREFIXES, USER_ERROR_EXIT_CODE
+from medo1.training.termination import INCURABLE_PREFIXES, USER_ERROR_EXIT_CODE
 
 ATTEMPT = "medo1.io/attempt"
 FINAL = "medo1.io/final"

@@ -11,7 +11,7 @@ from typing import Any
 from medo1.config import ConfigError, load_config, read_yaml_mapping
 from medo1.plan import memory as mem
 from medo1.plan.shapes import GPU, ModelShape, gpu_from_node_selector, resolve_gpu, resolve_shape
-from medo1.training_arguments import use_bf16
+from medo1.training.arguments import use_bf16
 
 REPO = Path(__file__).resolve().parents[3]
 RESULTS = REPO / "bench" / "results"

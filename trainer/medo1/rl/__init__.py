@@ -13,9 +13,9 @@ def run_rl(config, resume: str = "none"):
         from medo1.rl.grpo import run_grpo
 
         result = run_grpo(config, resume)  # grpo and rloo, through TRL
-    # Run report (medo1.report): report.html with the curves, for clusters without W&B; a failure only warns.
-    from medo1.process import is_main_process
-    from medo1.report import write_report_safely
+    # Run report (medo1.training.run_report): report.html with the curves, for clusters without W&B; a failure only warns.
+    from medo1.training.process import is_main_process
+    from medo1.training.run_report import write_report_safely
 
     if is_main_process() and not result.already_finished:
         write_report_safely(result.output_dir)

@@ -17,20 +17,20 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from medo1.checkpoint import MarkedCheckpoints, SaveAtEnd
 from medo1.config import dump_config
-from medo1.metrics_callback import JsonlMetrics
 from medo1.models import export_from_trainer, load_tokenizer
-from medo1.preemption import StopOnSigterm, sigterm_stops_training
-from medo1.process import is_main_process, world_size
-from medo1.resume import RunStart, open_run
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import SamplerGapError, require_vllm
 from medo1.rl.ppo import RLResult, finished_result
 from medo1.rl.rewards import build_reward, trl_reward_funcs
 from medo1.rl.rollout import load_problems, pad_right_for_export
 from medo1.rl.sharding import require_backend
-from medo1.training_arguments import trainer_arguments
+from medo1.training.arguments import trainer_arguments
+from medo1.training.callbacks import JsonlMetrics
+from medo1.training.checkpoint import MarkedCheckpoints, SaveAtEnd
+from medo1.training.preemption import StopOnSigterm, sigterm_stops_training
+from medo1.training.process import is_main_process, world_size
+from medo1.training.resume import RunStart, open_run
 
 log = logging.getLogger(__name__)
 

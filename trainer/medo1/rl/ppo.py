@@ -36,12 +36,9 @@ from transformers import (
 )
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
-from medo1 import checkpoint, preemption
 from medo1.atomic import new_dir, replace_dir
 from medo1.config import dump_config
-from medo1.metrics import append_jsonl, keep_metrics_through
 from medo1.models import load_tokenizer, write_export_extras
-from medo1.resume import RunStart, open_run
 from medo1.rl import ppo_math
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import SamplerGapError, build_engine, require_vllm
@@ -57,6 +54,9 @@ from medo1.rl.rollout import (
     response_values,
 )
 from medo1.rl.sharding import build_placement, init_ranks, require_backend
+from medo1.training import checkpoint, preemption
+from medo1.training.metrics import append_jsonl, keep_metrics_through
+from medo1.training.resume import RunStart, open_run
 
 log = logging.getLogger(__name__)
 

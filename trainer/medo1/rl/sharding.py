@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medo1.config import StageError
-from medo1.training_arguments import ZERO3, use_bf16
+from medo1.training.arguments import ZERO3, use_bf16
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from medo1.metrics import append_jsonl, keep_metrics_through
+from medo1.training.metrics import append_jsonl, keep_metrics_through
 
 
 class JsonlMetrics(TrainerCallback):

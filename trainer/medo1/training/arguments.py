@@ -76,7 +76,7 @@ def trainer_arguments(
 ) -> dict[str, Any]:
     """transformers TrainingArguments fields every HF-Trainer stage (SFT, GRPO) sets the same way.
 
-    Checkpoint cadence is transformers'; retention is ours (`medo1.checkpoint`), so its own limit is off.
+    Checkpoint cadence is transformers'; retention is ours (`medo1.training.checkpoint`), so its own limit is off.
     """
     return {
         **placement_arguments(train, gradient_checkpointing),

@@ -4,7 +4,7 @@ way, write a complete checkpoint on every rank, and exit with `PREEMPTED_EXIT_CO
 The handler only sets a flag; the training loops read it at step boundaries through `stop_agreed`, which
 all-reduces it so that every rank stops after the same step (a rank that stopped alone would leave the
 others waiting in a collective save). A second SIGTERM ends the process at once, as the default action
-would: the checkpoint being written then has no completion marker (`medo1.checkpoint` writes it last), so
+would: the checkpoint being written then has no completion marker (`medo1.training.checkpoint` writes it last), so
 `--resume auto` sets it aside and continues from the one before. The kubelet's SIGKILL at the end of
 `terminationGracePeriodSeconds` has the same effect.
 
@@ -93,7 +93,7 @@ def stop_agreed(device: torch.device | str = "cpu") -> bool:
 
 def completed_steps() -> int:
     """Training steps this process has finished (step boundaries `stop_agreed` has seen): 0 means a failure came
-    before the first step (`medo1.termination` reports an out-of-memory there as one a restart cannot cure)."""
+    before the first step (`medo1.training.termination` reports an out-of-memory there as one a restart cannot cure)."""
     return _steps_completed
 
 

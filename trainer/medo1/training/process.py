@@ -45,7 +45,7 @@ def parent_death_signal(signum: int, parent_pid: int) -> Callable[[], None] | No
 
 def exit_with_parent(signum: int = signal.SIGTERM) -> None:
     """This process gets `signum` when its parent ends (a rank under torchrun: SIGTERM, so that it checkpoints and
-    stops as on preemption, `medo1.preemption`). Torchrun starts each rank in a session of its own, so without this
+    stops as on preemption, `medo1.training.preemption`). Torchrun starts each rank in a session of its own, so without this
     a torchrun killed with SIGKILL leaves its ranks training."""
     request = parent_death_signal(signum, os.getppid())
     if request is not None:

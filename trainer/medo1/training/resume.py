@@ -2,10 +2,10 @@
 check, the checkpoint to continue from and the recipe fingerprint it must match.
 
 A run folder (`output.dir`) holds one run:
-- `medo1.lock` while a process writes to it (`medo1.run_lock`; rank 0 of the job holds it);
+- `medo1.lock` while a process writes to it (`medo1.training.run_lock`; rank 0 of the job holds it);
 - `medo1-run.json`, the run record: the stage, the recipe fingerprint, and, once the run has reached its last step
   and its export is in place, `"status": "finished"` with the final step;
-- `checkpoint-N/`, each with its completion marker (`medo1.checkpoint`), which holds the fingerprint of the recipe
+- `checkpoint-N/`, each with its completion marker (`medo1.training.checkpoint`), which holds the fingerprint of the recipe
   that wrote it.
 
 `open_run` at the start of a stage, in order:
@@ -39,12 +39,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from medo1 import checkpoint
 from medo1.atomic import atomic_write_text
 from medo1.chat_client import RetryOptions
 from medo1.config import ConfigError
-from medo1.process import is_main_process, world_size
-from medo1.run_lock import RunFolderLocked, RunLock
+from medo1.training import checkpoint
+from medo1.training.process import is_main_process, world_size
+from medo1.training.run_lock import RunFolderLocked, RunLock
 
 log = logging.getLogger(__name__)
 

@@ -108,7 +108,7 @@ class SaveAtEnd(TrainerCallback):
 
 class MarkedCheckpoints:
     """Mixin for a transformers Trainer: mark each checkpoint complete once every rank has written it (the marker
-    holding `marker_info`: the recipe fingerprint, `medo1.resume`), then keep the newest `keep_checkpoints` complete
+    holding `marker_info`: the recipe fingerprint, `medo1.training.resume`), then keep the newest `keep_checkpoints` complete
     ones (the Trainer's own rotation is off)."""
 
     def __init__(self, *args, keep_checkpoints: int, marker_info: dict | None = None, **kwargs):

@@ -3,7 +3,7 @@
 Written at the end of every training stage (rank 0) so a cluster without W&B still leaves pictures on
 the PVC; `medo1 report RUN_DIR` rewrites it. One figure per question a user asks of a run; a figure
 appears when the run logged one of its keys. The keys are the ones the stages write: SFT through
-TRL's SFTTrainer and `medo1.metrics.JsonlMetrics` (loss, mean_token_accuracy, tokens_per_second, ...),
+TRL's SFTTrainer and `medo1.training.metrics.JsonlMetrics` (loss, mean_token_accuracy, tokens_per_second, ...),
 medo1's PPO (`rl/ppo.py`: reward_mean, format_ok_rate, kl summed over the response, ...), and TRL's
 GRPO / RLOO trainers (reward, rewards/<reward function>/mean, kl per token, clip_ratio/region_mean, ...).
 

@@ -32,7 +32,7 @@ def message_for(exc: BaseException) -> str | None:
         return f"{USER_ERROR} {exc}"
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError) or "CUDA out of memory" in str(exc):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        preemption = sys.modules.get("medo1.preemption")  # loaded by every training loop
+        preemption = sys.modules.get("medo1.training.preemption")  # loaded by every training loop
         steps = preemption.completed_steps() if preemption is not None else 0
         if steps == 0:
             return f"{OOM_AT_START} {first}"
