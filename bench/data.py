@@ -21,9 +21,9 @@ def measure(quick: bool = False) -> dict:
     from datasets import Dataset
     from trl import pack_dataset
 
-    from medo1.data import DataConfig, load_from_config
+    from medo1.data.sources import DataConfig, load_from_config
+    from medo1.data.tokenization import encode_sft
     from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
-    from medo1.tokenization import encode_sft
 
     rows = 200 if quick else 2000
     tokenizer = load_tokenizer(bundled_qwen_tokenizer_dir())

@@ -4,7 +4,7 @@ and how fast the translation checks run.
 The server is the local OpenAI-compatible stand-in from the tests with a fixed per-request latency,
 standing in for a paid API whose latency, not its compute, bounds a translation run.
 
-`measure_checks`: medo1.translation_checks on the demo rows' three medical_o1 fields as the
+`measure_checks`: medo1.data.translation_checks on the demo rows' three medical_o1 fields as the
 stand-in answers them in each of its languages with that language's number conventions: records
 checked per second (numbers read with Babel, the language identified with lingua), after the
 one-time load of the language models, which is timed apart.
@@ -21,8 +21,8 @@ from pathlib import Path
 from babel import Locale
 
 from bench.common import measuring
-from medo1.translate import TranslateConfig, run_translate
-from medo1.translation_checks import TranslationChecks, detector
+from medo1.data.translate import TranslateConfig, run_translate
+from medo1.data.translation_checks import TranslationChecks, detector
 from pipelines.openai_standin import PHRASEBOOKS, StandIn, fake_translate
 
 REPO = Path(__file__).resolve().parent.parent

@@ -247,7 +247,7 @@ def check_data(sft_data: str, rl_data: str, report: dsl.Output[dsl.Markdown]) ->
     from collections import namedtuple
     from pathlib import Path
 
-    from medo1.data import load_examples
+    from medo1.data.sources import load_examples
     from medo1.pipeline_steps import data_check_markdown
 
     checked, formats = {}, {"sft": "medical_o1", "rl": "verifiable"}
@@ -283,8 +283,8 @@ def translate(
     from pathlib import Path
 
     from medo1.config import load_config
+    from medo1.data.translate import TranslateConfig, run_translate
     from medo1.pipeline_steps import translation_markdown, translation_metrics
-    from medo1.translate import TranslateConfig, run_translate
 
     summaries = {}
     for name, path, data_format in (("sft", sft_data, "medical_o1"), ("rl", rl_data, "verifiable")):

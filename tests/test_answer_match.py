@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from medo1.data import reasoning_target
+from medo1.data.final_response import answer_text, parse_response
+from medo1.data.sources import reasoning_target
 from medo1.eval import extract_answer
-from medo1.final_response import answer_text, parse_response
 from medo1.rl.answer_match import answer_verdict
 from medo1.rl.rewards import AnswerMatchReward
 

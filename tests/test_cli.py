@@ -305,13 +305,13 @@ def test_a_user_error_is_one_line_and_debug_shows_the_traceback(tmp_path):
 def test_every_user_error_class_derives_from_the_root():
     from medo1.chat_client import ChatError
     from medo1.config import ConfigError, StageError
-    from medo1.data import DataError
+    from medo1.data.sources import DataError
+    from medo1.data.translate import TranslateError
     from medo1.errors import Medo1Error
     from medo1.eval import EvalError
     from medo1.launch import LaunchError
     from medo1.rl.rewards import RewardLoadError
     from medo1.training.checkpoint import ResumeError
-    from medo1.translate import TranslateError
     from medo1.upload import UploadError
 
     for error in (

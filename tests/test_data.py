@@ -1,4 +1,4 @@
-"""Unit tests for medo1.data: formats, presets, field mapping, and every bad-input path."""
+"""Unit tests for medo1.data.sources: formats, presets, field mapping, and every bad-input path."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medo1 import data
-from medo1.data import (
+from medo1.data import sources as data
+from medo1.data.sources import (
     ChatExample,
     DataConfig,
     DataError,

@@ -1,4 +1,4 @@
-"""Where users keep data (issue 18): every source `medo1.data.iter_records` reads, and the bad inputs
+"""Where users keep data (issue 18): every source `medo1.data.sources.iter_records` reads, and the bad inputs
 `data validate` must answer with one line (a directory, Latin-1 bytes, a corrupt file, an empty file).
 
 Local Parquet, CSV and Arrow files and `save_to_disk` folders are real files written here with the
@@ -21,8 +21,8 @@ from datasets import Dataset, DatasetDict, SplitDict, SplitInfo, disable_progres
 
 from medo1.cli import main
 from medo1.config import load_config
-from medo1.data import DataError, HubSource, load_examples, parse_hub_source
-from medo1.validate import validation_report
+from medo1.data.sources import DataError, HubSource, load_examples, parse_hub_source
+from medo1.data.validate import validation_report
 from tests.conftest import TINY_RECIPE, sft_overrides
 
 FORMATS = ("json", "jsonl", "parquet", "csv", "saved")

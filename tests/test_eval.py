@@ -195,7 +195,7 @@ def test_comparison_labels_must_differ_and_start_row_must_exist(tmp_path):
 
 
 def test_hf_prompt_uses_chat_template_and_options(tiny_model, demo_rows):
-    from medo1.data import PRESETS, parse_mcq
+    from medo1.data.sources import PRESETS, parse_mcq
 
     item = parse_mcq(demo_rows[0], PRESETS["mcq"]["en"], None)
     generator = HFGenerator(str(tiny_model), max_new_tokens=2)
@@ -401,7 +401,7 @@ def test_sampling_settings_are_checked():
 
 
 def test_verifiable_prompts_are_the_rl_stages(tmp_path):
-    from medo1.data import VerifiableProblem
+    from medo1.data.sources import VerifiableProblem
     from medo1.rl.config import RLConfig
     from medo1.rl.rollout import load_problems
 

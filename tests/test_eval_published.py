@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medo1.data import DataError, json_sets, load_examples
+from medo1.data.sources import DataError, json_sets, load_examples
 from medo1.eval import EvalConfig, Generation, _markdown, build_messages, extract_answer, run_eval
 from medo1.eval_published import (
     HUATUO_PRESET,
@@ -157,7 +157,7 @@ def test_a_set_scores_the_better_of_first_and_last_and_leaves_empty_answers_out(
 
 
 def test_published_prompts_byte_for_byte():
-    from medo1.data import MCQItem
+    from medo1.data.sources import MCQItem
 
     item = MCQItem("A 34-year-old woman has a low MCV. Most likely?", MCQ4, "C", None)
     options = (

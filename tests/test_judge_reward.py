@@ -16,7 +16,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from medo1.chat_client import ChatEndpointError
-from medo1.data import reasoning_target
+from medo1.data.sources import reasoning_target
 from medo1.rl.judge import JudgeFailure, JudgeReward, parse_verdict
 from medo1.rl.rewards import JudgeRewardConfig, RewardConfig, build_reward, normalize_answer, trl_reward_funcs
 from medo1.training import preemption

@@ -24,8 +24,8 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
-from medo1.data import reasoning_target
-from medo1.final_response import parse_response
+from medo1.data.final_response import parse_response
+from medo1.data.sources import reasoning_target
 from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
 from medo1.rl.rewards import (
     AnswerMatchReward,

@@ -211,10 +211,10 @@ def test_lora_export_is_merged_and_loads_without_peft(tiny_model, demo_rows, tmp
 @pytest.mark.slow
 def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_model, demo_rows, tmp_path, caplog):
     """Issue 28: 92% of the rows dropped as over-long once showed only as an INFO line."""
-    from medo1.data import DataError, load_from_config
+    from medo1.data.sources import DataError, load_from_config
+    from medo1.data.tokenization import encode_sft
     from medo1.models import load_tokenizer
     from medo1.sft import prepare_dataset
-    from medo1.tokenization import encode_sft
 
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(demo_rows[:8]))  # full demo rows: hundreds of tokens each

@@ -1,4 +1,4 @@
-"""Unit tests for medo1.tokenization and medo1.validate with the real Qwen tokenizer and demo data."""
+"""Unit tests for medo1.data.tokenization and medo1.data.validate with the real Qwen tokenizer and demo data."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from medo1.data import ChatExample, load_examples
-from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
-from medo1.tokenization import (
+from medo1.data.sources import ChatExample, load_examples
+from medo1.data.tokenization import (
     IGNORE_INDEX,
     encode_sft,
     end_of_turn_ids,
     length_stats,
     render_prompt,
 )
-from medo1.validate import validation_report
+from medo1.data.validate import validation_report
+from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
 
 DEMO = Path(__file__).parent.parent / "examples/data/medical_o1_demo.json"
 BIG = 10**9

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from medo1.cli import main
-from medo1.translate import (
+from medo1.data.translate import (
     TranslateConfig,
     TranslateError,
     run_translate,
 )
-from medo1.translation_checks import TranslationChecks, numbers_in
+from medo1.data.translation_checks import TranslationChecks, numbers_in
 from pipelines.openai_standin import StandIn, fake_translate
 from tests.conftest import DEMO_DATA, REPO, free_port
 
@@ -230,7 +230,7 @@ def test_mcq_keeps_option_letters_and_answer_idx(tmp_path, standin_factory, demo
 
 RUNNER = (
     "import json, sys\n"
-    "from medo1.translate import TranslateConfig, run_translate\n"
+    "from medo1.data.translate import TranslateConfig, run_translate\n"
     "run_translate(TranslateConfig.model_validate(json.loads(sys.argv[1])))\n"
 )
 

@@ -1,4 +1,4 @@
-"""Translation checks in the languages users translate into (medo1.translation_checks).
+"""Translation checks in the languages users translate into (medo1.data.translation_checks).
 
 The numbers in the expected translations are written by Babel for each locale (format_decimal,
 format_percent), not by hand, so the tests do not echo the reader they check. The end-to-end test
@@ -17,8 +17,8 @@ import pytest
 from babel.numbers import format_decimal, format_percent
 
 from medo1.config import StageError
-from medo1.translate import TranslateConfig, TranslateError, run_translate
-from medo1.translation_checks import TranslationChecks, numbers_in, resolve_locale
+from medo1.data.translate import TranslateConfig, TranslateError, run_translate
+from medo1.data.translation_checks import TranslationChecks, numbers_in, resolve_locale
 from pipelines.openai_standin import StandIn, fake_translate
 from tests.conftest import DEMO_DATA
 

@@ -23,7 +23,7 @@ from medo1.config import (
     read_yaml_mapping,
     stage_config_class,
 )
-from medo1.data import PRESETS
+from medo1.data.sources import PRESETS
 from medo1.errors import Medo1Error
 from medo1.launch import (
     DEFAULT_POLL_S,
@@ -49,8 +49,8 @@ def _key_values(items: list[str], flag: str, form: str) -> dict[str, str]:
 
 
 def cmd_data_validate(args: argparse.Namespace) -> int:
-    from medo1.data import load_examples
-    from medo1.validate import validation_report
+    from medo1.data.sources import load_examples
+    from medo1.data.validate import validation_report
 
     if args.max_length is not None and args.max_length < 1:
         raise ConfigError(f"--max-length {args.max_length}: must be at least 1")
@@ -74,7 +74,7 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer)
     report = validation_report(loaded, tokenizer, args.max_length)
     if args.rejects and loaded.problems:
-        from medo1.data import write_rejects
+        from medo1.data.sources import write_rejects
 
         write_rejects(args.rejects, loaded.problems, loaded.raw)
         report["rejects_file"] = args.rejects
@@ -177,7 +177,7 @@ def _config_stage(args: argparse.Namespace, config_class, flag_overrides: dict[s
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from medo1.translate import TranslateConfig, run_translate
+    from medo1.data.translate import TranslateConfig, run_translate
 
     flags = {
         "input": args.input,

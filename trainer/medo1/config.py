@@ -131,7 +131,7 @@ def load_config(model: type[ConfigT], recipe: str | Path | None = None, override
 STAGE_CONFIGS = {
     "sft": ("medo1.sft_config", "SFTConfig"),
     "rl": ("medo1.rl.config", "RLConfig"),
-    "translate": ("medo1.translate", "TranslateConfig"),
+    "translate": ("medo1.data.translate", "TranslateConfig"),
     "eval": ("medo1.eval", "EvalConfig"),
     "upload": ("medo1.upload", "UploadConfig"),
 }

@@ -41,7 +41,8 @@ from pydantic import Field, model_validator
 
 from medo1.chat_client import ChatClientConfig, ChatError, Messages, RetryOptions, run_chat
 from medo1.config import Section, StageError
-from medo1.data import (
+from medo1.data.final_response import answer_text, parse_response
+from medo1.data.sources import (
     DataError,
     LoadResult,
     MCQItem,
@@ -77,7 +78,6 @@ from medo1.eval_stats import (
     paired_bootstrap,
     wilson_interval,
 )
-from medo1.final_response import answer_text, parse_response
 from medo1.rl.reward_config import AnswerMatchRewardConfig, JudgeRewardConfig, VerifierRewardConfig
 
 INSTRUCTION = "Answer with the letter of the correct option."
@@ -347,7 +347,7 @@ def _closest(text: str, options: dict[str, str]) -> str | None:
 def extract_answer(response: str, options: dict[str, str]) -> str | None:
     """One option letter per response, or None when it cannot be parsed.
 
-    Order: the answer text (`medo1.final_response.answer_text`: the RL reward's final response of a well-formed
+    Order: the answer text (`medo1.data.final_response.answer_text`: the RL reward's final response of a well-formed
     response; of a malformed one, the text after its last `## Final Response`, else all of it); an explicit "answer is X" /
     "answer: X" (last occurrence; a lower-case letter counts only at the end of its line); a lone
     option letter ("C", "**C**", "C. text", "(C) text", "C) text"; upper-case only unless the
@@ -437,7 +437,7 @@ class HFGenerator:
         self.batch_size = batch_size
 
     def render(self, messages: Messages) -> str:
-        from medo1.tokenization import render_prompt
+        from medo1.data.tokenization import render_prompt
 
         return render_prompt(self.tokenizer, messages)
 
@@ -575,7 +575,7 @@ class VLLMGenerator:
         )
 
     def render(self, messages: Messages) -> str:
-        from medo1.tokenization import render_prompt
+        from medo1.data.tokenization import render_prompt
 
         return render_prompt(self.tokenizer, messages)
 

@@ -17,7 +17,7 @@ from transformers import (
 
 from medo1.atomic import check_replaceable, new_dir, replace_dir
 from medo1.config import ConfigError
-from medo1.tokenization import end_of_turn_ids
+from medo1.data.tokenization import end_of_turn_ids
 
 
 def bundled_qwen_tokenizer_dir() -> Path:

@@ -4,7 +4,7 @@ What we take from TRL / transformers: the training loop, gradient accumulation, 
 (no full-vocabulary logits kept), padding-free and packed batching, DeepSpeed / FSDP through
 accelerate, W&B / TensorBoard reporting, and resuming with the same seeded data order.
 Where we diverge, and why:
-- tokenization and loss masks are ours (`medo1.tokenization`), so the trained prompt is exactly the
+- tokenization and loss masks are ours (`medo1.data.tokenization`), so the trained prompt is exactly the
   inference prompt and every dropped or cut row is reported;
 - checkpoints get a completion marker and our own rotation (`medo1.training.checkpoint`): transformers
   writes checkpoints in place and picks the highest-numbered directory on resume, complete or not;
@@ -26,7 +26,7 @@ from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from medo1.config import dump_config
-from medo1.data import (
+from medo1.data.sources import (
     DataError,
     enforce_overlong,
     enforce_policy,
@@ -34,6 +34,7 @@ from medo1.data import (
     overlong_warning,
     write_rejects,
 )
+from medo1.data.tokenization import encode_sft, length_stats
 from medo1.models import (
     export_from_trainer,
     fused_head_is_compact,
@@ -42,7 +43,6 @@ from medo1.models import (
     resolve_dtype,
 )
 from medo1.sft_config import SFTConfig
-from medo1.tokenization import encode_sft, length_stats
 from medo1.training.arguments import trainer_arguments
 from medo1.training.callbacks import JsonlMetrics
 from medo1.training.checkpoint import MarkedCheckpoints, SaveAtEnd
@@ -110,7 +110,7 @@ def training_arguments(config: SFTConfig, output_dir: Path) -> TRLSFTConfig:
         max_steps=train.max_steps,
         logging_first_step=True,
         dataloader_num_workers=train.dataloader_workers,
-        # Rows are already within data.max_length (medo1.tokenization); TRL only needs it as the pack size.
+        # Rows are already within data.max_length (medo1.data.tokenization); TRL only needs it as the pack size.
         max_length=config.data.max_length if train.batching == "packed" else None,
         packing=train.batching == "packed",
         packing_strategy="bfd",

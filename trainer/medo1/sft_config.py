@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from medo1.config import ModelConfig, OutputConfig, ResumeConfig, Section, TrainingOptions
-from medo1.data import DataConfig
+from medo1.data.sources import DataConfig
 
 
 class LoraConfig(Section):

@@ -230,7 +230,7 @@ def check_inputs(stages: Iterable[StagePlan], mounts: Iterable[str] = (), hub: H
 def _check(plan: StagePlan, item: Input, unseen: list[str], hub: HubCheck, skipped: set[str]) -> Missing | None:
     value = item.value
     if item.kind == "data" and value.startswith("hf://"):
-        from medo1.data import DataError, parse_hub_source
+        from medo1.data.sources import DataError, parse_hub_source
 
         try:
             repo_id = parse_hub_source(value).repo_id

@@ -124,8 +124,8 @@ def sft_data(config, shape: ModelShape, tokenize: bool = True) -> dict[str, Any]
     if tokenize and Path(config.data.path).is_file():
         tokenizer = local_tokenizer(config.model.tokenizer or config.model.name_or_path, shape)
         if tokenizer is not None:
-            from medo1.data import load_from_config
-            from medo1.tokenization import encode_sft
+            from medo1.data.sources import load_from_config
+            from medo1.data.tokenization import encode_sft
 
             loaded = load_from_config(config.data)
             encoded = encode_sft(
@@ -827,7 +827,7 @@ def rl_time(
 def eval_rows(config) -> tuple[int, list[str]]:
     """Rows the eval recipe scores (each benchmark's, cut by `limit`) and where each count comes from: the file when
     it is on this machine (a file of named sets counted per set), else the published size by name."""
-    from medo1.data import json_sets, load_examples, split_set
+    from medo1.data.sources import json_sets, load_examples, split_set
     from medo1.eval_published import PAPER_SETS, PUBLISHED_EVAL_FILE, paper_set
 
     rows, sources = 0, []

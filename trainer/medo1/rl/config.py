@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medo1.config import ModelConfig, OutputConfig, ResumeConfig, Section, TrainingOptions
-from medo1.data import DataConfig
+from medo1.data.sources import DataConfig
 from medo1.rl.reward_config import RewardConfig
 
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError
 from medo1.config import StageError
-from medo1.final_response import parse_response
+from medo1.data.final_response import parse_response
 from medo1.rl.reward_config import JudgeRewardConfig
 from medo1.rl.reward_output import RewardOutput, check_lengths
 from medo1.training import preemption

@@ -2,7 +2,7 @@
 
 Per response, as published for HuatuoGPT-o1:
 
-1. Format (`medo1.final_response`, the parser the eval uses too): the text must contain `## Thinking` exactly
+1. Format (`medo1.data.final_response`, the parser the eval uses too): the text must contain `## Thinking` exactly
    once and `## Final Response\\n\\n` exactly once; otherwise it gets `reward_bad_format` (0.0) and is not
    scored further.
 2. The answer is the text after `## Final Response`, stripped (an empty answer is still scored).
@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from medo1.config import ConfigError, check_model_reference
+from medo1.data.final_response import parse_response
 from medo1.errors import Medo1Error
-from medo1.final_response import parse_response
 from medo1.rl import answer_match
 from medo1.rl.reward_config import (
     AnswerMatchRewardConfig,

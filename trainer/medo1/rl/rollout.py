@@ -14,15 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medo1.data import (
+from medo1.data.sources import (
     DataError,
     VerifiableProblem,
     enforce_policy,
     load_from_config,
     write_rejects,
 )
+from medo1.data.tokenization import render_prompt
 from medo1.models import fused_head_is_compact
-from medo1.tokenization import render_prompt
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """A training stage's inputs and outputs, checked before torch loads: a wrong path is a one-line error at start-up,
-not a failure after the model has loaded. Builds on `medo1.config` (the path checks) and `medo1.data` (the sources)."""
+not a failure after the model has loaded. Builds on `medo1.config` (the path checks) and `medo1.data.sources` (the sources)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from medo1.config import (
     check_output_dir,
     check_outputs_apart,
 )
-from medo1.data import HUB_PREFIX, DataError, check_hub_prefix_case, parse_hub_source
+from medo1.data.sources import HUB_PREFIX, DataError, check_hub_prefix_case, parse_hub_source
 
 
 def check_training_paths(config: Any, models: dict[str, str | None] | None = None) -> None:

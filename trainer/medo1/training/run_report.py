@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from medo1.atomic import atomic_write_bytes, atomic_write_text
-from medo1.data import json_error_text
+from medo1.data.sources import json_error_text
 from medo1.errors import Medo1Error
 
 log = logging.getLogger(__name__)

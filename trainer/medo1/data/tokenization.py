@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from medo1.data import ChatExample, Problem
+from medo1.data.sources import ChatExample, Problem
 
 IGNORE_INDEX = -100
 _PROBE = "\x00medo1-probe\x00"

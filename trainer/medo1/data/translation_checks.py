@@ -54,7 +54,7 @@ from babel.numbers import NumberFormatError, get_group_symbol, parse_decimal
 from lingua import IsoCode639_1, Language, LanguageDetector, LanguageDetectorBuilder
 
 from medo1.config import StageError
-from medo1.data import FINAL_RESPONSE_HEADER, THINKING_HEADER
+from medo1.data.sources import FINAL_RESPONSE_HEADER, THINKING_HEADER
 
 MARKERS = (THINKING_HEADER, FINAL_RESPONSE_HEADER)
 SOURCE_LOCALE = Locale("en")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medo1.data import FINAL_RESPONSE_HEADER, THINKING_HEADER
+from medo1.data.sources import FINAL_RESPONSE_HEADER, THINKING_HEADER
 
 FINAL_RESPONSE_MARKER = FINAL_RESPONSE_HEADER + "\n\n"
 

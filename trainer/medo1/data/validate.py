@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from medo1.data import ChatExample, DataConfig, LoadResult, MCQItem, VerifiableProblem
-from medo1.tokenization import cap_text, encode_sft, length_stats, longest_token_chars, render_prompt
+from medo1.data.sources import ChatExample, DataConfig, LoadResult, MCQItem, VerifiableProblem
+from medo1.data.tokenization import cap_text, encode_sft, length_stats, longest_token_chars, render_prompt
 
 DEFAULT_MAX_LENGTH = DataConfig.model_fields["max_length"].default
 SHOWN_DUPLICATES = 20

@@ -5,7 +5,7 @@ One request per record (`POST {base_url}/chat/completions`, JSON-object response
 refused connections, progress lines on long waits. Every translation is validated before it is
 kept: same keys, no empty field, the `## Thinking` / `## Final Response` markers kept as often as
 in the source, MCQ option letters kept, every number and unit of the source kept by value as the
-target language writes it, and each field in the target language (`medo1.translation_checks`). A
+target language writes it, and each field in the target language (`medo1.data.translation_checks`). A
 record that fails is asked again (`validation_retries`), then written to the rejects file with the
 reason.
 
@@ -39,7 +39,7 @@ from pydantic import Field
 from medo1.atomic import atomic_write_text
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError, RetryOptions
 from medo1.config import StageError, check_outputs_apart
-from medo1.data import (
+from medo1.data.sources import (
     PARSERS,
     DataError,
     FieldProblem,
@@ -48,7 +48,7 @@ from medo1.data import (
     resolve_fields,
     write_rejects,
 )
-from medo1.translation_checks import TranslationChecks
+from medo1.data.translation_checks import TranslationChecks
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Logical fields translated per format (mcq options are translated value by value).
