@@ -95,7 +95,7 @@ def child(kind: str, spec_path: str, result_path: str) -> None:
             run_rl,
         )
         from medo1.rl.config import RLConfig
-        from medo1.sft import SFTConfig, run_sft
+        from medo1.sft.trainer import SFTConfig, run_sft
         from medo1.training.metrics import read_metrics
 
         config = load_config(SFTConfig if kind == "sft" else RLConfig, spec["recipe"])

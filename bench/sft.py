@@ -2,7 +2,7 @@
 
 Contenders, each in its own process (so its peak memory is its own), same model, same rows, same
 optimizer steps and examples per step:
-- medo1_padding_free: `medo1.sft.run_sft` with its default batching (each micro-batch's examples
+- medo1_padding_free: `medo1.sft.trainer.run_sft` with its default batching (each micro-batch's examples
   laid end to end, no padding);
 - trl_sft_defaults: `trl.SFTTrainer` with its default SFTConfig batching and loss (micro-batches
   padded to their longest row, no packing, no padding-free, nll on the completion);
@@ -345,7 +345,7 @@ def micro_batch_record(rows: list[list[int]], batch_tokens: int, examples: list[
 
 
 def medo1_config(spec: dict, batching: str):
-    from medo1.sft import SFTConfig
+    from medo1.sft.trainer import SFTConfig
 
     return SFTConfig.model_validate(
         {
@@ -376,7 +376,7 @@ def medo1_config(spec: dict, batching: str):
 
 def run_medo1(spec: dict, batching: str, memory: PeakMemory) -> list[dict]:
     """medo1's SFT as a user runs it; step end times from its metrics.jsonl, batches from its batch trace."""
-    from medo1.sft import run_sft
+    from medo1.sft.trainer import run_sft
     from medo1.training.metrics import read_metrics
 
     memory.start()
@@ -411,7 +411,7 @@ def run_trl_defaults(spec: dict, memory: PeakMemory) -> list[dict]:
     from trl import SFTTrainer
 
     from medo1.models import load_tokenizer
-    from medo1.sft import load_model, prepare_dataset
+    from medo1.sft.trainer import load_model, prepare_dataset
     from medo1.training.callbacks import JsonlMetrics
     from medo1.training.metrics import read_metrics
 
@@ -478,7 +478,7 @@ def run_trl_defaults(spec: dict, memory: PeakMemory) -> list[dict]:
 def run_padded_loop(spec: dict, memory: PeakMemory) -> list[dict]:
     """The published recipe's loop: pad each micro-batch to its longest row, model loss, backward, AdamW."""
     from medo1.models import load_tokenizer
-    from medo1.sft import load_model, prepare_dataset
+    from medo1.sft.trainer import load_model, prepare_dataset
 
     config = medo1_config(spec, "padded")
     gpu = torch.cuda.is_available()

@@ -244,7 +244,7 @@ def test_sft_recipes_exist():
 
 @pytest.mark.parametrize("recipe", SFT_RECIPES, ids=lambda p: p.name)
 def test_every_sft_recipe_loads(recipe):
-    from medo1.sft import SFTConfig
+    from medo1.sft.trainer import SFTConfig
 
     cfg = load_config(SFTConfig, recipe)
     assert isinstance(cfg, SFTConfig)
@@ -253,7 +253,7 @@ def test_every_sft_recipe_loads(recipe):
 
 
 def test_7b_recipe_has_reference_hyperparameters():
-    from medo1.sft import SFTConfig
+    from medo1.sft.trainer import SFTConfig
 
     cfg = load_config(SFTConfig, RECIPES / "sft-qwen2.5-7b-8xh100.yaml")
     t = cfg.train
@@ -273,7 +273,7 @@ def test_7b_recipe_has_reference_hyperparameters():
 
 
 def test_sft_recipe_accepts_overrides():
-    from medo1.sft import SFTConfig
+    from medo1.sft.trainer import SFTConfig
 
     cfg = load_config(
         SFTConfig,
@@ -287,7 +287,7 @@ def test_sft_recipe_accepts_overrides():
 
 
 def test_sft_recipe_rejects_bad_literal():
-    from medo1.sft import SFTConfig
+    from medo1.sft.trainer import SFTConfig
 
     with pytest.raises(ConfigError) as err:
         load_config(SFTConfig, RECIPES / "sft-tiny-cpu.yaml", ["train.precision=fp16"])
@@ -383,7 +383,7 @@ def test_service_stage_bounds_refuse_bad_values(stage, overrides, field):
 def test_sft_and_rl_share_one_base_for_the_training_options():
     from medo1.config import TrainingOptions
     from medo1.rl.config import RLTrainConfig
-    from medo1.sft_config import TrainConfig
+    from medo1.sft.config import TrainConfig
 
     shared = set(TrainingOptions.model_fields)
     assert issubclass(TrainConfig, TrainingOptions) and issubclass(RLTrainConfig, TrainingOptions)
@@ -396,7 +396,7 @@ def test_sft_and_rl_share_one_base_for_the_training_options():
 
 def test_a_mapping_for_a_section_merges_into_the_recipes_section():
     """`--set 'train={epochs: 2}'` once replaced the recipe's whole train section (lr 1e-3 became the 5e-6 default)."""
-    from medo1.sft_config import SFTConfig
+    from medo1.sft.config import SFTConfig
 
     recipe = RECIPES / "sft-tiny-cpu.yaml"
     config = load_config(SFTConfig, recipe, ["train={epochs: 2}"])

@@ -338,7 +338,7 @@ def test_bad_hub_sources_are_refused(text, fragment):
 
 @pytest.mark.slow
 def test_validate_and_sft_report_the_same_counts_for_every_kind(tmp_path, tiny_model, capsys):
-    from medo1.sft import SFTConfig, run_sft
+    from medo1.sft.trainer import SFTConfig, run_sft
 
     validate_reports, sft_reports = {}, {}
     for kind in FORMATS:

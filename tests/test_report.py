@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from medo1.config import load_config
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
-from medo1.sft import SFTConfig, run_sft
+from medo1.sft.trainer import SFTConfig, run_sft
 from medo1.training.metrics import read_metrics
 from medo1.training.run_report import FIGURES, ReportError, build_figures, write_report, write_report_safely
 from tests.conftest import NO_TORCH_LAUNCHER, REPO, TINY_RECIPE, run_medo1, sft_overrides, write_short_rows

@@ -16,7 +16,7 @@ import pytest
 
 from medo1.config import ConfigError, load_config
 from medo1.rl.config import RLConfig
-from medo1.sft_config import SFTConfig
+from medo1.sft.config import SFTConfig
 from medo1.training import checkpoint
 from medo1.training.resume import RUN_RECORD, RecipeChanged, content_identity, open_run, recipe_fingerprint
 from medo1.training.run_lock import LOCK_NAME, RunFolderLocked, RunLock, process_identity
@@ -246,7 +246,7 @@ def test_rl_stages_use_the_same_set_up(tiny_model, tmp_path, algo):
 
 @pytest.fixture(scope="module")
 def finished_sft(tiny_model, demo_rows, tmp_path_factory):
-    from medo1.sft import run_sft
+    from medo1.sft.trainer import run_sft
 
     tmp = tmp_path_factory.mktemp("finished-sft")
     data = write_short_rows(demo_rows, tmp / "rows.json", 8)
@@ -283,7 +283,7 @@ def test_rerunning_a_finished_run_does_nothing_and_says_so(finished_sft):
 
 @pytest.mark.slow
 def test_a_finished_run_under_a_changed_recipe_is_refused_and_left_whole(finished_sft):
-    from medo1.sft import run_sft
+    from medo1.sft.trainer import run_sft
 
     result, overrides = finished_sft
     before = snapshot(result.output_dir)
@@ -302,7 +302,7 @@ def test_a_finished_run_under_a_changed_recipe_is_refused_and_left_whole(finishe
 
 
 def test_a_second_writer_is_refused_with_one_line_naming_the_holder(tiny_inputs, tmp_path):
-    from medo1.sft import run_sft
+    from medo1.sft.trainer import run_sft
 
     model, data = tiny_inputs
     out = tmp_path / "run"

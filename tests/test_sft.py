@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from medo1.config import load_config
-from medo1.sft import SFTConfig, run_sft
+from medo1.sft.trainer import SFTConfig, run_sft
 from medo1.training import checkpoint
 from medo1.training.metrics import read_metrics
 from tests.conftest import TINY_RECIPE, sft_overrides, write_short_rows
@@ -97,7 +97,7 @@ def test_run_writes_report_config_and_refuses_to_clobber(overfit_run, tiny_model
 
 def test_data_report_counts_duplicate_rows_as_data_validate_does(tiny_model, demo_rows, tmp_path):
     from medo1.models import load_tokenizer
-    from medo1.sft import prepare_dataset
+    from medo1.sft.trainer import prepare_dataset
 
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 3)
     rows = json.loads(data.read_text())
@@ -129,7 +129,7 @@ def test_compact_loss_matches_trls_fused_head_in_value_and_gradients(tiny_model,
     """On the CPU medo1 projects only the trained positions; TRL's own loss (every position, fused head)
     is the reference: the same loss and the same gradients on the same collated batch."""
     from medo1.models import load_tokenizer
-    from medo1.sft import (
+    from medo1.sft.trainer import (
         Medo1SFTTrainer,
         load_model,
         prepare_dataset,
@@ -214,7 +214,7 @@ def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_mode
     from medo1.data.sources import DataError, load_from_config
     from medo1.data.tokenization import encode_sft
     from medo1.models import load_tokenizer
-    from medo1.sft import prepare_dataset
+    from medo1.sft.trainer import prepare_dataset
 
     data = tmp_path / "rows.json"
     data.write_text(json.dumps(demo_rows[:8]))  # full demo rows: hundreds of tokens each
@@ -229,7 +229,7 @@ def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_mode
     assert whole["warnings"] == [] and whole["dropped_overlong"] == 0
     limit = sorted(encode_sft(tokenizer, load_from_config(config().data).examples, 100_000).lengths)[2]  # 5 of 8 over
 
-    with caplog.at_level("WARNING", logger="medo1.sft"):
+    with caplog.at_level("WARNING", logger="medo1.sft.trainer"):
         _, report = prepare_dataset(config(), tokenizer, tmp_path / "run")
     dropped = report["dropped_overlong"]
     assert dropped > 0.25 * report["valid"] and report["trained_examples"] == report["valid"] - dropped

@@ -17,7 +17,7 @@ from medo1.eval import EvalConfig, run_eval
 from medo1.gguf_import import GGUFImportError, find_gguf, import_gguf
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
-from medo1.sft import SFTConfig, run_sft
+from medo1.sft.trainer import SFTConfig, run_sft
 from medo1.training.metrics import read_metrics
 from tests.conftest import DEMO_DATA, REPO
 

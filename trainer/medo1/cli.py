@@ -131,11 +131,11 @@ def _run_training(config, run, resume: str) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
-    from medo1.sft_config import SFTConfig
+    from medo1.sft.config import SFTConfig
 
     config = _training_config(args, SFTConfig, [])
     check_training_paths(config)
-    from medo1.sft import run_sft
+    from medo1.sft.trainer import run_sft
 
     return _run_training(config, run_sft, args.resume)
 

@@ -129,7 +129,7 @@ def load_config(model: type[ConfigT], recipe: str | Path | None = None, override
 
 # Each stage's top config class, imported only when asked for (the SFT and config modules load without torch).
 STAGE_CONFIGS = {
-    "sft": ("medo1.sft_config", "SFTConfig"),
+    "sft": ("medo1.sft.config", "SFTConfig"),
     "rl": ("medo1.rl.config", "RLConfig"),
     "translate": ("medo1.data.translate", "TranslateConfig"),
     "eval": ("medo1.eval", "EvalConfig"),

@@ -663,7 +663,7 @@ def plan_stage(
             return None
 
     if stage == "sft":
-        from medo1.sft_config import SFTConfig
+        from medo1.sft.config import SFTConfig
 
         config = load_config(SFTConfig, recipe, overrides)
         shape = shape_of(config.model.name_or_path, architecture)

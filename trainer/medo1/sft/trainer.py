@@ -42,7 +42,7 @@ from medo1.models import (
     load_tokenizer,
     resolve_dtype,
 )
-from medo1.sft_config import SFTConfig
+from medo1.sft.config import SFTConfig
 from medo1.training.arguments import trainer_arguments
 from medo1.training.callbacks import JsonlMetrics
 from medo1.training.checkpoint import MarkedCheckpoints, SaveAtEnd

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning on chain-of-thought data: its recipe section (config) and the run (trainer)."""
