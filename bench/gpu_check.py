@@ -231,7 +231,7 @@ def eval_generation(spec: dict) -> dict:
     import torch
 
     from medo1.config import load_config
-    from medo1.eval import EvalConfig, _load_benchmark, benchmark_sources, build_messages, make_generator
+    from medo1.eval.run import EvalConfig, _load_benchmark, benchmark_sources, build_messages, make_generator
 
     config = load_config(EvalConfig, spec["recipe"])
     ((path, key),) = benchmark_sources(config.benchmarks).values()

@@ -392,7 +392,7 @@ def evaluate(
     import shutil
 
     from medo1.config import load_config
-    from medo1.eval import EvalConfig, run_eval
+    from medo1.eval.run import EvalConfig, run_eval
     from medo1.pipeline_steps import eval_wiring
 
     wiring = eval_wiring(

@@ -11,7 +11,7 @@ import pytest
 
 from medo1.data.final_response import answer_text, parse_response
 from medo1.data.sources import reasoning_target
-from medo1.eval import extract_answer
+from medo1.eval.run import extract_answer
 from medo1.rl.answer_match import answer_verdict
 from medo1.rl.rewards import AnswerMatchReward
 

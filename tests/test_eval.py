@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from medo1.cli import main
-from medo1.eval import (
+from medo1.eval.run import (
     EvalConfig,
     EvalError,
     Generation,
@@ -364,7 +364,7 @@ def test_a_benchmark_without_a_valid_row_fails_and_invalid_rows_are_shown(demo_r
     out.mkdir()
     (out / "report.json").write_text("previous")
     answers = {row["question"]: row["answer_idx"] for row in demo_rows[:5]}
-    caplog.set_level(logging.WARNING, logger="medo1.eval")
+    caplog.set_level(logging.WARNING, logger="medo1.eval.run")
     with StandIn(mcq_answers=answers) as server:
         expected = rf"benchmark 'broken' \({broken}\): none of its 3 row\(s\) is a valid"
         with pytest.raises(EvalError, match=expected) as error:
@@ -413,7 +413,7 @@ def test_verifiable_prompts_are_the_rl_stages(tmp_path):
     )
     problems, _ = load_problems(rl, tmp_path, is_main=False)
     config = EvalConfig(model="m", format="verifiable", benchmarks={"d": str(DEMO_DATA)}, limit=5, system_prompt=system)
-    from medo1.eval import _load_benchmark, reference_of
+    from medo1.eval.run import _load_benchmark, reference_of
 
     loaded = _load_benchmark(config, str(DEMO_DATA))
     items = [item for _, item in loaded.examples]
@@ -502,7 +502,7 @@ def _reasoned(answer: str) -> str:
 
 def test_paired_gain_and_noise_band_on_scripted_models(tmp_path, monkeypatch, demo_rows):
     """Answers whose rewards are known exactly: the reported gains, intervals, rates and verdicts are those."""
-    import medo1.eval as evaluation
+    import medo1.eval.run as evaluation
 
     references = [row["Ground-True Answer"] for row in demo_rows[100:108]]
     # rl: every answer in the format; the even questions right (reward 1.0), the odd ones wrong (0.1).
@@ -588,7 +588,7 @@ def _demo_prompts(n: int) -> list:
 
 @pytest.mark.slow
 def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch):
-    from medo1.eval import EvalVLLMSettings, VLLMGenerator
+    from medo1.eval.run import EvalVLLMSettings, VLLMGenerator
     from tests import vllm_standin
 
     vllm_standin.install(monkeypatch)
@@ -611,7 +611,7 @@ def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch
 
 
 def test_vllm_refusal_is_one_line(tiny_model, monkeypatch):
-    from medo1.eval import EvalVLLMSettings, VLLMGenerator
+    from medo1.eval.run import EvalVLLMSettings, VLLMGenerator
     from tests import vllm_standin
 
     vllm_standin.install(monkeypatch)
@@ -628,7 +628,7 @@ def test_vllm_refusal_is_one_line(tiny_model, monkeypatch):
 def test_auto_engine_is_vllm_where_it_runs_and_hf_elsewhere(tiny_model, tmp_path, monkeypatch):
     import torch
 
-    from medo1.eval import resolve_engine
+    from medo1.eval.run import resolve_engine
 
     config = EvalConfig(
         model=str(tiny_model),

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from medo1.data.sources import DataError, json_sets, load_examples
-from medo1.eval import EvalConfig, Generation, _markdown, build_messages, extract_answer, run_eval
-from medo1.eval_published import (
+from medo1.eval.published import (
     HUATUO_PRESET,
     TABLE1_COLUMNS,
     huatuo_answers,
@@ -18,6 +17,7 @@ from medo1.eval_published import (
     paper_average,
     paper_cell,
 )
+from medo1.eval.run import EvalConfig, Generation, _markdown, build_messages, extract_answer, run_eval
 from tests.conftest import run_medo1
 
 # --------------------------------------------------------------------------- both scorers on realistic answers
@@ -425,7 +425,7 @@ def test_one_set_of_the_file_and_a_missing_set(tmp_path):
     assert list(report["benchmarks"]) == ["pubmedqa"] and report["benchmarks"]["pubmedqa"]["n"] == 2
     notes = report["paper_table"]["notes"]
     assert any(note.startswith("MedQA_USLME_test not evaluated") for note in notes)
-    from medo1.eval import EvalError
+    from medo1.eval.run import EvalError
 
     config.benchmarks = {"x": f"{path}#NoSuchSet"}
     with pytest.raises(DataError, match="no set 'NoSuchSet'"):

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from medo1.eval_stats import PairedDifference, beyond_noise, noise_band, paired_bootstrap, wilson_interval
+from medo1.eval.stats import PairedDifference, beyond_noise, noise_band, paired_bootstrap, wilson_interval
 
 
 def test_identical_differences_have_a_zero_width_interval():

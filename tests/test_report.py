@@ -108,7 +108,7 @@ def test_cli_report_adds_the_eval_comparison(sft_run, tmp_path):
     (run_dir / "report").mkdir()
     (run_dir / "report" / "kl.png").write_bytes(PNG_SIGNATURE)  # an earlier report's figure this run does not draw
     (run_dir / "report" / "holiday.png").write_bytes(PNG_SIGNATURE + b"mine")  # not medo1's: never deleted
-    # The shape medo1.eval.run_eval writes, for the base model and the trained one.
+    # The shape medo1.eval.run.run_eval writes, for the base model and the trained one.
     for where, accuracy in (("base", 0.25), ("trained", 0.5)):
         report = {
             "model": f"runs/{where}",

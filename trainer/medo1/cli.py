@@ -198,7 +198,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from medo1.eval import EvalConfig, run_eval
+    from medo1.eval.run import EvalConfig, run_eval
 
     flags = {
         "model": args.model,

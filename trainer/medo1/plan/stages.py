@@ -685,7 +685,7 @@ def plan_stage(
         checkpoint = rl_checkpoint(config, shape)
         micro = config.train.per_device_batch_size
     elif stage == "eval":
-        from medo1.eval import EvalConfig
+        from medo1.eval.run import EvalConfig
 
         config = load_config(EvalConfig, recipe, overrides)
         if config.model is None:
@@ -828,7 +828,7 @@ def eval_rows(config) -> tuple[int, list[str]]:
     """Rows the eval recipe scores (each benchmark's, cut by `limit`) and where each count comes from: the file when
     it is on this machine (a file of named sets counted per set), else the published size by name."""
     from medo1.data.sources import json_sets, load_examples, split_set
-    from medo1.eval_published import PAPER_SETS, PUBLISHED_EVAL_FILE, paper_set
+    from medo1.eval.published import PAPER_SETS, PUBLISHED_EVAL_FILE, paper_set
 
     rows, sources = 0, []
     for name, text in config.benchmarks.items():

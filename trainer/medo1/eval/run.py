@@ -11,9 +11,9 @@ Decoding is greedy by default; with `temperature` > 0 each model answers every q
 times under each of `seeds` (the same seeds for every model). `compare_with` asks other models (the base model,
 the SFT export) the same questions, and each model is compared with `baseline` question by question: the mean
 gain in reward, format-ok rate and correctness with a paired bootstrap 95% interval, beside the seed-to-seed
-noise of the baseline itself (`noise_seeds`). The statistics are in `medo1.eval_stats`.
+noise of the baseline itself (`noise_seeds`). The statistics are in `medo1.eval.stats`.
 
-The HuatuoGPT-o1 paper's evaluation (`preset: huatuo`, `medo1.eval_published`): its eval file read as published
+The HuatuoGPT-o1 paper's evaluation (`preset: huatuo`, `medo1.eval.published`): its eval file read as published
 (one benchmark per set), its prompt and decoding, its scorer reported beside medo1's strict one, and report.md in
 the paper's table layouts. Local models generate with HF `generate` or, on a GPU, an offline vLLM engine (`engine`).
 
@@ -52,7 +52,7 @@ from medo1.data.sources import (
     load_examples,
     split_set,
 )
-from medo1.eval_published import (
+from medo1.eval.published import (
     HUATUO_PRESET,
     PAPER_SETS,
     TABLE1_COLUMNS,
@@ -69,7 +69,7 @@ from medo1.eval_published import (
     paper_set,
     postprocess,
 )
-from medo1.eval_stats import (
+from medo1.eval.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     PairedDifference,
@@ -254,7 +254,7 @@ def build_messages(
     item: MCQItem | VerifiableProblem, system_prompt: str | None = None, prompt: str = "medo1"
 ) -> Messages:
     """The chat turn one benchmark row asks: an MCQ item with its options in the `prompt` style (medo1's, or a
-    published one: `medo1.eval_published.HUATUO_PROMPTS`), or a verifiable problem's question alone, as the RL
+    published one: `medo1.eval.published.HUATUO_PROMPTS`), or a verifiable problem's question alone, as the RL
     stage's rollouts ask it (`medo1.rl.rollout.load_problems`)."""
     if isinstance(item, VerifiableProblem):
         return _with_system(system_prompt, item.question)
@@ -942,7 +942,7 @@ def summarise(benchmark: Benchmark, records: list[dict[str, Any]], scorer: str) 
             "unparseable": n_responses - format_ok,
         }
     result |= {
-        # Intervals count each unique question once (`medo1.eval_stats`).
+        # Intervals count each unique question once (`medo1.eval.stats`).
         "accuracy_ci95": list(wilson_interval(sum(unit_accuracy.values()), units)),
         "format_ok": format_ok,
         "format_ok_rate": format_ok / n_responses,
