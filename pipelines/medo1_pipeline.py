@@ -424,8 +424,9 @@ def upload(
     from pathlib import Path
 
     from medo1.config import load_config
+    from medo1.hub.config import UploadConfig
+    from medo1.hub.upload import upload
     from medo1.pipeline_steps import upload_markdown
-    from medo1.upload import UploadConfig, upload
 
     overrides = [
         f"model_dir={model_dir}",

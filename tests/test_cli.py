@@ -309,10 +309,10 @@ def test_every_user_error_class_derives_from_the_root():
     from medo1.data.translate import TranslateError
     from medo1.errors import Medo1Error
     from medo1.eval.run import EvalError
+    from medo1.hub.config import UploadError
     from medo1.launch import LaunchError
     from medo1.rl.rewards import RewardLoadError
     from medo1.training.checkpoint import ResumeError
-    from medo1.upload import UploadError
 
     for error in (
         ChatError,

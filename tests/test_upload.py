@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medo1 import upload as up
 from medo1.atomic import DIR_MARKER
-from medo1.upload import UploadConfig, UploadError, UploadRefused, plan_upload, upload
+from medo1.hub import secret_scan
+from medo1.hub import upload as up
+from medo1.hub.config import UploadConfig, UploadError, UploadRefused
+from medo1.hub.model_card import CARD_TEMPLATE
+from medo1.hub.upload import plan_upload, upload
 from tests.hub_standin import HubStandIn
 
 FAKE_TOKEN = "hf_" + "Zq7" * 12  # matches the hf_ token pattern; not a real token
@@ -154,7 +157,7 @@ def test_tokenizer_files_are_not_flagged(export_dir: Path, monkeypatch):
     (export_dir / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
     (export_dir / "added_tokens.json").write_text(json.dumps({"<|im_end|>": 151645}))
     files = [p.name for p in export_dir.iterdir() if up._skip_reason(p.name, p.name) is None]
-    assert up.scan_credentials(export_dir, sorted(p.name for p in export_dir.iterdir()), files) == []
+    assert secret_scan.scan_credentials(export_dir, sorted(p.name for p in export_dir.iterdir()), files) == []
     plan = plan_upload(make_config(export_dir, dry_run=True))
     assert {"special_tokens_map.json", "added_tokens.json", "tokenizer.json"} <= set(plan.file_names())
 
@@ -299,10 +302,10 @@ def test_a_large_file_with_the_live_token_across_a_chunk_boundary_is_refused(exp
     state = export_dir / "trainer_state.json"
     with state.open("w") as handle:  # 6 MB, one "log" line per 100 bytes, the token straddling 3 MiB
         filler = '{"log": "' + "x" * 88 + '"},\n'
-        lines_before = (3 * up.SCAN_CHUNK_BYTES - 5) // len(filler)
+        lines_before = (3 * secret_scan.SCAN_CHUNK_BYTES - 5) // len(filler)
         handle.write(filler * lines_before)
-        handle.write("y" * (3 * up.SCAN_CHUNK_BYTES - 5 - lines_before * len(filler)) + live + "\n")
-        handle.write(filler * (3 * up.SCAN_CHUNK_BYTES // len(filler)))
+        handle.write("y" * (3 * secret_scan.SCAN_CHUNK_BYTES - 5 - lines_before * len(filler)) + live + "\n")
+        handle.write(filler * (3 * secret_scan.SCAN_CHUNK_BYTES // len(filler)))
     assert state.stat().st_size > 6_000_000
     message = refusal(export_dir)
     assert f"trainer_state.json: line {lines_before + 1}: the live HF_TOKEN value" in message
@@ -365,7 +368,7 @@ def test_low_entropy_and_tokenizer_values_under_secret_keys_pass():
             "tokenizer_class": "Qwen2Tokenizer",
         }
     )
-    assert up.find_secrets(text, live={}) == []
+    assert secret_scan.find_secrets(text, live={}) == []
 
 
 def test_a_legit_export_with_secrets_in_the_environment_is_accepted(export_dir: Path, monkeypatch, tiny_model: Path):
@@ -410,7 +413,7 @@ def test_the_card_template_ships_in_the_wheel(tmp_path: Path):
     )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = zipfile.ZipFile(next(tmp_path.glob("medo1-*.whl")))
-    assert wheel.read(f"medo1/{up.CARD_TEMPLATE}") == (repo / "trainer/medo1" / up.CARD_TEMPLATE).read_bytes()
+    assert wheel.read(f"medo1/{CARD_TEMPLATE}") == (repo / "trainer/medo1" / CARD_TEMPLATE).read_bytes()
 
 
 # ------------------------------------------------------------------------------- issue 28: leak variants
@@ -450,7 +453,7 @@ def test_the_live_token_is_found_however_a_reader_would_decode_it(export_dir: Pa
 
 
 def test_escaped_url_syntax_and_opaque_tokens_in_urls_and_headers_are_found():
-    found = lambda text: [what for _, what in up.find_secrets_decoded(text, {})]  # noqa: E731
+    found = lambda text: [what for _, what in secret_scan.find_secrets_decoded(text, {})]  # noqa: E731
     assert "what looks like Basic Auth Credentials (detect-secrets)" in found('{"u": "postgres:\\/\\/admin:pw@db"}')
     assert "what looks like a token in a URL's user-info" in found('{"u": "https://x9Kq2mZ7pL4vR8tW3nYb@git.example"}')
     assert "what looks like a bearer token" in found("Authorization: Bearer x9Kq2mZ7pL4vR8tW3nYb5c")

@@ -231,7 +231,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
-    from medo1.upload import UploadConfig, upload
+    from medo1.hub.config import UploadConfig
+    from medo1.hub.upload import upload
 
     flags = {
         "model_dir": args.model_dir,

@@ -133,7 +133,7 @@ STAGE_CONFIGS = {
     "rl": ("medo1.rl.config", "RLConfig"),
     "translate": ("medo1.data.translate", "TranslateConfig"),
     "eval": ("medo1.eval.run", "EvalConfig"),
-    "upload": ("medo1.upload", "UploadConfig"),
+    "upload": ("medo1.hub.config", "UploadConfig"),
 }
 
 

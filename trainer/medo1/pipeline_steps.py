@@ -376,7 +376,7 @@ def training_metrics(run_dir: str | Path, *, gpus: int, wall_time_s: float | Non
 
 
 def upload_markdown(result: dict[str, Any]) -> str:
-    """What `medo1.upload.upload` sent (or, on a dry run, would send)."""
+    """What `medo1.hub.upload.upload` sent (or, on a dry run, would send)."""
     files = [(f["path"], f["size"]) if isinstance(f, dict) else (f, None) for f in result.get("files", [])]
     if result.get("dry_run"):
         head = [
