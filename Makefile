@@ -74,7 +74,7 @@ gpu-check: install
 
 # Plain YAML for `kubectl apply`, rendered from the chart for each profile in helm/profiles/.
 manifests: install
-	$(BIN)/python -m medo1.k8s
+	$(BIN)/python -m medo1.chart
 
 # The compiled Kubeflow pipeline (pipelines/medo1_pipeline.yaml); a test fails when it is stale.
 pipeline: install

@@ -28,10 +28,10 @@ from typing import NamedTuple
 
 from kfp import compiler, dsl, kubernetes
 
-from medo1 import k8s
+from medo1 import chart
 
 COMPILED = Path(__file__).with_suffix(".yaml")
-_chart_image = k8s.chart_defaults()["image"]
+_chart_image = chart.chart_defaults()["image"]
 IMAGE = f"{_chart_image['repository']}:{_chart_image['tag']}"
 MOUNTS = {"data": "/data", "checkpoints": "/checkpoints", "hf_cache": "/hf-cache"}
 # A training step only renders, creates and follows its job: small, but Burstable (not BestEffort).
@@ -41,7 +41,7 @@ TRAINING_RETRIES = 3
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 # The default cluster profile; its existing Secrets (compiled in) are the ones the chart's pods use.
 PROFILE = "h100-1node"
-SECRETS = k8s.load_profile(PROFILE)["secrets"]
+SECRETS = chart.load_profile(PROFILE)["secrets"]
 
 # KFP ships each component's source alone (imports inside, multi-output types written inline), to
 # run in the trainer image, which has kfp installed.
@@ -154,7 +154,7 @@ def plan(
     the run here, before SFT starts; otherwise the training steps warn."""
     from pathlib import Path
 
-    from medo1 import k8s
+    from medo1 import chart
     from medo1.launch.rendering import job_values
     from medo1.pipeline_steps import (
         chart_values,
@@ -233,7 +233,7 @@ def plan(
     for name, value in plan_metrics(planned).items():
         metrics.log_metric(name, value)
     verdict = plan_verdict(planned)
-    strict = plan_strict or k8s.with_chart_defaults(launches[0][1])["plan"]["strict"]
+    strict = plan_strict or chart.with_chart_defaults(launches[0][1])["plan"]["strict"]
     if strict and (verdict.startswith("DOES NOT FIT") or verdict.startswith("no plan")):
         raise RuntimeError(f"medo1 plan: {verdict}; not starting the run (plan_strict)")
     return verdict
@@ -443,7 +443,7 @@ def upload(
 
 def _on_volumes(task: dsl.PipelineTask, data_pvc, checkpoints_pvc, hf_cache_pvc) -> dsl.PipelineTask:
     """Every step: the shared volumes, the HF cache on its PVC, and the chart's non-root user."""
-    pod = k8s.chart_defaults()["podSecurityContext"]
+    pod = chart.chart_defaults()["podSecurityContext"]
     kubernetes.set_security_context(
         task, run_as_user=pod["runAsUser"], run_as_group=pod["runAsGroup"], run_as_non_root=True
     )

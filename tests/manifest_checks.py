@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from medo1 import k8s
+from medo1 import chart
 
 KUBE_VERSION = "1.33.0"
 # Trainer v2 names an initializer's replicated job and its container alike (kubeflow/trainer pkg/constants/constants.go).
@@ -39,9 +39,9 @@ def _helm_kind_key(obj: dict[str, Any]) -> tuple[int, str]:
     """Helm's lessByKind: known kinds by InstallOrder, unknown kinds last and by kind name (a stable sort
     keeps the rendered order within a kind)."""
     kind = obj.get("kind", "")
-    if kind in k8s.HELM_INSTALL_ORDER:
-        return k8s.HELM_INSTALL_ORDER.index(kind), ""
-    return len(k8s.HELM_INSTALL_ORDER), kind
+    if kind in chart.HELM_INSTALL_ORDER:
+        return chart.HELM_INSTALL_ORDER.index(kind), ""
+    return len(chart.HELM_INSTALL_ORDER), kind
 
 
 def helm_install_order(objects: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,7 +80,7 @@ def _needs(obj: dict[str, Any]) -> list[tuple[str, str]]:
         needs.append((obj["roleRef"]["kind"], obj["roleRef"]["name"]))
         needs += [("ServiceAccount", s["name"]) for s in obj.get("subjects", []) if s.get("kind") == "ServiceAccount"]
     # A runtime is a template: it creates no pod, so it needs nothing its pods mount to exist yet.
-    for _, template in [] if kind in ("TrainingRuntime", "ClusterTrainingRuntime") else k8s.pod_templates(obj):
+    for _, template in [] if kind in ("TrainingRuntime", "ClusterTrainingRuntime") else chart.pod_templates(obj):
         pod = template.get("spec", {})
         if pod.get("serviceAccountName"):
             needs.append(("ServiceAccount", pod["serviceAccountName"]))
@@ -145,7 +145,7 @@ def schema_errors(objects: Iterable[dict[str, Any]], crd_dir: Path, kube_version
             validator = jsonschema.Draft7Validator(crds[key])
             for err in validator.iter_errors(obj):
                 errors.append(f"{where}: {err.message} at {'.'.join(str(p) for p in err.absolute_path)}")
-            for pod_where, template in k8s.pod_templates(obj):
+            for pod_where, template in chart.pod_templates(obj):
                 core(
                     {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template},
                     pod_where,
@@ -175,9 +175,9 @@ def policy_violations(objects: list[dict[str, Any]], existing_claims: Iterable[s
     for obj in objects:
         if obj.get("kind") == "Secret":
             problems.append(f"Secret/{obj['metadata']['name']}: secrets must come from existing Secrets, not the chart")
-        for where, template in k8s.pod_templates(obj):
+        for where, template in chart.pod_templates(obj):
             job_name = where.rsplit(" ", 1)[-1]
-            expected = job_name if job_name in TRAINER_INITIALIZERS else k8s.MAIN_CONTAINER.get(obj.get("kind"))
+            expected = job_name if job_name in TRAINER_INITIALIZERS else chart.MAIN_CONTAINER.get(obj.get("kind"))
             spec = template.get("spec", {})
             containers = spec.get("containers", [])
             volumes = {v["name"]: v for v in spec.get("volumes", [])}

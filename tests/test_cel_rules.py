@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch.rendering import build_pytorchjob, stage_values
 from medo1.launch.trainjob import build_trainjob
 from tests.conftest import REPO
@@ -125,7 +125,7 @@ def violations(obj: dict, old: dict | None = None) -> list[str]:
 def rendered_objects():
     """Every Kubeflow object the chart renders for each profile and a matrix of values, the TrainJobs
     the launcher sends through the SDK, and the README's TrainJob."""
-    cases = {f"profile:{p}": k8s.load_profile(p) for p in k8s.profiles()}
+    cases = {f"profile:{p}": chart.load_profile(p) for p in chart.profiles()}
     cases |= {
         "trainjob-backend-two-nodes": {
             "backend": "trainjob",
@@ -136,7 +136,7 @@ def rendered_objects():
         "pytorchjob-two-nodes": {"cluster": {"nodes": 2}, "kueue": {"queueName": "h100"}},
     }
     for case, values in cases.items():
-        for obj in k8s.render_chart(values):
+        for obj in chart.render_chart(values):
             if obj["kind"] in RULES:
                 yield f"{case} {obj['kind']}/{obj['metadata']['name']}", obj
     for stage, runtime, profile in [
@@ -271,8 +271,10 @@ def test_an_upgrade_that_changes_a_trainjob_is_refused_so_the_chart_keeps_it():
     chart's TrainJob in place. It was a hook that the upgrade deleted and created again, restarting the
     training; now it is a release object the chart renders back as it is while it exists (issue 26, item 1;
     tests/test_helm_lifecycle.py upgrades it with real Helm against a stand-in that refuses the change)."""
-    one = next(o for o in k8s.render_chart({"backend": "trainjob"}) if o["kind"] == "TrainJob")
-    two = next(o for o in k8s.render_chart({"backend": "trainjob", "cluster": {"nodes": 2}}) if o["kind"] == "TrainJob")
+    one = next(o for o in chart.render_chart({"backend": "trainjob"}) if o["kind"] == "TrainJob")
+    two = next(
+        o for o in chart.render_chart({"backend": "trainjob", "cluster": {"nodes": 2}}) if o["kind"] == "TrainJob"
+    )
     assert violations(two, old=one) == ["TrainJob.spec.trainer at spec/trainer: field is immutable"]
     assert "helm.sh/hook" not in one["metadata"].get("annotations", {})
 

@@ -258,12 +258,12 @@ def as_account(objects, profile, account="medo1"):
     creates them); a ClusterReader with `account`'s token: RBAC applies to every read and review."""
     from kubernetes.client import ApiClient, Configuration
 
-    from medo1 import k8s
+    from medo1 import chart
 
     kube = KubeStandIn().start()
     for obj in objects:
         kube.record(obj)
-    for obj in k8s.render_chart(k8s.load_profile(profile), namespace=NS):
+    for obj in chart.render_chart(chart.load_profile(profile), namespace=NS):
         if obj["kind"] in ("Role", "RoleBinding"):
             kube.record({**obj, "metadata": {**obj["metadata"], "namespace": NS}})
     configuration = Configuration(
@@ -337,10 +337,10 @@ def test_allow_unchecked_exits_0_when_nothing_failed():
 def test_with_the_platform_grant_the_charts_account_checks_the_cluster(cluster):
     """The platform install's ClusterRole (runtimes.readers) lets every account read nodes, StorageClasses and
     Kueue's ClusterQueues: doctor as the chart's account then checks them."""
-    from medo1 import k8s
+    from medo1 import chart
 
     platform = [
-        o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"].startswith("ClusterRole")
+        o for o in chart.render_chart(chart.load_profile("trainer-v2-runtimes")) if o["kind"].startswith("ClusterRole")
     ]
     kube, reader = as_account([*ready_objects(), *platform], "h100-2nodes")
     try:

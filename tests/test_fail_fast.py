@@ -458,7 +458,7 @@ def test_the_cli_exits_4_on_a_stuck_job_and_the_run_job_fails_on_that_code_at_on
     again and holds the started pods' GPUs for another --stuck-after; its podFailurePolicy fails the run on the
     launcher's exit codes for what a retry cannot cure (4: stuck, 3: a strict plan refusal) and does not count an
     evicted run pod."""
-    from medo1 import k8s
+    from medo1 import chart
     from medo1.cli import main
     from medo1.launch.preflight import PlanDoesNotFit
 
@@ -476,7 +476,7 @@ def test_the_cli_exits_4_on_a_stuck_job_and_the_run_job_fails_on_that_code_at_on
     assert code == JobStuck.exit_code == 4
     (run_job,) = [
         o
-        for o in k8s.render_chart(k8s.load_profile("h100-1node"), release="medo1", namespace=NS)
+        for o in chart.render_chart(chart.load_profile("h100-1node"), release="medo1", namespace=NS)
         if o["kind"] == "Job" and o["metadata"]["name"] == "medo1-run"
     ]
     rules = run_job["spec"]["podFailurePolicy"]["rules"]

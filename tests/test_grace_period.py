@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch.grace import grace_period_s
 from medo1.launch.rendering import stage_values
 from medo1.plan.check import fit_check
@@ -78,8 +78,8 @@ def test_chart_rendered_jobs_take_each_stages_value(override, sft, rl):
 
     values = release_values(profile="h100-1node", value_overrides=["chain.enabled=false", *override])
     seconds = {}
-    for obj in k8s.render_chart(values):
-        for _, template in k8s.pod_templates(obj):
+    for obj in chart.render_chart(values):
+        for _, template in chart.pod_templates(obj):
             container = template["spec"]["containers"][0]
             seconds[obj["metadata"]["name"]] = (
                 template["spec"]["terminationGracePeriodSeconds"],

@@ -11,13 +11,13 @@ import sys
 import pytest
 from helm_python.chart import lint
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.config import ConfigError
 from tests import manifest_checks
 from tests.conftest import REPO, run_medo1
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
-PROFILES = k8s.profiles()
+PROFILES = chart.profiles()
 
 
 def by_kind(objects, kind):
@@ -34,8 +34,8 @@ def test_profiles_exist():
 
 @pytest.mark.parametrize("profile", [None, *PROFILES])
 def test_lint_is_clean(profile):
-    values = k8s.load_profile(profile) if profile else None
-    report = lint(k8s.CHART_DIR, values, strict=True, kube_version=f"v{manifest_checks.KUBE_VERSION}")
+    values = chart.load_profile(profile) if profile else None
+    report = lint(chart.CHART_DIR, values, strict=True, kube_version=f"v{manifest_checks.KUBE_VERSION}")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
@@ -105,26 +105,26 @@ def merge(base, extra):
 
 def rendered_cases():
     for profile in PROFILES:
-        yield f"profile:{profile}", k8s.load_profile(profile)
+        yield f"profile:{profile}", chart.load_profile(profile)
     for name, values in MATRIX.items():
         yield f"matrix:{name}", values
 
 
 @pytest.mark.parametrize("case,values", list(rendered_cases()))
 def test_every_object_validates_and_passes_policy(case, values):
-    objects = k8s.render_chart(values)
+    objects = chart.render_chart(values)
     assert objects
     assert manifest_checks.schema_errors(objects, CRDS) == []
     existing = [v["existingClaim"] for v in values.get("storage", {}).values() if v.get("existingClaim")]
     assert manifest_checks.policy_violations(objects, existing) == []
     for obj in objects:
         labels = obj["metadata"]["labels"]
-        assert labels["app.kubernetes.io/name"] == "medo1" and labels["app.kubernetes.io/instance"] == k8s.RELEASE
+        assert labels["app.kubernetes.io/name"] == "medo1" and labels["app.kubernetes.io/instance"] == chart.RELEASE
 
 
 @pytest.mark.parametrize("nodes,gpus", [(1, 8), (2, 8), (4, 4)])
 def test_replicas_processes_and_gpus_follow_the_cluster_shape(nodes, gpus):
-    objects = k8s.render_chart({"cluster": {"nodes": nodes, "gpusPerNode": gpus}})
+    objects = chart.render_chart({"cluster": {"nodes": nodes, "gpusPerNode": gpus}})
     (job,) = by_kind(objects, "PyTorchJob")
     specs = job["spec"]["pytorchReplicaSpecs"]
     assert specs["Master"]["replicas"] == 1
@@ -143,7 +143,7 @@ def test_replicas_processes_and_gpus_follow_the_cluster_shape(nodes, gpus):
 
 def test_secrets_are_references_and_pvcs_are_created_or_reused():
     values = MATRIX["existing-claims-secrets"]
-    objects = k8s.render_chart(values)
+    objects = chart.render_chart(values)
     pvcs = {o["metadata"]["name"] for o in by_kind(objects, "PersistentVolumeClaim")}
     assert pvcs == {"medo1-hf-cache"}
     template = by_kind(objects, "PyTorchJob")[0]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
@@ -164,7 +164,7 @@ def test_secrets_are_references_and_pvcs_are_created_or_reused():
 
 
 def test_rbac_is_namespaced_and_minimal():
-    objects = k8s.render_chart({})
+    objects = chart.render_chart({})
     assert not [o for o in objects if o["kind"].startswith("Cluster")]
     (role,) = by_kind(objects, "Role")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
@@ -192,7 +192,7 @@ def test_rbac_is_namespaced_and_minimal():
     (binding,) = by_kind(objects, "RoleBinding")
     assert [s["name"] for s in binding["subjects"]] == ["medo1"]
     # Secrets: get on those the values name, no others (doctor checks their keys); none named, no rule.
-    named = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Role")[0]["rules"]
+    named = by_kind(chart.render_chart(chart.load_profile("h100-1node")), "Role")[0]["rules"]
     assert [rule for rule in named if rule["resources"] == ["secrets"]] == [
         {
             "apiGroups": [""],
@@ -204,7 +204,7 @@ def test_rbac_is_namespaced_and_minimal():
 
 
 def test_pipeline_service_accounts_may_launch_jobs():
-    objects = k8s.render_chart(
+    objects = chart.render_chart(
         {"rbac": {"pipelineServiceAccounts": ["default-editor", "pipeline-runner"]}}, namespace="team-a"
     )
     (binding,) = by_kind(objects, "RoleBinding")
@@ -215,7 +215,7 @@ def test_pipeline_service_accounts_may_launch_jobs():
 
 
 def test_trainjob_backend_renders_runtime_and_job():
-    objects = k8s.render_chart({"backend": "trainjob", "cluster": {"nodes": 2}})
+    objects = chart.render_chart({"backend": "trainjob", "cluster": {"nodes": 2}})
     assert not by_kind(objects, "PyTorchJob")
     (runtime,), (job,) = by_kind(objects, "TrainingRuntime"), by_kind(objects, "TrainJob")
     assert job["spec"]["runtimeRef"] == {
@@ -245,7 +245,7 @@ def test_trainjob_backend_renders_runtime_and_job():
 )
 def test_values_schema_refuses_bad_values(bad_values, fragment):
     with pytest.raises(ConfigError, match=fragment) as refused:
-        k8s.render_chart(merge(k8s.load_profile("h100-1node"), bad_values))
+        chart.render_chart(merge(chart.load_profile("h100-1node"), bad_values))
     assert "\n" not in str(refused.value) and str(refused.value).startswith("chart values refused by medo1: ")
 
 
@@ -262,12 +262,12 @@ def test_a_refused_chart_value_is_one_line_from_the_launcher():
 
 # The h100-2nodes profile's shape with its jobs rendered in the release (no run Job creating them), as
 # PyTorchJobs (the profile itself runs TrainJobs, for Kueue: tests/test_trainer_v2.py).
-TWO_NODES_JOBS = merge(k8s.load_profile("h100-2nodes"), {"chain": {"enabled": False}, "backend": "pytorchjob"})
+TWO_NODES_JOBS = merge(chart.load_profile("h100-2nodes"), {"chain": {"enabled": False}, "backend": "pytorchjob"})
 
 
 @pytest.fixture
 def objects():
-    return k8s.render_chart(TWO_NODES_JOBS)
+    return chart.render_chart(TWO_NODES_JOBS)
 
 
 def master(objects):
@@ -330,34 +330,34 @@ def test_core_validation_catches_a_bad_pod_template_and_pvc(objects):
 
 def test_manifests_are_up_to_date_and_regeneration_is_idempotent(tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
-    k8s.write_manifests(first)
-    k8s.write_manifests(second)
+    chart.write_manifests(first)
+    chart.write_manifests(second)
     names = sorted(p.name for p in first.iterdir())
     assert names == sorted(f"{p}.yaml" for p in PROFILES)
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), f"{name} is not deterministic"
-        checked_in = k8s.MANIFESTS_DIR / name
+        checked_in = chart.MANIFESTS_DIR / name
         assert checked_in.is_file(), f"manifests/{name} missing: run `make manifests`"
         assert checked_in.read_text() == (first / name).read_text(), f"manifests/{name} is stale: run `make manifests`"
-    assert sorted(p.name for p in k8s.MANIFESTS_DIR.glob("*.yaml")) == names
+    assert sorted(p.name for p in chart.MANIFESTS_DIR.glob("*.yaml")) == names
 
 
 def test_make_manifests_entry_point_writes_every_profile():
-    done = subprocess.run([sys.executable, "-m", "medo1.k8s"], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "medo1.chart"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert sorted(done.stdout.split()) == sorted(f"manifests/{p}.yaml" for p in PROFILES)
 
 
 def test_the_manifests_entry_points_help_writes_nothing(tmp_path):
-    """`python -m medo1.k8s --help` rewrote manifests/ (it read no arguments); now it prints its usage only."""
-    done = subprocess.run([sys.executable, "-m", "medo1.k8s", "--help"], cwd=REPO, capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.startswith("usage: python -m medo1.k8s"), done.stderr
-    k8s.main(["--out-dir", str(tmp_path)])
+    """`python -m medo1.chart --help` rewrote manifests/ (it read no arguments); now it prints its usage only."""
+    done = subprocess.run([sys.executable, "-m", "medo1.chart", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m medo1.chart"), done.stderr
+    chart.main(["--out-dir", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{p}.yaml" for p in PROFILES)
 
 
 def test_single_pod_stages_render_as_plain_jobs():
-    objects = k8s.render_chart(MATRIX["all-jobs"])
+    objects = chart.render_chart(MATRIX["all-jobs"])
     jobs = {o["metadata"]["labels"]["app.kubernetes.io/component"]: o for o in by_kind(objects, "Job")}
     assert set(jobs) == {"translate", "eval", "upload"}
     for name, job in jobs.items():
@@ -374,7 +374,7 @@ def test_single_pod_stages_render_as_plain_jobs():
 
 
 def test_policy_catches_a_job_without_its_container(objects):
-    objects = k8s.render_chart(MATRIX["all-jobs"])
+    objects = chart.render_chart(MATRIX["all-jobs"])
     job = by_kind(objects, "Job")[0]
     job["spec"]["template"]["spec"]["containers"][0]["name"] = "main"
     assert any("no container named 'medo1'" in p for p in manifest_checks.policy_violations(objects))
@@ -386,8 +386,10 @@ def test_policy_catches_a_job_without_its_container(objects):
 def pod_specs(objects):
     """(where, pod template, main container) of every pod the objects create."""
     for obj in objects:
-        for where, template in k8s.pod_templates(obj):
-            container = next(c for c in template["spec"]["containers"] if c["name"] == k8s.MAIN_CONTAINER[obj["kind"]])
+        for where, template in chart.pod_templates(obj):
+            container = next(
+                c for c in template["spec"]["containers"] if c["name"] == chart.MAIN_CONTAINER[obj["kind"]]
+            )
             yield where, template, container
 
 
@@ -396,16 +398,16 @@ def test_helm_installs_every_profile_in_dependency_order(profile):
     """Finding 2: Helm creates unknown kinds last and by kind name, so a TrainJob came before its
     TrainingRuntime. Ordered as Helm orders them, nothing comes before what it references; so is the
     checked-in manifest, which `kubectl apply -f` creates in file order."""
-    objects = k8s.render_chart(k8s.load_profile(profile))
+    objects = chart.render_chart(chart.load_profile(profile))
     assert manifest_checks.install_order_problems(manifest_checks.helm_install_order(objects)) == []
     import yaml
 
-    manifest = [doc for doc in yaml.safe_load_all((k8s.MANIFESTS_DIR / f"{profile}.yaml").read_text()) if doc]
+    manifest = [doc for doc in yaml.safe_load_all((chart.MANIFESTS_DIR / f"{profile}.yaml").read_text()) if doc]
     assert manifest_checks.install_order_problems(manifest) == []
 
 
 def test_install_order_catches_a_trainjob_before_its_runtime():
-    objects = k8s.render_chart(k8s.load_profile("h100-1node-trainjob"))
+    objects = chart.render_chart(chart.load_profile("h100-1node-trainjob"))
     names = [f"{o['kind']}/{o['metadata']['name']}" for o in manifest_checks.helm_install_order(objects)]
     assert names.index("TrainingRuntime/medo1-sft") < names.index("TrainJob/medo1-sft")
     # Planted: the runtime as an ordinary release object, not a pre-install hook: Helm sorts it after the TrainJob.
@@ -417,7 +419,7 @@ def test_install_order_catches_a_trainjob_before_its_runtime():
 
 
 def test_install_order_catches_a_binding_or_a_pod_before_what_it_uses():
-    objects = manifest_checks.helm_install_order(k8s.render_chart(TWO_NODES_JOBS))
+    objects = manifest_checks.helm_install_order(chart.render_chart(TWO_NODES_JOBS))
     (job,) = by_kind(objects, "PyTorchJob")
     (binding,) = by_kind(objects, "RoleBinding")
     planted = [job, binding] + [o for o in objects if o not in (job, binding)]
@@ -432,7 +434,7 @@ def test_one_node_profile_runs_its_stages_one_after_another():
     turn (tests/test_launch.py runs that chain here); no stage job is in the release."""
     from medo1.launch.chain import chain_stages
 
-    objects = k8s.render_chart(k8s.load_profile("h100-1node"))
+    objects = chart.render_chart(chart.load_profile("h100-1node"))
     assert not by_kind(objects, "PyTorchJob") and not by_kind(objects, "TrainJob")
     (run,) = by_kind(objects, "Job")
     pod = run["spec"]["template"]["spec"]
@@ -464,9 +466,9 @@ def test_one_node_profile_runs_its_stages_one_after_another():
 def test_each_pod_gets_only_the_secrets_its_stage_reads():
     """Finding 4: every training pod required the wandb and openai Secrets."""
     values = merge(
-        k8s.load_profile("h100-1node"), {"chain": {"enabled": False}, "jobs": {"translate": {"enabled": True}}}
+        chart.load_profile("h100-1node"), {"chain": {"enabled": False}, "jobs": {"translate": {"enabled": True}}}
     )
-    objects = k8s.render_chart(values)
+    objects = chart.render_chart(values)
     secret_env = {}
     for where, _, container in pod_specs(objects):
         component = where.split("/")[1].split()[0].removeprefix("medo1-")
@@ -485,7 +487,7 @@ def test_each_pod_gets_only_the_secrets_its_stage_reads():
     # The chain's run pod: the HF token only, to check before the first job that the stages' Hub ids are readable;
     # optional there, so a missing Secret does not hold the run pod in CreateContainerConfigError (no controller
     # ends that): the launcher's input check names what it cannot read instead.
-    (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-1node")), "Job")
+    (run,) = by_kind(chart.render_chart(chart.load_profile("h100-1node")), "Job")
     assert [
         e for e in run["spec"]["template"]["spec"]["containers"][0]["env"] if "secretKeyRef" in e.get("valueFrom", {})
     ] == [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": hf | {"optional": True}}}]
@@ -506,7 +508,7 @@ def test_rdma_pods_get_the_device_and_network_annotations_and_no_added_capabilit
     pinned memory needs the node's memlock limit instead (values.yaml cluster.rdma)."""
     network = {"k8s.v1.cni.cncf.io/networks": "ib-sriov-1"}
     values = merge(TWO_NODES_JOBS, {"podAnnotations": network})
-    objects = k8s.render_chart(values)
+    objects = chart.render_chart(values)
     assert manifest_checks.policy_violations(objects) == []
     for where, template, container in pod_specs(objects):
         assert container["resources"]["limits"]["rdma/ib"] == 1, where
@@ -528,13 +530,13 @@ def test_rdma_with_nccl_infiniband_off_is_refused_and_no_runtime_turns_it_off():
     with pytest.raises(
         ConfigError, match=r'cluster.rdma asks for an InfiniBand / RoCE device but nccl.NCCL_IB_DISABLE is "1"'
     ):
-        k8s.render_chart(merge(TWO_NODES_JOBS, {"nccl": {"NCCL_IB_DISABLE": "1"}}))
+        chart.render_chart(merge(TWO_NODES_JOBS, {"nccl": {"NCCL_IB_DISABLE": "1"}}))
     for profile in PROFILES:
         for where, _, container in pod_specs(
-            k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))
+            chart.render_chart(merge(chart.load_profile(profile), {"chain": {"enabled": False}}))
         ):
             assert {"name": "NCCL_IB_DISABLE", "value": "1"} not in container["env"], where
-    objects = k8s.render_chart(merge(TWO_NODES_JOBS, {"chain": {"enabled": False}}))
+    objects = chart.render_chart(merge(TWO_NODES_JOBS, {"chain": {"enabled": False}}))
     main_container(master(objects))["env"].append({"name": "NCCL_IB_DISABLE", "value": "1"})
     assert any("RDMA requested with NCCL_IB_DISABLE=1" in p for p in manifest_checks.policy_violations(objects))
 
@@ -543,7 +545,7 @@ def test_rdma_with_nccl_infiniband_off_is_refused_and_no_runtime_turns_it_off():
 def test_volumes_are_not_chowned_at_every_pod_start(profile):
     """Issue 26, item 16: fsGroup made the kubelet change the group of every file of the 2 TiB checkpoint volume
     at each pod start; OnRootMismatch does it only when the volume's root does not have the group yet."""
-    pods = list(pod_specs(k8s.render_chart(merge(k8s.load_profile(profile), {"chain": {"enabled": False}}))))
+    pods = list(pod_specs(chart.render_chart(merge(chart.load_profile(profile), {"chain": {"enabled": False}}))))
     assert pods or profile == "infrastructure"
     for where, template, _ in pods:
         assert template["spec"]["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch", where
@@ -552,9 +554,9 @@ def test_volumes_are_not_chowned_at_every_pod_start(profile):
 @pytest.mark.parametrize("profile", PROFILES)
 def test_istio_sidecar_is_off_on_every_pod(profile):
     """Finding 6: multi-user Kubeflow injects an Istio sidecar that keeps a finished pod running."""
-    values = merge(k8s.load_profile(profile), {"podLabels": {"team": "med"}})
-    objects = k8s.render_chart(values)
-    objects += [o for o in k8s.render_chart(merge(values, {"chain": {"enabled": False}})) if k8s.pod_templates(o)]
+    values = merge(chart.load_profile(profile), {"podLabels": {"team": "med"}})
+    objects = chart.render_chart(values)
+    objects += [o for o in chart.render_chart(merge(values, {"chain": {"enabled": False}})) if chart.pod_templates(o)]
     pods = list(pod_specs(objects))
     assert pods or profile == "infrastructure"
     for where, template, _ in pods:
@@ -590,7 +592,7 @@ def _quantity(text):
 def test_default_training_pod_fits_common_h100_nodes(node):
     """Finding 7: cpu "96" asked for a whole Azure ND H100 v5 node, which never has 96 allocatable."""
     cpus, memory, reserved_cpu, reserved_memory = H100_NODES[node]
-    for where, _, container in pod_specs(k8s.render_chart(TWO_NODES_JOBS)):
+    for where, _, container in pod_specs(chart.render_chart(TWO_NODES_JOBS)):
         requests = container["resources"]["requests"]
         assert _quantity(requests["cpu"]) + DAEMONSET_HEADROOM[0] <= cpus - reserved_cpu, where
         assert _quantity(requests["memory"]) + DAEMONSET_HEADROOM[1] <= memory - reserved_memory, where
@@ -602,22 +604,22 @@ def test_one_pod_loss_on_two_nodes_restarts_the_whole_job():
     restarts summed over pods. Now a pod failure fails the job, no Worker outlives it, and the launcher
     (tests/test_launch.py) or the JobSet creates the job again whole."""
     # The profile's run Job is the launcher that creates the job again (tests/test_launch.py).
-    (run,) = by_kind(k8s.render_chart(k8s.load_profile("h100-2nodes")), "Job")
+    (run,) = by_kind(chart.render_chart(chart.load_profile("h100-2nodes")), "Job")
     assert run["spec"]["template"]["spec"]["containers"][0]["args"][:2] == ["launch", "chain"]
-    (job,) = by_kind(k8s.render_chart(TWO_NODES_JOBS), "PyTorchJob")
+    (job,) = by_kind(chart.render_chart(TWO_NODES_JOBS), "PyTorchJob")
     assert {role: spec["restartPolicy"] for role, spec in job["spec"]["pytorchReplicaSpecs"].items()} == {
         "Master": "Never",
         "Worker": "Never",
     }
     assert job["spec"]["runPolicy"]["backoffLimit"] == 0
     assert job["spec"]["runPolicy"]["cleanPodPolicy"] == "Running"
-    assert k8s.chart_defaults()["runPolicy"]["jobRestarts"] >= 1
+    assert chart.chart_defaults()["runPolicy"]["jobRestarts"] >= 1
     container = main_container(job["spec"]["pytorchReplicaSpecs"]["Worker"]["template"])
     assert container["args"][5:7] == ["--resume", "auto"]
-    objects = k8s.render_chart(merge(k8s.load_profile("h100-1node-trainjob"), {"cluster": {"nodes": 2}}))
+    objects = chart.render_chart(merge(chart.load_profile("h100-1node-trainjob"), {"cluster": {"nodes": 2}}))
     (runtime,) = by_kind(objects, "TrainingRuntime")
     jobset = runtime["spec"]["template"]["spec"]
-    assert jobset["failurePolicy"]["maxRestarts"] == k8s.chart_defaults()["runPolicy"]["jobRestarts"]
+    assert jobset["failurePolicy"]["maxRestarts"] == chart.chart_defaults()["runPolicy"]["jobRestarts"]
     (node,) = jobset["replicatedJobs"]
     assert node["template"]["spec"]["backoffLimit"] == 0
     assert node["template"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
@@ -630,15 +632,15 @@ def test_one_pod_loss_on_two_nodes_restarts_the_whole_job():
 def test_every_pod_has_the_checkpoint_grace_period(profile):
     """600 s covers writing a 7B ZeRO-3 SFT checkpoint after SIGTERM, 1200 s the PPO one (the arithmetic is in
     values.yaml; the launcher sizes its own jobs: tests/test_grace_period.py)."""
-    values = merge(k8s.load_profile(profile), {"chain": {"enabled": False}})
+    values = merge(chart.load_profile(profile), {"chain": {"enabled": False}})
     specs = {
         f"{obj['metadata']['name']} {where}": template["spec"]["terminationGracePeriodSeconds"]
-        for obj in k8s.render_chart(values)
-        for where, template in k8s.pod_templates(obj)
+        for obj in chart.render_chart(values)
+        for where, template in chart.pod_templates(obj)
     }
     rl = [where for where in specs if any(name in where for name in ("-rl", "medo1-ppo", "medo1-grpo"))]
     assert all(seconds == (1200 if where in rl else 600) for where, seconds in specs.items()), specs
-    assert k8s.chart_defaults()["terminationGracePeriodSeconds"] == 600
+    assert chart.chart_defaults()["terminationGracePeriodSeconds"] == 600
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -646,14 +648,14 @@ def test_torchrun_gives_its_workers_the_grace_period_to_save(profile):
     """torchrun SIGKILLs its workers 30 s after forwarding SIGTERM unless TORCH_ELASTIC_SHUTDOWN_TIMEOUT says
     otherwise: a 7B preemption save needs most of the pod's grace period, and torchrun must exit inside it."""
     values = merge(
-        k8s.load_profile(profile),
+        chart.load_profile(profile),
         {
             "chain": {"enabled": False},
             "terminationGracePeriodSeconds": 900,
             "stages": {"rl": {"terminationGracePeriodSeconds": 900}},
         },
     )
-    pods = list(pod_specs(k8s.render_chart(values)))
+    pods = list(pod_specs(chart.render_chart(values)))
     assert pods or profile == "infrastructure"
     for where, template, container in pods:
         env = {e["name"]: e.get("value") for e in container.get("env", [])}
@@ -662,7 +664,7 @@ def test_torchrun_gives_its_workers_the_grace_period_to_save(profile):
 
 
 def test_kueue_admits_the_two_node_job_whole():
-    (job,) = by_kind(k8s.render_chart(TWO_NODES_JOBS), "PyTorchJob")
+    (job,) = by_kind(chart.render_chart(TWO_NODES_JOBS), "PyTorchJob")
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "h100"
     assert "schedulingPolicy" not in job["spec"]["runPolicy"]
 
@@ -676,7 +678,7 @@ def test_gang_scheduling_priority_and_deadline_without_kueue():
             "scheduling": {"priorityClassName": "training-high", "gang": {"enabled": True, "queue": "gpu"}},
         },
     )
-    objects = k8s.render_chart(values)
+    objects = chart.render_chart(values)
     (job,) = by_kind(objects, "PyTorchJob")
     policy = job["spec"]["runPolicy"]
     assert policy["schedulingPolicy"] == {"minAvailable": 2, "queue": "gpu", "priorityClass": "training-high"}
@@ -685,14 +687,14 @@ def test_gang_scheduling_priority_and_deadline_without_kueue():
     specs = [spec["template"]["spec"] for spec in job["spec"]["pytorchReplicaSpecs"].values()]
     assert [spec["priorityClassName"] for spec in specs] == ["training-high", "training-high"]
     assert manifest_checks.schema_errors(objects, CRDS) == []
-    defaults = k8s.render_chart({})
+    defaults = chart.render_chart({})
     (default_job,) = by_kind(defaults, "PyTorchJob")
     assert "priorityClassName" not in default_job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
 
 
 def test_network_policy_is_off_by_default_and_admits_only_the_jobs_own_pods():
-    assert by_kind(k8s.render_chart(k8s.load_profile("h100-2nodes")), "NetworkPolicy") == []
-    objects = k8s.render_chart(merge(TWO_NODES_JOBS, {"networkPolicy": {"enabled": True}}))
+    assert by_kind(chart.render_chart(chart.load_profile("h100-2nodes")), "NetworkPolicy") == []
+    objects = chart.render_chart(merge(TWO_NODES_JOBS, {"networkPolicy": {"enabled": True}}))
     (policy,) = by_kind(objects, "NetworkPolicy")
     selector = policy["spec"]["podSelector"]
     (job,) = by_kind(objects, "PyTorchJob")
@@ -708,5 +710,5 @@ def test_network_policy_is_off_by_default_and_admits_only_the_jobs_own_pods():
     assert to_pods == {"to": [{"podSelector": selector}]}
     assert {p["port"] for p in dns["ports"]} == {53}
     assert https == {"ports": [{"protocol": "TCP", "port": 443}]}
-    closed = k8s.render_chart(merge(TWO_NODES_JOBS, {"networkPolicy": {"enabled": True, "httpsEgress": False}}))
+    closed = chart.render_chart(merge(TWO_NODES_JOBS, {"networkPolicy": {"enabled": True, "httpsEgress": False}}))
     assert len(by_kind(closed, "NetworkPolicy")[0]["spec"]["egress"]) == 2

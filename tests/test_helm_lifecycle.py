@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medo1 import k8s
+from medo1 import chart
 from tests.kube_standin import KubeStandIn
 
 CRDS = Path(__file__).parent / "fixtures" / "crds"
@@ -200,17 +200,17 @@ def upgraded(values: dict) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("profile", k8s.profiles())
+@pytest.mark.parametrize("profile", chart.profiles())
 def test_helm_upgrade_with_a_new_image_keeps_every_job_as_it_was_created(kube, helm, profile):
     """Issue 26, item 1: `helm upgrade --set image.tag=...` failed on every profile with a batch Job (a Job's pod
     template is immutable) and left the chain's ConfigMap changed under the running run. Now every job that
     exists, and the snapshot of values the run reads, stays as it was created; the upgrade itself succeeds."""
-    values = k8s.load_profile(profile)
-    installed = helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    values = chart.load_profile(profile)
+    installed = helm.install(str(chart.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
     assert installed["status"] == "deployed"
     before_jobs, before_maps = copy.deepcopy(jobs(kube)), copy.deepcopy(objects(kube, CONFIGMAPS))
 
-    release = helm.upgrade(str(k8s.CHART_DIR), RELEASE, upgraded(values), namespace=NS, timeout=60)
+    release = helm.upgrade(str(chart.CHART_DIR), RELEASE, upgraded(values), namespace=NS, timeout=60)
 
     assert release["status"] == "deployed"
     assert {name: job["spec"] for name, job in jobs(kube).items()} == {
@@ -233,8 +233,8 @@ def test_helm_upgrade_with_a_new_image_keeps_every_job_as_it_was_created(kube, h
 def test_a_new_run_takes_the_upgraded_values_once_the_old_run_job_is_deleted(kube, helm):
     """The chain reads an immutable, content-named snapshot of the values: a new run (the run Job deleted, then
     an upgrade) gets a new snapshot with the new values; the old one goes with the release revision."""
-    values = k8s.load_profile("h100-1node")
-    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    values = chart.load_profile("h100-1node")
+    helm.install(str(chart.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
     (old_snapshot,) = objects(kube, CONFIGMAPS)
     first = jobs(kube)["Job/medo1-run"]
     volume = next(v for v in first["spec"]["template"]["spec"]["volumes"] if v["name"] == "chain-values")
@@ -242,7 +242,7 @@ def test_a_new_run_takes_the_upgraded_values_once_the_old_run_job_is_deleted(kub
     assert "ttlSecondsAfterFinished" not in first["spec"]  # the record of the run, until uninstall
 
     assert request(kube, "DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/medo1-run")[0] == 200
-    helm.upgrade(str(k8s.CHART_DIR), RELEASE, upgraded(values), namespace=NS, timeout=60)
+    helm.upgrade(str(chart.CHART_DIR), RELEASE, upgraded(values), namespace=NS, timeout=60)
 
     (new_snapshot,) = objects(kube, CONFIGMAPS)
     assert new_snapshot != old_snapshot
@@ -261,12 +261,12 @@ def test_turning_the_chain_on_is_refused_while_a_stage_job_of_the_chain_off_runs
 
     from tests.kube_standin import Step
 
-    values = k8s.load_profile("cpu-smoke")
-    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    values = chart.load_profile("cpu-smoke")
+    helm.install(str(chart.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
     installed = len(kube.requests)
     chain_on = {**values, "chain": {**values.get("chain", {}), "enabled": True}}
     with pytest.raises(HelmError) as refused:
-        helm.upgrade(str(k8s.CHART_DIR), RELEASE, chain_on, namespace=NS, timeout=60)
+        helm.upgrade(str(chart.CHART_DIR), RELEASE, chain_on, namespace=NS, timeout=60)
     assert (
         "chain.enabled=true would delete PyTorchJob medo1-sft, which the chart started with the chain off and which "
         f"is still running: wait for it to finish, or delete it (kubectl delete pytorchjob -n {NS} medo1-sft), then "
@@ -277,7 +277,7 @@ def test_turning_the_chain_on_is_refused_while_a_stage_job_of_the_chain_off_runs
     succeeded = {"conditions": [{"type": "Succeeded", "status": "True", "reason": "PyTorchJobSucceeded"}]}
     kube.jobs[(NS, "medo1-sft")].steps = [Step(succeeded)]
     kube.jobs[(NS, "medo1-sft")].position = 0
-    release = helm.upgrade(str(k8s.CHART_DIR), RELEASE, chain_on, namespace=NS, timeout=60)
+    release = helm.upgrade(str(chart.CHART_DIR), RELEASE, chain_on, namespace=NS, timeout=60)
     assert release["status"] == "deployed" and "Job/medo1-run" in jobs(kube)
 
 
@@ -298,14 +298,14 @@ def test_a_trainjob_run_after_an_upgrade_runs_the_upgraded_image_and_a_running_o
     resources. The runtime was a pre-install hook only, so a new run after `helm upgrade` (README: "The new values
     apply to the next run") ran the install-time image. Now an upgrade leaves the runtime of a TrainJob that exists
     as it was, and writes it afresh once that TrainJob has been deleted for a new run."""
-    values = k8s.load_profile("h100-1node-trainjob")
-    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    values = chart.load_profile("h100-1node-trainjob")
+    helm.install(str(chart.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
     newer = {**values, "image": {**values.get("image", {}), "tag": "0.1.1"}}
-    helm.upgrade(str(k8s.CHART_DIR), RELEASE, newer, namespace=NS, timeout=60)
+    helm.upgrade(str(chart.CHART_DIR), RELEASE, newer, namespace=NS, timeout=60)
     assert training_runtime_container(kube, "medo1-sft")["image"] == "ghcr.io/medo1/trainer:0.1.0"  # still running
 
     request(kube, "DELETE", f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs/medo1-sft")
-    helm.upgrade(str(k8s.CHART_DIR), RELEASE, newer, namespace=NS, timeout=60)
+    helm.upgrade(str(chart.CHART_DIR), RELEASE, newer, namespace=NS, timeout=60)
     assert training_runtime_container(kube, "medo1-sft")["image"] == "ghcr.io/medo1/trainer:0.1.1"
     assert (NS, "medo1-sft") in kube.jobs
 
@@ -316,11 +316,11 @@ def test_an_upgrade_that_enables_a_trainjob_stage_creates_its_runtime_first(kube
     never created: Trainer's validating webhook refuses such a TrainJob (kubeflow/trainer
     pkg/runtime/core/trainingruntime.go, ValidateObjects: "specified trainingRuntime must be created before the
     TrainJob is created"). The pre-upgrade hook creates it before the TrainJob."""
-    values = k8s.load_profile("h100-1node-trainjob")
-    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    values = chart.load_profile("h100-1node-trainjob")
+    helm.install(str(chart.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
     stages = {**values.get("stages", {}), "rl": {**values.get("stages", {}).get("rl", {}), "enabled": True}}
     installed = len(kube.requests)
-    helm.upgrade(str(k8s.CHART_DIR), RELEASE, {**values, "stages": stages}, namespace=NS, timeout=60)
+    helm.upgrade(str(chart.CHART_DIR), RELEASE, {**values, "stages": stages}, namespace=NS, timeout=60)
     assert training_runtime_container(kube, "medo1-rl")["command"][0] == "torchrun"
     writes = [(r.method, r.path.rsplit("/", 2)[-2:]) for r in kube.requests[installed:] if r.method != "GET"]
     runtime_rl, trainjob_rl = ("PATCH", ["trainingruntimes", "medo1-rl"]), ("PATCH", ["trainjobs", "medo1-rl"])
@@ -330,14 +330,14 @@ def test_an_upgrade_that_enables_a_trainjob_stage_creates_its_runtime_first(kube
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("profile", k8s.profiles())
+@pytest.mark.parametrize("profile", chart.profiles())
 def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm, profile):
     """What the README says `helm uninstall` does, for every profile: the jobs (a TrainJob too), the snapshot,
     RBAC, budget and runtimes go; the PVCs the chart created stay (helm.sh/resource-policy: keep) with the
     checkpoints; the TrainingRuntime of the chart's own TrainJob, a Helm hook, stays (no pods)."""
-    values = k8s.load_profile(profile)
-    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
-    claims = {o["metadata"]["name"] for o in k8s.render_chart(values) if o["kind"] == "PersistentVolumeClaim"}
+    values = chart.load_profile(profile)
+    helm.install(str(chart.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    claims = {o["metadata"]["name"] for o in chart.render_chart(values) if o["kind"] == "PersistentVolumeClaim"}
     helm.uninstall(RELEASE, timeout=60)
     assert jobs(kube) == {} and objects(kube, CONFIGMAPS) == {}
     assert objects(kube, f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets") == {}
@@ -387,7 +387,7 @@ def test_a_node_drain_cannot_evict_the_run_pod(kube, helm):
     """Issue 26, item 12: evicting the run pod (node drain, autoscaler consolidation) went through, and its SIGTERM
     handler deleted the training job. The chart now gives the run pod a PodDisruptionBudget that refuses the
     eviction `kubectl drain` asks for, and tells the cluster autoscaler and Karpenter not to evict it."""
-    helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("h100-1node"), namespace=NS, timeout=60)
+    helm.install(str(chart.CHART_DIR), RELEASE, chart.load_profile("h100-1node"), namespace=NS, timeout=60)
     pod = run_pod(kube)
     assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
     assert pod["metadata"]["annotations"]["karpenter.sh/do-not-disrupt"] == "true"
@@ -406,8 +406,8 @@ def test_a_node_drain_cannot_evict_the_run_pod(kube, helm):
 @pytest.mark.slow
 def test_without_the_budget_a_drain_evicts_the_run_pod(kube, helm):
     """The stand-in's Eviction API evicts what no budget protects (so the test above is the budget's doing)."""
-    values = k8s.load_profile("h100-1node") | {"chain": {"enabled": True, "disruptionBudget": False}}
-    helm.install(str(k8s.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
+    values = chart.load_profile("h100-1node") | {"chain": {"enabled": True, "disruptionBudget": False}}
+    helm.install(str(chart.CHART_DIR), RELEASE, values, namespace=NS, timeout=60)
     assert evict(kube, run_pod(kube))[0] == 201
     assert objects(kube, f"/api/v1/namespaces/{NS}/pods") == {}
 
@@ -415,22 +415,22 @@ def test_without_the_budget_a_drain_evicts_the_run_pod(kube, helm):
 def notes(values: dict) -> str:
     from helm_python.chart import Chart
 
-    with Chart.load(k8s.CHART_DIR) as chart:
-        rendered = chart.render(values=values, name=RELEASE, namespace=NS, is_install=True)
+    with Chart.load(chart.CHART_DIR) as loaded:
+        rendered = loaded.render(values=values, name=RELEASE, namespace=NS, is_install=True)
     return next(text for path, text in rendered.items() if path.endswith("NOTES.txt"))
 
 
 def test_notes_say_who_creates_a_failed_job_again():
     """Issue 26, item 12: with the chain off a PyTorchJob has backoffLimit 0 and restartPolicy Never and nothing
     creates it again, though NOTES.txt said failed jobs were."""
-    chain_off = notes(k8s.load_profile("cpu-smoke"))
+    chain_off = notes(chart.load_profile("cpu-smoke"))
     assert "created again" not in chain_off and "restarted whole" not in chain_off
     assert "With the chain off nothing creates a failed job again (backoffLimit 0, restartPolicy Never)" in chain_off
     assert "A failed training job is created again whole by the run Job (runPolicy.jobRestarts: 3)" in notes(
-        k8s.load_profile("h100-1node")
+        chart.load_profile("h100-1node")
     )
     assert "A failed TrainJob is restarted whole by its JobSet (runPolicy.jobRestarts: 3)" in notes(
-        k8s.load_profile("h100-1node-trainjob")
+        chart.load_profile("h100-1node-trainjob")
     )
 
 
@@ -472,9 +472,9 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
     from tests.kube_standin import Step
     from tests.test_trainer_v2 import CREATED, SUCCEEDED
 
-    helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("infrastructure"), namespace=NS, timeout=60)
+    helm.install(str(chart.CHART_DIR), RELEASE, chart.load_profile("infrastructure"), namespace=NS, timeout=60)
     helm.install(
-        str(k8s.CHART_DIR), "medo1-runtimes", k8s.load_profile("trainer-v2-runtimes"), namespace=NS, timeout=60
+        str(chart.CHART_DIR), "medo1-runtimes", chart.load_profile("trainer-v2-runtimes"), namespace=NS, timeout=60
     )
     kube.script("medo1-sft", [Step(CREATED), Step(SUCCEEDED)])
     first = len(kube.requests)
@@ -510,9 +510,11 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
 def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, helm):
     """The ClusterTrainingRuntime read is cluster-scoped: a namespaced Role cannot grant it. Without the platform
     install's ClusterRoleBinding the launch fails in one line with the API server's 403 and where the grant is."""
-    helm.install(str(k8s.CHART_DIR), RELEASE, k8s.load_profile("infrastructure"), namespace=NS, timeout=60)
+    helm.install(str(chart.CHART_DIR), RELEASE, chart.load_profile("infrastructure"), namespace=NS, timeout=60)
     for runtime in (
-        o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"] == "ClusterTrainingRuntime"
+        o
+        for o in chart.render_chart(chart.load_profile("trainer-v2-runtimes"))
+        if o["kind"] == "ClusterTrainingRuntime"
     ):
         kube.record(runtime)  # installed by an admin without runtimes.readers
 
@@ -544,12 +546,12 @@ def may(kube, token: str, verb: str, group: str, resource: str, namespace: str) 
     return answer["status"]["allowed"]
 
 
-@pytest.mark.parametrize("profile", k8s.profiles())
+@pytest.mark.parametrize("profile", chart.profiles())
 def test_the_plain_manifests_apply_in_any_namespace(kube, profile):
     """Issue 26, item 17: the manifests only worked in a namespace named medo1 (RoleBinding subjects and the
     chain's --namespace hard-coded). Created as `kubectl apply -n team-b -f` creates them, the launcher's
     account may launch in team-b, and the run Job takes its namespace from its pod (downward API)."""
-    text = (k8s.MANIFESTS_DIR / f"{profile}.yaml").read_text()
+    text = (chart.MANIFESTS_DIR / f"{profile}.yaml").read_text()
     manifest = [o for o in yaml.load_all(text, Loader=yaml.CSafeLoader) if o]
     assert "namespace: medo1" not in text and not [o for o in manifest if "namespace" in o["metadata"]]
     served = {

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from packaging.utils import canonicalize_name
 
-from medo1 import k8s
+from medo1 import chart
 from tests.conftest import REPO
 
 DOCKERFILE = REPO / "images" / "trainer" / "Dockerfile"
@@ -107,7 +107,7 @@ def test_runs_as_non_root_with_an_entrypoint_and_oci_labels():
     for key in ("title", "version", "revision", "source", "licenses"):
         assert f"org.opencontainers.image.{key}=" in labels
     # The chart's pods run as the same uid the image creates.
-    pod_uid = yaml.safe_load((k8s.CHART_DIR / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
+    pod_uid = yaml.safe_load((chart.CHART_DIR / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
     assert users[-1].split(":")[0] == str(pod_uid)
 
 
@@ -127,8 +127,8 @@ def test_copies_what_the_chart_and_launcher_expect():
     assert copies["/opt/medo1/helm/"] == "helm/"
     assert ("ENV", "MEDO1_CHART=/opt/medo1/helm/medo1") in instructions()
     # Every recipe a profile points at is shipped in the image.
-    values = yaml.safe_load((k8s.CHART_DIR / "values.yaml").read_text())
-    shipped = [values] + [k8s.load_profile(p) for p in k8s.profiles()]
+    values = yaml.safe_load((chart.CHART_DIR / "values.yaml").read_text())
+    shipped = [values] + [chart.load_profile(p) for p in chart.profiles()]
     for profile in shipped:
         for stage in [*profile.get("stages", {}).values(), *profile.get("jobs", {}).values()]:
             recipe = stage["recipe"]

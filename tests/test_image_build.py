@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.training import checkpoint
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.test_image_env import in_image_commands, run_checks
@@ -378,9 +378,9 @@ def smoke_jobs() -> list[tuple[str, dict]]:
         for d in yaml.safe_load_all((REPO / "manifests" / "cpu-smoke.yaml").read_text())
         if d and d["kind"] == "PyTorchJob"
     ]
-    values = k8s.load_profile("cpu-smoke")
+    values = chart.load_profile("cpu-smoke")
     values["cluster"] = {**values["cluster"], "nodes": 2, "cpuProcsPerNode": 1}
-    (two_nodes,) = [o for o in k8s.render_chart(values) if o["kind"] == "PyTorchJob"]
+    (two_nodes,) = [o for o in chart.render_chart(values) if o["kind"] == "PyTorchJob"]
     return [("manifest", job), ("two-nodes", two_nodes)]
 
 
@@ -424,7 +424,7 @@ def test_cpu_smoke_pytorchjob_pods_run_in_the_image_to_a_checkpoint(request, tmp
             argv = [*pod["command"], *pod["args"]]
             assert argv[0] == "torchrun" and argv[argv.index("-m") + 1] == "medo1"  # the layout this test guards
             env = {e["name"]: e["value"] for e in pod.get("env", []) if "value" in e}
-            env.update(k8s.operator_env(job, pod_index=index, master_addr="127.0.0.1", master_port=port))
+            env.update(chart.operator_env(job, pod_index=index, master_addr="127.0.0.1", master_port=port))
             container = Container(image, volumes)
             process = subprocess.Popen(
                 container.argv(argv, env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -444,7 +444,7 @@ def test_cpu_smoke_pytorchjob_pods_run_in_the_image_to_a_checkpoint(request, tmp
     out = volumes["/checkpoints"] / "sft-tiny"
     assert [step for step, _ in checkpoint.list_checkpoints(out)] == [2]
     marker = json.loads((out / "checkpoint-2" / checkpoint.COMPLETE_MARKER).read_text())
-    assert marker["world_size"] == int(k8s.operator_env(job, 0, "x", 0)["PET_NNODES"]) * int(
+    assert marker["world_size"] == int(chart.operator_env(job, 0, "x", 0)["PET_NNODES"]) * int(
         job["spec"]["nprocPerNode"]
     )
     assert (out / "export" / "model.safetensors").is_file()

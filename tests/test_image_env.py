@@ -379,7 +379,7 @@ def test_launch_imports_reach_helm_python_through_lazy_imports():
     # `medo1 launch` imports medo1.launch in its handler only; the chart rendering imports helm_python inside
     # a function. Both are in what the check imports.
     closure = import_closure(cli_subcommands()[("launch",)])
-    assert {"medo1.launch", "medo1.k8s", "helm_python"} <= closure
+    assert {"medo1.launch", "medo1.chart", "helm_python"} <= closure
 
 
 # ---------------------------------------------------------------------------------------------------------------

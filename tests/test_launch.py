@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.cli import main
 from medo1.launch import (
     DEFAULT_TIMEOUT_S,
@@ -169,12 +169,12 @@ def test_wait_times_out_with_the_last_state():
 
 
 def test_launcher_job_is_the_charts_rendering_and_validates():
-    values = {**k8s.load_profile("h100-1node"), "chain": {"enabled": False}}  # every job rendered at once
+    values = {**chart.load_profile("h100-1node"), "chain": {"enabled": False}}  # every job rendered at once
     job = build_pytorchjob("rl", values)
     rendered = [
-        o for o in k8s.render_chart(values) if o["kind"] == "PyTorchJob" and o["metadata"]["name"] == "medo1-rl"
+        o for o in chart.render_chart(values) if o["kind"] == "PyTorchJob" and o["metadata"]["name"] == "medo1-rl"
     ]
-    expected = {**rendered[0], "metadata": {**rendered[0]["metadata"], "namespace": k8s.NAMESPACE}}
+    expected = {**rendered[0], "metadata": {**rendered[0]["metadata"], "namespace": chart.NAMESPACE}}
     assert job == expected
     assert manifest_checks.schema_errors([job], CRDS) == []
     assert job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][2] == "rl"
@@ -203,11 +203,11 @@ def test_values_merge_profile_then_files_then_values_and_append_recipe_overrides
         values["cluster"]["nodes"] == 3 and values["cluster"]["cpu"] == "64" and values["cluster"]["gpusPerNode"] == 8
     )
     assert values["kueue"]["queueName"] == "h100-low"
-    defaults = k8s.chart_defaults()["stages"]["sft"]
+    defaults = chart.chart_defaults()["stages"]["sft"]
     # A recipe of one's own: the profile's `set` (for the profile's recipe) does not apply.
     assert values["stages"]["sft"] == {"recipe": "/data/recipes/sft.yaml", "set": ["train.max_steps=5"]}
     assert stage_values("sft", profile="cpu-smoke", overrides=["train.max_steps=5"])["stages"]["sft"]["set"] == [
-        *k8s.load_profile("cpu-smoke")["stages"]["sft"]["set"],
+        *chart.load_profile("cpu-smoke")["stages"]["sft"]["set"],
         "train.max_steps=5",
     ]
     assert defaults["set"] == []  # the recipe holds the stage's paths
@@ -316,10 +316,10 @@ def launched(job, attempt=1, base=None):
 
 
 def expected_job(name=NAME, namespace=NS, timeout_s=30, attempt=1):
-    job = build_pytorchjob("sft", k8s.load_profile("h100-1node"), namespace=namespace)
+    job = build_pytorchjob("sft", chart.load_profile("h100-1node"), namespace=namespace)
     job["metadata"]["name"] = name
     # The grace period for the stage's checkpoint (tests/test_grace_period.py).
-    apply_grace_period(job, grace_period_s("sft", k8s.load_profile("h100-1node"))[0])
+    apply_grace_period(job, grace_period_s("sft", chart.load_profile("h100-1node"))[0])
     # The launcher bounds the job's life by its own timeout, so a dead launcher frees the GPUs then.
     job["spec"]["runPolicy"]["activeDeadlineSeconds"] = int(timeout_s)
     return launched(job, attempt)
@@ -702,7 +702,7 @@ def test_the_charts_run_job_names_its_chain_after_the_release_and_the_run_jobs_u
 
     names = []
     for release in ("team-a", "team-b"):
-        (run,) = [o for o in k8s.render_chart(k8s.load_profile("h100-1node"), release, NS) if o["kind"] == "Job"]
+        (run,) = [o for o in chart.render_chart(chart.load_profile("h100-1node"), release, NS) if o["kind"] == "Job"]
         container = run["spec"]["template"]["spec"]["containers"][0]
         (run_id,) = [e for e in container["env"] if e["name"] == "MEDO1_RUN_ID"]
         assert run_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/controller-uid']"
@@ -711,8 +711,8 @@ def test_the_charts_run_job_names_its_chain_after_the_release_and_the_run_jobs_u
         parsed = build_parser().parse_args(args)
         names.append(RunScope.of(parsed.release, parsed.run_id).job_name("sft"))
     assert names == ["team-a-medo1-sft-0f9e8d7c", "team-b-medo1-sft-0f9e8d7c"]
-    named = {**k8s.load_profile("h100-1node"), "chain": {"enabled": True, "runId": "exp3"}}
-    (run,) = [o for o in k8s.render_chart(named) if o["kind"] == "Job"]
+    named = {**chart.load_profile("h100-1node"), "chain": {"enabled": True, "runId": "exp3"}}
+    (run,) = [o for o in chart.render_chart(named) if o["kind"] == "Job"]
     assert run["spec"]["template"]["spec"]["containers"][0]["args"][-2:] == ["--run-id", "exp3"]
 
 
@@ -953,7 +953,7 @@ def test_a_single_pod_stage_runs_as_the_charts_batch_job(kube, capsys):
     assert result.state.phase == "Succeeded" and result.action == "created"
     (post,) = kube.calls("POST", "jobs")
     assert post.path == f"/apis/batch/v1/namespaces/{NS}/jobs"
-    expected = launched(build_job("eval", k8s.load_profile("h100-1node"), namespace=NS))
+    expected = launched(build_job("eval", chart.load_profile("h100-1node"), namespace=NS))
     expected["spec"]["activeDeadlineSeconds"] = 30
     assert (
         post.body == expected
@@ -1096,7 +1096,7 @@ def test_every_shipped_profile_fits_its_gpus_without_a_warning(caplog):
 
     caplog.set_level(logging.INFO, logger="medo1.launch")
     checked = set()
-    for profile in k8s.profiles():
+    for profile in chart.profiles():
         stages = chain_stages(release_values(profile=profile))
         for stage in stages:
             values = stage_values(stage, profile=profile)
@@ -1261,7 +1261,7 @@ def test_a_failure_a_restart_cannot_cure_is_not_restarted_and_is_marked_on_the_j
 def launcher_account(kube, drop_verb: str | None = None) -> str:
     """The chart's launcher Role and RoleBinding (the plain manifest of h100-1node) in NS, less `drop_verb` on
     PyTorchJobs; a token of the account they bind (the run pod's), whose every request RBAC checks."""
-    for obj in yaml.safe_load_all((k8s.MANIFESTS_DIR / "h100-1node.yaml").read_text()):
+    for obj in yaml.safe_load_all((chart.MANIFESTS_DIR / "h100-1node.yaml").read_text()):
         if obj and obj["kind"] in ("Role", "RoleBinding"):
             obj["metadata"]["namespace"] = NS  # as `kubectl apply -n` creates it
             for rule in obj.get("rules", []):

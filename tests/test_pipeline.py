@@ -14,7 +14,7 @@ import pytest
 import yaml
 from kfp import local
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch.inputs import InputsMissing
 from pipelines import medo1_pipeline as pipeline
 from pipelines.submit import ParameterError, declared_parameters, parse_parameters
@@ -36,7 +36,7 @@ def test_compiled_pipeline_is_up_to_date(tmp_path):
 def test_every_step_runs_the_chart_image_on_the_shared_volumes():
     spec, executors = _compiled()
     containers = {name: e["container"] for name, e in spec["deploymentSpec"]["executors"].items()}
-    chart_image = k8s.chart_defaults()["image"]
+    chart_image = chart.chart_defaults()["image"]
     assert {c["image"] for c in containers.values()} == {f"{chart_image['repository']}:{chart_image['tag']}"}
     assert set(executors) == set(containers)
     for name, executor in executors.items():
@@ -59,7 +59,7 @@ def test_secrets_are_referenced_never_inlined():
         {"envVar": "OPENAI_API_KEY", "secretKey": "OPENAI_API_KEY"}
     ]
     assert executors["exec-upload"]["secretAsEnv"][0]["keyToEnv"] == [{"envVar": "HF_TOKEN", "secretKey": "HF_TOKEN"}]
-    profile_secrets = k8s.load_profile("h100-1node")["secrets"]
+    profile_secrets = chart.load_profile("h100-1node")["secrets"]
     assert executors["exec-translate"]["secretAsEnv"][0]["secretName"] == profile_secrets["translationApiKey"]["name"]
     assert executors["exec-upload"]["secretAsEnv"][0]["secretName"] == profile_secrets["hfToken"]["name"]
     for executor in spec["deploymentSpec"]["executors"].values():
@@ -81,7 +81,7 @@ def test_gpu_settings_reach_eval_and_the_training_jobs():
         assert inputs["nodes"]["componentInputParameter"] == "nodes"
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert defaults["gpus_per_node"]["defaultValue"] == 8 and defaults["profile"]["defaultValue"] == "h100-1node"
-    assert k8s.load_profile("h100-1node")["cluster"]["gpusPerNode"] == 8
+    assert chart.load_profile("h100-1node")["cluster"]["gpusPerNode"] == 8
 
 
 def _task_conditions(spec: dict) -> dict[str, list[str]]:
@@ -665,7 +665,7 @@ def test_cluster_settings_survive_reruns_retries_and_long_waits():
 
 
 def test_pipeline_users_get_volumes_and_rbac_without_jobs():
-    objects = k8s.render_chart(k8s.load_profile("infrastructure"))
+    objects = chart.render_chart(chart.load_profile("infrastructure"))
     kinds = sorted({o["kind"] for o in objects})
     assert kinds == ["PersistentVolumeClaim", "Role", "RoleBinding", "ServiceAccount"]
     claims = {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}

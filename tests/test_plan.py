@@ -228,10 +228,10 @@ def test_every_shipped_training_recipe_plans(tiny_model):
 
 
 def test_every_profile_plans_its_pipeline(tiny_model):
-    from medo1 import k8s
+    from medo1 import chart
     from medo1.plan.pipeline import profile_values
 
-    for profile in k8s.profiles():
+    for profile in chart.profiles():
         extra = (
             {"sft": [f"model.name_or_path={tiny_model}"], "rl": [f"model.name_or_path={tiny_model}"]}
             if profile == "cpu-smoke"
@@ -361,10 +361,10 @@ def test_a_later_stage_is_planned_with_the_architecture_its_earlier_stage_export
 
 
 def test_the_charts_gpu_kinds_are_the_plans():
-    from medo1 import k8s
+    from medo1 import chart
     from medo1.plan.shapes import GPUS
 
-    schema = json.loads((k8s.CHART_DIR / "values.schema.json").read_text())
+    schema = json.loads((chart.CHART_DIR / "values.schema.json").read_text())
     assert schema["properties"]["plan"]["properties"]["gpu"]["enum"] == ["", *GPUS]
     from medo1.launch.rendering import stage_values
     from medo1.plan.check import fit_check

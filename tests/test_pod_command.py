@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.training import checkpoint
 from tests.conftest import DEMO_DATA, REPO, free_port
 
@@ -22,7 +22,7 @@ IMAGE_RECIPES = "/opt/medo1/recipes"  # where images/trainer/Dockerfile copies r
 
 
 def test_rendered_cpu_smoke_pytorchjob_runs_under_torchrun(tiny_model, tmp_path):
-    objects = k8s.render_chart(k8s.load_profile("cpu-smoke"))
+    objects = chart.render_chart(chart.load_profile("cpu-smoke"))
     (job,) = [o for o in objects if o["kind"] == "PyTorchJob"]
     template = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     (container,) = template["spec"]["containers"]
@@ -48,7 +48,7 @@ def test_rendered_cpu_smoke_pytorchjob_runs_under_torchrun(tiny_model, tmp_path)
 
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     env = {k: local_path(v) for k, v in env.items()}
-    env.update(k8s.operator_env(job, pod_index=0, master_addr="127.0.0.1", master_port=free_port()))
+    env.update(chart.operator_env(job, pod_index=0, master_addr="127.0.0.1", master_port=free_port()))
     assert env["PET_NPROC_PER_NODE"] == "2" and env["WORLD_SIZE"] == "2"
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     command = [torchrun if part == "torchrun" else part for part in container["command"]]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch import JobFailed, JobStuck, LaunchError, LaunchResult, job_state, launch_stage
 from medo1.launch.rendering import stage_values
 from medo1.launch.trainjob import build_trainjob
@@ -37,7 +37,7 @@ def crd_schema(kind):
 
 
 def runtimes(values=None):
-    objects = k8s.render_chart(values if values is not None else k8s.load_profile("trainer-v2-runtimes"))
+    objects = chart.render_chart(values if values is not None else chart.load_profile("trainer-v2-runtimes"))
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == "ClusterTrainingRuntime"}
 
 
@@ -74,8 +74,8 @@ def unknown_fields(obj, schema, path=""):
 
 
 def test_runtimes_are_off_by_default_and_the_platform_profile_renders_only_them():
-    assert not [o for o in k8s.render_chart({}) if o["kind"] == "ClusterTrainingRuntime"]
-    objects = k8s.render_chart(k8s.load_profile("trainer-v2-runtimes"))
+    assert not [o for o in chart.render_chart({}) if o["kind"] == "ClusterTrainingRuntime"]
+    objects = chart.render_chart(chart.load_profile("trainer-v2-runtimes"))
     runtimes_rendered = [o for o in objects if o["kind"] == "ClusterTrainingRuntime"]
     assert sorted(o["metadata"]["name"] for o in runtimes_rendered) == RUNTIMES
     # Besides them only who may read them (runtimes.readers; tests/test_helm_lifecycle.py launches as a team's account).
@@ -90,7 +90,7 @@ def test_every_runtime_validates_strictly_against_the_trainer_crds():
     objects = []
     for initializers in (False, True):
         values = {
-            **k8s.load_profile("trainer-v2-runtimes"),
+            **chart.load_profile("trainer-v2-runtimes"),
             "runtimes": {"enabled": True, "initializers": {"enabled": initializers}},
         }
         objects += runtimes(values).values()
@@ -144,7 +144,7 @@ def test_each_runtime_is_what_trainer_and_the_sdk_look_for():
 
 def test_initializers_are_trainers_own_writing_into_the_data_volume():
     values = {
-        **k8s.load_profile("trainer-v2-runtimes"),
+        **chart.load_profile("trainer-v2-runtimes"),
         "runtimes": {"enabled": True, "initializers": {"enabled": True}},
     }
     found = runtimes(values)
@@ -184,7 +184,7 @@ def test_values_schema_refuses_a_latest_initializer_image_and_a_bad_stage():
         {"training": {"dpo": {"stage": "dpo", "recipe": "/x.yaml"}}},
     ):
         with pytest.raises(ConfigError, match="^chart values refused by medo1: "):
-            k8s.render_chart({"runtimes": {"enabled": True, **bad}})
+            chart.render_chart({"runtimes": {"enabled": True, **bad}})
 
 
 # ---- the TrainJob the launcher asks for ---------------------------------------------------------
@@ -505,7 +505,7 @@ def test_runtime_container_runs_under_torchrun_with_trainers_env(tiny_model, tmp
     """The CPU smoke values' medo1-sft runtime and the launcher's TrainJob on it, merged as Trainer's
     jobset plugin merges them (kubeflow/trainer pkg/runtime/framework/plugins/jobset/builder.go: the
     TrainJob's image, command and args replace the `node` container's; its env is upserted)."""
-    values = k8s.load_profile("cpu-smoke")
+    values = chart.load_profile("cpu-smoke")
     runtime = runtimes({**values, "runtimes": {"enabled": True}})["medo1-sft"]
     container = node_container(runtime)
     job = build_trainjob("sft", stage_values("sft", profile="cpu-smoke"), job_name="smoke")
@@ -775,7 +775,7 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
     cache.mkdir(parents=True)  # the base model is in the HF cache (no Hub here)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache" / "hub"))
     values = {
-        **k8s.load_profile("h100-1node-trainjob"),
+        **chart.load_profile("h100-1node-trainjob"),
         "chain": {"enabled": True},
         # The image's recipe, read from this checkout (the chain reads a training stage's output.dir from it).
         "stages": {
@@ -786,7 +786,7 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
         },
         "jobs": {"upload": {"enabled": True, "recipe": str(REPO / "recipes" / "upload.yaml")}},
     }
-    objects = k8s.render_chart(values)
+    objects = chart.render_chart(values)
     run = next(o for o in objects if o["kind"] == "Job" and o["metadata"]["name"].endswith("-run"))
     # The values snapshot the run pod mounts at /etc/medo1 (an immutable ConfigMap named by its content).
     (snapshot,) = [

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.config import ConfigError, StageError
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, bound_requests, describe_unanswered
 
@@ -162,7 +162,7 @@ class Needs:
 
     @property
     def pods(self) -> list[tuple[str, dict[str, Any]]]:
-        return [t for obj in self.objects for t in k8s.pod_templates(obj)]
+        return [t for obj in self.objects for t in chart.pod_templates(obj)]
 
     def created(self, kind: str) -> dict[str, dict[str, Any]]:
         return {o["metadata"]["name"]: o for o in self.objects if o.get("kind") == kind}
@@ -181,8 +181,8 @@ def profile_needs(
 
     try:
         values = release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
-        merged = k8s.with_chart_defaults(values)
-        objects = k8s.render_chart(values, namespace=namespace)
+        merged = chart.with_chart_defaults(values)
+        objects = chart.render_chart(values, namespace=namespace)
         # The jobs the launcher creates (the run Job's, the pipeline's): PyTorchJobs and batch Jobs; with the
         # trainjob backend the pods come from the ClusterTrainingRuntime each training stage runs on.
         rendered_trainjobs = any(o["kind"] == "TrainJob" for o in objects)  # the chart's own (chain off)
@@ -1174,7 +1174,7 @@ def exit_code(findings: list[Finding], allow_unchecked: bool = False) -> int:
 def run(args: argparse.Namespace, client: Any = None) -> int:
     """Exit code 1 when any check fails or, without --allow-unchecked, could not be made."""
     if args.profile:
-        k8s.load_profile(args.profile)  # a profile that is not there is the first thing to say, before any cluster
+        chart.load_profile(args.profile)  # a profile that is not there is the first thing to say, before any cluster
     client = bound_requests(client or api_client(), getattr(args, "request_timeout", DEFAULT_REQUEST_TIMEOUT_S))
     namespace = args.namespace
     if not namespace:

@@ -74,14 +74,14 @@ def check_launch_inputs(launches: Sequence[tuple[str, dict[str, Any]]], *, mount
     paths (a path under one that is not mounted here is not checked); none on a local run."""
     import os
 
-    from medo1 import k8s
+    from medo1 import chart
     from medo1.launch.inputs import StagePlan, check_inputs
     from medo1.launch.rendering import stage_section
     from medo1.plan.stages import local_recipe
 
     plans = []
     for stage, values in launches:
-        config = k8s.with_chart_defaults(values)[stage_section(stage)][stage]
+        config = chart.with_chart_defaults(values)[stage_section(stage)][stage]
         plans.append(
             StagePlan(
                 stage, str(local_recipe(config["recipe"])), list(config.get("set", [])), os.environ.get("HF_TOKEN")
@@ -95,7 +95,7 @@ def plan_stages(launches: Sequence[tuple[str, dict[str, Any]]]) -> list[PlannedS
     them), in order: the plan the launcher's pre-flight checks, with the time estimate too. A stage that starts
     from an earlier stage's export gets that stage's architecture. A stage that cannot be planned (a model not
     on this machine and of no known architecture, a recipe error) is reported, not raised."""
-    from medo1 import k8s
+    from medo1 import chart
     from medo1.config import ConfigError
     from medo1.plan.check import stage_cluster, stage_config
     from medo1.plan.stages import NothingToSize, local_recipe, plan_stage
@@ -103,7 +103,7 @@ def plan_stages(launches: Sequence[tuple[str, dict[str, Any]]]) -> list[PlannedS
     planned: list[PlannedStage] = []
     exports: dict[str, str] = {}
     for stage, values in launches:
-        merged = k8s.with_chart_defaults(values)
+        merged = chart.with_chart_defaults(values)
         config = stage_config(stage, merged)
         try:
             plan = plan_stage(

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S
 from medo1.launch.chain import RunScope, chain_stages
 from medo1.launch.chain import launch_chain as _launch_chain
@@ -107,7 +107,7 @@ def stage_backend(stage: str, backend: str | None, values: dict) -> str:
     no runtime for (translate, upload) runs as the chart's batch Job when the backend comes from the values."""
     if backend is not None:
         return backend
-    chosen = k8s.with_chart_defaults(values).get("backend") or "pytorchjob"
+    chosen = chart.with_chart_defaults(values).get("backend") or "pytorchjob"
     if chosen == "trainjob":
         from medo1.launch.trainjob import DEFAULT_RUNTIME
 
@@ -136,7 +136,7 @@ def check_client(backend: str, client: object | None) -> None:
 
 
 def _stage_plans(stages: Sequence[str], values: dict) -> list[StagePlan]:
-    merged = k8s.with_chart_defaults(values)
+    merged = chart.with_chart_defaults(values)
     token_secret = merged["secrets"]["hfToken"]
     plans = []
     for stage in stages:
@@ -164,7 +164,7 @@ def check_chain_inputs(
     """Every enabled stage's inputs (`medo1.launch.inputs`) for chart values, before anything is created:
     InputsMissing names each missing one. `local`: run here (the volumes' paths are this machine's)."""
     values = release_values(profile=profile, values_files=values_files, value_overrides=value_overrides)
-    merged = k8s.with_chart_defaults(values)
+    merged = chart.with_chart_defaults(values)
     mounts = [] if local else [merged["storage"][key]["mountPath"] for key in ("data", "checkpoints", "hfCache")]
     check_inputs(_stage_plans(stages or chain_stages(values), values), mounts)
 
@@ -257,7 +257,7 @@ def launch_stage(
     if runtime is not None:
         raise LaunchError("a runtime is for the trainjob backend (Kubeflow Trainer v2)")
     # A local run has no namespace; the chart's default keeps its rendering valid.
-    namespace = (namespace or kubernetes.default_namespace()) if backend == "pytorchjob" else k8s.NAMESPACE
+    namespace = (namespace or kubernetes.default_namespace()) if backend == "pytorchjob" else chart.NAMESPACE
     values = job_values(
         stage,
         backend=backend,
@@ -273,7 +273,7 @@ def launch_stage(
         check_plan(stage, values, strict=strict)
     if backend == "local":
         if plan_check:  # the chain checked every stage's inputs already
-            merged = k8s.with_chart_defaults(values)[stage_section(stage)][stage]
+            merged = chart.with_chart_defaults(values)[stage_section(stage)][stage]
             check_inputs([StagePlan(stage, merged["recipe"], list(merged.get("set", [])), os.environ.get("HF_TOKEN"))])
         return run_local(stage, job, timeout_s)
     seconds, how = grace_period_s(stage, values)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.config import ConfigError, load_config, stage_config_class
 from medo1.launch.rendering import DNS1035_LABEL, MAX_NAME, release_values, stage_section
 from medo1.launch.waiting import LaunchError, LaunchResult
@@ -51,14 +51,14 @@ NAME_SUFFIX = len("-worker-999")
 class RunScope:
     """One chain run: `release` (the chart passes its full name, `medo1.fullname`) and `run_id` (None: unscoped)."""
 
-    release: str = k8s.RELEASE
+    release: str = chart.RELEASE
     run_id: str | None = None
 
     @classmethod
     def of(cls, release: str | None = None, run_id: str | None = None) -> RunScope:
         """Checked names. A Kubernetes UID as run id (the chart's default: the run Job's UID) is cut to its first 8
         hex digits, which tell one release's runs apart."""
-        release = release or k8s.RELEASE
+        release = release or chart.RELEASE
         if not DNS1035_LABEL.match(release):
             raise LaunchError(
                 f"release {release!r}: use lower-case letters, digits and '-', starting with a letter "
@@ -105,13 +105,13 @@ class StageRun:
 
 def chain_stages(values: dict[str, Any]) -> list[str]:
     """The enabled stages, in the order they run."""
-    merged = k8s.with_chart_defaults(values)
+    merged = chart.with_chart_defaults(values)
     return [stage for stage in CHAIN_ORDER if merged[stage_section(stage)][stage]["enabled"]]
 
 
 def stage_recipe(stage: str, values: dict[str, Any]) -> dict[str, Any]:
     """The stage's recipe after its `set`, with every default filled in, flattened to dotted keys."""
-    config = k8s.with_chart_defaults(values)[stage_section(stage)][stage]
+    config = chart.with_chart_defaults(values)[stage_section(stage)][stage]
     try:
         typed = load_config(stage_config_class(stage), config["recipe"], list(config.get("set", [])))
     except ConfigError as exc:

@@ -18,7 +18,7 @@ import logging
 import math
 from typing import Any
 
-from medo1 import k8s
+from medo1 import chart
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def grace_period_s(stage: str, values: dict[str, Any], recipe: str | None = None
     Trainer v2 runtime's own."""
     from medo1.plan.check import fit_check
 
-    merged = k8s.with_chart_defaults(values)
+    merged = chart.with_chart_defaults(values)
     floor = floor_s(stage, merged)
     check = fit_check(stage, values, recipe=recipe)
     if check is None or check.plan is None:
@@ -62,7 +62,7 @@ def grace_period_s(stage: str, values: dict[str, Any], recipe: str | None = None
 
 def apply_grace_period(job: dict[str, Any], seconds: int) -> dict[str, Any]:
     """Set every pod template's terminationGracePeriodSeconds and torchrun's shutdown timeout (PyTorchJob, Job)."""
-    for _, template in k8s.pod_templates(job):
+    for _, template in chart.pod_templates(job):
         template["spec"]["terminationGracePeriodSeconds"] = seconds
         for container in template["spec"].get("containers", []):
             for env in container.get("env", []):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, FOLLOW_TIMEOUT, bound_requests, describe_unanswered
 from medo1.launch.launcherpod import LauncherPod
 from medo1.launch.logs import POD_RECHECK_S, MasterLogFollower
@@ -269,7 +269,7 @@ class PyTorchJobs(ClusterJobs):
     """A PyTorchJob through the Kubeflow training SDK."""
 
     kind = "PyTorchJob"
-    container = k8s.MAIN_CONTAINER["PyTorchJob"]
+    container = chart.MAIN_CONTAINER["PyTorchJob"]
     _custom = ("kubeflow.org", "v1", "pytorchjobs")
 
     @property
@@ -307,7 +307,7 @@ class BatchJobs(ClusterJobs):
     """A batch/v1 Job (translate, eval, upload) through the same client's Kubernetes API."""
 
     kind = "Job"
-    container = k8s.MAIN_CONTAINER["Job"]
+    container = chart.MAIN_CONTAINER["Job"]
 
     @property
     def _serializer(self) -> Any:

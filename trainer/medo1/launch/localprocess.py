@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch.waiting import (
     TAIL_LINES,
     JobFailed,
@@ -54,8 +54,8 @@ def local_command(job: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     a volume mount that does not exist here (HF_HOME=/hf-cache) is dropped so the user's own setting
     applies; to use a local folder, set storage.<volume>.mountPath. Secret env vars (secretKeyRef) are
     not in the result: the run inherits them from this environment when they are set here."""
-    container_name = k8s.MAIN_CONTAINER[job["kind"]]
-    _, template = k8s.pod_templates(job)[0]
+    container_name = chart.MAIN_CONTAINER[job["kind"]]
+    _, template = chart.pod_templates(job)[0]
     container = next(c for c in template["spec"]["containers"] if c["name"] == container_name)
     command = [*container.get("command", []), *container.get("args", [])]
     expected = "torchrun" if job["kind"] == "PyTorchJob" else "medo1"
@@ -85,7 +85,7 @@ def local_command(job: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
         else:
             log.warning("not setting %s: %s has no local equivalent", name, ", ".join(var.get("valueFrom", {})))
     if job["kind"] == "PyTorchJob":
-        env.update(k8s.operator_env(job, pod_index=0, master_addr="127.0.0.1", master_port=_free_port()))
+        env.update(chart.operator_env(job, pod_index=0, master_addr="127.0.0.1", master_port=_free_port()))
     return [str(executable), *command[1:]], env
 
 

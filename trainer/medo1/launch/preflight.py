@@ -22,7 +22,7 @@ class PlanDoesNotFit(LaunchError):
 def check_plan(stage: str, values: dict[str, Any], *, strict: bool, recipe: str | None = None) -> None:
     """Log the verdict on `stage` as `values` (chart values, the chart's defaults not yet merged) launch it;
     raise PlanDoesNotFit instead of warning when `strict` or plan.strict."""
-    from medo1 import k8s
+    from medo1 import chart
     from medo1.plan.check import fit_check
 
     check = fit_check(stage, values, recipe=recipe)
@@ -31,6 +31,6 @@ def check_plan(stage: str, values: dict[str, Any], *, strict: bool, recipe: str 
     if check.fits:
         log.info("plan: %s", check.describe())
         return
-    if strict or k8s.with_chart_defaults(values)["plan"]["strict"]:
+    if strict or chart.with_chart_defaults(values)["plan"]["strict"]:
         raise PlanDoesNotFit(f"{check.describe()}; not launching it (strict: --strict or plan.strict)")
     log.warning("%s", check.describe())

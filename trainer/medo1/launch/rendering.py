@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.config import ConfigError, apply_overrides, read_yaml_mapping
 from medo1.launch.waiting import LaunchError
 
@@ -23,7 +23,7 @@ MAX_NAME = 63
 
 def stage_section(stage: str) -> str:
     """`stages` (training, a PyTorchJob) or `jobs` (one pod, a batch Job): where the chart keeps the stage."""
-    defaults = k8s.chart_defaults()
+    defaults = chart.chart_defaults()
     for section in ("stages", "jobs"):
         if stage in defaults[section]:
             return section
@@ -35,14 +35,14 @@ def _render_one(stage: str, values: dict[str, Any], release: str, namespace: str
     """The chart's object for `stage` alone: every other stage switched off, no chain."""
     section = stage_section(stage)
     values = copy.deepcopy(values)
-    chart_values = k8s.chart_defaults()
+    chart_values = chart.chart_defaults()
     for other_section in ("stages", "jobs"):
         for name in chart_values[other_section]:
             values.setdefault(other_section, {}).setdefault(name, {}).update(enabled=name == stage)
     values["backend"] = "pytorchjob"
     values["chain"] = {**values.get("chain", {}), "enabled": False}
     kind = "PyTorchJob" if section == "stages" else "Job"
-    found = [o for o in k8s.render_chart(values, release, namespace) if o["kind"] == kind]
+    found = [o for o in chart.render_chart(values, release, namespace) if o["kind"] == kind]
     if len(found) != 1:
         raise LaunchError(f"stage {stage!r} rendered {len(found)} {kind}s")
     job = found[0]
@@ -51,23 +51,23 @@ def _render_one(stage: str, values: dict[str, Any], release: str, namespace: str
 
 
 def build_pytorchjob(
-    stage: str, values: dict[str, Any] | None = None, release: str = k8s.RELEASE, namespace: str = k8s.NAMESPACE
+    stage: str, values: dict[str, Any] | None = None, release: str = chart.RELEASE, namespace: str = chart.NAMESPACE
 ) -> dict[str, Any]:
     """The chart's PyTorchJob for one training stage (`sft` or `rl`)."""
     if stage_section(stage) != "stages":
         raise LaunchError(
-            f"stage {stage!r} is not a training stage; known stages: {', '.join(k8s.chart_defaults()['stages'])}"
+            f"stage {stage!r} is not a training stage; known stages: {', '.join(chart.chart_defaults()['stages'])}"
         )
     return _render_one(stage, values or {}, release, namespace)
 
 
 def build_job(
-    stage: str, values: dict[str, Any] | None = None, release: str = k8s.RELEASE, namespace: str = k8s.NAMESPACE
+    stage: str, values: dict[str, Any] | None = None, release: str = chart.RELEASE, namespace: str = chart.NAMESPACE
 ) -> dict[str, Any]:
     """The chart's batch Job for one single-pod stage (`translate`, `eval` or `upload`)."""
     if stage_section(stage) != "jobs":
         raise LaunchError(
-            f"stage {stage!r} is not a single-pod stage; those are {', '.join(k8s.chart_defaults()['jobs'])}"
+            f"stage {stage!r} is not a single-pod stage; those are {', '.join(chart.chart_defaults()['jobs'])}"
         )
     return _render_one(stage, values or {}, release, namespace)
 
@@ -87,11 +87,11 @@ def release_values(
     values: dict[str, Any] = {}
     if profile:
         try:
-            values = k8s.load_profile(profile)
+            values = chart.load_profile(profile)
         except ValueError as exc:
             raise LaunchError(str(exc)) from None
     for path in values_files:
-        values = k8s.merge_values(values, read_values(path))
+        values = chart.merge_values(values, read_values(path))
     try:
         return apply_overrides(values, list(value_overrides))
     except ConfigError as exc:
@@ -119,7 +119,7 @@ def stage_values(
         stage_config["set"] = []
     overrides = list(overrides)
     if overrides:
-        inherited = stage_config.get("set", k8s.chart_defaults()[section][stage].get("set", []))
+        inherited = stage_config.get("set", chart.chart_defaults()[section][stage].get("set", []))
         stage_config["set"] = [*inherited, *overrides]
     return values
 
@@ -173,16 +173,16 @@ def job_values(
     if nproc is not None and (backend != "local" or not training):
         raise LaunchError("nproc is for the local backend; pods take their shape from the cluster.* values")
     if backend == "local" and training:
-        values = k8s.merge_values(values, {"cluster": {"nodes": 1}})
+        values = chart.merge_values(values, {"cluster": {"nodes": 1}})
         if nproc is not None:
             if nproc < 1:
                 raise LaunchError(f"nproc must be at least 1, not {nproc}")
-            values = k8s.merge_values(values, {"cluster": {"gpusPerNode": 0, "cpuProcsPerNode": nproc}})
+            values = chart.merge_values(values, {"cluster": {"gpusPerNode": 0, "cpuProcsPerNode": nproc}})
     return values
 
 
 def render_stage_job(
-    stage: str, values: dict[str, Any], *, job_name: str | None = None, namespace: str = k8s.NAMESPACE
+    stage: str, values: dict[str, Any], *, job_name: str | None = None, namespace: str = chart.NAMESPACE
 ) -> dict[str, Any]:
     """The chart's job for `stage` from `job_values(...)`, named `job_name` (default: the chart's `<release>-<stage>`)."""
     training = stage_section(stage) == "stages"
@@ -203,7 +203,7 @@ def stage_job(
     recipe: str | None = None,
     overrides: Iterable[str] = (),
     job_name: str | None = None,
-    namespace: str = k8s.NAMESPACE,
+    namespace: str = chart.NAMESPACE,
     nproc: int | None = None,
 ) -> dict[str, Any]:
     """The job `launch_stage` runs: the chart's rendering for `job_values(...)` (a PyTorchJob for
@@ -234,4 +234,4 @@ def bound_lifetime(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
 
 def job_restarts(values: dict[str, Any]) -> int:
     """How many times a failed training job is created again (runPolicy.jobRestarts)."""
-    return int(k8s.with_chart_defaults(values)["runPolicy"]["jobRestarts"])
+    return int(chart.with_chart_defaults(values)["runPolicy"]["jobRestarts"])

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from medo1 import k8s
+from medo1 import chart
 from medo1.launch.apicalls import DEFAULT_REQUEST_TIMEOUT_S, bound_requests, bounded_construction
 from medo1.launch.grace import SHUTDOWN_ENV, grace_period_s
 from medo1.launch.kubernetes import (
@@ -115,7 +115,7 @@ def chart_runtime(name: str, values: dict[str, Any]) -> dict[str, Any]:
     """The chart's ClusterTrainingRuntime `name` as rendered with `values`."""
     runtimes = [
         o
-        for o in k8s.render_chart(k8s.merge_values(values, {"runtimes": {"enabled": True}}))
+        for o in chart.render_chart(chart.merge_values(values, {"runtimes": {"enabled": True}}))
         if o["kind"] == RUNTIME_KIND
     ]
     for runtime in runtimes:
@@ -131,7 +131,7 @@ def build_trainjob(
     *,
     runtime: str | None = None,
     job_name: str | None = None,
-    namespace: str = k8s.NAMESPACE,
+    namespace: str = chart.NAMESPACE,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
     """The TrainJob for `stage` on `runtime` (default: DEFAULT_RUNTIME), from chart values (see
@@ -144,7 +144,7 @@ def build_trainjob(
             "run it with --backend pytorchjob"
         )
     runtime = runtime or DEFAULT_RUNTIME[stage]
-    merged = k8s.with_chart_defaults(values)
+    merged = chart.with_chart_defaults(values)
     runtime_object = chart_runtime(runtime, values)
     runs = runtime_object["metadata"]["labels"]["app.kubernetes.io/component"]
     if runs != stage:
@@ -164,7 +164,7 @@ def build_trainjob(
     # The recipe chosen in the values (profile, --recipe) wins; the chart's default for the stage gives way
     # to the runtime's own (medo1-grpo runs the GRPO recipe, not the rl stage's default PPO one).
     recipe = stage_config["recipe"]
-    if recipe == k8s.chart_defaults()[stage_section(stage)][stage]["recipe"]:
+    if recipe == chart.chart_defaults()[stage_section(stage)][stage]["recipe"]:
         recipe = next(e["value"] for e in container["env"] if e["name"] == RECIPE_ENV)
     # The NCCL settings (InfiniBand on for the 2-node profile) and, for a training stage, the node shape the
     # values give: the platform's runtime was installed with its own values (one node, no RDMA).
@@ -182,7 +182,7 @@ def build_trainjob(
     }
     if merged.get("kueue", {}).get("queueName"):
         labels["kueue.x-k8s.io/queue-name"] = merged["kueue"]["queueName"]
-    name = job_name or f"{k8s.RELEASE}-{stage}"
+    name = job_name or f"{chart.RELEASE}-{stage}"
     job = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "TrainJob",
@@ -244,7 +244,7 @@ class TrainJobs(ClusterJobs):
     SDK backend's Kubernetes client (the SDK's own TrainJob type keeps no condition reason or message)."""
 
     kind = "TrainJob"
-    container = k8s.MAIN_CONTAINER[RUNTIME_KIND]
+    container = chart.MAIN_CONTAINER[RUNTIME_KIND]
     _custom = (GROUP, VERSION, PLURAL)
 
     def __init__(self, client: TrainerClient, name: str, namespace: str):

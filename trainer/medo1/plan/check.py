@@ -133,9 +133,9 @@ def fit_check(stage: str, values: dict[str, Any], *, recipe: str | None = None) 
     """The plan of `stage` as chart `values` launch it: its recipe (or `recipe`: a Trainer v2 runtime's own) with
     the stage's `set`, on its GPUs, at plan.headroom. None when the stage runs nothing of ours on a GPU
     (translate, upload, a CPU run, eval of an endpoint)."""
-    from medo1 import k8s
+    from medo1 import chart
 
-    values = k8s.with_chart_defaults(values)
+    values = chart.with_chart_defaults(values)
     if stage not in PLANNED:
         return None
     cluster = stage_cluster(stage, values)

@@ -10,12 +10,12 @@ from medo1.plan.stages import Cluster, StagePlan, cluster_from_values, local_rec
 
 def profile_values(profile: str | None) -> dict[str, Any]:
     """The chart's defaults with the profile merged in, as Helm merges them."""
-    from medo1 import k8s
+    from medo1 import chart
 
-    values = k8s.chart_defaults()
+    values = chart.chart_defaults()
     if profile:
         try:
-            values = k8s.merge_values(values, k8s.load_profile(profile))
+            values = chart.merge_values(values, chart.load_profile(profile))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     return values

@@ -1,8 +1,7 @@
-"""Kubernetes objects from the Helm chart: render (real Helm through helm-python-sdk), write the
-checked-in manifests, validate against the Kubernetes schemas and the Kubeflow CRDs, and policy
-checks for the mistakes that only show after an hour on 8x H100 (wrong container name, GPU count
-not matching processes, no /dev/shm, a PVC that does not exist, an inline secret, root, `latest`).
-"""
+"""The Helm chart as data: its values (profiles merged over the defaults as Helm merges them), its objects rendered
+by real Helm (helm-python-sdk), the checked-in manifests (`python -m medo1.chart` writes manifests/), and what a
+rendered pod gets from its operator (pod templates, the env PyTorchJob and Trainer inject). The schema and policy
+checks of the rendered objects live with the tests (tests/manifest_checks.py)."""
 
 from __future__ import annotations
 
@@ -193,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m medo1.k8s",
+        prog="python -m medo1.chart",
         description="Render the chart for every profile in helm/profiles/ into manifests/<profile>.yaml (`make manifests`).",
     )
     parser.add_argument("--out-dir", type=Path, default=MANIFESTS_DIR, help="where the YAML files go")
