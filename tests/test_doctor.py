@@ -315,7 +315,7 @@ def test_doctor_as_the_charts_account_says_what_it_could_not_check_and_exits_1(c
         "cannot be read: nodes is forbidden: User "
         '"system:serviceaccount:team-a:medo1" cannot list resource "nodes" in API group "" at the cluster scope',
     )
-    assert "runtimes.readers" in nodes["fix"]
+    assert "doctor.clusterRead" in nodes["fix"]
     assert status["PVC medo1-data"] == "pass"  # Bound: no StorageClass to read
     # No "warn: not checked" any more; the one warning is the optional W&B Secret the profile names.
     assert [check for check, s in status.items() if s == "warn"] == ["Secret wandb key WANDB_API_KEY"]
@@ -334,15 +334,19 @@ def test_allow_unchecked_exits_0_when_nothing_failed():
     assert doctor.exit_code([*unchecked, doctor.Finding("x", "fail", "")], allow_unchecked=True) == 1
 
 
-def test_with_the_platform_grant_the_charts_account_checks_the_cluster(cluster):
-    """The platform install's ClusterRole (runtimes.readers) lets every account read nodes, StorageClasses and
-    Kueue's ClusterQueues: doctor as the chart's account then checks them."""
+def test_with_its_doctor_reader_grant_the_charts_account_checks_the_cluster(cluster):
+    """The team release's doctor reader ClusterRole (doctor.clusterRead) lets the chart's account read nodes,
+    StorageClasses and Kueue's ClusterQueues (and the platform install's, the runtimes it launches on): doctor as
+    that account then checks them."""
     from medo1 import k8s
 
-    platform = [
-        o for o in k8s.render_chart(k8s.load_profile("trainer-v2-runtimes")) if o["kind"].startswith("ClusterRole")
+    grant = [
+        o
+        for values in (k8s.load_profile("h100-2nodes"), k8s.load_profile("trainer-v2-runtimes"))
+        for o in k8s.render_chart(values, namespace=NS)
+        if o["kind"].startswith("ClusterRole")
     ]
-    kube, reader = as_account([*ready_objects(), *platform], "h100-2nodes")
+    kube, reader = as_account([*ready_objects(), *grant], "h100-2nodes")
     try:
         needs = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=[], namespace=NS)
         findings = doctor.diagnose(reader, needs)

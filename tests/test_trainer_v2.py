@@ -77,7 +77,7 @@ def test_runtimes_are_off_by_default_and_the_platform_profile_renders_only_them(
     objects = k8s.render_chart(k8s.load_profile("trainer-v2-runtimes"))
     runtimes_rendered = [o for o in objects if o["kind"] == "ClusterTrainingRuntime"]
     assert sorted(o["metadata"]["name"] for o in runtimes_rendered) == RUNTIMES
-    # Besides them only who may read them (runtimes.readers; tests/test_helm_lifecycle.py launches as a team's account).
+    # Besides them only who may get them (runtimes.readers; tests/test_helm_lifecycle.py launches as a team's account).
     assert sorted((o["kind"], o["metadata"]["name"]) for o in objects if o not in runtimes_rendered) == [
         ("ClusterRole", "medo1-cluster-reader"),
         ("ClusterRoleBinding", "medo1-cluster-reader"),

@@ -141,11 +141,11 @@ def _unchecked(check: str, detail: str, fix: str) -> Finding:
     return Finding(check, "unchecked", detail, fix)
 
 
-# What grants a read a namespaced account lacks: the team release's Role or the platform install.
+# What grants a read a namespaced account lacks: the team release's Role and its doctor ClusterRole.
 GRANTS = (
-    "the chart's launcher Role grants the namespaced reads; the platform install "
-    "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) the cluster-scoped ones; or run doctor as "
-    "a cluster admin (--allow-unchecked accepts what cannot be checked)"
+    "the chart's launcher Role grants the namespaced reads; its doctor reader ClusterRole (doctor.clusterRead, "
+    "doctor.clusterReaders for other subjects) the cluster-scoped ones; or run doctor as a cluster admin "
+    "(--allow-unchecked accepts what cannot be checked)"
 )
 
 
