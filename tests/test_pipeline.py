@@ -281,7 +281,10 @@ def test_doctor_table_lists_failures_first_with_their_fix():
     )
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows[0] == "| secrets | **fail** | Secret hf-token has no key HF_TOKEN | kubectl create secret ...\\|x |"
-    assert rows[1].startswith("| crds | pass |") and "**1 failed, 0 warnings, 1 passed**" in text
+    assert (
+        rows[1].startswith("| crds | pass |")
+        and "**1 failed, 0 unchecked, 0 warnings, 0 not checkable here, 1 passed**" in text
+    )
 
 
 def test_plan_of_the_pipeline_defaults_matches_medo1_plan():
