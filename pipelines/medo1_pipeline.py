@@ -105,7 +105,9 @@ def doctor(
             gpus_per_node=gpus_per_node,
         ),
     ]
-    needs = checks.profile_needs(profile=profile or None, values_files=[], value_overrides=values, namespace=namespace)
+    needs = checks.profile_needs(
+        profile=profile or None, values_files=[], value_overrides=values, namespace=namespace, caller_launches=True
+    )
     cluster = checks.ClusterReader(bound_requests(checks.api_client(), DEFAULT_REQUEST_TIMEOUT_S))
     findings = checks.diagnose(cluster, needs)
     print(checks.table(findings))

@@ -127,7 +127,7 @@ def test_the_table_shows_each_failure_with_its_fix_and_exits_1(needs, cluster, c
     assert code == 1
     assert re.search(r"^Secret hf-token key HF_TOKEN +fail +the Secret does not exist;", out, re.MULTILINE)
     assert f"fix: kubectl -n {NS} create secret generic hf-token --from-literal=HF_TOKEN=..." in out
-    assert out.rstrip().endswith("15 pass, 0 warn, 1 fail, 0 unchecked")
+    assert out.rstrip().endswith("15 pass, 0 warn, 1 fail, 0 unchecked, 0 info")
 
 
 def test_crd_missing(needs, cluster):
@@ -315,12 +315,12 @@ def test_doctor_as_the_charts_account_says_what_it_could_not_check_and_exits_1(c
         "cannot be read: nodes is forbidden: User "
         '"system:serviceaccount:team-a:medo1" cannot list resource "nodes" in API group "" at the cluster scope',
     )
-    assert "runtimes.readers" in nodes["fix"]
+    assert "doctor.clusterRead" in nodes["fix"]
     assert status["PVC medo1-data"] == "pass"  # Bound: no StorageClass to read
     # No "warn: not checked" any more; the one warning is the optional W&B Secret the profile names.
     assert [check for check, s in status.items() if s == "warn"] == ["Secret wandb key WANDB_API_KEY"]
     # --allow-unchecked: still 1, for the missing PyTorchJob CRD; the table counts each status.
-    assert allowed == 1 and table.rstrip().split("\n")[-1].endswith("unchecked")
+    assert allowed == 1 and table.rstrip().split("\n")[-1].endswith("unchecked, 0 info")
 
 
 def test_allow_unchecked_exits_0_when_nothing_failed():
@@ -334,15 +334,19 @@ def test_allow_unchecked_exits_0_when_nothing_failed():
     assert doctor.exit_code([*unchecked, doctor.Finding("x", "fail", "")], allow_unchecked=True) == 1
 
 
-def test_with_the_platform_grant_the_charts_account_checks_the_cluster(cluster):
-    """The platform install's ClusterRole (runtimes.readers) lets every account read nodes, StorageClasses and
-    Kueue's ClusterQueues: doctor as the chart's account then checks them."""
+def test_with_its_doctor_reader_grant_the_charts_account_checks_the_cluster(cluster):
+    """The team release's doctor reader ClusterRole (doctor.clusterRead) lets the chart's account read nodes,
+    StorageClasses and Kueue's ClusterQueues (and the platform install's, the runtimes it launches on): doctor as
+    that account then checks them."""
     from medo1 import chart
 
-    platform = [
-        o for o in chart.render_chart(chart.load_profile("trainer-v2-runtimes")) if o["kind"].startswith("ClusterRole")
+    grant = [
+        o
+        for values in (chart.load_profile("h100-2nodes"), chart.load_profile("trainer-v2-runtimes"))
+        for o in chart.render_chart(values, namespace=NS)
+        if o["kind"].startswith("ClusterRole")
     ]
-    kube, reader = as_account([*ready_objects(), *platform], "h100-2nodes")
+    kube, reader = as_account([*ready_objects(), *grant], "h100-2nodes")
     try:
         needs = profile_needs(profile="h100-2nodes", values_files=[], value_overrides=[], namespace=NS)
         findings = doctor.diagnose(reader, needs)
@@ -738,3 +742,146 @@ def test_the_pipelines_doctor_step_checks_the_trainjob_backend(tmp_path, monkeyp
     finally:
         kube.stop()
     assert "Kueue does not manage kubeflow.org/pytorchjob" in capsys.readouterr().out
+
+
+# ---- issue 26: the pipeline's doctor step as multi-user Kubeflow's default-editor ------------------------------
+
+
+def kubeflow_profile_rbac(namespace: str) -> list[dict]:
+    """What multi-user Kubeflow grants a profile's default-editor: the aggregated ClusterRole kubeflow-edit, bound
+    in its namespace only (the Profile controller's RoleBinding default-editor). kubeflow-edit's rules flattened (the
+    stand-in does not aggregate), core and batch as kubeflow/manifests common/kubeflow-roles/base/cluster-roles.yaml
+    gives them (kubeflow-kubernetes-edit and -view), and the training jobs; and Trainer's version ConfigMap, which
+    kubeflow/trainer binds to every authenticated user (manifests/base/rbac/public_configmap_role_binding.yaml)."""
+    rbac = "rbac.authorization.k8s.io/v1"
+    read = ["get", "list", "watch"]
+    write = ["create", "delete", "deletecollection", "patch", "update"]
+    core_read = ["configmaps", "endpoints", "persistentvolumeclaims", "pods", "serviceaccounts", "services"]
+    core_read += ["events", "limitranges", "pods/log", "pods/status", "resourcequotas", "namespaces"]
+    edit = {
+        "apiVersion": rbac,
+        "kind": "ClusterRole",
+        "metadata": {"name": "kubeflow-edit"},
+        "rules": [
+            {"apiGroups": [""], "resources": core_read, "verbs": read},
+            {
+                "apiGroups": [""],
+                "resources": ["secrets", "pods/exec", "pods/attach", "pods/portforward"],
+                "verbs": read,
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["pods", "configmaps", "persistentvolumeclaims", "secrets"],
+                "verbs": write,
+            },
+            {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": read + write},
+            {"apiGroups": ["kubeflow.org"], "resources": ["pytorchjobs"], "verbs": read + write},
+            {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"], "verbs": read + write},
+        ],
+    }
+    binding = {
+        "apiVersion": rbac,
+        "kind": "RoleBinding",
+        "metadata": {"name": "default-editor", "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-edit"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default-editor", "namespace": namespace}],
+    }
+    public = {"apiVersion": rbac, "metadata": {"name": "kubeflow-trainer-public", "namespace": "kubeflow-system"}}
+    return [
+        edit,
+        binding,
+        {
+            **public,
+            "kind": "Role",
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "verbs": ["get"],
+                    "resourceNames": ["kubeflow-trainer-public"],
+                }
+            ],
+        },
+        {
+            **public,
+            "kind": "RoleBinding",
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "kubeflow-trainer-public"},
+            "subjects": [{"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "system:authenticated"}],
+        },
+    ]
+
+
+def installed_rbac(namespace: str) -> list[dict]:
+    """The team release (infrastructure profile: its launcher Role and doctor reader, bound to default-editor too)
+    and the platform install (who may get the runtimes), as Helm creates them."""
+    from medo1 import chart
+
+    objects = []
+    for values in (chart.load_profile("infrastructure"), chart.load_profile("trainer-v2-runtimes")):
+        for obj in chart.render_chart(values, namespace=namespace):
+            if obj["kind"] in ("Role", "RoleBinding"):
+                objects.append({**obj, "metadata": {**obj["metadata"], "namespace": namespace}})
+            elif obj["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+                objects.append(obj)
+    return objects
+
+
+def doctor_step_as(account: str, objects: list[dict], tmp_path, monkeypatch) -> tuple[str, str | Exception]:
+    """The pipeline's doctor step (trainjob backend, h100-2nodes) run with `account`'s token, as its pod runs."""
+    from kfp import dsl
+    from kubernetes.config import kube_config
+
+    from pipelines.medo1_pipeline import doctor as doctor_step
+
+    kube = KubeStandIn().start()
+    try:
+        for obj in objects:
+            kube.record(obj)
+        token = kube.service_account_token(NS, account)
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS, token=token)
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+        report = dsl.Markdown(uri=str(tmp_path / "report.md"))
+        try:
+            outcome: str | Exception = doctor_step.python_func(
+                backend="trainjob",
+                profile="h100-2nodes",
+                nodes=2,
+                gpus_per_node=8,
+                data_pvc="medo1-data",
+                checkpoints_pvc="medo1-checkpoints",
+                hf_cache_pvc="medo1-hf-cache",
+                allow_unchecked=False,
+                report=report,
+            )
+        except RuntimeError as exc:
+            outcome = exc
+        return Path(report.path).read_text(), outcome
+    finally:
+        kube.stop()
+
+
+def test_the_pipelines_doctor_step_passes_as_default_editor_and_says_what_it_cannot_check(tmp_path, monkeypatch):
+    """As multi-user Kubeflow's default-editor the step failed on two checks it can never make: a
+    SubjectAccessReview about the chain's run Job account (cluster-scoped, and that account launches nothing in a
+    pipeline: the step's own account does) and Kueue's Configuration in kueue-system. Now its own access is
+    checked by itself and the Kueue integrations are `info`, saying why and who can check; the step passes."""
+    ready = [*ready_objects(), *kubeflow_profile_rbac(NS), *installed_rbac(NS)]
+    markdown, outcome = doctor_step_as("default-editor", ready, tmp_path, monkeypatch)
+    assert outcome == "passed"
+    rows = {row.split(" | ")[0].removeprefix("| "): row.split(" | ")[1:] for row in markdown.splitlines()[6:]}
+    assert rows["access you (ServiceAccount default-editor)"][0] == "pass"
+    assert not [check for check in rows if check.startswith("access ServiceAccount")]
+    status, detail, fix = rows["Kueue integrations"]
+    assert status == "**info**"
+    assert detail.startswith(
+        "not checkable here: Kueue's Configuration is in kueue-system, which a pipeline step's account (its grants "
+        "are its own namespace's) may not read, so whether Kueue manages trainer.kubeflow.org/trainjob is not known: "
+        'configmaps "kueue-manager-config" is forbidden: User "system:serviceaccount:team-a:default-editor"'
+    )
+    assert fix.startswith("ask your Kueue admin to run medo1 doctor --namespace team-a")
+    assert "**0 failed, 0 unchecked, 0 warnings, 1 not checkable here" in markdown
+    # What the account could be granted is still unchecked, and fails the step: here the doctor reader is missing.
+    no_grant = [o for o in ready if not o["metadata"]["name"].endswith("-doctor-reader")]
+    markdown, outcome = doctor_step_as("default-editor", no_grant, tmp_path, monkeypatch)
+    assert isinstance(outcome, RuntimeError) and "0 check(s) failed and 2 could not be made" in str(outcome)
+    assert "| nodes | **unchecked** | cannot be read: nodes is forbidden" in markdown

@@ -256,13 +256,16 @@ def launch_on(kube, **options):
 
 
 def stuck_launch(kube: KubeStandIn, **options) -> str:
-    """Launch on the started stand-in `kube`, which the launch must end with JobStuck; its message. Stops `kube`."""
+    """Launch on the started stand-in `kube`, which the launch must end with JobStuck; its message, one line (the
+    problem; the fix; what was done). Stops `kube`."""
     try:
         with pytest.raises(JobStuck) as failure:
             launch_on(kube, **options)
     finally:
         kube.stop()
-    return str(failure.value)
+    message = str(failure.value)
+    assert "\n" not in message
+    return message
 
 
 def autoscaler_event(reason: str, message: str, at: str) -> dict:
@@ -297,7 +300,7 @@ def test_pods_admission_refuses_fail_the_launch_at_once_with_the_admission_messa
     kube = KubeStandIn(refuse_pods=QUOTA).start()
     kube.script(NAME, [Step(CREATED)])  # the operator marks it Created and records FailedCreatePod, again and again
     message = stuck_launch(kube)  # the default --stuck-after (300 s): the refusal does not wait for it
-    assert message.startswith(f"PyTorchJob {NS}/{NAME}: refused:\n")
+    assert message.startswith(f"PyTorchJob {NS}/{NAME}: refused: ")
     assert (
         f'PyTorchJob {NS}/{NAME}: FailedCreatePod: Error creating: pods "{NAME}-master-0" is forbidden: {QUOTA}'
         in message
@@ -337,7 +340,7 @@ def test_an_unschedulable_pod_waits_while_the_autoscaler_adds_a_node(source, rea
         ["involvedObject.kind=Workload,reason=Pending"],
     ]
     shown = "cluster autoscaler" if source == "cluster-autoscaler" else source
-    assert f"{shown}: {said}\nfix: " in caplog.text and "(failing after 60 s)" in caplog.text
+    assert f"{shown}: {said}; fix: " in caplog.text and "(failing after 60 s)" in caplog.text
 
 
 def test_an_unschedulable_pod_no_scale_up_is_coming_for_fails_after_stuck_after_with_the_autoscalers_reason():

@@ -164,8 +164,18 @@ def test_secrets_are_references_and_pvcs_are_created_or_reused():
 
 
 def test_rbac_is_namespaced_and_minimal():
-    objects = chart.render_chart({})
-    assert not [o for o in objects if o["kind"].startswith("Cluster")]
+    objects = chart.render_chart({}, namespace="team-a")
+    # Cluster-scoped: only doctor's reads, for the chart's own account (tests/test_helm_lifecycle.py checks who may).
+    (cluster_role,) = by_kind(objects, "ClusterRole")
+    assert cluster_role["metadata"]["name"] == "medo1-team-a-doctor-reader"
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["storage.k8s.io"], "resources": ["storageclasses"], "verbs": ["get", "list"]},
+        {"apiGroups": ["kueue.x-k8s.io"], "resources": ["clusterqueues", "resourceflavors"], "verbs": ["get", "list"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+    ]
+    (cluster_binding,) = by_kind(objects, "ClusterRoleBinding")
+    assert cluster_binding["subjects"] == [{"kind": "ServiceAccount", "name": "medo1", "namespace": "team-a"}]
+    assert not [o for o in chart.render_chart({"doctor": {"clusterRead": False}}) if o["kind"].startswith("Cluster")]
     (role,) = by_kind(objects, "Role")
     resources = {r for rule in role["rules"] for r in rule["resources"]}
     assert resources == {
@@ -212,6 +222,9 @@ def test_pipeline_service_accounts_may_launch_jobs():
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": name} for name in ("medo1", "default-editor", "pipeline-runner")
     ]
+    # Doctor's cluster-wide reads: the same accounts, each with the namespace a ClusterRoleBinding needs.
+    (cluster_binding,) = by_kind(objects, "ClusterRoleBinding")
+    assert cluster_binding["subjects"] == [{**s, "namespace": "team-a"} for s in binding["subjects"]]
 
 
 def test_trainjob_backend_renders_runtime_and_job():
@@ -241,6 +254,8 @@ def test_trainjob_backend_renders_runtime_and_job():
         ({"terminationGracePeriodSeconds": 5}, "terminationGracePeriodSeconds"),
         ({"scheduling": {"priorityClassName": "High_Priority"}}, "priorityClassName"),
         ({"networkPolicy": {"enabled": True, "allowAll": True}}, "allowAll"),
+        # A ClusterRoleBinding's ServiceAccount subject must name its namespace.
+        ({"doctor": {"clusterReaders": [{"kind": "ServiceAccount", "name": "ci"}]}}, "missing property 'namespace'"),
     ],
 )
 def test_values_schema_refuses_bad_values(bad_values, fragment):

@@ -535,11 +535,12 @@ def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, h
 # ---- issue 26 item 17: plain manifests in any namespace --------------------------------------------------
 
 
-def may(kube, token: str, verb: str, group: str, resource: str, namespace: str) -> bool:
+def may(kube, token: str, verb: str, group: str, resource: str, namespace: str, name: str = "") -> bool:
+    attributes = {"verb": verb, "group": group, "resource": resource, "namespace": namespace, "name": name}
     review = {
         "apiVersion": "authorization.k8s.io/v1",
         "kind": "SelfSubjectAccessReview",
-        "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace}},
+        "spec": {"resourceAttributes": attributes},
     }
     code, answer = request(kube, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review, token=token)
     assert code == 201, answer
@@ -579,3 +580,37 @@ def test_the_plain_manifests_apply_in_any_namespace(kube, profile):
         assert {"name": "MEDO1_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in container[
             "env"
         ]
+
+
+# ---- issue 26, remaining item 1: doctor's cluster-wide reads for the chart's accounts only ------------------
+
+
+@pytest.mark.slow
+def test_only_the_charts_accounts_read_the_cluster_and_everyone_reads_the_runtimes(kube, helm):
+    """The platform install bound one ClusterRole to system:authenticated: every identity could read the medo1
+    runtimes (as Kubeflow's kubeflow-trainer-view-cluster-runtimes allows) and also list nodes, StorageClasses
+    and Kueue's ClusterQueues. Now doctor's cluster-wide reads are the team release's own ClusterRoleBinding, for
+    the accounts its launcher Role is bound to; two teams' releases `medo1` each install theirs."""
+    helm.install(str(chart.CHART_DIR), RELEASE, chart.load_profile("infrastructure"), namespace=NS, timeout=60)
+    helm.install(
+        str(chart.CHART_DIR), "medo1-runtimes", chart.load_profile("trainer-v2-runtimes"), namespace=NS, timeout=60
+    )
+    helm.install(str(chart.CHART_DIR), RELEASE, {}, namespace="team-b", timeout=60)
+    anyone = kube.service_account_token("team-c", "default")
+    code, answer = request(kube, "GET", "/api/v1/nodes", token=anyone)
+    assert (code, answer["message"]) == (
+        403,
+        'nodes is forbidden: User "system:serviceaccount:team-c:default" cannot list resource "nodes" in API group "" '
+        "at the cluster scope",
+    )
+    assert not may(kube, anyone, "list", "storage.k8s.io", "storageclasses", "")
+    assert not may(kube, anyone, "list", "kueue.x-k8s.io", "clusterqueues", "")
+    for account in ("medo1", "default-editor"):  # the chart's account and rbac.pipelineServiceAccounts
+        token = kube.service_account_token(NS, account)
+        assert may(kube, token, "list", "", "nodes", "")
+        assert may(kube, token, "list", "storage.k8s.io", "storageclasses", "")
+        assert may(kube, token, "get", "kueue.x-k8s.io", "resourceflavors", "")
+    assert may(kube, kube.service_account_token("team-b", "medo1"), "list", "", "nodes", "")
+    assert not may(kube, kube.service_account_token("team-b", "default-editor"), "list", "", "nodes", "")
+    for token in (anyone, kube.service_account_token(NS, "medo1")):
+        assert may(kube, token, "get", "trainer.kubeflow.org", "clustertrainingruntimes", "", "medo1-sft")

@@ -281,7 +281,10 @@ def test_doctor_table_lists_failures_first_with_their_fix():
     )
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert rows[0] == "| secrets | **fail** | Secret hf-token has no key HF_TOKEN | kubectl create secret ...\\|x |"
-    assert rows[1].startswith("| crds | pass |") and "**1 failed, 0 warnings, 1 passed**" in text
+    assert (
+        rows[1].startswith("| crds | pass |")
+        and "**1 failed, 0 unchecked, 0 warnings, 0 not checkable here, 1 passed**" in text
+    )
 
 
 def test_plan_of_the_pipeline_defaults_matches_medo1_plan():
@@ -667,13 +670,22 @@ def test_cluster_settings_survive_reruns_retries_and_long_waits():
 def test_pipeline_users_get_volumes_and_rbac_without_jobs():
     objects = chart.render_chart(chart.load_profile("infrastructure"))
     kinds = sorted({o["kind"] for o in objects})
-    assert kinds == ["PersistentVolumeClaim", "Role", "RoleBinding", "ServiceAccount"]
+    # The cluster-scoped pair is doctor's reader (nodes, StorageClasses, ClusterQueues), for the same accounts.
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PersistentVolumeClaim",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
     claims = {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
     spec, _ = _compiled()
     defaults = spec["root"]["inputDefinitions"]["parameters"]
     assert {defaults[p]["defaultValue"] for p in ("data_pvc", "checkpoints_pvc", "hf_cache_pvc")} == claims
-    (binding,) = [o for o in objects if o["kind"] == "RoleBinding"]
-    assert "default-editor" in [s["name"] for s in binding["subjects"]]
+    for kind in ("RoleBinding", "ClusterRoleBinding"):
+        (binding,) = [o for o in objects if o["kind"] == kind]
+        assert "default-editor" in [s["name"] for s in binding["subjects"]], kind
 
 
 # ---- the doctor step against the API stand-in (issue 31: its table in the UI) --------------------------------

@@ -139,6 +139,7 @@ def manifest_text(objects: list[dict[str, Any]], profile: str) -> str:
     header = (
         f"# Rendered from helm/medo1 with helm/profiles/{profile}.yaml by `make manifests`. Do not edit:\n"
         "# change the chart or the profile and regenerate. Apply with `kubectl apply -n NAMESPACE -f`.\n"
+        "# Without the chart's doctor.clusterRead grant (its ClusterRoleBinding names the namespace).\n"
     )
     return header + "---\n".join(yaml.safe_dump(obj, sort_keys=False) for obj in objects)
 
@@ -148,7 +149,8 @@ def write_manifests(out_dir: Path = MANIFESTS_DIR) -> list[Path]:
     written = []
     for name in profiles():
         path = out_dir / f"{name}.yaml"
-        path.write_text(manifest_text(render_chart(load_profile(name)), name))
+        values = merge_values(load_profile(name), {"doctor": {"clusterRead": False}})
+        path.write_text(manifest_text(render_chart(values), name))
         written.append(path)
     return written
 

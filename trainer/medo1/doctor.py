@@ -16,7 +16,8 @@ behind it covering every resource the pods request, and Kueue managing the kind 
 
 A check the credentials may not make (a namespaced account reading nodes or Kueue's configuration) is
 `unchecked`, with the API server's 403 and what would grant it: not a pass, and the exit code is 1
-unless `--allow-unchecked`.
+unless `--allow-unchecked`. One the caller cannot make by design (`Needs.caller_launches`: the pipeline's
+step reading Kueue's namespace) is `info`, "not checkable here", with who can make it: not a failure.
 
 Raises DoctorError (one line) for values that do not render or a cluster that cannot be reached.
 """
@@ -120,7 +121,8 @@ class Forbidden(DoctorError):
 class Finding:
     check: str
     status: str
-    """pass, warn, fail, or unchecked: the credentials could not make the check (not a pass)."""
+    """pass, warn, fail, unchecked (the credentials could not make the check: not a pass), or info: a check the
+    caller cannot make by design (a pipeline step's namespaced account reading Kueue's namespace), said so."""
     detail: str
     fix: str = ""
 
@@ -141,11 +143,15 @@ def _unchecked(check: str, detail: str, fix: str) -> Finding:
     return Finding(check, "unchecked", detail, fix)
 
 
-# What grants a read a namespaced account lacks: the team release's Role or the platform install.
+def _info(check: str, detail: str, fix: str) -> Finding:
+    return Finding(check, "info", detail, fix)
+
+
+# What grants a read a namespaced account lacks: the team release's Role and its doctor ClusterRole.
 GRANTS = (
-    "the chart's launcher Role grants the namespaced reads; the platform install "
-    "(helm/profiles/trainer-v2-runtimes.yaml, runtimes.readers) the cluster-scoped ones; or run doctor as "
-    "a cluster admin (--allow-unchecked accepts what cannot be checked)"
+    "the chart's launcher Role grants the namespaced reads; its doctor reader ClusterRole (doctor.clusterRead, "
+    "doctor.clusterReaders for other subjects) the cluster-scoped ones; or run doctor as a cluster admin "
+    "(--allow-unchecked accepts what cannot be checked)"
 )
 
 
@@ -159,6 +165,11 @@ class Needs:
     objects: list[dict[str, Any]]
     """The release's objects and every enabled stage's job as the launcher renders it."""
     namespace: str
+    caller_launches: bool = False
+    """The caller is the account that launches the jobs: a pipeline step's (a profile's namespaced default-editor
+    in multi-user Kubeflow), as every step of the run is. Its own access is the launcher's; no other account is
+    reviewed (the pipeline does not use the chain's run Job), and Kueue's Configuration, in a namespace no
+    profile's account may read, is `info` rather than unchecked."""
 
     @property
     def pods(self) -> list[tuple[str, dict[str, Any]]]:
@@ -173,7 +184,12 @@ class Needs:
 
 
 def profile_needs(
-    *, profile: str | None, values_files: Sequence[str | Path], value_overrides: Sequence[str], namespace: str
+    *,
+    profile: str | None,
+    values_files: Sequence[str | Path],
+    value_overrides: Sequence[str],
+    namespace: str,
+    caller_launches: bool = False,
 ) -> Needs:
     from medo1.launch import LaunchError
     from medo1.launch.chain import chain_stages
@@ -208,7 +224,7 @@ def profile_needs(
                 )
     except (LaunchError, ValueError) as exc:
         raise DoctorError(f"chart values: {exc}") from None
-    return Needs(merged, objects, namespace)
+    return Needs(merged, objects, namespace, caller_launches)
 
 
 # ---- reading the cluster ------------------------------------------------------------------------------
@@ -748,7 +764,11 @@ def check_access(cluster: ClusterReader, needs: Needs) -> list[Finding]:
             (verb, api_group, resource, runtime) for runtime in runtimes for verb, api_group, resource in RUNTIME_READS
         ]
     me = cluster.whoami()
-    accounts = {f"system:serviceaccount:{needs.namespace}:{a}": a for a in launcher_accounts(needs)}
+    if needs.caller_launches:
+        account = me.rsplit(":", 1)[1] if me and me.startswith("system:serviceaccount:") else None
+        accounts = {me: account} if account else {}
+    else:
+        accounts = {f"system:serviceaccount:{needs.namespace}:{a}": a for a in launcher_accounts(needs)}
     subjects: list[tuple[str, str | None]] = [
         (f"you (ServiceAccount {accounts[me]})" if me in accounts else "you (the current credentials)", None)
     ]
@@ -1051,6 +1071,17 @@ def check_kueue_integrations(cluster: ClusterReader, needs: Needs) -> list[Findi
     try:
         config_map = cluster.config_map(name, namespace)
     except Forbidden as exc:
+        if needs.caller_launches:
+            return [
+                _info(
+                    check,
+                    f"not checkable here: Kueue's Configuration is in {namespace}, which a pipeline step's account "
+                    f"(its grants are its own namespace's) may not read, so whether Kueue manages "
+                    f"{', '.join(wanted)} is not known: {exc}",
+                    f"ask your Kueue admin to run medo1 doctor --namespace {needs.namespace} with this run's "
+                    f"profile (or kubectl -n {namespace} get configmap {name}: integrations.frameworks)",
+                )
+            ]
         return [
             _unchecked(
                 check,
@@ -1109,7 +1140,7 @@ def diagnose(cluster: ClusterReader, needs: Needs) -> list[Finding]:
     return findings
 
 
-STATUSES = ("pass", "warn", "fail", "unchecked")
+STATUSES = ("pass", "warn", "fail", "unchecked", "info")
 
 
 def table(findings: list[Finding]) -> str:

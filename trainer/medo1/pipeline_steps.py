@@ -215,17 +215,18 @@ def _cell(text: Any) -> str:
 
 def doctor_markdown(findings: Sequence[Any], namespace: str) -> str:
     """`medo1 doctor`'s findings (`medo1.doctor.Finding`) as a table, failures first, each with its fix."""
-    order = {"fail": 0, "warn": 1, "pass": 2}
-    counts = {status: sum(f.status == status for f in findings) for status in ("fail", "warn", "pass")}
+    order = {"fail": 0, "unchecked": 1, "warn": 2, "info": 3, "pass": 4}
+    counts = {status: sum(f.status == status for f in findings) for status in order}
     lines = [
         f"# Doctor: namespace `{namespace}`",
         "",
-        f"**{counts['fail']} failed, {counts['warn']} warnings, {counts['pass']} passed**",
+        f"**{counts['fail']} failed, {counts['unchecked']} unchecked, {counts['warn']} warnings, "
+        f"{counts['info']} not checkable here, {counts['pass']} passed**",
         "",
         "| check | status | detail | fix |",
         "|---|---|---|---|",
     ]
-    for f in sorted(findings, key=lambda f: order.get(f.status, 3)):
+    for f in sorted(findings, key=lambda f: order[f.status]):
         status = f"**{f.status}**" if f.status != "pass" else f.status
         lines.append(f"| {_cell(f.check)} | {status} | {_cell(f.detail)} | {_cell(f.fix)} |")
     return "\n".join(lines) + "\n"

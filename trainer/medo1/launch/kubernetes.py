@@ -543,7 +543,7 @@ def _wait_and_follow(
         # Not restarted: a missing Secret or image, or no room for the pods, does not heal on a retry.
         follower.stop(0)
         jobs.delete("Background")
-        raise JobStuck(f"{jobs.where}: {exc}\ndeleted it") from None
+        raise JobStuck(f"{jobs.where}: {exc}; deleted it") from None
     except JobFailed as exc:
         follower.stop(LOG_DRAIN_S)
         failed = JobFailed(f"{jobs.where}: {exc}{tail_text(follower.tail, 'the Master pod log')}", exc.state)

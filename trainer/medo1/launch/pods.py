@@ -146,7 +146,8 @@ class PodProblem:
         return FIX[self.reason]
 
     def describe(self) -> str:
-        return f"{self.subject} {self.pod}: {self.reason}: {self.message or 'no message'}\nfix: {self.fix}"
+        said = (self.message or "no message").replace("\n", " ")  # an admission webhook's may span lines
+        return f"{self.subject} {self.pod}: {self.reason}: {said}; fix: {self.fix}"
 
 
 def _moment(stamp: Any) -> datetime:
@@ -335,7 +336,7 @@ class StuckPods:
         if overdue:
             longest = max(self._grace(p) for p in overdue)
             head = "refused" if longest == 0 else f"stuck for over {longest:.0f} s"
-            raise JobStuck(f"{head}:\n" + "\n".join(p.describe() for p in overdue))
+            raise JobStuck(f"{head}: " + "; ".join(p.describe() for p in overdue))
 
     def _grace(self, problem: PodProblem) -> float:
         return self.grace_s if problem.grace_s is None else problem.grace_s
