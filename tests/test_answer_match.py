@@ -12,8 +12,8 @@ import pytest
 from medo1.data.final_response import answer_text, parse_response
 from medo1.data.sources import reasoning_target
 from medo1.eval.run import extract_answer
-from medo1.rl.answer_match import answer_verdict
-from medo1.rl.rewards import AnswerMatchReward
+from medo1.rl.rewards.answer_match import AnswerMatchReward
+from medo1.rl.rewards.free_text import answer_verdict
 
 COT = "I weigh the findings against each candidate."
 

@@ -59,8 +59,8 @@ def test_the_verifier_loads_by_its_hub_id_through_the_hf_cache(tmp_path):
 
     save_verifier(hf_cache_entry(tmp_path / "hf-cache" / "hub", VERIFIER), 0.6)
     script = (
-        "from medo1.rl.reward_config import VerifierRewardConfig\n"
-        "from medo1.rl.rewards import VerifierReward\n"
+        "from medo1.rl.rewards.config import VerifierRewardConfig\n"
+        "from medo1.rl.rewards.verifier import VerifierReward\n"
         f"reward = VerifierReward(VerifierRewardConfig(model={VERIFIER!r}))\n"
         "print(reward.true_index, type(reward.model).__name__)\n"
     )

@@ -311,7 +311,7 @@ def test_every_user_error_class_derives_from_the_root():
     from medo1.eval.run import EvalError
     from medo1.hub.config import UploadError
     from medo1.launch import LaunchError
-    from medo1.rl.rewards import RewardLoadError
+    from medo1.rl.rewards.verifier import RewardLoadError
     from medo1.training.checkpoint import ResumeError
 
     for error in (

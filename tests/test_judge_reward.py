@@ -17,8 +17,10 @@ from pydantic import TypeAdapter, ValidationError
 
 from medo1.chat_client import ChatEndpointError
 from medo1.data.sources import reasoning_target
-from medo1.rl.judge import JudgeFailure, JudgeReward, parse_verdict
-from medo1.rl.rewards import JudgeRewardConfig, RewardConfig, build_reward, normalize_answer, trl_reward_funcs
+from medo1.rl.rewards.answer_match import normalize_answer
+from medo1.rl.rewards.config import JudgeRewardConfig, RewardConfig
+from medo1.rl.rewards.factory import build_reward, trl_reward_funcs
+from medo1.rl.rewards.judge import JudgeFailure, JudgeReward, parse_verdict
 from medo1.training import preemption
 from pipelines.openai_standin import StandIn
 
@@ -226,7 +228,7 @@ def test_too_many_missing_verdicts_stop_the_run(judge_key):
 
 
 def test_a_few_judged_correct_answers_are_logged(judge_key, caplog):
-    with JudgeStandIn(api_key=judge_key) as standin, caplog.at_level(logging.INFO, logger="medo1.rl.judge"):
+    with JudgeStandIn(api_key=judge_key) as standin, caplog.at_level(logging.INFO, logger="medo1.rl.rewards.judge"):
         build_reward(judge_config(standin, on_failure="score_wrong", log_correct_samples=2))(RESPONSES, REFERENCES)
     shown = [r.getMessage() for r in caplog.records if r.getMessage().startswith("judged correct")]
     assert shown == [

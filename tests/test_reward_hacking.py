@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from medo1.data.sources import reasoning_target
-from medo1.rl.rewards import AnswerMatchReward, named_options
+from medo1.rl.rewards.answer_match import AnswerMatchReward, named_options
 
 COT = "Macrocytic anaemia with hypersegmented neutrophils in a patient on methotrexate."
 

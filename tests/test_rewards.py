@@ -27,16 +27,10 @@ from transformers import Qwen2Config, Qwen2ForSequenceClassification
 from medo1.data.final_response import parse_response
 from medo1.data.sources import reasoning_target
 from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
-from medo1.rl.rewards import (
-    AnswerMatchReward,
-    AnswerMatchRewardConfig,
-    RewardConfig,
-    RewardLoadError,
-    VerifierReward,
-    VerifierRewardConfig,
-    build_reward,
-    trl_reward_funcs,
-)
+from medo1.rl.rewards.answer_match import AnswerMatchReward
+from medo1.rl.rewards.config import AnswerMatchRewardConfig, RewardConfig, VerifierRewardConfig
+from medo1.rl.rewards.factory import build_reward, trl_reward_funcs
+from medo1.rl.rewards.verifier import RewardLoadError, VerifierReward
 
 COT = "The patient has polyuria and a fasting glucose of 9 mmol/L; first-line therapy is metformin."
 GOOD = reasoning_target(COT, "Start metformin.")

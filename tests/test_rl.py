@@ -27,7 +27,7 @@ from medo1.rl import ppo as ppo_module
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import HFEngine, SamplerGapError, Samples, response_mask
-from medo1.rl.rewards import RewardOutput
+from medo1.rl.rewards.base import RewardOutput
 from medo1.sft.trainer import SFTConfig, run_sft
 from medo1.training import checkpoint, preemption
 from medo1.training.metrics import read_metrics

@@ -78,7 +78,7 @@ from medo1.eval.stats import (
     paired_bootstrap,
     wilson_interval,
 )
-from medo1.rl.reward_config import AnswerMatchRewardConfig, JudgeRewardConfig, VerifierRewardConfig
+from medo1.rl.rewards.config import AnswerMatchRewardConfig, JudgeRewardConfig, VerifierRewardConfig
 
 INSTRUCTION = "Answer with the letter of the correct option."
 INVALID_ROWS_SHOWN = 5
@@ -1330,7 +1330,7 @@ def run_eval(config: EvalConfig, generator: Generator | None = None) -> dict[str
                 notes.append(note)
                 if rows:
                     subjects[name] = rows
-    from medo1.rl.rewards import build_reward  # torch: only once the benchmarks are known to be usable
+    from medo1.rl.rewards.factory import build_reward  # torch: only once the benchmarks are known to be usable
 
     reward = build_reward(config.reward)
     report: dict[str, Any] = {

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from medo1.config import ModelConfig, OutputConfig, ResumeConfig, Section, TrainingOptions
 from medo1.data.sources import DataConfig
-from medo1.rl.reward_config import RewardConfig
+from medo1.rl.rewards.config import RewardConfig
 
 
 class VLLMSettings(Section):

@@ -22,7 +22,7 @@ from medo1.models import export_from_trainer, load_tokenizer
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import SamplerGapError, require_vllm
 from medo1.rl.ppo import RLResult, finished_result
-from medo1.rl.rewards import build_reward, trl_reward_funcs
+from medo1.rl.rewards.factory import build_reward, trl_reward_funcs
 from medo1.rl.rollout import load_problems, pad_right_for_export
 from medo1.rl.sharding import require_backend
 from medo1.training.arguments import trainer_arguments

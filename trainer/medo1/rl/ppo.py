@@ -42,7 +42,7 @@ from medo1.models import load_tokenizer, write_export_extras
 from medo1.rl import ppo_math
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import SamplerGapError, build_engine, require_vllm
-from medo1.rl.rewards import build_reward
+from medo1.rl.rewards.factory import build_reward
 from medo1.rl.rollout import (
     TokenValueModel,
     encode_prompts,

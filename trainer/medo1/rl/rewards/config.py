@@ -37,7 +37,9 @@ def check_template_fields(template: str, fields: Sequence[str]) -> str:
     return template
 
 
-class _RewardValues(Section):
+class RewardValues(Section):
+    """The published reward values, shared by every reward kind (base.published_rewards applies them)."""
+
     reward_correct: float = 1.0
     """Reward of a well-formed response whose final answer matches the reference."""
     reward_wrong: float = 0.1
@@ -46,7 +48,7 @@ class _RewardValues(Section):
     """Reward of a response without exactly one thinking and one final-response section."""
 
 
-class VerifierRewardConfig(_RewardValues):
+class VerifierRewardConfig(RewardValues):
     kind: Literal["verifier"] = "verifier"
     """A verifier model (a 2-class sequence classifier) scores each final answer against the reference."""
     model: str
@@ -72,7 +74,7 @@ class VerifierRewardConfig(_RewardValues):
         return check_template_fields(template, VERIFIER_PROMPT_FIELDS)
 
 
-class AnswerMatchRewardConfig(_RewardValues):
+class AnswerMatchRewardConfig(RewardValues):
     kind: Literal["answer_match"] = "answer_match"
     """The final answer matches the reference after normalisation (case, punctuation, option letters): no model needed."""
 
@@ -90,7 +92,7 @@ DEFAULT_JUDGE_PROMPT = (
 )
 
 
-class JudgeRewardConfig(_RewardValues, RetryOptions):
+class JudgeRewardConfig(RewardValues, RetryOptions):
     """A generative judge behind an OpenAI-compatible endpoint (e.g. a vLLM server in the cluster) asked whether
     each well-formed final answer matches the reference; the format rule and reward values are the verifier's."""
 

@@ -1,4 +1,4 @@
-"""Strict matching of a free-text final answer against a reference (`reward.kind: answer_match`).
+"""Strict matching of a free-text final answer against a reference (the free-text half of `reward.kind: answer_match`).
 
 A policy trained against a lenient match learns to collect the reward without committing to an answer: "Not
 metformin.", "Metformin is contraindicated here; give insulin.", "metformin and insulin", "Possibly metformin"

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from medo1.chat_client import ChatClient, ChatEndpointError, ChatError
 from medo1.config import StageError
 from medo1.data.final_response import parse_response
-from medo1.rl.reward_config import JudgeRewardConfig
-from medo1.rl.reward_output import RewardOutput, check_lengths
+from medo1.rl.rewards.base import RewardOutput, check_lengths, published_rewards
+from medo1.rl.rewards.config import JudgeRewardConfig
 from medo1.training import preemption
 
 log = logging.getLogger(__name__)
@@ -120,19 +120,11 @@ class JudgeReward:
             self._check_failures(verdicts)
             self._log_correct(parsed, references, correct)
         no_reward = interrupted or cfg.on_failure == "skip"
-        rewards: list[float | None] = [
-            cfg.reward_bad_format
-            if not p.format_ok
-            else None
-            if (miss and no_reward)
-            else cfg.reward_correct
-            if ok
-            else cfg.reward_wrong
-            for p, ok, miss in zip(parsed, correct, failed)
-        ]
+        format_ok = [p.format_ok for p in parsed]
+        rewards = published_rewards(cfg, format_ok, correct, [miss and no_reward for miss in failed])
         return RewardOutput(
             rewards=rewards,
-            format_ok=[p.format_ok for p in parsed],
+            format_ok=format_ok,
             correct=correct,
             scores=[None] * len(responses),
             failed=failed,
