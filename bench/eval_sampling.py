@@ -35,7 +35,7 @@ def measure(quick: bool) -> dict:
 
 
 def _measure(config: dict, model: Path, model_name: str) -> dict:
-    from medo1.eval.run import HFGenerator
+    from medo1.eval.generators import HFGenerator
 
     rows = json.loads(DEMO.read_text())[90 : 90 + config["questions"]]
     prompts = [[{"role": "user", "content": row["Open-ended Verifiable Question"]}] for row in rows]

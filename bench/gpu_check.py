@@ -231,11 +231,14 @@ def eval_generation(spec: dict) -> dict:
     import torch
 
     from medo1.config import load_config
-    from medo1.eval.run import EvalConfig, _load_benchmark, benchmark_sources, build_messages, make_generator
+    from medo1.eval.config import EvalConfig
+    from medo1.eval.generators import make_generator
+    from medo1.eval.prompts import build_messages
+    from medo1.eval.scoring import benchmark_sources, load_benchmark
 
     config = load_config(EvalConfig, spec["recipe"])
     ((path, key),) = benchmark_sources(config.benchmarks).values()
-    prompts = [build_messages(item, None, config.prompt) for _, item in _load_benchmark(config, path, key).examples]
+    prompts = [build_messages(item, None, config.prompt) for _, item in load_benchmark(config, path, key).examples]
     generator = make_generator(config)
     generator.generate(prompts[:1])  # warm-up: kernels, CUDA graphs
     if torch.cuda.is_available():

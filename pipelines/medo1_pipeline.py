@@ -394,7 +394,8 @@ def evaluate(
     import shutil
 
     from medo1.config import load_config
-    from medo1.eval.run import EvalConfig, run_eval
+    from medo1.eval.config import EvalConfig
+    from medo1.eval.run import run_eval
     from medo1.pipeline_steps import eval_wiring
 
     wiring = eval_wiring(

@@ -11,7 +11,7 @@ import pytest
 
 from medo1.data.final_response import answer_text, parse_response
 from medo1.data.sources import reasoning_target
-from medo1.eval.run import extract_answer
+from medo1.eval.extraction import extract_answer
 from medo1.rl.rewards.answer_match import AnswerMatchReward
 from medo1.rl.rewards.free_text import answer_verdict
 

@@ -149,7 +149,7 @@ def test_an_endpoint_that_never_answers_stops_every_request_after_give_up_after_
 
 def test_the_stages_wait_minutes_not_an_hour_by_default():
     from medo1.data.translate import TranslateConfig
-    from medo1.eval.run import EvalConfig
+    from medo1.eval.config import EvalConfig
 
     def worst_case_per_request(config) -> float:
         return (config.max_retries + 1) * config.timeout_s

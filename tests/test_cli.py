@@ -308,7 +308,7 @@ def test_every_user_error_class_derives_from_the_root():
     from medo1.data.sources import DataError
     from medo1.data.translate import TranslateError
     from medo1.errors import Medo1Error
-    from medo1.eval.run import EvalError
+    from medo1.eval.config import EvalError
     from medo1.hub.config import UploadError
     from medo1.launch import LaunchError
     from medo1.rl.rewards.verifier import RewardLoadError

@@ -409,7 +409,7 @@ def test_a_mapping_for_a_section_merges_into_the_recipes_section():
 
 
 def test_a_mapping_for_a_plain_mapping_field_replaces_it_and_another_reward_kind_replaces_the_reward(tmp_path):
-    from medo1.eval.run import EvalConfig
+    from medo1.eval.config import EvalConfig
     from medo1.rl.config import RLConfig
 
     recipe = write(tmp_path, "eval.yaml", "endpoint: http://e/v1\nbenchmarks: {a: a.json, b: b.json}\n")

@@ -10,16 +10,12 @@ import pytest
 from pydantic import ValidationError
 
 from medo1.cli import main
-from medo1.eval.run import (
-    EvalConfig,
-    EvalError,
-    Generation,
-    HFGenerator,
-    build_messages,
-    extract_answer,
-    run_eval,
-    wilson_interval,
-)
+from medo1.eval.config import EvalConfig, EvalError
+from medo1.eval.extraction import extract_answer
+from medo1.eval.generators import Generation, HFGenerator
+from medo1.eval.prompts import build_messages
+from medo1.eval.run import run_eval
+from medo1.eval.stats import wilson_interval
 from pipelines.openai_standin import StandIn
 from tests.conftest import DEMO_DATA, free_port
 
@@ -364,7 +360,7 @@ def test_a_benchmark_without_a_valid_row_fails_and_invalid_rows_are_shown(demo_r
     out.mkdir()
     (out / "report.json").write_text("previous")
     answers = {row["question"]: row["answer_idx"] for row in demo_rows[:5]}
-    caplog.set_level(logging.WARNING, logger="medo1.eval.run")
+    caplog.set_level(logging.WARNING, logger="medo1.eval.scoring")
     with StandIn(mcq_answers=answers) as server:
         expected = rf"benchmark 'broken' \({broken}\): none of its 3 row\(s\) is a valid"
         with pytest.raises(EvalError, match=expected) as error:
@@ -413,9 +409,10 @@ def test_verifiable_prompts_are_the_rl_stages(tmp_path):
     )
     problems, _ = load_problems(rl, tmp_path, is_main=False)
     config = EvalConfig(model="m", format="verifiable", benchmarks={"d": str(DEMO_DATA)}, limit=5, system_prompt=system)
-    from medo1.eval.run import _load_benchmark, reference_of
+    from medo1.eval.prompts import reference_of
+    from medo1.eval.scoring import load_benchmark
 
-    loaded = _load_benchmark(config, str(DEMO_DATA))
+    loaded = load_benchmark(config, str(DEMO_DATA))
     items = [item for _, item in loaded.examples]
     assert all(isinstance(item, VerifiableProblem) for item in items)
     assert [build_messages(item, system) for item in items] == problems.prompts
@@ -588,7 +585,8 @@ def _demo_prompts(n: int) -> list:
 
 @pytest.mark.slow
 def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch):
-    from medo1.eval.run import EvalVLLMSettings, VLLMGenerator
+    from medo1.eval.config import EvalVLLMSettings
+    from medo1.eval.generators import VLLMGenerator
     from tests import vllm_standin
 
     vllm_standin.install(monkeypatch)
@@ -611,7 +609,8 @@ def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch
 
 
 def test_vllm_refusal_is_one_line(tiny_model, monkeypatch):
-    from medo1.eval.run import EvalVLLMSettings, VLLMGenerator
+    from medo1.eval.config import EvalVLLMSettings
+    from medo1.eval.generators import VLLMGenerator
     from tests import vllm_standin
 
     vllm_standin.install(monkeypatch)
@@ -628,7 +627,7 @@ def test_vllm_refusal_is_one_line(tiny_model, monkeypatch):
 def test_auto_engine_is_vllm_where_it_runs_and_hf_elsewhere(tiny_model, tmp_path, monkeypatch):
     import torch
 
-    from medo1.eval.run import resolve_engine
+    from medo1.eval.generators import resolve_engine
 
     config = EvalConfig(
         model=str(tiny_model),

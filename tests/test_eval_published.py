@@ -9,6 +9,11 @@ from pathlib import Path
 import pytest
 
 from medo1.data.sources import DataError, json_sets, load_examples
+from medo1.eval.config import EvalConfig
+from medo1.eval.extraction import extract_answer
+from medo1.eval.generators import Generation
+from medo1.eval.markdown import report_markdown
+from medo1.eval.prompts import build_messages
 from medo1.eval.published import (
     HUATUO_PRESET,
     TABLE1_COLUMNS,
@@ -17,7 +22,7 @@ from medo1.eval.published import (
     paper_average,
     paper_cell,
 )
-from medo1.eval.run import EvalConfig, Generation, _markdown, build_messages, extract_answer, run_eval
+from medo1.eval.run import run_eval
 from tests.conftest import run_medo1
 
 # --------------------------------------------------------------------------- both scorers on realistic answers
@@ -208,7 +213,7 @@ def test_the_papers_own_cells_give_its_averages():
             for name, (cells, _) in PAPER_ROWS.items()
         },
     }
-    text = _markdown(
+    text = report_markdown(
         {
             "model": "m",
             "paper_table": tables,
@@ -425,7 +430,7 @@ def test_one_set_of_the_file_and_a_missing_set(tmp_path):
     assert list(report["benchmarks"]) == ["pubmedqa"] and report["benchmarks"]["pubmedqa"]["n"] == 2
     notes = report["paper_table"]["notes"]
     assert any(note.startswith("MedQA_USLME_test not evaluated") for note in notes)
-    from medo1.eval.run import EvalError
+    from medo1.eval.config import EvalError
 
     config.benchmarks = {"x": f"{path}#NoSuchSet"}
     with pytest.raises(DataError, match="no set 'NoSuchSet'"):

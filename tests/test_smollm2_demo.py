@@ -13,7 +13,8 @@ import pytest
 
 from examples import short_targets
 from medo1.config import load_config
-from medo1.eval.run import EvalConfig, run_eval
+from medo1.eval.config import EvalConfig
+from medo1.eval.run import run_eval
 from medo1.gguf_import import GGUFImportError, find_gguf, import_gguf
 from medo1.rl import run_rl
 from medo1.rl.config import RLConfig

@@ -198,7 +198,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from medo1.eval.run import EvalConfig, run_eval
+    from medo1.eval.config import EvalConfig
+    from medo1.eval.run import run_eval
 
     flags = {
         "model": args.model,

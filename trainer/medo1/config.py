@@ -132,7 +132,7 @@ STAGE_CONFIGS = {
     "sft": ("medo1.sft.config", "SFTConfig"),
     "rl": ("medo1.rl.config", "RLConfig"),
     "translate": ("medo1.data.translate", "TranslateConfig"),
-    "eval": ("medo1.eval.run", "EvalConfig"),
+    "eval": ("medo1.eval.config", "EvalConfig"),
     "upload": ("medo1.hub.config", "UploadConfig"),
 }
 

@@ -685,7 +685,7 @@ def plan_stage(
         checkpoint = rl_checkpoint(config, shape)
         micro = config.train.per_device_batch_size
     elif stage == "eval":
-        from medo1.eval.run import EvalConfig
+        from medo1.eval.config import EvalConfig
 
         config = load_config(EvalConfig, recipe, overrides)
         if config.model is None:
