@@ -126,3 +126,12 @@ def test_no_subpackage_imports_itself_back():
             subpackage(t) for t in targets if subpackage(t) != subpackage(module)
         )
     assert cycles(packages) == []
+
+
+def test_the_readme_layout_is_the_tree():
+    """README's module list is what `python -m tests.readme_layout` generates from the tree and its docstrings."""
+    from tests.readme_layout import README, layout_block, readme_block
+
+    assert readme_block(README.read_text(encoding="utf-8")) == layout_block(), (
+        "README.md's layout is stale: run `python -m tests.readme_layout`"
+    )

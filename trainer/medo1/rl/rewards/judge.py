@@ -1,5 +1,5 @@
-"""`reward.kind: judge`: a generative judge behind an OpenAI-compatible endpoint (e.g. a vLLM server in the
-cluster running a larger model) decides whether each final answer matches the reference.
+"""`reward.kind: judge`: a generative judge decides whether each final answer matches the reference. It runs behind
+an OpenAI-compatible endpoint, a vLLM server in the cluster running a larger model for example.
 
 Per response: the published format rule first (bad format: `reward_bad_format`, the judge is not asked); then
 the judge gets `prompt_template` with the final answer and the reference, at temperature 0, and its reply's
