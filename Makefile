@@ -54,8 +54,10 @@ test: install
 	df -h /tmp /var/lib/containers 2>/dev/null; \
 	echo "suite: exit $$suite; image tests: exit $$image_status"; test $$suite -eq 0 && test $$image_status -eq 0
 
+# The unit tier (tests/conftest.py: every test without a multiprocess, e2e, real_model, image or bench marker), on
+# two workers: about 4 minutes on 2 idle cores. `make test` runs every tier.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m unit -n 2 --durations=10
 
 # Format and lint (ruff, configured in pyproject.toml: isort, pycodestyle, pyflakes); `ruff format .` fixes the format.
 lint: install

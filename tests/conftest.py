@@ -25,6 +25,16 @@ GPU_VLLM_PIN = next(
 TINY_RECIPE = REPO / "recipes" / "sft-tiny-cpu.yaml"
 
 
+# Test tiers (pyproject.toml's markers): what a test needs. A test with none of them is a unit test.
+TIERS = ("multiprocess", "e2e", "real_model", "image", "bench")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(scope="session")
 def demo_rows() -> list[dict]:
     return json.loads(DEMO_DATA.read_text())

@@ -30,6 +30,9 @@ import pytest
 from pipelines.openai_standin import StandIn
 from tests.conftest import NO_TORCH_LAUNCHER, REPO, TINY_RECIPE, free_port, run_medo1
 
+# Every row runs the real CLI in a fresh interpreter.
+pytestmark = pytest.mark.e2e
+
 RL_RECIPE = REPO / "recipes" / "rl-ppo-tiny-cpu.yaml"
 KEY = "bad-inputs-key"
 LIVE_TOKEN = "LiveValue-7f3a9c2e1d5b8a4f0c6e"

@@ -14,6 +14,9 @@ import torch
 
 from bench import data, eval_sampling, rl, run, sft
 
+# Each runs a bench script's contenders on the tiny model (tens of seconds): `make test`, not `make test-fast`.
+pytestmark = pytest.mark.bench
+
 
 def test_sft_contenders_train_the_same_batches():
     result = sft.measure(quick=True)
@@ -64,7 +67,6 @@ def test_rl_splits_each_update_into_generation_scoring_training():
     assert len(rl.summary(result)) == 2 + len(result["runs"]) + 1
 
 
-@pytest.mark.slow
 def test_eval_sampling_contenders_give_every_response():
     result = eval_sampling.measure(quick=True)
     json.dumps(result)

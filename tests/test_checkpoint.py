@@ -251,7 +251,7 @@ def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):
     assert not (tmp_path / "absent.jsonl").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_a_killed_and_resumed_sft_run_logs_each_step_once(tiny_model, demo_rows, tmp_path):
     from medo1.training.metrics import read_metrics
     from tests.conftest import TINY_RECIPE, kill_after_checkpoint, run_medo1, sft_overrides, write_short_rows

@@ -26,6 +26,7 @@ def set_args(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
+@pytest.mark.e2e
 def test_validate_demo_json_report(tiny_model):
     done = run_medo1(
         [
@@ -74,6 +75,7 @@ def test_validate_spanish_preset(tmp_path):
     assert json.loads(done.stdout)["valid"] == 1
 
 
+@pytest.mark.e2e
 def test_sft_fails_on_bad_rows_naming_file_row_field(tiny_model, demo_rows, tmp_path):
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 4)
     rows = json.loads(data.read_text())
@@ -89,6 +91,7 @@ def test_sft_fails_on_bad_rows_naming_file_row_field(tiny_model, demo_rows, tmp_
     assert not list(out.glob("checkpoint-*"))
 
 
+@pytest.mark.e2e
 def test_sft_skip_writes_rejects_and_trains_the_rest(tiny_model, demo_rows, tmp_path):
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 4)
     rows = json.loads(data.read_text())
@@ -120,6 +123,7 @@ def test_sft_rejects_unknown_config_key(tmp_path):
     assert "train.learnin_rate" in done.stderr
 
 
+@pytest.mark.e2e
 def test_model_check_loads_and_generates(tiny_model):
     done = run_medo1(["model", "check", tiny_model, "--max-new-tokens", "4"])
     assert done.returncode == 0, done.stderr[-2000:]
@@ -161,6 +165,7 @@ def test_translate_cli_against_a_local_openai_standin(tmp_path):
     assert "cli-key" not in done.stdout + done.stderr
 
 
+@pytest.mark.e2e
 def test_eval_cli_on_the_tiny_model(tiny_model, tmp_path):
     done = run_medo1(
         [
@@ -183,6 +188,7 @@ def test_eval_cli_on_the_tiny_model(tiny_model, tmp_path):
     assert (tmp_path / "eval" / "report.md").read_text().count("| demo |") == 1
 
 
+@pytest.mark.e2e
 def test_upload_cli_dry_run_and_credential_refusal(tiny_model, tmp_path):
     import shutil
 
@@ -225,6 +231,7 @@ def fail_fast_cases(tmp_path: Path) -> list[tuple[dict, str]]:
     ]
 
 
+@pytest.mark.e2e
 def test_sft_refuses_bad_values_and_paths_in_one_line_before_torch_loads(tmp_path):
     model = tmp_path / "model"
     model.mkdir()

@@ -336,7 +336,7 @@ def test_bad_hub_sources_are_refused(text, fragment):
 # --------------------------------------------------------------------------- validate and sft agree on every kind
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_validate_and_sft_report_the_same_counts_for_every_kind(tmp_path, tiny_model, capsys):
     from medo1.sft.trainer import SFTConfig, run_sft
 

@@ -659,7 +659,7 @@ def test_versions_kubernetes_and_trainer(needs, cluster):
     assert failure.detail == "v2.1.0: the chart's runtimes need v2.3+"
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_the_cli_reads_the_kubeconfig_namespace_and_exits_1_on_a_missing_crd(tmp_path):
     from tests.conftest import run_medo1
 

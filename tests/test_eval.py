@@ -583,7 +583,7 @@ def _demo_prompts(n: int) -> list:
     return [[{"role": "user", "content": row["Open-ended Verifiable Question"]}] for row in rows]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_vllm_engine_gives_the_hf_engines_greedy_answers(tiny_model, monkeypatch):
     from medo1.eval.config import EvalVLLMSettings
     from medo1.eval.generators import VLLMGenerator

@@ -441,7 +441,7 @@ def test_one_set_of_the_file_and_a_missing_set(tmp_path):
         run_eval(config, generator=ScriptedAnswers())
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_published_file_with_the_preset_on_the_tiny_model(tiny_model, tmp_path):
     """The command the issue names, on a file in the published shape: the paper's layout printed."""
     path = published_file(tmp_path / "eval_data.json")

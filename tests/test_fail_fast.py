@@ -321,7 +321,7 @@ def test_pods_admission_refuses_fail_the_launch_at_once_with_the_admission_messa
 )
 def test_an_unschedulable_pod_waits_while_the_autoscaler_adds_a_node(source, reason, said, caplog):
     kube = KubeStandIn().start()
-    kube.script(NAME, [*[Step(CREATED)] * 40, Step(SUCCEEDED)])  # scheduled once the node is up
+    kube.script(NAME, [*[Step(CREATED)] * 12, Step(SUCCEEDED)])  # scheduled once the node is up, past stuck_after_s
     for obj in recorded("unschedulable")["items"]:
         kube.record(obj)
     event = autoscaler_event(reason, said, "2026-11-23T10:00:20Z")

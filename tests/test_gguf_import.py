@@ -50,7 +50,7 @@ def test_cli_reports_a_missing_source_in_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_import_matches_the_gguf_model_and_generates_with_its_chat_template(imported):
     files = {p.name for p in imported.iterdir()}
     assert {"model.safetensors", "config.json", "tokenizer.json", "generation_config.json"} <= files

@@ -34,7 +34,7 @@ def test_vllm_is_skipped_with_a_reason_on_the_cpu():
     assert gpu_check.vllm_unavailable(cuda=False) == "dry run on the CPU: vLLM needs a CUDA GPU"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dry_run_runs_every_step_and_the_plan_predicts_measured_memory(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--dry-run", "--results", str(tmp_path)],

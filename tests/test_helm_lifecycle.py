@@ -199,7 +199,7 @@ def upgraded(values: dict) -> dict:
     }
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("profile", chart.profiles())
 def test_helm_upgrade_with_a_new_image_keeps_every_job_as_it_was_created(kube, helm, profile):
     """Issue 26, item 1: `helm upgrade --set image.tag=...` failed on every profile with a batch Job (a Job's pod
@@ -229,7 +229,7 @@ def test_helm_upgrade_with_a_new_image_keeps_every_job_as_it_was_created(kube, h
         assert "Kept as they were created" not in release["notes"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_new_run_takes_the_upgraded_values_once_the_old_run_job_is_deleted(kube, helm):
     """The chain reads an immutable, content-named snapshot of the values: a new run (the run Job deleted, then
     an upgrade) gets a new snapshot with the new values; the old one goes with the release revision."""
@@ -252,7 +252,7 @@ def test_a_new_run_takes_the_upgraded_values_once_the_old_run_job_is_deleted(kub
     assert container["args"][container["args"].index("--timeout") + 1] == str(72 * 3600)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_turning_the_chain_on_is_refused_while_a_stage_job_of_the_chain_off_runs(kube, helm):
     """cpu-smoke (chain off) renders PyTorchJob medo1-sft; an upgrade with chain.enabled=true no longer renders it,
     so Helm deleted it mid-run. Now the upgrade is refused with one line saying what to do, and goes through once
@@ -292,7 +292,7 @@ def training_runtime_container(kube, name: str) -> dict:
     return container
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_trainjob_run_after_an_upgrade_runs_the_upgraded_image_and_a_running_one_keeps_its_runtime(kube, helm):
     """h100-1node-trainjob, chain off: the TrainJob names only its shape, its TrainingRuntime the image, recipe and
     resources. The runtime was a pre-install hook only, so a new run after `helm upgrade` (README: "The new values
@@ -310,7 +310,7 @@ def test_a_trainjob_run_after_an_upgrade_runs_the_upgraded_image_and_a_running_o
     assert (NS, "medo1-sft") in kube.jobs
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_an_upgrade_that_enables_a_trainjob_stage_creates_its_runtime_first(kube, helm):
     """Enabling RL on upgrade renders TrainJob medo1-rl on TrainingRuntime medo1-rl, which the pre-install hook
     never created: Trainer's validating webhook refuses such a TrainJob (kubeflow/trainer
@@ -329,7 +329,7 @@ def test_an_upgrade_that_enables_a_trainjob_stage_creates_its_runtime_first(kube
     assert not [w for w in writes if w[1] == ["trainingruntimes", "medo1-sft"]]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("profile", chart.profiles())
 def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm, profile):
     """What the README says `helm uninstall` does, for every profile: the jobs (a TrainJob too), the snapshot,
@@ -382,7 +382,7 @@ def evict(kube, pod: dict):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_node_drain_cannot_evict_the_run_pod(kube, helm):
     """Issue 26, item 12: evicting the run pod (node drain, autoscaler consolidation) went through, and its SIGTERM
     handler deleted the training job. The chart now gives the run pod a PodDisruptionBudget that refuses the
@@ -403,7 +403,7 @@ def test_a_node_drain_cannot_evict_the_run_pod(kube, helm):
     assert evict(kube, run_pod(kube, ready=False))[0] == 201
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_without_the_budget_a_drain_evicts_the_run_pod(kube, helm):
     """The stand-in's Eviction API evicts what no budget protects (so the test above is the budget's doing)."""
     values = chart.load_profile("h100-1node") | {"chain": {"enabled": True, "disruptionBudget": False}}
@@ -464,7 +464,7 @@ def launch_trainjob_as(kube, account: str = "medo1", profile: str = "h100-2nodes
     )
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, helm):
     """Issue 26, item 2: the SDK's get_runtime reads the namespaced TrainingRuntime first and the chart's Role
     had no get on it: 403 as the chart's account. Now the team release's Role grants it (answered 404), and the
@@ -506,7 +506,7 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
     assert post.body["spec"]["trainer"]["resourcesPerNode"]["limits"]["rdma/ib"] == "1"
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, helm):
     """The ClusterTrainingRuntime read is cluster-scoped: a namespaced Role cannot grant it. Without the platform
     install's ClusterRoleBinding the launch fails in one line with the API server's 403 and where the grant is."""
@@ -585,7 +585,7 @@ def test_the_plain_manifests_apply_in_any_namespace(kube, profile):
 # ---- issue 26, remaining item 1: doctor's cluster-wide reads for the chart's accounts only ------------------
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_only_the_charts_accounts_read_the_cluster_and_everyone_reads_the_runtimes(kube, helm):
     """The platform install bound one ClusterRole to system:authenticated: every identity could read the medo1
     runtimes (as Kubeflow's kubeflow-trainer-view-cluster-runtimes allows) and also list nodes, StorageClasses

@@ -186,7 +186,7 @@ def test_cpu_lock_is_the_gpu_lock_without_what_only_cuda_needs():
 SDISTS = ("deepspeed", "kfp-server-api")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("lock", [LOCK, CPU_LOCK], ids=["gpu", "cpu"])
 def test_lock_installs_in_a_clean_virtualenv(tmp_path, lock):
     """A pip dry run against the index (wheel metadata only). The images built from both locks, test_image_build.py,

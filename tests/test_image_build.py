@@ -38,7 +38,7 @@ from medo1.training import checkpoint
 from tests.conftest import DEMO_DATA, REPO, free_port
 from tests.test_image_env import in_image_commands, run_checks
 
-pytestmark = [pytest.mark.slow, pytest.mark.image]
+pytestmark = pytest.mark.image
 BASE_IMAGE = "localhost/medo1-bookworm-base"
 REGISTRY = "localhost/medo1-test"
 TAG = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]  # as the Makefile's TAG

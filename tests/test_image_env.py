@@ -386,7 +386,7 @@ def test_launch_imports_reach_helm_python_through_lazy_imports():
 # vLLM's requirements against the GPU lock.
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_vllm_release_matches_the_locked_torch_and_the_lock(tmp_path):
     """vLLM's wheel metadata (PyPI) against the GPU lock, without building the image (`pip check` in the built GPU
     image, test_image_build.py, checks the same where buildah runs): vLLM pins the lock's torch, and the lock meets

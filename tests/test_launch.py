@@ -454,7 +454,7 @@ def test_a_running_or_succeeded_job_is_taken_over_without_creating_another(kube,
     assert capsys.readouterr().out.splitlines() == (run.lines if action == "attached" else [])
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_to_the_cli_deletes_the_job_and_exits_nonzero(kube, tmp_path):
     name = "medo1-sft-cancelled"
     run = ContainerRun("1a2b-uid", 0, ["step 1 loss 2.31"])
@@ -499,7 +499,7 @@ def local_launch_args(tiny_model, out, *extra):
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_local_backend_runs_the_stage_under_torchrun(tiny_model, tmp_path):
     out = tmp_path / "sft"
     done = run_medo1(local_launch_args(tiny_model, out), timeout=300)
@@ -511,7 +511,7 @@ def test_local_backend_runs_the_stage_under_torchrun(tiny_model, tmp_path):
     assert result["backend"] == "local" and result["action"] == "ran" and result["state"]["phase"] == "Succeeded"
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model, tmp_path):
     # A data file that is there (the launcher's input check passes) but is not what the stage reads: the
     # ranks start and fail.
@@ -731,7 +731,7 @@ def test_release_and_run_names_the_cluster_would_refuse_are_refused(release, run
         RunScope.of(release, run_id).job_name("translate")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_chain_runs_every_stage_in_order_on_the_local_backend(tiny_model, tmp_path):
     recipes = REPO / "recipes"
     out = {stage: tmp_path / stage for stage in ("sft", "rl", "eval")}
@@ -824,7 +824,7 @@ def test_readme_local_launch_runs_the_recipe_as_written():
     assert container["args"] == ["-m", "medo1", "sft", "--config", "recipes/sft-tiny-cpu.yaml", "--resume", "auto"]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_ctrl_c_on_a_local_launch_stops_it_with_one_clean_message(tiny_model, tmp_path):
     out = tmp_path / "sft"
     args = local_launch_args(tiny_model, out, "--set", "train.max_steps=100000", "--set", "output.save_steps=1")
@@ -865,7 +865,7 @@ def processes_mentioning(text: str) -> dict[int, str]:
     return found
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize(
     "target,signum,nproc",
     [
@@ -1171,7 +1171,7 @@ def test_jobs_launched_from_the_run_pod_are_owned_by_the_run_job(kube, monkeypat
     assert post.body["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "medo1"
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("disruption", ["EvictionByEvictionAPI", None], ids=["evicted", "deleted-without-eviction"])
 def test_a_run_pod_sigtermed_leaves_its_job_running_and_the_next_one_attaches(kube, tmp_path, monkeypatch, disruption):
     """The chart's run pod gets SIGTERM when it is evicted (a drain, the autoscaler's consolidation) and when it is
@@ -1463,7 +1463,7 @@ def medo1_against(kubeconfig, *args, **popen):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize(
     "command", [["launch", "sft", "--profile", "h100-1node"], ["doctor", "--profile", "h100-1node"]]
 )
@@ -1480,7 +1480,7 @@ def test_an_api_server_that_never_answers_is_one_error_line_within_the_request_t
     assert "Traceback" not in err
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_while_the_api_server_never_answers_exits_within_seconds(silent):
     server, kubeconfig = silent
     process = medo1_against(

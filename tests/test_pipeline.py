@@ -530,7 +530,7 @@ def _executor_outputs(summary: dict) -> dict[str, dict]:
     return {task.name: json.loads((task / "executor_output.json").read_text()) for task in kfp_run.iterdir()}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_whole_pipeline_runs_locally(quick_run):
     _, summary = quick_run
     run_dir = Path(summary["run_dir"])
@@ -558,7 +558,7 @@ def test_whole_pipeline_runs_locally(quick_run):
     assert "| sft |" in markdown.read_text() and "| base |" in markdown.read_text()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_local_run_writes_the_artifacts_the_ui_shows(quick_run):
     """Every step with something to show gives the UI its Markdown / HTML (a non-empty file) and Metrics (figures in
     its executor output), and each training step's HTML report carries its plots inside it."""
@@ -595,7 +595,7 @@ def test_local_run_writes_the_artifacts_the_ui_shows(quick_run):
     assert "| sft | 12 | 12 | 0 |" in summary_md and "Japanese" in summary_md
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_local_run_console_is_short_and_the_full_logs_are_kept(quick_run):
     """`make demo`'s console: a few lines per step, no executor JSON; the full output is in the run folder's logs."""
     done, summary = quick_run

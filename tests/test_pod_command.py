@@ -17,7 +17,7 @@ from medo1 import chart
 from medo1.training import checkpoint
 from tests.conftest import DEMO_DATA, REPO, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.multiprocess
 IMAGE_RECIPES = "/opt/medo1/recipes"  # where images/trainer/Dockerfile copies recipes/
 
 

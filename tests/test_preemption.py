@@ -70,7 +70,7 @@ def test_the_handler_is_removed_after_training():
 MAX_STEPS = 8
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sft_two_processes_stop_together_on_sigterm_and_resume_to_the_same_weights(tiny_model, demo_rows, tmp_path):
     data = write_short_rows(demo_rows, tmp_path / "rows.json", 32)
 
@@ -120,7 +120,7 @@ def test_sft_two_processes_stop_together_on_sigterm_and_resume_to_the_same_weigh
     assert same_weights(out / "export", tmp_path / "reference" / "export")
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
 def test_rl_sigterm_checkpoint_then_resume_gives_the_same_weights(toy_policy, toy_problems, tmp_path, algo):  # noqa: F811
     extra = {"train.total_episodes": 48}  # 8 episodes per update or step: 6 of them

@@ -83,7 +83,7 @@ def check_report(run_dir, expected: set[str]) -> None:
     assert "<h2>Config</h2>" in html and "<h2>Data</h2>" in html
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sft_run_writes_a_report_with_its_curves(sft_run):
     check_report(sft_run, SFT_FIGURES)
     loss_rows = [row for row in read_metrics(sft_run / "metrics.jsonl") if "loss" in row]
@@ -93,13 +93,13 @@ def test_sft_run_writes_a_report_with_its_curves(sft_run):
     assert "train_runtime" in html  # the end-of-run summary row
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_ppo_run_writes_a_report_with_the_rl_curves(ppo_run):
     check_report(ppo_run, PPO_FIGURES)
     assert [row["step"] for row in read_metrics(ppo_run / "metrics.jsonl")] == [1, 2]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_report_adds_the_eval_comparison(sft_run, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -255,7 +255,7 @@ def finished_sft(tiny_model, demo_rows, tmp_path_factory):
     return result, overrides
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_rerunning_a_finished_run_does_nothing_and_says_so(finished_sft):
     """Issue 28 item 12: a rerun trained no step but re-exported and rewrote the config, metrics and report each
     time (a pod retry or chain rerun replaced the model). Now it exits 0 and nothing in the folder changes."""
@@ -281,7 +281,7 @@ def test_rerunning_a_finished_run_does_nothing_and_says_so(finished_sft):
     assert snapshot(out) == before
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_finished_run_under_a_changed_recipe_is_refused_and_left_whole(finished_sft):
     from medo1.sft.trainer import run_sft
 

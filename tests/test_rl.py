@@ -41,7 +41,7 @@ from tests.conftest import (
     signal_when,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 QUESTION = "Case {i}: is the finding benign? Reply yes or no."
 

@@ -54,7 +54,7 @@ def test_engine_hf_is_a_one_line_switch(recipe, tmp_path):
     assert by_file.model_copy(update={"sampling": default.sampling}) == default  # nothing else changed
 
 
-@pytest.mark.slow  # two `medo1 rl` processes
+@pytest.mark.multiprocess  # two `medo1 rl` processes
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 @pytest.mark.parametrize("recipe", SEVEN_B, ids=lambda p: p.name)
 def test_default_7b_recipe_without_vllm_stops_at_startup_with_the_install_command(recipe, tmp_path):

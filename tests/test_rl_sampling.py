@@ -54,7 +54,7 @@ def engine_for(model_dir: Path, tokenizer) -> HFEngine:
     return HFEngine(policy, tokenizer, SAMPLING, alone, alone.ranks)
 
 
-@pytest.mark.slow  # ~20 s on a loaded 2-core machine: four 16-token generations over the 151k vocabulary
+@pytest.mark.real_model  # ~20 s on a loaded 2-core machine: four 16-token generations over the 151k vocabulary
 def test_checkpoint_generation_config_does_not_change_sampling(checkpoints):
     tokenizer = AutoTokenizer.from_pretrained(checkpoints["tokenizer"])
     prompt = encode_prompts(tokenizer, PROMPTS, "cpu")

@@ -142,7 +142,7 @@ def generate_on_ranks(model_dir: str, out_dir: str, distributed: str) -> None:
     torch.save(results, Path(out_dir) / f"rank{ranks.rank}.pt")
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("distributed", SHARDED)
 def test_synced_generation_with_ragged_stops_matches_a_single_process(stopping_model, tmp_path, distributed):
     done = run_medo1(
@@ -204,7 +204,7 @@ def weights_sent_after_an_update(model_dir: str, out_dir: str, distributed: str)
     )
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("distributed", SHARDED)
 def test_weights_sent_to_vllm_after_an_update_equal_the_policy(tiny_model, tmp_path, distributed):
     done = run_medo1(
@@ -269,7 +269,7 @@ def ppo_cli(policy: Path, problems: Path, out: Path, distributed: str, episodes:
     ]
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("distributed", SHARDED)
 def test_sharded_ppo_on_two_processes_writes_complete_checkpoints_and_resumes(
     tiny_model, problems, tmp_path, distributed

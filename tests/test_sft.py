@@ -23,7 +23,7 @@ def sft(tiny_model, data, out, **extra):
 
 @pytest.fixture(scope="module")
 def overfit_run(tiny_model, demo_rows, tmp_path_factory):
-    """Four rows, one batch, many steps: the loss must collapse."""
+    """Four rows, one batch, many steps: the loss must collapse. A whole 30-step SFT run: its tests are `e2e`."""
     tmp = tmp_path_factory.mktemp("overfit")
     data = write_short_rows(demo_rows, tmp / "rows.json", 4)
     result = sft(
@@ -42,6 +42,7 @@ def overfit_run(tiny_model, demo_rows, tmp_path_factory):
     return result
 
 
+@pytest.mark.e2e
 def test_tiny_model_overfits_a_small_batch(overfit_run):
     metrics = [m for m in read_metrics(overfit_run.output_dir / "metrics.jsonl") if "loss" in m]
     first, last = float(metrics[0]["loss"]), float(metrics[-1]["loss"])
@@ -53,6 +54,7 @@ def test_tiny_model_overfits_a_small_batch(overfit_run):
     assert any(m.get("tokens_per_second", 0) > 0 for m in metrics)
 
 
+@pytest.mark.e2e
 def test_final_checkpoint_is_written_and_marked(overfit_run):
     checkpoints = checkpoint.list_checkpoints(overfit_run.output_dir)
     assert [step for step, _ in checkpoints] == [30]  # save_steps 1000: only the end-of-run save
@@ -60,6 +62,7 @@ def test_final_checkpoint_is_written_and_marked(overfit_run):
     assert overfit_run.final_step == 30
 
 
+@pytest.mark.e2e
 def test_export_loads_with_from_pretrained_and_generates(overfit_run, tiny_model):
     export = overfit_run.export_dir
     assert (export / "model.safetensors").is_file()
@@ -86,6 +89,7 @@ def test_export_loads_with_from_pretrained_and_generates(overfit_run, tiny_model
     assert tokenizer.decode(new_tokens).strip()
 
 
+@pytest.mark.e2e
 def test_run_writes_report_config_and_refuses_to_clobber(overfit_run, tiny_model):
     report = json.loads((overfit_run.output_dir / "data_report.json").read_text())
     assert report["rows"] == report["valid"] == report["trained_examples"] == 4
@@ -208,7 +212,7 @@ def test_lora_export_is_merged_and_loads_without_peft(tiny_model, demo_rows, tmp
     assert changed and all("proj" in name for name in changed)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_dropping_most_rows_as_over_long_warns_and_overlong_fail_stops(tiny_model, demo_rows, tmp_path, caplog):
     """Issue 28: 92% of the rows dropped as over-long once showed only as an INFO line."""
     from medo1.data.sources import DataError, load_from_config

@@ -20,7 +20,7 @@ from tests.conftest import (
     write_short_rows,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.multiprocess
 
 MAX_STEPS = 14
 

