@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny real Qwen2 model (random weights, real Qwen tokenizer) and real data."""
+"""Shared fixtures: a tiny real Qwen2 model (random weights, real Qwen tokenizer), real data and the toy RL task's
+policy and problems (plain helpers: tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,47 @@ def tiny_model(tmp_path_factory) -> Path:
     from medo1.models import init_tiny_model
 
     return init_tiny_model(tmp_path_factory.mktemp("models") / "tiny", seed=0)
+
+
+# The toy RL task (tests/test_rl.py's docstring): every problem's reference answer is "yes".
+QUESTION = "Case {i}: is the finding benign? Reply yes or no."
+
+
+@pytest.fixture(scope="session")
+def toy_policy(tiny_model, tmp_path_factory):
+    from medo1.config import load_config
+    from medo1.sft.trainer import SFTConfig, run_sft
+
+    tmp = tmp_path_factory.mktemp("toy-sft")
+    rows = [
+        {"Question": QUESTION.format(i=i), "Complex_CoT": "I check the case.", "Response": "yes" if i % 2 else "no"}
+        for i in range(32)
+    ]
+    (tmp / "sft.json").write_text(json.dumps(rows))
+    overrides = {
+        "model.name_or_path": tiny_model,
+        "data.path": tmp / "sft.json",
+        "data.max_length": 128,
+        "data.limit": None,
+        "output.dir": tmp / "run",
+        "train.max_steps": 40,
+        "train.learning_rate": 1e-2,
+        "train.lr_scheduler": "constant",
+        "train.warmup_ratio": 0.0,
+        "train.per_device_batch_size": 8,
+        "train.gradient_accumulation_steps": 1,
+        "output.save_steps": 1000,
+    }
+    config = load_config(SFTConfig, TINY_RECIPE, [f"{k}={'null' if v is None else v}" for k, v in overrides.items()])
+    return run_sft(config).export_dir
+
+
+@pytest.fixture(scope="session")
+def toy_problems(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy-rl") / "problems.json"
+    rows = [{"Open-ended Verifiable Question": QUESTION.format(i=i), "Ground-True Answer": "yes"} for i in range(32)]
+    path.write_text(json.dumps(rows))
+    return path
 
 
 def write_short_rows(demo_rows: list[dict], path: Path, n: int, offset: int = 0) -> Path:

@@ -55,7 +55,7 @@ def hf_cache_entry(hub: os.PathLike, repo_id: str, repo_type: str = "model") -> 
 
 @pytest.mark.multiprocess  # a process importing torch and transformers
 def test_the_verifier_loads_by_its_hub_id_through_the_hf_cache(tmp_path):
-    from tests.test_rewards import save_verifier
+    from tests.helpers import save_verifier
 
     save_verifier(hf_cache_entry(tmp_path / "hf-cache" / "hub", VERIFIER), 0.6)
     script = (

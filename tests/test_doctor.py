@@ -11,34 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from medo1 import doctor
 from medo1.doctor import ClusterReader, Needs, profile_needs
+from tests.helpers import LAUNCHER, NS, ready_objects, ready_permissions, without
 from tests.kube_standin import KubeStandIn
-
-READY = Path(__file__).parent / "fixtures" / "cluster" / "doctor" / "ready.yaml"
-NS = "team-a"
-LAUNCHER = f"system:serviceaccount:{NS}:medo1"
-# What the launcher does with the trainjob backend (medo1.doctor.check_access), granted in the ready namespace.
-LAUNCH_RIGHTS = {
-    ("create", "trainer.kubeflow.org", "trainjobs"),
-    ("get", "trainer.kubeflow.org", "trainjobs"),
-    ("delete", "trainer.kubeflow.org", "trainjobs"),
-    ("list", "", "pods"),
-    ("get", "", "pods/log"),
-    ("list", "", "events"),
-    ("get", "trainer.kubeflow.org", "trainingruntimes"),
-    ("get", "trainer.kubeflow.org", "clustertrainingruntimes"),
-}
-
-
-def ready_objects() -> list[dict]:
-    return yaml.safe_load(READY.read_text())
-
-
-def ready_permissions() -> dict[str, set]:
-    return {"": set(LAUNCH_RIGHTS), LAUNCHER: set(LAUNCH_RIGHTS)}
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +42,6 @@ def cluster():
     yield serve
     for kube in started:
         kube.stop()
-
-
-def without(objects: list[dict], kind: str, name: str) -> list[dict]:
-    kept = [o for o in objects if not (o["kind"] == kind and o["metadata"]["name"] == name)]
-    assert len(kept) == len(objects) - 1
-    return kept
 
 
 def replaced(objects: list[dict], kind: str, name: str, change) -> list[dict]:

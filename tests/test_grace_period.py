@@ -42,11 +42,11 @@ def test_the_launcher_creates_the_pytorchjob_with_the_stages_grace_period():
     from kubernetes.client import Configuration
 
     from medo1.launch import launch_stage
-    from tests.test_launch import CREATED, SUCCEEDED
+    from tests.helpers import PYTORCHJOB_CREATED, PYTORCHJOB_SUCCEEDED
 
     kube = KubeStandIn().start()
     try:
-        kube.script("medo1-rl", [Step(CREATED["status"]), Step(SUCCEEDED["status"])])
+        kube.script("medo1-rl", [Step(PYTORCHJOB_CREATED["status"]), Step(PYTORCHJOB_SUCCEEDED["status"])])
         client = TrainingClient(client_configuration=Configuration(host=kube.url))
         launch_stage(
             "rl", profile="h100-1node", job_name="medo1-rl", namespace=NS, client=client, timeout_s=30, poll_s=0.05

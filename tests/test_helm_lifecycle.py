@@ -469,14 +469,14 @@ def test_the_charts_service_account_launches_a_trainjob_through_the_sdk(kube, he
     """Issue 26, item 2: the SDK's get_runtime reads the namespaced TrainingRuntime first and the chart's Role
     had no get on it: 403 as the chart's account. Now the team release's Role grants it (answered 404), and the
     platform install (trainer-v2-runtimes) grants get on its ClusterTrainingRuntimes; the launch goes through."""
+    from tests.helpers import TRAINJOB_CREATED, TRAINJOB_SUCCEEDED
     from tests.kube_standin import Step
-    from tests.test_trainer_v2 import CREATED, SUCCEEDED
 
     helm.install(str(chart.CHART_DIR), RELEASE, chart.load_profile("infrastructure"), namespace=NS, timeout=60)
     helm.install(
         str(chart.CHART_DIR), "medo1-runtimes", chart.load_profile("trainer-v2-runtimes"), namespace=NS, timeout=60
     )
-    kube.script("medo1-sft", [Step(CREATED), Step(SUCCEEDED)])
+    kube.script("medo1-sft", [Step(TRAINJOB_CREATED), Step(TRAINJOB_SUCCEEDED)])
     first = len(kube.requests)
 
     result = launch_trainjob_as(kube)

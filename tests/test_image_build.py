@@ -10,7 +10,7 @@ The GPU image (CUDA torch from PyPI, vLLM, flash-attn-4), the one 8x H100 cluste
   elastic agent started every worker with the base's interpreter (sys.executable), which has no medo1;
 - one Python: `torchrun` and `python` are the venv's, and no other interpreter in the image imports torch;
 - vllm, deepspeed and the attention backend (flash_attn.cute) import, `pip check` passes, and every command that
-  tests/test_image_env.py collects from the rendered manifests, the compiled pipeline, the chart and the README runs;
+  tests/image_checks.py collects from the rendered manifests, the compiled pipeline, the chart and the README runs;
 - a rebuild after a code change installs no lock again (buildah's layer cache).
 The CPU image: the same layout, its imports and `pip check`, and the cpu-smoke PyTorchJob's pods (one pod; Master and
 Worker) to a checkpoint. Build times and image sizes are printed (`pytest -s`).
@@ -36,7 +36,7 @@ import yaml
 from medo1 import chart
 from medo1.training import checkpoint
 from tests.conftest import DEMO_DATA, REPO, free_port
-from tests.test_image_env import in_image_commands, run_checks
+from tests.image_checks import in_image_commands, run_checks
 
 pytestmark = pytest.mark.image
 BASE_IMAGE = "localhost/medo1-bookworm-base"

@@ -1,6 +1,7 @@
 """The package's import graph has no cycles, at module level or between its subpackages. Every import counts,
 including those inside functions (a lazy import still couples the two modules); imports under
-`if TYPE_CHECKING:` do not (they never run)."""
+`if TYPE_CHECKING:` do not (they never run). And no test file imports from another test file: what several share
+lives in tests/conftest.py (fixtures), tests/helpers.py and the other modules of tests/ not named test_*."""
 
 from __future__ import annotations
 
@@ -134,4 +135,41 @@ def test_the_readme_layout_is_the_tree():
 
     assert readme_block(README.read_text(encoding="utf-8")) == layout_block(), (
         "README.md's layout is stale: run `python -m tests.readme_layout`"
+    )
+
+
+def imports_of_test_files(tree: ast.Module) -> list[str]:
+    """The imports in a test module (inside functions too) that reach a test module, each as `line N: <the import>`.
+    A relative import is read from tests/."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(["tests"] * bool(node.level) + [node.module] * bool(node.module))
+            modules = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        if any(m.startswith(("tests.test_", "test_")) for m in modules):
+            found.append(f"line {node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_test_file_imports_another_test_file():
+    """Shared fixtures go to tests/conftest.py and shared helpers to tests/helpers.py (or a module of their own such as
+    tests/kube_standin.py), never imported from the test file that happens to define them."""
+    sample = (
+        "from tests.conftest import REPO\nfrom tests import helpers\ndef f():\n    from tests.test_rl import as_cli\n"
+    )
+    assert imports_of_test_files(ast.parse(sample)) == ["line 4: from tests.test_rl import as_cli"]
+    others = "from . import test_rl\nimport tests.test_rl\nfrom .test_rl import x\nfrom tests import test_rl\nfrom . import helpers"
+    assert len(imports_of_test_files(ast.parse(others))) == 4
+
+    crossing = [
+        f"tests/{path.name} {found}"
+        for path in sorted((REPO / "tests").glob("test_*.py"))
+        for found in imports_of_test_files(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+    assert crossing == [], (
+        "test files importing from other test files (move what they share to tests/helpers.py):\n" + "\n".join(crossing)
     )

@@ -1,7 +1,7 @@
 """`reward.kind: judge` against the local OpenAI stand-in (pipelines/openai_standin.py, a test double for a paid
-or remote judge endpoint) playing a judge: it answers True when the final answer, normalised, is the reference,
-False otherwise, and "I cannot tell" for an answer holding "UNSURE". Latency, 429s, 500s, cut-off JSON and a hang
-come from the stand-in's fault injection."""
+or remote judge endpoint) playing a judge (tests/judge_standin.py): it answers True when the final answer,
+normalised, is the reference, False otherwise, and "I cannot tell" for an answer holding "UNSURE". Latency, 429s,
+500s, cut-off JSON and a hang come from the stand-in's fault injection."""
 
 from __future__ import annotations
 
@@ -23,31 +23,10 @@ from medo1.rl.rewards.factory import build_reward, trl_reward_funcs
 from medo1.rl.rewards.judge import JudgeFailure, JudgeReward, parse_verdict
 from medo1.training import preemption
 from pipelines.openai_standin import StandIn
+from tests.judge_standin import JudgeStandIn
 
 KEY_ENV = "MEDO1_TEST_JUDGE_KEY"
 COT = "I check the case."
-
-
-class JudgeStandIn(StandIn):
-    """The stand-in answering judge prompts (its multiple-choice mode's hook, with a judge's answers)."""
-
-    def __init__(self, *, judge_latency_s: float = 0.0, **kwargs):
-        super().__init__(mcq_answers={}, **kwargs)
-        self.judge_latency_s = judge_latency_s
-        self.prompts: list[str] = []
-
-    def _answer_mcq(self, request):
-        prompt = request["messages"][-1]["content"]
-        with self.lock:
-            self.prompts.append(prompt)
-        time.sleep(self.judge_latency_s)
-        answer = re.search(r"<Model Response>\n(.*)\n</Model Response>", prompt, re.S).group(1)
-        reference = re.search(r"<Reference Answer>\n(.*)\n</Reference Answer>", prompt, re.S).group(1)
-        if "UNSURE" in answer:
-            verdict = "I cannot tell."
-        else:
-            verdict = "True" if normalize_answer(answer) == normalize_answer(reference) else "False"
-        return 200, {}, self._completion(request, verdict)
 
 
 @pytest.fixture

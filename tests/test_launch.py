@@ -42,24 +42,15 @@ from medo1.training import checkpoint
 from medo1.training.run_lock import RunLock
 from tests import manifest_checks
 from tests.conftest import DEMO_DATA, REPO, TINY_RECIPE, last_logged_step, run_medo1
+from tests.helpers import PYTORCHJOB_CREATED as CREATED
+from tests.helpers import PYTORCHJOB_SUCCEEDED as SUCCEEDED
+from tests.helpers import pytorchjob_condition as condition
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
 
 
-def condition(kind, reason, message="", at="2026-11-23T10:00:00Z"):
-    return {
-        "type": kind,
-        "status": "True",
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": at,
-        "lastUpdateTime": at,
-    }
-
-
-# Status objects shaped as Training Operator v1.9 writes them.
-CREATED = {"status": {"conditions": [condition("Created", "PyTorchJobCreated", "PyTorchJob medo1-sft is created.")]}}
+# Status objects shaped as Training Operator v1.9 writes them (CREATED and SUCCEEDED: tests/helpers.py).
 RUNNING = {
     "status": {
         "conditions": [
@@ -80,21 +71,6 @@ RESTARTING = {
                 "2026-11-23T10:05:00Z",
             ),
         ]
-    }
-}
-SUCCEEDED = {
-    "status": {
-        "conditions": [
-            condition("Created", "PyTorchJobCreated"),
-            {**condition("Running", "PyTorchJobRunning", at="2026-11-23T10:01:00Z"), "status": "False"},
-            condition(
-                "Succeeded",
-                "PyTorchJobSucceeded",
-                "PyTorchJob medo1-sft is successfully completed.",
-                "2026-11-23T11:00:00Z",
-            ),
-        ],
-        "completionTime": "2026-11-23T11:00:00Z",
     }
 }
 FAILED = {

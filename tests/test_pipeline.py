@@ -697,8 +697,8 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
     missing it fails the run, the failure and its fix first in the table."""
     from kfp import dsl
 
+    from tests.helpers import NS, ready_objects, ready_permissions, without
     from tests.kube_standin import KubeStandIn
-    from tests.test_doctor import NS, ready_objects, ready_permissions, without
 
     def run_doctor(objects) -> tuple[str, str | Exception]:
         kube = KubeStandIn().start()

@@ -26,7 +26,7 @@ from tests.conftest import (
     signal_when,
     write_short_rows,
 )
-from tests.test_rl import as_cli, rl_overrides, toy_policy, toy_problems  # noqa: F401 (fixtures)
+from tests.helpers import as_cli, rl_overrides
 
 
 def only_checkpoint(out: Path) -> int:
@@ -122,7 +122,7 @@ def test_sft_two_processes_stop_together_on_sigterm_and_resume_to_the_same_weigh
 
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_rl_sigterm_checkpoint_then_resume_gives_the_same_weights(toy_policy, toy_problems, tmp_path, algo):  # noqa: F811
+def test_rl_sigterm_checkpoint_then_resume_gives_the_same_weights(toy_policy, toy_problems, tmp_path, algo):
     extra = {"train.total_episodes": 48}  # 8 episodes per update or step: 6 of them
     if algo == "grpo":
         extra["grpo.num_generations"] = 8

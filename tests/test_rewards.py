@@ -1,6 +1,7 @@
 """Tests for medo1.rl.rewards: the format rule, a real tiny verifier, load errors, the rule-based
 match, the TRL adapter and config-driven construction. No mocks: the verifier is a real
-Qwen2ForSequenceClassification whose weights are set so that its verdict is a known number.
+Qwen2ForSequenceClassification (tests/helpers.py's save_verifier makes it) whose weights are set so that its
+verdict is a known number.
 
 How the tiny verifier is made deterministic: every decoder layer's output projections are zeroed,
 so a token's final hidden state is RMSNorm(its embedding). All embeddings are zero except the
@@ -14,23 +15,21 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from pydantic import TypeAdapter, ValidationError
-from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
 from medo1.data.final_response import parse_response
 from medo1.data.sources import reasoning_target
-from medo1.models import bundled_qwen_tokenizer_dir, load_tokenizer
+from medo1.models import load_tokenizer
 from medo1.rl.rewards.answer_match import AnswerMatchReward
 from medo1.rl.rewards.config import AnswerMatchRewardConfig, RewardConfig, VerifierRewardConfig
 from medo1.rl.rewards.factory import build_reward, trl_reward_funcs
 from medo1.rl.rewards.verifier import RewardLoadError, VerifierReward
+from tests.helpers import save_verifier
 
 COT = "The patient has polyuria and a fasting glucose of 9 mmol/L; first-line therapy is metformin."
 GOOD = reasoning_target(COT, "Start metformin.")
@@ -47,60 +46,6 @@ REF = "Metformin"
 
 # ------------------------------------------------------------------------------------------------
 # Tiny verifiers
-
-
-def save_verifier(
-    out: Path,
-    p_true: float,
-    *,
-    num_labels: int = 2,
-    true_index: int = 1,
-    label2id: dict[str, int] | None = None,
-    eos_token: str | None = None,
-    tokenizer_has_pad: bool = True,
-    config_pad: bool | str = True,
-) -> Path:
-    tokenizer = load_tokenizer(bundled_qwen_tokenizer_dir())
-    if eos_token is not None:
-        tokenizer.eos_token = eos_token
-    if not tokenizer_has_pad:
-        tokenizer.pad_token = None
-    labels = label2id or {"False": 0, "True": 1}
-    config = Qwen2Config(
-        vocab_size=-(-len(tokenizer) // 64) * 64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        num_labels=num_labels,
-        label2id=labels,
-        id2label={v: k for k, v in labels.items()},
-        pad_token_id=(
-            tokenizer.convert_tokens_to_ids(config_pad)
-            if isinstance(config_pad, str)
-            else tokenizer.pad_token_id
-            if config_pad
-            else None
-        ),
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForSequenceClassification(config)
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        model.model.embed_tokens.weight.zero_()
-        model.model.embed_tokens.weight[tokenizer.eos_token_id] = 1.0
-        model.score.weight.zero_()
-        # Logits (0.7, 0.7 + log-odds): the softmax over both gives p, a sigmoid of one would not.
-        model.score.weight[:, 0] = 0.7
-        model.score.weight[true_index, 0] += math.log(p_true / (1 - p_true))
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

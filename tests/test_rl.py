@@ -28,87 +28,19 @@ from medo1.rl import run_rl
 from medo1.rl.config import RLConfig
 from medo1.rl.engines import HFEngine, SamplerGapError, Samples, response_mask
 from medo1.rl.rewards.base import RewardOutput
-from medo1.sft.trainer import SFTConfig, run_sft
 from medo1.training import checkpoint, preemption
 from medo1.training.metrics import read_metrics
 from medo1.training.run_report import build_figures
 from tests.conftest import (
-    REPO,
-    TINY_RECIPE,
+    QUESTION,
     free_port,
     last_logged_step,
     run_medo1,
     signal_when,
 )
+from tests.helpers import as_cli, rl_overrides
 
 pytestmark = pytest.mark.e2e
-
-QUESTION = "Case {i}: is the finding benign? Reply yes or no."
-
-
-@pytest.fixture(scope="session")
-def toy_policy(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("toy-sft")
-    rows = [
-        {"Question": QUESTION.format(i=i), "Complex_CoT": "I check the case.", "Response": "yes" if i % 2 else "no"}
-        for i in range(32)
-    ]
-    (tmp / "sft.json").write_text(json.dumps(rows))
-    overrides = {
-        "model.name_or_path": tiny_model,
-        "data.path": tmp / "sft.json",
-        "data.max_length": 128,
-        "data.limit": None,
-        "output.dir": tmp / "run",
-        "train.max_steps": 40,
-        "train.learning_rate": 1e-2,
-        "train.lr_scheduler": "constant",
-        "train.warmup_ratio": 0.0,
-        "train.per_device_batch_size": 8,
-        "train.gradient_accumulation_steps": 1,
-        "output.save_steps": 1000,
-    }
-    config = load_config(SFTConfig, TINY_RECIPE, [f"{k}={'null' if v is None else v}" for k, v in overrides.items()])
-    return run_sft(config).export_dir
-
-
-@pytest.fixture(scope="session")
-def toy_problems(tmp_path_factory):
-    path = tmp_path_factory.mktemp("toy-rl") / "problems.json"
-    rows = [{"Open-ended Verifiable Question": QUESTION.format(i=i), "Ground-True Answer": "yes"} for i in range(32)]
-    path.write_text(json.dumps(rows))
-    return path
-
-
-def rl_overrides(policy, problems, out, algo="ppo", **extra) -> list[str]:
-    values = {
-        "algo": algo,
-        "model.name_or_path": policy,
-        "data.path": problems,
-        "data.format": "verifiable",
-        "reward.kind": "answer_match",
-        "sampling.response_length": 24,
-        "sampling.temperature": 0.7,
-        "output.dir": out,
-        "output.save_steps": 1000,
-        "output.logging_steps": 1,
-        "train.learning_rate": 1e-3,
-        "train.warmup_ratio": 0.0,
-        "train.lr_scheduler": "constant",
-        "train.per_device_batch_size": 4,
-        "train.gradient_accumulation_steps": 2,
-        "train.total_episodes": 128,
-        "ppo.kl_coef": 0.01,
-        "ppo.ppo_epochs": 2,
-        **extra,
-    }
-    return [f"{key}={value}" for key, value in values.items()]
-
-
-def as_cli(overrides: list[str]) -> list[str]:
-    return ["rl", "--config", REPO / "recipes" / "rl-ppo-tiny-cpu.yaml", "--resume", "auto"] + [
-        a for o in overrides for a in ("--set", o)
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +166,7 @@ def test_missing_verifier_fails_at_startup_with_a_clear_message(toy_policy, toy_
 
 def test_ppo_with_a_judge_reward_raises_mean_reward(toy_policy, toy_problems, tmp_path, monkeypatch):
     """The judge is the local OpenAI stand-in (a test double for a judge endpoint) answering True for "yes"."""
-    from tests.test_judge_reward import JudgeStandIn
+    from tests.judge_standin import JudgeStandIn
 
     monkeypatch.setenv("MEDO1_TEST_JUDGE_KEY", "judge-secret")
     with JudgeStandIn(
@@ -528,7 +460,7 @@ def test_sigterm_while_the_judge_never_answers_checkpoints_and_exits_at_once(toy
     """Issue 28: a judge that never answers kept the run stepping for ~10 minutes after SIGTERM (6 attempts x 120 s).
     With the judge's own defaults (120 s per attempt, 5 retries) the run now exits within seconds, with the
     checkpoint of its last finished update."""
-    from tests.test_judge_reward import JudgeStandIn
+    from tests.judge_standin import JudgeStandIn
 
     out = tmp_path / "run"
     judge = HangingJudge(JudgeStandIn, out / "metrics.jsonl", api_key="judge-secret", max_lifetime_s=900)

@@ -24,6 +24,10 @@ from medo1.launch.trainjob import build_trainjob
 from medo1.training import checkpoint
 from tests import manifest_checks
 from tests.conftest import DEMO_DATA, REPO, free_port
+from tests.helpers import TRAINJOB_CREATED as CREATED
+from tests.helpers import TRAINJOB_SUCCEEDED as SUCCEEDED
+from tests.helpers import jobs_status
+from tests.helpers import trainjob_condition as condition
 from tests.kube_standin import ContainerRun, KubeStandIn, Step, sigterm_while_following
 
 CRDS = REPO / "tests" / "fixtures" / "crds"
@@ -273,22 +277,8 @@ def test_the_two_node_profile_runs_trainjobs_with_its_node_shape():
 NAME, NS = "medo1-sft-run7", "team-b"
 
 
-def condition(kind, reason, message, at, status="True"):
-    return {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": at}
-
-
-def jobs_status(active=0, succeeded=0, failed=0):
-    return [
-        {"name": "node", "active": active, "ready": active, "succeeded": succeeded, "failed": failed, "suspended": 0}
-    ]
-
-
-CREATED = {}
+# CREATED and SUCCEEDED: tests/helpers.py.
 RUNNING = {"jobsStatus": jobs_status(active=1)}
-SUCCEEDED = {
-    "conditions": [condition("Complete", "AllJobsCompleted", "jobset completed successfully", "2026-11-23T11:00:00Z")],
-    "jobsStatus": jobs_status(succeeded=1),
-}
 FAILED = {
     "conditions": [
         condition(
