@@ -422,6 +422,9 @@ class KubeStandIn:
     refuse_pods: str | None = None
     """Admission refuses every pod a controller creates with this error (`pods "NAME" is forbidden: ...`, NAME
     filled in): no pod, and the controller's Warning event on the job."""
+    refuse_pods_once: bool = False
+    """With `refuse_pods`: only the first attempt is refused (a webhook that timed out once); the controller's
+    retry creates the pods, the refusal's event stays."""
     kueue_pending: str | None = None
     """Kueue runs and admits nothing: its webhook suspends each job created with a `kueue.x-k8s.io/queue-name`
     label (a PyTorchJob's runPolicy.suspend, a Job's or TrainJob's spec.suspend), which stays so, and its scheduler
@@ -565,7 +568,7 @@ class KubeStandIn:
 
     def _pod(self, namespace: str, name: str, stored: StoredJob) -> dict | None:
         step = stored.step
-        if step.run is None or not self._acted_on(stored) or self.refuse_pods:
+        if step.run is None or not self._acted_on(stored) or (self.refuse_pods and not self.refuse_pods_once):
             return None
         if stored.body["kind"] == "Job":  # what the Job controller puts on its pods
             template = stored.body["spec"]["template"]
