@@ -379,7 +379,9 @@ def test_trainjob_is_created_through_the_sdk_followed_and_succeeds(kube, capsys)
 
     result = launch(kube)
 
-    assert result == LaunchResult("sft", "trainjob", NAME, NS, job_state({"status": SUCCEEDED}), "created")
+    assert result == LaunchResult(
+        "sft", "trainjob", NAME, NS, job_state({"status": SUCCEEDED}), "created", kind="TrainJob"
+    )
     (post,) = kube.calls("POST", "trainjobs")
     assert post.path == f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
     assert post.body == expected_trainjob()  # the SDK sent exactly what the launcher asked for
@@ -830,4 +832,8 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
     assert upload.body["kind"] == "Job" and upload.body["metadata"]["name"] == "medo1-upload-5e6f7a8b"
     assert kube.calls("POST", "pytorchjobs") == []
     results = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert [(r["stage"], r["backend"]) for r in results] == [("sft", "trainjob"), ("upload", "pytorchjob")]
+    # The upload's batch Job comes through the pytorchjob backend's client, and says it was a Job.
+    assert [(r["stage"], r["backend"], r["kind"]) for r in results] == [
+        ("sft", "trainjob", "TrainJob"),
+        ("upload", "pytorchjob", "Job"),
+    ]
