@@ -23,7 +23,8 @@ resource nobody reconciles; with `refuse_pods` (the API server's admission error
 controller creates no pod and records what Training Operator v1 and the Job controller record: a Warning event
 `FailedCreatePod` (PyTorchJob) or `FailedCreate` (a batch Job, and a TrainJob's child Jobs) with the message
 `Error creating: <the error>` (kubeflow/training-operator pkg/controller.v1/control/pod_control.go; kubernetes
-pkg/controller/controller_utils.go).
+pkg/controller/controller_utils.go); with `refuse_pods_once`, only the first attempt is refused. With Trainer's
+controller runs its validating webhook: a TrainJob whose (Cluster)TrainingRuntime does not exist is refused (403).
 
 Every other object: recorded cluster objects (`record`: nodes, CRDs, pods, events, RBAC...) and what clients
 create, kept and served with create / server-side apply / merge patch / replace / delete, with discovery
@@ -422,6 +423,9 @@ class KubeStandIn:
     refuse_pods: str | None = None
     """Admission refuses every pod a controller creates with this error (`pods "NAME" is forbidden: ...`, NAME
     filled in): no pod, and the controller's Warning event on the job."""
+    refuse_pods_once: bool = False
+    """With `refuse_pods`: only the first attempt is refused (a webhook that timed out once); the controller's
+    retry creates the pods, the refusal's event stays."""
     kueue_pending: str | None = None
     """Kueue runs and admits nothing: its webhook suspends each job created with a `kueue.x-k8s.io/queue-name`
     label (a PyTorchJob's runPolicy.suspend, a Job's or TrainJob's spec.suspend), which stays so, and its scheduler
@@ -565,7 +569,7 @@ class KubeStandIn:
 
     def _pod(self, namespace: str, name: str, stored: StoredJob) -> dict | None:
         step = stored.step
-        if step.run is None or not self._acted_on(stored) or self.refuse_pods:
+        if step.run is None or not self._acted_on(stored) or (self.refuse_pods and not self.refuse_pods_once):
             return None
         if stored.body["kind"] == "Job":  # what the Job controller puts on its pods
             template = stored.body["spec"]["template"]
@@ -933,6 +937,10 @@ class KubeStandIn:
         if (info.namespace, name) in self.jobs:
             handler._status(409, "AlreadyExists", f'{info.qualified} "{name}" already exists')
             return True
+        refusal = self._trainer_webhook_refusal(info, body)
+        if refusal:
+            handler._status(403, "Forbidden", refusal)
+            return True
         script = self.scripts.get(name) or self.scripts.get("*")
         created = self._server_filled(self._stored(body), info)
         created.pop("status", None)  # a status subresource: what a create sends is dropped
@@ -944,6 +952,25 @@ class KubeStandIn:
             self._kueue_holds(info.namespace, created)
         handler._reply(201, created)
         return True
+
+    def _trainer_webhook_refusal(self, info: RequestInfo, body: dict) -> str | None:
+        """Trainer's validating webhook, running with its controller: a TrainJob whose runtime does not exist is
+        refused (kubeflow/trainer pkg/webhooks/trainjob_webhook.go ValidateCreate, through ValidateObjects in
+        pkg/runtime/core/clustertrainingruntime.go and trainingruntime.go; controller-runtime's Denied: 403)."""
+        if body.get("kind") != "TrainJob" or "TrainJob" not in self.controllers:
+            return None
+        ref = body.get("spec", {}).get("runtimeRef") or {}
+        kind, name = ref.get("kind") or "ClusterTrainingRuntime", ref.get("name", "")
+        scope = "" if kind == "ClusterTrainingRuntime" else f"/namespaces/{info.namespace}"
+        runtimes = self.recorded.get(f"/apis/trainer.kubeflow.org/v1alpha1{scope}/{PLURALS[kind]}", [])
+        if any(runtime["metadata"]["name"] == name for runtime in runtimes):
+            return None
+        field, which = ("RuntimeRef", "clusterTrainingRuntime") if scope == "" else ("runtimeRef", "trainingRuntime")
+        return (
+            f'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: spec.{field}: Invalid '
+            f'value: {json.dumps(ref, separators=(",", ":"))}: {kind}.trainer.kubeflow.org "{name}" not found: '
+            f"specified {which} must be created before the TrainJob is created"
+        )
 
     def _kueue_holds(self, namespace: str, job: dict) -> None:
         kind, name, uid = job["kind"], job["metadata"]["name"], job["metadata"]["uid"]

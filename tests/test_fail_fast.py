@@ -13,7 +13,7 @@ import yaml
 
 from medo1.launch import JobStuck, JobTimedOut, launch_stage, wait_for_job
 from medo1.launch.pods import FIX, StuckPods, pod_problems, stuck_checker
-from tests.kube_standin import KubeStandIn, Step
+from tests.kube_standin import ContainerRun, KubeStandIn, Step
 
 STUCK = Path(__file__).parent / "fixtures" / "cluster" / "stuck"
 STATES = ["create-container-config-error", "err-image-pull", "image-pull-backoff", "failed-mount", "unschedulable"]
@@ -296,16 +296,58 @@ def test_a_job_no_controller_acts_on_fails_after_stuck_after_naming_the_missing_
     assert [d.path for d in kube.calls("DELETE")] == [f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs/{NAME}"]
 
 
-def test_pods_admission_refuses_fail_the_launch_at_once_with_the_admission_message():
+def test_pods_admission_keeps_refusing_fail_the_launch_with_the_admission_message():
     kube = KubeStandIn(refuse_pods=QUOTA).start()
     kube.script(NAME, [Step(CREATED)])  # the operator marks it Created and records FailedCreatePod, again and again
-    message = stuck_launch(kube)  # the default --stuck-after (300 s): the refusal does not wait for it
-    assert message.startswith(f"PyTorchJob {NS}/{NAME}: refused: ")
+    message = stuck_launch(kube, stuck_after_s=0.5)  # under REFUSAL_GRACE_S: the refusal waits --stuck-after
+    assert message.startswith(f"PyTorchJob {NS}/{NAME}: refused for over 0 s: ")
     assert (
         f'PyTorchJob {NS}/{NAME}: FailedCreatePod: Error creating: pods "{NAME}-master-0" is forbidden: {QUOTA}'
         in message
     )
     assert FIX["FailedCreatePod"] in message and message.endswith("deleted it")
+
+
+def test_one_refused_pod_that_the_controller_then_creates_does_not_cost_the_run(caplog):
+    """A webhook that timed out once: the operator's FailedCreatePod stays in the events for an hour, but the pod
+    it created on its retry is newer, so the launch goes on to the job's end."""
+    kube = KubeStandIn(refuse_pods=QUOTA, refuse_pods_once=True).start()
+    run = ContainerRun("7c2e-uid", 0, ["step 1 loss 2.31"])
+    kube.script(NAME, [*[Step(CREATED, run=run)] * 12, Step(SUCCEEDED, run=run, exit_code=0)])
+    try:
+        result = launch_on(kube, stuck_after_s=0.3)
+    finally:
+        kube.stop()
+    assert result.state.phase == "Succeeded" and kube.calls("DELETE") == []
+    assert [e["reason"] for e in kube.recorded[f"/api/v1/namespaces/{NS}/events"]] == ["FailedCreatePod"]
+
+
+def test_a_refusal_fails_once_it_has_lasted_its_grace_and_a_pod_created_since_clears_it():
+    from medo1.launch.pods import REFUSAL_GRACE_S
+
+    job = {"kind": "PyTorchJob", "metadata": {"name": NAME, "namespace": NS, "uid": "u1"}, "status": {}}
+    refusal = {
+        "type": "Warning",
+        "reason": "FailedCreatePod",
+        "involvedObject": {"kind": "PyTorchJob", "name": NAME, "uid": "u1"},
+        "message": f'Error creating: pods "{NAME}-worker-0" is forbidden: {QUOTA}',
+        "lastTimestamp": "2026-11-23T10:00:30Z",
+    }
+    master = {"metadata": {"name": f"{NAME}-master-0", "creationTimestamp": "2026-11-23T10:00:10Z"}, "status": {}}
+    clock = Clock()
+    stuck = StuckPods(300, clock)
+    stuck.check([master], [refusal], job, "PyTorchJob")  # the worker refused after the master was created
+    clock.now = REFUSAL_GRACE_S - 1
+    stuck.check([master], [refusal], job, "PyTorchJob")
+    clock.now = REFUSAL_GRACE_S
+    with pytest.raises(JobStuck, match=f"^refused for over {REFUSAL_GRACE_S:.0f} s: .*FailedCreatePod: Error creating"):
+        stuck.check([master], [refusal], job, "PyTorchJob")
+
+    worker = {"metadata": {"name": f"{NAME}-worker-0", "creationTimestamp": "2026-11-23T10:00:31Z"}, "status": {}}
+    cleared = StuckPods(300, clock)
+    cleared.check([master], [refusal], job, "PyTorchJob")
+    clock.now += 2 * REFUSAL_GRACE_S
+    cleared.check([master, worker], [refusal], job, "PyTorchJob")  # the retry created it: no problem left
 
 
 @pytest.mark.parametrize(

@@ -339,7 +339,7 @@ def test_pytorchjob_is_created_followed_through_a_restart_and_succeeds(kube, cap
 
     result = launch(kube)
 
-    assert result == LaunchResult("sft", "pytorchjob", NAME, NS, job_state(SUCCEEDED), "created")
+    assert result == LaunchResult("sft", "pytorchjob", NAME, NS, job_state(SUCCEEDED), "created", kind="PyTorchJob")
     (post,) = kube.calls("POST")
     assert post.path == f"/apis/kubeflow.org/v1/namespaces/{NS}/pytorchjobs"
     assert post.body == expected_job()

@@ -335,6 +335,36 @@ def expected_trainjob(timeout_s=30):
     return job
 
 
+def test_trainers_webhook_refuses_a_trainjob_whose_runtime_does_not_exist():
+    """As Trainer's validating webhook does (the stand-in models it: kubeflow/trainer pkg/webhooks): a TrainJob
+    naming a ClusterTrainingRuntime that is not there yet is refused with 403, and goes through once it is."""
+    from kubernetes.client import ApiClient, Configuration, CustomObjectsApi
+    from kubernetes.client.rest import ApiException
+
+    standin = KubeStandIn().start()
+    try:
+        api = CustomObjectsApi(ApiClient(Configuration(host=standin.url)))
+        trainjob = build_trainjob(
+            "sft", stage_values("sft", profile="h100-1node-trainjob"), job_name=NAME, namespace=NS
+        )
+        create = functools.partial(
+            api.create_namespaced_custom_object, "trainer.kubeflow.org", "v1alpha1", NS, "trainjobs"
+        )
+        with pytest.raises(ApiException) as refused:
+            create(trainjob)
+        assert refused.value.status == 403
+        message = json.loads(refused.value.body)["message"]
+        assert message.startswith('admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: ')
+        assert message.endswith(
+            'ClusterTrainingRuntime.trainer.kubeflow.org "medo1-sft" not found: specified clusterTrainingRuntime '
+            "must be created before the TrainJob is created"
+        )
+        standin.record(runtimes()["medo1-sft"])
+        assert create(trainjob)["metadata"]["name"] == NAME
+    finally:
+        standin.stop()
+
+
 def test_a_client_for_the_other_backend_than_the_values_choose_is_a_one_line_error(kube):
     """The backend comes from the values when none is named (issue 26, item 5), and the Kueue profile's is
     trainjob (item 8): a caller's v1 TrainingClient there was an AttributeError deep in the launch; now it is
@@ -369,7 +399,9 @@ def test_trainjob_is_created_through_the_sdk_followed_and_succeeds(kube, capsys)
 
     result = launch(kube)
 
-    assert result == LaunchResult("sft", "trainjob", NAME, NS, job_state({"status": SUCCEEDED}), "created")
+    assert result == LaunchResult(
+        "sft", "trainjob", NAME, NS, job_state({"status": SUCCEEDED}), "created", kind="TrainJob"
+    )
     (post,) = kube.calls("POST", "trainjobs")
     assert post.path == f"/apis/trainer.kubeflow.org/v1alpha1/namespaces/{NS}/trainjobs"
     assert post.body == expected_trainjob()  # the SDK sent exactly what the launcher asked for
@@ -820,4 +852,8 @@ def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path
     assert upload.body["kind"] == "Job" and upload.body["metadata"]["name"] == "medo1-upload-5e6f7a8b"
     assert kube.calls("POST", "pytorchjobs") == []
     results = json.loads(capsys.readouterr().out.splitlines()[-1])
-    assert [(r["stage"], r["backend"]) for r in results] == [("sft", "trainjob"), ("upload", "pytorchjob")]
+    # The upload's batch Job comes through the pytorchjob backend's client, and says it was a Job.
+    assert [(r["stage"], r["backend"], r["kind"]) for r in results] == [
+        ("sft", "trainjob", "TrainJob"),
+        ("upload", "pytorchjob", "Job"),
+    ]

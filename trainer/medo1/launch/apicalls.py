@@ -11,8 +11,9 @@ not a read that timed out, so one call lasts at most about `read_s` plus the con
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 CONNECT_TIMEOUT_S = 10.0
@@ -21,39 +22,35 @@ FOLLOW_TIMEOUT = (CONNECT_TIMEOUT_S, None)
 """A streamed log: connect bounded, reads not (the stream is stopped by shutting its socket)."""
 
 
+def _timeout_defaulted(send: Callable[..., Any], timeout: Callable[[], tuple]) -> Callable[..., Any]:
+    """`send` (a RESTClientObject's `request`) with `_request_timeout` defaulting to `timeout()`; its signature
+    (kubernetes/client/rest.py), so that a caller passing the timeout by position still sets it."""
+
+    def request(
+        method,
+        url,
+        query_params=None,
+        headers=None,
+        body=None,
+        post_params=None,
+        _preload_content=True,
+        _request_timeout=None,
+    ):
+        bound = _request_timeout or timeout()
+        return send(method, url, query_params, headers, body, post_params, _preload_content, bound)
+
+    return request
+
+
 def bound_requests(api_client: Any, read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Any:
     """Give every request of the kubernetes `api_client` a (connect, read) timeout; returns it. Idempotent:
     a second call only changes the read timeout."""
     rest = api_client.rest_client
-    timeout = (min(CONNECT_TIMEOUT_S, read_s), read_s)
     if getattr(rest, "medo1_timeout", None) is None:
-        unbounded = rest.request
-
-        def request(
-            method,
-            url,
-            query_params=None,
-            headers=None,
-            body=None,
-            post_params=None,
-            _preload_content=True,
-            _request_timeout=None,
-        ):
-            return unbounded(
-                method,
-                url,
-                query_params,
-                headers,
-                body,
-                post_params,
-                _preload_content,
-                _request_timeout or rest.medo1_timeout,
-            )
-
-        rest.request = request
+        rest.request = _timeout_defaulted(rest.request, lambda: rest.medo1_timeout)
         rest.pool_manager.connection_pool_kw["retries"] = _retries()
         rest.pool_manager.clear()  # pools made before this take the new retries when made again
-    rest.medo1_timeout = timeout
+    rest.medo1_timeout = (min(CONNECT_TIMEOUT_S, read_s), read_s)
     return api_client
 
 
@@ -103,29 +100,10 @@ def bounded_construction(read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Iterator[
     from kubernetes.client.rest import RESTClientObject
 
     unbounded, made = RESTClientObject.request, RESTClientObject.__init__
+    timeout = (min(CONNECT_TIMEOUT_S, read_s), read_s)
 
-    def request(
-        self,
-        method,
-        url,
-        query_params=None,
-        headers=None,
-        body=None,
-        post_params=None,
-        _preload_content=True,
-        _request_timeout=None,
-    ):
-        return unbounded(
-            self,
-            method,
-            url,
-            query_params,
-            headers,
-            body,
-            post_params,
-            _preload_content,
-            _request_timeout or (min(CONNECT_TIMEOUT_S, read_s), read_s),
-        )
+    def request(self, *args, **kwargs):
+        return _timeout_defaulted(functools.partial(unbounded, self), lambda: timeout)(*args, **kwargs)
 
     def init(self, *args, **kwargs):
         made(self, *args, **kwargs)

@@ -666,4 +666,4 @@ def run_on_cluster(
             )
         except LaunchCancelled as exc:
             raise cancelled(jobs, followers, exc, launcher) from None
-    return LaunchResult(stage, "pytorchjob", jobs.name, jobs.namespace, state, action, restarted)
+    return LaunchResult(stage, "pytorchjob", jobs.name, jobs.namespace, state, action, restarted, kind=jobs.kind)

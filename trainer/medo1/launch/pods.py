@@ -15,7 +15,8 @@ naming the pod (or the job), the reason, the API's message and the fix:
   autoscaler will not scale up for (`NotTriggerScaleUp`) keeps the `--stuck-after` grace, with the
   autoscaler's reason in the message;
 - pods the job's controller could not create (`FailedCreatePod` / `FailedCreate` Warning events on the job:
-  a ResourceQuota, Pod Security or a policy engine refused them): at once, with the admission message;
+  a ResourceQuota, Pod Security or a policy engine refused them): once the refusals have gone on for
+  `REFUSAL_GRACE_S` (or --stuck-after, if shorter) with no pod created since, with the admission message;
 - a job with no status, no conditions and no pods: no controller acts on it (the CRD is installed but the
   operator is missing or crashed): `--stuck-after`;
 - a job Kueue keeps suspended: Kueue's reason, read from the `Pending` events on its Workload, is logged when it
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STUCK_AFTER_S = 300.0
 DEFAULT_SCALE_UP_WAIT_S = 1800.0
+# How long admission may go on refusing a job's pods (a FailedCreatePod newer than every pod the job has) before the
+# launch fails, or --stuck-after when that is shorter: a webhook that timed out once, or a quota freed a moment later,
+# must not cost a run, while a ResourceQuota that will never fit fails within a minute. The controller retries with
+# backoff, and each refusal renews the event.
+REFUSAL_GRACE_S = 60.0
 # The label each job's controller puts on the pods it creates (a TrainJob's: JobSet's, on every replicated job).
 POD_SELECTOR = {
     "PyTorchJob": "training.kubeflow.org/job-name={name}",
@@ -228,10 +234,15 @@ def _unschedulable(
 
 
 def job_problems(
-    kind: str, job: dict[str, Any], pods: list[dict[str, Any]], events: Iterable[dict[str, Any]]
+    kind: str,
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    events: Iterable[dict[str, Any]],
+    refusal_grace_s: float = REFUSAL_GRACE_S,
 ) -> list[PodProblem]:
-    """What keeps the job itself from starting: pods its controller could not create (admission refused
-    them: at once), or no controller acting on it (no status at all, no pods)."""
+    """What keeps the job itself from starting: pods its controller could not create (admission refused them,
+    and no pod of the job was created since the newest refusal: a refusal then a pod was a passing one), or no
+    controller acting on it (no status at all, no pods)."""
     meta = job["metadata"]
     where = f"{meta.get('namespace')}/{meta['name']}"
     refused = []
@@ -255,7 +266,9 @@ def job_problems(
         refused.append(event)
     if refused:
         newest = max(refused, key=_event_time)
-        return [PodProblem(where, "FailedCreatePod", newest.get("message", ""), subject=kind, grace_s=0.0)]
+        if not any(_moment(pod["metadata"].get("creationTimestamp")) >= _event_time(newest) for pod in pods):
+            message = newest.get("message", "")
+            return [PodProblem(where, "FailedCreatePod", message, subject=kind, grace_s=refusal_grace_s)]
     if kueue_queue_holding(job):
         said = kueue_says(kind, job, events)
         return [PodProblem(where, "Inadmissible", said, subject=kind)] if KUEUE_NEVER_ADMITS.search(said) else []
@@ -320,7 +333,7 @@ class StuckPods:
             for problem in pod_problems(pod, events, self.scale_up_wait_s):
                 seen[(problem.pod, problem.reason)] = problem
         if job is not None and kind is not None:
-            for problem in job_problems(kind, job, pods, events):
+            for problem in job_problems(kind, job, pods, events, min(self.grace_s, REFUSAL_GRACE_S)):
                 seen[(problem.pod, problem.reason)] = problem
         for key, problem in seen.items():
             grace = self._grace(problem)
@@ -335,7 +348,8 @@ class StuckPods:
         overdue = [seen[key] for key, since in self.since.items() if now - since >= self._grace(seen[key])]
         if overdue:
             longest = max(self._grace(p) for p in overdue)
-            head = "refused" if longest == 0 else f"stuck for over {longest:.0f} s"
+            what = "refused" if all(p.reason == "FailedCreatePod" for p in overdue) else "stuck"
+            head = f"{what} for over {longest:.0f} s" if longest > 0 else what
             raise JobStuck(f"{head}: " + "; ".join(p.describe() for p in overdue))
 
     def _grace(self, problem: PodProblem) -> float:

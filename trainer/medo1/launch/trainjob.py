@@ -375,7 +375,7 @@ def run_trainjob(
             )
         except LaunchCancelled as exc:
             raise cancelled(jobs, followers, exc, launcher) from None
-    return LaunchResult(stage, "trainjob", jobs.name, jobs.namespace, state, action)
+    return LaunchResult(stage, "trainjob", jobs.name, jobs.namespace, state, action, kind="TrainJob")
 
 
 def launch_trainjob(

@@ -72,6 +72,9 @@ class LaunchResult:
     already-succeeded; local: ran."""
     restarts: int = 0
     """Whole-job restarts after a failure (runPolicy.jobRestarts allows them)."""
+    kind: str | None = None
+    """What ran: PyTorchJob, Job (the batch Job of a single-pod stage, which the pytorchjob and trainjob backends
+    create for translate and upload) or TrainJob; None for the local backend's process."""
 
 
 def job_state(job: dict[str, Any]) -> JobState:
