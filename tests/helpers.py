@@ -195,3 +195,33 @@ TRAINJOB_SUCCEEDED = {
     ],
     "jobsStatus": jobs_status(succeeded=1),
 }
+
+
+# The pipeline's doctor step as tests/test_doctor.py and tests/test_pipeline.py run it: the 2-node profile.
+DOCTOR_STEP_ARGUMENTS = dict(
+    backend="trainjob",
+    profile="h100-2nodes",
+    nodes=2,
+    gpus_per_node=8,
+    data_pvc="medo1-data",
+    checkpoints_pvc="medo1-checkpoints",
+    hf_cache_pvc="medo1-hf-cache",
+    allow_unchecked=False,
+)
+
+
+def run_doctor_step(kubeconfig: Path, report_path: Path, monkeypatch, **arguments) -> tuple[str, str | Exception]:
+    """The compiled pipeline's doctor step as its pod runs it, against the cluster `kubeconfig` names (with
+    DOCTOR_STEP_ARGUMENTS, `arguments` over them): its Markdown report, and what it returned or raised."""
+    from kfp import dsl
+
+    from pipelines.medo1_pipeline import doctor
+
+    # The kubernetes client reads $KUBECONFIG once, at import; this process imported it long ago.
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    report = dsl.Markdown(uri=str(report_path))
+    try:
+        outcome: str | Exception = doctor.python_func(report=report, **(DOCTOR_STEP_ARGUMENTS | arguments))
+    except RuntimeError as exc:
+        outcome = exc
+    return Path(report.path).read_text(), outcome

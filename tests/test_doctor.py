@@ -8,13 +8,12 @@ import argparse
 import copy
 import json
 import re
-from pathlib import Path
 
 import pytest
 
 from medo1 import doctor
 from medo1.doctor import ClusterReader, Needs, profile_needs
-from tests.helpers import LAUNCHER, NS, ready_objects, ready_permissions, without
+from tests.helpers import LAUNCHER, NS, ready_objects, ready_permissions, run_doctor_step, without
 from tests.kube_standin import KubeStandIn
 
 
@@ -680,36 +679,15 @@ def test_the_pipelines_doctor_step_checks_the_trainjob_backend(tmp_path, monkeyp
     """The pipeline's first step ran doctor for PyTorchJobs only and skipped it for TrainJobs, the backend for
     Kueue-managed clusters (issue 26, item 8). Now it checks either backend; on this Kueue cluster PyTorchJobs
     would not be managed, and the step says so before any GPU is asked for."""
-    from kfp import dsl
-
-    from pipelines.medo1_pipeline import doctor as doctor_step
-
     kube = KubeStandIn().start()
     try:
         for obj in ready_objects():
             kube.record(obj)
         kube.permissions = ready_permissions()
-        from kubernetes.config import kube_config
-
-        # The kubernetes client reads $KUBECONFIG once, when imported: point its default there instead.
-        monkeypatch.setattr(
-            kube_config,
-            "KUBE_CONFIG_DEFAULT_LOCATION",
-            str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
-        )
-        step = dict(
-            profile="h100-2nodes",
-            nodes=2,
-            gpus_per_node=8,
-            data_pvc="medo1-data",
-            checkpoints_pvc="medo1-checkpoints",
-            hf_cache_pvc="medo1-hf-cache",
-            allow_unchecked=False,
-        )
-        report = dsl.Markdown(uri=str(tmp_path / "report.md"))
-        assert doctor_step.python_func(backend="trainjob", report=report, **step) == "passed"
-        with pytest.raises(RuntimeError, match="not ready for this run"):
-            doctor_step.python_func(backend="pytorchjob", report=report, **step)
+        kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+        assert run_doctor_step(kubeconfig, tmp_path / "report.md", monkeypatch)[1] == "passed"
+        _, outcome = run_doctor_step(kubeconfig, tmp_path / "report.md", monkeypatch, backend="pytorchjob")
+        assert isinstance(outcome, RuntimeError) and "not ready for this run" in str(outcome)
     finally:
         kube.stop()
     assert "Kueue does not manage kubeflow.org/pytorchjob" in capsys.readouterr().out
@@ -799,34 +777,13 @@ def installed_rbac(namespace: str) -> list[dict]:
 
 def doctor_step_as(account: str, objects: list[dict], tmp_path, monkeypatch) -> tuple[str, str | Exception]:
     """The pipeline's doctor step (trainjob backend, h100-2nodes) run with `account`'s token, as its pod runs."""
-    from kfp import dsl
-    from kubernetes.config import kube_config
-
-    from pipelines.medo1_pipeline import doctor as doctor_step
-
     kube = KubeStandIn().start()
     try:
         for obj in objects:
             kube.record(obj)
         token = kube.service_account_token(NS, account)
         kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS, token=token)
-        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
-        report = dsl.Markdown(uri=str(tmp_path / "report.md"))
-        try:
-            outcome: str | Exception = doctor_step.python_func(
-                backend="trainjob",
-                profile="h100-2nodes",
-                nodes=2,
-                gpus_per_node=8,
-                data_pvc="medo1-data",
-                checkpoints_pvc="medo1-checkpoints",
-                hf_cache_pvc="medo1-hf-cache",
-                allow_unchecked=False,
-                report=report,
-            )
-        except RuntimeError as exc:
-            outcome = exc
-        return Path(report.path).read_text(), outcome
+        return run_doctor_step(kubeconfig, tmp_path / "report.md", monkeypatch)
     finally:
         kube.stop()
 

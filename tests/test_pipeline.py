@@ -695,9 +695,8 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
     """The compiled pipeline's doctor step, run as its pod runs it (kubeconfig: the API stand-in holding a namespace
     recorded ready for h100-2nodes): it passes with every check in its Markdown, and with the PyTorchJob CRD
     missing it fails the run, the failure and its fix first in the table."""
-    from kfp import dsl
 
-    from tests.helpers import NS, ready_objects, ready_permissions, without
+    from tests.helpers import NS, ready_objects, ready_permissions, run_doctor_step, without
     from tests.kube_standin import KubeStandIn
 
     def run_doctor(objects) -> tuple[str, str | Exception]:
@@ -706,27 +705,8 @@ def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path,
             for obj in objects:
                 kube.record(obj)
             kube.permissions = ready_permissions()
-            # The kubernetes client reads $KUBECONFIG once, at import; this process imported it long ago.
-            monkeypatch.setattr(
-                "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION",
-                str(kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)),
-            )
-            report = dsl.Markdown(uri=str(tmp_path / "report"))
-            try:
-                outcome: str | Exception = pipeline.doctor.python_func(
-                    backend="trainjob",
-                    profile="h100-2nodes",
-                    nodes=2,
-                    gpus_per_node=8,
-                    data_pvc="medo1-data",
-                    checkpoints_pvc="medo1-checkpoints",
-                    hf_cache_pvc="medo1-hf-cache",
-                    allow_unchecked=False,
-                    report=report,
-                )
-            except RuntimeError as exc:
-                outcome = exc
-            return Path(report.path).read_text(), outcome
+            kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig", namespace=NS)
+            return run_doctor_step(kubeconfig, tmp_path / "report", monkeypatch)
         finally:
             kube.stop()
 
