@@ -232,7 +232,7 @@ def test_resume_error_is_value_error():
     assert issubclass(ResumeError, ValueError)
 
 
-# --------------------------------------------------------------------------- metrics.jsonl after a resume (issue 18)
+# --------------------------------------------------------------------------- metrics.jsonl after a resume
 
 
 def test_train_begin_keeps_only_the_metrics_up_to_the_resumed_step(tmp_path):

@@ -391,7 +391,7 @@ def test_sft_and_rl_share_one_base_for_the_training_options():
     assert RLTrainConfig().learning_rate == 5e-7 and TrainConfig().learning_rate == 5e-6
 
 
-# --------------------------------------------------------------------------- issue 28: a mapping given to --set
+# --------------------------------------------------------------------------- a mapping given to --set
 
 
 def test_a_mapping_for_a_section_merges_into_the_recipes_section():

@@ -220,7 +220,7 @@ def test_the_caller_without_rights_fails(needs, cluster):
     assert failure.detail.endswith("get trainingruntimes medo1-sft, get clustertrainingruntimes medo1-sft in team-a")
 
 
-# ---- issue 26, item 3: doctor as the chart's own service account ------------------------------------------
+# ---- doctor as the chart's own service account ------------------------------------------------------------
 
 
 def as_account(objects, profile, account="medo1"):
@@ -331,7 +331,7 @@ def test_with_its_doctor_reader_grant_the_charts_account_checks_the_cluster(clus
     assert [f.status for f in findings if f.status not in ("pass", "unchecked")] == []
 
 
-# ---- issue 26, items 4 and 16: claims and their StorageClass ------------------------------------------------
+# ---- claims and their StorageClass --------------------------------------------------------------------------
 
 
 def test_a_pending_claim_on_a_wait_for_first_consumer_class_is_normal(needs, cluster):
@@ -483,7 +483,7 @@ def test_istio_injection_warns_when_pods_take_the_sidecar(needs, cluster):
     assert failure.detail == "does not exist"
 
 
-# ---- issue 26, item 8: Kueue --------------------------------------------------------------------------------
+# ---- Kueue --------------------------------------------------------------------------------------------------
 
 
 def test_kueue_local_queue(needs, cluster):
@@ -693,7 +693,7 @@ def test_the_pipelines_doctor_step_checks_the_trainjob_backend(tmp_path, monkeyp
     assert "Kueue does not manage kubeflow.org/pytorchjob" in capsys.readouterr().out
 
 
-# ---- issue 26: the pipeline's doctor step as multi-user Kubeflow's default-editor ------------------------------
+# ---- the pipeline's doctor step as multi-user Kubeflow's default-editor ----------------------------------------
 
 
 def kubeflow_profile_rbac(namespace: str) -> list[dict]:

@@ -377,7 +377,7 @@ def test_a_benchmark_without_a_valid_row_fails_and_invalid_rows_are_shown(demo_r
     assert any(m.strip().startswith(f"{good} row 3 (line 4): field 'options'") for m in shown)
 
 
-# --------------------------------------------------------------------------- sampled comparison (issue 30)
+# --------------------------------------------------------------------------- sampled comparison
 
 
 def test_sampling_settings_are_checked():

@@ -206,7 +206,7 @@ def test_the_timeout_still_runs_once_kueue_has_admitted_the_job():
     assert replay.now == 50 + 60
 
 
-# ---- issue 26, items 6, 9 and 10: no controller, the cluster autoscaler, admission refusing the pods ----------
+# ---- no controller, the cluster autoscaler, admission refusing the pods ---------------------------------------
 
 QUOTA = (
     "exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
@@ -448,7 +448,7 @@ def test_the_default_scale_up_wait_is_documented_and_long_enough_for_a_gpu_node_
     assert "--scale-up-wait" in readme and "TriggeredScaleUp" in readme
 
 
-# ---- issue 26 item 8: a job Kueue can never admit ---------------------------------------------------------------
+# ---- a job Kueue can never admit --------------------------------------------------------------------------------
 
 SUSPENDED = {
     "conditions": [

@@ -395,7 +395,7 @@ def test_policy_catches_a_job_without_its_container(objects):
     assert any("no container named 'medo1'" in p for p in manifest_checks.policy_violations(objects))
 
 
-# ---- issue 12: a first run on a real cluster -------------------------------------------------------
+# ---- a first run on a real cluster -----------------------------------------------------------------
 
 
 def pod_specs(objects):

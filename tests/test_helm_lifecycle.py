@@ -187,7 +187,7 @@ def test_the_standin_refuses_the_same_for_a_job_its_script_plays(kube):
     assert [j["metadata"]["name"] for j in request(kube, "GET", pytorchjobs)[1]["items"]] == ["medo1-sft"]
 
 
-# ---- issue 26 item 1: helm upgrade -----------------------------------------------------------------------
+# ---- helm upgrade ----------------------------------------------------------------------------------------
 
 
 def upgraded(values: dict) -> dict:
@@ -355,7 +355,7 @@ def test_helm_uninstall_removes_the_release_and_keeps_the_volumes(kube, helm, pr
     assert hooks == ({"medo1-sft"} if profile == "h100-1node-trainjob" else set())
 
 
-# ---- issue 26 item 12 (the chart's side): a drain of the run pod ---------------------------------------
+# ---- a drain of the run pod (the chart's side) --------------------------------------------------------------
 
 
 def run_pod(kube, ready: bool = True) -> dict:
@@ -434,7 +434,7 @@ def test_notes_say_who_creates_a_failed_job_again():
     )
 
 
-# ---- issue 26 item 2: RBAC as the chart's service account ----------------------------------------------
+# ---- RBAC as the chart's service account ---------------------------------------------------------------
 
 
 def trainer_client_as(kube, account: str):
@@ -532,7 +532,7 @@ def test_without_the_platform_grant_the_launch_says_what_it_may_not_read(kube, h
     assert not [r for r in kube.requests if r.method == "POST" and r.path.endswith("/trainjobs")]
 
 
-# ---- issue 26 item 17: plain manifests in any namespace --------------------------------------------------
+# ---- plain manifests in any namespace --------------------------------------------------------------------
 
 
 def may(kube, token: str, verb: str, group: str, resource: str, namespace: str, name: str = "") -> bool:
@@ -582,7 +582,7 @@ def test_the_plain_manifests_apply_in_any_namespace(kube, profile):
         ]
 
 
-# ---- issue 26, remaining item 1: doctor's cluster-wide reads for the chart's accounts only ------------------
+# ---- doctor's cluster-wide reads for the chart's accounts only ----------------------------------------------
 
 
 @pytest.mark.e2e

@@ -503,7 +503,7 @@ def test_local_backend_failure_exits_2_with_exit_code_and_output_tail(tiny_model
     assert any(str(broken) in line for line in error[start + 2 :])
 
 
-# ---- issue 12, finding 9: a failed training job is restarted whole -------------------------------
+# ---- a failed training job is restarted whole ----------------------------------------------------
 
 
 def test_a_failed_training_job_is_restarted_whole_and_resumes(kube, capsys):
@@ -539,7 +539,7 @@ def test_restarts_are_bounded_by_job_restarts(kube):
     assert len(kube.calls("POST")) == 2
 
 
-# ---- issue 12, finding 3: the chain, stage after stage ----------------------------------------
+# ---- the chain, stage after stage -------------------------------------------------------------
 
 
 def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp_path):
@@ -576,7 +576,7 @@ def test_chain_does_not_start_a_stage_before_the_previous_export_is_complete(tmp
     assert launched == ["sft", "sft", "rl"]  # eval never started
 
 
-# ---- issue 26 item 11, issue 28 item 11: jobs and outputs scoped to the release and the run ----------
+# ---- jobs and outputs scoped to the release and the run ----------------------------------------------
 
 
 def chain_of_two_stages(tmp_path, tiny_model) -> tuple[Path, Path]:
@@ -785,7 +785,7 @@ def test_chain_runs_every_stage_in_order_on_the_local_backend(tiny_model, tmp_pa
     assert '"repo_id": "medo1/tiny-demo"' in done.stdout
 
 
-# ---- issue 18, items 8 and 9: the README's local launch, and Ctrl-C -------------------------------
+# ---- the README's local launch, and Ctrl-C --------------------------------------------------------
 
 
 def test_readme_local_launch_runs_the_recipe_as_written():
@@ -938,7 +938,7 @@ def test_a_single_pod_stage_runs_as_the_charts_batch_job(kube, capsys):
     assert capsys.readouterr().out.splitlines() == run.lines
 
 
-# ---- issue 16, item 2: the stage's plan before its job is created ---------------------------------
+# ---- the stage's plan before its job is created ---------------------------------------------------
 
 LLAMA_70B = "model.name_or_path=meta-llama/Llama-3.1-70B-Instruct"
 
@@ -1098,7 +1098,7 @@ def test_a_local_cpu_launch_is_not_planned(caplog):
     assert caplog.records == []
 
 
-# ---- issue 26, item 12: the run Job owns what it launches; an evicted launcher leaves training running -------
+# ---- the run Job owns what it launches; an evicted launcher leaves training running --------------------------
 
 RUN_POD = "medo1-run-x8k2f"
 RUN_JOB = {
@@ -1190,7 +1190,7 @@ def test_a_run_pod_sigtermed_leaves_its_job_running_and_the_next_one_attaches(ku
     assert len(kube.calls("POST")) == 1
 
 
-# ---- issue 26, item 13: one owner of restarts; what a restart cannot cure is not restarted ---------------------
+# ---- one owner of restarts; what a restart cannot cure is not restarted ----------------------------------------
 
 
 def test_a_retried_launcher_does_not_add_restarts_to_a_job_that_used_them(kube):
@@ -1357,7 +1357,7 @@ def test_readme_says_who_retries_what():
         assert layer in section, layer
 
 
-# ---- issue 26, item 14: a replaced job whose pods hang Terminating on a dead node ------------------------------
+# ---- a replaced job whose pods hang Terminating on a dead node -------------------------------------------------
 
 
 def test_a_replacement_is_created_under_new_pod_names_when_the_old_pods_never_finish_terminating(caplog):
@@ -1388,7 +1388,7 @@ def test_a_replacement_is_created_under_new_pod_names_when_the_old_pods_never_fi
         kube.stop()
 
 
-# ---- issue 28, items 7 and 17: an API server that never answers; a missing recipe on the local backend --------
+# ---- an API server that never answers; a missing recipe on the local backend ----------------------------------
 
 
 class SilentServer:

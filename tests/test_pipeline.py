@@ -116,7 +116,7 @@ def test_translation_and_upload_are_conditional():
         assert conditions[always] == []
 
 
-# ---- issue 31: the run form, the graph ------------------------------------------------------------------
+# ---- the run form, the graph ----------------------------------------------------------------------------
 
 
 def _all_task_names(spec: dict) -> list[str]:
@@ -371,7 +371,7 @@ def test_upload_summary_lists_what_goes_up():
     assert "https://hub/c/1" in sent and "| `model.safetensors` |  |" in sent
 
 
-# ---- the local runner's console (issue 28, item 19) -----------------------------------------------------------
+# ---- the local runner's console -------------------------------------------------------------------------------
 
 
 def test_step_console_shows_a_few_lines_per_step_and_logs_everything(tmp_path):
@@ -492,7 +492,7 @@ def test_run_directory_names_are_job_name_safe(local_runner, tmp_path):
         pipeline.run_directory(workspace=str(tmp_path / "runs"), run_name="My Run", run_id="x")
 
 
-# ---- the whole pipeline on this machine, as `make demo` runs it (issue 31: what the UI shows; 28.19: the console) ----
+# ---- the whole pipeline on this machine, as `make demo` runs it (what the UI shows; the console) ---------------------
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Steps (KFP task names) the quick run executes, and the artifacts each gives the UI.
@@ -620,7 +620,7 @@ def test_local_run_console_is_short_and_the_full_logs_are_kept(quick_run):
     assert "running sft here" in (logs / "sft.log").read_text()
 
 
-# ---- issue 12, finding 8 -----------------------------------------------------------------------
+# ---- cluster settings that survive reruns, retries and long waits ---------------------------------------------
 
 
 def _tasks_by_component(spec: dict) -> dict[str, dict]:
@@ -688,7 +688,7 @@ def test_pipeline_users_get_volumes_and_rbac_without_jobs():
         assert "default-editor" in [s["name"] for s in binding["subjects"]], kind
 
 
-# ---- the doctor step against the API stand-in (issue 31: its table in the UI) --------------------------------
+# ---- the doctor step against the API stand-in (its table in the UI) ------------------------------------------
 
 
 def test_doctor_step_gives_the_ui_its_table_and_fails_on_a_missing_crd(tmp_path, monkeypatch):

@@ -309,7 +309,7 @@ def test_measured_utilisation_replaces_the_assumption(tmp_path, monkeypatch):
     assert stages.measured_utilisation(GPUS["a100-80gb"])[0] == stages.ASSUMED_UTILISATION  # another GPU kind
 
 
-# ---- issue 16, item 2: the launcher's check (medo1.plan.check) -----------------------------------
+# ---- the launcher's check (medo1.plan.check) -----------------------------------------------------
 
 
 def test_the_launchers_memory_only_plan_is_the_plans_memory():

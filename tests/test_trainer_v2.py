@@ -655,7 +655,7 @@ def test_readme_python_creates_and_waits_for_a_trainjob_through_the_sdk(kube, tm
     assert manifest_checks.schema_errors([post.body], CRDS) == []
 
 
-# ---- issue 26, item 7: stuck pods, admission, no controller; the SDK's header dump; who manages the job ---------
+# ---- stuck pods, admission, no controller; the SDK's header dump; who manages the job ---------------------------
 
 QUOTA = (
     "exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
@@ -782,7 +782,7 @@ def test_the_sdks_version_check_does_not_dump_http_headers(kube, tmp_path, monke
     assert any(r.path == "/api/v1/namespaces/kubeflow-system/configmaps/kubeflow-trainer-public" for r in kube.requests)
 
 
-# ---- issue 26, item 5: the chart's run Job with backend trainjob creates TrainJobs -------------------------------
+# ---- the chart's run Job with backend trainjob creates TrainJobs -------------------------------------------------
 
 
 def test_the_charts_chain_with_backend_trainjob_creates_trainjobs(kube, tmp_path, monkeypatch, capsys):

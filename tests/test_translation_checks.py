@@ -247,7 +247,7 @@ def test_bench_reports_checks_per_second_on_demo_rows():
         assert row["records"] == 6 and row["rejected"] == 0 and row["records_per_second"] > 0
 
 
-# ------------------------------------------------------------------------------- issue 28: all-short records
+# ------------------------------------------------------------------------------- all-short records
 
 
 def short_mcq_records() -> list[dict]:

@@ -271,7 +271,7 @@ def test_client_errors_are_not_retried():
     assert calls == [1]
 
 
-# --------------------------------------------------------------------------- leaks (issue 18)
+# --------------------------------------------------------------------------- leaks
 
 
 def refusal(export_dir: Path, **extra) -> str:
@@ -416,7 +416,7 @@ def test_the_card_template_ships_in_the_wheel(tmp_path: Path):
     assert wheel.read(f"medo1/{CARD_TEMPLATE}") == (repo / "trainer/medo1" / CARD_TEMPLATE).read_bytes()
 
 
-# ------------------------------------------------------------------------------- issue 28: leak variants
+# ------------------------------------------------------------------------------- leak variants
 
 LIVE = "LiveValue-9c1e7a3f5b2d8e4a6c0f"
 
