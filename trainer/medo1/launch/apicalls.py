@@ -22,6 +22,11 @@ FOLLOW_TIMEOUT = (CONNECT_TIMEOUT_S, None)
 """A streamed log: connect bounded, reads not (the stream is stopped by shutting its socket)."""
 
 
+def _bounds(read_s: float) -> tuple[float, float]:
+    """A request's (connect, read) timeout for a read timeout of `read_s`."""
+    return (min(CONNECT_TIMEOUT_S, read_s), read_s)
+
+
 def _timeout_defaulted(send: Callable[..., Any], timeout: Callable[[], tuple]) -> Callable[..., Any]:
     """`send` (a RESTClientObject's `request`) with `_request_timeout` defaulting to `timeout()`; its signature
     (kubernetes/client/rest.py), so that a caller passing the timeout by position still sets it."""
@@ -50,7 +55,7 @@ def bound_requests(api_client: Any, read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -
         rest.request = _timeout_defaulted(rest.request, lambda: rest.medo1_timeout)
         rest.pool_manager.connection_pool_kw["retries"] = _retries()
         rest.pool_manager.clear()  # pools made before this take the new retries when made again
-    rest.medo1_timeout = (min(CONNECT_TIMEOUT_S, read_s), read_s)
+    rest.medo1_timeout = _bounds(read_s)
     return api_client
 
 
@@ -100,7 +105,7 @@ def bounded_construction(read_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> Iterator[
     from kubernetes.client.rest import RESTClientObject
 
     unbounded, made = RESTClientObject.request, RESTClientObject.__init__
-    timeout = (min(CONNECT_TIMEOUT_S, read_s), read_s)
+    timeout = _bounds(read_s)
 
     def request(self, *args, **kwargs):
         return _timeout_defaulted(functools.partial(unbounded, self), lambda: timeout)(*args, **kwargs)
