@@ -13,6 +13,7 @@ import yaml
 
 from medo1.launch import JobStuck, JobTimedOut, launch_stage, wait_for_job
 from medo1.launch.pods import FIX, StuckPods, pod_problems, stuck_checker
+from tests.helpers import PYTORCHJOB_CREATED, PYTORCHJOB_SUCCEEDED
 from tests.kube_standin import ContainerRun, KubeStandIn, Step
 
 STUCK = Path(__file__).parent / "fixtures" / "cluster" / "stuck"
@@ -212,26 +213,9 @@ QUOTA = (
     "exceeded quota: gpu, requested: requests.nvidia.com/gpu=8, used: requests.nvidia.com/gpu=0, "
     "limited: requests.nvidia.com/gpu=4"
 )
-CREATED = {
-    "conditions": [
-        {
-            "type": "Created",
-            "status": "True",
-            "reason": "PyTorchJobCreated",
-            "lastTransitionTime": "2026-11-23T10:00:00Z",
-        }
-    ]
-}
-SUCCEEDED = {
-    "conditions": [
-        {
-            "type": "Succeeded",
-            "status": "True",
-            "reason": "PyTorchJobSucceeded",
-            "lastTransitionTime": "2026-11-23T11:00:00Z",
-        }
-    ]
-}
+# The operator's statuses as Step takes them (a job's `.status`).
+CREATED = PYTORCHJOB_CREATED["status"]
+SUCCEEDED = PYTORCHJOB_SUCCEEDED["status"]
 
 
 def training_client(kube):
